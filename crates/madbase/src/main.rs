@@ -1,0 +1,67 @@
+//! `madbase`: one binary, one subcommand per service.
+//!
+//! Everything happens in the service crates and `madbase-platform`; this file
+//! only parses the command line, reads the configuration (one clear line and
+//! exit code 2 when it is wrong) and runs the chosen services.
+
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use madbase_platform::Service;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "madbase",
+    version,
+    about = "madbase: multi-tenant Postgres backend platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The public edge (:8000, admin :9000).
+    Proxy,
+    /// The control plane (:8001, admin :9001).
+    Control,
+    /// The data API (:8002, admin :9002).
+    Worker,
+    /// Tenant functions (:8003, admin :9003).
+    Functions,
+    /// The whole platform in one process.
+    Dev,
+    /// Exits 0 when the service answers 200 on its admin /health, 1 otherwise
+    /// (for container health checks: no shell or curl needed).
+    Healthcheck {
+        /// URL to probe; default: the admin /health of the service named by
+        /// `--service` / `MADBASE_SERVICE`, at the port of `MADBASE_ADMIN_LISTEN`.
+        #[arg(long)]
+        url: Option<String>,
+        /// Which service's default admin port to probe.
+        #[arg(long, env = "MADBASE_SERVICE")]
+        service: Option<Service>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Proxy => run::services(&[Service::Proxy]),
+        Command::Control => run::services(&[Service::Control]),
+        Command::Worker => run::services(&[Service::Worker]),
+        Command::Functions => run::services(&[Service::Functions]),
+        Command::Dev => run::services(&Service::ALL),
+        Command::Healthcheck {
+            url,
+            service,
+            timeout,
+        } => run::healthcheck(url, service, timeout),
+    }
+}

@@ -1,0 +1,184 @@
+//! Running services: configuration, telemetry, listeners, shutdown.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use madbase_platform::config::{Env, LogFormat};
+use madbase_platform::telemetry::{self, TelemetryConfig};
+use madbase_platform::{
+    CancellationToken, CommonConfig, ConfigError, Listeners, Service, ServiceApp,
+};
+
+/// A service's configuration, read before anything starts.
+enum Config {
+    Proxy(madbase_proxy::Config),
+    Control(madbase_control::Config),
+    Worker(madbase_worker::Config),
+    Functions(madbase_functions::Config),
+}
+
+impl Config {
+    fn read(service: Service, env: &Env) -> Result<Self, ConfigError> {
+        Ok(match service {
+            Service::Proxy => Config::Proxy(madbase_proxy::Config::from_env(env)?),
+            Service::Control => Config::Control(madbase_control::Config::from_env(env)?),
+            Service::Worker => Config::Worker(madbase_worker::Config::from_env(env)?),
+            Service::Functions => Config::Functions(madbase_functions::Config::from_env(env)?),
+        })
+    }
+
+    fn common(&self) -> &CommonConfig {
+        match self {
+            Config::Proxy(c) => &c.common,
+            Config::Control(c) => &c.common,
+            Config::Worker(c) => &c.common,
+            Config::Functions(c) => &c.common,
+        }
+    }
+
+    fn app(&self) -> anyhow::Result<ServiceApp> {
+        match self {
+            Config::Proxy(c) => madbase_proxy::app(c),
+            Config::Control(c) => madbase_control::app(c),
+            Config::Worker(c) => madbase_worker::app(c),
+            Config::Functions(c) => madbase_functions::app(c),
+        }
+    }
+}
+
+/// Runs `services` in this process until SIGTERM/SIGINT.
+pub fn services(services: &[Service]) -> ExitCode {
+    let env = Env::process();
+    let name = match services {
+        [one] => one.name(),
+        _ => "dev",
+    };
+    let configs = match services
+        .iter()
+        .map(|s| Config::read(*s, &env))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("madbase {name}: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("madbase {name}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(name, configs)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "madbase {name} failed");
+            eprintln!("madbase {name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(name: &str, configs: Vec<Config>) -> anyhow::Result<()> {
+    let first = configs
+        .first()
+        .map(Config::common)
+        .ok_or_else(|| anyhow::anyhow!("no service"))?;
+    let _telemetry = telemetry::init(&TelemetryConfig {
+        service: name.to_owned(),
+        log_filter: first.log_filter.clone(),
+        log_format: first.log_format,
+        otel: first.otel.clone(),
+    })?;
+    if first.log_format == LogFormat::Pretty {
+        tracing::debug!("pretty logs enabled");
+    }
+    // Bind everything first, so a taken port fails before anything serves.
+    let mut bound = Vec::new();
+    for config in &configs {
+        let common = config.common();
+        let listeners = Listeners::bind(common.listen, common.admin_listen).await?;
+        bound.push((config.app()?, listeners, common.drain_timeout));
+    }
+    let shutdown = CancellationToken::new();
+    madbase_platform::server::cancel_on_signal(shutdown.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (app, listeners, drain) in bound {
+        let token = shutdown.clone();
+        tasks.spawn(async move { listeners.serve(app, token, drain).await });
+    }
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            // One service failing stops the others.
+            shutdown.cancel();
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    result
+}
+
+/// `madbase healthcheck`: 0 when the admin /health answers 200.
+pub fn healthcheck(url: Option<String>, service: Option<Service>, timeout: f64) -> ExitCode {
+    let url = match url {
+        Some(u) => u,
+        None => {
+            let env = Env::process();
+            let default = service.map_or(9000, Service::default_admin_port);
+            let port = match env.socket_addr(
+                "MADBASE_ADMIN_LISTEN",
+                std::net::SocketAddr::from(([127, 0, 0, 1], default)),
+            ) {
+                Ok(addr) => addr.port(),
+                Err(e) => {
+                    eprintln!("madbase healthcheck: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if service.is_none() && env.raw("MADBASE_ADMIN_LISTEN").is_none() {
+                eprintln!(
+                    "madbase healthcheck: set --url, --service / MADBASE_SERVICE or MADBASE_ADMIN_LISTEN"
+                );
+                return ExitCode::from(2);
+            }
+            format!("http://127.0.0.1:{port}/health")
+        }
+    };
+    let timeout = Duration::from_secs_f64(timeout.clamp(0.1, 300.0));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("madbase healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        client.get(&url).send().await
+    });
+    match result {
+        Ok(resp) if resp.status().is_success() => ExitCode::SUCCESS,
+        Ok(resp) => {
+            eprintln!("madbase healthcheck: {url} answered {}", resp.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!(
+                "madbase healthcheck: {url}: {}",
+                madbase_platform::client::describe(&e)
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

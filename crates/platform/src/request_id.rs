@@ -1,0 +1,91 @@
+//! Request IDs: an incoming `X-Request-Id` of 1–128 visible ASCII characters
+//! is kept, anything else is replaced by a fresh UUID. tower-http's
+//! request-id layers set and propagate the header; this module only adds the
+//! validity rule and makes the current ID available to code that has no
+//! access to the request (error bodies, outgoing requests).
+
+use axum::extract::Request;
+use http::HeaderValue;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+/// The header carrying the request ID.
+pub const X_REQUEST_ID: &str = "x-request-id";
+
+tokio::task_local! {
+    static CURRENT: String;
+}
+
+/// True when `value` may be kept as a request ID: 1 to 128 characters, each
+/// visible ASCII (`!` to `~`).
+pub fn is_valid(value: &[u8]) -> bool {
+    (1..=128).contains(&value.len()) && value.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// Removes an `X-Request-Id` header that is not a valid request ID, so the
+/// set layer replaces it with a generated one.
+pub fn drop_invalid(mut req: Request) -> Request {
+    let headers = req.headers_mut();
+    let all_valid = {
+        let mut values = headers.get_all(X_REQUEST_ID).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => is_valid(v.as_bytes()),
+            (None, _) => true,
+            // More than one ID: ambiguous, replace it.
+            (Some(_), Some(_)) => false,
+        }
+    };
+    if !all_valid {
+        headers.remove(X_REQUEST_ID);
+    }
+    req
+}
+
+/// The layer that generates a UUID when the request has no (valid) ID.
+pub fn set_layer() -> SetRequestIdLayer<MakeRequestUuid> {
+    SetRequestIdLayer::x_request_id(MakeRequestUuid)
+}
+
+/// The layer that copies the request ID onto the response.
+pub fn propagate_layer() -> PropagateRequestIdLayer {
+    PropagateRequestIdLayer::x_request_id()
+}
+
+/// The request ID of a request that went through [`set_layer`].
+pub fn of(req: &Request) -> String {
+    req.headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs `fut` with `id` as the current request ID.
+pub async fn scope<F: Future>(id: String, fut: F) -> F::Output {
+    CURRENT.scope(id, fut).await
+}
+
+/// The ID of the request being handled by this task, if any.
+pub fn current() -> Option<String> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// The current request ID as a header value, for outgoing requests.
+pub fn current_header() -> Option<HeaderValue> {
+    current().and_then(|id| HeaderValue::from_str(&id).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity_rule() {
+        assert!(is_valid(b"abc-123"));
+        assert!(is_valid(&[b'a'; 128]));
+        assert!(!is_valid(&[b'a'; 129]));
+        assert!(!is_valid(b""));
+        assert!(!is_valid(b"has space"));
+        assert!(!is_valid(b"tab\there"));
+        assert!(!is_valid("caf\u{e9}".as_bytes()));
+    }
+}

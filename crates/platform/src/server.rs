@@ -1,0 +1,294 @@
+//! The two listeners of a service (API and admin), the request pipeline every
+//! route goes through, and graceful shutdown.
+//!
+//! Pipeline, outermost first: drop an invalid `X-Request-Id` → tower-http
+//! sets one when missing → tower-http copies it to the response → [`observe`]
+//! (request span continuing the incoming `traceparent`, request-ID scope,
+//! metrics, one log line) → the route.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue};
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry_http::HeaderExtractor;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::util::MapRequestLayer;
+use tracing::Instrument as _;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::error;
+use crate::health::{self, HealthState, ReadyCheck};
+use crate::metrics::Metrics;
+use crate::request_id;
+use crate::service::Service;
+
+/// What a service contributes: its API routes, readiness checks and metrics.
+#[derive(Debug)]
+pub struct ServiceApp {
+    pub service: Service,
+    /// The API routes (`/health` and the 404 fallback are added).
+    pub api: Router,
+    /// Dependencies `/ready` checks.
+    pub ready: Vec<ReadyCheck>,
+    /// The registry `/metrics` serves (create it with [`Metrics::new`] and
+    /// register the service's metrics on it).
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone)]
+struct Observer {
+    service: Service,
+    metrics: Option<Metrics>,
+}
+
+/// The API router: the service's routes, `/health`, 404 JSON for the rest,
+/// request IDs, tracing and metrics.
+pub fn api_router(app: &ServiceApp) -> Router {
+    let health = HealthState {
+        service: app.service,
+        checks: Arc::new(app.ready.clone()),
+    };
+    let observer = Observer {
+        service: app.service,
+        metrics: Some(app.metrics.clone()),
+    };
+    with_pipeline(
+        app.api
+            .clone()
+            .route("/health", get(health::health).with_state(health)),
+        observer,
+    )
+}
+
+/// The admin router: `/health`, `/ready`, `/metrics`.
+pub fn admin_router(app: &ServiceApp) -> Router {
+    let health = HealthState {
+        service: app.service,
+        checks: Arc::new(app.ready.clone()),
+    };
+    let observer = Observer {
+        service: app.service,
+        metrics: None,
+    };
+    let routes = Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .with_state(health)
+        .route(
+            "/metrics",
+            get(metrics_handler).with_state(app.metrics.clone()),
+        );
+    with_pipeline(routes, observer)
+}
+
+fn with_pipeline(routes: Router, observer: Observer) -> Router {
+    routes
+        .fallback(error::not_found)
+        .layer(middleware::from_fn_with_state(observer, observe))
+        .layer(request_id::propagate_layer())
+        .layer(request_id::set_layer())
+        .layer(MapRequestLayer::new(request_id::drop_invalid))
+}
+
+async fn metrics_handler(State(metrics): State<Metrics>, headers: HeaderMap) -> Response {
+    let wants_openmetrics = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (
+            [(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            )],
+            metrics.encode_openmetrics(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            metrics.encode_prometheus(),
+        )
+            .into_response()
+    }
+}
+
+/// The request span (continuing an incoming `traceparent`), the request-ID
+/// scope, metrics by route template, and one log line per request.
+async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let id = request_id::of(&req);
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HeaderExtractor(req.headers()))
+    });
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        service = obs.service.name(),
+        request_id = %id,
+        trace_id = Empty,
+        span_id = Empty,
+        tenant = Empty,
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %req.uri().path(),
+        http.response.status_code = Empty,
+    );
+    // An invalid or absent traceparent leaves the span as a new root.
+    let _ = span.set_parent(parent);
+    let sc = span.context().span().span_context().clone();
+    if sc.is_valid() {
+        span.record("trace_id", sc.trace_id().to_string());
+        span.record("span_id", sc.span_id().to_string());
+    }
+
+    let response = request_id::scope(id, next.run(req).instrument(span.clone())).await;
+
+    let status = response.status();
+    let elapsed = start.elapsed();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    if let Some(metrics) = &obs.metrics {
+        metrics.observe_request(method.as_str(), &route, status.as_u16(), elapsed);
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request completed"
+        );
+    });
+    response
+}
+
+/// Both listeners of a service, bound.
+#[derive(Debug)]
+pub struct Listeners {
+    api: TcpListener,
+    admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses; the error names the address that is taken.
+    pub async fn bind(api: SocketAddr, admin: SocketAddr) -> anyhow::Result<Self> {
+        let api_listener = TcpListener::bind(api)
+            .await
+            .with_context(|| format!("cannot listen on {api} (MADBASE_LISTEN)"))?;
+        let admin_listener = TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("cannot listen on {admin} (MADBASE_ADMIN_LISTEN)"))?;
+        Ok(Listeners {
+            api: api_listener,
+            admin: admin_listener,
+        })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves `app` until `shutdown` is cancelled, then lets in-flight
+    /// requests finish for at most `drain`.
+    pub async fn serve(
+        self,
+        app: ServiceApp,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) -> anyhow::Result<()> {
+        let service = app.service;
+        tracing::info!(
+            api = %self.api_addr(),
+            admin = %self.admin_addr(),
+            version = crate::VERSION,
+            "{service} listening"
+        );
+        let api = axum::serve(self.api, api_router(&app))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let admin = axum::serve(self.admin, admin_router(&app))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let mut servers =
+            tokio::spawn(async move { tokio::try_join!(api.into_future(), admin.into_future()) });
+        tokio::select! {
+            result = &mut servers => {
+                result.context("server task")?.context("serving")?;
+                return Ok(());
+            }
+            () = shutdown.cancelled() => {}
+        }
+        tracing::info!(
+            drain_seconds = drain.as_secs_f64(),
+            "{service} shutting down: draining in-flight requests"
+        );
+        match tokio::time::timeout(drain, &mut servers).await {
+            Ok(result) => {
+                result.context("server task")?.context("serving")?;
+                tracing::info!("{service} stopped");
+            }
+            Err(_) => {
+                servers.abort();
+                tracing::warn!("{service} drain time exceeded; remaining requests cut");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the process");
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown signal received");
+        token.cancel();
+    });
+}

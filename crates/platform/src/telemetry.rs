@@ -1,0 +1,274 @@
+//! Logs and traces.
+//!
+//! One JSON object per line on stdout with `timestamp`, `level`, `target`,
+//! `message`, `service`, `request_id`, `trace_id`, `span_id` and `tenant`
+//! (where known), plus the event's own fields. Traces go through
+//! OpenTelemetry: spans always get W3C trace context (so `traceparent` is
+//! continued and propagated even without an exporter), and are exported over
+//! OTLP (gRPC, or HTTP/protobuf) only when an OTLP endpoint is configured.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use anyhow::Context as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Record};
+use tracing::{Event, Id, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::{Context, SubscriberExt as _};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{LogFormat, OtelConfig, OtlpProtocol};
+
+/// Span fields copied onto every log line emitted inside the span.
+const CONTEXT_FIELDS: [&str; 5] = ["service", "request_id", "trace_id", "span_id", "tenant"];
+
+/// What [`init`] needs to know.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// The `service` field of log lines outside any request (a request span
+    /// may carry its own, as in `madbase dev` where four services share a process).
+    pub service: String,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub otel: OtelConfig,
+}
+
+/// Flushes and shuts the trace exporter down when dropped.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    /// Exports every finished span now (tests use this to avoid waiting for a batch).
+    pub fn flush(&self) {
+        if let Err(e) = self.provider.force_flush() {
+            eprintln!("trace flush failed: {e}");
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.provider.shutdown() {
+            // The logger is being torn down too; stderr is all that is left.
+            eprintln!("trace exporter shutdown: {e}");
+        }
+    }
+}
+
+static INSTALLED: OnceLock<()> = OnceLock::new();
+
+/// Installs the global subscriber and tracer provider. Must run inside a
+/// Tokio runtime (the gRPC exporter needs one). Only the first call in a
+/// process installs anything; later calls fail.
+pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
+    if INSTALLED.set(()).is_err() {
+        anyhow::bail!("telemetry is already initialised in this process");
+    }
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let mut builder = SdkTracerProvider::builder().with_resource(
+        Resource::builder()
+            .with_service_name(cfg.otel.service_name.clone())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .build(),
+    );
+    if cfg.otel.endpoint.is_some() {
+        // The exporters read the standard OTEL_EXPORTER_OTLP_* variables
+        // themselves (endpoint, headers, timeout, compression).
+        let exporter = match cfg.otel.protocol {
+            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build(),
+            OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .build(),
+        }
+        .context("building the OTLP span exporter")?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer("madbase");
+    opentelemetry::global::set_tracer_provider(provider.clone());
+
+    let filter = EnvFilter::try_new(&cfg.log_filter)
+        .with_context(|| format!("MADBASE_LOG: {:?} is not a valid filter", cfg.log_filter))?;
+    let otel_layer = tracing_opentelemetry::layer().with_tracer(tracer);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(otel_layer)
+        .with(ContextLayer);
+    match cfg.log_format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(JsonFormat {
+                        service: cfg.service.clone(),
+                    })
+                    .with_writer(std::io::stdout),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout))
+            .try_init(),
+    }
+    .context("installing the log subscriber")?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// The context fields a span carries, stored in its extensions.
+#[derive(Debug, Default, Clone)]
+struct ContextFields([Option<String>; CONTEXT_FIELDS.len()]);
+
+impl Visit for ContextFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if let Some(i) = CONTEXT_FIELDS.iter().position(|n| *n == field.name()) {
+            self.0[i] = Some(value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if let Some(i) = CONTEXT_FIELDS.iter().position(|n| *n == field.name()) {
+            self.0[i] = Some(format!("{value:?}"));
+        }
+    }
+}
+
+/// Keeps each span's context fields so the formatter can put them on every
+/// line without re-parsing formatted span fields.
+struct ContextLayer;
+
+impl<S> Layer<S> for ContextLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = ContextFields::default();
+        attrs.record(&mut fields);
+        if fields.0.iter().any(Option::is_some)
+            && let Some(span) = ctx.span(id)
+        {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut ext = span.extensions_mut();
+        match ext.get_mut::<ContextFields>() {
+            Some(fields) => values.record(fields),
+            None => {
+                let mut fields = ContextFields::default();
+                values.record(&mut fields);
+                if fields.0.iter().any(Option::is_some) {
+                    ext.insert(fields);
+                }
+            }
+        }
+    }
+}
+
+/// Collects an event's fields into a JSON map.
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().to_owned(), Value::from(value.to_string()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), Value::from(format!("{value:?}")));
+    }
+}
+
+/// The JSON line format of the observability contract.
+struct JsonFormat {
+    service: String,
+}
+
+impl<S, N> FormatEvent<S, N> for JsonFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut fields = Map::new();
+        event.record(&mut JsonVisitor(&mut fields));
+
+        let mut line = Map::new();
+        line.insert(
+            "timestamp".into(),
+            Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        );
+        line.insert("level".into(), Value::from(meta.level().as_str()));
+        line.insert("target".into(), Value::from(meta.target()));
+        line.insert(
+            "message".into(),
+            fields.remove("message").unwrap_or(Value::from("")),
+        );
+
+        let mut context: [Option<String>; CONTEXT_FIELDS.len()] = Default::default();
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope {
+                if let Some(found) = span.extensions().get::<ContextFields>() {
+                    for (slot, value) in context.iter_mut().zip(&found.0) {
+                        if slot.is_none() {
+                            slot.clone_from(value);
+                        }
+                    }
+                }
+            }
+        }
+        for (name, value) in CONTEXT_FIELDS.iter().zip(context) {
+            let value = match (*name, value) {
+                ("service", None) => Some(self.service.clone()),
+                (_, v) => v,
+            };
+            if let Some(v) = value {
+                line.insert((*name).to_owned(), Value::from(v));
+            }
+        }
+        for (k, v) in fields {
+            line.entry(k).or_insert(v);
+        }
+        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
