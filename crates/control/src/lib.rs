@@ -63,6 +63,12 @@ impl Config {
 }
 
 fn check_pg_url(var: &str, url: &str) -> Result<(), ConfigError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError {
+            var: var.to_owned(),
+            problem: "is not a postgres:// or postgresql:// URL".to_owned(),
+        });
+    }
     PgConnectOptions::from_str(url)
         .map(|_| ())
         .map_err(|e| ConfigError {

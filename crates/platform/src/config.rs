@@ -117,7 +117,7 @@ impl<S: Source> Env<S> {
     pub fn seconds(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
         match self.parse::<f64>(name, "a number of seconds")? {
             None => Ok(default),
-            Some(s) if s.is_finite() && s >= 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+            Some(s) if (0.0..1e9).contains(&s) => Ok(Duration::from_secs_f64(s)),
             Some(s) => Err(err(name, format!("{s} is not a usable number of seconds"))),
         }
     }

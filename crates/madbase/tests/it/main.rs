@@ -1,0 +1,7 @@
+//! Integration tests of the `madbase` binary: every test runs the real
+//! binary as a child process and talks HTTP to it on loopback.
+
+mod helpers;
+mod images;
+mod lifecycle;
+mod telemetry;
