@@ -34,6 +34,17 @@ enum Command {
     Functions,
     /// The whole platform in one process.
     Dev,
+    /// Prints a platform token signed with JWT_SECRET (for the admin API).
+    Token {
+        /// `admin` (control's admin API) or `internal` (service to service).
+        #[arg(value_parser = ["admin", "internal"])]
+        role: String,
+        /// Lifetime, e.g. 1h, 30m, 7d.
+        #[arg(long, default_value = "1h", value_parser = run::parse_ttl)]
+        ttl: std::time::Duration,
+    },
+    /// Applies the control database migrations and exits.
+    Migrate,
     /// Exits 0 when the service answers 200 on its admin /health, 1 otherwise
     /// (for container health checks: no shell or curl needed).
     Healthcheck {
@@ -58,6 +69,8 @@ fn main() -> ExitCode {
         Command::Worker => run::services(&[Service::Worker]),
         Command::Functions => run::services(&[Service::Functions]),
         Command::Dev => run::services(&Service::ALL),
+        Command::Token { role, ttl } => run::token(&role, ttl),
+        Command::Migrate => run::migrate(),
         Command::Healthcheck {
             url,
             service,

@@ -36,10 +36,10 @@ impl Config {
         }
     }
 
-    fn app(&self) -> anyhow::Result<ServiceApp> {
+    async fn app(&self) -> anyhow::Result<ServiceApp> {
         match self {
             Config::Proxy(c) => madbase_proxy::app(c),
-            Config::Control(c) => madbase_control::app(c),
+            Config::Control(c) => madbase_control::app(c).await,
             Config::Worker(c) => madbase_worker::app(c),
             Config::Functions(c) => madbase_functions::app(c),
         }
@@ -103,7 +103,7 @@ async fn serve(name: &str, configs: Vec<Config>) -> anyhow::Result<()> {
     for config in &configs {
         let common = config.common();
         let listeners = Listeners::bind(common.listen, common.admin_listen).await?;
-        bound.push((config.app()?, listeners, common.drain_timeout));
+        bound.push((config.app().await?, listeners, common.drain_timeout));
     }
     let shutdown = CancellationToken::new();
     madbase_platform::server::cancel_on_signal(shutdown.clone());
@@ -181,4 +181,80 @@ pub fn healthcheck(url: Option<String>, service: Option<Service>, timeout: f64) 
             ExitCode::FAILURE
         }
     }
+}
+
+/// `madbase token admin|internal [--ttl]`: prints a platform token signed
+/// with `JWT_SECRET`.
+#[allow(clippy::print_stdout)] // the token is the command's output
+pub fn token(role: &str, ttl: Duration) -> ExitCode {
+    match madbase_platform::secrets::jwt_secret(&Env::process()) {
+        Ok(secret) => {
+            println!(
+                "{}",
+                madbase_platform::jwt::platform_token(&secret, role, ttl)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("madbase token: configuration error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `madbase migrate`: applies the control database migrations and exits.
+pub fn migrate() -> ExitCode {
+    let config = match madbase_control::Config::from_env(&Env::process()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("madbase migrate: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("madbase migrate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(madbase_control::connect_and_migrate(
+        &config,
+        config.connect_wait,
+    )) {
+        Ok(_) => {
+            eprintln!("madbase migrate: the control database is up to date");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("madbase migrate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses `1h`, `30m`, `45s`, `2d` or plain seconds.
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 1h, 30m or 45s"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{text:?} is not a duration like 1h, 30m or 45s")),
+    };
+    if secs == 0 {
+        return Err("the ttl must be positive".to_owned());
+    }
+    Ok(Duration::from_secs(secs))
 }

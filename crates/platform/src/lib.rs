@@ -7,13 +7,16 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod extract;
 pub mod health;
+pub mod jwt;
 pub mod metrics;
 pub mod request_id;
 pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod tenants;
 
 pub use config::{CommonConfig, ConfigError, Env};
 pub use error::ApiError;

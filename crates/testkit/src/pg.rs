@@ -116,10 +116,18 @@ fn find_bin_dir() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if dir.join("initdb").is_file() && dir.join("postgres").is_file() {
-                return Ok(dir);
+                // Follow symlinks (e.g. /usr/local/bin/initdb) to the real
+                // bin dir, which also holds pg_isready and names the version.
+                let real = std::fs::canonicalize(dir.join("initdb"))
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf))
+                    .filter(|d| d.join("postgres").is_file())
+                    .unwrap_or(dir);
+                return Ok(real);
             }
         }
     }
+
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
         && out.status.success()
     {

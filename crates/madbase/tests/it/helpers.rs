@@ -23,7 +23,7 @@ pub struct Running {
 /// Environment a service needs to start, with both listeners on free
 /// loopback ports.
 pub fn base_env(service: &str) -> Vec<(String, String)> {
-    let mut env = vec![
+    let env = vec![
         ("JWT_SECRET", JWT_SECRET),
         ("MADBASE_LISTEN", "127.0.0.1:0"),
         ("MADBASE_ADMIN_LISTEN", "127.0.0.1:0"),
@@ -32,13 +32,17 @@ pub fn base_env(service: &str) -> Vec<(String, String)> {
         // Nothing listens there: readiness fails, health does not care.
         ("MADBASE_CONTROL_URL", "http://127.0.0.1:9"),
     ];
-    if service == "control" {
-        env.push(("DATABASE_URL", "postgres://postgres@127.0.0.1:9/none"));
-        env.push(("MADBASE_MASTER_KEY", MASTER_KEY));
-    }
-    env.into_iter()
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        .collect();
+    if service == "control" {
+        // Control migrates its database at start: give it a real one.
+        let db = madbase_testkit::postgres().expect("test database");
+        env.push(("DATABASE_URL".into(), db.url));
+        env.push(("MADBASE_MASTER_KEY".into(), MASTER_KEY.into()));
+    }
+    env
 }
 
 /// Starts `madbase <service>` with `env` (which replaces the inherited
@@ -102,8 +106,10 @@ pub fn start(service: &str, env: &[(String, String)]) -> Running {
         }
         assert!(
             Instant::now() < deadline,
-            "madbase {service} did not start listening"
+            "madbase {service} did not start listening:\n{}",
+            lines.lock().expect("lines").join("\n")
         );
+
         std::thread::sleep(Duration::from_millis(20));
     }
 }

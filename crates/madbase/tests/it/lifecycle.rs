@@ -104,24 +104,26 @@ async fn every_service_answers_health_on_both_listeners_and_metrics_on_admin_onl
             404,
             "{service}: /metrics must not be on the API listener"
         );
-        // Nothing is reachable behind this service here: /ready says which.
+        // Control has its database; the others cannot reach control here,
+        // and /ready says so.
         let ready = http()
             .get(svc.admin_url("/ready"))
             .send()
             .await
             .expect("ready");
-        assert_eq!(ready.status(), 503, "{service}");
+        let status = ready.status();
         let body: Value = ready.json().await.expect("json");
-        let expected = if service == "control" {
-            "database"
+        if service == "control" {
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["checks"]["database"], "ok");
         } else {
-            "control"
-        };
-        assert_eq!(
-            body["failed"],
-            serde_json::json!([expected]),
-            "{service}: {body}"
-        );
+            assert_eq!(status, 503, "{service}");
+            assert_eq!(
+                body["failed"],
+                serde_json::json!(["control"]),
+                "{service}: {body}"
+            );
+        }
     }
 }
 
@@ -178,23 +180,47 @@ async fn metrics_pass_promtool() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn control_ready_follows_the_database() {
-    let db = madbase_testkit::postgres().expect("test database");
+#[test]
+fn control_fails_clearly_without_its_database() {
     let mut env = base_env("control");
     env.retain(|(k, _)| k != "DATABASE_URL");
-    env.push(("DATABASE_URL".into(), db.url.clone()));
-    let svc = start("control", &env);
-    let ready = http()
-        .get(svc.admin_url("/ready"))
-        .send()
-        .await
-        .expect("ready");
-    let status = ready.status();
-    let body: Value = ready.json().await.expect("json");
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["checks"]["database"], "ok");
+    env.push((
+        "DATABASE_URL".into(),
+        "postgres://postgres@127.0.0.1:9/none".into(),
+    ));
+    env.push(("MADBASE_DB_CONNECT_SECONDS".into(), "1".into()));
+    let out = output_within(
+        Command::new(BIN).arg("control").env_clear().envs(env),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
     assert!(MASTER_KEY.len() > 40);
+}
+
+#[test]
+fn token_prints_an_admin_token() {
+    let out = output_within(
+        Command::new(BIN)
+            .args(["token", "admin", "--ttl", "2h"])
+            .env_clear()
+            .env("JWT_SECRET", crate::helpers::JWT_SECRET),
+        LIMIT,
+    );
+    assert!(out.status.success());
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let claims =
+        madbase_platform::jwt::verify_platform(crate::helpers::JWT_SECRET, &token, "admin")
+            .expect("valid admin token");
+    assert_eq!(claims.exp - claims.iat, 7200);
+    let bad = output_within(
+        Command::new(BIN)
+            .args(["token", "admin", "--ttl", "soon"])
+            .env("JWT_SECRET", "x".repeat(40)),
+        LIMIT,
+    );
+    assert_eq!(bad.status.code(), Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread")]

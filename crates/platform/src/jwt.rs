@@ -1,0 +1,237 @@
+//! HS256 JSON Web Tokens: the platform's admin and internal tokens (signed
+//! with `JWT_SECRET`) and tenants' API keys (signed with the tenant's secret).
+//!
+//! Only HS256 is accepted: `alg: none` and every other algorithm fail, as do
+//! expired tokens and tokens not yet valid (`exp`/`nbf`, no leeway).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's signature does not match")]
+    BadSignature,
+    #[error("only HS256 tokens are accepted")]
+    BadAlgorithm,
+    #[error("the token is malformed: {0}")]
+    Malformed(String),
+}
+
+/// Claims of platform tokens (`role: admin` or `internal`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlatformClaims {
+    pub role: String,
+    pub iss: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Signs `claims` with HS256.
+pub fn sign(secret: &[u8], claims: &impl Serialize) -> String {
+    // HMAC signing of a serialisable value cannot fail.
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap_or_default()
+}
+
+/// Verifies an HS256 token and returns its claims.
+pub fn verify<T: DeserializeOwned>(secret: &[u8], token: &str) -> Result<T, JwtError> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = 0;
+    validation.validate_nbf = true;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    match jsonwebtoken::decode::<T>(token, &DecodingKey::from_secret(secret), &validation) {
+        Ok(data) => Ok(data.claims),
+        Err(e) => Err(match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => JwtError::Expired,
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => JwtError::BadSignature,
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm
+            | jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName => JwtError::BadAlgorithm,
+            _ => JwtError::Malformed(e.to_string()),
+        }),
+    }
+}
+
+/// A platform token with `role` valid for `ttl`.
+pub fn platform_token(secret: &str, role: &str, ttl: Duration) -> String {
+    let iat = now();
+    sign(
+        secret.as_bytes(),
+        &PlatformClaims {
+            role: role.to_owned(),
+            iss: "madbase".to_owned(),
+            iat,
+            exp: iat + ttl.as_secs(),
+        },
+    )
+}
+
+/// Verifies a platform token and checks its role.
+pub fn verify_platform(secret: &str, token: &str, role: &str) -> Result<PlatformClaims, JwtError> {
+    let claims: PlatformClaims = verify(secret.as_bytes(), token)?;
+    if claims.role != role {
+        return Err(JwtError::Malformed(format!(
+            "role {:?} is not {role:?}",
+            claims.role
+        )));
+    }
+    Ok(claims)
+}
+
+/// The bearer token of an `Authorization` header value.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let token = platform_token(SECRET, "admin", Duration::from_secs(60));
+        assert_eq!(
+            verify_platform(SECRET, &token, "admin")
+                .expect("valid")
+                .role,
+            "admin"
+        );
+        assert!(matches!(
+            verify_platform(SECRET, &token, "internal"),
+            Err(JwtError::Malformed(_))
+        ));
+        assert_eq!(
+            verify_platform("another-secret-another-secret-xx", &token, "admin"),
+            Err(JwtError::BadSignature)
+        );
+        let expired = sign(
+            SECRET.as_bytes(),
+            &PlatformClaims {
+                role: "admin".into(),
+                iss: "madbase".into(),
+                iat: 1,
+                exp: now() - 1,
+            },
+        );
+        assert_eq!(
+            verify_platform(SECRET, &expired, "admin"),
+            Err(JwtError::Expired)
+        );
+        // alg: none, with no signature.
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(format!(
+                r#"{{"role":"admin","iss":"madbase","iat":1,"exp":{}}}"#,
+                now() + 60
+            ))
+        );
+        assert!(verify_platform(SECRET, &none, "admin").is_err());
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &PlatformClaims {
+                role: "admin".into(),
+                iss: "madbase".into(),
+                iat: 1,
+                exp: now() + 60,
+            },
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign");
+        assert_eq!(
+            verify_platform(SECRET, &hs512, "admin"),
+            Err(JwtError::BadAlgorithm)
+        );
+        assert!(matches!(
+            verify_platform(SECRET, "garbage", "admin"),
+            Err(JwtError::Malformed(_))
+        ));
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+    }
+}
+
+/// Roles a tenant token may carry.
+pub const API_ROLES: [&str; 3] = ["anon", "authenticated", "service_role"];
+
+/// A tenant API key (`anon` / `service_role`, issued by control).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiKeyClaims {
+    pub role: String,
+    pub iss: String,
+    #[serde(rename = "ref")]
+    pub tenant: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// Ten years: API keys are long-lived; rotation revokes them.
+pub const API_KEY_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Issues a tenant API key for `role`.
+pub fn api_key(tenant_secret: &str, tenant: &str, role: &str) -> String {
+    let iat = now();
+    sign(
+        tenant_secret.as_bytes(),
+        &ApiKeyClaims {
+            role: role.to_owned(),
+            iss: "madbase".to_owned(),
+            tenant: tenant.to_owned(),
+            iat,
+            exp: iat + API_KEY_TTL.as_secs(),
+        },
+    )
+}
+
+/// Verifies a tenant token (API key or user JWT) with the tenant's secret:
+/// HS256, `exp`/`nbf`, a `role` among [`API_ROLES`], and `ref`, when
+/// present, naming this tenant. Returns all claims.
+pub fn verify_tenant_token(
+    tenant_secret: &str,
+    tenant: &str,
+    token: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, JwtError> {
+    let claims: serde_json::Map<String, serde_json::Value> =
+        verify(tenant_secret.as_bytes(), token)?;
+    match claims.get("role").and_then(|r| r.as_str()) {
+        Some(role) if API_ROLES.contains(&role) => {}
+        Some(role) => return Err(JwtError::Malformed(format!("role {role:?} is not allowed"))),
+        None => return Err(JwtError::Malformed("the token has no role".to_owned())),
+    }
+    if let Some(r) = claims.get("ref")
+        && r.as_str() != Some(tenant)
+    {
+        return Err(JwtError::Malformed(
+            "the token belongs to another tenant".to_owned(),
+        ));
+    }
+    Ok(claims)
+}
