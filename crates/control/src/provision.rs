@@ -52,13 +52,7 @@ pub const RESERVED: [&str; 16] = [
 
 /// Why an id is not acceptable, or `None`.
 pub fn invalid_id(id: &str) -> Option<String> {
-    let bytes = id.as_bytes();
-    let shape = (3..=40).contains(&bytes.len())
-        && bytes[0].is_ascii_lowercase()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    if !shape {
+    if !madbase_platform::tenants::is_valid_id(id) {
         return Some(
             "id must match ^[a-z][a-z0-9-]{2,39}$ (3 to 40 lowercase letters, digits or hyphens, starting with a letter)"
                 .to_owned(),

@@ -102,7 +102,10 @@ async fn serve(name: &str, configs: Vec<Config>) -> anyhow::Result<()> {
     let mut bound = Vec::new();
     for config in &configs {
         let common = config.common();
-        let listeners = Listeners::bind(common.listen, common.admin_listen).await?;
+        let listeners = Listeners::bind(common.listen, common.admin_listen)
+            .await?
+            .with_limits(common.conn_limits);
+
         bound.push((config.app().await?, listeners, common.drain_timeout));
     }
     let shutdown = CancellationToken::new();

@@ -177,6 +177,9 @@ pub struct CommonConfig {
     pub drain_timeout: Duration,
     /// The OpenTelemetry exporter settings from the standard `OTEL_*` variables.
     pub otel: OtelConfig,
+    /// `MADBASE_MAX_HEADER_BYTES` (default 32768) and
+    /// `MADBASE_HEADER_READ_TIMEOUT_SECONDS` (default 10).
+    pub conn_limits: crate::server::ConnLimits,
 }
 
 /// OTLP trace export, configured by the standard `OTEL_*` variables.
@@ -219,6 +222,24 @@ impl CommonConfig {
             log_format,
             drain_timeout: env.seconds("MADBASE_DRAIN_SECONDS", Duration::from_secs(10))?,
             otel: OtelConfig::from_env(service, env)?,
+            conn_limits: crate::server::ConnLimits {
+                max_header_bytes: match env
+                    .parse::<usize>("MADBASE_MAX_HEADER_BYTES", "a number of bytes")?
+                {
+                    None => 32 * 1024,
+                    Some(n) if (8192..=1 << 20).contains(&n) => n,
+                    Some(n) => {
+                        return Err(err(
+                            "MADBASE_MAX_HEADER_BYTES",
+                            format!("{n} is outside 8192..=1048576"),
+                        ));
+                    }
+                },
+                header_read_timeout: env.seconds(
+                    "MADBASE_HEADER_READ_TIMEOUT_SECONDS",
+                    Duration::from_secs(10),
+                )?,
+            },
         })
     }
 }

@@ -12,16 +12,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_http::HeaderExtractor;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 use tower::util::MapRequestLayer;
 use tracing::Instrument as _;
 use tracing::field::Empty;
@@ -187,11 +192,31 @@ async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Respo
     response
 }
 
+/// Connection-level limits of both listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Largest request head (request line and headers) accepted; larger
+    /// ones get 431 from hyper. At least 8 KiB.
+    pub max_header_bytes: usize,
+    /// How long a client may take to send the request head (slow clients).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_header_bytes: 32 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Both listeners of a service, bound.
 #[derive(Debug)]
 pub struct Listeners {
     api: TcpListener,
     admin: TcpListener,
+    limits: ConnLimits,
 }
 
 impl Listeners {
@@ -206,7 +231,14 @@ impl Listeners {
         Ok(Listeners {
             api: api_listener,
             admin: admin_listener,
+            limits: ConnLimits::default(),
         })
+    }
+
+    /// Replaces the connection limits.
+    pub fn with_limits(mut self, limits: ConnLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn api_addr(&self) -> SocketAddr {
@@ -236,34 +268,81 @@ impl Listeners {
             version = crate::VERSION,
             "{service} listening"
         );
-        let api = axum::serve(self.api, api_router(&app))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let admin = axum::serve(self.admin, admin_router(&app))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let mut servers =
-            tokio::spawn(async move { tokio::try_join!(api.into_future(), admin.into_future()) });
-        tokio::select! {
-            result = &mut servers => {
-                result.context("server task")?.context("serving")?;
-                return Ok(());
-            }
-            () = shutdown.cancelled() => {}
-        }
+        let graceful = Arc::new(GracefulShutdown::new());
+        let api = accept_loop(
+            self.api,
+            api_router(&app),
+            self.limits,
+            graceful.clone(),
+            shutdown.clone(),
+        );
+        let admin = accept_loop(
+            self.admin,
+            admin_router(&app),
+            self.limits,
+            graceful.clone(),
+            shutdown.clone(),
+        );
+        tokio::try_join!(api, admin)?;
         tracing::info!(
             drain_seconds = drain.as_secs_f64(),
             "{service} shutting down: draining in-flight requests"
         );
-        match tokio::time::timeout(drain, &mut servers).await {
-            Ok(result) => {
-                result.context("server task")?.context("serving")?;
-                tracing::info!("{service} stopped");
-            }
-            Err(_) => {
-                servers.abort();
-                tracing::warn!("{service} drain time exceeded; remaining requests cut");
-            }
+        let graceful =
+            Arc::try_unwrap(graceful).map_err(|_| anyhow::anyhow!("accept loops still running"))?;
+        match tokio::time::timeout(drain, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("{service} stopped"),
+            Err(_) => tracing::warn!("{service} drain time exceeded; remaining requests cut"),
         }
         Ok(())
+    }
+}
+
+/// Accepts connections until `shutdown`, serving each with hyper (HTTP/1.1
+/// and h2c) under `graceful`. The client's address is available to handlers
+/// as `ConnectInfo<SocketAddr>`.
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnLimits,
+    graceful: Arc<GracefulShutdown>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = router
+            .clone()
+            .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
+            .into_owned();
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
     }
 }
 

@@ -25,7 +25,9 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::{EnvFilter, Layer};
+
 
 use crate::config::{LogFormat, OtelConfig, OtlpProtocol};
 
@@ -109,25 +111,27 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_new(&cfg.log_filter)
         .with_context(|| format!("MADBASE_LOG: {:?} is not a valid filter", cfg.log_filter))?;
     let otel_layer = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(otel_layer)
-        .with(ContextLayer);
-    match cfg.log_format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .event_format(JsonFormat {
-                        service: cfg.service.clone(),
-                    })
-                    .with_writer(std::io::stdout),
-            )
-            .try_init(),
-        LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout))
-            .try_init(),
-    }
-    .context("installing the log subscriber")?;
+    // MADBASE_LOG filters log lines only: request spans (traces, trace
+    // propagation, the log context) stay on whatever the log level is.
+    let fmt_layer = match cfg.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .event_format(JsonFormat {
+                service: cfg.service.clone(),
+            })
+            .with_writer(std::io::stdout)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stdout)
+            .with_filter(filter)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(otel_layer.with_filter(LevelFilter::INFO))
+        .with(ContextLayer.with_filter(LevelFilter::INFO))
+        .with(fmt_layer)
+        .try_init()
+        .context("installing the log subscriber")?;
     Ok(TelemetryGuard { provider })
 }
 

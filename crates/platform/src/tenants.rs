@@ -45,7 +45,18 @@ impl std::fmt::Debug for TenantInfo {
     }
 }
 
+/// True when `id` has the shape of a tenant id: `^[a-z][a-z0-9-]{2,39}$`.
+pub fn is_valid_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    (3..=40).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
 /// Why a lookup failed (control unreachable and nothing cached).
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("tenant lookup failed: {0}")]
 pub struct LookupError(pub String);

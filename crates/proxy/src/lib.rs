@@ -1,11 +1,24 @@
-//! madbase proxy: the public edge (tenant routing, API keys, rate limits,
-//! forwarding to worker and functions).
-//!
-//! At this stage the service answers health and readiness (control
-//! reachable); routing builds on it.
+//! madbase proxy: the public edge. Resolves the tenant (subdomain
+//! `<tenant>.<MADBASE_DOMAIN>` or path prefix `/t/<tenant>/`), checks its API
+//! key, rate-limits per tenant and forwards `/rest/v1/*` to the worker and
+//! `/functions/v1/*` to functions, streaming bodies both ways.
+
+mod forward;
+mod keys;
+mod metrics;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::routing::any;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use madbase_platform::config::{ConfigError, Env, Source};
+use madbase_platform::tenants::TenantClient;
 use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, client, secrets};
 
 /// The proxy's configuration, from the environment.
@@ -22,6 +35,22 @@ pub struct Config {
     pub functions_url: String,
     /// `MADBASE_DOMAIN`: tenants are `<tenant>.<domain>`; default `localhost`.
     pub domain: String,
+    /// `MADBASE_RATE_LIMIT_RPS` per tenant (default 1000; 0 disables) and
+    /// `MADBASE_RATE_LIMIT_BURST` (default 2 × rate).
+    pub rate_limit: Option<(NonZeroU32, NonZeroU32)>,
+    /// `MADBASE_MAX_BODY_BYTES`, default 10 MiB.
+    pub max_body_bytes: u64,
+    /// `MADBASE_UPSTREAM_CONNECT_TIMEOUT_SECONDS`, default 2.
+    pub connect_timeout: Duration,
+    /// `MADBASE_REST_TIMEOUT_SECONDS` (default 30) and
+    /// `MADBASE_FUNCTIONS_TIMEOUT_SECONDS` (default 150): time to the upstream's
+    /// response head.
+    pub rest_timeout: Duration,
+    pub functions_timeout: Duration,
+    /// `MADBASE_TENANT_CACHE_SECONDS` (default 30) and
+    /// `MADBASE_TENANT_NEGATIVE_CACHE_SECONDS` (default 5).
+    pub tenant_ttl: Duration,
+    pub tenant_negative_ttl: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -32,8 +61,16 @@ impl std::fmt::Debug for Config {
             .field("worker_url", &self.worker_url)
             .field("functions_url", &self.functions_url)
             .field("domain", &self.domain)
+            .field("rate_limit", &self.rate_limit)
             .finish_non_exhaustive()
     }
+}
+
+fn non_zero(var: &str, n: u32) -> Result<NonZeroU32, ConfigError> {
+    NonZeroU32::new(n).ok_or_else(|| ConfigError {
+        var: var.to_owned(),
+        problem: "must be positive".to_owned(),
+    })
 }
 
 impl Config {
@@ -51,6 +88,20 @@ impl Config {
                 problem: format!("{domain:?} is not a DNS name like api.example.com"),
             });
         }
+        let rps = env
+            .parse::<u32>("MADBASE_RATE_LIMIT_RPS", "a number of requests per second")?
+            .unwrap_or(1000);
+        let rate_limit = if rps == 0 {
+            None
+        } else {
+            let burst = env
+                .parse::<u32>("MADBASE_RATE_LIMIT_BURST", "a number of requests")?
+                .unwrap_or(rps.saturating_mul(2));
+            Some((
+                non_zero("MADBASE_RATE_LIMIT_RPS", rps)?,
+                non_zero("MADBASE_RATE_LIMIT_BURST", burst)?,
+            ))
+        };
         Ok(Config {
             common: CommonConfig::from_env(Service::Proxy, env)?,
             jwt_secret: secrets::jwt_secret(env)?,
@@ -58,17 +109,95 @@ impl Config {
             worker_url: env.url("MADBASE_WORKER_URL", "http://127.0.0.1:8002")?,
             functions_url: env.url("MADBASE_FUNCTIONS_URL", "http://127.0.0.1:8003")?,
             domain: domain.to_ascii_lowercase(),
+            rate_limit,
+            max_body_bytes: env
+                .parse::<u64>("MADBASE_MAX_BODY_BYTES", "a number of bytes")?
+                .unwrap_or(10 << 20),
+            connect_timeout: env.seconds(
+                "MADBASE_UPSTREAM_CONNECT_TIMEOUT_SECONDS",
+                Duration::from_secs(2),
+            )?,
+            rest_timeout: env.seconds("MADBASE_REST_TIMEOUT_SECONDS", Duration::from_secs(30))?,
+            functions_timeout: env.seconds(
+                "MADBASE_FUNCTIONS_TIMEOUT_SECONDS",
+                Duration::from_secs(150),
+            )?,
+            tenant_ttl: env.seconds("MADBASE_TENANT_CACHE_SECONDS", Duration::from_secs(30))?,
+            tenant_negative_ttl: env.seconds(
+                "MADBASE_TENANT_NEGATIVE_CACHE_SECONDS",
+                Duration::from_secs(5),
+            )?,
         })
     }
 }
 
+/// An upstream service behind the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    Worker,
+    Functions,
+}
+
+impl Upstream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Upstream::Worker => "worker",
+            Upstream::Functions => "functions",
+        }
+    }
+}
+
+/// Everything the forwarding handler needs.
+pub(crate) struct State {
+    pub(crate) config: Config,
+    pub(crate) tenants: TenantClient,
+    pub(crate) http: Client<HttpConnector, axum::body::Body>,
+    pub(crate) limiter: Option<DefaultKeyedRateLimiter<String>>,
+    pub(crate) metrics: metrics::ProxyMetrics,
+}
+
+pub(crate) type AppState = Arc<State>;
+
 /// Builds the proxy: routes, readiness checks, metrics.
 pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
-    let http = client::internal_client();
+    let metrics = Metrics::new();
+    let tenants = TenantClient::new(&config.control_url, &config.jwt_secret, &metrics)
+        .with_ttl(config.tenant_ttl, config.tenant_negative_ttl);
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    let http = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(connector);
+    let limiter = config
+        .rate_limit
+        .map(|(rps, burst)| RateLimiter::keyed(Quota::per_second(rps).allow_burst(burst)));
+    let state: AppState = Arc::new(State {
+        config: config.clone(),
+        tenants,
+        http,
+        limiter,
+        metrics: metrics::ProxyMetrics::new(&metrics),
+    });
+    let api = Router::new()
+        .route("/t/{tenant}/rest/v1", any(forward::by_path))
+        .route("/t/{tenant}/rest/v1/{*rest}", any(forward::by_path))
+        .route("/t/{tenant}/functions/v1", any(forward::by_path))
+        .route("/t/{tenant}/functions/v1/{*rest}", any(forward::by_path))
+        .route("/rest/v1", any(forward::by_host))
+        .route("/rest/v1/{*rest}", any(forward::by_host))
+        .route("/functions/v1", any(forward::by_host))
+        .route("/functions/v1/{*rest}", any(forward::by_host))
+        .with_state(state);
     Ok(ServiceApp {
         service: Service::Proxy,
-        api: Router::new(),
-        ready: vec![ReadyCheck::http("control", http, &config.control_url)],
-        metrics: Metrics::new(),
+        api,
+        ready: vec![ReadyCheck::http(
+            "control",
+            client::internal_client(),
+            &config.control_url,
+        )],
+        metrics,
     })
 }

@@ -1,0 +1,381 @@
+//! Forwarding: tenant resolution, key check, rate limit, then the request
+//! streamed to the upstream and its response streamed back untouched.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use http_body_util::Limited;
+use madbase_platform::{ApiError, client};
+
+use crate::keys;
+use crate::{AppState, Upstream};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// The header carrying the tenant to upstreams; only the proxy sets it.
+pub const TENANT_HEADER: &str = "x-madbase-tenant";
+
+/// `/t/{tenant}/…`
+pub(crate) async fn by_path(
+    State(state): State<AppState>,
+    Path(params): Path<Vec<(String, String)>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let tenant = params
+        .iter()
+        .find(|(k, _)| k == "tenant")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let prefix_len = "/t/".len() + tenant.len();
+    let path = req.uri().path().get(prefix_len..).unwrap_or("/").to_owned();
+    handle(state, tenant, path, peer, req).await
+}
+
+/// `<tenant>.<domain>/…`
+pub(crate) async fn by_host(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let host = request_host(&req).unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host.as_str(), |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host.as_str()
+        }
+    });
+    let suffix = format!(".{}", state.config.domain);
+    let tenant = host
+        .to_ascii_lowercase()
+        .strip_suffix(&suffix)
+        .filter(|t| !t.contains('.'))
+        .map(str::to_owned);
+    let Some(tenant) = tenant else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "tenant_not_found",
+            format!(
+                "no tenant in this request: use <tenant>.{} or the path prefix /t/<tenant>/",
+                state.config.domain
+            ),
+        )
+        .into_response();
+    };
+    let path = req.uri().path().to_owned();
+    handle(state, tenant, path, peer, req).await
+}
+
+fn request_host(req: &Request) -> Option<String> {
+    req.headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+}
+
+fn tenant_not_found(tenant: &str) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "tenant_not_found",
+        format!("no tenant {tenant:?}"),
+    )
+    .into_response()
+}
+
+async fn handle(
+    state: AppState,
+    tenant: String,
+    path: String,
+    peer: SocketAddr,
+    req: Request,
+) -> Response {
+    let upstream = if path == "/rest/v1" || path.starts_with("/rest/v1/") {
+        Upstream::Worker
+    } else if path == "/functions/v1" || path.starts_with("/functions/v1/") {
+        Upstream::Functions
+    } else {
+        return ApiError::not_found("no route matches this path").into_response();
+    };
+    if !madbase_platform::tenants::is_valid_id(&tenant) {
+        return tenant_not_found(&tenant);
+    }
+    tracing::Span::current().record("tenant", tenant.as_str());
+    let response = authorize_and_forward(&state, &tenant, upstream, &path, peer, req).await;
+    state
+        .metrics
+        .request(&tenant, upstream.name(), response.status().as_u16());
+    response
+}
+
+async fn authorize_and_forward(
+    state: &AppState,
+    tenant: &str,
+    upstream: Upstream,
+    path: &str,
+    peer: SocketAddr,
+    req: Request,
+) -> Response {
+    // The tenant, and its key check (a refused signature re-reads the tenant
+    // once: its keys may have been rotated since it was cached).
+    let mut retried = false;
+    loop {
+        let info = match state.tenants.get(tenant).await {
+            Ok(Some(info)) => info,
+            Ok(None) => return tenant_not_found(tenant),
+            Err(e) => {
+                tracing::warn!(error = %e, "tenant lookup failed");
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tenant_lookup_failed",
+                    "the control plane is unreachable and this tenant is not cached",
+                )
+                .into_response();
+            }
+        };
+        match keys::check(req.headers(), tenant, &info.jwt_secret) {
+            Ok(()) => break,
+            Err(e) if e.maybe_stale_secret() && !retried => {
+                retried = true;
+                state.tenants.invalidate(tenant);
+            }
+            Err(e) => {
+                let code = if e == keys::KeyError::Missing {
+                    "missing_api_key"
+                } else {
+                    "invalid_api_key"
+                };
+                return ApiError::new(StatusCode::UNAUTHORIZED, code, e.message()).into_response();
+            }
+        }
+    }
+
+    if let Some(limiter) = &state.limiter
+        && let Err(not_until) = limiter.check_key(&tenant.to_owned())
+    {
+        state.metrics.rate_limited(tenant);
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many requests for tenant {tenant:?}; retry after {} s",
+                seconds.max(1)
+            ),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        return resp;
+    }
+
+    forward(state, tenant, upstream, path, peer, req).await
+}
+
+async fn forward(
+    state: &AppState,
+    tenant: &str,
+    upstream: Upstream,
+    path: &str,
+    peer: SocketAddr,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let max = state.config.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return too_large(max);
+    }
+    let base = match upstream {
+        Upstream::Worker => &state.config.worker_url,
+        Upstream::Functions => &state.config.functions_url,
+    };
+    let target = match parts.uri.query() {
+        Some(q) => format!("{base}{path}?{q}"),
+        None => format!("{base}{path}"),
+    };
+    let Ok(uri) = target.parse::<Uri>() else {
+        return ApiError::bad_request("the request path cannot be forwarded").into_response();
+    };
+
+    let original_host = parts.headers.get(HOST).cloned();
+    let mut headers = forward_headers(&parts.headers);
+    headers.insert(
+        HeaderName::from_static(TENANT_HEADER),
+        HeaderValue::from_str(tenant).unwrap_or(HeaderValue::from_static("")),
+    );
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prior) => format!("{prior}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    let proto = parts
+        .headers
+        .get("x-forwarded-proto")
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("http"));
+    headers.insert("x-forwarded-proto", proto);
+    if let Some(host) = original_host {
+        headers.insert("x-forwarded-host", host);
+    }
+    client::inject(&mut headers);
+
+    let mut builder = http::Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .version(http::Version::HTTP_11);
+    if let Some(h) = builder.headers_mut() {
+        *h = headers;
+    }
+    let limited = Body::new(Limited::new(
+        body,
+        usize::try_from(max).unwrap_or(usize::MAX),
+    ));
+    let Ok(upstream_req) = builder.body(limited) else {
+        return ApiError::bad_request("the request cannot be forwarded").into_response();
+    };
+
+    let timeout = match upstream {
+        Upstream::Worker => state.config.rest_timeout,
+        Upstream::Functions => state.config.functions_timeout,
+    };
+    let start = Instant::now();
+    let name = upstream.name();
+    match tokio::time::timeout(timeout, state.http.request(upstream_req)).await {
+        Ok(Ok(resp)) => {
+            state
+                .metrics
+                .upstream(name, resp.status().as_u16(), start.elapsed());
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Ok(Err(e)) => upstream_failure(state, name, &e, max),
+        Err(_) => {
+            state.metrics.upstream_error(name, "timeout");
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!(
+                    "the {name} service did not answer within {} s",
+                    secs(timeout)
+                ),
+            )
+            .into_response()
+        }
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}", d.as_secs_f64())
+}
+
+fn too_large(max: u64) -> Response {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body is larger than {max} bytes"),
+    )
+    .into_response()
+}
+
+fn upstream_failure(
+    state: &AppState,
+    name: &'static str,
+    e: &hyper_util::client::legacy::Error,
+    max: u64,
+) -> Response {
+    // The body limit tripping while streaming surfaces as a client error.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return too_large(max);
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        state.metrics.upstream_error(name, "connect");
+        tracing::warn!(upstream = name, error = %e, "upstream unreachable");
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+            format!("the {name} service is unreachable"),
+        )
+        .into_response()
+    } else {
+        state.metrics.upstream_error(name, "other");
+        tracing::warn!(upstream = name, error = ?e, "upstream request failed");
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!("the request to the {name} service failed"),
+        )
+        .into_response()
+    }
+}
+
+/// The client's headers minus hop-by-hop ones, `Host`, and every internal
+/// (`x-madbase-*`) header a client may have sent.
+fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
+    let mut headers = incoming.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(HOST);
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-madbase-"))
+        .cloned()
+        .collect();
+    for k in internal {
+        headers.remove(k);
+    }
+    headers
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(listed.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+    // Let the client library frame the body again.
+    headers.remove("transfer-encoding");
+}

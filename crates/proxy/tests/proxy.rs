@@ -1,0 +1,651 @@
+//! The proxy on real sockets, with control (and its Postgres) in-process and
+//! an echo server standing in for worker and functions, so every header the
+//! upstream sees can be asserted. The run through the real worker is in the
+//! worker's own compatibility tests and `cargo xtask e2e`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::routing::any;
+use base64::Engine as _;
+use madbase_platform::config::Env;
+use madbase_platform::{CancellationToken, Listeners, ServiceApp, jwt};
+use serde_json::{Value, json};
+
+const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn unique_id(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A running service on loopback.
+struct Served {
+    api: SocketAddr,
+    admin: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Served {
+    async fn start(app: ServiceApp) -> Served {
+        let l = Listeners::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .await
+        .expect("bind");
+        let (api, admin) = (l.api_addr(), l.admin_addr());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(l.serve(app, stop.clone(), Duration::from_secs(1)));
+        Served {
+            api,
+            admin,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("join").expect("serve");
+    }
+}
+
+/// An upstream that answers with what it received: method, path, query,
+/// headers and body length. `x-echo-status` sets the status,
+/// `x-echo-delay-ms` delays the answer.
+async fn echo() -> SocketAddr {
+    let app = axum::Router::new().fallback(any(
+        |method: http::Method, uri: http::Uri, headers: http::HeaderMap, body: Bytes| async move {
+            if let Some(ms) = headers.get("x-echo-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            let status = headers
+                .get("x-echo-status")
+                .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+                .and_then(|s| http::StatusCode::from_u16(s).ok())
+                .unwrap_or(http::StatusCode::OK);
+            let h: HashMap<String, String> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            (
+                status,
+                [("x-upstream", "echo")],
+                Json(json!({"method": method.as_str(), "path": uri.path(), "query": uri.query(), "headers": h, "body_len": body.len()})),
+            )
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+struct Stack {
+    control: Option<Served>,
+    proxy: Served,
+    http: reqwest::Client,
+    tenant: String,
+    anon: String,
+    service: String,
+    secret: String,
+    other_anon: String,
+}
+
+async fn stack(extra: &[(&str, &str)]) -> Stack {
+    // Spans and W3C propagation as in the binary (once per process; quiet).
+    static TELEMETRY: std::sync::OnceLock<Option<madbase_platform::telemetry::TelemetryGuard>> =
+        std::sync::OnceLock::new();
+    TELEMETRY.get_or_init(|| {
+        madbase_platform::telemetry::init(&madbase_platform::telemetry::TelemetryConfig {
+            service: "proxy-test".into(),
+            log_filter: "warn".into(),
+            log_format: madbase_platform::config::LogFormat::Json,
+            otel: madbase_platform::config::OtelConfig::from_env(
+                madbase_platform::Service::Proxy,
+                &Env::new(HashMap::<String, String>::new()),
+            )
+            .expect("otel config"),
+        })
+        .ok()
+    });
+    let db = madbase_testkit::postgres().expect("postgres");
+
+    let mut vars: HashMap<String, String> = [
+        ("JWT_SECRET", SECRET.to_owned()),
+        ("DATABASE_URL", db.url.clone()),
+        ("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres")),
+        ("MADBASE_MASTER_KEY", MASTER_KEY.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let control_cfg =
+        madbase_control::Config::from_env(&Env::new(vars.clone())).expect("control config");
+    let control = Served::start(madbase_control::app(&control_cfg).await.expect("control")).await;
+    let upstream = echo().await;
+    vars.insert(
+        "MADBASE_CONTROL_URL".into(),
+        format!("http://{}", control.api),
+    );
+    vars.insert("MADBASE_WORKER_URL".into(), format!("http://{upstream}"));
+    vars.insert("MADBASE_FUNCTIONS_URL".into(), format!("http://{upstream}"));
+    vars.insert("MADBASE_DOMAIN".into(), "madbase.test".into());
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let proxy_cfg = madbase_proxy::Config::from_env(&Env::new(vars)).expect("proxy config");
+    let proxy = Served::start(madbase_proxy::app(&proxy_cfg).expect("proxy")).await;
+
+    let http = reqwest::Client::new();
+    let admin = jwt::platform_token(SECRET, "admin", Duration::from_secs(600));
+    let mut created = Vec::new();
+    for prefix in ["edge", "other"] {
+        let resp: Value = http
+            .post(format!("http://{}/v1/tenants", control.api))
+            .bearer_auth(&admin)
+            .json(&json!({ "id": unique_id(prefix) }))
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("json");
+        created.push(resp);
+    }
+    let internal = jwt::platform_token(SECRET, "internal", Duration::from_secs(600));
+    let info: Value = http
+        .get(format!(
+            "http://{}/internal/v1/tenants/{}",
+            control.api,
+            created[0]["id"].as_str().expect("id")
+        ))
+        .bearer_auth(internal)
+        .send()
+        .await
+        .expect("internal")
+        .json()
+        .await
+        .expect("json");
+    Stack {
+        control: Some(control),
+        proxy,
+        http,
+        tenant: created[0]["id"].as_str().expect("id").to_owned(),
+        anon: created[0]["anon_key"].as_str().expect("key").to_owned(),
+        service: created[0]["service_role_key"]
+            .as_str()
+            .expect("key")
+            .to_owned(),
+        secret: info["jwt_secret"].as_str().expect("secret").to_owned(),
+        other_anon: created[1]["anon_key"].as_str().expect("key").to_owned(),
+    }
+}
+
+impl Stack {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}/t/{}{path}", self.proxy.api, self.tenant)
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, Value) {
+        let mut req = self.http.get(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, headers, body)
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.proxy.admin))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+}
+
+fn b64(v: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_keys_are_checked() {
+    let s = stack(&[]).await;
+    let now = jwt::now();
+    let user = jwt::sign(
+        s.secret.as_bytes(),
+        &json!({"role": "authenticated", "sub": "u1", "exp": now + 60}),
+    );
+    let expired = jwt::sign(
+        s.secret.as_bytes(),
+        &json!({"role": "anon", "exp": now - 5}),
+    );
+    let not_yet = jwt::sign(
+        s.secret.as_bytes(),
+        &json!({"role": "anon", "nbf": now + 600}),
+    );
+    let bad_role = jwt::sign(s.secret.as_bytes(), &json!({"role": "postgres"}));
+    let wrong_secret = jwt::sign(
+        b"not-the-tenant-secret-not-the-tenant-secret",
+        &json!({"role": "anon"}),
+    );
+    let none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(r#"{"role":"anon"}"#)
+    );
+    let hs512 = {
+        let header = b64(r#"{"alg":"HS512","typ":"JWT"}"#);
+        format!("{header}.{}.c2ln", b64(r#"{"role":"anon"}"#))
+    };
+    let bearer = |t: &str| format!("Bearer {t}");
+    /// (case, headers, expected error code)
+    type Refusal<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let refused: Vec<Refusal> = vec![
+
+        ("missing", vec![], "missing_api_key"),
+        (
+            "garbage",
+            vec![("apikey", "garbage".into())],
+            "invalid_api_key",
+        ),
+        (
+            "alg none",
+            vec![("apikey", none.clone())],
+            "invalid_api_key",
+        ),
+        ("HS512", vec![("apikey", hs512.clone())], "invalid_api_key"),
+        (
+            "expired",
+            vec![("apikey", expired.clone())],
+            "invalid_api_key",
+        ),
+        (
+            "not yet valid",
+            vec![("apikey", not_yet.clone())],
+            "invalid_api_key",
+        ),
+        (
+            "bad role",
+            vec![("apikey", bad_role.clone())],
+            "invalid_api_key",
+        ),
+        (
+            "wrong secret",
+            vec![("apikey", wrong_secret.clone())],
+            "invalid_api_key",
+        ),
+        (
+            "another tenant's key",
+            vec![("apikey", s.other_anon.clone())],
+            "invalid_api_key",
+        ),
+        (
+            "bad bearer",
+            vec![("authorization", bearer("garbage"))],
+            "invalid_api_key",
+        ),
+        (
+            "valid user JWT but bad apikey",
+            vec![
+                ("apikey", "garbage".into()),
+                ("authorization", bearer(&user)),
+            ],
+            "invalid_api_key",
+        ),
+        (
+            "valid apikey but expired user JWT",
+            vec![
+                ("apikey", s.anon.clone()),
+                ("authorization", bearer(&expired)),
+            ],
+            "invalid_api_key",
+        ),
+    ];
+    for (case, headers, code) in refused {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, resp_headers, body) = s.get("/rest/v1/items", &h).await;
+        assert_eq!(status, 401, "{case}: {body}");
+        assert_eq!(body["code"], code, "{case}");
+        assert!(body["request_id"].is_string(), "{case}");
+        assert_eq!(
+            resp_headers["x-request-id"].to_str().expect("ascii"),
+            body["request_id"].as_str().expect("id")
+        );
+    }
+    let accepted: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("anon apikey", vec![("apikey", s.anon.clone())]),
+        ("service_role apikey", vec![("apikey", s.service.clone())]),
+        ("anon as bearer", vec![("authorization", bearer(&s.anon))]),
+        (
+            "apikey plus user JWT",
+            vec![("apikey", s.anon.clone()), ("authorization", bearer(&user))],
+        ),
+    ];
+    for (case, headers) in accepted {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, _, body) = s.get("/rest/v1/items", &h).await;
+        assert_eq!(status, 200, "{case}: {body}");
+        assert_eq!(body["path"], "/rest/v1/items", "{case}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_by_path_and_host_and_header_hygiene() {
+    let s = stack(&[]).await;
+    let key = s.anon.as_str();
+    // Path prefix: prefix stripped, query kept, tenant header set by the proxy.
+    let (status, _, body) = s
+        .get(
+            "/rest/v1/items?select=id,name&id=eq.1",
+            &[
+                ("apikey", key),
+                ("x-madbase-tenant", "evil"),
+                ("x-madbase-internal", "1"),
+                ("connection", "x-drop-me"),
+                ("x-drop-me", "1"),
+                ("x-keep-me", "1"),
+                ("x-request-id", "route-req-1"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["path"], "/rest/v1/items");
+    assert_eq!(body["query"], "select=id,name&id=eq.1");
+    let h = &body["headers"];
+    assert_eq!(h["x-madbase-tenant"], s.tenant.as_str());
+    assert!(h.get("x-madbase-internal").is_none(), "{h}");
+    assert!(
+        h.get("x-drop-me").is_none(),
+        "connection-listed headers are hop-by-hop: {h}"
+    );
+    assert_eq!(h["x-keep-me"], "1");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], s.proxy.api.to_string());
+    assert_eq!(h["x-request-id"], "route-req-1");
+    let tp = h["traceparent"].as_str().expect("traceparent");
+    assert!(
+        tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{tp}"
+    );
+    assert!(
+        !tp.contains("b7ad6b7169203331"),
+        "the proxy's own span is the parent: {tp}"
+    );
+
+    // Functions route.
+    let (status, _, body) = s.get("/functions/v1/hello?x=1", &[("apikey", key)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["path"], "/functions/v1/hello");
+
+    // Host routing: <tenant>.<domain>.
+    let resp = s
+        .http
+        .post(format!("http://{}/rest/v1/items", s.proxy.api))
+        .header("host", format!("{}.madbase.test:8000", s.tenant))
+        .header("apikey", key)
+        .body("{\"a\":1}")
+        .send()
+        .await
+        .expect("host routed");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["headers"]["x-madbase-tenant"], s.tenant.as_str());
+    assert_eq!(body["body_len"], 7);
+
+    // Anything else is 404 JSON; unknown tenants too.
+    for (url, code) in [
+        (s.url("/other/v1/x"), "not_found"),
+        (
+            format!("http://{}/t/no-such-tenant/rest/v1/items", s.proxy.api),
+            "tenant_not_found",
+        ),
+        (
+            format!("http://{}/t/BAD_ID/rest/v1/items", s.proxy.api),
+            "tenant_not_found",
+        ),
+        (
+            format!("http://{}/rest/v1/items", s.proxy.api),
+            "tenant_not_found",
+        ),
+        (format!("http://{}/metrics", s.proxy.api), "not_found"),
+    ] {
+        let resp = s
+            .http
+            .get(&url)
+            .header("apikey", key)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 404, "{url}");
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["code"], code, "{url}");
+    }
+
+    // Upstream statuses and headers pass through untouched.
+    let (status, headers, body) = s
+        .get(
+            "/rest/v1/teapot",
+            &[("apikey", key), ("x-echo-status", "418")],
+        )
+        .await;
+    assert_eq!(status, 418);
+    assert_eq!(headers["x-upstream"], "echo");
+    assert_eq!(body["path"], "/rest/v1/teapot");
+    let (status, _, _) = s
+        .get(
+            "/rest/v1/down",
+            &[("apikey", key), ("x-echo-status", "503")],
+        )
+        .await;
+    assert_eq!(status, 503);
+
+    let text = s.metrics().await;
+    assert!(
+        text.contains(&format!(
+            r#"madbase_proxy_requests_total{{tenant="{}",upstream="worker",status="200"}}"#,
+            s.tenant
+        )),
+        "{text}"
+    );
+    assert!(text.contains(r#"madbase_proxy_upstream_request_duration_seconds_bucket{upstream="worker",status="418""#), "{text}");
+    assert!(
+        text.contains(r#"route="/t/{tenant}/rest/v1/{*rest}""#),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_failures_timeouts_and_limits() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let s = stack(&[
+        ("MADBASE_FUNCTIONS_URL", &format!("http://{dead}")),
+        ("MADBASE_REST_TIMEOUT_SECONDS", "0.5"),
+        ("MADBASE_MAX_BODY_BYTES", "1024"),
+    ])
+    .await;
+    let key = s.anon.as_str();
+    // Unreachable upstream → 502 (the port was closed again).
+    let (status, headers, body) = s.get("/functions/v1/x", &[("apikey", key)]).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["code"], "upstream_unavailable");
+    assert_eq!(
+        headers["x-request-id"].to_str().expect("ascii"),
+        body["request_id"].as_str().expect("id")
+    );
+    // Slow upstream → 504.
+    let (status, _, body) = s
+        .get(
+            "/rest/v1/slow",
+            &[("apikey", key), ("x-echo-delay-ms", "2000")],
+        )
+        .await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["code"], "upstream_timeout");
+    // Bodies over the limit → 413, declared or streamed.
+    let resp = s
+        .http
+        .post(s.url("/rest/v1/items"))
+        .header("apikey", key)
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["code"], "payload_too_large");
+    // Chunked (no Content-Length): the limit trips while streaming.
+    let chunks: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = (0..8)
+        .map(|_| Ok(http_body::Frame::data(Bytes::from(vec![b'y'; 512]))))
+        .collect();
+    let streamed = reqwest::Body::wrap(http_body_util::StreamBody::new(tokio_stream::iter(chunks)));
+    let resp = s
+        .http
+        .post(s.url("/rest/v1/items"))
+        .header("apikey", key)
+        .body(streamed)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 413);
+    // A body under the limit streams through.
+    let resp = s
+        .http
+        .post(s.url("/rest/v1/items"))
+        .header("apikey", key)
+        .body(vec![b'z'; 1000])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["body_len"], 1000);
+    // Oversized headers → 431.
+    let resp = s
+        .http
+        .get(s.url("/rest/v1/items"))
+        .header("apikey", key)
+        .header("x-big", "a".repeat(64 * 1024))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 431);
+    let text = s.metrics().await;
+    assert!(
+        text.contains(
+            r#"madbase_proxy_upstream_errors_total{upstream="functions",kind="connect"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"madbase_proxy_upstream_errors_total{upstream="worker",kind="timeout"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_per_tenant() {
+    let s = stack(&[
+        ("MADBASE_RATE_LIMIT_RPS", "1"),
+        ("MADBASE_RATE_LIMIT_BURST", "2"),
+    ])
+    .await;
+    let key = s.anon.as_str();
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..4 {
+        let (status, headers, body) = s.get("/rest/v1/items", &[("apikey", key)]).await;
+        if status == 429 {
+            assert_eq!(body["code"], "rate_limited");
+            retry_after = headers
+                .get("retry-after")
+                .map(|v| v.to_str().expect("ascii").to_owned());
+        }
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..2], [200, 200]);
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    let secs: u64 = retry_after.expect("Retry-After").parse().expect("seconds");
+    assert!((1..=2).contains(&secs));
+    let text = s.metrics().await;
+    assert!(
+        text.contains(&format!(
+            r#"madbase_proxy_rate_limited_total{{tenant="{}"}}"#,
+            s.tenant
+        )),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_from_cache_when_control_is_down() {
+    let mut s = stack(&[("MADBASE_TENANT_CACHE_SECONDS", "0.2")]).await;
+    let key = s.anon.clone();
+    let (status, _, _) = s.get("/rest/v1/items", &[("apikey", &key)]).await;
+    assert_eq!(status, 200);
+    let ready = s
+        .http
+        .get(format!("http://{}/ready", s.proxy.admin))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 200);
+    s.control.take().expect("control").stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Past the TTL, control gone: the cached tenant keeps serving.
+    let (status, _, body) = s.get("/rest/v1/items", &[("apikey", &key)]).await;
+    assert_eq!(status, 200, "{body}");
+    // Unknown tenants cannot be looked up: 503, not a hang or a 500.
+    let resp = s
+        .http
+        .get(format!("http://{}/t/never-seen/rest/v1/x", s.proxy.api))
+        .header("apikey", &key)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 503);
+    // /ready names control.
+    let ready = s
+        .http
+        .get(format!("http://{}/ready", s.proxy.admin))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.expect("json");
+    assert_eq!(body["failed"], json!(["control"]));
+    let text = s.metrics().await;
+    assert!(
+        text.contains(r#"madbase_tenant_lookups_total{outcome="stale"}"#),
+        "{text}"
+    );
+}
