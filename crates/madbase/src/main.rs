@@ -4,6 +4,7 @@
 //! only parses the command line, reads the configuration (one clear line and
 //! exit code 2 when it is wrong) and runs the chosen services.
 
+mod dev;
 mod run;
 
 use std::process::ExitCode;
@@ -32,8 +33,13 @@ enum Command {
     Worker,
     /// Tenant functions (:8003, admin :9003).
     Functions,
-    /// The whole platform in one process.
-    Dev,
+    /// The whole platform in one process, with its own Postgres unless
+    /// DATABASE_URL is set.
+    Dev {
+        /// Where Postgres data, secrets and the demo keys live.
+        #[arg(long, default_value = ".madbase")]
+        data_dir: std::path::PathBuf,
+    },
     /// Prints a platform token signed with JWT_SECRET (for the admin API).
     Token {
         /// `admin` (control's admin API) or `internal` (service to service).
@@ -68,7 +74,7 @@ fn main() -> ExitCode {
         Command::Control => run::services(&[Service::Control]),
         Command::Worker => run::services(&[Service::Worker]),
         Command::Functions => run::services(&[Service::Functions]),
-        Command::Dev => run::services(&Service::ALL),
+        Command::Dev { data_dir } => dev::main(data_dir),
         Command::Token { role, ttl } => run::token(&role, ttl),
         Command::Migrate => run::migrate(),
         Command::Healthcheck {

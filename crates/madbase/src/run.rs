@@ -3,14 +3,16 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use madbase_platform::config::{Env, LogFormat};
+use futures_util::future::BoxFuture;
+use madbase_platform::config::{Env, LogFormat, Source};
+
 use madbase_platform::telemetry::{self, TelemetryConfig};
 use madbase_platform::{
     CancellationToken, CommonConfig, ConfigError, Listeners, Service, ServiceApp,
 };
 
 /// A service's configuration, read before anything starts.
-enum Config {
+pub(crate) enum Config {
     Proxy(madbase_proxy::Config),
     Control(madbase_control::Config),
     Worker(madbase_worker::Config),
@@ -18,7 +20,7 @@ enum Config {
 }
 
 impl Config {
-    fn read(service: Service, env: &Env) -> Result<Self, ConfigError> {
+    pub(crate) fn read<S: Source>(service: Service, env: &Env<S>) -> Result<Self, ConfigError> {
         Ok(match service {
             Service::Proxy => Config::Proxy(madbase_proxy::Config::from_env(env)?),
             Service::Control => Config::Control(madbase_control::Config::from_env(env)?),
@@ -27,7 +29,16 @@ impl Config {
         })
     }
 
-    fn common(&self) -> &CommonConfig {
+    pub(crate) fn service(&self) -> Service {
+        match self {
+            Config::Proxy(_) => Service::Proxy,
+            Config::Control(_) => Service::Control,
+            Config::Worker(_) => Service::Worker,
+            Config::Functions(_) => Service::Functions,
+        }
+    }
+
+    pub(crate) fn common(&self) -> &CommonConfig {
         match self {
             Config::Proxy(c) => &c.common,
             Config::Control(c) => &c.common,
@@ -74,7 +85,7 @@ pub fn services(services: &[Service]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(name, configs)) {
+    match runtime.block_on(serve(name, configs, None)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "madbase {name} failed");
@@ -84,7 +95,15 @@ pub fn services(services: &[Service]) -> ExitCode {
     }
 }
 
-async fn serve(name: &str, configs: Vec<Config>) -> anyhow::Result<()> {
+/// Runs once every service is listening (e.g. `madbase dev`'s demo tenant and banner).
+pub(crate) type AfterStart = Box<dyn FnOnce() -> BoxFuture<'static, anyhow::Result<()>> + Send>;
+
+/// Serves `configs` until SIGTERM/SIGINT (or one service fails).
+pub(crate) async fn serve(
+    name: &str,
+    configs: Vec<Config>,
+    after_start: Option<AfterStart>,
+) -> anyhow::Result<()> {
     let first = configs
         .first()
         .map(Config::common)
@@ -98,15 +117,23 @@ async fn serve(name: &str, configs: Vec<Config>) -> anyhow::Result<()> {
     if first.log_format == LogFormat::Pretty {
         tracing::debug!("pretty logs enabled");
     }
-    // Bind everything first, so a taken port fails before anything serves.
-    let mut bound = Vec::new();
+    // Bind everything first, so a taken port fails before anything starts.
+    let mut listeners = Vec::new();
     for config in &configs {
         let common = config.common();
-        let listeners = Listeners::bind(common.listen, common.admin_listen)
-            .await?
-            .with_limits(common.conn_limits);
-
-        bound.push((config.app().await?, listeners, common.drain_timeout));
+        listeners.push(
+            Listeners::bind(common.listen, common.admin_listen)
+                .await?
+                .with_limits(common.conn_limits),
+        );
+    }
+    let mut bound = Vec::new();
+    for (config, listeners) in configs.iter().zip(listeners) {
+        bound.push((
+            config.app().await?,
+            listeners,
+            config.common().drain_timeout,
+        ));
     }
     let shutdown = CancellationToken::new();
     madbase_platform::server::cancel_on_signal(shutdown.clone());
@@ -114,6 +141,16 @@ async fn serve(name: &str, configs: Vec<Config>) -> anyhow::Result<()> {
     for (app, listeners, drain) in bound {
         let token = shutdown.clone();
         tasks.spawn(async move { listeners.serve(app, token, drain).await });
+    }
+    if let Some(hook) = after_start {
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            // A failing hook stops everything, like a failing service.
+            hook().await.map_err(|e| {
+                token.cancel();
+                e
+            })
+        });
     }
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod health;
 pub mod jwt;
 pub mod metrics;
+pub mod pgbin;
 pub mod request_id;
 pub mod secrets;
 pub mod server;

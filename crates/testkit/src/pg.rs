@@ -113,45 +113,7 @@ fn from_url(url: &str) -> Result<PgServer> {
 
 /// Where `initdb` and `postgres` live.
 fn find_bin_dir() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if dir.join("initdb").is_file() && dir.join("postgres").is_file() {
-                // Follow symlinks (e.g. /usr/local/bin/initdb) to the real
-                // bin dir, which also holds pg_isready and names the version.
-                let real = std::fs::canonicalize(dir.join("initdb"))
-                    .ok()
-                    .and_then(|p| p.parent().map(Path::to_path_buf))
-                    .filter(|d| d.join("postgres").is_file())
-                    .unwrap_or(dir);
-                return Ok(real);
-            }
-        }
-    }
-
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
-        && out.status.success()
-    {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").is_file() {
-            return Ok(dir);
-        }
-    }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, p)| p).context(
-        "no Postgres server binaries (initdb, postgres) on PATH, from pg_config or in \
-         /usr/lib/postgresql/*/bin: install the Postgres server (Debian: postgresql-15) \
-         or set DATABASE_URL",
-    )
+    madbase_platform::pgbin::find_bin_dir().map_err(anyhow::Error::msg)
 }
 
 /// The uid/gid Postgres runs as: ours, or the `postgres` user when we are root.
