@@ -1,0 +1,264 @@
+#![allow(clippy::print_stdout)] // a benchmark report is the output
+//! `cargo xtask bench` (proxy part): the madbase proxy against nginx in front
+//! of the same upstream, both pinned to CPU0, `wrk` on CPU1.
+//!
+//! The upstream is a second nginx answering a small JSON body (so neither
+//! proxy waits on a database); the madbase proxy does its full work per
+//! request: tenant lookup (cached), API key check, rate-limit check,
+//! metrics, request ID and a JSON log line (to a file, like nginx's access
+//! log). Reported: requests per second and CPU seconds per request of each
+//! proxy process, median of 3 runs after a warm-up, and their ratio.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{root, run, step};
+
+const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
+const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const RUN_SECONDS: u32 = 8;
+
+/// Kills its process on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_http(url: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let ok = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", url])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{url} did not answer within 60 s")
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = 100.0; // USER_HZ on Linux
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / ticks)
+}
+
+/// Sum of CPU seconds of a process and its children (nginx master + worker).
+fn tree_cpu_seconds(pid: u32) -> Result<f64> {
+    let mut total = cpu_seconds(pid)?;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace() {
+        if let Ok(c) = child.parse::<u32>() {
+            total += tree_cpu_seconds(c).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    rps: f64,
+    cpu_per_request: f64,
+}
+
+/// One `wrk` run against `url`, measuring the CPU of `pid` (and children).
+fn wrk(url: &str, headers: &[String], pid: u32, seconds: u32) -> Result<Sample> {
+    let before = tree_cpu_seconds(pid)?;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "1", "wrk", "-t1", "-c32", &format!("-d{seconds}s"), "--latency"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().context("running wrk (apt: wrk)")?;
+    let after = tree_cpu_seconds(pid)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {text}");
+    }
+    if text.contains("Non-2xx") {
+        bail!("non-2xx answers during the benchmark:\n{text}");
+    }
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .context("wrk output: requests")?
+        .parse()?;
+    let rps: f64 = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .context("wrk output: Requests/sec")?
+        .parse()?;
+    Ok(Sample {
+        rps,
+        cpu_per_request: (after - before) / requests.max(1.0),
+    })
+}
+
+fn median(mut v: Vec<Sample>, key: fn(&Sample) -> f64) -> f64 {
+    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    key(&v[v.len() / 2])
+}
+
+fn nginx_conf(dir: &Path, body: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let path = dir.join("nginx.conf");
+    let pid = dir.join("nginx.pid");
+    std::fs::write(
+        &path,
+        format!(
+            "worker_processes 1;\ndaemon off;\nmaster_process on;\npid {pid};\nerror_log {dir}/logs/error.log warn;\n\
+             events {{ worker_connections 1024; }}\nhttp {{\n  access_log {dir}/logs/access.log;\n  \
+             client_body_temp_path {dir}/tmp;\n  proxy_temp_path {dir}/tmp;\n  fastcgi_temp_path {dir}/tmp;\n  \
+             uwsgi_temp_path {dir}/tmp;\n  scgi_temp_path {dir}/tmp;\n{body}\n}}\n",
+            pid = pid.display(),
+            dir = dir.display(),
+        ),
+    )?;
+    Ok(path)
+}
+
+fn start_nginx(conf: &Path, cpu: &str) -> Result<Proc> {
+    let child = Command::new("taskset")
+        .args(["-c", cpu, "nginx", "-c"])
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting nginx (apt: nginx)")?;
+    Ok(Proc(child))
+}
+
+/// Runs the proxy benchmark and prints the comparison.
+pub fn proxy() -> Result<()> {
+    step("bench: proxy vs nginx");
+    run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
+    let bin = root().join("target/release/madbase");
+    let work = root().join("target/bench/proxy");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+
+    // The shared upstream: nginx answering a small JSON body, on CPU1.
+    let upstream_port = free_port()?;
+    let upstream_conf = nginx_conf(
+        &work.join("upstream"),
+        &format!(
+            "  server {{ listen 127.0.0.1:{upstream_port}; access_log off; keepalive_requests 100000;\n    \
+             location / {{ default_type application/json; return 200 '[{{\"id\":1,\"name\":\"a\"}}]'; }} }}"
+        ),
+    )?;
+    std::fs::create_dir_all(work.join("upstream/tmp"))?;
+    let _upstream = start_nginx(&upstream_conf, "1")?;
+    wait_http(&format!("http://127.0.0.1:{upstream_port}/"))?;
+
+    // nginx as the proxy peer, on CPU0.
+    let nginx_port = free_port()?;
+    let nginx_conf_path = nginx_conf(
+        &work.join("nginx"),
+        &format!(
+            "  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n  \
+             server {{ listen 127.0.0.1:{nginx_port}; keepalive_requests 100000;\n    \
+             location /t/bench/ {{ proxy_http_version 1.1; proxy_set_header Connection \"\"; \
+             proxy_set_header X-Madbase-Tenant bench; proxy_pass http://backend/; }} }}"
+        ),
+    )?;
+    std::fs::create_dir_all(work.join("nginx/tmp"))?;
+    let nginx = start_nginx(&nginx_conf_path, "0")?;
+    wait_http(&format!("http://127.0.0.1:{nginx_port}/t/bench/rest/v1/items"))?;
+
+    // control (on CPU1, consulted once thanks to the cache) and the proxy on CPU0.
+    let db = madbase_testkit::postgres()?;
+    let control_port = free_port()?;
+    let mut control_cmd = Command::new("taskset");
+    control_cmd
+        .args(["-c", "1"])
+        .arg(&bin)
+        .arg("control")
+        .env("JWT_SECRET", SECRET)
+        .env("MADBASE_MASTER_KEY", MASTER_KEY)
+        .env("DATABASE_URL", &db.url)
+        .env("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres"))
+        .env("MADBASE_LISTEN", format!("127.0.0.1:{control_port}"))
+        .env("MADBASE_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()?))
+        .stdout(std::fs::File::create(work.join("control.log"))?)
+        .stderr(Stdio::inherit());
+    let _control = Proc(control_cmd.spawn().context("starting control")?);
+    let control_url = format!("http://127.0.0.1:{control_port}");
+    wait_http(&format!("{control_url}/health"))?;
+    let admin = crate::util::output(Command::new(&bin).args(["token", "admin"]).env("JWT_SECRET", SECRET))?;
+    let created = crate::util::output(Command::new("curl").args([
+        "-sf",
+        "-X",
+        "POST",
+        &format!("{control_url}/v1/tenants"),
+        "-H",
+        &format!("Authorization: Bearer {}", admin.trim()),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"id":"bench"}"#,
+    ]))?;
+    let created: serde_json::Value = serde_json::from_str(&created)?;
+    let anon = created["anon_key"].as_str().context("anon key")?.to_owned();
+
+    let proxy_port = free_port()?;
+    let mut proxy_cmd = Command::new("taskset");
+    proxy_cmd
+        .args(["-c", "0"])
+        .arg(&bin)
+        .arg("proxy")
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("JWT_SECRET", SECRET)
+        .env("MADBASE_CONTROL_URL", &control_url)
+        .env("MADBASE_WORKER_URL", format!("http://127.0.0.1:{upstream_port}"))
+        .env("MADBASE_LISTEN", format!("127.0.0.1:{proxy_port}"))
+        .env("MADBASE_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()?))
+        .env("MADBASE_RATE_LIMIT_RPS", "1000000")
+        .stdout(std::fs::File::create(work.join("proxy.log"))?)
+        .stderr(Stdio::inherit());
+    let proxy = Proc(proxy_cmd.spawn().context("starting the proxy")?);
+    let proxy_url = format!("http://127.0.0.1:{proxy_port}/t/bench/rest/v1/items");
+    let headers = vec![format!("apikey: {anon}")];
+    wait_http(&format!("http://127.0.0.1:{proxy_port}/health"))?;
+
+    // Warm-up, then three alternating runs each.
+    let nginx_url = format!("http://127.0.0.1:{nginx_port}/t/bench/rest/v1/items");
+    wrk(&proxy_url, &headers, proxy.0.id(), 2)?;
+    wrk(&nginx_url, &headers, nginx.0.id(), 2)?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        ours.push(wrk(&proxy_url, &headers, proxy.0.id(), RUN_SECONDS)?);
+        theirs.push(wrk(&nginx_url, &headers, nginx.0.id(), RUN_SECONDS)?);
+    }
+    let (our_rps, our_cpu) = (median(ours.clone(), |s| s.rps), median(ours, |s| s.cpu_per_request));
+    let (their_rps, their_cpu) = (median(theirs.clone(), |s| s.rps), median(theirs, |s| s.cpu_per_request));
+    println!("\nproxy benchmark (median of 3 × {RUN_SECONDS} s, wrk -t1 -c32 on CPU1, servers on CPU0)");
+    println!("{:<16} {:>12} {:>18}", "", "req/s", "CPU µs/request");
+    println!("{:<16} {:>12.0} {:>18.1}", "madbase proxy", our_rps, our_cpu * 1e6);
+    println!("{:<16} {:>12.0} {:>18.1}", "nginx", their_rps, their_cpu * 1e6);
+    println!(
+        "ratio (madbase/nginx): throughput {:.2}×, CPU per request {:.2}× (target ≤ 1.0×)",
+        our_rps / their_rps,
+        our_cpu / their_cpu
+    );
+    Ok(())
+}
