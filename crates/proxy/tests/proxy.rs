@@ -262,7 +262,6 @@ async fn api_keys_are_checked() {
     /// (case, headers, expected error code)
     type Refusal<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
     let refused: Vec<Refusal> = vec![
-
         ("missing", vec![], "missing_api_key"),
         (
             "garbage",

@@ -32,7 +32,9 @@ impl Drop for Proc {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn wait_http(url: &str) -> Result<()> {
@@ -53,7 +55,10 @@ fn wait_http(url: &str) -> Result<()> {
 /// CPU seconds (user + system) a process has used, from /proc.
 fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("stat format")?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = 100.0; // USER_HZ on Linux
     let utime: f64 = fields.get(11).context("utime")?.parse()?;
@@ -64,7 +69,8 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 /// Sum of CPU seconds of a process and its children (nginx master + worker).
 fn tree_cpu_seconds(pid: u32) -> Result<f64> {
     let mut total = cpu_seconds(pid)?;
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     for child in children.split_whitespace() {
         if let Ok(c) = child.parse::<u32>() {
             total += tree_cpu_seconds(c).unwrap_or(0.0);
@@ -83,7 +89,15 @@ struct Sample {
 fn wrk(url: &str, headers: &[String], pid: u32, seconds: u32) -> Result<Sample> {
     let before = tree_cpu_seconds(pid)?;
     let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "1", "wrk", "-t1", "-c32", &format!("-d{seconds}s"), "--latency"]);
+    cmd.args([
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        "-c32",
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
     for h in headers {
         cmd.args(["-H", h]);
     }
@@ -183,7 +197,9 @@ pub fn proxy() -> Result<()> {
     )?;
     std::fs::create_dir_all(work.join("nginx/tmp"))?;
     let nginx = start_nginx(&nginx_conf_path, "0")?;
-    wait_http(&format!("http://127.0.0.1:{nginx_port}/t/bench/rest/v1/items"))?;
+    wait_http(&format!(
+        "http://127.0.0.1:{nginx_port}/t/bench/rest/v1/items"
+    ))?;
 
     // control (on CPU1, consulted once thanks to the cache) and the proxy on CPU0.
     let db = madbase_testkit::postgres()?;
@@ -198,13 +214,20 @@ pub fn proxy() -> Result<()> {
         .env("DATABASE_URL", &db.url)
         .env("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres"))
         .env("MADBASE_LISTEN", format!("127.0.0.1:{control_port}"))
-        .env("MADBASE_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()?))
+        .env(
+            "MADBASE_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()?),
+        )
         .stdout(std::fs::File::create(work.join("control.log"))?)
         .stderr(Stdio::inherit());
     let _control = Proc(control_cmd.spawn().context("starting control")?);
     let control_url = format!("http://127.0.0.1:{control_port}");
     wait_http(&format!("{control_url}/health"))?;
-    let admin = crate::util::output(Command::new(&bin).args(["token", "admin"]).env("JWT_SECRET", SECRET))?;
+    let admin = crate::util::output(
+        Command::new(&bin)
+            .args(["token", "admin"])
+            .env("JWT_SECRET", SECRET),
+    )?;
     let created = crate::util::output(Command::new("curl").args([
         "-sf",
         "-X",
@@ -229,9 +252,15 @@ pub fn proxy() -> Result<()> {
         .env("TOKIO_WORKER_THREADS", "1")
         .env("JWT_SECRET", SECRET)
         .env("MADBASE_CONTROL_URL", &control_url)
-        .env("MADBASE_WORKER_URL", format!("http://127.0.0.1:{upstream_port}"))
+        .env(
+            "MADBASE_WORKER_URL",
+            format!("http://127.0.0.1:{upstream_port}"),
+        )
         .env("MADBASE_LISTEN", format!("127.0.0.1:{proxy_port}"))
-        .env("MADBASE_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()?))
+        .env(
+            "MADBASE_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()?),
+        )
         .env("MADBASE_RATE_LIMIT_RPS", "1000000")
         .stdout(std::fs::File::create(work.join("proxy.log"))?)
         .stderr(Stdio::inherit());
@@ -249,12 +278,30 @@ pub fn proxy() -> Result<()> {
         ours.push(wrk(&proxy_url, &headers, proxy.0.id(), RUN_SECONDS)?);
         theirs.push(wrk(&nginx_url, &headers, nginx.0.id(), RUN_SECONDS)?);
     }
-    let (our_rps, our_cpu) = (median(ours.clone(), |s| s.rps), median(ours, |s| s.cpu_per_request));
-    let (their_rps, their_cpu) = (median(theirs.clone(), |s| s.rps), median(theirs, |s| s.cpu_per_request));
-    println!("\nproxy benchmark (median of 3 × {RUN_SECONDS} s, wrk -t1 -c32 on CPU1, servers on CPU0)");
+    let (our_rps, our_cpu) = (
+        median(ours.clone(), |s| s.rps),
+        median(ours, |s| s.cpu_per_request),
+    );
+    let (their_rps, their_cpu) = (
+        median(theirs.clone(), |s| s.rps),
+        median(theirs, |s| s.cpu_per_request),
+    );
+    println!(
+        "\nproxy benchmark (median of 3 × {RUN_SECONDS} s, wrk -t1 -c32 on CPU1, servers on CPU0)"
+    );
     println!("{:<16} {:>12} {:>18}", "", "req/s", "CPU µs/request");
-    println!("{:<16} {:>12.0} {:>18.1}", "madbase proxy", our_rps, our_cpu * 1e6);
-    println!("{:<16} {:>12.0} {:>18.1}", "nginx", their_rps, their_cpu * 1e6);
+    println!(
+        "{:<16} {:>12.0} {:>18.1}",
+        "madbase proxy",
+        our_rps,
+        our_cpu * 1e6
+    );
+    println!(
+        "{:<16} {:>12.0} {:>18.1}",
+        "nginx",
+        their_rps,
+        their_cpu * 1e6
+    );
     println!(
         "ratio (madbase/nginx): throughput {:.2}×, CPU per request {:.2}× (target ≤ 1.0×)",
         our_rps / their_rps,

@@ -3,11 +3,22 @@
 //! `cargo xtask ci` is the one command CI runs (see `.ci/run`); every other
 //! task here is a step of it that can also be run on its own.
 
+mod bench;
+mod bench_proxy;
+mod compose;
+mod image_spec;
+mod images;
 mod nix;
 mod observability_config;
+mod observability_live;
+mod otlp;
+mod podman;
+mod procs;
+mod sqlx;
 mod util;
 mod workflows;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::Result;
@@ -39,16 +50,50 @@ enum Task {
     /// The CI workflows in `.gitea/workflows`: actionlint, check-jsonschema,
     /// every action pinned to a commit SHA, no swallowed failures.
     LintWorkflows,
+    /// `compose.yaml`: compose-spec schema, `podman-compose config`, pinned
+    /// images, health checks, restart policies, published ports, secrets.
+    CheckCompose {
+        /// Check this file instead of `compose.yaml`.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// The service images without Nix: `target/images/<service>.tar`
+    /// (docker-archive) from the release binary and `nix/images.toml`.
+    Images,
+    /// Builds the images, loads them into a project-local podman and checks
+    /// them (config, contents, no shell, health check, non-root user).
+    ImagesCheck,
+    /// `cargo sqlx prepare --workspace --check` against a throwaway Postgres.
+    SqlxCheck,
+    /// Regenerates `.sqlx/` against a throwaway Postgres.
+    SqlxPrepare,
+    /// Live check of the observability config: the four services, Postgres,
+    /// VictoriaMetrics, vmagent, vmalert and Alertmanager on loopback; traffic,
+    /// every dashboard query, ServiceDown, request IDs in logs, traces.
+    Observability,
+    /// Benchmarks (not tests): the proxy against nginx in front of the same
+    /// upstream; ratios against the peer measured in the same run.
+    Bench,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
+        Task::Bench => {
+            bench_proxy::proxy()?;
+            bench::worker()
+        }
         Task::Ci => ci(),
         Task::Lint => lint(),
         Task::Test => test(),
         Task::CheckConfig => observability_config::check(),
         Task::LintNix => nix::lint(),
         Task::LintWorkflows => workflows::lint(),
+        Task::CheckCompose { file } => compose::check_file(&compose::path_arg(file)),
+        Task::Images => images::build().map(drop),
+        Task::ImagesCheck => images::check(),
+        Task::SqlxCheck => sqlx::check(),
+        Task::SqlxPrepare => sqlx::regenerate(),
+        Task::Observability => observability_live::run(),
     }
 }
 
@@ -57,6 +102,8 @@ fn ci() -> Result<()> {
     workflows::lint()?;
     nix::lint()?;
     observability_config::check()?;
+    sqlx::check()?;
+    compose::check()?;
     test()?;
     eprintln!("\nxtask ci: all checks passed");
     Ok(())

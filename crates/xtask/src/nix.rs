@@ -13,6 +13,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize;
 
+use crate::image_spec::{DERIVED_ENV, ImageSpec};
 use crate::util::{files_with_ext, output, root, run, step};
 
 /// Runs every Nix lint from the workspace root.
@@ -297,46 +298,8 @@ fn check_lock_matches_inputs(lock: &Lock, inputs_json: &str) -> Result<()> {
     Ok(())
 }
 
-/// `nix/images.toml`: the keys `nix/images.nix` reads. Unknown top-level keys
-/// are an error, so a key the flake would silently ignore cannot be added.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Images {
-    registry: String,
-    source: String,
-    vendor: String,
-    licenses: String,
-    binary: String,
-    uid: u32,
-    gid: u32,
-    user_name: String,
-    env: BTreeMap<String, String>,
-    healthcheck: Healthcheck,
-    services: BTreeMap<String, Service>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Healthcheck {
-    args: Vec<String>,
-    interval_seconds: u64,
-    timeout_seconds: u64,
-    start_period_seconds: u64,
-    retries: u32,
-}
-
-#[derive(Debug, Deserialize)]
-struct Service {
-    title: String,
-    description: String,
-    api_port: u16,
-    admin_port: u16,
-}
-
-/// The variables the flake derives per service; `[env]` must not set them.
-const DERIVED_ENV: [&str; 3] = ["MADBASE_SERVICE", "MADBASE_LISTEN", "MADBASE_ADMIN_LISTEN"];
-
 fn check_images(text: &str) -> Result<()> {
-    let images: Images = toml::from_str(text).context("nix/images.toml")?;
+    let images = ImageSpec::parse(text)?;
 
     let mut problems = Vec::new();
     for (key, value) in [

@@ -1,0 +1,400 @@
+#![allow(clippy::print_stdout)] // a benchmark report is the output
+//! `cargo xtask bench` (worker part): the worker (release build) against
+//! `pgbench` running the identical SQL on the same tenant database.
+//!
+//! Three workloads: a single-row GET by primary key, a 100-row GET and a
+//! single-row insert. The worker runs on CPU0 with one Tokio worker thread,
+//! `wrk` and `pgbench` on CPU1; Postgres is shared and unpinned. For each
+//! workload pgbench runs (`-M prepared`, same number of connections) two
+//! custom scripts: the worker's whole per-request transaction (`BEGIN`,
+//! `set_config` of role, claims and request facts, the statement the worker
+//! plans, `COMMIT`), which is the "identical SQL" the ratio target is about,
+//! and the bare statement alone, for reference. After a warm-up each side
+//! runs three times, alternating; medians are compared.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{output, root, run, step};
+
+const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
+const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const RUN_SECONDS: u32 = 8;
+const CONNECTIONS: u32 = 16;
+const ROWS: u32 = 10_000;
+
+/// Kills its process on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_http(url: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let ok = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", url])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{url} did not answer within 60 s")
+}
+
+fn curl_json(args: &[&str]) -> Result<serde_json::Value> {
+    let text = output(
+        Command::new("curl")
+            .arg("-sS")
+            .arg("--fail-with-body")
+            .args(args),
+    )?;
+    serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))
+}
+
+/// One workload: the HTTP request (as a wrk Lua script) and the SQL.
+struct Workload {
+    name: &'static str,
+    target: f64,
+    lua: String,
+    /// The statement the worker plans for the request (pgbench syntax).
+    statement: &'static str,
+    read_only: bool,
+    method: &'static str,
+    path: &'static str,
+}
+
+const SINGLE: &str = "SELECT NULL::bigint, pg_catalog.count(_s), coalesce(json_agg(_s), '[]')::text \
+FROM (SELECT \"t0\".* FROM \"public\".\"bench_items\" AS \"t0\" WHERE (\"t0\".\"id\" = CAST(:id::text AS integer)) LIMIT 1000) _s;";
+const HUNDRED: &str = "SELECT NULL::bigint, pg_catalog.count(_s), coalesce(json_agg(_s), '[]')::text \
+FROM (SELECT \"t0\".* FROM \"public\".\"bench_items\" AS \"t0\" WHERE (\"t0\".\"id\" >= CAST(:id::text AS integer)) \
+ORDER BY \"t0\".\"id\" ASC LIMIT 100) _s;";
+const INSERT: &str = "INSERT INTO \"public\".\"bench_log\" AS \"t0\" (\"name\", \"price\") SELECT \"name\", \"price\" \
+FROM json_populate_recordset(NULL::\"public\".\"bench_log\", json_build_array('{\"name\":\"bench\",\"price\":1.5}'::text::json)) _;";
+
+fn workloads(anon: &str) -> Vec<Workload> {
+    let headers = format!(
+        "wrk.headers[\"apikey\"] = \"{anon}\"\nwrk.headers[\"X-Madbase-Tenant\"] = \"bench\"\n"
+    );
+    vec![
+        Workload {
+            name: "single-row GET",
+            target: 0.5,
+            lua: format!(
+                "{headers}request = function()\n  return wrk.format(\"GET\", \"/rest/v1/bench_items?id=eq.\" .. math.random(1, {ROWS}))\nend\n"
+            ),
+            statement: SINGLE,
+            read_only: true,
+            method: "GET",
+            path: "/rest/v1/bench_items",
+        },
+        Workload {
+            name: "100-row GET",
+            target: 0.7,
+            lua: format!(
+                "{headers}request = function()\n  return wrk.format(\"GET\", \"/rest/v1/bench_items?order=id&limit=100&id=gte.\" .. math.random(1, {}))\nend\n",
+                ROWS - 100
+            ),
+            statement: HUNDRED,
+            read_only: true,
+            method: "GET",
+            path: "/rest/v1/bench_items",
+        },
+        Workload {
+            name: "insert",
+            target: 0.5,
+            lua: format!(
+                "{headers}wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = '{{\"name\":\"bench\",\"price\":1.5}}'\n"
+            ),
+            statement: INSERT,
+            read_only: false,
+            method: "POST",
+            path: "/rest/v1/bench_log",
+        },
+    ]
+}
+
+/// The pgbench script: the worker's whole transaction, or the statement alone.
+fn pgbench_script(w: &Workload, whole: bool) -> String {
+    let random = match w.name {
+        "100-row GET" => format!("\\set id random(1, {})\n", ROWS - 100),
+        _ => format!("\\set id random(1, {ROWS})\n"),
+    };
+    if !whole {
+        return format!("{random}{}\n", w.statement);
+    }
+    format!(
+        "{random}{begin}\nSELECT set_config('role', 'anon', true), \
+         set_config('request.jwt.claims', '{{\"role\":\"anon\",\"iss\":\"madbase\",\"ref\":\"bench\"}}', true), \
+         set_config('request.method', '{method}', true), set_config('request.path', '{path}', true), \
+         set_config('request.headers', '{{\"host\":\"127.0.0.1\",\"apikey\":\"...\",\"x-madbase-tenant\":\"bench\"}}', true), \
+         set_config('statement_timeout', '10000', true);\n{stmt}\nCOMMIT;\n",
+        begin = if w.read_only {
+            "BEGIN READ ONLY;"
+        } else {
+            "BEGIN;"
+        },
+        method = w.method,
+        path = w.path,
+        stmt = w.statement,
+    )
+}
+
+fn wrk(url: &str, script: &Path, seconds: u32) -> Result<f64> {
+    let out = Command::new("taskset")
+        .args(["-c", "1", "wrk", "-t1"])
+        .arg(format!("-c{CONNECTIONS}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("-s")
+        .arg(script)
+        .arg(url)
+        .output()
+        .context("running wrk (apt: wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    if text.contains("Non-2xx") {
+        bail!("the worker answered errors:\n{text}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk output: Requests/sec in\n{text}"))
+}
+
+fn pgbench(bin: &Path, url: &str, script: &Path, seconds: u32) -> Result<f64> {
+    let out = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(bin)
+        .args(["-n", "-M", "prepared", "-j", "1"])
+        .arg(format!("-c{CONNECTIONS}"))
+        .arg(format!("-T{seconds}"))
+        .arg("-f")
+        .arg(script)
+        .arg(url)
+        .output()
+        .context("running pgbench (apt: postgresql-contrib / postgresql-15)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "pgbench failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("pgbench output: tps in\n{text}"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn pg_tool(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.into_iter()
+        .rev()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Runs the worker benchmark and prints the comparison.
+pub fn worker() -> Result<()> {
+    step("bench: worker vs pgbench");
+    run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let bin = target.join("release/madbase");
+    let work = target.join("bench/worker");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+
+    // Postgres, control (CPU1, consulted once thanks to the cache), a tenant.
+    let db = madbase_testkit::postgres()?;
+    let control_port = free_port()?;
+    let mut control_cmd = Command::new("taskset");
+    control_cmd
+        .args(["-c", "1"])
+        .arg(&bin)
+        .arg("control")
+        .env("JWT_SECRET", SECRET)
+        .env("MADBASE_MASTER_KEY", MASTER_KEY)
+        .env("DATABASE_URL", &db.url)
+        .env("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres"))
+        .env("MADBASE_LISTEN", format!("127.0.0.1:{control_port}"))
+        .env(
+            "MADBASE_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()?),
+        )
+        .stdout(std::fs::File::create(work.join("control.log"))?)
+        .stderr(Stdio::inherit());
+    let _control = Proc(control_cmd.spawn().context("starting control")?);
+    let control_url = format!("http://127.0.0.1:{control_port}");
+    wait_http(&format!("{control_url}/health"))?;
+    let admin = output(
+        Command::new(&bin)
+            .args(["token", "admin"])
+            .env("JWT_SECRET", SECRET),
+    )?;
+    let auth = format!("Authorization: Bearer {}", admin.trim());
+    let created = curl_json(&[
+        "-X",
+        "POST",
+        &format!("{control_url}/v1/tenants"),
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"id":"bench"}"#,
+    ])?;
+    let anon = created["anon_key"].as_str().context("anon key")?.to_owned();
+    let fixture = format!(
+        "CREATE TABLE bench_items (id int PRIMARY KEY, name text NOT NULL, price numeric NOT NULL, \
+         created_at timestamptz NOT NULL DEFAULT '2026-01-01'); \
+         INSERT INTO bench_items (id, name, price) SELECT g, 'item ' || g, g * 1.5 FROM generate_series(1, {ROWS}) g; \
+         CREATE TABLE bench_log (id bigserial PRIMARY KEY, name text NOT NULL, price numeric NOT NULL); \
+         ANALYZE bench_items"
+    );
+    curl_json(&[
+        "-X",
+        "POST",
+        &format!("{control_url}/v1/tenants/bench/sql"),
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &serde_json::json!({ "query": fixture }).to_string(),
+    ])?;
+
+    // The worker on CPU0 with one Tokio thread.
+    let worker_port = free_port()?;
+    let mut worker_cmd = Command::new("taskset");
+    worker_cmd
+        .args(["-c", "0"])
+        .arg(&bin)
+        .arg("worker")
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("JWT_SECRET", SECRET)
+        .env("MADBASE_CONTROL_URL", &control_url)
+        // One more than the load: the pool also holds the LISTEN connection.
+        .env(
+            "MADBASE_WORKER_POOL_MAX_PER_TENANT",
+            (CONNECTIONS + 1).to_string(),
+        )
+        .env("MADBASE_LISTEN", format!("127.0.0.1:{worker_port}"))
+        .env(
+            "MADBASE_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()?),
+        )
+        .stdout(std::fs::File::create(work.join("worker.log"))?)
+        .stderr(Stdio::inherit());
+    let _worker = Proc(worker_cmd.spawn().context("starting the worker")?);
+    let worker_url = format!("http://127.0.0.1:{worker_port}");
+    wait_http(&format!("{worker_url}/health"))?;
+    let probe = output(Command::new("curl").args([
+        "-sS",
+        "--fail-with-body",
+        &format!("{worker_url}/rest/v1/bench_items?id=eq.1"),
+        "-H",
+        &format!("apikey: {anon}"),
+        "-H",
+        "X-Madbase-Tenant: bench",
+    ]))?;
+    if !probe.contains("\"id\":1") {
+        bail!("unexpected answer from the worker: {probe}");
+    }
+
+    let pgbench_bin = pg_tool("pgbench");
+    let tenant_db = db.server.url_for("tenant_bench");
+    let mut report = Vec::new();
+    for w in workloads(&anon) {
+        let slug = w.name.replace(' ', "_");
+        let lua = work.join(format!("{slug}.lua"));
+        std::fs::write(&lua, &w.lua)?;
+        let whole = work.join(format!("{slug}.sql"));
+        std::fs::write(&whole, pgbench_script(&w, true))?;
+        let bare = work.join(format!("{slug}-statement.sql"));
+        std::fs::write(&bare, pgbench_script(&w, false))?;
+        // Warm-up.
+        wrk(&worker_url, &lua, 2)?;
+        pgbench(&pgbench_bin, &tenant_db, &whole, 2)?;
+        pgbench(&pgbench_bin, &tenant_db, &bare, 2)?;
+        let (mut ours, mut same_sql, mut statement) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..3 {
+            ours.push(wrk(&worker_url, &lua, RUN_SECONDS)?);
+            same_sql.push(pgbench(&pgbench_bin, &tenant_db, &whole, RUN_SECONDS)?);
+            statement.push(pgbench(&pgbench_bin, &tenant_db, &bare, RUN_SECONDS)?);
+        }
+        report.push((
+            w.name,
+            w.target,
+            median(ours),
+            median(same_sql),
+            median(statement),
+        ));
+    }
+
+    println!(
+        "\nworker benchmark (median of 3 × {RUN_SECONDS} s; worker on CPU0 with TOKIO_WORKER_THREADS=1; \
+         wrk -t1 -c{CONNECTIONS} and pgbench -M prepared -j1 -c{CONNECTIONS} on CPU1)"
+    );
+    println!(
+        "{:<16} {:>12} {:>16} {:>10} {:>8} {:>18} {:>10}",
+        "workload", "worker/s", "pgbench same/s", "ratio", "target", "pgbench stmt/s", "ratio"
+    );
+    let mut missed = Vec::new();
+    for (name, target, ours, same, stmt) in &report {
+        let ratio = ours / same;
+        println!(
+            "{:<16} {:>12.0} {:>16.0} {:>9.2}× {:>7.1}× {:>18.0} {:>9.2}×",
+            name,
+            ours,
+            same,
+            ratio,
+            target,
+            stmt,
+            ours / stmt
+        );
+        if ratio < *target {
+            missed.push(*name);
+        }
+    }
+    println!(
+        "ratio = worker requests/s ÷ pgbench transactions/s; \"same\" runs the worker's whole transaction, \
+         \"stmt\" only its statement"
+    );
+    if !missed.is_empty() {
+        println!("below target: {}", missed.join(", "));
+    }
+    Ok(())
+}
