@@ -139,9 +139,11 @@ async fn create_inner(state: &AppState, id: &str) -> Result<Created, ApiError> {
         owner_password: &owner_password,
         authenticator_password: &authenticator_password,
     };
-    if let Err(e) = provision::create(&state.admin, &state.cluster, &plan).await {
+    let mut done = provision::Progress::default();
+    if let Err(e) = provision::create(&state.admin, &state.cluster, &plan, &mut done).await {
         tracing::error!(tenant = id, error = %e, "provisioning failed; rolling back");
-        let cleanup = provision::drop_all(&state.admin, &names).await;
+        let cleanup = provision::undo(&state.admin, &names, done).await;
+
         if let Err(ce) = &cleanup {
             tracing::error!(tenant = id, error = %ce, "rollback of a failed create failed");
         }

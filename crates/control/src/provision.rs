@@ -108,6 +108,7 @@ pub async fn create(
     admin: &PgPool,
     cluster: &PgConnectOptions,
     plan: &Plan<'_>,
+    done: &mut Progress,
 ) -> Result<(), sqlx::Error> {
     let n = plan.names;
     ensure_api_roles(admin).await?;
@@ -121,6 +122,7 @@ pub async fn create(
             .as_str(),
         )
         .await?;
+    done.owner = true;
     admin
         .execute(
             format!(
@@ -131,6 +133,7 @@ pub async fn create(
             .as_str(),
         )
         .await?;
+    done.database = true;
     admin
         .execute(
             format!(
@@ -145,11 +148,20 @@ pub async fn create(
     admin
         .execute(
             format!(
-                "CREATE ROLE {auth} LOGIN NOINHERIT PASSWORD {pw}; \
-                 GRANT anon, authenticated, service_role TO {auth}; \
-                 GRANT CONNECT ON DATABASE {db} TO {auth}",
+                "CREATE ROLE {auth} LOGIN NOINHERIT PASSWORD {pw}",
                 auth = ident(&n.authenticator),
                 pw = literal(plan.authenticator_password),
+            )
+            .as_str(),
+        )
+        .await?;
+    done.authenticator = true;
+    admin
+        .execute(
+            format!(
+                "GRANT anon, authenticated, service_role TO {auth}; \
+                 GRANT CONNECT ON DATABASE {db} TO {auth}",
+                auth = ident(&n.authenticator),
                 db = ident(&n.database),
             )
             .as_str(),
@@ -194,7 +206,44 @@ pub async fn create(
     result.map(|_| ())
 }
 
+/// What a [`create`] made before it stopped, so a failure undoes exactly
+/// that and never an object that existed before (another install's on a
+/// shared cluster, say).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Progress {
+    owner: bool,
+    database: bool,
+    authenticator: bool,
+}
+
+/// Undoes what a failed [`create`] made.
+pub async fn undo(admin: &PgPool, names: &Names, done: Progress) -> Result<(), sqlx::Error> {
+    if done.database {
+        admin
+            .execute(
+                format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    ident(&names.database)
+                )
+                .as_str(),
+            )
+            .await?;
+    }
+    for (made, role) in [
+        (done.authenticator, &names.authenticator),
+        (done.owner, &names.owner),
+    ] {
+        if made {
+            admin
+                .execute(format!("DROP ROLE IF EXISTS {}", ident(role)).as_str())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Drops the tenant's database (terminating its connections) and roles.
+
 /// Idempotent: missing objects are fine.
 pub async fn drop_all(admin: &PgPool, names: &Names) -> Result<(), sqlx::Error> {
     admin
