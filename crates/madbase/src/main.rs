@@ -10,6 +10,12 @@ mod run;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: the proxy's per-request work is allocation-heavy (headers,
+/// labels, log lines); measured ~10% less CPU per request than glibc malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use madbase_platform::Service;
 
 #[derive(Debug, Parser)]

@@ -16,7 +16,7 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Record};
 use tracing::{Event, Id, Subscriber};
@@ -114,6 +114,7 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     // propagation, the log context) stay on whatever the log level is.
     let fmt_layer = match cfg.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(NoSpanFields)
             .event_format(JsonFormat {
                 service: cfg.service.clone(),
             })
@@ -135,7 +136,23 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     Ok(TelemetryGuard { provider })
 }
 
+/// The JSON format reads span context from [`ContextLayer`]; the fmt layer's
+/// own per-span field formatting (ANSI text stored for every span) would be
+/// wasted work on every request.
+struct NoSpanFields;
+
+impl<'writer> FormatFields<'writer> for NoSpanFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        _writer: Writer<'writer>,
+        _fields: R,
+    ) -> fmt::Result {
+        Ok(())
+    }
+}
+
 /// The context fields a span carries, stored in its extensions.
+
 #[derive(Debug, Default, Clone)]
 struct ContextFields([Option<String>; CONTEXT_FIELDS.len()]);
 
@@ -187,33 +204,48 @@ where
     }
 }
 
-/// Collects an event's fields into a JSON map.
-struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+/// Collects an event's fields, in order.
+struct JsonVisitor<'a>(&'a mut Vec<(&'static str, Value)>);
+
+impl JsonVisitor<'_> {
+    fn push(&mut self, field: &Field, value: Value) {
+        self.0.push((field.name(), value));
+    }
+}
 
 impl Visit for JsonVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.push(field, Value::from(value));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.push(field, Value::from(value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.push(field, Value::from(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.push(field, Value::from(value));
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.push(field, Value::from(value));
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0
-            .insert(field.name().to_owned(), Value::from(value.to_string()));
+        self.push(field, Value::from(value.to_string()));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), Value::from(format!("{value:?}")));
+        self.push(field, Value::from(format!("{value:?}")));
     }
+}
+
+/// Appends `"key":<value>` to a JSON object being written.
+fn put(out: &mut Vec<u8>, key: &str, value: &impl serde::Serialize) {
+    if out.len() > 1 {
+        out.push(b',');
+    }
+    // Serialising a string key or a JSON value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, key);
+    out.push(b':');
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 /// The JSON line format of the observability contract.
@@ -233,20 +265,21 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let mut fields = Map::new();
+        let mut fields = Vec::with_capacity(8);
         event.record(&mut JsonVisitor(&mut fields));
+        let message = fields
+            .iter()
+            .position(|(k, _)| *k == "message")
+            .map(|i| fields.remove(i).1)
+            .unwrap_or(Value::from(""));
 
-        let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-        );
-        line.insert("level".into(), Value::from(meta.level().as_str()));
-        line.insert("target".into(), Value::from(meta.target()));
-        line.insert(
-            "message".into(),
-            fields.remove("message").unwrap_or(Value::from("")),
-        );
+        let mut out = Vec::with_capacity(384);
+        out.push(b'{');
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        put(&mut out, "timestamp", &now);
+        put(&mut out, "level", &meta.level().as_str());
+        put(&mut out, "target", &meta.target());
+        put(&mut out, "message", &message);
 
         let mut context: [Option<String>; CONTEXT_FIELDS.len()] = Default::default();
         if let Some(scope) = ctx.event_scope() {
@@ -260,19 +293,26 @@ where
                 }
             }
         }
-        for (name, value) in CONTEXT_FIELDS.iter().zip(context) {
-            let value = match (*name, value) {
-                ("service", None) => Some(self.service.clone()),
-                (_, v) => v,
-            };
-            if let Some(v) = value {
-                line.insert((*name).to_owned(), Value::from(v));
+        for (name, value) in CONTEXT_FIELDS.iter().zip(&context) {
+            match (*name, value) {
+                (_, Some(v)) => put(&mut out, name, v),
+                ("service", None) => put(&mut out, name, &self.service),
+                _ => {}
             }
         }
-        for (k, v) in fields {
-            line.entry(k).or_insert(v);
+        const RESERVED: [&str; 4] = ["timestamp", "level", "target", "message"];
+        for (k, v) in &fields {
+            let taken = RESERVED.contains(k)
+                || CONTEXT_FIELDS
+                    .iter()
+                    .zip(&context)
+                    .any(|(n, c)| n == k && (c.is_some() || *n == "service"));
+            if !taken {
+                put(&mut out, k, v);
+            }
         }
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        out.push(b'}');
+        let text = String::from_utf8(out).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
     }
 }
