@@ -243,7 +243,6 @@ pub async fn undo(admin: &PgPool, names: &Names, done: Progress) -> Result<(), s
 }
 
 /// Drops the tenant's database (terminating its connections) and roles.
-
 /// Idempotent: missing objects are fine.
 pub async fn drop_all(admin: &PgPool, names: &Names) -> Result<(), sqlx::Error> {
     admin

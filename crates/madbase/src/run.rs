@@ -146,10 +146,7 @@ pub(crate) async fn serve(
         let token = shutdown.clone();
         tasks.spawn(async move {
             // A failing hook stops everything, like a failing service.
-            hook().await.map_err(|e| {
-                token.cancel();
-                e
-            })
+            hook().await.inspect_err(|_| token.cancel())
         });
     }
     let mut result = Ok(());
