@@ -1,10 +1,15 @@
 //! madbase functions: runs tenant JavaScript functions in a sandbox.
 //!
-//! At this stage the service answers health and readiness (control reachable);
-//! its API builds on it.
+//! `/functions/v1/{name}` checks the tenant and its key and counts the run;
+//! deploying functions and the JavaScript sandbox are not built yet, so
+//! every invocation answers 404 `function_not_found` (see `invoke.rs`).
+
+mod invoke;
 
 use axum::Router;
+use axum::routing::any;
 use madbase_platform::config::{ConfigError, Env, Source};
+use madbase_platform::tenants::TenantClient;
 use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, client, secrets};
 
 /// The functions service's configuration, from the environment.
@@ -39,10 +44,19 @@ impl Config {
 /// Builds the functions service: routes, readiness checks, metrics.
 pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
     let http = client::internal_client();
+    let metrics = Metrics::new();
+    let invoker = invoke::Invoker::new(
+        TenantClient::new(&config.control_url, &config.jwt_secret, &metrics),
+        &metrics,
+    );
+    let api = Router::new()
+        .route("/functions/v1/{name}", any(invoke::invoke))
+        .route("/functions/v1/{name}/{*rest}", any(invoke::invoke))
+        .with_state(invoker);
     Ok(ServiceApp {
         service: Service::Functions,
-        api: Router::new(),
+        api,
         ready: vec![ReadyCheck::http("control", http, &config.control_url)],
-        metrics: Metrics::new(),
+        metrics,
     })
 }
