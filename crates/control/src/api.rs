@@ -373,7 +373,7 @@ pub async fn internal_get(
         jwt_secret: state.open(&row.jwt_secret_enc)?,
         authenticator_password: state.open(&row.authenticator_password_enc)?,
         key_version: row.key_version,
-        db_host: state.cluster.get_host().to_owned(),
+        db_host: state.cluster_host(),
         db_port: state.cluster.get_port(),
         authenticator_user: row.authenticator_role,
         database: row.database_name,
@@ -388,13 +388,23 @@ impl AppState {
             .map_err(|e| ApiError::internal(&anyhow::Error::new(e)))
     }
 
+    /// The tenant cluster's host, or its unix socket directory when it is
+    /// reached through one (`?host=/path` in `DEFAULT_TENANT_DB_URL`).
+    fn cluster_host(&self) -> String {
+        match self.cluster.get_socket() {
+            Some(dir) => dir.display().to_string(),
+            None => self.cluster.get_host().to_owned(),
+        }
+    }
+
     fn rest_url(&self, id: &str) -> String {
         format!("{}/t/{id}/rest/v1", self.public_url)
     }
 
     /// `postgres://user:password@host:port/db` on the tenant cluster.
     fn connection_url(&self, user: &str, password: &str, db: &str) -> String {
-        let host = self.cluster.get_host();
+        let host = self.cluster_host();
+        let host = host.as_str();
         let host = if host.starts_with('/') {
             "localhost".to_owned()
         } else if host.contains(':') {
@@ -406,7 +416,7 @@ impl AppState {
             "postgres://{user}:{password}@{host}:{}/{db}",
             self.cluster.get_port()
         );
-        let socket = self.cluster.get_host();
+        let socket = self.cluster_host();
         if socket.starts_with('/') {
             format!("{url}?host={socket}")
         } else {

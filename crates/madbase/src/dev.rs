@@ -86,6 +86,20 @@ async fn dev(data_dir: PathBuf) -> anyhow::Result<ExitCode> {
         );
     }
 
+    // The services find each other at their (possibly overridden) addresses.
+    let overlay = Overlay(vars.clone());
+    for service in [Service::Control, Service::Worker, Service::Functions] {
+        let prefix = service.name().to_ascii_uppercase();
+        if let Some(listen) = overlay.get(&format!("MADBASE_{prefix}_LISTEN"))
+            && let Ok(addr) = listen.parse::<std::net::SocketAddr>()
+        {
+            vars.insert(
+                format!("MADBASE_{prefix}_URL"),
+                format!("http://{}", loopback(addr)),
+            );
+        }
+    }
+
     let postgres = if std::env::var_os("DATABASE_URL").is_some_and(|v| !v.is_empty()) {
         None
     } else {
