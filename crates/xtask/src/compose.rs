@@ -14,7 +14,9 @@
 //!      madbase ones run `/bin/madbase healthcheck`) and
 //!      `restart: unless-stopped`;
 //!    - only proxy, control and grafana publish ports, exactly 8000, 8001
-//!      and 3000, each bound to `${MADBASE_BIND:-127.0.0.1}`;
+//!      and 3000, each bound to `${MADBASE_BIND:-127.0.0.1}` with the host
+//!      port `${MADBASE_PROXY_PORT:-8000}` (`MADBASE_CONTROL_PORT`,
+//!      `MADBASE_GRAFANA_PORT`);
 //!    - the secrets are only ever interpolated as `${VAR:?message}`;
 //!    - `depends_on` names existing services, named volumes are declared and
 //!      every bind mount of `./config` exists and is read-only.
@@ -47,8 +49,13 @@ const SECRETS: [&str; 4] = [
 /// The host address every published port binds.
 const BIND: &str = "${MADBASE_BIND:-127.0.0.1}";
 
-/// The only services that publish ports, and the one port each publishes.
-const PUBLISHED: [(&str, u16); 3] = [("proxy", 8000), ("control", 8001), ("grafana", 3000)];
+/// The only services that publish ports, the one port each publishes and
+/// the variable that can move its host port.
+const PUBLISHED: [(&str, u16, &str); 3] = [
+    ("proxy", 8000, "MADBASE_PROXY_PORT"),
+    ("control", 8001, "MADBASE_CONTROL_PORT"),
+    ("grafana", 3000, "MADBASE_GRAFANA_PORT"),
+];
 
 /// The health check of the madbase images.
 const MADBASE_HEALTHCHECK: [&str; 3] = ["CMD", "/bin/madbase", "healthcheck"];
@@ -202,7 +209,7 @@ fn rules(doc: &Value, text: &str, spec: &ImageSpec, version: &str, base: &Path) 
         check_depends_on(name, service, services, &mut problems);
         check_volumes(name, service, &declared_volumes, base, &mut problems);
     }
-    for (name, _) in PUBLISHED {
+    for (name, _, _) in PUBLISHED {
         if !services.contains_key(name) {
             problems.push(format!("the service `{name}` is missing"));
         }
@@ -295,8 +302,11 @@ fn check_ports(name: &str, service: &Value, problems: &mut Vec<String>) {
     if service.get("network_mode").and_then(Value::as_str) == Some("host") {
         problems.push(format!("{name}: network_mode host publishes every port"));
     }
-    let allowed = PUBLISHED.iter().find(|(s, _)| *s == name).map(|(_, p)| *p);
-    let Some(port) = allowed else {
+    let allowed = PUBLISHED
+        .iter()
+        .find(|(s, _, _)| *s == name)
+        .map(|(_, p, v)| (*p, *v));
+    let Some((port, var)) = allowed else {
         if !ports.is_empty() {
             problems.push(format!(
                 "{name}: publishes ports {ports:?}; only proxy, control and grafana may"
@@ -304,7 +314,7 @@ fn check_ports(name: &str, service: &Value, problems: &mut Vec<String>) {
         }
         return;
     };
-    let want = format!("{BIND}:{port}:{port}");
+    let want = format!("{BIND}:${{{var}:-{port}}}:{port}");
     let got: Vec<String> = ports
         .iter()
         .map(|p| match p {
@@ -514,20 +524,20 @@ admin_port = 9000
                     "image": "git.madapes.com/madbase/proxy:0.1.0",
                     "restart": "unless-stopped",
                     "healthcheck": hc,
-                    "ports": ["${MADBASE_BIND:-127.0.0.1}:8000:8000"],
+                    "ports": ["${MADBASE_BIND:-127.0.0.1}:${MADBASE_PROXY_PORT:-8000}:8000"],
                     "depends_on": {"postgres": {"condition": "service_healthy"}}
                 },
                 "control": {
                     "image": "localhost/control:1.0",
                     "restart": "unless-stopped",
                     "healthcheck": {"test": ["CMD", "true"], "interval": "1s", "timeout": "1s", "retries": 1},
-                    "ports": ["${MADBASE_BIND:-127.0.0.1}:8001:8001"]
+                    "ports": ["${MADBASE_BIND:-127.0.0.1}:${MADBASE_CONTROL_PORT:-8001}:8001"]
                 },
                 "grafana": {
                     "image": "docker.io/grafana/grafana:12.4.3",
                     "restart": "unless-stopped",
                     "healthcheck": {"test": ["CMD", "curl", "x"], "interval": "1s", "timeout": "1s", "retries": 1},
-                    "ports": ["${MADBASE_BIND:-127.0.0.1}:3000:3000"],
+                    "ports": ["${MADBASE_BIND:-127.0.0.1}:${MADBASE_GRAFANA_PORT:-3000}:3000"],
                     "volumes": ["grafana-data:/var/lib/grafana", "./src:/etc/x:ro,z"]
                 },
                 "postgres": {
@@ -634,8 +644,13 @@ admin_port = 9000
         let e = broken(|d| d["services"]["proxy"]["ports"] = serde_json::json!(["8000:8000"]));
         assert!(e.contains("proxy: ports must be exactly"), "{e}");
         let e = broken(|d| {
+            d["services"]["proxy"]["ports"] =
+                serde_json::json!(["${MADBASE_BIND:-127.0.0.1}:8000:8000"])
+        });
+        assert!(e.contains("proxy: ports must be exactly"), "{e}");
+        let e = broken(|d| {
             d["services"]["proxy"]["ports"] = serde_json::json!([
-                "${MADBASE_BIND:-127.0.0.1}:8000:8000",
+                "${MADBASE_BIND:-127.0.0.1}:${MADBASE_PROXY_PORT:-8000}:8000",
                 "${MADBASE_BIND:-127.0.0.1}:9000:9000"
             ])
         });

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_proxy;
 mod compose;
+mod e2e;
 mod image_spec;
 mod images;
 mod nix;
@@ -63,6 +64,10 @@ enum Task {
     /// Builds the images, loads them into a project-local podman and checks
     /// them (config, contents, no shell, health check, non-root user).
     ImagesCheck,
+    /// End-to-end on podman: compose.yaml (plus deploy/compose.e2e.yaml)
+    /// up, a tenant, RLS and CRUD through the proxy, image checks, down and
+    /// up again with the data kept, tear-down.
+    E2e,
     /// `cargo sqlx prepare --workspace --check` against a throwaway Postgres.
     SqlxCheck,
     /// Regenerates `.sqlx/` against a throwaway Postgres.
@@ -91,6 +96,7 @@ fn main() -> Result<()> {
         Task::CheckCompose { file } => compose::check_file(&compose::path_arg(file)),
         Task::Images => images::build().map(drop),
         Task::ImagesCheck => images::check(),
+        Task::E2e => e2e::run(),
         Task::SqlxCheck => sqlx::check(),
         Task::SqlxPrepare => sqlx::regenerate(),
         Task::Observability => observability_live::run(),

@@ -1,0 +1,1850 @@
+//! `cargo xtask e2e`: the whole stack of `compose.yaml` on podman, driven
+//! from the outside like a user would.
+//!
+//! 1. A project-local podman ([`Podman::setup`]); the four service images
+//!    from the release binary ([`images::build`]) and stand-ins for the
+//!    third-party images assembled from the software installed on this
+//!    machine ([`images::host_image`]: Debian's Postgres 15,
+//!    VictoriaMetrics, vmagent, vmalert and Alertmanager, each with GNU wget
+//!    for the health checks compose.yaml gives them), all `podman load`ed.
+//! 2. `podman-compose -p madbase-e2e-<pid> -f compose.yaml -f
+//!    deploy/compose.e2e.yaml up -d`, with generated secrets in an env file
+//!    and the proxy and control on 127.0.0.1:8000/8001 (free ports instead
+//!    when those are taken). The override swaps the third-party images and
+//!    moves Grafana, Loki, Alloy and Tempo (not installable here) to a profile
+//!    nobody enables; the test prints them.
+//! 3. Health: `podman healthcheck run` for every container until all pass
+//!    (podman 4.3 runs no health-check timers and ignores `service_healthy`).
+//! 4. A tenant through control's admin API, a table with an RLS policy
+//!    through the tenant SQL endpoint, and CRUD through the proxy with the
+//!    anon and service_role keys (RLS enforced, anon insert refused); the
+//!    `X-Request-Id` sent comes back and is in the worker's JSON logs.
+//! 5. The images: `Healthcheck` and a non-root `User` in `podman image
+//!    inspect`, no process of any container runs as root, no `/bin/sh`.
+//! 6. `podman-compose down` (volumes kept) and `up` again: the tenant and its
+//!    rows are still there.
+//! 7. Tear-down, also after a failed step (and through `Drop` after a
+//!    panic): containers, pod, volumes, networks, the images loaded, the env
+//!    file; then a check that nothing is left. A run killed by a signal
+//!    cannot clean up: the next run removes projects whose process is gone.
+//!
+//! Every step prints `PASS <step>` or `FAIL <step>: <why>`; the task exits
+//! non-zero when any step failed. Every external command and HTTP request is
+//! bounded, and the part from `up` to tear-down has a budget of
+//! [`STACK_BUDGET`].
+//!
+//! Needs podman, runc, netavark, aardvark-dns, postgresql-15,
+//! victoria-metrics, prometheus-alertmanager and wget (apt) and
+//! podman-compose 1.6.0 (pip), all installed by `bash .ci/run`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::image_spec::ImageSpec;
+use crate::images::{self, HostImage, User};
+use crate::podman::Podman;
+use crate::util::{root, step};
+
+/// The override file, relative to the workspace root.
+pub const OVERRIDE_FILE: &str = "deploy/compose.e2e.yaml";
+
+/// Services of compose.yaml the override leaves out, and why.
+const LEFT_OUT: [(&str, &str); 4] = [
+    (
+        "grafana",
+        "Grafana is not packaged for Debian 12 and no registry is reachable",
+    ),
+    (
+        "loki",
+        "Grafana Loki is not packaged for Debian 12 (its `loki` is an unrelated genetics tool) and no registry is reachable",
+    ),
+    (
+        "alloy",
+        "Grafana Alloy is not packaged for Debian 12 and no registry is reachable",
+    ),
+    (
+        "tempo",
+        "Grafana Tempo is not packaged for Debian 12 and no registry is reachable",
+    ),
+];
+
+/// Every run's compose project is this plus its process id.
+const PROJECT_PREFIX: &str = "madbase-e2e-";
+
+/// The budget from `podman-compose up` to the end of the tear-down.
+const STACK_BUDGET: Duration = Duration::from_secs(540);
+/// How long the containers may take to pass their health checks.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(180);
+/// One HTTP request.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The tenant the test creates.
+const TENANT: &str = "e2e-notes";
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const PG_LIB: &str = "/usr/lib/postgresql/15/lib";
+const PG_SHARE: &str = "/usr/share/postgresql/15";
+const WGET: &str = "/usr/bin/wget";
+const AM_SHARE: &str = "/usr/share/prometheus/alertmanager";
+
+/// What the official Postgres image's entrypoint does with `POSTGRES_USER`,
+/// `POSTGRES_PASSWORD` and `POSTGRES_DB`, in shell builtins only (the image
+/// has `/bin/sh` and the Postgres binaries, no coreutils): initdb with a
+/// password file on an empty data directory, password logins from the
+/// compose network, the database, then the server.
+const PG_ENTRYPOINT: &str = r#"set -eu
+D="${PGDATA:-/var/lib/postgresql/data}"
+if [ ! -s "$D/PG_VERSION" ]; then
+  : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD is required}"
+  U="${POSTGRES_USER:-postgres}"
+  DB="${POSTGRES_DB:-$U}"
+  umask 077
+  printf '%s\n' "$POSTGRES_PASSWORD" > /tmp/pwfile
+  initdb -D "$D" -U "$U" --pwfile=/tmp/pwfile --auth-local=trust --auth-host=scram-sha-256 --no-locale -E UTF8 >/dev/null
+  : > /tmp/pwfile
+  printf 'host all all all scram-sha-256\n' >> "$D/pg_hba.conf"
+  if [ "$DB" != postgres ]; then
+    printf 'CREATE DATABASE "%s"\n' "$DB" | postgres --single -D "$D" postgres >/dev/null
+  fi
+  echo "postgres: initialised $D (superuser $U, database $DB)"
+fi
+exec postgres -D "$D" -k /tmp -c listen_addresses='*'
+"#;
+
+/// A stand-in image for a third-party service of compose.yaml.
+struct StandIn {
+    /// The compose service.
+    service: &'static str,
+    /// Image name and tag, as in [`OVERRIDE_FILE`].
+    name: &'static str,
+    tag: &'static str,
+    /// The Debian package the software comes from.
+    package: &'static str,
+}
+
+const STAND_INS: [StandIn; 5] = [
+    StandIn {
+        service: "postgres",
+        name: "localhost/madbase-e2e/postgres",
+        tag: "15-host",
+        package: "postgresql-15",
+    },
+    StandIn {
+        service: "victoria-metrics",
+        name: "localhost/madbase-e2e/victoria-metrics",
+        tag: "host",
+        package: "victoria-metrics",
+    },
+    StandIn {
+        service: "vmagent",
+        name: "localhost/madbase-e2e/vmagent",
+        tag: "host",
+        package: "victoria-metrics",
+    },
+    StandIn {
+        service: "vmalert",
+        name: "localhost/madbase-e2e/vmalert",
+        tag: "host",
+        package: "victoria-metrics",
+    },
+    StandIn {
+        service: "alertmanager",
+        name: "localhost/madbase-e2e/alertmanager",
+        tag: "host",
+        package: "prometheus-alertmanager",
+    },
+];
+
+impl StandIn {
+    fn reference(&self) -> String {
+        format!("{}:{}", self.name, self.tag)
+    }
+}
+
+/// `cargo xtask e2e`.
+pub fn run() -> Result<()> {
+    let started = Instant::now();
+    let mut steps = Steps::default();
+    let mut stack = None;
+    let outcome = run_steps(&mut steps, &mut stack);
+    if let Err(err) = &outcome {
+        steps.fail("e2e", err);
+    }
+    // After a failure too; `Drop` covers a panic.
+    if let Some(stack) = stack.as_mut().filter(|s| !s.torn_down) {
+        steps.run("tear-down removes everything the test created", || {
+            stack.teardown()
+        });
+    }
+    steps.summary(started.elapsed());
+    ensure!(
+        steps.failed().is_empty(),
+        "e2e failed: {}",
+        steps.failed().join(", ")
+    );
+    Ok(())
+}
+
+/// The steps; an `Err` is a failure that stops the run (set-up, start-up),
+/// any other failure is recorded in `steps` and the run goes on where that
+/// makes sense.
+fn run_steps(steps: &mut Steps, stack: &mut Option<Stack>) -> Result<()> {
+    let spec = ImageSpec::load()?;
+    let Some(()) = steps.run("preflight: tools and host software", preflight) else {
+        bail!("preflight failed");
+    };
+    let podman = Podman::setup()?;
+    steps.run("remove what interrupted runs left behind", || {
+        reap_stale(&podman)
+    });
+    let project = format!("{PROJECT_PREFIX}{}", std::process::id());
+    let stack = stack.insert(Stack::new(podman.clone(), project)?);
+
+    let Some(madbase_images) = steps.run("build the madbase images", images::build) else {
+        bail!("cannot build the images");
+    };
+    let Some(stand_ins) = steps.run("assemble stand-in images from host software", || {
+        build_stand_ins()
+    }) else {
+        bail!("cannot assemble the stand-in images");
+    };
+    let archives: Vec<(String, PathBuf)> = madbase_images
+        .iter()
+        .map(|i| (i.reference.clone(), i.archive.clone()))
+        .chain(stand_ins)
+        .collect();
+    let Some(()) = steps.run("podman load", || stack.load(&archives)) else {
+        bail!("cannot load the images");
+    };
+
+    let ports = steps
+        .run("host ports for the proxy and control", pick_ports)
+        .context("no host ports")?;
+    let binary = root()
+        .join("target/images")
+        .join(format!("{}.stripped", spec.binary));
+    let secrets = Secrets::generate()?;
+    stack.write_env(&secrets, ports)?;
+
+    for (service, why) in LEFT_OUT {
+        eprintln!("left out: {service}: {why}");
+    }
+    eprintln!(
+        "NOTE left out by {OVERRIDE_FILE}: {}",
+        LEFT_OUT.map(|(s, _)| s).join(", ")
+    );
+
+    // From here on, everything has a deadline.
+    let deadline = Deadline::new(STACK_BUDGET);
+    let Some(()) = steps.run("podman-compose up", || stack.up(&deadline)) else {
+        bail!("the stack did not start");
+    };
+    let Some(containers) = steps.run("all containers healthy", || {
+        stack.wait_healthy(&deadline, HEALTH_TIMEOUT)
+    }) else {
+        bail!("the stack did not become healthy");
+    };
+
+    steps.run(
+        "images: Healthcheck and non-root User (podman image inspect)",
+        || check_image_config(&podman, &madbase_images),
+    );
+    steps.run("containers: no process runs as root", || {
+        check_process_users(&podman, &containers)
+    });
+    steps.run("images: no /bin/sh", || {
+        check_no_shell(&podman, &madbase_images)
+    });
+
+    let http = Http::new()?;
+    let control = format!("http://127.0.0.1:{}", ports.control);
+    let proxy = format!("http://127.0.0.1:{}", ports.proxy);
+    let admin = steps
+        .run("admin token (madbase token admin)", || {
+            admin_token(&binary, &secrets.jwt)
+        })
+        .context("no admin token")?;
+    let Some(tenant) = steps.run("create a tenant (control, POST /v1/tenants)", || {
+        create_tenant(&http, &control, &admin)
+    }) else {
+        bail!("no tenant");
+    };
+    let Some(()) = steps.run(
+        "table with an RLS policy (POST /v1/tenants/{id}/sql)",
+        || create_table(&http, &control, &admin),
+    ) else {
+        bail!("no table");
+    };
+
+    let api = Api {
+        http: &http,
+        notes: format!("{proxy}/t/{TENANT}/rest/v1/notes"),
+        tenant: &tenant,
+    };
+    crud(steps, &api);
+    let request_id = format!("e2e-{}-{}", std::process::id(), hex(&random_bytes(8)?));
+    steps.run(
+        "X-Request-Id comes back and is in the worker's logs",
+        || request_id_check(&api, stack, &containers, &request_id),
+    );
+
+    // Persistence: down (keeping the volumes), up, the same tenant and rows.
+    let Some(before) = steps.run("snapshot of the rows (SQL endpoint)", || {
+        snapshot(&http, &control, &admin)
+    }) else {
+        bail!("no snapshot");
+    };
+    let Some(()) = steps.run("podman-compose down (volumes kept)", || {
+        stack.down_keep_volumes(&deadline)
+    }) else {
+        bail!("down failed");
+    };
+    let Some(()) = steps.run("podman-compose up again", || stack.up(&deadline)) else {
+        bail!("the stack did not start again");
+    };
+    let Some(_) = steps.run("all containers healthy again", || {
+        stack.wait_healthy(&deadline, HEALTH_TIMEOUT)
+    }) else {
+        bail!("the stack did not become healthy again");
+    };
+    steps.run(
+        "after restart: control has the tenant and its rows (SQL endpoint)",
+        || persisted(&http, &control, &admin, &before),
+    );
+    steps.run(
+        "after restart: the rows through the proxy (service_role GET)",
+        || persisted_rest(&api, &before),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Steps and deadlines.
+
+/// The PASS/FAIL record of a run.
+#[derive(Debug, Default)]
+struct Steps {
+    results: Vec<(String, bool, Duration)>,
+}
+
+impl Steps {
+    /// Runs one step, prints `PASS`/`FAIL` and records it.
+    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Option<T> {
+        step(name);
+        let start = Instant::now();
+        let result = f();
+        let took = start.elapsed();
+        match result {
+            Ok(value) => {
+                eprintln!("PASS {name} ({:.1}s)", took.as_secs_f64());
+                self.results.push((name.to_owned(), true, took));
+                Some(value)
+            }
+            Err(err) => {
+                eprintln!("FAIL {name} ({:.1}s): {err:#}", took.as_secs_f64());
+                self.results.push((name.to_owned(), false, took));
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, name: &str, err: &anyhow::Error) {
+        eprintln!("FAIL {name}: {err:#}");
+        self.results
+            .push((name.to_owned(), false, Duration::default()));
+    }
+
+    fn failed(&self) -> Vec<String> {
+        self.results
+            .iter()
+            .filter(|(_, ok, _)| !ok)
+            .map(|(n, _, _)| n.clone())
+            .collect()
+    }
+
+    fn summary(&self, total: Duration) {
+        eprintln!("\n==> e2e summary ({:.0}s)", total.as_secs_f64());
+        for (name, ok, took) in &self.results {
+            let word = if *ok { "PASS" } else { "FAIL" };
+            eprintln!("{word} {name} ({:.1}s)", took.as_secs_f64());
+        }
+    }
+}
+
+/// A point in time every bounded operation stops at.
+#[derive(Debug, Clone, Copy)]
+struct Deadline(Instant);
+
+impl Deadline {
+    fn new(budget: Duration) -> Self {
+        Deadline(Instant::now() + budget)
+    }
+
+    /// `want`, or less when the deadline is nearer; an error once it passed.
+    fn bound(&self, want: Duration) -> Result<Duration> {
+        let left = self.0.saturating_duration_since(Instant::now());
+        ensure!(
+            !left.is_zero(),
+            "the e2e time budget ({}s) is used up",
+            STACK_BUDGET.as_secs()
+        );
+        Ok(want.min(left))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bounded commands.
+
+/// Runs `cmd` with its output captured, killing its process group after
+/// `timeout`.
+fn bounded_output(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    use std::os::unix::process::CommandExt as _;
+    let shown = shown(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {shown} (`bash .ci/run` installs every tool)"))?;
+    let mut out = child.stdout.take().context("no stdout")?;
+    let mut err = child.stderr.take().context("no stderr")?;
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let status = wait_bounded(&mut child, timeout, &shown)?;
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Like [`bounded_output`], failing (with the output) on a non-zero exit;
+/// returns stdout.
+fn bounded_ok(cmd: &mut Command, timeout: Duration) -> Result<String> {
+    let shown = shown(cmd);
+    let out = bounded_output(cmd, timeout)?;
+    ensure!(
+        out.status.success(),
+        "{shown} failed with {}:\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `cmd` with its output shown, bounded by `timeout`; fails on a
+/// non-zero exit.
+fn bounded_run(cmd: &mut Command, timeout: Duration) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let shown = shown(cmd);
+    eprintln!("+ {shown}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {shown} (`bash .ci/run` installs every tool)"))?;
+    let status = wait_bounded(&mut child, timeout, &shown)?;
+    ensure!(status.success(), "{shown} failed with {status}");
+    Ok(())
+}
+
+/// The program and its arguments, without the environment (which holds the
+/// secrets).
+fn shown(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn wait_bounded(
+    child: &mut std::process::Child,
+    timeout: Duration,
+    shown: &str,
+) -> Result<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if start.elapsed() > timeout {
+            // The child leads its own process group: end it and what it
+            // started (podman-compose runs podman).
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{shown} did not finish within {}s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Preflight and images.
+
+fn preflight() -> Result<()> {
+    let mut missing = Vec::new();
+    for (tool, install) in [
+        (
+            "podman",
+            "apt-get install podman runc netavark aardvark-dns",
+        ),
+        ("podman-compose", "pip install podman-compose==1.6.0"),
+        ("ldd", "apt-get install libc-bin"),
+    ] {
+        let ok = Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            missing.push(format!("{tool} ({install})"));
+        }
+    }
+    for (path, package) in [
+        (format!("{PG_BIN}/postgres"), "postgresql-15"),
+        (format!("{PG_BIN}/initdb"), "postgresql-15"),
+        (format!("{PG_BIN}/pg_isready"), "postgresql-client-15"),
+        ("/usr/bin/victoria-metrics".to_owned(), "victoria-metrics"),
+        ("/usr/bin/vmagent".to_owned(), "victoria-metrics"),
+        ("/usr/bin/vmalert".to_owned(), "victoria-metrics"),
+        (
+            "/usr/bin/prometheus-alertmanager".to_owned(),
+            "prometheus-alertmanager",
+        ),
+        (WGET.to_owned(), "wget"),
+        ("/bin/sh".to_owned(), "dash"),
+    ] {
+        if !Path::new(&path).exists() {
+            missing.push(format!("{path} (apt-get install {package})"));
+        }
+    }
+    ensure!(
+        missing.is_empty(),
+        "missing: {} (`bash .ci/run` installs them)",
+        missing.join(", ")
+    );
+    Ok(())
+}
+
+/// Assembles the stand-in images; returns `(reference, archive)` pairs.
+fn build_stand_ins() -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for stand_in in &STAND_INS {
+        eprintln!(
+            "{}: {} {}",
+            stand_in.service,
+            stand_in.package,
+            package_version(stand_in.package)
+        );
+        let archive = if stand_in.service == "postgres" {
+            postgres_image(stand_in)?
+        } else {
+            metrics_image(stand_in)?
+        };
+        out.push((stand_in.reference(), archive));
+    }
+    Ok(out)
+}
+
+fn package_version(package: &str) -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", package])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|| "(version unknown)".to_owned())
+}
+
+/// Debian's Postgres 15 (without the LLVM JIT) and `/bin/sh` for
+/// [`PG_ENTRYPOINT`]; user `postgres` (999), data directory owned by it.
+fn postgres_image(stand_in: &StandIn) -> Result<PathBuf> {
+    let mut files: Vec<PathBuf> = ["postgres", "initdb", "pg_isready"]
+        .iter()
+        .map(|b| Path::new(PG_BIN).join(b))
+        .collect();
+    for entry in std::fs::read_dir(PG_LIB).with_context(|| format!("reading {PG_LIB}"))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        // The JIT pulls in libLLVM (over 100 MB) and is off by default.
+        if !(name.starts_with("llvmjit") || name == "bitcode") {
+            files.push(path);
+        }
+    }
+    files.extend(
+        [
+            PG_SHARE,
+            "/usr/share/zoneinfo/UTC",
+            "/usr/share/zoneinfo/Etc/UTC",
+            "/bin/sh",
+        ]
+        .map(PathBuf::from),
+    );
+    let path_env = format!("{PG_BIN}:/usr/bin:/bin");
+    let healthcheck = [
+        "pg_isready",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+    ];
+    images::host_image(&HostImage {
+        name: stand_in.name,
+        tag: stand_in.tag,
+        files: &files,
+        entrypoint: &["/bin/sh", "-c", PG_ENTRYPOINT],
+        cmd: &[],
+        user: User {
+            uid: 999,
+            gid: 999,
+            name: "postgres",
+        },
+        env: &[
+            ("PATH", path_env.as_str()),
+            ("TZ", "UTC"),
+            ("PGDATA", "/var/lib/postgresql/data"),
+        ],
+        user_dirs: &["/var/lib/postgresql/data"],
+        exposed_ports: &[5432],
+        healthcheck: Some(&healthcheck),
+    })
+}
+
+/// One Debian VictoriaMetrics / Alertmanager binary as the entrypoint (the
+/// arguments come from compose.yaml's `command`), GNU wget for the health
+/// check, user `nobody` (65534) owning the data directory.
+fn metrics_image(stand_in: &StandIn) -> Result<PathBuf> {
+    let (binary, port, data_dir, health_path): (&str, u16, Option<&str>, &str) =
+        match stand_in.service {
+            "victoria-metrics" => (
+                "/usr/bin/victoria-metrics",
+                8428,
+                Some("/storage"),
+                "/health",
+            ),
+            "vmagent" => ("/usr/bin/vmagent", 8429, Some("/vmagent-data"), "/health"),
+            "vmalert" => ("/usr/bin/vmalert", 8880, None, "/health"),
+            "alertmanager" => (
+                "/usr/bin/prometheus-alertmanager",
+                9093,
+                Some("/alertmanager"),
+                "/-/healthy",
+            ),
+            other => bail!("no stand-in for {other}"),
+        };
+    let mut files = vec![PathBuf::from(binary), PathBuf::from(WGET)];
+    if stand_in.service == "alertmanager" {
+        // The notification templates (and UI placeholder) Debian's build
+        // reads from disk; without them no configuration applies.
+        files.push(PathBuf::from(AM_SHARE).join("default.tmpl"));
+        files.push(PathBuf::from(AM_SHARE).join("email.tmpl"));
+        files.push(PathBuf::from(AM_SHARE).join("no-ui"));
+        files.push(PathBuf::from(AM_SHARE).join("ui"));
+    }
+    let url = format!("http://127.0.0.1:{port}{health_path}");
+    let healthcheck = ["wget", "-q", "-O", "/dev/null", url.as_str()];
+    let user_dirs: Vec<&str> = data_dir.into_iter().collect();
+    images::host_image(&HostImage {
+        name: stand_in.name,
+        tag: stand_in.tag,
+        files: &files,
+        entrypoint: &[binary],
+        cmd: &[],
+        user: User {
+            uid: 65534,
+            gid: 65534,
+            name: "nobody",
+        },
+        env: &[("PATH", "/usr/bin:/bin")],
+        user_dirs: &user_dirs,
+        exposed_ports: &[port],
+        healthcheck: Some(&healthcheck),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Ports and secrets.
+
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    proxy: u16,
+    control: u16,
+}
+
+/// 8000 and 8001 when both are free, else two free ports (printed).
+fn pick_ports() -> Result<Ports> {
+    let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+    if free(8000) && free(8001) {
+        eprintln!("proxy on 127.0.0.1:8000, control on 127.0.0.1:8001");
+        return Ok(Ports {
+            proxy: 8000,
+            control: 8001,
+        });
+    }
+    let any = || -> Result<u16> { Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+    let ports = Ports {
+        proxy: any()?,
+        control: any()?,
+    };
+    eprintln!(
+        "8000 or 8001 is taken on 127.0.0.1: proxy on {}, control on {} (MADBASE_PROXY_PORT, MADBASE_CONTROL_PORT)",
+        ports.proxy, ports.control
+    );
+    Ok(ports)
+}
+
+/// The four secrets compose.yaml requires, fresh for every run.
+#[derive(Debug)]
+struct Secrets {
+    jwt: String,
+    master_key: String,
+    postgres_password: String,
+    grafana_password: String,
+}
+
+impl Secrets {
+    fn generate() -> Result<Self> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Ok(Secrets {
+            jwt: b64.encode(random_bytes(48)?),
+            master_key: b64.encode(random_bytes(32)?),
+            postgres_password: hex(&random_bytes(32)?),
+            grafana_password: b64.encode(random_bytes(24)?),
+        })
+    }
+}
+
+fn random_bytes(n: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------
+// The compose project.
+
+/// The compose project of one run; [`Drop`] tears it down.
+struct Stack {
+    podman: Podman,
+    project: String,
+    env_file: PathBuf,
+    /// The variables compose.yaml reads, as given to podman-compose.
+    env: Vec<(String, String)>,
+    loaded: Vec<String>,
+    torn_down: bool,
+}
+
+/// The services [`Stack::up`] must start: compose.yaml's minus [`LEFT_OUT`].
+const STARTED: [&str; 9] = [
+    "postgres",
+    "control",
+    "worker",
+    "functions",
+    "proxy",
+    "victoria-metrics",
+    "vmagent",
+    "vmalert",
+    "alertmanager",
+];
+
+/// A running container of the project.
+#[derive(Debug, Clone)]
+struct Container {
+    name: String,
+    service: String,
+}
+
+impl Stack {
+    fn new(podman: Podman, project: String) -> Result<Self> {
+        let dir = root().join("target/e2e");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Stack {
+            env_file: dir.join(format!("{project}.env")),
+            podman,
+            project,
+            env: Vec::new(),
+            loaded: Vec::new(),
+            torn_down: false,
+        })
+    }
+
+    fn load(&mut self, archives: &[(String, PathBuf)]) -> Result<()> {
+        for (reference, archive) in archives {
+            self.loaded.push(reference.clone());
+            bounded_ok(
+                self.podman.command().arg("load").arg("-i").arg(archive),
+                Duration::from_secs(120),
+            )?;
+            eprintln!("loaded {reference}");
+        }
+        Ok(())
+    }
+
+    /// The env file (mode 0600) podman-compose reads instead of `.env`.
+    fn write_env(&mut self, secrets: &Secrets, ports: Ports) -> Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        self.env = vec![
+            ("JWT_SECRET".into(), secrets.jwt.clone()),
+            ("MADBASE_MASTER_KEY".into(), secrets.master_key.clone()),
+            (
+                "POSTGRES_PASSWORD".into(),
+                secrets.postgres_password.clone(),
+            ),
+            (
+                "GRAFANA_ADMIN_PASSWORD".into(),
+                secrets.grafana_password.clone(),
+            ),
+            ("MADBASE_BIND".into(), "127.0.0.1".into()),
+            ("MADBASE_PROXY_PORT".into(), ports.proxy.to_string()),
+            ("MADBASE_CONTROL_PORT".into(), ports.control.to_string()),
+            ("MADBASE_DOMAIN".into(), "localhost".into()),
+            ("MADBASE_LOG".into(), "info".into()),
+        ];
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&self.env_file)
+            .with_context(|| format!("writing {}", self.env_file.display()))?;
+        for (k, v) in &self.env {
+            writeln!(file, "{k}={v}")?;
+        }
+        Ok(())
+    }
+
+    /// `podman-compose --env-file … -p … -f compose.yaml -f <override>`, with
+    /// the same variables in its environment (they win over the caller's).
+    fn compose(&self) -> Command {
+        let mut cmd = self.podman.compose();
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.arg("--env-file")
+            .arg(&self.env_file)
+            .args(["-p", &self.project])
+            .arg("-f")
+            .arg(root().join(crate::compose::COMPOSE_FILE))
+            .arg("-f")
+            .arg(root().join(OVERRIDE_FILE));
+        cmd
+    }
+
+    fn up(&self, deadline: &Deadline) -> Result<()> {
+        bounded_run(
+            self.compose().args(["up", "-d"]),
+            deadline.bound(Duration::from_secs(180))?,
+        )?;
+        let containers = self.containers()?;
+        let services: BTreeSet<&str> = containers.iter().map(|c| c.service.as_str()).collect();
+        let want: BTreeSet<&str> = STARTED.into_iter().collect();
+        ensure!(
+            services == want,
+            "started {services:?}, want {want:?} (compose.yaml minus {:?})",
+            LEFT_OUT.map(|(s, _)| s)
+        );
+        eprintln!(
+            "started: {}",
+            containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(())
+    }
+
+    /// The containers of the project (any state).
+    fn containers(&self) -> Result<Vec<Container>> {
+        let text = bounded_ok(
+            self.podman.command().args([
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label=io.podman.compose.project={}", self.project),
+                "--format",
+                "json",
+            ]),
+            Duration::from_secs(30),
+        )?;
+        let list: Value = serde_json::from_str(&text).context("podman ps is not JSON")?;
+        let mut out = Vec::new();
+        for c in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let name = c["Names"][0].as_str().unwrap_or_default().to_owned();
+            let service = c["Labels"]["com.docker.compose.service"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            out.push(Container { name, service });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn state(&self, container: &str) -> String {
+        bounded_ok(
+            self.podman.command().args([
+                "inspect",
+                "--format",
+                "{{.State.Status}}, {{.RestartCount}} restarts",
+                container,
+            ]),
+            Duration::from_secs(20),
+        )
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+    }
+
+    /// Polls `podman healthcheck run` for every container until all pass.
+    fn wait_healthy(&self, deadline: &Deadline, timeout: Duration) -> Result<Vec<Container>> {
+        let containers = self.containers()?;
+        let start = Instant::now();
+        let timeout = deadline.bound(timeout)?;
+        let mut healthy: BTreeMap<String, f64> = BTreeMap::new();
+        loop {
+            for c in &containers {
+                if healthy.contains_key(&c.name) {
+                    continue;
+                }
+                let probe = bounded_output(
+                    self.podman.command().args(["healthcheck", "run", &c.name]),
+                    Duration::from_secs(20),
+                )?;
+                if probe.status.success() {
+                    healthy.insert(c.name.clone(), start.elapsed().as_secs_f64());
+                    eprintln!(
+                        "  healthy: {} after {:.0}s",
+                        c.service,
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            let waiting: Vec<&Container> = containers
+                .iter()
+                .filter(|c| !healthy.contains_key(&c.name))
+                .collect();
+            if waiting.is_empty() {
+                return Ok(containers);
+            }
+            let status: Vec<String> = waiting
+                .iter()
+                .map(|c| format!("{} ({})", c.service, self.state(&c.name)))
+                .collect();
+            eprintln!(
+                "  {:>3.0}s: {}/{} healthy; waiting for {}",
+                start.elapsed().as_secs_f64(),
+                healthy.len(),
+                containers.len(),
+                status.join(", ")
+            );
+            if start.elapsed() >= timeout {
+                for c in &waiting {
+                    self.print_logs(&c.name, 40);
+                }
+                bail!(
+                    "not healthy after {}s: {}",
+                    timeout.as_secs(),
+                    status.join(", ")
+                );
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+
+    fn logs(&self, container: &str) -> Result<String> {
+        let out = bounded_output(
+            self.podman.command().args(["logs", container]),
+            Duration::from_secs(30),
+        )?;
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+
+    fn print_logs(&self, container: &str, lines: usize) {
+        match self.logs(container) {
+            Ok(text) => {
+                let all: Vec<&str> = text.lines().collect();
+                let tail = &all[all.len().saturating_sub(lines)..];
+                eprintln!("--- last {} lines of {container}:", tail.len());
+                for line in tail {
+                    eprintln!("    {line}");
+                }
+            }
+            Err(e) => eprintln!("--- no logs of {container}: {e:#}"),
+        }
+    }
+
+    /// `podman-compose down` without `-v`: containers and network go, the
+    /// named volumes stay.
+    fn down_keep_volumes(&self, deadline: &Deadline) -> Result<()> {
+        let volumes_before = self.labelled("volume")?;
+        bounded_run(
+            self.compose().args(["down", "-t", "10"]),
+            deadline.bound(Duration::from_secs(120))?,
+        )?;
+        let left = self.containers()?;
+        ensure!(
+            left.is_empty(),
+            "containers left after down: {:?}",
+            left.iter().map(|c| &c.name).collect::<Vec<_>>()
+        );
+        let volumes_after = self.labelled("volume")?;
+        ensure!(
+            !volumes_before.is_empty() && volumes_after == volumes_before,
+            "volumes before down {volumes_before:?}, after {volumes_after:?}"
+        );
+        eprintln!("volumes kept: {}", volumes_after.join(", "));
+        Ok(())
+    }
+
+    /// Names of the project's volumes or networks (`kind`), by label.
+    fn labelled(&self, kind: &str) -> Result<Vec<String>> {
+        let text = bounded_ok(
+            self.podman.command().args([
+                kind,
+                "ls",
+                "--filter",
+                &format!("label=io.podman.compose.project={}", self.project),
+                "--format",
+                "{{.Name}}",
+            ]),
+            Duration::from_secs(30),
+        )?;
+        let mut names: Vec<String> = text.lines().map(str::to_owned).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Removes everything the run created: `podman-compose down -v`, then by
+    /// label whatever is left (containers, pod, volumes, networks), the
+    /// loaded images and the env file. Checks nothing is left.
+    fn teardown(&mut self) -> Result<()> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        let mut problems = Vec::new();
+        if !self.env.is_empty()
+            && let Err(e) = bounded_run(
+                self.compose().args(["down", "-v", "-t", "5"]),
+                Duration::from_secs(120),
+            )
+        {
+            problems.push(format!("podman-compose down -v: {e:#}"));
+        }
+        let label = format!("label=io.podman.compose.project={}", self.project);
+        let quiet = |args: &[&str]| -> Result<String> {
+            bounded_ok(self.podman.command().args(args), Duration::from_secs(60))
+        };
+        let ids = |args: &[&str]| -> Vec<String> {
+            quiet(args)
+                .map(|t| t.lines().map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        for c in ids(&["ps", "-a", "-q", "--filter", &label]) {
+            let _ = quiet(&["rm", "-f", "-t", "0", &c]);
+        }
+        let pod = format!("pod_{}", self.project);
+        if quiet(&["pod", "exists", &pod]).is_ok() {
+            let _ = quiet(&["pod", "rm", "-f", &pod]);
+        }
+        for v in ids(&["volume", "ls", "-q", "--filter", &label]) {
+            let _ = quiet(&["volume", "rm", "-f", &v]);
+        }
+        for n in ids(&["network", "ls", "-q", "--filter", &label]) {
+            let _ = quiet(&["network", "rm", "-f", &n]);
+        }
+        for image in std::mem::take(&mut self.loaded) {
+            if quiet(&["image", "exists", &image]).is_ok()
+                && let Err(e) = quiet(&["rmi", "-f", &image])
+            {
+                problems.push(format!("podman rmi {image}: {e:#}"));
+            }
+        }
+        if self.env_file.exists()
+            && let Err(e) = std::fs::remove_file(&self.env_file)
+        {
+            problems.push(format!("removing {}: {e}", self.env_file.display()));
+        }
+
+        // Nothing of the project may be left.
+        let containers = ids(&["ps", "-a", "-q", "--filter", &label]);
+        let volumes = ids(&["volume", "ls", "-q", "--filter", &label]);
+        let networks = ids(&["network", "ls", "-q", "--filter", &label]);
+        let pod_left = quiet(&["pod", "exists", &pod]).is_ok();
+        if !containers.is_empty() || !volumes.is_empty() || !networks.is_empty() || pod_left {
+            problems.push(format!(
+                "left behind: containers {containers:?}, volumes {volumes:?}, networks {networks:?}, pod {pod_left}"
+            ));
+        }
+        for stand_in in &STAND_INS {
+            if quiet(&["image", "exists", &stand_in.reference()]).is_ok() {
+                problems.push(format!("image {} left behind", stand_in.reference()));
+            }
+        }
+        if problems.is_empty() {
+            eprintln!("removed project {} and its images", self.project);
+            Ok(())
+        } else {
+            bail!("{}", problems.join("\n"))
+        }
+    }
+}
+
+/// Removes the projects of earlier runs whose process is gone (a run
+/// killed by a signal cannot clean up after itself): their containers, pod,
+/// volumes and networks, found by the compose project label.
+fn reap_stale(podman: &Podman) -> Result<()> {
+    let label_of = |item: &Value| -> Option<String> {
+        // Containers and volumes say `Labels`, networks `labels`.
+        item["Labels"]["io.podman.compose.project"]
+            .as_str()
+            .or_else(|| item["labels"]["io.podman.compose.project"].as_str())
+            .filter(|p| p.starts_with(PROJECT_PREFIX))
+            .map(str::to_owned)
+    };
+    let mut projects = BTreeSet::new();
+    for args in [
+        &["ps", "-a", "--format", "json"][..],
+        &["volume", "ls", "--format", "json"][..],
+        &["network", "ls", "--format", "json"][..],
+    ] {
+        let text = bounded_ok(podman.command().args(args), Duration::from_secs(30))?;
+        let list: Value = serde_json::from_str(text.trim()).unwrap_or(Value::Null);
+        for item in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+            projects.extend(label_of(item));
+        }
+    }
+    let stale: Vec<String> = projects
+        .into_iter()
+        .filter(|p| {
+            p[PROJECT_PREFIX.len()..]
+                .parse::<u32>()
+                .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect();
+    for project in &stale {
+        eprintln!("removing {project} (its run is gone)");
+        let label = format!("label=io.podman.compose.project={project}");
+        let quiet = |args: &[&str]| -> Vec<String> {
+            bounded_ok(podman.command().args(args), Duration::from_secs(60))
+                .map(|t| t.lines().map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        for c in quiet(&["ps", "-a", "-q", "--filter", &label]) {
+            quiet(&["rm", "-f", "-t", "0", &c]);
+        }
+        quiet(&["pod", "rm", "-f", "--ignore", &format!("pod_{project}")]);
+        for v in quiet(&["volume", "ls", "-q", "--filter", &label]) {
+            quiet(&["volume", "rm", "-f", &v]);
+        }
+        for n in quiet(&["network", "ls", "-q", "--filter", &label]) {
+            quiet(&["network", "rm", "-f", &n]);
+        }
+    }
+    if stale.is_empty() {
+        eprintln!("nothing left behind by earlier runs");
+    }
+    Ok(())
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if !self.torn_down {
+            eprintln!("\n==> tear-down after a failure");
+            match self.teardown() {
+                Ok(()) => eprintln!("PASS tear-down after a failure"),
+                Err(e) => eprintln!("FAIL tear-down after a failure: {e:#}"),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Images and processes.
+
+/// `podman image inspect`: a health check and a non-root user.
+fn check_image_config(podman: &Podman, built: &[images::BuiltImage]) -> Result<()> {
+    for image in built {
+        let text = bounded_ok(
+            podman
+                .command()
+                .args(["image", "inspect", "--format", "json", &image.reference]),
+            Duration::from_secs(30),
+        )?;
+        let inspect: Value = serde_json::from_str(&text)?;
+        let inspect = &inspect[0];
+        let hc = if inspect["Healthcheck"].is_object() {
+            &inspect["Healthcheck"]
+        } else {
+            &inspect["Config"]["Healthcheck"]
+        };
+        let test: Vec<&str> = hc["Test"]
+            .as_array()
+            .map(|t| t.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        ensure!(
+            test.first() == Some(&"CMD") && test.len() > 1,
+            "{}: no Healthcheck ({hc})",
+            image.reference
+        );
+        let user = inspect["Config"]["User"].as_str().unwrap_or_default();
+        let uid = user.split(':').next().unwrap_or_default();
+        ensure!(
+            !uid.is_empty() && uid != "0" && uid != "root",
+            "{}: User is {user:?}",
+            image.reference
+        );
+        eprintln!("ok: {} User {user}, Healthcheck {test:?}", image.reference);
+    }
+    Ok(())
+}
+
+/// `podman top <ctr> user` and `/proc/<pid>/status`: no process of any
+/// container runs as root.
+fn check_process_users(podman: &Podman, containers: &[Container]) -> Result<()> {
+    let mut problems = Vec::new();
+    for c in containers {
+        let top = bounded_ok(
+            podman
+                .command()
+                .args(["top", &c.name, "user", "pid", "args"]),
+            Duration::from_secs(30),
+        )?;
+        let users: BTreeSet<String> = top
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        if users.is_empty() || users.contains("root") || users.contains("0") {
+            problems.push(format!("{}: processes run as {users:?}:\n{top}", c.service));
+        }
+        let pid = bounded_ok(
+            podman
+                .command()
+                .args(["inspect", "--format", "{{.State.Pid}}", &c.name]),
+            Duration::from_secs(30),
+        )?;
+        let pid = pid.trim();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status of {}", c.name))?;
+        let uids: Vec<String> = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_owned)
+            .collect();
+        if uids.len() != 4 || uids.iter().any(|u| u == "0") {
+            problems.push(format!("{}: /proc/{pid}/status Uid {uids:?}", c.service));
+        }
+        eprintln!(
+            "ok: {:<17} users {:?}, pid {pid} Uid {}",
+            c.service,
+            users,
+            uids.join(" ")
+        );
+    }
+    ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}
+
+/// `podman run --entrypoint /bin/sh <image>` fails for every madbase image.
+fn check_no_shell(podman: &Podman, built: &[images::BuiltImage]) -> Result<()> {
+    for image in built {
+        let out = bounded_output(
+            podman.command().args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--entrypoint",
+                "/bin/sh",
+                &image.reference,
+                "-c",
+                "true",
+            ]),
+            Duration::from_secs(60),
+        )?;
+        ensure!(
+            !out.status.success(),
+            "`podman run --entrypoint /bin/sh {}` succeeded: the image has a shell",
+            image.reference
+        );
+        // Failing for another reason (podman itself) proves nothing.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            stderr.contains("/bin/sh")
+                && (stderr.contains("no such file") || stderr.contains("not found")),
+            "`podman run --entrypoint /bin/sh {}` failed, but not for want of a shell: {stderr}",
+            image.reference
+        );
+        eprintln!(
+            "ok: {}: --entrypoint /bin/sh fails: {}",
+            image.reference,
+            stderr.lines().last().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// HTTP.
+
+/// A blocking wrapper around reqwest on a current-thread runtime.
+struct Http {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+/// One answer, read completely.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.body)
+            .with_context(|| format!("the body is not JSON: {}", self.body))
+    }
+
+    /// Fails unless the status is `want`, showing the answer.
+    fn expect(&self, what: &str, want: &[u16]) -> Result<&Self> {
+        ensure!(
+            want.contains(&self.status),
+            "{what}: HTTP {}, want {want:?}: {}",
+            self.status,
+            self.body.chars().take(500).collect::<String>()
+        );
+        Ok(self)
+    }
+}
+
+impl Http {
+    fn new() -> Result<Self> {
+        Ok(Http {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            client: reqwest::Client::builder()
+                .timeout(HTTP_TIMEOUT)
+                .no_proxy()
+                // A fresh connection per request: the stack restarts
+                // between requests and a pooled one would be dead.
+                .pool_max_idle_per_host(0)
+                .build()?,
+        })
+    }
+
+    fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Answer> {
+        let mut req = self.client.request(method.clone(), url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(body) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(body.to_string());
+        }
+        self.runtime
+            .block_on(async {
+                let resp = req.send().await?;
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                let body = resp.text().await?;
+                Ok::<_, reqwest::Error>(Answer {
+                    status,
+                    headers,
+                    body,
+                })
+            })
+            .with_context(|| format!("{method} {url}"))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The API checks.
+
+fn admin_token(binary: &Path, jwt_secret: &str) -> Result<String> {
+    let token = bounded_ok(
+        Command::new(binary)
+            .args(["token", "admin", "--ttl", "1h"])
+            .env("JWT_SECRET", jwt_secret),
+        Duration::from_secs(30),
+    )?;
+    let token = token.trim().to_owned();
+    ensure!(token.split('.').count() == 3, "not a JWT: {token}");
+    Ok(token)
+}
+
+/// The keys of the tenant the test created.
+#[derive(Debug)]
+struct Tenant {
+    anon_key: String,
+    service_role_key: String,
+}
+
+fn create_tenant(http: &Http, control: &str, admin: &str) -> Result<Tenant> {
+    let bearer = format!("Bearer {admin}");
+    let answer = http.send(
+        reqwest::Method::POST,
+        &format!("{control}/v1/tenants"),
+        &[("Authorization", &bearer)],
+        Some(&json!({ "id": TENANT })),
+    )?;
+    answer.expect("POST /v1/tenants", &[201])?;
+    let body = answer.json()?;
+    let key = |name: &str| -> Result<String> {
+        body[name]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no {name} in {body}"))
+    };
+    eprintln!("tenant {TENANT}: rest_url {}", body["rest_url"]);
+    Ok(Tenant {
+        anon_key: key("anon_key")?,
+        service_role_key: key("service_role_key")?,
+    })
+}
+
+/// A table `notes` with RLS: `anon` reads public rows only, nothing else;
+/// `service_role` bypasses RLS (its role has BYPASSRLS). One row is seeded
+/// through SQL.
+const SETUP_SQL: &str = "
+create table notes (
+  id serial primary key,
+  owner uuid,
+  body text not null,
+  public boolean not null default false
+);
+alter table notes enable row level security;
+create policy notes_public_read on notes for select to anon using (public);
+insert into notes (owner, body, public)
+  values ('00000000-0000-4000-8000-000000000001', 'seeded through sql', true);
+select count(*)::int as n from notes";
+
+fn sql(http: &Http, control: &str, admin: &str, query: &str) -> Result<Value> {
+    let bearer = format!("Bearer {admin}");
+    let answer = http.send(
+        reqwest::Method::POST,
+        &format!("{control}/v1/tenants/{TENANT}/sql"),
+        &[("Authorization", &bearer)],
+        Some(&json!({ "query": query })),
+    )?;
+    answer.expect("POST /v1/tenants/{id}/sql", &[200])?;
+    answer.json()
+}
+
+fn create_table(http: &Http, control: &str, admin: &str) -> Result<()> {
+    let rows = sql(http, control, admin, SETUP_SQL)?;
+    ensure!(rows == json!([{ "n": 1 }]), "setup returned {rows}");
+    Ok(())
+}
+
+/// Every row, as the SQL endpoint sees it (the owner bypasses RLS).
+fn snapshot(http: &Http, control: &str, admin: &str) -> Result<Value> {
+    let rows = sql(
+        http,
+        control,
+        admin,
+        "select id, body, public from notes order by id",
+    )?;
+    eprintln!("rows: {rows}");
+    Ok(rows)
+}
+
+/// The tenant's REST API through the proxy.
+struct Api<'a> {
+    http: &'a Http,
+    notes: String,
+    tenant: &'a Tenant,
+}
+
+impl Api<'_> {
+    fn send(
+        &self,
+        method: reqwest::Method,
+        query: &str,
+        key: &str,
+        extra: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Answer> {
+        let mut headers = vec![("apikey", key)];
+        headers.extend_from_slice(extra);
+        self.http
+            .send(method, &format!("{}{query}", self.notes), &headers, body)
+    }
+
+    fn service(&self) -> &str {
+        &self.tenant.service_role_key
+    }
+
+    fn anon(&self) -> &str {
+        &self.tenant.anon_key
+    }
+
+    /// `GET ?select=id,body,public&order=id` with `key`; the rows.
+    fn read(&self, key: &str) -> Result<Vec<Value>> {
+        let answer = self.send(
+            reqwest::Method::GET,
+            "?select=id,body,public&order=id",
+            key,
+            &[],
+            None,
+        )?;
+        answer.expect("GET /rest/v1/notes", &[200])?;
+        rows(&answer.json()?)
+    }
+}
+
+fn rows(value: &Value) -> Result<Vec<Value>> {
+    value
+        .as_array()
+        .cloned()
+        .with_context(|| format!("not a JSON array: {value}"))
+}
+
+fn ids(rows: &[Value]) -> Vec<i64> {
+    rows.iter().filter_map(|r| r["id"].as_i64()).collect()
+}
+
+/// The CRUD steps through the proxy; each is its own PASS/FAIL.
+fn crud(steps: &mut Steps, api: &Api<'_>) {
+    let inserted = steps.run("service_role inserts (POST, return=representation)", || {
+        let body = json!([
+            { "owner": "00000000-0000-4000-8000-000000000002", "body": "public note", "public": true },
+            { "owner": "00000000-0000-4000-8000-000000000003", "body": "private note", "public": false }
+        ]);
+        let answer = api.send(
+            reqwest::Method::POST,
+            "",
+            api.service(),
+            &[("Prefer", "return=representation")],
+            Some(&body),
+        )?;
+        answer.expect("POST /rest/v1/notes", &[201])?;
+        let rows = rows(&answer.json()?)?;
+        ensure!(
+            rows.len() == 2
+                && rows[0]["body"] == "public note"
+                && rows[1]["body"] == "private note"
+                && rows.iter().all(|r| r["id"].is_i64()),
+            "inserted rows: {rows:?}"
+        );
+        let ids = ids(&rows);
+        eprintln!("inserted ids {ids:?}");
+        Ok((ids[0], ids[1]))
+    });
+
+    steps.run("anon reads only public rows (RLS)", || {
+        let rows = api.read(api.anon())?;
+        ensure!(
+            !rows.is_empty() && rows.iter().all(|r| r["public"] == true),
+            "anon sees {rows:?}"
+        );
+        ensure!(
+            rows.iter().all(|r| r["body"] != "private note"),
+            "anon sees the private row: {rows:?}"
+        );
+        eprintln!("anon sees {} rows: {:?}", rows.len(), ids(&rows));
+        Ok(())
+    });
+
+    steps.run("service_role reads every row", || {
+        let rows = api.read(api.service())?;
+        let public = rows.iter().filter(|r| r["public"] == true).count();
+        ensure!(
+            rows.iter().any(|r| r["public"] == false) && public >= 1,
+            "service_role sees {rows:?}"
+        );
+        if inserted.is_some() {
+            ensure!(rows.len() == 3, "service_role sees {rows:?}, want 3 rows");
+        }
+        Ok(())
+    });
+
+    steps.run("service_role updates (PATCH ?id=eq.N)", || {
+        let (_, private) = inserted.context("nothing was inserted")?;
+        let answer = api.send(
+            reqwest::Method::PATCH,
+            &format!("?id=eq.{private}"),
+            api.service(),
+            &[("Prefer", "return=representation")],
+            Some(&json!({ "body": "private note, edited" })),
+        )?;
+        answer.expect("PATCH /rest/v1/notes", &[200])?;
+        let rows = rows(&answer.json()?)?;
+        ensure!(
+            rows.len() == 1
+                && rows[0]["id"] == private
+                && rows[0]["body"] == "private note, edited",
+            "PATCH returned {rows:?}"
+        );
+        Ok(())
+    });
+
+    steps.run("service_role deletes (DELETE ?id=eq.N)", || {
+        let (public, _) = inserted.context("nothing was inserted")?;
+        let answer = api.send(
+            reqwest::Method::DELETE,
+            &format!("?id=eq.{public}"),
+            api.service(),
+            &[],
+            None,
+        )?;
+        answer.expect("DELETE /rest/v1/notes", &[200, 204])?;
+        let rows = api.read(api.service())?;
+        ensure!(
+            !ids(&rows).contains(&public),
+            "row {public} is still there: {rows:?}"
+        );
+        Ok(())
+    });
+
+    steps.run("anon insert is refused (401/403)", || {
+        let before = api.read(api.service())?;
+        let answer = api.send(
+            reqwest::Method::POST,
+            "",
+            api.anon(),
+            &[],
+            Some(&json!({ "body": "from anon", "public": true })),
+        )?;
+        answer.expect("POST /rest/v1/notes as anon", &[401, 403])?;
+        let after = api.read(api.service())?;
+        ensure!(before == after, "rows changed: {before:?} → {after:?}");
+        eprintln!("anon insert: HTTP {} {}", answer.status, answer.body);
+        Ok(())
+    });
+}
+
+/// The `X-Request-Id` sent comes back, and the worker logged a JSON line
+/// with it.
+fn request_id_check(
+    api: &Api<'_>,
+    stack: &Stack,
+    containers: &[Container],
+    request_id: &str,
+) -> Result<()> {
+    let answer = api.send(
+        reqwest::Method::GET,
+        "?select=id&order=id",
+        api.anon(),
+        &[("X-Request-Id", request_id)],
+        None,
+    )?;
+    let echoed = answer
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    ensure!(
+        echoed == request_id,
+        "sent X-Request-Id {request_id}, got {echoed:?} (HTTP {})",
+        answer.status
+    );
+    let worker = containers
+        .iter()
+        .find(|c| c.service == "worker")
+        .context("no worker container")?;
+    // Log lines are written as the request ends; give it a moment.
+    for _ in 0..10 {
+        let logs = stack.logs(&worker.name)?;
+        let found = logs.lines().find(|line| {
+            serde_json::from_str::<Value>(line)
+                .is_ok_and(|v| v["request_id"].as_str() == Some(request_id))
+        });
+        if let Some(line) = found {
+            eprintln!("worker log: {line}");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stack.print_logs(&worker.name, 20);
+    bail!(
+        "no JSON line with request_id {request_id} in `podman logs {}`",
+        worker.name
+    )
+}
+
+/// After down and up: control still knows the tenant and the SQL endpoint
+/// shows the same rows.
+fn persisted(http: &Http, control: &str, admin: &str, before: &Value) -> Result<()> {
+    let bearer = format!("Bearer {admin}");
+    let answer = http.send(
+        reqwest::Method::GET,
+        &format!("{control}/v1/tenants/{TENANT}"),
+        &[("Authorization", &bearer)],
+        None,
+    )?;
+    answer.expect("GET /v1/tenants/{id}", &[200])?;
+    let after = snapshot(http, control, admin)?;
+    ensure!(
+        after == *before,
+        "rows before down {before}, after up {after}"
+    );
+    Ok(())
+}
+
+/// After down and up: the REST API through the proxy returns the rows that
+/// were there before.
+fn persisted_rest(api: &Api<'_>, before: &Value) -> Result<()> {
+    let through_proxy = api.read(api.service())?;
+    let want = rows(before)?;
+    ensure!(
+        through_proxy == want,
+        "through the proxy {through_proxy:?}, want {want:?}"
+    );
+    eprintln!(
+        "tenant {TENANT} and its {} rows are still there",
+        want.len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The override names exactly the stand-in images this file builds and
+    /// leaves out exactly [`LEFT_OUT`].
+    #[test]
+    fn the_override_matches_the_stand_ins() -> Result<()> {
+        let text = std::fs::read_to_string(root().join(OVERRIDE_FILE))?;
+        let images: BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("image: "))
+            .map(str::to_owned)
+            .collect();
+        let want: BTreeSet<String> = STAND_INS.iter().map(StandIn::reference).collect();
+        assert_eq!(images, want);
+        let profiled = text
+            .lines()
+            .filter(|l| l.trim() == "profiles: [not-installable-here]")
+            .count();
+        assert_eq!(profiled, LEFT_OUT.len());
+        for (service, _) in LEFT_OUT {
+            assert!(
+                text.contains(&format!("\n  {service}:\n    profiles:")),
+                "{service}"
+            );
+        }
+        for stand_in in &STAND_INS {
+            assert!(
+                text.contains(&format!(
+                    "\n  {}:\n    image: {}",
+                    stand_in.service,
+                    stand_in.reference()
+                )),
+                "{}",
+                stand_in.service
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn started_and_left_out_cover_compose_yaml() -> Result<()> {
+        let text = std::fs::read_to_string(root().join(crate::compose::COMPOSE_FILE))?;
+        let services: BTreeSet<&str> = text
+            .split_once("\nservices:\n")
+            .map(|(_, s)| s)
+            .unwrap_or_default()
+            .lines()
+            .take_while(|l| !l.starts_with("volumes:"))
+            .filter_map(|l| l.strip_prefix("  ")?.strip_suffix(':'))
+            .filter(|s| !s.starts_with(' '))
+            .collect();
+        let ours: BTreeSet<&str> = STARTED
+            .iter()
+            .copied()
+            .chain(LEFT_OUT.iter().map(|(s, _)| *s))
+            .collect();
+        assert_eq!(services, ours);
+        Ok(())
+    }
+
+    #[test]
+    fn deadlines_bound_and_expire() {
+        let d = Deadline::new(Duration::from_secs(60));
+        assert!(
+            d.bound(Duration::from_secs(5))
+                .is_ok_and(|b| b <= Duration::from_secs(5))
+        );
+        assert!(
+            d.bound(Duration::from_secs(600))
+                .is_ok_and(|b| b <= Duration::from_secs(60))
+        );
+        let gone = Deadline(Instant::now() - Duration::from_secs(1));
+        assert!(gone.bound(Duration::from_secs(5)).is_err());
+    }
+
+    #[test]
+    fn bounded_commands_time_out() {
+        let err = bounded_output(Command::new("sleep").arg("5"), Duration::from_millis(200));
+        assert!(err.is_err());
+        let out = bounded_ok(Command::new("echo").arg("hi"), Duration::from_secs(5));
+        assert_eq!(out.ok().as_deref(), Some("hi\n"));
+    }
+
+    #[test]
+    fn secrets_have_the_required_shapes() -> Result<()> {
+        let s = Secrets::generate()?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        assert_eq!(b64.decode(&s.master_key)?.len(), 32);
+        assert!(s.jwt.len() >= 32);
+        assert!(
+            s.postgres_password.len() == 64
+                && s.postgres_password.bytes().all(|b| b.is_ascii_hexdigit())
+        );
+        assert!(!s.grafana_password.is_empty());
+        Ok(())
+    }
+}
