@@ -1,11 +1,29 @@
 //! madbase worker: the PostgREST-compatible data API over each tenant's database.
 //!
-//! At this stage the service answers health and readiness (control reachable);
-//! its API builds on it.
+//! `/rest/v1/<table>` and `/rest/v1/rpc/<function>` (see [`handler`]): the
+//! tenant comes from `X-Madbase-Tenant` (set by the proxy), the JWT is
+//! verified with the tenant's secret, and every request runs in one
+//! transaction as the JWT's role on the tenant's pool ([`pool`]), with SQL
+//! planned from the query string ([`query`], [`plan`]) against the tenant's
+//! schema cache ([`schema`]). Response JSON is built by Postgres.
+
+pub mod conns;
+pub mod error;
+pub mod handler;
+pub mod plan;
+pub mod pool;
+pub mod query;
+pub mod schema;
+
+use std::time::Duration;
 
 use axum::Router;
+use axum::routing::any;
 use madbase_platform::config::{ConfigError, Env, Source};
+use madbase_platform::tenants::TenantClient;
 use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, client, secrets};
+
+use crate::pool::{PoolConfig, Pools};
 
 /// The worker service's configuration, from the environment.
 #[derive(Clone)]
@@ -15,6 +33,20 @@ pub struct Config {
     pub jwt_secret: String,
     /// `MADBASE_CONTROL_URL`, default `http://127.0.0.1:8001`.
     pub control_url: String,
+    /// `MADBASE_WORKER_STATEMENT_TIMEOUT_MS` (default 10000): per-request `statement_timeout`.
+    pub statement_timeout: Duration,
+    /// `MADBASE_WORKER_MAX_ROWS` (default 1000, 0 = unlimited): rows a read returns at most.
+    pub max_rows: Option<i64>,
+    /// `MADBASE_WORKER_POOL_MAX_PER_TENANT` (default 10).
+    pub pool_max_per_tenant: u32,
+    /// `MADBASE_WORKER_POOL_MAX_TOTAL` (default 100): connections over all tenants.
+    pub pool_max_total: u32,
+    /// `MADBASE_WORKER_POOL_TIMEOUT_MS` (default 5000): waiting for a connection (then 504 PGRST003).
+    pub pool_timeout: Duration,
+    /// `MADBASE_WORKER_POOL_IDLE_SECONDS` (default 300): a pool unused this long is closed.
+    pub pool_idle: Duration,
+    /// `MADBASE_WORKER_SCHEMAS` (default `public`): exposed schemas, the first is the default.
+    pub schemas: Vec<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -22,27 +54,143 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("common", &self.common)
             .field("control_url", &self.control_url)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("max_rows", &self.max_rows)
+            .field("pool_max_per_tenant", &self.pool_max_per_tenant)
+            .field("pool_max_total", &self.pool_max_total)
+            .field("pool_timeout", &self.pool_timeout)
+            .field("pool_idle", &self.pool_idle)
+            .field("schemas", &self.schemas)
             .finish_non_exhaustive()
+    }
+}
+
+fn bad(var: &str, problem: String) -> ConfigError {
+    ConfigError {
+        var: var.to_owned(),
+        problem,
+    }
+}
+
+fn positive<S: Source>(env: &Env<S>, var: &str, default: u64) -> Result<u64, ConfigError> {
+    match env.parse::<u64>(var, "a positive integer")? {
+        None => Ok(default),
+        Some(0) => Err(bad(var, "must be greater than 0".to_owned())),
+        Some(n) => Ok(n),
     }
 }
 
 impl Config {
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
+        let pool_max_per_tenant = positive(env, "MADBASE_WORKER_POOL_MAX_PER_TENANT", 10)?;
+        let pool_max_total = positive(env, "MADBASE_WORKER_POOL_MAX_TOTAL", 100)?;
+        if pool_max_total < pool_max_per_tenant {
+            return Err(bad(
+                "MADBASE_WORKER_POOL_MAX_TOTAL",
+                format!(
+                    "{pool_max_total} is less than MADBASE_WORKER_POOL_MAX_PER_TENANT ({pool_max_per_tenant})"
+                ),
+            ));
+        }
+        let as_u32 =
+            |var: &str, v: u64| u32::try_from(v).map_err(|_| bad(var, format!("{v} is too large")));
+        let max_rows = match env.parse::<i64>("MADBASE_WORKER_MAX_ROWS", "an integer")? {
+            None => Some(1000),
+            Some(0) => None,
+            Some(n) if n > 0 => Some(n),
+            Some(n) => {
+                return Err(bad(
+                    "MADBASE_WORKER_MAX_ROWS",
+                    format!("{n} is negative (0 means unlimited)"),
+                ));
+            }
+        };
+        let schemas: Vec<String> = env
+            .raw("MADBASE_WORKER_SCHEMAS")
+            .unwrap_or_else(|| "public".to_owned())
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if schemas.is_empty() {
+            return Err(bad("MADBASE_WORKER_SCHEMAS", "names no schema".to_owned()));
+        }
         Ok(Config {
             common: CommonConfig::from_env(Service::Worker, env)?,
             jwt_secret: secrets::jwt_secret(env)?,
             control_url: env.url("MADBASE_CONTROL_URL", "http://127.0.0.1:8001")?,
+            statement_timeout: Duration::from_millis(positive(
+                env,
+                "MADBASE_WORKER_STATEMENT_TIMEOUT_MS",
+                10_000,
+            )?),
+            max_rows,
+            pool_max_per_tenant: as_u32("MADBASE_WORKER_POOL_MAX_PER_TENANT", pool_max_per_tenant)?,
+            pool_max_total: as_u32("MADBASE_WORKER_POOL_MAX_TOTAL", pool_max_total)?,
+            pool_timeout: Duration::from_millis(positive(
+                env,
+                "MADBASE_WORKER_POOL_TIMEOUT_MS",
+                5_000,
+            )?),
+            pool_idle: Duration::from_secs(positive(env, "MADBASE_WORKER_POOL_IDLE_SECONDS", 300)?),
+            schemas,
         })
     }
 }
 
-/// Builds the worker service: routes, readiness checks, metrics.
+/// Shared state of the API handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub tenants: TenantClient,
+    pub pools: Pools,
+    pub statement_timeout_ms: String,
+    pub max_rows: Option<i64>,
+    pub schemas: std::sync::Arc<Vec<String>>,
+}
+
+/// Builds the worker service: routes, readiness checks, metrics. Must be
+/// called inside a Tokio runtime when pools should be closed when idle.
 pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
     let http = client::internal_client();
+    let metrics = Metrics::new();
+    let tenants = TenantClient::new(&config.control_url, &config.jwt_secret, &metrics);
+    let pools = Pools::new(
+        PoolConfig {
+            max_per_tenant: config.pool_max_per_tenant,
+            max_total: config.pool_max_total,
+            acquire_timeout: config.pool_timeout,
+            idle_pool: config.pool_idle,
+            idle_connection: config.pool_idle.min(Duration::from_secs(60)),
+            schemas: config.schemas.clone(),
+        },
+        &metrics,
+    );
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let pools = pools.clone();
+        let every = (config.pool_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                pools.close_idle();
+            }
+        });
+    }
+    let state = AppState {
+        tenants,
+        pools,
+        statement_timeout_ms: config.statement_timeout.as_millis().to_string(),
+        max_rows: config.max_rows,
+        schemas: std::sync::Arc::new(config.schemas.clone()),
+    };
+    let api = Router::new()
+        .route("/rest/v1/rpc/{function}", any(handler::rpc))
+        .route("/rest/v1/{table}", any(handler::table))
+        .with_state(state);
     Ok(ServiceApp {
         service: Service::Worker,
-        api: Router::new(),
+        api,
         ready: vec![ReadyCheck::http("control", http, &config.control_url)],
-        metrics: Metrics::new(),
+        metrics,
     })
 }

@@ -155,6 +155,19 @@ fn pgbench_script(w: &Workload, whole: bool) -> String {
     )
 }
 
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("stat format")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / 100.0) // USER_HZ
+}
+
 fn wrk(url: &str, script: &Path, seconds: u32) -> Result<f64> {
     let out = Command::new("taskset")
         .args(["-c", "1", "wrk", "-t1"])
@@ -318,7 +331,8 @@ pub fn worker() -> Result<()> {
         )
         .stdout(std::fs::File::create(work.join("worker.log"))?)
         .stderr(Stdio::inherit());
-    let _worker = Proc(worker_cmd.spawn().context("starting the worker")?);
+    let worker = Proc(worker_cmd.spawn().context("starting the worker")?);
+    let worker_pid = worker.0.id();
     let worker_url = format!("http://127.0.0.1:{worker_port}");
     wait_http(&format!("{worker_url}/health"))?;
     let probe = output(Command::new("curl").args([
@@ -345,13 +359,19 @@ pub fn worker() -> Result<()> {
         std::fs::write(&whole, pgbench_script(&w, true))?;
         let bare = work.join(format!("{slug}-statement.sql"));
         std::fs::write(&bare, pgbench_script(&w, false))?;
+        // The GET scripts set their own path; the insert posts to this URL.
+        let url = format!("{worker_url}{}", w.path);
         // Warm-up.
-        wrk(&worker_url, &lua, 2)?;
+        wrk(&url, &lua, 2)?;
         pgbench(&pgbench_bin, &tenant_db, &whole, 2)?;
         pgbench(&pgbench_bin, &tenant_db, &bare, 2)?;
         let (mut ours, mut same_sql, mut statement) = (Vec::new(), Vec::new(), Vec::new());
+        let mut cpu = Vec::new();
         for _ in 0..3 {
-            ours.push(wrk(&worker_url, &lua, RUN_SECONDS)?);
+            let before = cpu_seconds(worker_pid)?;
+            let rps = wrk(&url, &lua, RUN_SECONDS)?;
+            cpu.push((cpu_seconds(worker_pid)? - before) / (rps * f64::from(RUN_SECONDS)));
+            ours.push(rps);
             same_sql.push(pgbench(&pgbench_bin, &tenant_db, &whole, RUN_SECONDS)?);
             statement.push(pgbench(&pgbench_bin, &tenant_db, &bare, RUN_SECONDS)?);
         }
@@ -361,6 +381,7 @@ pub fn worker() -> Result<()> {
             median(ours),
             median(same_sql),
             median(statement),
+            median(cpu),
         ));
     }
 
@@ -369,21 +390,29 @@ pub fn worker() -> Result<()> {
          wrk -t1 -c{CONNECTIONS} and pgbench -M prepared -j1 -c{CONNECTIONS} on CPU1)"
     );
     println!(
-        "{:<16} {:>12} {:>16} {:>10} {:>8} {:>18} {:>10}",
-        "workload", "worker/s", "pgbench same/s", "ratio", "target", "pgbench stmt/s", "ratio"
+        "{:<16} {:>10} {:>16} {:>8} {:>8} {:>16} {:>8} {:>14}",
+        "workload",
+        "worker/s",
+        "pgbench same/s",
+        "ratio",
+        "target",
+        "pgbench stmt/s",
+        "ratio",
+        "worker CPU µs"
     );
     let mut missed = Vec::new();
-    for (name, target, ours, same, stmt) in &report {
+    for (name, target, ours, same, stmt, cpu) in &report {
         let ratio = ours / same;
         println!(
-            "{:<16} {:>12.0} {:>16.0} {:>9.2}× {:>7.1}× {:>18.0} {:>9.2}×",
+            "{:<16} {:>10.0} {:>16.0} {:>7.2}× {:>7.1}× {:>16.0} {:>7.2}× {:>14.1}",
             name,
             ours,
             same,
             ratio,
             target,
             stmt,
-            ours / stmt
+            ours / stmt,
+            cpu * 1e6
         );
         if ratio < *target {
             missed.push(*name);

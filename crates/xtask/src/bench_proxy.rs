@@ -191,14 +191,14 @@ pub fn proxy() -> Result<()> {
         &format!(
             "  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n  \
              server {{ listen 127.0.0.1:{nginx_port}; keepalive_requests 100000;\n    \
-             location /t/bench/ {{ proxy_http_version 1.1; proxy_set_header Connection \"\"; \
-             proxy_set_header X-Madbase-Tenant bench; proxy_pass http://backend/; }} }}"
+             location /t/pbench/ {{ proxy_http_version 1.1; proxy_set_header Connection \"\"; \
+             proxy_set_header X-Madbase-Tenant pbench; proxy_pass http://backend/; }} }}"
         ),
     )?;
     std::fs::create_dir_all(work.join("nginx/tmp"))?;
     let nginx = start_nginx(&nginx_conf_path, "0")?;
     wait_http(&format!(
-        "http://127.0.0.1:{nginx_port}/t/bench/rest/v1/items"
+        "http://127.0.0.1:{nginx_port}/t/pbench/rest/v1/items"
     ))?;
 
     // control (on CPU1, consulted once thanks to the cache) and the proxy on CPU0.
@@ -238,7 +238,7 @@ pub fn proxy() -> Result<()> {
         "-H",
         "Content-Type: application/json",
         "-d",
-        r#"{"id":"bench"}"#,
+        r#"{"id":"pbench"}"#,
     ]))?;
     let created: serde_json::Value = serde_json::from_str(&created)?;
     let anon = created["anon_key"].as_str().context("anon key")?.to_owned();
@@ -265,12 +265,12 @@ pub fn proxy() -> Result<()> {
         .stdout(std::fs::File::create(work.join("proxy.log"))?)
         .stderr(Stdio::inherit());
     let proxy = Proc(proxy_cmd.spawn().context("starting the proxy")?);
-    let proxy_url = format!("http://127.0.0.1:{proxy_port}/t/bench/rest/v1/items");
+    let proxy_url = format!("http://127.0.0.1:{proxy_port}/t/pbench/rest/v1/items");
     let headers = vec![format!("apikey: {anon}")];
     wait_http(&format!("http://127.0.0.1:{proxy_port}/health"))?;
 
     // Warm-up, then three alternating runs each.
-    let nginx_url = format!("http://127.0.0.1:{nginx_port}/t/bench/rest/v1/items");
+    let nginx_url = format!("http://127.0.0.1:{nginx_port}/t/pbench/rest/v1/items");
     wrk(&proxy_url, &headers, proxy.0.id(), 2)?;
     wrk(&nginx_url, &headers, nginx.0.id(), 2)?;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());

@@ -111,6 +111,8 @@ fn ci() -> Result<()> {
     sqlx::check()?;
     compose::check()?;
     test()?;
+    observability_live::run()?;
+    e2e::run()?;
     eprintln!("\nxtask ci: all checks passed");
     Ok(())
 }

@@ -1,4 +1,14 @@
-//! The worker service's routers, driven without a socket.
+//! The worker against a real Postgres and an in-process control plane:
+//! reads, writes, rpc, security, errors, the engine, and the
+//! `@supabase/postgrest-js` compatibility script.
+
+mod compat;
+mod engine;
+mod helpers;
+mod reads;
+mod rpc;
+mod security;
+mod writes;
 
 use axum::body::Body;
 use http_body_util::BodyExt as _;

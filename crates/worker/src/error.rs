@@ -1,0 +1,159 @@
+//! The worker's errors and their PostgREST-compatible JSON bodies.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use madbase_platform::ApiError;
+
+use crate::query::ParseError;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A fully formed API error.
+    #[error("{0}")]
+    Api(Box<ApiError>),
+    /// PGRST205.
+    #[error("table not found: {0}")]
+    TableNotFound(String),
+    /// A Postgres error; `anon` says whether the request had no user (42501 → 401).
+    #[error("database: {source}")]
+    Db { source: sqlx::Error, anon: bool },
+    /// A bug or an impossible state: 500 with the cause logged.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn api(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Error::Api(Box::new(ApiError::new(status, code, message)))
+    }
+
+    pub fn hint(self, hint: impl Into<String>) -> Self {
+        match self {
+            Error::Api(e) => Error::Api(Box::new(e.hint(hint))),
+            other => other,
+        }
+    }
+
+    pub fn details(self, details: impl Into<String>) -> Self {
+        match self {
+            Error::Api(e) => Error::Api(Box::new(e.details(details))),
+            other => other,
+        }
+    }
+
+    /// PGRST100: a malformed query string.
+    pub fn query(e: ParseError) -> Self {
+        Error::api(StatusCode::BAD_REQUEST, "PGRST100", e.message).details(e.details)
+    }
+
+    /// PGRST102: a malformed body.
+    pub fn body(message: impl Into<String>) -> Self {
+        Error::api(StatusCode::BAD_REQUEST, "PGRST102", message)
+    }
+
+    /// PGRST301: a refused JWT.
+    pub fn jwt(message: impl Into<String>) -> Self {
+        Error::api(StatusCode::UNAUTHORIZED, "PGRST301", message)
+    }
+
+    /// The SQLSTATE of a database error.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            Error::Db {
+                source: sqlx::Error::Database(e),
+                ..
+            } => e.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+
+    /// The connection broke (worth one retry on a fresh connection).
+    pub fn is_broken_connection(&self) -> bool {
+        match self {
+            Error::Db { source, .. } => match source {
+                sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Database(e) => e
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P02"),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    pub fn into_api(self) -> ApiError {
+        match self {
+            Error::Api(e) => *e,
+            Error::TableNotFound(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "PGRST205",
+                format!("Could not find the table '{name}' in the schema cache"),
+            ),
+            Error::Db { source, anon } => db_error(&source, anon),
+            Error::Internal(msg) => ApiError::internal(&anyhow::anyhow!(msg)),
+        }
+    }
+}
+
+/// Maps a Postgres error the way PostgREST does.
+fn db_error(e: &sqlx::Error, anon: bool) -> ApiError {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            let status = match code.as_str() {
+                "23505" | "23503" | "40001" => StatusCode::CONFLICT,
+                "42P01" | "42883" => StatusCode::NOT_FOUND,
+                "42501" if anon => StatusCode::UNAUTHORIZED,
+                "42501" => StatusCode::FORBIDDEN,
+                "25006" => StatusCode::METHOD_NOT_ALLOWED,
+                "57014" => StatusCode::SERVICE_UNAVAILABLE,
+                "P0001" => StatusCode::BAD_REQUEST,
+                c if c.starts_with("28") || c.starts_with("0L") || c.starts_with("0P") => {
+                    StatusCode::FORBIDDEN
+                }
+                c if c.starts_with("08") || c.starts_with("53") => StatusCode::SERVICE_UNAVAILABLE,
+                c if c.starts_with("XX") => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+            let mut err = ApiError::new(status, code, db.message());
+            if let Some(pg) = pg {
+                if let Some(d) = pg.detail() {
+                    err = err.details(d);
+                }
+                if let Some(h) = pg.hint() {
+                    err = err.hint(h);
+                }
+            }
+            if status.is_server_error() {
+                tracing::warn!(error = %e, "database error");
+            }
+            err
+        }
+        sqlx::Error::PoolTimedOut => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "PGRST003",
+            "Timed out acquiring connection from connection pool.",
+        ),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => {
+            tracing::warn!(error = %e, "database connection failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "PGRST000",
+                "Database client error. Retrying the connection.",
+            )
+        }
+        other => ApiError::internal(&anyhow::anyhow!("{other}")),
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.into_api().into_response()
+    }
+}

@@ -1,0 +1,1109 @@
+//! The `/rest/v1` handlers: tenant and JWT, content negotiation, planning,
+//! one transaction per request, and the response built from what Postgres
+//! returned (the JSON body is Postgres' text, sent as is).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::header::{CONTENT_TYPE, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use madbase_platform::jwt::{self, JwtError};
+use madbase_platform::tenants::TenantInfo;
+use serde_json::Value;
+use sqlx::Row as _;
+use tracing::Instrument as _;
+
+use crate::AppState;
+use crate::error::Error;
+use crate::plan::{self, Arg, Planner, Shape, Source, Sql};
+use crate::pool::TenantDb;
+use crate::query::{self, Query, SelectItem};
+use crate::schema::{Schema, Table};
+
+const JSON: &str = "application/json; charset=utf-8";
+const OBJECT: &str = "application/vnd.pgrst.object+json; charset=utf-8";
+
+/// Who is asking, and the request facts Postgres sees.
+struct Ctx {
+    db: Arc<TenantDb>,
+    schema: Arc<Schema>,
+    role: String,
+    claims: String,
+    method: String,
+    path: String,
+    headers: String,
+    db_schema: String,
+    singular: bool,
+    prefer: Prefer,
+}
+
+impl Ctx {
+    fn anon(&self) -> bool {
+        self.role == "anon"
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Prefer {
+    ret: Option<String>,
+    count: bool,
+    resolution: Option<String>,
+}
+
+fn prefer(headers: &HeaderMap) -> Prefer {
+    let mut p = Prefer::default();
+    for v in headers.get_all("prefer") {
+        let Ok(v) = v.to_str() else { continue };
+        for item in v.split([',', ';']) {
+            match item.trim().split_once('=') {
+                Some(("return", r)) => p.ret = Some(r.trim().to_owned()),
+                Some(("count", c)) => {
+                    p.count = matches!(c.trim(), "exact" | "planned" | "estimated");
+                }
+                Some(("resolution", r)) => p.resolution = Some(r.trim().to_owned()),
+                _ => {}
+            }
+        }
+    }
+    p
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `Accept`: JSON arrays, or one object with `vnd.pgrst.object`; else 406.
+fn singular(headers: &HeaderMap) -> Result<bool, Error> {
+    let Some(accept) = header(headers, "accept") else {
+        return Ok(false);
+    };
+    for media in accept.split(',') {
+        let m = media
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match m.as_str() {
+            "application/vnd.pgrst.object+json" | "application/vnd.pgrst.object" => {
+                return Ok(true);
+            }
+            ""
+            | "*/*"
+            | "application/*"
+            | "application/json"
+            | "application/vnd.pgrst.array+json"
+            | "application/vnd.pgrst.array" => {
+                return Ok(false);
+            }
+            _ => {}
+        }
+    }
+    Err(Error::api(
+        StatusCode::NOT_ACCEPTABLE,
+        "PGRST107",
+        format!("None of these media types are available: {accept}"),
+    ))
+}
+
+/// The tenant named by `X-Madbase-Tenant` and the verified claims.
+async fn authenticate(
+    st: &AppState,
+    headers: &HeaderMap,
+) -> Result<(Arc<TenantInfo>, serde_json::Map<String, Value>), Error> {
+    let Some(id) = header(headers, "x-madbase-tenant").map(str::trim) else {
+        return Err(Error::api(
+            StatusCode::BAD_REQUEST,
+            "tenant_required",
+            "the X-Madbase-Tenant header is missing",
+        )
+        .hint("Send requests through the proxy, or set X-Madbase-Tenant."));
+    };
+    let valid_id = (3..=40).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    tracing::Span::current().record("tenant", id);
+    let not_found = || {
+        Error::api(
+            StatusCode::NOT_FOUND,
+            "tenant_not_found",
+            format!("no tenant {id:?}"),
+        )
+    };
+    if !valid_id {
+        return Err(not_found());
+    }
+    let lookup = |st: &AppState| {
+        let id = id.to_owned();
+        let tenants = st.tenants.clone();
+        async move {
+            tenants.get(&id).await.map_err(|e| {
+                tracing::warn!(error = %e, "tenant lookup failed");
+                Error::api(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the control plane is unreachable",
+                )
+            })
+        }
+    };
+    let tenant = lookup(st).await?.ok_or_else(not_found)?;
+    let token = header(headers, "authorization")
+        .and_then(jwt::bearer)
+        .or_else(|| header(headers, "apikey").map(str::trim))
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        let mut anon = serde_json::Map::new();
+        anon.insert("role".into(), Value::from("anon"));
+        return Ok((tenant, anon));
+    };
+    match jwt::verify_tenant_token(&tenant.jwt_secret, id, token) {
+        Ok(claims) => Ok((tenant, claims)),
+        Err(JwtError::BadSignature) => {
+            // The keys may have been rotated: look again once.
+            st.tenants.invalidate(id);
+            let fresh = lookup(st).await?.ok_or_else(not_found)?;
+            let claims = jwt::verify_tenant_token(&fresh.jwt_secret, id, token)
+                .map_err(|e| Error::jwt(jwt_message(&e)))?;
+            Ok((fresh, claims))
+        }
+        Err(e) => Err(Error::jwt(jwt_message(&e))),
+    }
+}
+
+fn jwt_message(e: &JwtError) -> String {
+    match e {
+        JwtError::Expired => "JWT expired".to_owned(),
+        JwtError::BadSignature => "JWSError JWSInvalidSignature".to_owned(),
+        other => format!("JWT invalid: {other}"),
+    }
+}
+
+async fn context(
+    st: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Ctx, Error> {
+    let (tenant, claims) = authenticate(st, headers).await?;
+    let role = claims
+        .get("role")
+        .and_then(Value::as_str)
+        .unwrap_or("anon")
+        .to_owned();
+    let profile_header = if matches!(*method, Method::GET | Method::HEAD) {
+        "accept-profile"
+    } else {
+        "content-profile"
+    };
+    let db_schema = match header(headers, profile_header) {
+        None => st.schemas[0].clone(),
+        Some(p) if st.schemas.iter().any(|s| s == p.trim()) => p.trim().to_owned(),
+        Some(_) => {
+            return Err(Error::api(
+                StatusCode::NOT_ACCEPTABLE,
+                "PGRST106",
+                format!(
+                    "The schema must be one of the following: {}",
+                    st.schemas.join(", ")
+                ),
+            ));
+        }
+    };
+    let singular = singular(headers)?;
+    let db = st.pools.get(&tenant);
+    let schema = db.schema(&st.pools).await.map_err(|e| Error::Db {
+        source: e,
+        anon: role == "anon",
+    })?;
+    let mut hmap = serde_json::Map::new();
+    for (k, v) in headers {
+        if let Ok(v) = v.to_str() {
+            hmap.insert(k.as_str().to_owned(), Value::from(v));
+        }
+    }
+    Ok(Ctx {
+        db,
+        schema,
+        claims: Value::Object(claims).to_string(),
+        role,
+        method: method.as_str().to_owned(),
+        path: uri.path().to_owned(),
+        headers: Value::Object(hmap).to_string(),
+        db_schema,
+        singular,
+        prefer: prefer(headers),
+    })
+}
+
+/// What the statement returned.
+#[derive(Debug)]
+struct Outcome {
+    total: Option<i64>,
+    page: i64,
+    body: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `(total, page_total, body)` row.
+    Rows,
+    /// Rows affected only.
+    Affected,
+}
+
+/// Runs `sql` in one transaction as the request's role; retried once on a
+/// broken connection.
+async fn execute(
+    st: &AppState,
+    ctx: &Ctx,
+    sql: Sql,
+    read_only: bool,
+    kind: Kind,
+    check_single: bool,
+) -> Result<Outcome, Error> {
+    let start = Instant::now();
+    // The transaction runs in its own task: a client that goes away cannot
+    // cancel it half-way and leave a connection mid-transaction.
+    let job = Arc::new(TxJob {
+        conns: ctx.db.conns.clone(),
+        anon: ctx.anon(),
+        role: ctx.role.clone(),
+        claims: ctx.claims.clone(),
+        method: ctx.method.clone(),
+        path: ctx.path.clone(),
+        headers: ctx.headers.clone(),
+        timeout: st.statement_timeout_ms.clone(),
+        sql,
+        read_only,
+        kind,
+        check_single,
+    });
+    let mut attempt = 0;
+    let result = loop {
+        let j = job.clone();
+        let r = tokio::spawn(async move { run_tx(&j).await }.instrument(tracing::Span::current()))
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("transaction task failed: {e}"))));
+        match r {
+            Err(e) if attempt == 0 && e.is_broken_connection() => {
+                tracing::info!(error = %e, "broken database connection; retrying once");
+                attempt += 1;
+            }
+            other => break other,
+        }
+    };
+    st.pools
+        .query_duration
+        .observe(start.elapsed().as_secs_f64());
+    if let Err(e) = &result
+        && matches!(e.sqlstate().as_deref(), Some("42P01" | "42703" | "42883"))
+    {
+        ctx.db.stale_after_miss();
+    }
+    result
+}
+
+/// Everything one transaction needs, owned by its task.
+struct TxJob {
+    conns: Arc<crate::conns::Conns>,
+    anon: bool,
+    role: String,
+    claims: String,
+    method: String,
+    path: String,
+    headers: String,
+    timeout: String,
+    sql: Sql,
+    read_only: bool,
+    kind: Kind,
+    check_single: bool,
+}
+
+async fn run_tx(job: &TxJob) -> Result<Outcome, Error> {
+    let anon = job.anon;
+    let db = |source: sqlx::Error| Error::Db { source, anon };
+    let mut lease = job.conns.acquire().await.map_err(db)?;
+    let result = run_on(job, lease.conn().map_err(db)?).await;
+    match &result {
+        // A broken connection, or one whose COMMIT outcome is unknown, is closed.
+        Err(e) if e.is_broken_connection() => drop(lease),
+        Err(Error::Api(a)) if a.code == "PGRST000" => drop(lease),
+        // Otherwise it is reused; a failed transaction's ROLLBACK was queued
+        // when it was dropped and goes out before the connection's next use.
+        _ => lease.release(),
+    }
+    result
+}
+
+async fn run_on(job: &TxJob, conn: &mut sqlx::PgConnection) -> Result<Outcome, Error> {
+    use sqlx::Connection as _;
+    let (read_only, kind, check_single, sql) =
+        (job.read_only, job.kind, job.check_single, &job.sql);
+    let anon = job.anon;
+    let db = |source: sqlx::Error| Error::Db { source, anon };
+    let mut tx = conn
+        .begin_with(if read_only {
+            "BEGIN READ ONLY"
+        } else {
+            "BEGIN"
+        })
+        .await
+        .map_err(db)?;
+    sqlx::query(
+        "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true), \
+         set_config('request.method', $3, true), set_config('request.path', $4, true), \
+         set_config('request.headers', $5, true), set_config('statement_timeout', $6, true)",
+    )
+    .bind(&job.role)
+    .bind(&job.claims)
+    .bind(&job.method)
+    .bind(&job.path)
+    .bind(&job.headers)
+    .bind(&job.timeout)
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tracing::debug!(sql = %sql.text, "query");
+    let mut q = sqlx::query(&sql.text);
+    for a in &sql.args {
+        q = match a {
+            Arg::Text(s) => q.bind(s.as_str()),
+            Arg::TextArray(v) => q.bind(v.as_slice()),
+            Arg::Int(i) => q.bind(*i),
+        };
+    }
+    let outcome = match kind {
+        Kind::Rows => {
+            let row = q.fetch_one(&mut *tx).await.map_err(db)?;
+            Outcome {
+                total: row.try_get::<Option<i64>, _>(0).map_err(db)?,
+                page: row.try_get::<i64, _>(1).map_err(db)?,
+                body: row.try_get::<String, _>(2).map_err(db)?,
+            }
+        }
+        Kind::Affected => {
+            let done = q.execute(&mut *tx).await.map_err(db)?;
+            Outcome {
+                total: None,
+                page: i64::try_from(done.rows_affected()).unwrap_or(i64::MAX),
+                body: String::new(),
+            }
+        }
+    };
+    if check_single && outcome.page != 1 {
+        let _ = tx.rollback().await;
+        return Err(not_single(outcome.page));
+    }
+    if let Err(e) = tx.commit().await {
+        if read_only {
+            return Err(db(e));
+        }
+        // The write may or may not be committed: never retried.
+        tracing::warn!(error = %e, "COMMIT failed");
+        return Err(Error::api(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PGRST000",
+            "The connection was lost during COMMIT; the write may or may not have been applied.",
+        ));
+    }
+    Ok(outcome)
+}
+
+fn not_single(n: i64) -> Error {
+    Error::api(
+        StatusCode::NOT_ACCEPTABLE,
+        "PGRST116",
+        "JSON object requested, multiple (or no) rows returned",
+    )
+    .details(format!("The result contains {n} rows"))
+}
+
+fn parse_query(uri: &Uri, is_arg: &dyn Fn(&str) -> bool) -> Result<Query, Error> {
+    query::parse(uri.query().unwrap_or(""), is_arg).map_err(Error::query)
+}
+
+/// `Range: a-b` (items) as (offset, limit).
+fn range(headers: &HeaderMap) -> Result<(i64, Option<i64>), Error> {
+    let Some(r) = header(headers, "range") else {
+        return Ok((0, None));
+    };
+    let r = r.trim().trim_start_matches("items=");
+    let unsatisfiable = || {
+        Error::api(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "PGRST103",
+            "Requested range not satisfiable",
+        )
+    };
+    let Some((a, b)) = r.split_once('-') else {
+        return Err(unsatisfiable());
+    };
+    let a: i64 = a.trim().parse().map_err(|_| unsatisfiable())?;
+    if a < 0 {
+        return Err(unsatisfiable());
+    }
+    let b = b.trim();
+    if b.is_empty() {
+        return Ok((a, None));
+    }
+    let b: i64 = b.parse().map_err(|_| unsatisfiable())?;
+    if b < a {
+        return Err(unsatisfiable());
+    }
+    Ok((a, Some(b.saturating_sub(a).saturating_add(1))))
+}
+
+fn content_range(offset: i64, page: i64, total: Option<i64>) -> String {
+    let total = total.map_or_else(|| "*".to_owned(), |t| t.to_string());
+    if page > 0 {
+        format!("{}-{}/{total}", offset, offset.saturating_add(page - 1))
+    } else {
+        format!("*/{total}")
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    ctype: &str,
+    crange: Option<String>,
+    body: Option<String>,
+) -> Response {
+    let mut resp = match body {
+        Some(b) => Response::new(Body::from(b)),
+        None => Response::new(Body::empty()),
+    };
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if body_is_json(status) {
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_str(ctype).unwrap_or(HeaderValue::from_static(JSON)),
+        );
+    }
+    if let Some(cr) = crange
+        && let Ok(v) = HeaderValue::from_str(&cr)
+    {
+        h.insert(HeaderName::from_static("content-range"), v);
+    }
+    resp
+}
+
+fn body_is_json(status: StatusCode) -> bool {
+    status != StatusCode::NO_CONTENT
+}
+
+/// `/rest/v1/{table}`
+pub async fn table(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match table_inner(&st, &name, &method, &uri, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn lookup_table(st: &AppState, ctx: &mut Ctx, name: &str) -> Result<Arc<Table>, Error> {
+    if let Some(t) = ctx.schema.table(&ctx.db_schema, name) {
+        return Ok(t.clone());
+    }
+    // Perhaps created since the cache was loaded.
+    if ctx.db.stale_after_miss() {
+        ctx.schema = ctx.db.schema(&st.pools).await.map_err(|e| Error::Db {
+            source: e,
+            anon: ctx.anon(),
+        })?;
+    }
+    Planner::new(&ctx.schema, &ctx.db_schema).table(name)
+}
+
+async fn table_inner(
+    st: &AppState,
+    name: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, Error> {
+    if !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::POST | Method::PATCH | Method::DELETE
+    ) {
+        return Err(Error::api(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "PGRST117",
+            format!("Unsupported HTTP method: {method}"),
+        ));
+    }
+    let q = parse_query(uri, &|_| false)?;
+    let mut ctx = context(st, method, uri, headers).await?;
+    let table = lookup_table(st, &mut ctx, name).await?;
+    match *method {
+        Method::GET | Method::HEAD => {
+            read(st, &ctx, &table, &q, headers, *method == Method::HEAD).await
+        }
+        Method::POST => insert(st, &ctx, &table, &q, body).await,
+        _ => update_or_delete(st, &ctx, &table, &q, body, *method == Method::PATCH).await,
+    }
+}
+
+async fn read(
+    st: &AppState,
+    ctx: &Ctx,
+    table: &Arc<Table>,
+    q: &Query,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, Error> {
+    let rng = range(headers)?;
+    let shape = Shape {
+        count: ctx.prefer.count,
+        singular: ctx.singular,
+        no_body: head,
+    };
+    let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
+    let sql = planner.read(
+        Source::Table(table.clone()),
+        &Sql::default(),
+        q,
+        shape,
+        st.max_rows,
+        rng,
+    )?;
+    let out = execute(st, ctx, sql, true, Kind::Rows, ctx.singular).await?;
+    read_response(ctx, q, rng, out, head)
+}
+
+fn read_response(
+    ctx: &Ctx,
+    q: &Query,
+    rng: (i64, Option<i64>),
+    out: Outcome,
+    head: bool,
+) -> Result<Response, Error> {
+    let offset = q
+        .offsets
+        .iter()
+        .rev()
+        .find(|(p, _)| p.is_empty())
+        .map_or(0, |(_, o)| *o)
+        .max(rng.0);
+    let mut status = StatusCode::OK;
+    if let Some(total) = out.total {
+        if offset > 0 && offset >= total && out.page == 0 {
+            return Err(Error::api(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "PGRST103",
+                "Requested range not satisfiable",
+            )
+            .details(format!(
+                "An offset of {offset} was requested, but there are only {total} rows."
+            )));
+        }
+        if offset > 0 || offset.saturating_add(out.page) < total {
+            status = StatusCode::PARTIAL_CONTENT;
+        }
+    }
+    let crange = content_range(offset, out.page, out.total);
+    let ctype = if ctx.singular { OBJECT } else { JSON };
+    Ok(respond(
+        status,
+        ctype,
+        Some(crange),
+        (!head).then_some(out.body),
+    ))
+}
+
+/// Parses a write body: the objects' keys (checked) and the JSON text.
+fn body_columns(
+    table: &Table,
+    q: &Query,
+    body: &Bytes,
+    allow_array: bool,
+) -> Result<(Vec<String>, bool, usize), Error> {
+    let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::body("Empty or invalid json"));
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| Error::body(format!("Empty or invalid json: {e}")))?
+    };
+    let (objects, is_array): (Vec<&serde_json::Map<String, Value>>, bool) = match &v {
+        Value::Object(o) => (vec![o], false),
+        Value::Array(items) if allow_array => (
+            items
+                .iter()
+                .map(|i| {
+                    i.as_object()
+                        .ok_or_else(|| Error::body("All items of the array must be objects"))
+                })
+                .collect::<Result<_, _>>()?,
+            true,
+        ),
+        _ => {
+            return Err(Error::body(
+                "The body must be a JSON object or an array of objects",
+            ));
+        }
+    };
+    let cols: Vec<String> = match &q.columns {
+        Some(c) => c.clone(),
+        None => match objects.first() {
+            None => Vec::new(),
+            Some(first) => {
+                let keys: Vec<String> = first.keys().cloned().collect();
+                if objects
+                    .iter()
+                    .any(|o| o.len() != keys.len() || !keys.iter().all(|k| o.contains_key(k)))
+                {
+                    return Err(Error::body("All object keys must match"));
+                }
+                keys
+            }
+        },
+    };
+    for c in &cols {
+        if table.column(c).is_none() {
+            return Err(Error::api(
+                StatusCode::BAD_REQUEST,
+                "PGRST204",
+                format!(
+                    "Could not find the '{c}' column of '{}' in the schema cache",
+                    table.name
+                ),
+            ));
+        }
+    }
+    Ok((cols, is_array, objects.len()))
+}
+
+/// Written rows: the response per `Prefer: return`.
+async fn write_and_respond(
+    st: &AppState,
+    ctx: &Ctx,
+    table: &Arc<Table>,
+    q: &Query,
+    stmt: Sql,
+    created: bool,
+) -> Result<Response, Error> {
+    let representation = ctx.prefer.ret.as_deref() == Some("representation");
+    let location =
+        created && ctx.prefer.ret.as_deref() == Some("headers-only") && !table.pk.is_empty();
+    let ok = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    if !representation && !location {
+        let out = execute(st, ctx, stmt, false, Kind::Affected, ctx.singular).await?;
+        let crange = if created {
+            "*/*".to_owned()
+        } else {
+            content_range(0, out.page, None)
+        };
+        let status = if created { ok } else { StatusCode::NO_CONTENT };
+        return Ok(respond(status, JSON, Some(crange), None));
+    }
+    // Representation: the written rows through the select (embeds included).
+    let mut cte = Sql {
+        text: format!("WITH pgrst_source AS ({} RETURNING \"t0\".*)", stmt.text),
+        args: stmt.args,
+    };
+    let select = if location {
+        Some(
+            table
+                .pk
+                .iter()
+                .map(|c| SelectItem::Column {
+                    field: query::Field {
+                        name: c.clone(),
+                        json: Vec::new(),
+                    },
+                    cast: None,
+                    alias: None,
+                })
+                .collect(),
+        )
+    } else {
+        q.select.clone()
+    };
+    let returned = Query {
+        select,
+        conds: q
+            .conds
+            .iter()
+            .filter(|(p, _)| !p.is_empty())
+            .cloned()
+            .collect(),
+        orders: q.orders.clone(),
+        limits: q
+            .limits
+            .iter()
+            .filter(|(p, _)| !p.is_empty())
+            .cloned()
+            .collect(),
+        offsets: q
+            .offsets
+            .iter()
+            .filter(|(p, _)| !p.is_empty())
+            .cloned()
+            .collect(),
+        ..Query::default()
+    };
+    let shape = Shape {
+        count: false,
+        singular: ctx.singular,
+        no_body: false,
+    };
+    let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
+    let sql = planner.read(
+        Source::Written(table.clone()),
+        &cte,
+        &returned,
+        shape,
+        None,
+        (0, None),
+    )?;
+    cte.text.clear();
+    let out = execute(st, ctx, sql, false, Kind::Rows, ctx.singular).await?;
+    if location {
+        let mut resp = respond(ok, JSON, Some("*/*".to_owned()), None);
+        if let Some(loc) = location_of(table, &out.body)
+            && let Ok(v) = HeaderValue::from_str(&loc)
+        {
+            resp.headers_mut().insert(http::header::LOCATION, v);
+        }
+        return Ok(resp);
+    }
+    let ctype = if ctx.singular { OBJECT } else { JSON };
+    let crange = if created {
+        "*/*".to_owned()
+    } else {
+        content_range(0, out.page, None)
+    };
+    Ok(respond(ok, ctype, Some(crange), Some(out.body)))
+}
+
+/// `Location: /table?pk=eq.value` of a single inserted row (`return=headers-only`).
+fn location_of(table: &Table, body: &str) -> Option<String> {
+    let row = match serde_json::from_str::<Value>(body).ok()? {
+        Value::Array(mut rows) if rows.len() == 1 => rows.pop()?,
+        obj @ Value::Object(_) => obj,
+        _ => return None,
+    };
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for c in &table.pk {
+        let v = match row.get(c)? {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        q.append_pair(c, &format!("eq.{v}"));
+    }
+    Some(format!("/{}?{}", table.name, q.finish()))
+}
+
+async fn insert(
+    st: &AppState,
+    ctx: &Ctx,
+    table: &Arc<Table>,
+    q: &Query,
+    body: &Bytes,
+) -> Result<Response, Error> {
+    let (cols, is_array, n) = body_columns(table, q, body, true)?;
+    let mut sql = Sql::default();
+    plan::push(&mut sql, "INSERT INTO ");
+    plan::push_qualified(&mut sql, &table.schema, &table.name);
+    plan::push(&mut sql, " AS \"t0\"");
+    if is_array && n == 0 {
+        // Nothing to insert: a statement that writes no row.
+        plan::push(&mut sql, " SELECT * FROM ");
+        plan::push_qualified(&mut sql, &table.schema, &table.name);
+        plan::push(&mut sql, " WHERE false");
+    } else if cols.is_empty() {
+        plan::push(&mut sql, " DEFAULT VALUES");
+    } else {
+        let list = cols
+            .iter()
+            .map(|c| plan::ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        plan::push(
+            &mut sql,
+            &format!(" ({list}) SELECT {list} FROM json_populate_recordset(NULL::"),
+        );
+        plan::push_qualified(&mut sql, &table.schema, &table.name);
+        plan::push(&mut sql, ", ");
+        if is_array {
+            plan::bind(
+                &mut sql,
+                Arg::Text(String::from_utf8_lossy(body).into_owned()),
+            );
+            plan::push(&mut sql, "::json");
+        } else {
+            plan::push(&mut sql, "json_build_array(");
+            plan::bind(
+                &mut sql,
+                Arg::Text(String::from_utf8_lossy(body).into_owned()),
+            );
+            plan::push(&mut sql, "::json)");
+        }
+        plan::push(&mut sql, ") _");
+    }
+    if let Some(res) = ctx.prefer.resolution.as_deref() {
+        let target = match &q.on_conflict {
+            Some(c) => c.clone(),
+            None => table.pk.clone(),
+        };
+        if target.is_empty() {
+            return Err(Error::api(
+                StatusCode::BAD_REQUEST,
+                "PGRST100",
+                "on_conflict is required: the table has no primary key",
+            ));
+        }
+        for c in &target {
+            if table.column(c).is_none() {
+                return Err(Error::api(
+                    StatusCode::BAD_REQUEST,
+                    "42703",
+                    format!("column {}.{c} does not exist", table.name),
+                ));
+            }
+        }
+        let list = target
+            .iter()
+            .map(|c| plan::ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        plan::push(&mut sql, &format!(" ON CONFLICT ({list}) "));
+        let updates: Vec<String> = cols
+            .iter()
+            .filter(|c| !target.contains(c))
+            .map(|c| format!("{} = EXCLUDED.{}", plan::ident(c), plan::ident(c)))
+            .collect();
+        if res == "merge-duplicates" && !updates.is_empty() {
+            plan::push(&mut sql, &format!("DO UPDATE SET {}", updates.join(", ")));
+        } else {
+            plan::push(&mut sql, "DO NOTHING");
+        }
+    }
+    write_and_respond(st, ctx, table, q, sql, true).await
+}
+
+async fn update_or_delete(
+    st: &AppState,
+    ctx: &Ctx,
+    table: &Arc<Table>,
+    q: &Query,
+    body: &Bytes,
+    update: bool,
+) -> Result<Response, Error> {
+    let mut sql = Sql::default();
+    let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
+    if update {
+        let (cols, _, _) = body_columns(table, q, body, false)?;
+        if cols.is_empty() {
+            // Nothing to change.
+            let status = if ctx.prefer.ret.as_deref() == Some("representation") {
+                StatusCode::OK
+            } else {
+                StatusCode::NO_CONTENT
+            };
+            let body = (status == StatusCode::OK).then(|| "[]".to_owned());
+            return Ok(respond(status, JSON, Some("*/*".to_owned()), body));
+        }
+        plan::push(&mut sql, "UPDATE ");
+        plan::push_qualified(&mut sql, &table.schema, &table.name);
+        let sets = cols
+            .iter()
+            .map(|c| format!("{} = _r.{}", plan::ident(c), plan::ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        plan::push(
+            &mut sql,
+            &format!(" AS \"t0\" SET {sets} FROM (SELECT * FROM json_populate_record(NULL::"),
+        );
+        plan::push_qualified(&mut sql, &table.schema, &table.name);
+        plan::push(&mut sql, ", ");
+        plan::bind(
+            &mut sql,
+            Arg::Text(String::from_utf8_lossy(body).into_owned()),
+        );
+        plan::push(&mut sql, "::json)) _r");
+    } else {
+        plan::push(&mut sql, "DELETE FROM ");
+        plan::push_qualified(&mut sql, &table.schema, &table.name);
+        plan::push(&mut sql, " AS \"t0\"");
+    }
+    plan::write_conditions(&mut planner, table, q, &mut sql)?;
+    write_and_respond(st, ctx, table, q, sql, false).await
+}
+
+/// `/rest/v1/rpc/{function}`
+pub async fn rpc(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match rpc_inner(&st, &name, &method, &uri, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn rpc_inner(
+    st: &AppState,
+    name: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, Error> {
+    let post = match *method {
+        Method::POST => true,
+        Method::GET | Method::HEAD => false,
+        _ => {
+            return Err(Error::api(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "PGRST101",
+                "For functions, only GET and POST verbs are allowed",
+            ));
+        }
+    };
+    let mut ctx = context(st, method, uri, headers).await?;
+    let mut candidates = ctx.schema.functions(&ctx.db_schema, name).to_vec();
+    if candidates.is_empty() && ctx.db.stale_after_miss() {
+        ctx.schema = ctx.db.schema(&st.pools).await.map_err(|e| Error::Db {
+            source: e,
+            anon: ctx.anon(),
+        })?;
+        candidates = ctx.schema.functions(&ctx.db_schema, name).to_vec();
+    }
+    let arg_names: Vec<String> = candidates
+        .iter()
+        .flat_map(|f| f.args.iter().map(|a| a.name.clone()))
+        .collect();
+    let q = parse_query(uri, &|k| !post && arg_names.iter().any(|a| a == k))?;
+    // Argument names and values.
+    let body_obj = if post {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            serde_json::Map::new()
+        } else {
+            match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Object(o)) => o,
+                Ok(_) => return Err(Error::body("The function arguments must be a JSON object")),
+                Err(e) => return Err(Error::body(format!("Empty or invalid json: {e}"))),
+            }
+        }
+    } else {
+        serde_json::Map::new()
+    };
+    let given: Vec<String> = if post {
+        body_obj.keys().cloned().collect()
+    } else {
+        q.args.iter().map(|(k, _)| k.clone()).collect()
+    };
+    let f = plan::pick_function(&ctx.schema, &ctx.db_schema, name, &given)?;
+    let read_only = !post || f.volatility != "v";
+    let mut from = Sql::default();
+    if post && !given.is_empty() {
+        plan::add_arg(
+            &mut from,
+            Arg::Text(String::from_utf8_lossy(body).into_owned()),
+        );
+    }
+    plan::call(&mut from, &f, &given, |sql, a| {
+        if post {
+            plan::push(sql, "(SELECT _a.");
+            plan::push_ident(sql, &a.name);
+            plan::push(sql, " FROM json_to_record($1::json) AS _a(");
+            plan::push_ident(sql, &a.name);
+            plan::push(sql, " ");
+            plan::push(sql, &a.ty);
+            plan::push(sql, "))");
+        } else {
+            let v = q
+                .args
+                .iter()
+                .rev()
+                .find(|(k, _)| k == &a.name)
+                .map_or("", |(_, v)| v.as_str());
+            plan::text_arg(sql, v, &a.ty);
+        }
+    });
+    let head = *method == Method::HEAD;
+    if let Some(columns) = f.columns.clone() {
+        let shape = Shape {
+            count: ctx.prefer.count,
+            singular: ctx.singular || !f.returns_set,
+            no_body: head,
+        };
+        let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
+        let rng = range(headers)?;
+        let sql = planner.read(
+            Source::Call {
+                columns,
+                name: f.name.clone(),
+            },
+            &from,
+            &q,
+            shape,
+            if f.returns_set { st.max_rows } else { None },
+            rng,
+        )?;
+        let out = execute(st, &ctx, sql, read_only, Kind::Rows, ctx.singular).await?;
+        if !f.returns_set && !ctx.singular {
+            let body = if out.body.is_empty() {
+                "null".to_owned()
+            } else {
+                out.body
+            };
+            return Ok(respond(StatusCode::OK, JSON, None, (!head).then_some(body)));
+        }
+        return read_response(&ctx, &q, rng, out, head);
+    }
+    // Scalar results.
+    let mut sql = Sql {
+        text: String::new(),
+        args: from.args.clone(),
+    };
+    if f.returns_void {
+        plan::push(&mut sql, "SELECT ");
+        plan::push(&mut sql, &from.text);
+        let _ = execute(st, &ctx, sql, read_only, Kind::Affected, false).await?;
+        return Ok(respond(StatusCode::NO_CONTENT, JSON, None, None));
+    }
+    if f.returns_set {
+        plan::push(
+            &mut sql,
+            "SELECT NULL::bigint, pg_catalog.count(*), coalesce(json_agg(_s.v), '[]')::text FROM ",
+        );
+        plan::push(&mut sql, &from.text);
+        plan::push(&mut sql, " AS _s(v)");
+    } else {
+        plan::push(
+            &mut sql,
+            "SELECT NULL::bigint, 1::bigint, coalesce(to_json(",
+        );
+        plan::push(&mut sql, &from.text);
+        plan::push(&mut sql, ")::text, 'null')");
+    }
+    let out = execute(st, &ctx, sql, read_only, Kind::Rows, false).await?;
+    Ok(respond(
+        StatusCode::OK,
+        JSON,
+        None,
+        (!head).then_some(out.body),
+    ))
+}

@@ -1,0 +1,861 @@
+//! From a parsed request and the schema cache to one SQL statement with
+//! bound parameters. Every identifier written here comes from the schema
+//! cache (after a lookup of the requested name) and is quoted; every value
+//! from the request is a parameter; the only other words are fixed strings.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+
+use crate::error::Error;
+use crate::query::{Cond, Embed, Field, Filter, Op, OrderTerm, Query, SelectItem};
+use crate::schema::{Column, Function, Schema, Table};
+
+/// A bound value.
+#[derive(Debug, Clone)]
+pub enum Arg {
+    Text(String),
+    TextArray(Vec<String>),
+    Int(i64),
+}
+
+/// SQL text with its parameters.
+#[derive(Debug, Default)]
+pub struct Sql {
+    pub text: String,
+    pub args: Vec<Arg>,
+}
+
+impl Sql {
+    fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+    }
+
+    fn bind(&mut self, arg: Arg) {
+        self.args.push(arg);
+        self.text.push('$');
+        self.text.push_str(&self.args.len().to_string());
+    }
+
+    fn ident(&mut self, name: &str) {
+        self.text.push_str(&ident(name));
+    }
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", ident(schema), ident(name))
+}
+
+/// What rows a read comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Table(Arc<Table>),
+    /// A function call whose result has columns (`SETOF t`, `TABLE(...)`).
+    Call {
+        columns: Vec<Column>,
+        name: String,
+    },
+    /// The rows of the `pgrst_source` CTE of a write.
+    Written(Arc<Table>),
+}
+
+impl Source {
+    fn columns(&self) -> &[Column] {
+        match self {
+            Source::Table(t) | Source::Written(t) => &t.columns,
+            Source::Call { columns, .. } => columns,
+        }
+    }
+
+    fn label(&self) -> &str {
+        match self {
+            Source::Table(t) | Source::Written(t) => &t.name,
+            Source::Call { name, .. } => name,
+        }
+    }
+}
+
+/// A resolved embedding: the child node and how it joins its parent.
+#[derive(Debug)]
+struct EmbedNode {
+    key: String,
+    inner: bool,
+    /// Child has many rows per parent row (one-to-many).
+    many: bool,
+    /// `child.child_cols[i] = parent.parent_cols[i]`.
+    child_cols: Vec<String>,
+    parent_cols: Vec<String>,
+    node: Node,
+}
+
+/// One level of a read: its source, select list, conditions, order and page.
+#[derive(Debug)]
+struct Node {
+    source: Source,
+    alias: String,
+    select: Vec<SelectItem>,
+    embeds: Vec<EmbedNode>,
+    conds: Vec<Cond>,
+    order: Vec<OrderTerm>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+/// Planning context.
+pub struct Planner<'a> {
+    pub schema: &'a Schema,
+    pub db_schema: &'a str,
+    next_alias: usize,
+}
+
+impl std::fmt::Debug for Planner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Planner")
+            .field("db_schema", &self.db_schema)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Response shape options of a read.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub count: bool,
+    pub singular: bool,
+    /// Only the row count matters (`return=minimal`/HEAD).
+    pub no_body: bool,
+}
+
+fn column_missing(table: &str, col: &str) -> Error {
+    Error::api(
+        StatusCode::BAD_REQUEST,
+        "42703",
+        format!("column {table}.{col} does not exist"),
+    )
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(schema: &'a Schema, db_schema: &'a str) -> Self {
+        Planner {
+            schema,
+            db_schema,
+            next_alias: 1,
+        }
+    }
+
+    /// The table or view `name`, or PGRST205.
+    pub fn table(&self, name: &str) -> Result<Arc<Table>, Error> {
+        self.schema
+            .table(self.db_schema, name)
+            .cloned()
+            .ok_or_else(|| Error::TableNotFound(format!("{}.{name}", self.db_schema)))
+    }
+
+    /// Builds the tree of nodes for `query` over `source`.
+    fn node(&mut self, source: Source, query: &Query, alias: String) -> Result<Node, Error> {
+        let select = query
+            .select
+            .clone()
+            .unwrap_or_else(|| vec![SelectItem::Star]);
+        let mut node = self.level(source, &select, alias, &[], query)?;
+        // Conditions etc. on paths that name no embedding.
+        let known = |path: &[String]| path.is_empty() || node_has_path(&node, path);
+        for (path, _) in &query.conds {
+            if !known(path) {
+                return Err(not_embedded(path));
+            }
+        }
+        for path in query
+            .orders
+            .iter()
+            .map(|(p, _)| p)
+            .chain(query.limits.iter().map(|(p, _)| p))
+            .chain(query.offsets.iter().map(|(p, _)| p))
+        {
+            if !known(path) {
+                return Err(not_embedded(path));
+            }
+        }
+        node.alias = "t0".to_owned();
+        Ok(node)
+    }
+
+    fn level(
+        &mut self,
+        source: Source,
+        select: &[SelectItem],
+        alias: String,
+        path: &[String],
+        query: &Query,
+    ) -> Result<Node, Error> {
+        let mut embeds = Vec::new();
+        for item in select {
+            match item {
+                SelectItem::Embed(e) => {
+                    let mut child_path = path.to_vec();
+                    child_path.push(e.key().to_owned());
+                    embeds.push(self.embed(&source, e, &child_path, query)?);
+                }
+                SelectItem::Column { field, .. } => {
+                    if !source.columns().iter().any(|c| c.name == field.name) {
+                        return Err(column_missing(source.label(), &field.name));
+                    }
+                }
+                SelectItem::Star => {}
+            }
+        }
+        let pick = |v: &[(Vec<String>, i64)]| {
+            v.iter()
+                .rev()
+                .find(|(p, _)| p.as_slice() == path)
+                .map(|(_, n)| *n)
+        };
+        let conds: Vec<Cond> = query
+            .conds
+            .iter()
+            .filter(|(p, _)| p.as_slice() == path)
+            .map(|(_, c)| c.clone())
+            .collect();
+        let order: Vec<OrderTerm> = query
+            .orders
+            .iter()
+            .filter(|(p, _)| p.as_slice() == path)
+            .flat_map(|(_, o)| o.clone())
+            .collect();
+        let node = Node {
+            select: select.to_vec(),
+            embeds,
+            conds,
+            order,
+            limit: pick(&query.limits),
+            offset: pick(&query.offsets),
+            alias,
+            source,
+        };
+        // Check every filtered and ordered column now, for a clean 400.
+        for c in &node.conds {
+            check_cond(&node, c)?;
+        }
+        for o in &node.order {
+            col(&node, &o.field.name)?;
+        }
+        Ok(node)
+    }
+
+    fn embed(
+        &mut self,
+        parent: &Source,
+        e: &Embed,
+        path: &[String],
+        query: &Query,
+    ) -> Result<EmbedNode, Error> {
+        let parent_table = match parent {
+            Source::Table(t) | Source::Written(t) => t.clone(),
+            Source::Call { name, .. } => {
+                // A function returning a table's rows relates like that table.
+                let f = self.schema.functions(self.db_schema, name).first().cloned();
+                let t = f.and_then(|f| {
+                    let cols = f.columns.as_ref()?;
+                    self.schema
+                        .fks
+                        .iter()
+                        .flat_map(|fk| [&fk.table, &fk.ref_table])
+                        .filter_map(|t| self.schema.table(self.db_schema, t))
+                        .find(|t| {
+                            t.columns.len() == cols.len()
+                                && t.columns.iter().zip(cols).all(|(a, b)| a.name == b.name)
+                        })
+                        .cloned()
+                });
+                t.ok_or_else(|| no_relationship(name, &e.name))?
+            }
+        };
+        let child = self
+            .schema
+            .table(self.db_schema, &e.name)
+            .cloned()
+            .ok_or_else(|| no_relationship(&parent_table.name, &e.name))?;
+        let hint_ok = |fk: &crate::schema::ForeignKey| match &e.hint {
+            None => true,
+            Some(h) => fk.name == *h || (fk.columns.len() == 1 && fk.columns[0] == *h),
+        };
+        let mut candidates = Vec::new();
+        for fk in &self.schema.fks {
+            if !hint_ok(fk) {
+                continue;
+            }
+            // many-to-one: the parent holds the key.
+            if fk.schema == parent_table.schema
+                && fk.table == parent_table.name
+                && fk.ref_schema == child.schema
+                && fk.ref_table == child.name
+            {
+                candidates.push((false, fk.ref_columns.clone(), fk.columns.clone()));
+            }
+            // one-to-many: the child holds the key.
+            if fk.schema == child.schema
+                && fk.table == child.name
+                && fk.ref_schema == parent_table.schema
+                && fk.ref_table == parent_table.name
+            {
+                candidates.push((true, fk.columns.clone(), fk.ref_columns.clone()));
+            }
+        }
+        let (many, child_cols, parent_cols) = match candidates.len() {
+            0 => return Err(no_relationship(&parent_table.name, &e.name)),
+            1 => candidates.remove(0),
+            n => {
+                return Err(Error::api(
+                    StatusCode::MULTIPLE_CHOICES,
+                    "PGRST201",
+                    format!(
+                        "Could not embed because more than one relationship was found for '{}' and '{}'",
+                        parent_table.name, e.name
+                    ),
+                )
+                .hint(format!(
+                    "{n} relationships match: disambiguate with {}!<foreign key or column>",
+                    e.name
+                )));
+            }
+        };
+        let alias = format!("t{}", self.next_alias);
+        self.next_alias += 1;
+        let node = self.level(Source::Table(child), &e.select, alias, path, query)?;
+        Ok(EmbedNode {
+            key: e.key().to_owned(),
+            inner: e.inner,
+            many,
+            child_cols,
+            parent_cols,
+            node,
+        })
+    }
+
+    /// `SELECT total, page_total, body` over a table, view, function call or written rows.
+    pub fn read(
+        &mut self,
+        source: Source,
+        from: &Sql,
+        query: &Query,
+        shape: Shape,
+        max_rows: Option<i64>,
+        range: (i64, Option<i64>),
+    ) -> Result<Sql, Error> {
+        let mut node = self.node(source, query, "t0".to_owned())?;
+        // Range header and limit/offset intersect.
+        let offset = node.offset.unwrap_or(0).max(range.0);
+        let mut limit = match (node.limit, range.1) {
+            (Some(l), Some(r)) => Some(l.min(r)),
+            (l, r) => l.or(r),
+        };
+        if let Some(max) = max_rows {
+            limit = Some(limit.map_or(max, |l| l.min(max)));
+        }
+        node.offset = (offset > 0).then_some(offset);
+        node.limit = limit;
+
+        let mut sql = Sql {
+            text: String::new(),
+            args: from.args.clone(),
+        };
+        if let Some(cte) = from.text.strip_prefix("WITH ") {
+            sql.push("WITH ");
+            sql.push(cte);
+            sql.push(" ");
+        }
+        let from_clause = from_clause(&node.source, &from.text);
+        sql.push("SELECT ");
+        if shape.count {
+            sql.push("(SELECT pg_catalog.count(*) FROM ");
+            sql.push(&from_clause);
+            sql.push(" AS \"t0\"");
+            write_where(&mut sql, &node, None)?;
+            sql.push(")");
+        } else {
+            sql.push("NULL::bigint");
+        }
+        sql.push(", pg_catalog.count(_s)");
+        if shape.no_body {
+            sql.push(", ''");
+        } else if shape.singular {
+            sql.push(", coalesce((json_agg(_s) -> 0)::text, '')");
+        } else {
+            sql.push(", coalesce(json_agg(_s), '[]')::text");
+        }
+        sql.push(" FROM (");
+        write_select(&mut sql, &node, &from_clause, None)?;
+        sql.push(") _s");
+        Ok(sql)
+    }
+}
+
+fn node_has_path(node: &Node, path: &[String]) -> bool {
+    match path.split_first() {
+        None => true,
+        Some((head, rest)) => node
+            .embeds
+            .iter()
+            .any(|e| &e.key == head && node_has_path(&e.node, rest)),
+    }
+}
+
+fn not_embedded(path: &[String]) -> Error {
+    Error::api(
+        StatusCode::BAD_REQUEST,
+        "PGRST108",
+        format!(
+            "'{}' is not an embedded resource in this request",
+            path.join(".")
+        ),
+    )
+    .hint("Verify that it is included in the select query parameter.")
+}
+
+fn no_relationship(a: &str, b: &str) -> Error {
+    Error::api(
+        StatusCode::BAD_REQUEST,
+        "PGRST200",
+        format!("Could not find a relationship between '{a}' and '{b}' in the schema cache"),
+    )
+    .hint("Verify that there is a foreign key between them.")
+}
+
+fn from_clause(source: &Source, from: &str) -> String {
+    match source {
+        Source::Table(t) => qualified(&t.schema, &t.name),
+        Source::Written(_) => "pgrst_source".to_owned(),
+        Source::Call { .. } => from.to_owned(),
+    }
+}
+
+fn col<'n>(node: &'n Node, name: &str) -> Result<&'n Column, Error> {
+    node.source
+        .columns()
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| column_missing(node.source.label(), name))
+}
+
+fn check_cond(node: &Node, c: &Cond) -> Result<(), Error> {
+    match c {
+        Cond::Filter(f) => col(node, &f.field.name).map(|_| ()),
+        Cond::Tree { items, .. } => items.iter().try_for_each(|i| check_cond(node, i)),
+    }
+}
+
+/// The expression of a field, and its type when it is known (no JSON path
+/// or a `->` path on a JSON column).
+fn write_field(sql: &mut Sql, node: &Node, field: &Field) -> Result<Option<String>, Error> {
+    let c = col(node, &field.name)?;
+    sql.ident(&node.alias);
+    sql.push(".");
+    sql.ident(&c.name);
+    for step in &field.json {
+        sql.push(if step.text { " ->> " } else { " -> " });
+        match step.key.parse::<i32>() {
+            Ok(i) => {
+                sql.bind(Arg::Int(i64::from(i)));
+                sql.push("::int");
+            }
+            Err(_) => {
+                sql.bind(Arg::Text(step.key.clone()));
+                sql.push("::text");
+            }
+        }
+    }
+    Ok(match field.json.last() {
+        None => Some(c.ty.clone()),
+        Some(s) if s.text => Some("text".to_owned()),
+        Some(_) => Some(c.ty.clone()),
+    })
+}
+
+fn write_select(
+    sql: &mut Sql,
+    node: &Node,
+    from: &str,
+    join: Option<(&Node, &EmbedNode)>,
+) -> Result<(), Error> {
+    sql.push("SELECT ");
+    let mut first = true;
+    let mut embeds = node.embeds.iter();
+    for item in &node.select {
+        if !first {
+            sql.push(", ");
+        }
+        first = false;
+        match item {
+            SelectItem::Star => {
+                sql.ident(&node.alias);
+                sql.push(".*");
+            }
+            SelectItem::Column { field, cast, alias } => {
+                if cast.is_some() {
+                    sql.push("(");
+                }
+                write_field(sql, node, field)?;
+                if let Some(c) = cast {
+                    // Only names from query::CASTS reach here.
+                    sql.push(")::");
+                    sql.push(c);
+                }
+                sql.push(" AS ");
+                sql.ident(alias.as_deref().unwrap_or(field.default_alias()));
+            }
+            SelectItem::Embed(_) => {
+                let Some(e) = embeds.next() else {
+                    continue;
+                };
+                write_embed(sql, node, e)?;
+                sql.push(" AS ");
+                sql.ident(&e.key);
+            }
+        }
+    }
+    if first {
+        sql.push("NULL");
+    }
+    sql.push(" FROM ");
+    sql.push(from);
+    sql.push(" AS ");
+    sql.ident(&node.alias);
+    write_where(sql, node, join)?;
+    write_order_page(sql, node)
+}
+
+fn write_embed(sql: &mut Sql, parent: &Node, e: &EmbedNode) -> Result<(), Error> {
+    let child = &e.node;
+    let from = match &child.source {
+        Source::Table(t) => qualified(&t.schema, &t.name),
+        _ => return Err(Error::Internal("embedding a non-table".into())),
+    };
+    if e.many {
+        sql.push("(SELECT coalesce(json_agg(_e), '[]') FROM (");
+    } else {
+        sql.push("(SELECT row_to_json(_e) FROM (");
+    }
+    write_select(sql, child, &from, Some((parent, e)))?;
+    sql.push(") _e)");
+    Ok(())
+}
+
+fn write_join(sql: &mut Sql, child: &Node, parent: &Node, e: &EmbedNode) {
+    for (i, (c, p)) in e.child_cols.iter().zip(&e.parent_cols).enumerate() {
+        if i > 0 {
+            sql.push(" AND ");
+        }
+        sql.ident(&child.alias);
+        sql.push(".");
+        sql.ident(c);
+        sql.push(" = ");
+        sql.ident(&parent.alias);
+        sql.push(".");
+        sql.ident(p);
+    }
+}
+
+/// `WHERE join AND conds AND EXISTS(inner embeds)`, or nothing.
+fn write_where(sql: &mut Sql, node: &Node, join: Option<(&Node, &EmbedNode)>) -> Result<(), Error> {
+    let mut parts = 0;
+    let mut sep = |sql: &mut Sql| {
+        sql.push(if parts == 0 { " WHERE " } else { " AND " });
+        parts += 1;
+    };
+    if let Some((parent, e)) = join {
+        sep(sql);
+        write_join(sql, node, parent, e);
+    }
+    for c in &node.conds {
+        sep(sql);
+        write_cond(sql, node, c)?;
+    }
+    for e in node.embeds.iter().filter(|e| e.inner) {
+        sep(sql);
+        let from = match &e.node.source {
+            Source::Table(t) => qualified(&t.schema, &t.name),
+            _ => return Err(Error::Internal("embedding a non-table".into())),
+        };
+        sql.push("EXISTS (SELECT 1 FROM ");
+        sql.push(&from);
+        sql.push(" AS ");
+        sql.ident(&e.node.alias);
+        write_where(sql, &e.node, Some((node, e)))?;
+        sql.push(")");
+    }
+    Ok(())
+}
+
+fn write_order_page(sql: &mut Sql, node: &Node) -> Result<(), Error> {
+    if !node.order.is_empty() {
+        sql.push(" ORDER BY ");
+        for (i, o) in node.order.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            write_field(sql, node, &o.field)?;
+            sql.push(if o.desc { " DESC" } else { " ASC" });
+            match o.nulls_first {
+                Some(true) => sql.push(" NULLS FIRST"),
+                Some(false) => sql.push(" NULLS LAST"),
+                None => {}
+            }
+        }
+    }
+    if let Some(l) = node.limit {
+        sql.push(" LIMIT ");
+        sql.bind(Arg::Int(l));
+    }
+    if let Some(o) = node.offset {
+        sql.push(" OFFSET ");
+        sql.bind(Arg::Int(o));
+    }
+    Ok(())
+}
+
+fn write_cond(sql: &mut Sql, node: &Node, c: &Cond) -> Result<(), Error> {
+    match c {
+        Cond::Filter(f) => write_filter(sql, node, f),
+        Cond::Tree { or, negate, items } => {
+            if *negate {
+                sql.push("NOT ");
+            }
+            sql.push("(");
+            if items.is_empty() {
+                sql.push(if *or { "false" } else { "true" });
+            }
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    sql.push(if *or { " OR " } else { " AND " });
+                }
+                write_cond(sql, node, item)?;
+            }
+            sql.push(")");
+            Ok(())
+        }
+    }
+}
+
+/// `CAST($n AS type)`: the value parsed by Postgres as the column's type,
+/// like PostgREST's untyped literals.
+fn cast_param(sql: &mut Sql, value: &str, ty: Option<&str>) {
+    match ty {
+        Some(ty) => {
+            sql.push("CAST(");
+            sql.bind(Arg::Text(value.to_owned()));
+            sql.push(" AS ");
+            sql.push(ty);
+            sql.push(")");
+        }
+        None => sql.bind(Arg::Text(value.to_owned())),
+    }
+}
+
+fn write_filter(sql: &mut Sql, node: &Node, f: &Filter) -> Result<(), Error> {
+    if f.negate {
+        sql.push("NOT ");
+    }
+    sql.push("(");
+    let c = col(node, &f.field.name)?;
+    let text_like =
+        f.field.json.last().is_some_and(|s| s.text) || (f.field.json.is_empty() && c.is_text());
+    match &f.op {
+        Op::Cmp(op, v) => {
+            let ty = write_field(sql, node, &f.field)?;
+            sql.push(" ");
+            sql.push(op);
+            sql.push(" ");
+            cast_param(sql, v, ty.as_deref());
+        }
+        Op::IsDistinct(v) => {
+            let ty = write_field(sql, node, &f.field)?;
+            sql.push(" IS DISTINCT FROM ");
+            cast_param(sql, v, ty.as_deref());
+        }
+        Op::Like(ci, v) | Op::Match(ci, v) => {
+            if !text_like {
+                sql.push("(");
+            }
+            write_field(sql, node, &f.field)?;
+            if !text_like {
+                sql.push(")::text");
+            }
+            sql.push(match (&f.op, ci) {
+                (Op::Like(..), false) => " LIKE ",
+                (Op::Like(..), true) => " ILIKE ",
+                (_, false) => " ~ ",
+                (_, true) => " ~* ",
+            });
+            sql.bind(Arg::Text(v.clone()));
+        }
+        Op::In(values) => {
+            let ty = write_field(sql, node, &f.field)?;
+            sql.push(" = ANY(");
+            match ty {
+                Some(ty) => {
+                    sql.push("CAST(");
+                    sql.bind(Arg::TextArray(values.clone()));
+                    sql.push(" AS ");
+                    sql.push(&ty);
+                    sql.push("[]))");
+                }
+                None => {
+                    sql.bind(Arg::TextArray(values.clone()));
+                    sql.push(")");
+                }
+            }
+        }
+        Op::Is(kw) => {
+            write_field(sql, node, &f.field)?;
+            sql.push(" IS ");
+            sql.push(kw);
+        }
+        Op::Array(op, v) => {
+            let ty = write_field(sql, node, &f.field)?;
+            sql.push(" ");
+            sql.push(op);
+            sql.push(" ");
+            cast_param(sql, v, ty.as_deref());
+        }
+        Op::Fts(func, lang, v) => {
+            let is_tsvector = f.field.json.is_empty() && c.ty == "tsvector";
+            if is_tsvector {
+                write_field(sql, node, &f.field)?;
+            } else {
+                sql.push("to_tsvector(");
+                if let Some(l) = lang {
+                    sql.bind(Arg::Text(l.clone()));
+                    sql.push("::regconfig, ");
+                }
+                write_field(sql, node, &f.field)?;
+                sql.push("::text)");
+            }
+            sql.push(" @@ ");
+            sql.push(func);
+            sql.push("(");
+            if let Some(l) = lang {
+                sql.bind(Arg::Text(l.clone()));
+                sql.push("::regconfig, ");
+            }
+            sql.bind(Arg::Text(v.clone()));
+            sql.push(")");
+        }
+    }
+    sql.push(")");
+    Ok(())
+}
+
+/// `WHERE` conditions of a write (PATCH/DELETE) on the target aliased `t0`.
+pub fn write_conditions(
+    planner: &mut Planner<'_>,
+    table: &Arc<Table>,
+    query: &Query,
+    sql: &mut Sql,
+) -> Result<(), Error> {
+    if let Some((path, _)) = query.conds.iter().find(|(p, _)| !p.is_empty()) {
+        return Err(not_embedded(path));
+    }
+    let q = Query {
+        select: Some(vec![SelectItem::Star]),
+        conds: query.conds.clone(),
+        ..Query::default()
+    };
+    let node = planner.level(
+        Source::Table(table.clone()),
+        &[SelectItem::Star],
+        "t0".to_owned(),
+        &[],
+        &q,
+    )?;
+    write_where(sql, &node, None)
+}
+
+/// The function to call for `name` with these argument names, or PGRST202.
+pub fn pick_function(
+    schema: &Schema,
+    db_schema: &str,
+    name: &str,
+    given: &[String],
+) -> Result<Arc<Function>, Error> {
+    let candidates = schema.functions(db_schema, name);
+    candidates
+        .iter()
+        .find(|f| {
+            given.iter().all(|g| f.args.iter().any(|a| &a.name == g))
+                && f.args
+                    .iter()
+                    .all(|a| a.has_default || given.iter().any(|g| g == &a.name))
+        })
+        .cloned()
+        .ok_or_else(|| {
+            Error::api(
+                StatusCode::NOT_FOUND,
+                "PGRST202",
+                format!(
+                    "Could not find the function {db_schema}.{name}({}) in the schema cache",
+                    given.join(", ")
+                ),
+            )
+            .hint(if candidates.is_empty() {
+                "No function with this name exists in the exposed schema.".to_owned()
+            } else {
+                "A function with this name exists, but not with these argument names.".to_owned()
+            })
+        })
+}
+
+/// `"schema"."fn"("a" := <expr>, ...)` where each value comes from `value_sql`.
+pub fn call(
+    sql: &mut Sql,
+    f: &Function,
+    given: &[String],
+    mut value_sql: impl FnMut(&mut Sql, &crate::schema::Arg),
+) {
+    sql.push(&qualified(&f.schema, &f.name));
+    sql.push("(");
+    let mut first = true;
+    for a in f.args.iter().filter(|a| given.contains(&a.name)) {
+        if !first {
+            sql.push(", ");
+        }
+        first = false;
+        sql.ident(&a.name);
+        sql.push(" := ");
+        value_sql(sql, a);
+    }
+    sql.push(")");
+}
+
+/// Writes `CAST($n AS type)` for a query-string argument.
+pub fn text_arg(sql: &mut Sql, value: &str, ty: &str) {
+    cast_param(sql, value, Some(ty));
+}
+
+/// Pushes raw planner-made SQL (fixed words and quoted identifiers only).
+pub fn push(sql: &mut Sql, s: &str) {
+    sql.push(s);
+}
+
+/// Binds a parameter.
+pub fn bind(sql: &mut Sql, arg: Arg) {
+    sql.bind(arg);
+}
+
+/// Adds a parameter without writing its placeholder (the caller writes `$n`).
+pub fn add_arg(sql: &mut Sql, arg: Arg) {
+    sql.args.push(arg);
+}
+
+/// Writes a quoted identifier.
+pub fn push_ident(sql: &mut Sql, name: &str) {
+    sql.ident(name);
+}
+
+/// `"schema"."table"`.
+pub fn push_qualified(sql: &mut Sql, schema: &str, name: &str) {
+    sql.push(&qualified(schema, name));
+}

@@ -1,0 +1,636 @@
+//! Parsing of PostgREST query strings: `select`, filters, `or`/`and`
+//! trees, `order`, `limit`/`offset`, `on_conflict`, `columns`. Nothing here
+//! knows the schema; names are checked when the SQL is planned.
+
+/// A malformed query string (PGRST100).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub message: String,
+    pub details: String,
+}
+
+fn perr(message: &str, details: impl Into<String>) -> ParseError {
+    ParseError {
+        message: message.to_owned(),
+        details: details.into(),
+    }
+}
+
+type Result<T> = std::result::Result<T, ParseError>;
+
+/// One step of a JSON path: `->key` or `->>key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonStep {
+    pub text: bool,
+    pub key: String,
+}
+
+/// A column with an optional JSON path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub json: Vec<JsonStep>,
+}
+
+impl Field {
+    /// The output name PostgREST gives it: the last JSON key, else the column.
+    pub fn default_alias(&self) -> &str {
+        self.json.last().map_or(&self.name, |s| &s.key)
+    }
+}
+
+/// An item of `select=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectItem {
+    Star,
+    Column {
+        field: Field,
+        cast: Option<String>,
+        alias: Option<String>,
+    },
+    Embed(Embed),
+}
+
+/// `alias:name!hint!inner(select)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Embed {
+    pub alias: Option<String>,
+    pub name: String,
+    pub hint: Option<String>,
+    pub inner: bool,
+    pub select: Vec<SelectItem>,
+}
+
+impl Embed {
+    pub fn key(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Filter operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Cmp(&'static str, String),
+    Like(bool, String),
+    Match(bool, String),
+    In(Vec<String>),
+    Is(&'static str),
+    IsDistinct(String),
+    Array(&'static str, String),
+    Fts(&'static str, Option<String>, String),
+}
+
+/// `field=[not.]op.value`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub field: Field,
+    pub negate: bool,
+    pub op: Op,
+}
+
+/// A condition: a filter or an `and`/`or` tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cond {
+    Filter(Filter),
+    Tree {
+        or: bool,
+        negate: bool,
+        items: Vec<Cond>,
+    },
+}
+
+/// `order=` term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderTerm {
+    pub field: Field,
+    pub desc: bool,
+    pub nulls_first: Option<bool>,
+}
+
+/// Everything a query string says. Conditions, orders and limits carry the
+/// embedding path they apply to (empty for the top level).
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub select: Option<Vec<SelectItem>>,
+    pub conds: Vec<(Vec<String>, Cond)>,
+    pub orders: Vec<(Vec<String>, Vec<OrderTerm>)>,
+    pub limits: Vec<(Vec<String>, i64)>,
+    pub offsets: Vec<(Vec<String>, i64)>,
+    pub on_conflict: Option<Vec<String>>,
+    pub columns: Option<Vec<String>>,
+    /// Parameters naming function arguments (GET rpc).
+    pub args: Vec<(String, String)>,
+}
+
+/// Parses a raw query string. `is_arg` says which plain keys are function
+/// arguments (GET rpc) rather than filters.
+pub fn parse(raw: &str, is_arg: &dyn Fn(&str) -> bool) -> Result<Query> {
+    let mut q = Query::default();
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        let key = key.trim();
+        let value = value.as_ref();
+        match key {
+            "select" => q.select = Some(parse_select(value)?),
+            "on_conflict" => q.on_conflict = Some(parse_names(value)?),
+            "columns" => q.columns = Some(parse_names(value)?),
+            _ if is_arg(key) => q.args.push((key.to_owned(), value.to_owned())),
+            _ => {
+                let (path, last) = match key.rsplit_once('.') {
+                    // `not.or` / `not.and` are top-level keys, not a path.
+                    Some(("not", _)) => (Vec::new(), key),
+                    Some((p, l)) if !p.ends_with(".not") => {
+                        (p.split('.').map(str::to_owned).collect::<Vec<_>>(), l)
+                    }
+                    Some((p, l)) => {
+                        let p = p.trim_end_matches(".not");
+                        (
+                            p.split('.').map(str::to_owned).collect(),
+                            if l == "or" { "not.or" } else { "not.and" },
+                        )
+                    }
+                    None => (Vec::new(), key),
+                };
+                match last {
+                    "order" => q.orders.push((path, parse_order(value)?)),
+                    "limit" => q.limits.push((path, parse_count("limit", value)?)),
+                    "offset" => q.offsets.push((path, parse_count("offset", value)?)),
+                    "or" | "and" | "not.or" | "not.and" => {
+                        let negate = last.starts_with("not.");
+                        let or = last.ends_with("or");
+                        let inner = value
+                            .strip_prefix('(')
+                            .and_then(|v| v.strip_suffix(')'))
+                            .ok_or_else(|| {
+                                perr(
+                                    "\"failed to parse logic tree\"",
+                                    format!("{value:?}: expected (...)"),
+                                )
+                            })?;
+                        let items = split_top(inner)?
+                            .into_iter()
+                            .map(parse_tree_item)
+                            .collect::<Result<Vec<_>>>()?;
+                        q.conds.push((path, Cond::Tree { or, negate, items }));
+                    }
+                    _ => {
+                        let field = parse_field(last)?;
+                        q.conds
+                            .push((path, Cond::Filter(parse_filter(field, value, false)?)));
+                    }
+                }
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn parse_count(what: &str, value: &str) -> Result<i64> {
+    value
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            perr(
+                &format!("\"failed to parse {what} parameter\""),
+                format!("{value:?} is not a non-negative integer"),
+            )
+        })
+}
+
+fn parse_names(value: &str) -> Result<Vec<String>> {
+    let names: Vec<String> = value
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_owned())
+        .collect();
+    if names.iter().any(String::is_empty) {
+        return Err(perr(
+            "\"failed to parse columns parameter\"",
+            format!("{value:?}"),
+        ));
+    }
+    Ok(names)
+}
+
+/// Splits on commas outside parentheses and double quotes.
+fn split_top(s: &str) -> Result<Vec<&str>> {
+    let mut out = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0usize);
+    let mut escaped = false;
+    for (i, ch) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match ch {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err(perr("\"unbalanced parentheses\"", s.to_owned()));
+                }
+            }
+            ',' if !quoted && depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 || quoted {
+        return Err(perr("\"unbalanced parentheses or quotes\"", s.to_owned()));
+    }
+    out.push(&s[start..]);
+    Ok(out)
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '$' || c == ' ' || c == '-'
+}
+
+fn check_name(name: &str) -> Result<String> {
+    let n = name.trim();
+    let n = n
+        .strip_prefix('"')
+        .and_then(|x| x.strip_suffix('"'))
+        .unwrap_or(n);
+    if n.is_empty() || !n.chars().all(is_name_char) {
+        return Err(perr("\"failed to parse name\"", format!("{name:?}")));
+    }
+    Ok(n.to_owned())
+}
+
+/// `col`, `col->a->>b`, `col->0`.
+pub fn parse_field(s: &str) -> Result<Field> {
+    let s = s.trim();
+    let (name, mut rest) = match s.find("->") {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, ""),
+    };
+    let name = check_name(name)?;
+    let mut json = Vec::new();
+    while !rest.is_empty() {
+        let (text, tail) = if let Some(t) = rest.strip_prefix("->>") {
+            (true, t)
+        } else if let Some(t) = rest.strip_prefix("->") {
+            (false, t)
+        } else {
+            return Err(perr("\"failed to parse JSON path\"", s.to_owned()));
+        };
+        let end = tail.find("->").unwrap_or(tail.len());
+        let key = tail[..end].trim_matches('\'').to_owned();
+        if key.is_empty() {
+            return Err(perr("\"failed to parse JSON path\"", s.to_owned()));
+        }
+        json.push(JsonStep { text, key });
+        rest = &tail[end..];
+    }
+    Ok(Field { name, json })
+}
+
+/// `select=` value.
+pub fn parse_select(s: &str) -> Result<Vec<SelectItem>> {
+    if s.trim().is_empty() {
+        return Ok(vec![SelectItem::Star]);
+    }
+    split_top(s)?
+        .into_iter()
+        .map(|item| parse_select_item(item.trim()))
+        .collect()
+}
+
+fn split_alias(item: &str) -> (Option<&str>, &str) {
+    // `alias:rest`, where the colon is not part of a `::` cast.
+    let bytes = item.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'(' || b == b'-' {
+            break;
+        }
+        if b == b':' {
+            if bytes.get(i + 1) == Some(&b':') {
+                break;
+            }
+            return (Some(&item[..i]), &item[i + 1..]);
+        }
+    }
+    (None, item)
+}
+
+fn parse_select_item(item: &str) -> Result<SelectItem> {
+    if item == "*" {
+        return Ok(SelectItem::Star);
+    }
+    if item.is_empty() {
+        return Err(perr("\"failed to parse select parameter\"", "empty item"));
+    }
+    let (alias, rest) = split_alias(item);
+    let alias = alias.map(check_name).transpose()?;
+    if let Some(open) = rest.find('(') {
+        let inner = rest[open + 1..].strip_suffix(')').ok_or_else(|| {
+            perr(
+                "\"failed to parse select parameter\"",
+                format!("{item:?}: expected ) at the end"),
+            )
+        })?;
+        let mut parts = rest[..open].split('!');
+        let name = check_name(parts.next().unwrap_or_default())?;
+        let (mut hint, mut inner_join) = (None, false);
+        for p in parts {
+            match p {
+                "inner" => inner_join = true,
+                "left" => inner_join = false,
+                h => hint = Some(check_name(h)?),
+            }
+        }
+        return Ok(SelectItem::Embed(Embed {
+            alias,
+            name,
+            hint,
+            inner: inner_join,
+            select: parse_select(inner)?,
+        }));
+    }
+    let (field, cast) = match rest.split_once("::") {
+        Some((f, c)) => {
+            let c = c.trim().to_ascii_lowercase();
+            if !CASTS.contains(&c.as_str()) {
+                return Err(perr(
+                    "\"unsupported cast\"",
+                    format!("{c:?} is not one of {}", CASTS.join(", ")),
+                ));
+            }
+            (f, Some(c))
+        }
+        None => (rest, None),
+    };
+    Ok(SelectItem::Column {
+        field: parse_field(field)?,
+        cast,
+        alias,
+    })
+}
+
+/// Types `::cast` may name (never spliced from input: only these strings).
+pub const CASTS: [&str; 22] = [
+    "text",
+    "varchar",
+    "int",
+    "int2",
+    "int4",
+    "int8",
+    "integer",
+    "bigint",
+    "smallint",
+    "numeric",
+    "float4",
+    "float8",
+    "real",
+    "boolean",
+    "bool",
+    "json",
+    "jsonb",
+    "date",
+    "timestamp",
+    "timestamptz",
+    "uuid",
+    "time",
+];
+
+/// `order=` value.
+pub fn parse_order(s: &str) -> Result<Vec<OrderTerm>> {
+    split_top(s)?
+        .into_iter()
+        .map(|term| {
+            let mut parts = term.trim().split('.');
+            let field = parse_field(parts.next().unwrap_or_default())?;
+            let mut t = OrderTerm {
+                field,
+                desc: false,
+                nulls_first: None,
+            };
+            for p in parts {
+                match p {
+                    "asc" => t.desc = false,
+                    "desc" => t.desc = true,
+                    "nullsfirst" => t.nulls_first = Some(true),
+                    "nullslast" => t.nulls_first = Some(false),
+                    other => {
+                        return Err(perr(
+                            "\"failed to parse order\"",
+                            format!("unknown modifier {other:?}"),
+                        ));
+                    }
+                }
+            }
+            Ok(t)
+        })
+        .collect()
+}
+
+/// `col.op.value` / `col.not.op.value` / `and(...)` / `not.or(...)` inside a tree.
+fn parse_tree_item(item: &str) -> Result<Cond> {
+    let item = item.trim();
+    let (negate, body) = match item.strip_prefix("not.") {
+        Some(b) if b.starts_with("and(") || b.starts_with("or(") => (true, b),
+        _ => (false, item),
+    };
+    for (prefix, or) in [("and(", false), ("or(", true)] {
+        if let Some(inner) = body.strip_prefix(prefix) {
+            let inner = inner
+                .strip_suffix(')')
+                .ok_or_else(|| perr("\"failed to parse logic tree\"", format!("{item:?}")))?;
+            let items = split_top(inner)?
+                .into_iter()
+                .map(parse_tree_item)
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Cond::Tree { or, negate, items });
+        }
+    }
+    let (field, rest) = item
+        .split_once('.')
+        .ok_or_else(|| perr("\"failed to parse logic tree\"", format!("{item:?}")))?;
+    Ok(Cond::Filter(parse_filter(parse_field(field)?, rest, true)?))
+}
+
+fn unquote(v: &str) -> String {
+    match v.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+        Some(inner) => inner.replace("\\\"", "\"").replace("\\\\", "\\"),
+        None => v.to_owned(),
+    }
+}
+
+/// `[not.]op.value` for `field`.
+pub fn parse_filter(field: Field, s: &str, in_tree: bool) -> Result<Filter> {
+    let (negate, s) = match s.strip_prefix("not.") {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (op, value) = s.split_once('.').ok_or_else(|| {
+        perr(
+            "\"failed to parse filter\"",
+            format!("{s:?}: expected operator.value"),
+        )
+    })?;
+    let val = || {
+        if in_tree {
+            unquote(value)
+        } else {
+            value.to_owned()
+        }
+    };
+    let fts = |kind: &'static str, lang: Option<String>| Ok(Op::Fts(kind, lang, val()));
+    let (op_name, lang) = match op.split_once('(') {
+        Some((o, l)) => (o, Some(check_name(l.trim_end_matches(')'))?)),
+        None => (op, None),
+    };
+    let op = match op_name {
+        "eq" => Op::Cmp("=", val()),
+        "neq" => Op::Cmp("<>", val()),
+        "gt" => Op::Cmp(">", val()),
+        "gte" => Op::Cmp(">=", val()),
+        "lt" => Op::Cmp("<", val()),
+        "lte" => Op::Cmp("<=", val()),
+        "like" => Op::Like(false, val().replace('*', "%")),
+        "ilike" => Op::Like(true, val().replace('*', "%")),
+        "match" => Op::Match(false, val()),
+        "imatch" => Op::Match(true, val()),
+        "isdistinct" => Op::IsDistinct(val()),
+        "is" => Op::Is(match value.to_ascii_lowercase().as_str() {
+            "null" => "NULL",
+            "not_null" => "NOT NULL",
+            "true" => "TRUE",
+            "false" => "FALSE",
+            "unknown" => "UNKNOWN",
+            other => {
+                return Err(perr(
+                    "\"failed to parse filter\"",
+                    format!("is.{other}: expected null, not_null, true, false or unknown"),
+                ));
+            }
+        }),
+        "in" => {
+            let inner = value
+                .strip_prefix('(')
+                .and_then(|v| v.strip_suffix(')'))
+                .ok_or_else(|| {
+                    perr(
+                        "\"failed to parse filter\"",
+                        format!("in.{value}: expected in.(a,b)"),
+                    )
+                })?;
+            let items = if inner.is_empty() {
+                Vec::new()
+            } else {
+                split_top(inner)?
+                    .into_iter()
+                    .map(|v| unquote(v.trim()))
+                    .collect()
+            };
+            Op::In(items)
+        }
+        "cs" => Op::Array("@>", val()),
+        "cd" => Op::Array("<@", val()),
+        "ov" => Op::Array("&&", array_value(&val())),
+        "fts" => return filter(field, negate, fts("to_tsquery", lang)?),
+        "plfts" => return filter(field, negate, fts("plainto_tsquery", lang)?),
+        "phfts" => return filter(field, negate, fts("phraseto_tsquery", lang)?),
+        "wfts" => return filter(field, negate, fts("websearch_to_tsquery", lang)?),
+        other => {
+            return Err(perr(
+                "\"failed to parse filter\"",
+                format!("unknown operator {other:?}"),
+            ));
+        }
+    };
+    filter(field, negate, op)
+}
+
+fn filter(field: Field, negate: bool, op: Op) -> Result<Filter> {
+    Ok(Filter { field, negate, op })
+}
+
+/// `ov.(a,b)` is accepted as `{a,b}` like PostgREST does.
+fn array_value(v: &str) -> String {
+    match v.strip_prefix('(').and_then(|x| x.strip_suffix(')')) {
+        Some(inner) => format!("{{{inner}}}"),
+        None => v.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_args(_: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn select_items() {
+        let s = parse_select("id,n:name,data->a->>b,price::text,posts!inner(id,c:comments(*)),*")
+            .expect("parses");
+        assert_eq!(s.len(), 6);
+        assert!(matches!(&s[1], SelectItem::Column { alias: Some(a), .. } if a == "n"));
+        match &s[2] {
+            SelectItem::Column { field, .. } => {
+                assert_eq!(field.json.len(), 2);
+                assert_eq!(field.default_alias(), "b");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &s[4] {
+            SelectItem::Embed(e) => {
+                assert!(e.inner);
+                assert_eq!(e.select.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_select("a::evil; drop").is_err());
+        assert!(parse_select("a(b").is_err());
+        assert!(parse_select("a\"b").is_err());
+    }
+
+    #[test]
+    fn filters_and_trees() {
+        let q = parse(
+            "id=gt.1&name=not.like.a*&or=(a.eq.1,and(b.in.(1,\"x,y\"),c.is.null))&posts.order=id.desc.nullslast&limit=5&posts.limit=2&not.or=(a.eq.2)",
+            &no_args,
+        )
+        .expect("parses");
+        assert_eq!(q.conds.len(), 4);
+        assert!(
+            matches!(&q.conds[1].1, Cond::Filter(Filter { negate: true, op: Op::Like(false, v), .. }) if v == "a%")
+        );
+        match &q.conds[2].1 {
+            Cond::Tree {
+                or: true, items, ..
+            } => match &items[1] {
+                Cond::Tree {
+                    or: false, items, ..
+                } => {
+                    assert!(
+                        matches!(&items[0], Cond::Filter(Filter { op: Op::In(v), .. }) if v == &["1", "x,y"])
+                    );
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&q.conds[3].1, Cond::Tree { negate: true, .. }));
+        assert_eq!(q.orders[0].0, vec!["posts".to_owned()]);
+        assert_eq!(q.limits, vec![(vec![], 5), (vec!["posts".to_owned()], 2)]);
+        for bad in [
+            "id=eq",
+            "id=zz.1",
+            "or=a.eq.1",
+            "or=(a.eq.1",
+            "limit=-1",
+            "order=a.sideways",
+            "id=is.maybe",
+        ] {
+            assert!(parse(bad, &no_args).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The stack the worker tests run against: a real Postgres, control served
+//! in-process on a loopback port, one tenant with the fixture schema, and
+//! the worker served in-process on a loopback port.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, Method, StatusCode};
+use madbase_platform::config::Env;
+use madbase_platform::{CancellationToken, Listeners, jwt};
+use madbase_testkit::TestDb;
+use serde_json::{Value, json};
+
+pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub const ALICE: &str = "00000000-0000-4000-8000-00000000000a";
+pub const BOB: &str = "00000000-0000-4000-8000-00000000000b";
+
+/// The fixture: tables with foreign keys both ways, a view, functions
+/// (immutable, stable set-returning, volatile, void, raising), RLS.
+pub const FIXTURE: &str = r#"
+CREATE TABLE users (id uuid PRIMARY KEY, name text NOT NULL, email text UNIQUE, profile jsonb);
+CREATE TABLE posts (
+  id serial PRIMARY KEY,
+  author_id uuid NOT NULL REFERENCES users(id),
+  title text NOT NULL,
+  public boolean NOT NULL DEFAULT false,
+  score int,
+  tags text[] NOT NULL DEFAULT '{}'
+);
+CREATE TABLE comments (id serial PRIMARY KEY, post_id int NOT NULL REFERENCES posts(id), author_id uuid REFERENCES users(id), body text NOT NULL);
+CREATE TABLE messages (id serial PRIMARY KEY, sender_id uuid REFERENCES users(id), recipient_id uuid REFERENCES users(id), body text);
+CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, data jsonb, tags text[], price numeric, code text UNIQUE);
+CREATE TABLE secrets (id int PRIMARY KEY, v text);
+REVOKE ALL ON secrets FROM anon, authenticated;
+CREATE VIEW public_posts AS SELECT id, title, author_id, score FROM posts WHERE public;
+
+ALTER TABLE posts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY posts_public ON posts FOR SELECT USING (public);
+CREATE POLICY posts_own ON posts FOR ALL TO authenticated
+  USING (author_id = auth.uid()) WITH CHECK (author_id = auth.uid());
+
+INSERT INTO users VALUES
+  ('00000000-0000-4000-8000-00000000000a', 'alice', 'alice@example.com', '{"city": "Paris", "age": 30, "langs": ["fr", "en"]}'),
+  ('00000000-0000-4000-8000-00000000000b', 'bob', 'bob@example.com', '{"city": "Berlin", "age": 25}');
+INSERT INTO posts (author_id, title, public, score, tags) VALUES
+  ('00000000-0000-4000-8000-00000000000a', 'Hello world', true, 10, '{intro,news}'),
+  ('00000000-0000-4000-8000-00000000000a', 'Alice draft', false, 5, '{draft}'),
+  ('00000000-0000-4000-8000-00000000000b', 'Bob public', true, NULL, '{news}'),
+  ('00000000-0000-4000-8000-00000000000b', 'Bob secret', false, 7, '{}');
+INSERT INTO comments (post_id, author_id, body) VALUES
+  (1, '00000000-0000-4000-8000-00000000000b', 'nice'),
+  (1, '00000000-0000-4000-8000-00000000000a', 'thanks'),
+  (3, '00000000-0000-4000-8000-00000000000a', 'hi bob');
+INSERT INTO messages (sender_id, recipient_id, body) VALUES
+  ('00000000-0000-4000-8000-00000000000a', '00000000-0000-4000-8000-00000000000b', 'ping');
+INSERT INTO items (id, name, data, tags, price, code)
+  SELECT g, 'item ' || g, jsonb_build_object('n', g, 'even', g % 2 = 0), ARRAY['t' || (g % 3)], g * 1.5, 'c' || g
+  FROM generate_series(1, 30) g;
+
+CREATE FUNCTION add(a int, b int) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT a + b $$;
+CREATE FUNCTION posts_by(author uuid) RETURNS SETOF posts LANGUAGE sql STABLE AS $$ SELECT * FROM posts WHERE author_id = author $$;
+CREATE FUNCTION numbers(n int) RETURNS SETOF int LANGUAGE sql IMMUTABLE AS $$ SELECT generate_series(1, n) $$;
+CREATE FUNCTION item_stats(min_id int DEFAULT 1) RETURNS TABLE (total bigint, max_price numeric) LANGUAGE sql STABLE AS
+  $$ SELECT count(*), max(price) FROM items WHERE id >= min_id $$;
+CREATE FUNCTION create_post(title text, public boolean DEFAULT true) RETURNS posts LANGUAGE sql VOLATILE AS
+  $$ INSERT INTO posts (author_id, title, public) VALUES (auth.uid(), title, public) RETURNING * $$;
+CREATE FUNCTION touch() RETURNS void LANGUAGE sql VOLATILE AS $$ UPDATE items SET price = price WHERE id = 1 $$;
+CREATE FUNCTION fail(msg text) RETURNS void LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION '%', msg USING HINT = 'raised on purpose'; END $$;
+CREATE FUNCTION whoami() RETURNS json LANGUAGE sql STABLE AS $$
+  SELECT json_build_object('role', current_user, 'uid', auth.uid(), 'claims', auth.jwt(),
+    'method', current_setting('request.method', true), 'path', current_setting('request.path', true),
+    'header', current_setting('request.headers', true)::json ->> 'x-probe',
+    'read_only', current_setting('transaction_read_only'), 'timeout', current_setting('statement_timeout')) $$;
+CREATE FUNCTION slow() RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_sleep(3) $$;
+"#;
+
+/// A tenant id unique across parallel test processes on one cluster.
+pub fn unique_id(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A running control + worker with one tenant.
+#[allow(dead_code)]
+pub struct Stack {
+    pub db: TestDb,
+    pub control_url: String,
+    pub worker_url: String,
+    pub worker_admin_url: String,
+    pub tenant: String,
+    pub anon_key: String,
+    pub service_key: String,
+    pub tenant_secret: String,
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub fn admin_token() -> String {
+    jwt::platform_token(SECRET, "admin", Duration::from_secs(600))
+}
+
+fn vars(pairs: &[(&str, String)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+impl Stack {
+    /// The stack with default worker settings.
+    pub async fn start() -> Stack {
+        Self::start_with(&[]).await
+    }
+
+    /// The stack with extra worker environment variables.
+    pub async fn start_with(worker_env: &[(&str, &str)]) -> Stack {
+        let db = madbase_testkit::postgres().expect("postgres");
+        let stop = CancellationToken::new();
+        let control_cfg = madbase_control::Config::from_env(&Env::new(vars(&[
+            ("JWT_SECRET", SECRET.to_owned()),
+            ("DATABASE_URL", db.url.clone()),
+            ("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres")),
+            ("MADBASE_MASTER_KEY", MASTER_KEY.to_owned()),
+        ])))
+        .expect("control config");
+        let control = madbase_control::app(&control_cfg).await.expect("control");
+        let listeners = Listeners::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .await
+        .expect("bind");
+        let control_url = format!("http://{}", listeners.api_addr());
+        tokio::spawn(listeners.serve(control, stop.clone(), Duration::from_secs(1)));
+
+        let mut env = vars(&[
+            ("JWT_SECRET", SECRET.to_owned()),
+            ("MADBASE_CONTROL_URL", control_url.clone()),
+        ]);
+        for (k, v) in worker_env {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let worker_cfg = madbase_worker::Config::from_env(&Env::new(env)).expect("worker config");
+        let worker = madbase_worker::app(&worker_cfg).expect("worker");
+        let listeners = Listeners::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .await
+        .expect("bind");
+        let worker_url = format!("http://{}", listeners.api_addr());
+        let worker_admin_url = format!("http://{}", listeners.admin_addr());
+        tokio::spawn(listeners.serve(worker, stop.clone(), Duration::from_secs(1)));
+
+        let http = reqwest::Client::new();
+        let tenant = unique_id("w");
+        let resp = http
+            .post(format!("{control_url}/v1/tenants"))
+            .bearer_auth(admin_token())
+            .json(&json!({ "id": tenant }))
+            .send()
+            .await
+            .expect("create tenant");
+        assert_eq!(resp.status(), 201);
+        let created: Value = resp.json().await.expect("json");
+        let info: Value = http
+            .get(format!("{control_url}/internal/v1/tenants/{tenant}"))
+            .bearer_auth(jwt::platform_token(
+                SECRET,
+                "internal",
+                Duration::from_secs(60),
+            ))
+            .send()
+            .await
+            .expect("internal")
+            .json()
+            .await
+            .expect("json");
+        let stack = Stack {
+            db,
+            control_url,
+            worker_url,
+            worker_admin_url,
+            anon_key: created["anon_key"].as_str().expect("anon").to_owned(),
+            service_key: created["service_role_key"]
+                .as_str()
+                .expect("service")
+                .to_owned(),
+            tenant_secret: info["jwt_secret"].as_str().expect("secret").to_owned(),
+            tenant,
+            http,
+            stop,
+        };
+        stack.sql(FIXTURE).await;
+        stack
+    }
+
+    /// Creates another tenant with a one-table schema; returns its id and anon key.
+    pub async fn another_tenant(&self) -> (String, String) {
+        let id = unique_id("x");
+        let resp = self
+            .http
+            .post(format!("{}/v1/tenants", self.control_url))
+            .bearer_auth(admin_token())
+            .json(&json!({ "id": id }))
+            .send()
+            .await
+            .expect("create tenant");
+        assert_eq!(resp.status(), 201);
+        let created: Value = resp.json().await.expect("json");
+        let resp = self
+            .http
+            .post(format!("{}/v1/tenants/{id}/sql", self.control_url))
+            .bearer_auth(admin_token())
+            .json(&json!({ "query": "CREATE TABLE things (id int PRIMARY KEY); INSERT INTO things VALUES (7)" }))
+            .send()
+            .await
+            .expect("sql");
+        assert_eq!(resp.status(), 200);
+        (id, created["anon_key"].as_str().expect("anon").to_owned())
+    }
+
+    /// The worker's metrics text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.worker_admin_url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Runs SQL as the tenant owner through control.
+    pub async fn sql(&self, query: &str) -> Value {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/v1/tenants/{}/sql",
+                self.control_url, self.tenant
+            ))
+            .bearer_auth(admin_token())
+            .json(&json!({ "query": query }))
+            .send()
+            .await
+            .expect("sql");
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// A user JWT for `sub` (role `authenticated`) signed with the tenant secret.
+    pub fn user_token(&self, sub: &str) -> String {
+        let now = jwt::now();
+        jwt::sign(
+            self.tenant_secret.as_bytes(),
+            &json!({ "sub": sub, "role": "authenticated", "iat": now, "exp": now + 600 }),
+        )
+    }
+
+    /// A request as anon (the anon API key).
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/rest/v1{path}", self.worker_url))
+            .header("X-Madbase-Tenant", &self.tenant)
+            .header("apikey", &self.anon_key)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.req(Method::GET, path)
+    }
+
+    /// A request with the service_role key.
+    pub fn service(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.req(method, path)
+            .header("authorization", format!("Bearer {}", self.service_key))
+    }
+}
+
+/// Status, headers and JSON body (Null when empty, String when not JSON).
+pub async fn send(rb: reqwest::RequestBuilder) -> (StatusCode, HeaderMap, Value) {
+    let resp = rb.send().await.expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    assert!(headers.contains_key("x-request-id"));
+    let bytes = resp.bytes().await.expect("body");
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        panic!("server error {status}: {v}");
+    }
+    (status, headers, v)
+}
+
+/// Status and body.
+pub async fn call(rb: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let (s, _, v) = send(rb).await;
+    (s, v)
+}
+
+/// The `content-range` header.
+pub fn range(h: &HeaderMap) -> &str {
+    h.get("content-range")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Asserts an error status and code.
+#[track_caller]
+pub fn assert_err(got: &(StatusCode, Value), status: u16, code: &str) {
+    assert_eq!(got.0.as_u16(), status, "{}", got.1);
+    assert_eq!(got.1["code"], code, "{}", got.1);
+    assert!(
+        got.1.get("message").is_some()
+            && got.1.get("details").is_some()
+            && got.1.get("hint").is_some(),
+        "{}",
+        got.1
+    );
+}
