@@ -156,6 +156,15 @@ fn psql_url(url: &str, sql: &str) -> Result<String, String> {
 }
 
 #[tokio::test]
+async fn test_health_endpoint_control() {
+    let db = madbase_testkit::postgres().expect("postgres");
+    let app = madbase_control::app(&config(&db, MASTER_KEY))
+        .await
+        .expect("control starts");
+    madbase_testkit::service::assert_health(&app).await;
+}
+
+#[tokio::test]
 async fn create_provisions_database_roles_and_keys() {
     let c = control().await;
     let id = unique_id("acme");

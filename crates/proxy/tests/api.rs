@@ -1,44 +1,11 @@
 //! The proxy service's routers, driven without a socket.
 
-use axum::body::Body;
-use http_body_util::BodyExt as _;
-use madbase_platform::config::Env;
-use madbase_platform::server::{admin_router, api_router};
-use serde_json::Value;
-use tower::ServiceExt as _;
-
 fn config() -> madbase_proxy::Config {
-    let vars: std::collections::HashMap<String, String> = [
-        ("JWT_SECRET", "test-secret-that-is-at-least-32-bytes-long"),
-        ("DATABASE_URL", "postgres://postgres@127.0.0.1:9/none"),
-        (
-            "MADBASE_MASTER_KEY",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    madbase_proxy::Config::from_env(&Env::new(vars)).expect("valid config")
+    madbase_proxy::Config::from_env(&madbase_testkit::service::env(&[])).expect("valid config")
 }
 
 #[tokio::test]
 async fn test_health_endpoint_proxy() {
     let app = madbase_proxy::app(&config()).expect("app");
-    for router in [api_router(&app), admin_router(&app)] {
-        let resp = router
-            .oneshot(
-                http::Request::get("/health")
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("infallible");
-        assert_eq!(resp.status(), 200);
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        let v: Value = serde_json::from_slice(&body).expect("json");
-        assert_eq!(v["status"], "ok");
-        assert_eq!(v["service"], "proxy");
-        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
-    }
+    madbase_testkit::service::assert_health(&app).await;
 }

@@ -14,3 +14,5 @@
 mod pg;
 
 pub use pg::{PgServer, TestDb, postgres};
+
+pub mod service;

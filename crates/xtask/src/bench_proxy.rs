@@ -10,61 +10,16 @@
 //! proxy process, median of 3 runs after a warm-up, and their ratio.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::bench::{Proc, cpu_seconds, free_port, wait_http};
 use crate::util::{root, run, step};
 
 const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const RUN_SECONDS: u32 = 8;
-
-/// Kills its process on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_http(url: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let ok = Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", url])
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{url} did not answer within 60 s")
-}
-
-/// CPU seconds (user + system) a process has used, from /proc.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("stat format")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = 100.0; // USER_HZ on Linux
-    let utime: f64 = fields.get(11).context("utime")?.parse()?;
-    let stime: f64 = fields.get(12).context("stime")?.parse()?;
-    Ok((utime + stime) / ticks)
-}
 
 /// Sum of CPU seconds of a process and its children (nginx master + worker).
 fn tree_cpu_seconds(pid: u32) -> Result<f64> {
