@@ -238,6 +238,67 @@ fn pg_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// Control, running on CPU1 against a throwaway Postgres, with one tenant.
+pub(crate) struct BenchControl {
+    _proc: Proc,
+    pub(crate) url: String,
+    /// `Authorization: Bearer <admin token>`.
+    pub(crate) auth: String,
+    pub(crate) anon: String,
+    /// The throwaway database control runs on (its server holds the tenant's).
+    pub(crate) db: madbase_testkit::TestDb,
+}
+
+/// Starts control (logging to `work/control.log`) and creates `tenant`.
+pub(crate) fn control_with_tenant(bin: &Path, work: &Path, tenant: &str) -> Result<BenchControl> {
+    let db = madbase_testkit::postgres()?;
+    let control_port = free_port()?;
+    let mut control_cmd = Command::new("taskset");
+    control_cmd
+        .args(["-c", "1"])
+        .arg(bin)
+        .arg("control")
+        .env("JWT_SECRET", SECRET)
+        .env("MADBASE_MASTER_KEY", MASTER_KEY)
+        .env("DATABASE_URL", &db.url)
+        .env("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres"))
+        .env("MADBASE_LISTEN", format!("127.0.0.1:{control_port}"))
+        .env(
+            "MADBASE_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()?),
+        )
+        .stdout(std::fs::File::create(work.join("control.log"))?)
+        .stderr(Stdio::inherit());
+    let proc = Proc(control_cmd.spawn().context("starting control")?);
+    let url = format!("http://127.0.0.1:{control_port}");
+    wait_http(&format!("{url}/health"))?;
+    let admin = output(
+        Command::new(bin)
+            .args(["token", "admin"])
+            .env("JWT_SECRET", SECRET),
+    )?;
+    let auth = format!("Authorization: Bearer {}", admin.trim());
+    let created = curl_json(&[
+        "-X",
+        "POST",
+        &format!("{url}/v1/tenants"),
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &serde_json::json!({ "id": tenant }).to_string(),
+    ])?;
+    let anon = created["anon_key"].as_str().context("anon key")?.to_owned();
+    Ok(BenchControl {
+        _proc: proc,
+        url,
+        auth,
+        anon,
+        db,
+    })
+}
+
 /// Runs the worker benchmark and prints the comparison.
 pub fn worker() -> Result<()> {
     step("bench: worker vs pgbench");
@@ -251,45 +312,12 @@ pub fn worker() -> Result<()> {
     std::fs::create_dir_all(&work)?;
 
     // Postgres, control (CPU1, consulted once thanks to the cache), a tenant.
-    let db = madbase_testkit::postgres()?;
-    let control_port = free_port()?;
-    let mut control_cmd = Command::new("taskset");
-    control_cmd
-        .args(["-c", "1"])
-        .arg(&bin)
-        .arg("control")
-        .env("JWT_SECRET", SECRET)
-        .env("MADBASE_MASTER_KEY", MASTER_KEY)
-        .env("DATABASE_URL", &db.url)
-        .env("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres"))
-        .env("MADBASE_LISTEN", format!("127.0.0.1:{control_port}"))
-        .env(
-            "MADBASE_ADMIN_LISTEN",
-            format!("127.0.0.1:{}", free_port()?),
-        )
-        .stdout(std::fs::File::create(work.join("control.log"))?)
-        .stderr(Stdio::inherit());
-    let _control = Proc(control_cmd.spawn().context("starting control")?);
-    let control_url = format!("http://127.0.0.1:{control_port}");
-    wait_http(&format!("{control_url}/health"))?;
-    let admin = output(
-        Command::new(&bin)
-            .args(["token", "admin"])
-            .env("JWT_SECRET", SECRET),
-    )?;
-    let auth = format!("Authorization: Bearer {}", admin.trim());
-    let created = curl_json(&[
-        "-X",
-        "POST",
-        &format!("{control_url}/v1/tenants"),
-        "-H",
-        &auth,
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        r#"{"id":"bench"}"#,
-    ])?;
-    let anon = created["anon_key"].as_str().context("anon key")?.to_owned();
+    let control = control_with_tenant(&bin, &work, "bench")?;
+    let (control_url, auth, anon) = (
+        control.url.clone(),
+        control.auth.clone(),
+        control.anon.clone(),
+    );
     let fixture = format!(
         "CREATE TABLE bench_items (id int PRIMARY KEY, name text NOT NULL, price numeric NOT NULL, \
          created_at timestamptz NOT NULL DEFAULT '2026-01-01'); \
@@ -349,7 +377,7 @@ pub fn worker() -> Result<()> {
     }
 
     let pgbench_bin = pg_tool("pgbench");
-    let tenant_db = db.server.url_for("tenant_bench");
+    let tenant_db = control.db.server.url_for("tenant_bench");
     let mut report = Vec::new();
     for w in workloads(&anon) {
         let slug = w.name.replace(' ', "_");

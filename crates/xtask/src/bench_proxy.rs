@@ -14,11 +14,10 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{Proc, cpu_seconds, free_port, wait_http};
+use crate::bench::{Proc, control_with_tenant, cpu_seconds, free_port, wait_http};
 use crate::util::{root, run, step};
 
 const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
-const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const RUN_SECONDS: u32 = 8;
 
 /// Sum of CPU seconds of a process and its children (nginx master + worker).
@@ -157,46 +156,8 @@ pub fn proxy() -> Result<()> {
     ))?;
 
     // control (on CPU1, consulted once thanks to the cache) and the proxy on CPU0.
-    let db = madbase_testkit::postgres()?;
-    let control_port = free_port()?;
-    let mut control_cmd = Command::new("taskset");
-    control_cmd
-        .args(["-c", "1"])
-        .arg(&bin)
-        .arg("control")
-        .env("JWT_SECRET", SECRET)
-        .env("MADBASE_MASTER_KEY", MASTER_KEY)
-        .env("DATABASE_URL", &db.url)
-        .env("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres"))
-        .env("MADBASE_LISTEN", format!("127.0.0.1:{control_port}"))
-        .env(
-            "MADBASE_ADMIN_LISTEN",
-            format!("127.0.0.1:{}", free_port()?),
-        )
-        .stdout(std::fs::File::create(work.join("control.log"))?)
-        .stderr(Stdio::inherit());
-    let _control = Proc(control_cmd.spawn().context("starting control")?);
-    let control_url = format!("http://127.0.0.1:{control_port}");
-    wait_http(&format!("{control_url}/health"))?;
-    let admin = crate::util::output(
-        Command::new(&bin)
-            .args(["token", "admin"])
-            .env("JWT_SECRET", SECRET),
-    )?;
-    let created = crate::util::output(Command::new("curl").args([
-        "-sf",
-        "-X",
-        "POST",
-        &format!("{control_url}/v1/tenants"),
-        "-H",
-        &format!("Authorization: Bearer {}", admin.trim()),
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        r#"{"id":"pbench"}"#,
-    ]))?;
-    let created: serde_json::Value = serde_json::from_str(&created)?;
-    let anon = created["anon_key"].as_str().context("anon key")?.to_owned();
+    let control = control_with_tenant(&bin, &work, "pbench")?;
+    let (control_url, anon) = (control.url.clone(), control.anon.clone());
 
     let proxy_port = free_port()?;
     let mut proxy_cmd = Command::new("taskset");
