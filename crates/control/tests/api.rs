@@ -4,7 +4,6 @@
 //! control on a real loopback listener.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,18 +18,7 @@ use madbase_testkit::TestDb;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
-const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-
-/// A tenant id unique across parallel test processes on one cluster.
-fn unique_id(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use madbase_testkit::service::{JWT_SECRET as SECRET, MASTER_KEY, unique_id};
 
 fn config(db: &TestDb, master_key: &str) -> madbase_control::Config {
     let vars: HashMap<String, String> = [

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -16,17 +15,7 @@ use madbase_platform::config::Env;
 use madbase_platform::{CancellationToken, Listeners, ServiceApp, jwt};
 use serde_json::{Value, json};
 
-const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
-const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-
-fn unique_id(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use madbase_testkit::service::{JWT_SECRET as SECRET, MASTER_KEY, unique_id};
 
 /// A running service on loopback.
 struct Served {

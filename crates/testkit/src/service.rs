@@ -49,3 +49,15 @@ pub async fn assert_health(app: &ServiceApp) {
         assert_eq!(v["version"], madbase_platform::VERSION);
     }
 }
+
+/// A tenant id unique across parallel test processes sharing one cluster
+/// (roles and databases are cluster-wide).
+pub fn unique_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -2,14 +2,13 @@
 //! its own Postgres, the printed `curl` flow, SIGTERM, no Postgres left
 //! behind, and the data still there on the next start.
 
-use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::helpers::BIN;
+use crate::helpers::{capture_lines, madbase_command};
 
 struct Dev {
     child: Child,
@@ -24,31 +23,13 @@ fn free_port() -> u16 {
 }
 
 fn start(data_dir: &Path, ports: &[(String, String)]) -> Dev {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["dev", "--data-dir"]).arg(data_dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MADBASE_")
-            || k.starts_with("OTEL_")
-            || k == "DATABASE_URL"
-            || k == "JWT_SECRET"
-        {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(ports.iter().map(|(k, v)| (k, v)));
-    let mut child = cmd
+    let data_dir = data_dir.to_string_lossy();
+    let mut child = madbase_command(&["dev", "--data-dir", &data_dir], ports)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn madbase dev");
-    let stderr = child.stderr.take().expect("stderr");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().expect("lines").push(line);
-        }
-    });
+    let lines = capture_lines(child.stderr.take().expect("stderr"));
     let dev = Dev {
         child,
         stderr: lines,

@@ -45,11 +45,11 @@ pub fn base_env(service: &str) -> Vec<(String, String)> {
     env
 }
 
-/// Starts `madbase <service>` with `env` (which replaces the inherited
-/// madbase/OTEL variables) and waits until it listens.
-pub fn start(service: &str, env: &[(String, String)]) -> Running {
+/// `madbase <args>` with `env` replacing the inherited madbase, OTEL and
+/// database variables.
+pub fn madbase_command(args: &[&str], env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.arg(service);
+    cmd.args(args);
     for (k, _) in std::env::vars() {
         if k.starts_with("MADBASE_")
             || k.starts_with("OTEL_")
@@ -60,19 +60,30 @@ pub fn start(service: &str, env: &[(String, String)]) -> Running {
         }
     }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    let mut child = cmd
+    cmd
+}
+
+/// Collects the lines of `reader` (a child's stdout or stderr) in the background.
+pub fn capture_lines(reader: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            sink.lock().expect("lines").push(line);
+        }
+    });
+    lines
+}
+
+/// Starts `madbase <service>` with `env` (which replaces the inherited
+/// madbase/OTEL variables) and waits until it listens.
+pub fn start(service: &str, env: &[(String, String)]) -> Running {
+    let mut child = madbase_command(&[service], env)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn madbase");
-    let stdout = child.stdout.take().expect("stdout");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().expect("lines").push(line);
-        }
-    });
+    let lines = capture_lines(child.stdout.take().expect("stdout"));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = lines.lock().expect("lines").iter().find_map(|l| {
