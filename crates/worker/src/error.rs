@@ -4,6 +4,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use madbase_platform::ApiError;
 
+use crate::conns::DbError;
 use crate::query::ParseError;
 
 /// Everything a request can fail with.
@@ -17,7 +18,7 @@ pub enum Error {
     TableNotFound(String),
     /// A Postgres error; `anon` says whether the request had no user (42501 → 401).
     #[error("database: {source}")]
-    Db { source: sqlx::Error, anon: bool },
+    Db { source: DbError, anon: bool },
     /// A bug or an impossible state: 500 with the cause logged.
     #[error("{0}")]
     Internal(String),
@@ -58,28 +59,16 @@ impl Error {
     }
 
     /// The SQLSTATE of a database error.
-    pub fn sqlstate(&self) -> Option<String> {
+    pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            Error::Db {
-                source: sqlx::Error::Database(e),
-                ..
-            } => e.code().map(|c| c.into_owned()),
+            Error::Db { source, .. } => source.sqlstate(),
             _ => None,
         }
     }
 
     /// The connection broke (worth one retry on a fresh connection).
     pub fn is_broken_connection(&self) -> bool {
-        match self {
-            Error::Db { source, .. } => match source {
-                sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
-                sqlx::Error::Database(e) => e
-                    .code()
-                    .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P02"),
-                _ => false,
-            },
-            _ => false,
-        }
+        matches!(self, Error::Db { source, .. } if source.is_broken_connection())
     }
 
     pub fn into_api(self) -> ApiError {
@@ -97,59 +86,55 @@ impl Error {
 }
 
 /// Maps a Postgres error the way PostgREST does.
-fn db_error(e: &sqlx::Error, anon: bool) -> ApiError {
-    match e {
-        sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            let status = match code.as_str() {
-                "23505" | "23503" | "40001" => StatusCode::CONFLICT,
-                "42P01" | "42883" => StatusCode::NOT_FOUND,
-                "42501" if anon => StatusCode::UNAUTHORIZED,
-                "42501" => StatusCode::FORBIDDEN,
-                "25006" => StatusCode::METHOD_NOT_ALLOWED,
-                "57014" => StatusCode::SERVICE_UNAVAILABLE,
-                "P0001" => StatusCode::BAD_REQUEST,
-                c if c.starts_with("28") || c.starts_with("0L") || c.starts_with("0P") => {
-                    StatusCode::FORBIDDEN
-                }
-                c if c.starts_with("08") || c.starts_with("53") => StatusCode::SERVICE_UNAVAILABLE,
-                c if c.starts_with("XX") => StatusCode::INTERNAL_SERVER_ERROR,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
-            let mut err = ApiError::new(status, code, db.message());
-            if let Some(pg) = pg {
-                if let Some(d) = pg.detail() {
-                    err = err.details(d);
-                }
-                if let Some(h) = pg.hint() {
-                    err = err.hint(h);
-                }
+fn db_error(e: &DbError, anon: bool) -> ApiError {
+    if let Some(db) = e.db() {
+        let code = db.code().code();
+        let status = match code {
+            "23505" | "23503" | "40001" => StatusCode::CONFLICT,
+            "42P01" | "42883" => StatusCode::NOT_FOUND,
+            "42501" if anon => StatusCode::UNAUTHORIZED,
+            "42501" => StatusCode::FORBIDDEN,
+            "25006" => StatusCode::METHOD_NOT_ALLOWED,
+            "57014" => StatusCode::SERVICE_UNAVAILABLE,
+            "P0001" => StatusCode::BAD_REQUEST,
+            c if c.starts_with("28") || c.starts_with("0L") || c.starts_with("0P") => {
+                StatusCode::FORBIDDEN
             }
-            if status.is_server_error() {
-                tracing::warn!(error = %e, "database error");
-            }
-            err
+            c if c.starts_with("08") || c.starts_with("53") => StatusCode::SERVICE_UNAVAILABLE,
+            c if c.starts_with("XX") => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let mut err = ApiError::new(status, code, db.message());
+        if let Some(d) = db.detail() {
+            err = err.details(d);
         }
-        sqlx::Error::PoolTimedOut => ApiError::new(
+        if let Some(h) = db.hint() {
+            err = err.hint(h);
+        }
+        if status.is_server_error() {
+            tracing::warn!(error = %e, "database error");
+        }
+        return err;
+    }
+    match e {
+        DbError::PoolTimedOut => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "PGRST003",
             "Timed out acquiring connection from connection pool.",
         ),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => {
-            tracing::warn!(error = %e, "database connection failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "PGRST000",
-                "Database client error. Retrying the connection.",
-            )
-        }
+        DbError::PoolClosed => unavailable(e),
+        DbError::Postgres(_) if e.is_broken_connection() => unavailable(e),
         other => ApiError::internal(&anyhow::anyhow!("{other}")),
     }
+}
+
+fn unavailable(e: &DbError) -> ApiError {
+    tracing::warn!(error = %e, "database connection failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "PGRST000",
+        "Database client error. Retrying the connection.",
+    )
 }
 
 impl IntoResponse for Error {

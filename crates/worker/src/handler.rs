@@ -13,10 +13,11 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use madbase_platform::jwt::{self, JwtError};
 use madbase_platform::tenants::TenantInfo;
 use serde_json::Value;
-use sqlx::Row as _;
+use tokio_postgres::types::{ToSql, Type};
 use tracing::Instrument as _;
 
 use crate::AppState;
+use crate::conns::{Conn, DbError};
 use crate::error::Error;
 use crate::plan::{self, Arg, Planner, Shape, Source, Sql};
 use crate::pool::TenantDb;
@@ -301,7 +302,7 @@ async fn execute(
         .query_duration
         .observe(start.elapsed().as_secs_f64());
     if let Err(e) = &result
-        && matches!(e.sqlstate().as_deref(), Some("42P01" | "42703" | "42883"))
+        && matches!(e.sqlstate(), Some("42P01" | "42703" | "42883"))
     {
         ctx.db.stale_after_miss();
     }
@@ -326,92 +327,166 @@ struct TxJob {
 
 async fn run_tx(job: &TxJob) -> Result<Outcome, Error> {
     let anon = job.anon;
-    let db = |source: sqlx::Error| Error::Db { source, anon };
+    let db = |source: DbError| Error::Db { source, anon };
     let mut lease = job.conns.acquire().await.map_err(db)?;
     let result = run_on(job, lease.conn().map_err(db)?).await;
     match &result {
         // A broken connection, or one whose COMMIT outcome is unknown, is closed.
         Err(e) if e.is_broken_connection() => drop(lease),
         Err(Error::Api(a)) if a.code == "PGRST000" => drop(lease),
-        // Otherwise it is reused; a failed transaction's ROLLBACK was queued
-        // when it was dropped and goes out before the connection's next use.
+        // Otherwise it is reused: every path below ends the transaction.
         _ => lease.release(),
     }
     result
 }
 
-async fn run_on(job: &TxJob, conn: &mut sqlx::PgConnection) -> Result<Outcome, Error> {
-    use sqlx::Connection as _;
-    let (read_only, kind, check_single, sql) =
-        (job.read_only, job.kind, job.check_single, &job.sql);
+/// What the data statement gave back.
+enum Got {
+    Row(tokio_postgres::Row),
+    Affected(u64),
+}
+
+/// One request's transaction, pipelined: `BEGIN`, `set_config` and the
+/// statement (prepared on this connection earlier) are sent together, and
+/// for a read `COMMIT` too, so a read costs one round trip. A statement not
+/// yet prepared on the connection is prepared first inside the transaction,
+/// as the request's role (one more round trip, once). A write's `COMMIT` goes
+/// out only after its statement succeeded (and, for a singular write, after
+/// its row count was checked): if the connection breaks before that, nothing
+/// was committed and the request may be retried; if it breaks during
+/// `COMMIT`, the outcome is unknown and reported so.
+///
+/// A failed message aborts the transaction, so the messages after it fail
+/// too and the pipelined `COMMIT` ends it as a rollback. `BEGIN` on a pooled
+/// connection (always outside a transaction) fails only when the connection
+/// does, and then every message fails with it.
+async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
     let anon = job.anon;
-    let db = |source: sqlx::Error| Error::Db { source, anon };
-    let mut tx = conn
-        .begin_with(if read_only {
-            "BEGIN READ ONLY"
-        } else {
-            "BEGIN"
-        })
-        .await
-        .map_err(db)?;
-    sqlx::query(
-        "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true), \
-         set_config('request.method', $3, true), set_config('request.path', $4, true), \
-         set_config('request.headers', $5, true), set_config('statement_timeout', $6, true)",
-    )
-    .bind(&job.role)
-    .bind(&job.claims)
-    .bind(&job.method)
-    .bind(&job.path)
-    .bind(&job.headers)
-    .bind(&job.timeout)
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
+    let pg = |e: tokio_postgres::Error| Error::Db {
+        source: DbError::Postgres(e),
+        anon,
+    };
+    let sql = &job.sql;
     tracing::debug!(sql = %sql.text, "query");
-    let mut q = sqlx::query(&sql.text);
-    for a in &sql.args {
-        q = match a {
-            Arg::Text(s) => q.bind(s.as_str()),
-            Arg::TextArray(v) => q.bind(v.as_slice()),
-            Arg::Int(i) => q.bind(*i),
-        };
-    }
-    let outcome = match kind {
-        Kind::Rows => {
-            let row = q.fetch_one(&mut *tx).await.map_err(db)?;
-            Outcome {
-                total: row.try_get::<Option<i64>, _>(0).map_err(db)?,
-                page: row.try_get::<i64, _>(1).map_err(db)?,
-                body: row.try_get::<String, _>(2).map_err(db)?,
-            }
-        }
-        Kind::Affected => {
-            let done = q.execute(&mut *tx).await.map_err(db)?;
-            Outcome {
-                total: None,
-                page: i64::try_from(done.rows_affected()).unwrap_or(i64::MAX),
-                body: String::new(),
+    let params: Vec<&(dyn ToSql + Sync)> = sql.args.iter().map(Arg::as_sql).collect();
+    let settings: [&(dyn ToSql + Sync); 6] = [
+        &job.role,
+        &job.claims,
+        &job.method,
+        &job.path,
+        &job.headers,
+        &job.timeout,
+    ];
+    let begin = if job.read_only {
+        conn.begin_read_only.clone()
+    } else {
+        conn.begin.clone()
+    };
+    let types: Vec<Type> = sql.args.iter().map(Arg::pg_type).collect();
+    let cached = conn.cached(&sql.text, &types);
+    let began = cached.is_none();
+    let statement = match cached {
+        Some(s) => s,
+        None => {
+            let c = &conn.client;
+            let (b, s, p) = tokio::join!(
+                c.execute(&begin, &[]),
+                c.execute(&conn.set_config, &settings),
+                c.prepare_typed(&sql.text, &types),
+            );
+            let prepared = b.and(s).and(p);
+            match prepared {
+                Ok(p) => {
+                    conn.keep(&sql.text, p.clone());
+                    p
+                }
+                Err(e) => {
+                    let _ = conn.client.execute(&conn.rollback, &[]).await;
+                    return Err(pg(e));
+                }
             }
         }
     };
-    if check_single && outcome.page != 1 {
-        let _ = tx.rollback().await;
-        return Err(not_single(outcome.page));
+    let c = &conn.client;
+    let commit_with = job.read_only;
+    let (b, s, r, end) = tokio::join!(
+        async {
+            match began {
+                true => Ok(0),
+                false => c.execute(&begin, &[]).await,
+            }
+        },
+        async {
+            match began {
+                true => Ok(0),
+                false => c.execute(&conn.set_config, &settings).await,
+            }
+        },
+        async {
+            match job.kind {
+                Kind::Rows => c.query_one(&statement, &params).await.map(Got::Row),
+                Kind::Affected => c.execute(&statement, &params).await.map(Got::Affected),
+            }
+        },
+        async {
+            match commit_with {
+                true => Some(c.execute(&conn.commit, &[]).await),
+                false => None,
+            }
+        },
+    );
+    // The first failure is the cause; the ones after it follow from it.
+    let got = b.and(s).and(r);
+    let single = |o: Outcome| match job.check_single && o.page != 1 {
+        true => Err(not_single(o.page)),
+        false => Ok(o),
+    };
+    if let Some(committed) = end {
+        let got = got.map_err(pg)?;
+        committed.map_err(pg)?;
+        return outcome(got).map_err(pg).and_then(single);
     }
-    if let Err(e) = tx.commit().await {
-        if read_only {
-            return Err(db(e));
+    let checked = got.and_then(outcome).map_err(pg).and_then(single);
+    let out = match checked {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_broken_connection() {
+                c.execute(&conn.rollback, &[]).await.map_err(pg)?;
+            }
+            return Err(e);
         }
-        // The write may or may not be committed: never retried.
-        tracing::warn!(error = %e, "COMMIT failed");
-        return Err(Error::api(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "PGRST000",
-            "The connection was lost during COMMIT; the write may or may not have been applied.",
-        ));
+    };
+    match c.execute(&conn.commit, &[]).await {
+        Ok(_) => Ok(out),
+        // The server refused the commit (e.g. a deferred constraint): rolled back.
+        Err(e) if e.as_db_error().is_some() => Err(pg(e)),
+        Err(e) => {
+            // The write may or may not be committed: never retried.
+            tracing::warn!(error = %e, "COMMIT failed");
+            Err(Error::api(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "PGRST000",
+                "The connection was lost during COMMIT; the write may or may not have been applied.",
+            ))
+        }
     }
-    Ok(outcome)
+}
+
+/// The statement's result as an [`Outcome`]: `(total, page_total, body)` for
+/// rows, the row count for the rest.
+fn outcome(got: Got) -> Result<Outcome, tokio_postgres::Error> {
+    Ok(match got {
+        Got::Row(row) => Outcome {
+            total: row.try_get::<_, Option<i64>>(0)?,
+            page: row.try_get::<_, i64>(1)?,
+            body: row.try_get::<_, String>(2)?,
+        },
+        Got::Affected(n) => Outcome {
+            total: None,
+            page: i64::try_from(n).unwrap_or(i64::MAX),
+            body: String::new(),
+        },
+    })
 }
 
 fn not_single(n: i64) -> Error {

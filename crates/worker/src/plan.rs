@@ -19,6 +19,27 @@ pub enum Arg {
     Int(i64),
 }
 
+impl Arg {
+    /// The Postgres type the parameter is bound as.
+    pub fn pg_type(&self) -> tokio_postgres::types::Type {
+        use tokio_postgres::types::Type;
+        match self {
+            Arg::Text(_) => Type::TEXT,
+            Arg::TextArray(_) => Type::TEXT_ARRAY,
+            Arg::Int(_) => Type::INT8,
+        }
+    }
+
+    /// The parameter for tokio-postgres.
+    pub fn as_sql(&self) -> &(dyn tokio_postgres::types::ToSql + Sync) {
+        match self {
+            Arg::Text(s) => s,
+            Arg::TextArray(v) => v,
+            Arg::Int(i) => i,
+        }
+    }
+}
+
 /// SQL text with its parameters.
 #[derive(Debug, Default)]
 pub struct Sql {

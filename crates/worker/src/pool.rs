@@ -18,10 +18,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::task::JoinHandle;
 
-use crate::conns::Conns;
+use crate::conns::{Conns, DbError, Target};
 use crate::schema::Schema;
 
 /// Pool settings.
@@ -46,43 +45,22 @@ struct StateLabels {
     state: &'static str,
 }
 
-/// Where a pool connects: a change (e.g. a new password) replaces the pool.
-struct Target {
-    host: String,
-    port: u16,
-    database: String,
-    user: String,
-    password: String,
+/// A change of where a pool connects (e.g. a new password) replaces it.
+fn matches(target: &Target, t: &TenantInfo) -> bool {
+    target.host == t.db_host
+        && target.port == t.db_port
+        && target.database == t.database
+        && target.user == t.authenticator_user
+        && target.password == t.authenticator_password
 }
 
-impl Target {
-    fn of(t: &TenantInfo) -> Self {
-        Target {
-            host: t.db_host.clone(),
-            port: t.db_port,
-            database: t.database.clone(),
-            user: t.authenticator_user.clone(),
-            password: t.authenticator_password.clone(),
-        }
-    }
-
-    fn matches(&self, t: &TenantInfo) -> bool {
-        self.host == t.db_host
-            && self.port == t.db_port
-            && self.database == t.database
-            && self.user == t.authenticator_user
-            && self.password == t.authenticator_password
-    }
-}
-
-impl std::fmt::Debug for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Target")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .finish_non_exhaustive()
+fn target_of(t: &TenantInfo) -> Target {
+    Target {
+        host: t.db_host.clone(),
+        port: t.db_port,
+        database: t.database.clone(),
+        user: t.authenticator_user.clone(),
+        password: t.authenticator_password.clone(),
     }
 }
 
@@ -92,8 +70,8 @@ pub struct TenantDb {
     pub id: String,
     /// The connections requests use.
     pub conns: Arc<Conns>,
-    /// A one-connection sqlx pool for the `LISTEN` connection.
-    listen_pool: PgPool,
+    /// The `LISTEN` connection is open.
+    listening: Arc<AtomicBool>,
     target: Target,
     last_used: AtomicU64,
     stale: Arc<AtomicBool>,
@@ -104,7 +82,7 @@ pub struct TenantDb {
 
 impl TenantDb {
     /// The schema cache, (re)loaded when missing or marked stale.
-    pub async fn schema(&self, pools: &Pools) -> Result<Arc<Schema>, sqlx::Error> {
+    pub async fn schema(&self, pools: &Pools) -> Result<Arc<Schema>, DbError> {
         let mut guard = self.schema.lock().await;
         if let Some(s) = guard.as_ref()
             && !self.stale.load(Ordering::Acquire)
@@ -202,7 +180,7 @@ impl Pools {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(db) = map.get(&tenant.id)
-            && db.target.matches(tenant)
+            && matches(&db.target, tenant)
         {
             db.last_used.store(self.now(), Ordering::Relaxed);
             return db.clone();
@@ -224,38 +202,27 @@ impl Pools {
                 close(old);
             }
         }
-        let options = PgConnectOptions::new()
-            .host(&tenant.db_host)
-            .port(tenant.db_port)
-            .username(&tenant.authenticator_user)
-            .password(&tenant.authenticator_password)
-            .database(&tenant.database)
-            .application_name("madbase-worker");
+        let target = target_of(tenant);
         // The LISTEN connection counts against the tenant's limit.
         let conns = Conns::new(
-            options.clone(),
+            target.clone(),
             self.config.max_per_tenant.saturating_sub(1).max(1),
             self.config.acquire_timeout,
         );
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .min_connections(0)
-            .acquire_timeout(self.config.acquire_timeout)
-            .test_before_acquire(false)
-            .connect_lazy_with(options);
         let stale = Arc::new(AtomicBool::new(false));
+        let listening = Arc::new(AtomicBool::new(false));
         let db = Arc::new(TenantDb {
             id: tenant.id.clone(),
             conns,
-            listen_pool: pool.clone(),
-            target: Target::of(tenant),
+            listening: listening.clone(),
+            target: target.clone(),
             last_used: AtomicU64::new(self.now()),
             stale: stale.clone(),
             schema: tokio::sync::Mutex::new(None),
             last_miss_reload: Mutex::new(None),
             listener: Mutex::new(None),
         });
-        let handle = tokio::spawn(listen(tenant.id.clone(), pool, stale));
+        let handle = tokio::spawn(listen(tenant.id.clone(), target, stale, listening));
         *db.listener
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
@@ -321,46 +288,60 @@ fn close(db: Arc<TenantDb>) {
     db.stop();
     // In-flight requests keep their connections until they finish.
     db.conns.close();
-    let pool = db.listen_pool.clone();
-    tokio::spawn(async move { pool.close().await });
 }
 
 /// `LISTEN pgrst`: `reload schema` (or an empty payload) marks the cache
 /// stale; a lost connection too, since notifications may have been missed.
-async fn listen(tenant: String, pool: PgPool, stale: Arc<AtomicBool>) {
+/// Aborted with its pool.
+async fn listen(
+    tenant: String,
+    target: Target,
+    stale: Arc<AtomicBool>,
+    listening: Arc<AtomicBool>,
+) {
     loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
+        let ended = listen_once(&target, &stale, &listening).await;
+        listening.store(false, Ordering::Relaxed);
+        stale.store(true, Ordering::Release);
+        match ended {
+            Ok(()) => tracing::debug!(tenant = %tenant, "LISTEN connection closed; reconnecting"),
             Err(e) => {
-                tracing::debug!(tenant = %tenant, error = %e, "LISTEN connection failed; retrying");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                continue;
+                tracing::debug!(tenant = %tenant, error = %e, "LISTEN connection failed; retrying")
             }
-        };
-        if let Err(e) = listener.listen("pgrst").await {
-            tracing::debug!(tenant = %tenant, error = %e, "LISTEN failed; retrying");
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            continue;
         }
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(n)) => {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// One `LISTEN` connection until it ends.
+async fn listen_once(
+    target: &Target,
+    stale: &AtomicBool,
+    listening: &AtomicBool,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = target.config().connect(tokio_postgres::NoTls).await?;
+    listening.store(true, Ordering::Relaxed);
+    let subscribe = client.batch_execute("LISTEN pgrst");
+    tokio::pin!(subscribe);
+    let mut subscribed = false;
+    loop {
+        tokio::select! {
+            r = &mut subscribe, if !subscribed => {
+                r?;
+                subscribed = true;
+            }
+            m = std::future::poll_fn(|cx| connection.poll_message(cx)) => match m {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
                     let payload = n.payload().trim();
                     if payload.is_empty() || payload == "reload schema" {
-                        tracing::info!(tenant = %tenant, "schema reload requested");
+                        tracing::info!(channel = n.channel(), "schema reload requested");
                         stale.store(true, Ordering::Release);
                     }
                 }
-                Ok(None) => {
-                    stale.store(true, Ordering::Release);
-                }
-                Err(e) => {
-                    tracing::debug!(tenant = %tenant, error = %e, "LISTEN connection lost");
-                    stale.store(true, Ordering::Release);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    break;
-                }
-            }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
         }
     }
 }
@@ -382,7 +363,11 @@ impl Collector for PoolCollector {
             .values()
             .map(|d| {
                 let (open, idle) = d.conns.sizes();
-                (d.id.clone(), open + d.listen_pool.size(), idle as usize)
+                (
+                    d.id.clone(),
+                    open + u32::from(d.listening.load(Ordering::Relaxed)),
+                    idle as usize,
+                )
             })
             .collect();
         let pools = ConstGauge::new(snapshot.len() as i64);

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sqlx::PgConnection;
+use tokio_postgres::types::Type;
+
+use crate::conns::{Conn, DbError};
 
 /// A column of a table, view or function result.
 #[derive(Debug, Clone, Deserialize)]
@@ -115,10 +117,16 @@ impl Schema {
     }
 
     /// Loads the cache for `schemas` from the catalogs.
-    pub async fn load(conn: &mut PgConnection, schemas: &[String]) -> Result<Schema, sqlx::Error> {
-        let (json,): (String,) = sqlx::query_as(LOAD).bind(schemas).fetch_one(conn).await?;
+    pub async fn load(conn: &Conn, schemas: &[String]) -> Result<Schema, DbError> {
+        let row = conn
+            .client
+            .query_typed(LOAD, &[(&schemas, Type::TEXT_ARRAY)])
+            .await?
+            .pop()
+            .ok_or_else(|| DbError::Decode("schema cache: no row".into()))?;
+        let json: String = row.try_get(0)?;
         let raw: Raw = serde_json::from_str(&json)
-            .map_err(|e| sqlx::Error::Protocol(format!("schema cache: {e}")))?;
+            .map_err(|e| DbError::Decode(format!("schema cache: {e}")))?;
         Ok(Self::from_raw(raw))
     }
 

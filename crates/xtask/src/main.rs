@@ -77,15 +77,31 @@ enum Task {
     /// every dashboard query, ServiceDown, request IDs in logs, traces.
     Observability,
     /// Benchmarks (not tests): the proxy against nginx in front of the same
-    /// upstream; ratios against the peer measured in the same run.
-    Bench,
+    /// upstream, the worker against pgbench; ratios against the peer
+    /// measured in the same run.
+    Bench {
+        /// Only this benchmark (default: all).
+        #[arg(value_enum)]
+        only: Option<Bench>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Bench {
+    Proxy,
+    Worker,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Bench => {
-            bench_proxy::proxy()?;
-            bench::worker()
+        Task::Bench { only } => {
+            if only != Some(Bench::Worker) {
+                bench_proxy::proxy()?;
+            }
+            if only != Some(Bench::Proxy) {
+                bench::worker()?;
+            }
+            Ok(())
         }
         Task::Ci => ci(),
         Task::Lint => lint(),
