@@ -20,17 +20,31 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::util::{output, root, run, step};
 
-const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
+pub(crate) const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const RUN_SECONDS: u32 = 8;
 const CONNECTIONS: u32 = 16;
 const ROWS: u32 = 10_000;
+/// Through-proxy throughput against direct (issue 5).
+const PROXIED_TARGET: f64 = 0.8;
 
 /// Kills its process on drop.
 pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
+    /// SIGTERM first (an nginx master then stops its workers; SIGKILL would
+    /// orphan them), SIGKILL after 5 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -87,7 +101,8 @@ ORDER BY \"t0\".\"id\" ASC LIMIT 100) _s;";
 const INSERT: &str = "INSERT INTO \"public\".\"bench_log\" AS \"t0\" (\"name\", \"price\") SELECT \"name\", \"price\" \
 FROM json_populate_recordset(NULL::\"public\".\"bench_log\", json_build_array('{\"name\":\"bench\",\"price\":1.5}'::text::json)) _;";
 
-fn workloads(anon: &str) -> Vec<Workload> {
+/// The workloads; `prefix` goes before `/rest/v1` (`/t/<tenant>` through the proxy).
+fn workloads(anon: &str, prefix: &str) -> Vec<Workload> {
     let headers = format!(
         "wrk.headers[\"apikey\"] = \"{anon}\"\nwrk.headers[\"X-Madbase-Tenant\"] = \"bench\"\n"
     );
@@ -96,7 +111,7 @@ fn workloads(anon: &str) -> Vec<Workload> {
             name: "single-row GET",
             target: 0.5,
             lua: format!(
-                "{headers}request = function()\n  return wrk.format(\"GET\", \"/rest/v1/bench_items?id=eq.\" .. math.random(1, {ROWS}))\nend\n"
+                "{headers}request = function()\n  return wrk.format(\"GET\", \"{prefix}/rest/v1/bench_items?id=eq.\" .. math.random(1, {ROWS}))\nend\n"
             ),
             statement: SINGLE,
             read_only: true,
@@ -107,7 +122,7 @@ fn workloads(anon: &str) -> Vec<Workload> {
             name: "100-row GET",
             target: 0.7,
             lua: format!(
-                "{headers}request = function()\n  return wrk.format(\"GET\", \"/rest/v1/bench_items?order=id&limit=100&id=gte.\" .. math.random(1, {}))\nend\n",
+                "{headers}request = function()\n  return wrk.format(\"GET\", \"{prefix}/rest/v1/bench_items?order=id&limit=100&id=gte.\" .. math.random(1, {}))\nend\n",
                 ROWS - 100
             ),
             statement: HUNDRED,
@@ -376,13 +391,22 @@ pub fn worker() -> Result<()> {
         bail!("unexpected answer from the worker: {probe}");
     }
 
+    // The same requests through the proxy (on CPU0 too).
+    let (_proxy, proxy_port) =
+        crate::bench_proxy::start_proxy(&bin, &work, &control_url, &worker_url)?;
+    let proxy_url = format!("http://127.0.0.1:{proxy_port}/t/bench");
+    let via_proxy = workloads(&anon, "/t/bench");
+
     let pgbench_bin = pg_tool("pgbench");
     let tenant_db = control.db.server.url_for("tenant_bench");
     let mut report = Vec::new();
-    for w in workloads(&anon) {
+    for (w, p) in workloads(&anon, "").into_iter().zip(via_proxy) {
         let slug = w.name.replace(' ', "_");
         let lua = work.join(format!("{slug}.lua"));
         std::fs::write(&lua, &w.lua)?;
+        let proxied_lua = work.join(format!("{slug}-proxy.lua"));
+        std::fs::write(&proxied_lua, &p.lua)?;
+        let proxied_url = format!("{proxy_url}{}", w.path);
         let whole = work.join(format!("{slug}.sql"));
         std::fs::write(&whole, pgbench_script(&w, true))?;
         let bare = work.join(format!("{slug}-statement.sql"));
@@ -391,15 +415,18 @@ pub fn worker() -> Result<()> {
         let url = format!("{worker_url}{}", w.path);
         // Warm-up.
         wrk(&url, &lua, 2)?;
+        wrk(&proxied_url, &proxied_lua, 2)?;
         pgbench(&pgbench_bin, &tenant_db, &whole, 2)?;
         pgbench(&pgbench_bin, &tenant_db, &bare, 2)?;
         let (mut ours, mut same_sql, mut statement) = (Vec::new(), Vec::new(), Vec::new());
+        let mut proxied = Vec::new();
         let mut cpu = Vec::new();
         for _ in 0..3 {
             let before = cpu_seconds(worker_pid)?;
             let rps = wrk(&url, &lua, RUN_SECONDS)?;
             cpu.push((cpu_seconds(worker_pid)? - before) / (rps * f64::from(RUN_SECONDS)));
             ours.push(rps);
+            proxied.push(wrk(&proxied_url, &proxied_lua, RUN_SECONDS)?);
             same_sql.push(pgbench(&pgbench_bin, &tenant_db, &whole, RUN_SECONDS)?);
             statement.push(pgbench(&pgbench_bin, &tenant_db, &bare, RUN_SECONDS)?);
         }
@@ -410,6 +437,7 @@ pub fn worker() -> Result<()> {
             median(same_sql),
             median(statement),
             median(cpu),
+            median(proxied),
         ));
     }
 
@@ -429,7 +457,7 @@ pub fn worker() -> Result<()> {
         "worker CPU µs"
     );
     let mut missed = Vec::new();
-    for (name, target, ours, same, stmt, cpu) in &report {
+    for (name, target, ours, same, stmt, cpu, _) in &report {
         let ratio = ours / same;
         println!(
             "{:<16} {:>10.0} {:>16.0} {:>7.2}× {:>7.1}× {:>16.0} {:>7.2}× {:>14.1}",
@@ -443,13 +471,31 @@ pub fn worker() -> Result<()> {
             cpu * 1e6
         );
         if ratio < *target {
-            missed.push(*name);
+            missed.push((*name).to_owned());
         }
     }
     println!(
         "ratio = worker requests/s ÷ pgbench transactions/s; \"same\" runs the worker's whole transaction, \
          \"stmt\" only its statement"
     );
+    println!(
+        "\nthe same requests through the proxy (proxy on CPU0 too, TOKIO_WORKER_THREADS=1): \
+         tenant lookup, key check, rate limit, metrics, request id, log line"
+    );
+    println!(
+        "{:<16} {:>10} {:>12} {:>8} {:>8}",
+        "workload", "direct/s", "via proxy/s", "ratio", "target"
+    );
+    for (name, _, ours, _, _, _, proxied) in &report {
+        let ratio = proxied / ours;
+        println!(
+            "{:<16} {:>10.0} {:>12.0} {:>7.2}× {:>7.1}×",
+            name, ours, proxied, ratio, PROXIED_TARGET
+        );
+        if ratio < PROXIED_TARGET {
+            missed.push(format!("{name} via proxy"));
+        }
+    }
     if !missed.is_empty() {
         println!("below target: {}", missed.join(", "));
     }

@@ -14,10 +14,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{Proc, control_with_tenant, cpu_seconds, free_port, wait_http};
+use crate::bench::{Proc, SECRET, control_with_tenant, cpu_seconds, free_port, wait_http};
 use crate::util::{root, run, step};
 
-const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
 const RUN_SECONDS: u32 = 8;
 
 /// Sum of CPU seconds of a process and its children (nginx master + worker).
@@ -159,31 +158,14 @@ pub fn proxy() -> Result<()> {
     let control = control_with_tenant(&bin, &work, "pbench")?;
     let (control_url, anon) = (control.url.clone(), control.anon.clone());
 
-    let proxy_port = free_port()?;
-    let mut proxy_cmd = Command::new("taskset");
-    proxy_cmd
-        .args(["-c", "0"])
-        .arg(&bin)
-        .arg("proxy")
-        .env("TOKIO_WORKER_THREADS", "1")
-        .env("JWT_SECRET", SECRET)
-        .env("MADBASE_CONTROL_URL", &control_url)
-        .env(
-            "MADBASE_WORKER_URL",
-            format!("http://127.0.0.1:{upstream_port}"),
-        )
-        .env("MADBASE_LISTEN", format!("127.0.0.1:{proxy_port}"))
-        .env(
-            "MADBASE_ADMIN_LISTEN",
-            format!("127.0.0.1:{}", free_port()?),
-        )
-        .env("MADBASE_RATE_LIMIT_RPS", "1000000")
-        .stdout(std::fs::File::create(work.join("proxy.log"))?)
-        .stderr(Stdio::inherit());
-    let proxy = Proc(proxy_cmd.spawn().context("starting the proxy")?);
+    let (proxy, proxy_port) = start_proxy(
+        &bin,
+        &work,
+        &control_url,
+        &format!("http://127.0.0.1:{upstream_port}"),
+    )?;
     let proxy_url = format!("http://127.0.0.1:{proxy_port}/t/pbench/rest/v1/items");
     let headers = vec![format!("apikey: {anon}")];
-    wait_http(&format!("http://127.0.0.1:{proxy_port}/health"))?;
 
     // Warm-up, then three alternating runs each.
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/t/pbench/rest/v1/items");
@@ -224,4 +206,34 @@ pub fn proxy() -> Result<()> {
         our_cpu / their_cpu
     );
     Ok(())
+}
+
+/// The proxy on CPU0 with one Tokio thread (logging to `work/proxy.log`),
+/// in front of `worker_url`; returns it and its port once healthy.
+pub(crate) fn start_proxy(
+    bin: &Path,
+    work: &Path,
+    control_url: &str,
+    worker_url: &str,
+) -> Result<(Proc, u16)> {
+    let port = free_port()?;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"])
+        .arg(bin)
+        .arg("proxy")
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("JWT_SECRET", SECRET)
+        .env("MADBASE_CONTROL_URL", control_url)
+        .env("MADBASE_WORKER_URL", worker_url)
+        .env("MADBASE_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "MADBASE_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()?),
+        )
+        .env("MADBASE_RATE_LIMIT_RPS", "1000000")
+        .stdout(std::fs::File::create(work.join("proxy.log"))?)
+        .stderr(Stdio::inherit());
+    let proxy = Proc(cmd.spawn().context("starting the proxy")?);
+    wait_http(&format!("http://127.0.0.1:{port}/health"))?;
+    Ok((proxy, port))
 }
