@@ -1,7 +1,9 @@
 //! The proxy on real sockets, with control (and its Postgres) in-process and
 //! an echo server standing in for worker and functions, so every header the
-//! upstream sees can be asserted. The run through the real worker is in the
-//! worker's own compatibility tests and `cargo xtask e2e`.
+//! upstream sees can be asserted, and upstream statuses and delays can be
+//! forced. The same checks through the real worker (RLS-filtered rows, the
+//! headers the worker itself saw, 502/504/413/429, control down) are in
+//! `real_worker.rs`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
