@@ -440,7 +440,8 @@ async fn worker_sees_clean_headers_and_the_same_ids() {
             .header("x-keep-me", "kept")
             .header("x-forwarded-for", "203.0.113.7")
             .header("x-request-id", &request_id)
-            .header("traceparent", format!("00-{trace_id}-{client_span}-01")),
+            .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+            .header("tracestate", "congo=t61rcWkgMzE"),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
