@@ -1,7 +1,9 @@
 //! The proxy on real sockets, with control (and its Postgres) in-process and
 //! an echo server standing in for worker and functions, so every header the
-//! upstream sees can be asserted. The run through the real worker is in the
-//! worker's own compatibility tests and `cargo xtask e2e`.
+//! upstream sees can be asserted, and upstream statuses and delays can be
+//! forced. The same checks through the real worker (RLS-filtered rows, the
+//! headers the worker itself saw, 502/504/413/429, control down) are in
+//! `real_worker.rs`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,45 +12,10 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::routing::any;
-use base64::Engine as _;
-use madbase_platform::config::Env;
-use madbase_platform::{CancellationToken, Listeners, ServiceApp, jwt};
 use serde_json::{Value, json};
 
-use madbase_testkit::service::{JWT_SECRET as SECRET, MASTER_KEY, unique_id};
-
-/// A running service on loopback.
-struct Served {
-    api: SocketAddr,
-    admin: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Served {
-    async fn start(app: ServiceApp) -> Served {
-        let l = Listeners::bind(
-            "127.0.0.1:0".parse().expect("addr"),
-            "127.0.0.1:0".parse().expect("addr"),
-        )
-        .await
-        .expect("bind");
-        let (api, admin) = (l.api_addr(), l.admin_addr());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(l.serve(app, stop.clone(), Duration::from_secs(1)));
-        Served {
-            api,
-            admin,
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.expect("join").expect("serve");
-    }
-}
+use madbase_testkit::service::{Served, control_env, env, telemetry};
+use madbase_testkit::tenant::Tenant;
 
 /// An upstream that answers with what it received: method, path, query,
 /// headers and body length. `x-echo-status` sets the status,
@@ -87,106 +54,42 @@ struct Stack {
     control: Option<Served>,
     proxy: Served,
     http: reqwest::Client,
-    tenant: String,
-    anon: String,
-    service: String,
-    secret: String,
-    other_anon: String,
+    tenant: Tenant,
+    other: Tenant,
 }
 
 async fn stack(extra: &[(&str, &str)]) -> Stack {
-    // Spans and W3C propagation as in the binary (once per process; quiet).
-    static TELEMETRY: std::sync::OnceLock<Option<madbase_platform::telemetry::TelemetryGuard>> =
-        std::sync::OnceLock::new();
-    TELEMETRY.get_or_init(|| {
-        madbase_platform::telemetry::init(&madbase_platform::telemetry::TelemetryConfig {
-            service: "proxy-test".into(),
-            log_filter: "warn".into(),
-            log_format: madbase_platform::config::LogFormat::Json,
-            otel: madbase_platform::config::OtelConfig::from_env(
-                madbase_platform::Service::Proxy,
-                &Env::new(HashMap::<String, String>::new()),
-            )
-            .expect("otel config"),
-        })
-        .ok()
-    });
+    telemetry();
     let db = madbase_testkit::postgres().expect("postgres");
-
-    let mut vars: HashMap<String, String> = [
-        ("JWT_SECRET", SECRET.to_owned()),
-        ("DATABASE_URL", db.url.clone()),
-        ("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres")),
-        ("MADBASE_MASTER_KEY", MASTER_KEY.to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
     let control_cfg =
-        madbase_control::Config::from_env(&Env::new(vars.clone())).expect("control config");
+        madbase_control::Config::from_env(&control_env(&db, &[])).expect("control config");
     let control = Served::start(madbase_control::app(&control_cfg).await.expect("control")).await;
-    let upstream = echo().await;
-    vars.insert(
-        "MADBASE_CONTROL_URL".into(),
-        format!("http://{}", control.api),
-    );
-    vars.insert("MADBASE_WORKER_URL".into(), format!("http://{upstream}"));
-    vars.insert("MADBASE_FUNCTIONS_URL".into(), format!("http://{upstream}"));
-    vars.insert("MADBASE_DOMAIN".into(), "madbase.test".into());
-    for (k, v) in extra {
-        vars.insert((*k).to_owned(), (*v).to_owned());
-    }
-    let proxy_cfg = madbase_proxy::Config::from_env(&Env::new(vars)).expect("proxy config");
+    let (control_url, upstream) = (control.url(), format!("http://{}", echo().await));
+    let mut vars = vec![
+        ("MADBASE_CONTROL_URL", control_url.as_str()),
+        ("MADBASE_WORKER_URL", upstream.as_str()),
+        ("MADBASE_FUNCTIONS_URL", upstream.as_str()),
+        ("MADBASE_DOMAIN", "madbase.test"),
+    ];
+    vars.extend_from_slice(extra);
+    let proxy_cfg = madbase_proxy::Config::from_env(&env(&vars)).expect("proxy config");
     let proxy = Served::start(madbase_proxy::app(&proxy_cfg).expect("proxy")).await;
 
     let http = reqwest::Client::new();
-    let admin = jwt::platform_token(SECRET, "admin", Duration::from_secs(600));
-    let mut created = Vec::new();
-    for prefix in ["edge", "other"] {
-        let resp: Value = http
-            .post(format!("http://{}/v1/tenants", control.api))
-            .bearer_auth(&admin)
-            .json(&json!({ "id": unique_id(prefix) }))
-            .send()
-            .await
-            .expect("create")
-            .json()
-            .await
-            .expect("json");
-        created.push(resp);
-    }
-    let internal = jwt::platform_token(SECRET, "internal", Duration::from_secs(600));
-    let info: Value = http
-        .get(format!(
-            "http://{}/internal/v1/tenants/{}",
-            control.api,
-            created[0]["id"].as_str().expect("id")
-        ))
-        .bearer_auth(internal)
-        .send()
-        .await
-        .expect("internal")
-        .json()
-        .await
-        .expect("json");
+    let tenant = Tenant::create(&http, &control_url, "edge").await;
+    let other = Tenant::create(&http, &control_url, "other").await;
     Stack {
         control: Some(control),
         proxy,
         http,
-        tenant: created[0]["id"].as_str().expect("id").to_owned(),
-        anon: created[0]["anon_key"].as_str().expect("key").to_owned(),
-        service: created[0]["service_role_key"]
-            .as_str()
-            .expect("key")
-            .to_owned(),
-        secret: info["jwt_secret"].as_str().expect("secret").to_owned(),
-        other_anon: created[1]["anon_key"].as_str().expect("key").to_owned(),
+        tenant,
+        other,
     }
 }
 
 impl Stack {
     fn url(&self, path: &str) -> String {
-        format!("http://{}/t/{}{path}", self.proxy.api, self.tenant)
+        format!("http://{}/t/{}{path}", self.proxy.api, self.tenant.id)
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, Value) {
@@ -200,92 +103,30 @@ impl Stack {
         let body = resp.json().await.unwrap_or(Value::Null);
         (status, headers, body)
     }
-
-    async fn metrics(&self) -> String {
-        self.http
-            .get(format!("http://{}/metrics", self.proxy.admin))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
-    }
-}
-
-fn b64(v: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn api_keys_are_checked() {
     let s = stack(&[]).await;
-    let now = jwt::now();
-    let user = jwt::sign(
-        s.secret.as_bytes(),
-        &json!({"role": "authenticated", "sub": "u1", "exp": now + 60}),
-    );
-    let expired = jwt::sign(
-        s.secret.as_bytes(),
-        &json!({"role": "anon", "exp": now - 5}),
-    );
-    let not_yet = jwt::sign(
-        s.secret.as_bytes(),
-        &json!({"role": "anon", "nbf": now + 600}),
-    );
-    let bad_role = jwt::sign(s.secret.as_bytes(), &json!({"role": "postgres"}));
-    let wrong_secret = jwt::sign(
-        b"not-the-tenant-secret-not-the-tenant-secret",
-        &json!({"role": "anon"}),
-    );
-    let none = format!(
-        "{}.{}.",
-        b64(r#"{"alg":"none","typ":"JWT"}"#),
-        b64(r#"{"role":"anon"}"#)
-    );
-    let hs512 = {
-        let header = b64(r#"{"alg":"HS512","typ":"JWT"}"#);
-        format!("{header}.{}.c2ln", b64(r#"{"role":"anon"}"#))
-    };
+    let user = s.tenant.user_token("00000000-0000-4000-8000-000000000001");
+    let bad = s.tenant.bad_keys();
+    let expired = bad
+        .iter()
+        .find(|(case, _)| *case == "expired")
+        .map(|(_, key)| key.clone())
+        .expect("an expired key");
     let bearer = |t: &str| format!("Bearer {t}");
     /// (case, headers, expected error code)
     type Refusal<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
-    let refused: Vec<Refusal> = vec![
-        ("missing", vec![], "missing_api_key"),
-        (
-            "garbage",
-            vec![("apikey", "garbage".into())],
-            "invalid_api_key",
-        ),
-        (
-            "alg none",
-            vec![("apikey", none.clone())],
-            "invalid_api_key",
-        ),
-        ("HS512", vec![("apikey", hs512.clone())], "invalid_api_key"),
-        (
-            "expired",
-            vec![("apikey", expired.clone())],
-            "invalid_api_key",
-        ),
-        (
-            "not yet valid",
-            vec![("apikey", not_yet.clone())],
-            "invalid_api_key",
-        ),
-        (
-            "bad role",
-            vec![("apikey", bad_role.clone())],
-            "invalid_api_key",
-        ),
-        (
-            "wrong secret",
-            vec![("apikey", wrong_secret.clone())],
-            "invalid_api_key",
-        ),
+    let mut refused: Vec<Refusal> = vec![("missing", vec![], "missing_api_key")];
+    refused.extend(
+        bad.iter()
+            .map(|(case, key)| (*case, vec![("apikey", key.clone())], "invalid_api_key")),
+    );
+    refused.extend([
         (
             "another tenant's key",
-            vec![("apikey", s.other_anon.clone())],
+            vec![("apikey", s.other.anon_key.clone())],
             "invalid_api_key",
         ),
         (
@@ -304,12 +145,12 @@ async fn api_keys_are_checked() {
         (
             "valid apikey but expired user JWT",
             vec![
-                ("apikey", s.anon.clone()),
+                ("apikey", s.tenant.anon_key.clone()),
                 ("authorization", bearer(&expired)),
             ],
             "invalid_api_key",
         ),
-    ];
+    ]);
     for (case, headers, code) in refused {
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (status, resp_headers, body) = s.get("/rest/v1/items", &h).await;
@@ -322,12 +163,21 @@ async fn api_keys_are_checked() {
         );
     }
     let accepted: Vec<(&str, Vec<(&str, String)>)> = vec![
-        ("anon apikey", vec![("apikey", s.anon.clone())]),
-        ("service_role apikey", vec![("apikey", s.service.clone())]),
-        ("anon as bearer", vec![("authorization", bearer(&s.anon))]),
+        ("anon apikey", vec![("apikey", s.tenant.anon_key.clone())]),
+        (
+            "service_role apikey",
+            vec![("apikey", s.tenant.service_key.clone())],
+        ),
+        (
+            "anon as bearer",
+            vec![("authorization", bearer(&s.tenant.anon_key))],
+        ),
         (
             "apikey plus user JWT",
-            vec![("apikey", s.anon.clone()), ("authorization", bearer(&user))],
+            vec![
+                ("apikey", s.tenant.anon_key.clone()),
+                ("authorization", bearer(&user)),
+            ],
         ),
     ];
     for (case, headers) in accepted {
@@ -341,7 +191,7 @@ async fn api_keys_are_checked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn routing_by_path_and_host_and_header_hygiene() {
     let s = stack(&[]).await;
-    let key = s.anon.as_str();
+    let key = s.tenant.anon_key.as_str();
     // Path prefix: prefix stripped, query kept, tenant header set by the proxy.
     let (status, _, body) = s
         .get(
@@ -365,7 +215,7 @@ async fn routing_by_path_and_host_and_header_hygiene() {
     assert_eq!(body["path"], "/rest/v1/items");
     assert_eq!(body["query"], "select=id,name&id=eq.1");
     let h = &body["headers"];
-    assert_eq!(h["x-madbase-tenant"], s.tenant.as_str());
+    assert_eq!(h["x-madbase-tenant"], s.tenant.id.as_str());
     assert!(h.get("x-madbase-internal").is_none(), "{h}");
     assert!(
         h.get("x-drop-me").is_none(),
@@ -395,7 +245,7 @@ async fn routing_by_path_and_host_and_header_hygiene() {
     let resp = s
         .http
         .post(format!("http://{}/rest/v1/items", s.proxy.api))
-        .header("host", format!("{}.madbase.test:8000", s.tenant))
+        .header("host", format!("{}.madbase.test:8000", s.tenant.id))
         .header("apikey", key)
         .body("{\"a\":1}")
         .send()
@@ -404,7 +254,7 @@ async fn routing_by_path_and_host_and_header_hygiene() {
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["method"], "POST");
-    assert_eq!(body["headers"]["x-madbase-tenant"], s.tenant.as_str());
+    assert_eq!(body["headers"]["x-madbase-tenant"], s.tenant.id.as_str());
     assert_eq!(body["body_len"], 7);
 
     // Anything else is 404 JSON; unknown tenants too.
@@ -454,11 +304,11 @@ async fn routing_by_path_and_host_and_header_hygiene() {
         .await;
     assert_eq!(status, 503);
 
-    let text = s.metrics().await;
+    let text = s.proxy.metrics().await;
     assert!(
         text.contains(&format!(
             r#"madbase_proxy_requests_total{{tenant="{}",upstream="worker",status="200"}}"#,
-            s.tenant
+            s.tenant.id
         )),
         "{text}"
     );
@@ -481,7 +331,7 @@ async fn upstream_failures_timeouts_and_limits() {
         ("MADBASE_MAX_BODY_BYTES", "1024"),
     ])
     .await;
-    let key = s.anon.as_str();
+    let key = s.tenant.anon_key.as_str();
     // Unreachable upstream → 502 (the port was closed again).
     let (status, headers, body) = s.get("/functions/v1/x", &[("apikey", key)]).await;
     assert_eq!(status, 502, "{body}");
@@ -547,7 +397,7 @@ async fn upstream_failures_timeouts_and_limits() {
         .await
         .expect("request");
     assert_eq!(resp.status(), 431);
-    let text = s.metrics().await;
+    let text = s.proxy.metrics().await;
     assert!(
         text.contains(
             r#"madbase_proxy_upstream_errors_total{upstream="functions",kind="connect"} 1"#
@@ -567,7 +417,7 @@ async fn rate_limit_per_tenant() {
         ("MADBASE_RATE_LIMIT_BURST", "2"),
     ])
     .await;
-    let key = s.anon.as_str();
+    let key = s.tenant.anon_key.as_str();
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..4 {
@@ -584,11 +434,11 @@ async fn rate_limit_per_tenant() {
     assert!(statuses[2..].contains(&429), "{statuses:?}");
     let secs: u64 = retry_after.expect("Retry-After").parse().expect("seconds");
     assert!((1..=2).contains(&secs));
-    let text = s.metrics().await;
+    let text = s.proxy.metrics().await;
     assert!(
         text.contains(&format!(
             r#"madbase_proxy_rate_limited_total{{tenant="{}"}}"#,
-            s.tenant
+            s.tenant.id
         )),
         "{text}"
     );
@@ -597,7 +447,7 @@ async fn rate_limit_per_tenant() {
 #[tokio::test(flavor = "multi_thread")]
 async fn serves_from_cache_when_control_is_down() {
     let mut s = stack(&[("MADBASE_TENANT_CACHE_SECONDS", "0.2")]).await;
-    let key = s.anon.clone();
+    let key = s.tenant.anon_key.clone();
     let (status, _, _) = s.get("/rest/v1/items", &[("apikey", &key)]).await;
     assert_eq!(status, 200);
     let ready = s
@@ -631,7 +481,7 @@ async fn serves_from_cache_when_control_is_down() {
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.expect("json");
     assert_eq!(body["failed"], json!(["control"]));
-    let text = s.metrics().await;
+    let text = s.proxy.metrics().await;
     assert!(
         text.contains(r#"madbase_tenant_lookups_total{outcome="stale"}"#),
         "{text}"

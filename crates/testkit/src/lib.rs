@@ -16,3 +16,4 @@ mod pg;
 pub use pg::{PgServer, TestDb, postgres};
 
 pub mod service;
+pub mod tenant;

@@ -1,5 +1,6 @@
-//! Helpers for service tests: configuration from a map, and the health
-//! contract checked without a socket.
+//! Helpers for service tests: configuration from a map, the health
+//! contract checked without a socket, telemetry as in the binary, and
+//! services served on loopback port 0.
 
 use std::collections::HashMap;
 
@@ -60,4 +61,95 @@ pub fn unique_id(prefix: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// [`env`] plus the variables control needs for `db`: its own
+/// database, and the cluster tenant databases are created on.
+pub fn control_env(db: &crate::TestDb, extra: &[(&str, &str)]) -> Env<HashMap<String, String>> {
+    let tenant_cluster = db.server.url_for("postgres");
+    let mut vars = vec![
+        ("DATABASE_URL", db.url.as_str()),
+        ("DEFAULT_TENANT_DB_URL", tenant_cluster.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    env(&vars)
+}
+
+/// Installs the process's telemetry once, as the binary does (W3C
+/// propagation, spans), logging only warnings. Later calls do nothing.
+pub fn telemetry() {
+    use madbase_platform::telemetry::{TelemetryConfig, TelemetryGuard, init};
+    static GUARD: std::sync::OnceLock<Option<TelemetryGuard>> = std::sync::OnceLock::new();
+    GUARD.get_or_init(|| {
+        init(&TelemetryConfig {
+            service: "test".into(),
+            log_filter: "warn".into(),
+            log_format: madbase_platform::config::LogFormat::Json,
+            otel: madbase_platform::config::OtelConfig::from_env(
+                madbase_platform::Service::Proxy,
+                &Env::new(HashMap::<String, String>::new()),
+            )
+            .expect("otel config"),
+        })
+        .ok()
+    });
+}
+
+/// A service served on loopback port 0 (API and admin) until [`Served::stop`].
+#[derive(Debug)]
+pub struct Served {
+    /// The API listener's address.
+    pub api: std::net::SocketAddr,
+    /// The admin listener's address.
+    pub admin: std::net::SocketAddr,
+    stop: madbase_platform::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Served {
+    /// Binds both listeners and serves `app` on a spawned task.
+    pub async fn start(app: ServiceApp) -> Served {
+        let l = madbase_platform::Listeners::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .await
+        .expect("bind");
+        let (api, admin) = (l.api_addr(), l.admin_addr());
+        let stop = madbase_platform::CancellationToken::new();
+        let task = tokio::spawn(l.serve(app, stop.clone(), std::time::Duration::from_secs(1)));
+        Served {
+            api,
+            admin,
+            stop,
+            task,
+        }
+    }
+
+    /// `http://<api address>`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// `http://<admin address>`
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Stops serving (graceful, bounded drain) and waits until both
+    /// listeners are closed.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("join").expect("serve");
+    }
 }

@@ -2,18 +2,13 @@
 //! in-process on a loopback port, one tenant with the fixture schema, and
 //! the worker served in-process on a loopback port.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
-
 use http::{HeaderMap, Method, StatusCode};
-use madbase_platform::config::Env;
-use madbase_platform::{CancellationToken, Listeners, jwt};
 use madbase_testkit::TestDb;
-use serde_json::{Value, json};
+use madbase_testkit::service::{Served, control_env, env};
+use madbase_testkit::tenant::{Tenant, platform_token};
+use serde_json::Value;
 
-pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
-const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub use madbase_testkit::service::JWT_SECRET as SECRET;
 pub const ALICE: &str = "00000000-0000-4000-8000-00000000000a";
 pub const BOB: &str = "00000000-0000-4000-8000-00000000000b";
 
@@ -76,16 +71,6 @@ CREATE FUNCTION whoami() RETURNS json LANGUAGE sql STABLE AS $$
 CREATE FUNCTION slow() RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_sleep(3) $$;
 "#;
 
-/// A tenant id unique across parallel test processes on one cluster.
-pub fn unique_id(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// A running control + worker with one tenant.
 #[allow(dead_code)]
 pub struct Stack {
@@ -98,24 +83,12 @@ pub struct Stack {
     pub service_key: String,
     pub tenant_secret: String,
     pub http: reqwest::Client,
-    stop: CancellationToken,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    owner: Tenant,
+    worker: Served,
 }
 
 pub fn admin_token() -> String {
-    jwt::platform_token(SECRET, "admin", Duration::from_secs(600))
-}
-
-fn vars(pairs: &[(&str, String)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
+    platform_token("admin")
 }
 
 impl Stack {
@@ -127,149 +100,61 @@ impl Stack {
     /// The stack with extra worker environment variables.
     pub async fn start_with(worker_env: &[(&str, &str)]) -> Stack {
         let db = madbase_testkit::postgres().expect("postgres");
-        let stop = CancellationToken::new();
-        let control_cfg = madbase_control::Config::from_env(&Env::new(vars(&[
-            ("JWT_SECRET", SECRET.to_owned()),
-            ("DATABASE_URL", db.url.clone()),
-            ("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres")),
-            ("MADBASE_MASTER_KEY", MASTER_KEY.to_owned()),
-        ])))
-        .expect("control config");
-        let control = madbase_control::app(&control_cfg).await.expect("control");
-        let listeners = Listeners::bind(
-            "127.0.0.1:0".parse().expect("addr"),
-            "127.0.0.1:0".parse().expect("addr"),
-        )
-        .await
-        .expect("bind");
-        let control_url = format!("http://{}", listeners.api_addr());
-        tokio::spawn(listeners.serve(control, stop.clone(), Duration::from_secs(1)));
+        let control_cfg =
+            madbase_control::Config::from_env(&control_env(&db, &[])).expect("control config");
+        let control =
+            Served::start(madbase_control::app(&control_cfg).await.expect("control")).await;
+        let control_url = control.url();
 
-        let mut env = vars(&[
-            ("JWT_SECRET", SECRET.to_owned()),
-            ("MADBASE_CONTROL_URL", control_url.clone()),
-        ]);
-        for (k, v) in worker_env {
-            env.insert((*k).to_owned(), (*v).to_owned());
-        }
-        let worker_cfg = madbase_worker::Config::from_env(&Env::new(env)).expect("worker config");
-        let worker = madbase_worker::app(&worker_cfg).expect("worker");
-        let listeners = Listeners::bind(
-            "127.0.0.1:0".parse().expect("addr"),
-            "127.0.0.1:0".parse().expect("addr"),
-        )
-        .await
-        .expect("bind");
-        let worker_url = format!("http://{}", listeners.api_addr());
-        let worker_admin_url = format!("http://{}", listeners.admin_addr());
-        tokio::spawn(listeners.serve(worker, stop.clone(), Duration::from_secs(1)));
+        let mut vars = vec![("MADBASE_CONTROL_URL", control_url.as_str())];
+        vars.extend_from_slice(worker_env);
+        let worker_cfg = madbase_worker::Config::from_env(&env(&vars)).expect("worker config");
+        let worker = Served::start(madbase_worker::app(&worker_cfg).expect("worker")).await;
 
         let http = reqwest::Client::new();
-        let tenant = unique_id("w");
-        let resp = http
-            .post(format!("{control_url}/v1/tenants"))
-            .bearer_auth(admin_token())
-            .json(&json!({ "id": tenant }))
-            .send()
-            .await
-            .expect("create tenant");
-        assert_eq!(resp.status(), 201);
-        let created: Value = resp.json().await.expect("json");
-        let info: Value = http
-            .get(format!("{control_url}/internal/v1/tenants/{tenant}"))
-            .bearer_auth(jwt::platform_token(
-                SECRET,
-                "internal",
-                Duration::from_secs(60),
-            ))
-            .send()
-            .await
-            .expect("internal")
-            .json()
-            .await
-            .expect("json");
-        let stack = Stack {
+        let owner = Tenant::create(&http, &control_url, "w").await;
+        owner.sql(&http, &control_url, FIXTURE).await;
+        Stack {
             db,
+            worker_url: worker.url(),
+            worker_admin_url: worker.admin_url(),
             control_url,
-            worker_url,
-            worker_admin_url,
-            anon_key: created["anon_key"].as_str().expect("anon").to_owned(),
-            service_key: created["service_role_key"]
-                .as_str()
-                .expect("service")
-                .to_owned(),
-            tenant_secret: info["jwt_secret"].as_str().expect("secret").to_owned(),
-            tenant,
+            tenant: owner.id.clone(),
+            anon_key: owner.anon_key.clone(),
+            service_key: owner.service_key.clone(),
+            tenant_secret: owner.jwt_secret.clone(),
             http,
-            stop,
-        };
-        stack.sql(FIXTURE).await;
-        stack
+            owner,
+            worker,
+        }
     }
 
     /// Creates another tenant with a one-table schema; returns its id and anon key.
     pub async fn another_tenant(&self) -> (String, String) {
-        let id = unique_id("x");
-        let resp = self
-            .http
-            .post(format!("{}/v1/tenants", self.control_url))
-            .bearer_auth(admin_token())
-            .json(&json!({ "id": id }))
-            .send()
-            .await
-            .expect("create tenant");
-        assert_eq!(resp.status(), 201);
-        let created: Value = resp.json().await.expect("json");
-        let resp = self
-            .http
-            .post(format!("{}/v1/tenants/{id}/sql", self.control_url))
-            .bearer_auth(admin_token())
-            .json(&json!({ "query": "CREATE TABLE things (id int PRIMARY KEY); INSERT INTO things VALUES (7)" }))
-            .send()
-            .await
-            .expect("sql");
-        assert_eq!(resp.status(), 200);
-        (id, created["anon_key"].as_str().expect("anon").to_owned())
+        let other = Tenant::create(&self.http, &self.control_url, "x").await;
+        other
+            .sql(
+                &self.http,
+                &self.control_url,
+                "CREATE TABLE things (id int PRIMARY KEY); INSERT INTO things VALUES (7)",
+            )
+            .await;
+        (other.id, other.anon_key)
     }
 
     /// The worker's metrics text.
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.worker_admin_url))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
+        self.worker.metrics().await
     }
 
     /// Runs SQL as the tenant owner through control.
     pub async fn sql(&self, query: &str) -> Value {
-        let resp = self
-            .http
-            .post(format!(
-                "{}/v1/tenants/{}/sql",
-                self.control_url, self.tenant
-            ))
-            .bearer_auth(admin_token())
-            .json(&json!({ "query": query }))
-            .send()
-            .await
-            .expect("sql");
-        let status = resp.status();
-        let body: Value = resp.json().await.expect("json");
-        assert_eq!(status, 200, "{body}");
-        body
+        self.owner.sql(&self.http, &self.control_url, query).await
     }
 
     /// A user JWT for `sub` (role `authenticated`) signed with the tenant secret.
     pub fn user_token(&self, sub: &str) -> String {
-        let now = jwt::now();
-        jwt::sign(
-            self.tenant_secret.as_bytes(),
-            &json!({ "sub": sub, "role": "authenticated", "iat": now, "exp": now + 600 }),
-        )
+        self.owner.user_token(sub)
     }
 
     /// A request as anon (the anon API key).
