@@ -4,6 +4,8 @@
 //! Only HS256 is accepted: `alg: none` and every other algorithm fail, as do
 //! expired tokens and tokens not yet valid (`exp`/`nbf`, no leeway).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -234,4 +236,79 @@ pub fn verify_tenant_token(
         ));
     }
     Ok(claims)
+}
+
+/// Claims of a verified tenant token.
+pub type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// Tenant tokens already verified, so that a client sending the same key or
+/// JWT again costs a lookup instead of a signature check and two JSON
+/// decodes. An entry is only used with the very secret that verified it and
+/// while its `nbf`/`exp` still hold (no leeway, as in [`verify`]); refused
+/// tokens are never kept; the cache starts over at [`VerifiedTokens::MAX`].
+#[derive(Debug, Default)]
+pub struct VerifiedTokens {
+    entries: Mutex<HashMap<(String, String), Verified>>,
+}
+
+#[derive(Debug)]
+struct Verified {
+    secret: String,
+    nbf: Option<u64>,
+    exp: Option<u64>,
+    claims: Arc<Claims>,
+}
+
+impl VerifiedTokens {
+    /// Entries kept before the cache starts over.
+    pub const MAX: usize = 10_000;
+
+    /// [`verify_tenant_token`], remembered.
+    pub fn verify(
+        &self,
+        tenant_secret: &str,
+        tenant: &str,
+        token: &str,
+    ) -> Result<Arc<Claims>, JwtError> {
+        let key = (tenant.to_owned(), token.to_owned());
+        let t = now();
+        if let Some(v) = self.lock().get(&key)
+            && v.secret == tenant_secret
+            && v.nbf.is_none_or(|nbf| nbf <= t)
+            && v.exp.is_none_or(|exp| t <= exp)
+        {
+            return Ok(v.claims.clone());
+        }
+        let claims = verify_tenant_token(tenant_secret, tenant, token)?;
+        let time = |name: &str| claims.get(name).and_then(serde_json::Value::as_f64);
+        let entry = Verified {
+            secret: tenant_secret.to_owned(),
+            // Rounded towards "not valid": nbf up, exp down.
+            nbf: time("nbf").map(|t| t.ceil() as u64),
+            exp: time("exp").map(|t| t.floor() as u64),
+            claims: Arc::new(claims),
+        };
+        let claims = entry.claims.clone();
+        let mut entries = self.lock();
+        if entries.len() >= Self::MAX {
+            entries.clear();
+        }
+        entries.insert(key, entry);
+        Ok(claims)
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Verified>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }

@@ -149,7 +149,7 @@ async fn authorize_and_forward(
                 .into_response();
             }
         };
-        match state.keys.check(req.headers(), tenant, &info.jwt_secret) {
+        match keys::check(&state.verified, req.headers(), tenant, &info.jwt_secret) {
             Ok(()) => break,
             Err(e) if e.maybe_stale_secret() && !retried => {
                 retried = true;

@@ -151,7 +151,7 @@ impl Upstream {
 pub(crate) struct State {
     pub(crate) config: Config,
     pub(crate) tenants: TenantClient,
-    pub(crate) keys: keys::Verified,
+    pub(crate) verified: madbase_platform::jwt::VerifiedTokens,
     pub(crate) http: Client<HttpConnector, axum::body::Body>,
     pub(crate) limiter: Option<DefaultKeyedRateLimiter<String>>,
     pub(crate) metrics: metrics::ProxyMetrics,
@@ -177,7 +177,7 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
     let state: AppState = Arc::new(State {
         config: config.clone(),
         tenants,
-        keys: keys::Verified::default(),
+        verified: Default::default(),
         http,
         limiter,
         metrics: metrics::ProxyMetrics::new(&metrics),

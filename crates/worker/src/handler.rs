@@ -114,7 +114,7 @@ fn singular(headers: &HeaderMap) -> Result<bool, Error> {
 async fn authenticate(
     st: &AppState,
     headers: &HeaderMap,
-) -> Result<(Arc<TenantInfo>, serde_json::Map<String, Value>), Error> {
+) -> Result<(Arc<TenantInfo>, Arc<jwt::Claims>), Error> {
     let Some(id) = header(headers, "x-madbase-tenant").map(str::trim) else {
         return Err(Error::api(
             StatusCode::BAD_REQUEST,
@@ -158,17 +158,19 @@ async fn authenticate(
         .or_else(|| header(headers, "apikey").map(str::trim))
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
-        let mut anon = serde_json::Map::new();
+        let mut anon = jwt::Claims::new();
         anon.insert("role".into(), Value::from("anon"));
-        return Ok((tenant, anon));
+        return Ok((tenant, Arc::new(anon)));
     };
-    match jwt::verify_tenant_token(&tenant.jwt_secret, id, token) {
+    match st.verified.verify(&tenant.jwt_secret, id, token) {
         Ok(claims) => Ok((tenant, claims)),
         Err(JwtError::BadSignature) => {
             // The keys may have been rotated: look again once.
             st.tenants.invalidate(id);
             let fresh = lookup(st).await?.ok_or_else(not_found)?;
-            let claims = jwt::verify_tenant_token(&fresh.jwt_secret, id, token)
+            let claims = st
+                .verified
+                .verify(&fresh.jwt_secret, id, token)
                 .map_err(|e| Error::jwt(jwt_message(&e)))?;
             Ok((fresh, claims))
         }
@@ -230,7 +232,8 @@ async fn context(
     Ok(Ctx {
         db,
         schema,
-        claims: Value::Object(claims).to_string(),
+        // A map of JSON values always serialises.
+        claims: serde_json::to_string(&*claims).unwrap_or_default(),
         role,
         method: method.as_str().to_owned(),
         path: uri.path().to_owned(),

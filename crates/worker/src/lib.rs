@@ -142,6 +142,8 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub tenants: TenantClient,
+    /// Tenant JWTs already verified (see `jwt::VerifiedTokens`).
+    pub verified: std::sync::Arc<madbase_platform::jwt::VerifiedTokens>,
     pub pools: Pools,
     pub statement_timeout_ms: String,
     pub max_rows: Option<i64>,
@@ -178,6 +180,7 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
     }
     let state = AppState {
         tenants,
+        verified: Default::default(),
         pools,
         statement_timeout_ms: config.statement_timeout.as_millis().to_string(),
         max_rows: config.max_rows,
