@@ -50,6 +50,13 @@ impl Drop for Proc {
     }
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR` when set).
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -318,9 +325,7 @@ pub(crate) fn control_with_tenant(bin: &Path, work: &Path, tenant: &str) -> Resu
 pub fn worker() -> Result<()> {
     step("bench: worker vs pgbench");
     run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
+    let target = target_dir();
     let bin = target.join("release/madbase");
     let work = target.join("bench/worker");
     let _ = std::fs::remove_dir_all(&work);

@@ -14,8 +14,10 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{Proc, SECRET, control_with_tenant, cpu_seconds, free_port, wait_http};
-use crate::util::{root, run, step};
+use crate::bench::{
+    Proc, SECRET, control_with_tenant, cpu_seconds, free_port, target_dir, wait_http,
+};
+use crate::util::{run, step};
 
 const RUN_SECONDS: u32 = 8;
 
@@ -119,8 +121,8 @@ fn start_nginx(conf: &Path, cpu: &str) -> Result<Proc> {
 pub fn proxy() -> Result<()> {
     step("bench: proxy vs nginx");
     run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
-    let bin = root().join("target/release/madbase");
-    let work = root().join("target/bench/proxy");
+    let bin = target_dir().join("release/madbase");
+    let work = target_dir().join("bench/proxy");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
 
