@@ -260,6 +260,29 @@ fn pg_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// Pins the Postgres server (postmaster and its processes; backends forked
+/// later inherit it) to `cpu`: it is a server like the others, and its
+/// backends must not borrow the load generator's core.
+fn pin_postgres(server: &madbase_testkit::PgServer, cpu: &str) -> Result<()> {
+    let data = server.psql("postgres", "SHOW data_directory")?;
+    let pidfile = std::fs::read_to_string(Path::new(&data).join("postmaster.pid"))
+        .context("reading postmaster.pid")?;
+    let postmaster = pidfile
+        .lines()
+        .next()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .context("postmaster.pid has no pid")?
+        .to_owned();
+    let children = output(Command::new("pgrep").args(["-P", &postmaster]))?;
+    for pid in std::iter::once(postmaster.as_str()).chain(children.lines().map(str::trim)) {
+        run(Command::new("taskset")
+            .args(["-apc", cpu, pid])
+            .stdout(Stdio::null()))?;
+    }
+    Ok(())
+}
+
 /// Control, running on CPU1 against a throwaway Postgres, with one tenant.
 pub(crate) struct BenchControl {
     _proc: Proc,
@@ -274,6 +297,7 @@ pub(crate) struct BenchControl {
 /// Starts control (logging to `work/control.log`) and creates `tenant`.
 pub(crate) fn control_with_tenant(bin: &Path, work: &Path, tenant: &str) -> Result<BenchControl> {
     let db = madbase_testkit::postgres()?;
+    pin_postgres(&db.server, "0")?;
     let control_port = free_port()?;
     let mut control_cmd = Command::new("taskset");
     control_cmd
