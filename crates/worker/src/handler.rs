@@ -219,10 +219,7 @@ async fn context(
     };
     let singular = singular(headers)?;
     let db = st.pools.get(&tenant);
-    let schema = db.schema(&st.pools).await.map_err(|e| Error::Db {
-        source: e,
-        anon: role == "anon",
-    })?;
+    let schema = load_schema(st, &db, role == "anon").await?;
     let mut hmap = serde_json::Map::new();
     for (k, v) in headers {
         if let Ok(v) = v.to_str() {
@@ -590,16 +587,28 @@ pub async fn table(
     }
 }
 
+/// The tenant's schema cache ((re)loaded when missing or stale).
+async fn load_schema(st: &AppState, db: &TenantDb, anon: bool) -> Result<Arc<Schema>, Error> {
+    db.schema(&st.pools)
+        .await
+        .map_err(|source| Error::Db { source, anon })
+}
+
+impl Ctx {
+    /// Reloads the schema cache (after a miss).
+    async fn reload_schema(&mut self, st: &AppState) -> Result<(), Error> {
+        self.schema = load_schema(st, &self.db, self.anon()).await?;
+        Ok(())
+    }
+}
+
 async fn lookup_table(st: &AppState, ctx: &mut Ctx, name: &str) -> Result<Arc<Table>, Error> {
     if let Some(t) = ctx.schema.table(&ctx.db_schema, name) {
         return Ok(t.clone());
     }
     // Perhaps created since the cache was loaded.
     if ctx.db.stale_after_miss() {
-        ctx.schema = ctx.db.schema(&st.pools).await.map_err(|e| Error::Db {
-            source: e,
-            anon: ctx.anon(),
-        })?;
+        ctx.reload_schema(st).await?;
     }
     Planner::new(&ctx.schema, &ctx.db_schema).table(name)
 }
@@ -1062,10 +1071,7 @@ async fn rpc_inner(
     let mut ctx = context(st, method, uri, headers).await?;
     let mut candidates = ctx.schema.functions(&ctx.db_schema, name).to_vec();
     if candidates.is_empty() && ctx.db.stale_after_miss() {
-        ctx.schema = ctx.db.schema(&st.pools).await.map_err(|e| Error::Db {
-            source: e,
-            anon: ctx.anon(),
-        })?;
+        ctx.reload_schema(st).await?;
         candidates = ctx.schema.functions(&ctx.db_schema, name).to_vec();
     }
     let arg_names: Vec<String> = candidates
