@@ -85,7 +85,12 @@ pub fn services(services: &[Service]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(name, configs, None)) {
+    let result = runtime.block_on(serve(name, configs, None));
+    // Blocking work still running (a DNS lookup for an unreachable trace
+    // collector, say) must not hold the exit past the container's stop
+    // timeout.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "madbase {name} failed");

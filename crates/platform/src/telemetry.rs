@@ -59,9 +59,14 @@ impl TelemetryGuard {
     }
 }
 
+/// How long the last spans may take to leave at shutdown: an unreachable
+/// collector (or a DNS lookup that never answers) must not hold the process
+/// past its container's stop timeout.
+const EXPORT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Err(e) = self.provider.shutdown() {
+        if let Err(e) = self.provider.shutdown_with_timeout(EXPORT_SHUTDOWN) {
             // The logger is being torn down too; stderr is all that is left.
             eprintln!("trace exporter shutdown: {e}");
         }

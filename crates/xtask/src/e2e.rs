@@ -302,9 +302,10 @@ fn run_steps(steps: &mut Steps, stack: &mut Option<Stack>) -> Result<()> {
     }) else {
         bail!("no snapshot");
     };
-    let Some(()) = steps.run("podman-compose down (volumes kept)", || {
-        stack.down_keep_volumes(&deadline)
-    }) else {
+    let Some(()) = steps.run(
+        "podman-compose stop (each container exits 0 on its stop signal), down (volumes kept)",
+        || stack.down_keep_volumes(&deadline),
+    ) else {
         bail!("down failed");
     };
     let Some(()) = steps.run("podman-compose up again", || stack.up(&deadline)) else {
@@ -1010,10 +1011,33 @@ impl Stack {
         }
     }
 
-    /// `podman-compose down` without `-v`: containers and network go, the
-    /// named volumes stay.
+    /// `podman-compose stop` then `down` without `-v`: every container must
+    /// stop on its stop signal within the grace period (exit code 0; a
+    /// SIGKILL shows as 137), then containers and network go and the named
+    /// volumes stay.
     fn down_keep_volumes(&self, deadline: &Deadline) -> Result<()> {
         let volumes_before = self.labelled("volume")?;
+        bounded_run(
+            self.compose().args(["stop", "-t", "20"]),
+            deadline.bound(Duration::from_secs(120))?,
+        )?;
+        let mut unclean = Vec::new();
+        for c in self.containers()? {
+            let code = bounded_ok(
+                self.podman
+                    .command()
+                    .args(["inspect", "--format", "{{.State.ExitCode}}", &c.name]),
+                Duration::from_secs(20),
+            )?;
+            if code.trim() != "0" {
+                unclean.push(format!("{} (exit {})", c.service, code.trim()));
+            }
+        }
+        ensure!(
+            unclean.is_empty(),
+            "not stopped cleanly by their stop signal: {}",
+            unclean.join(", ")
+        );
         bounded_run(
             self.compose().args(["down", "-t", "10"]),
             deadline.bound(Duration::from_secs(120))?,
