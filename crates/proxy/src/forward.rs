@@ -238,14 +238,23 @@ async fn forward(
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
-    let proto = parts
-        .headers
-        .get("x-forwarded-proto")
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("http"));
+    // A trusted proxy in front (a TLS terminator) says what the client
+    // used; anyone else gets what this proxy saw.
+    let trusted = state
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&peer.ip()));
+    let from_trusted = |name: &str| trusted.then(|| parts.headers.get(name).cloned()).flatten();
+    let proto = from_trusted("x-forwarded-proto").unwrap_or(HeaderValue::from_static("http"));
     headers.insert("x-forwarded-proto", proto);
-    if let Some(host) = original_host {
-        headers.insert("x-forwarded-host", host);
+    match from_trusted("x-forwarded-host").or(original_host) {
+        Some(host) => {
+            headers.insert("x-forwarded-host", host);
+        }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
     }
     client::inject(&mut headers);
 

@@ -47,6 +47,11 @@ pub struct Config {
     /// response head.
     pub rest_timeout: Duration,
     pub functions_timeout: Duration,
+    /// `MADBASE_TRUSTED_PROXIES`: addresses or CIDR ranges (comma-separated,
+    /// default none) of proxies in front of this one (a TLS terminator, a load
+    /// balancer) whose `X-Forwarded-Proto` and `X-Forwarded-Host` are kept;
+    /// anyone else's are replaced by what this proxy saw.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `MADBASE_TENANT_CACHE_SECONDS` (default 30) and
     /// `MADBASE_TENANT_NEGATIVE_CACHE_SECONDS` (default 5).
     pub tenant_ttl: Duration,
@@ -62,6 +67,7 @@ impl std::fmt::Debug for Config {
             .field("functions_url", &self.functions_url)
             .field("domain", &self.domain)
             .field("rate_limit", &self.rate_limit)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
@@ -102,8 +108,10 @@ impl Config {
                 non_zero("MADBASE_RATE_LIMIT_BURST", burst)?,
             ))
         };
+        let trusted_proxies = trusted_proxies(env.raw("MADBASE_TRUSTED_PROXIES").as_deref())?;
         Ok(Config {
             common: CommonConfig::from_env(Service::Proxy, env)?,
+            trusted_proxies,
             jwt_secret: secrets::jwt_secret(env)?,
             control_url: env.url("MADBASE_CONTROL_URL", "http://127.0.0.1:8001")?,
             worker_url: env.url("MADBASE_WORKER_URL", "http://127.0.0.1:8002")?,
@@ -129,6 +137,23 @@ impl Config {
             )?,
         })
     }
+}
+
+/// `MADBASE_TRUSTED_PROXIES`: `10.0.0.0/8, 192.168.1.10, ::1`.
+fn trusted_proxies(raw: Option<&str>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    raw.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError {
+                    var: "MADBASE_TRUSTED_PROXIES".into(),
+                    problem: format!("{s:?} is not an IP address or a CIDR range like 10.0.0.0/8"),
+                })
+        })
+        .collect()
 }
 
 /// An upstream service behind the proxy.

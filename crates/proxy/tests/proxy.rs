@@ -319,6 +319,44 @@ async fn routing_by_path_and_host_and_header_hygiene() {
     );
 }
 
+/// The X-Forwarded-* headers the upstream sees when the client claims https,
+/// another host and a prior hop.
+async fn spoofed_forwarded(s: &Stack) -> Value {
+    let headers = [
+        ("apikey", s.tenant.anon_key.as_str()),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-for", "203.0.113.7"),
+    ];
+    let (status, _, body) = s.get("/rest/v1/items", &headers).await;
+    assert_eq!(status, 200, "{body}");
+    body["headers"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
+    // The test client (127.0.0.1) is not trusted by default: what it claims
+    // about the scheme and host is replaced; its X-Forwarded-For chain is
+    // kept as information, with the real peer appended.
+    let s = stack(&[]).await;
+    let h = spoofed_forwarded(&s).await;
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], s.proxy.api.to_string());
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    // Behind a trusted TLS terminator they are passed on.
+    let s = stack(&[("MADBASE_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]).await;
+    let h = spoofed_forwarded(&s).await;
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "evil.example");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    // A bad value names the variable.
+    let err =
+        madbase_proxy::Config::from_env(&env(&[("MADBASE_TRUSTED_PROXIES", "10.0.0.0/8, nope")]))
+            .expect_err("bad trusted proxies");
+    assert_eq!(err.var, "MADBASE_TRUSTED_PROXIES");
+    assert!(err.problem.contains("\"nope\""), "{}", err.problem);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_failures_timeouts_and_limits() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
