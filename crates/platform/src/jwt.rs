@@ -243,16 +243,19 @@ pub type Claims = serde_json::Map<String, serde_json::Value>;
 
 /// Tenant tokens already verified, so that a client sending the same key or
 /// JWT again costs a lookup instead of a signature check and two JSON
-/// decodes. An entry is only used with the very secret that verified it and
-/// while its `nbf`/`exp` still hold (no leeway, as in [`verify`]); refused
-/// tokens are never kept; the cache starts over at [`VerifiedTokens::MAX`].
+/// decodes. An entry is only used for the same tenant, with the very secret
+/// that verified it, and while its `nbf`/`exp` still hold (no leeway, as in
+/// [`verify`]); refused tokens are never kept; the cache starts over at
+/// [`VerifiedTokens::MAX`].
 #[derive(Debug, Default)]
 pub struct VerifiedTokens {
-    entries: Mutex<HashMap<(String, String), Verified>>,
+    /// By token: a hit is a lookup by `&str`, no allocation per request.
+    entries: Mutex<HashMap<String, Verified>>,
 }
 
 #[derive(Debug)]
 struct Verified {
+    tenant: String,
     secret: String,
     nbf: Option<u64>,
     exp: Option<u64>,
@@ -270,9 +273,9 @@ impl VerifiedTokens {
         tenant: &str,
         token: &str,
     ) -> Result<Arc<Claims>, JwtError> {
-        let key = (tenant.to_owned(), token.to_owned());
         let t = now();
-        if let Some(v) = self.lock().get(&key)
+        if let Some(v) = self.lock().get(token)
+            && v.tenant == tenant
             && v.secret == tenant_secret
             && v.nbf.is_none_or(|nbf| nbf <= t)
             && v.exp.is_none_or(|exp| t <= exp)
@@ -282,6 +285,7 @@ impl VerifiedTokens {
         let claims = verify_tenant_token(tenant_secret, tenant, token)?;
         let time = |name: &str| claims.get(name).and_then(serde_json::Value::as_f64);
         let entry = Verified {
+            tenant: tenant.to_owned(),
             secret: tenant_secret.to_owned(),
             // Rounded towards "not valid": nbf up, exp down.
             nbf: time("nbf").map(|t| t.ceil() as u64),
@@ -293,7 +297,7 @@ impl VerifiedTokens {
         if entries.len() >= Self::MAX {
             entries.clear();
         }
-        entries.insert(key, entry);
+        entries.insert(token.to_owned(), entry);
         Ok(claims)
     }
 
@@ -306,7 +310,7 @@ impl VerifiedTokens {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Verified>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Verified>> {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -22,7 +22,7 @@ const STATEMENT_CACHE: usize = 256;
 
 /// What the request's transaction sets before its statement: the role, the
 /// JWT claims, method, path and headers, and the statement timeout.
-pub const SET_CONFIG: &str = "SELECT set_config('role', $1, true), \
+const SET_CONFIG: &str = "SELECT set_config('role', $1, true), \
      set_config('request.jwt.claims', $2, true), set_config('request.method', $3, true), \
      set_config('request.path', $4, true), set_config('request.headers', $5, true), \
      set_config('statement_timeout', $6, true)";

@@ -384,7 +384,9 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
     };
     let types: Vec<Type> = sql.args.iter().map(Arg::pg_type).collect();
     let cached = conn.cached(&sql.text, &types);
-    let began = cached.is_none();
+    // A statement new to this connection is prepared inside the transaction,
+    // so BEGIN and set_config have gone out already.
+    let in_transaction = cached.is_none();
     let statement = match cached {
         Some(s) => s,
         None => {
@@ -394,33 +396,28 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
                 c.execute(&conn.set_config, &settings),
                 c.prepare_typed(&sql.text, &types),
             );
-            let prepared = b.and(s).and(p);
-            match prepared {
+            match b.and(s).and(p) {
                 Ok(p) => {
                     conn.keep(&sql.text, p.clone());
                     p
                 }
-                Err(e) => {
-                    let _ = conn.client.execute(&conn.rollback, &[]).await;
-                    return Err(pg(e));
-                }
+                Err(e) => return Err(rollback(conn, anon, pg(e)).await),
             }
         }
     };
     let c = &conn.client;
-    let commit_with = job.read_only;
     let (b, s, r, end) = tokio::join!(
         async {
-            match began {
-                true => Ok(0),
-                false => c.execute(&begin, &[]).await,
+            if in_transaction {
+                return Ok(0);
             }
+            c.execute(&begin, &[]).await
         },
         async {
-            match began {
-                true => Ok(0),
-                false => c.execute(&conn.set_config, &settings).await,
+            if in_transaction {
+                return Ok(0);
             }
+            c.execute(&conn.set_config, &settings).await
         },
         async {
             match job.kind {
@@ -428,11 +425,12 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
                 Kind::Affected => c.execute(&statement, &params).await.map(Got::Affected),
             }
         },
+        // A read's COMMIT goes with it; a write's waits (see above).
         async {
-            match commit_with {
-                true => Some(c.execute(&conn.commit, &[]).await),
-                false => None,
+            if !job.read_only {
+                return None;
             }
+            Some(c.execute(&conn.commit, &[]).await)
         },
     );
     // The first failure is the cause; the ones after it follow from it.
@@ -449,12 +447,8 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
     let checked = got.and_then(outcome).map_err(pg).and_then(single);
     let out = match checked {
         Ok(o) => o,
-        Err(e) => {
-            if !e.is_broken_connection() {
-                c.execute(&conn.rollback, &[]).await.map_err(pg)?;
-            }
-            return Err(e);
-        }
+        Err(e) if e.is_broken_connection() => return Err(e),
+        Err(e) => return Err(rollback(conn, anon, e).await),
     };
     match c.execute(&conn.commit, &[]).await {
         Ok(_) => Ok(out),
@@ -468,6 +462,22 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
                 "PGRST000",
                 "The connection was lost during COMMIT; the write may or may not have been applied.",
             ))
+        }
+    }
+}
+
+/// Ends a failed transaction and returns its error; if the ROLLBACK itself
+/// fails, that error is returned instead (it is a broken connection, which
+/// the caller then closes) and the first one is logged.
+async fn rollback(conn: &Conn, anon: bool, cause: Error) -> Error {
+    match conn.client.execute(&conn.rollback, &[]).await {
+        Ok(_) => cause,
+        Err(e) => {
+            tracing::warn!(error = %cause, "ROLLBACK failed after an error");
+            Error::Db {
+                source: DbError::Postgres(e),
+                anon,
+            }
         }
     }
 }
