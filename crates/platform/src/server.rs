@@ -4,7 +4,8 @@
 //! Pipeline, outermost first: drop an invalid `X-Request-Id` → tower-http
 //! sets one when missing → tower-http copies it to the response → [`observe`]
 //! (request span continuing the incoming `traceparent`, request-ID scope,
-//! metrics, one log line) → the route.
+//! metrics, one log line) → the request-head size check (431 JSON) → the
+//! route.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,8 +59,13 @@ struct Observer {
 }
 
 /// The API router: the service's routes, `/health`, 404 JSON for the rest,
-/// request IDs, tracing and metrics.
+/// request IDs, tracing and metrics, with the default [`ConnLimits`].
 pub fn api_router(app: &ServiceApp) -> Router {
+    api_router_with(app, ConnLimits::default())
+}
+
+/// [`api_router`] with these limits.
+pub fn api_router_with(app: &ServiceApp, limits: ConnLimits) -> Router {
     let health = HealthState {
         service: app.service,
         checks: Arc::new(app.ready.clone()),
@@ -73,11 +79,18 @@ pub fn api_router(app: &ServiceApp) -> Router {
             .clone()
             .route("/health", get(health::health).with_state(health)),
         observer,
+        limits,
     )
 }
 
-/// The admin router: `/health`, `/ready`, `/metrics`.
+/// The admin router: `/health`, `/ready`, `/metrics`, with the default
+/// [`ConnLimits`].
 pub fn admin_router(app: &ServiceApp) -> Router {
+    admin_router_with(app, ConnLimits::default())
+}
+
+/// [`admin_router`] with these limits.
+pub fn admin_router_with(app: &ServiceApp, limits: ConnLimits) -> Router {
     let health = HealthState {
         service: app.service,
         checks: Arc::new(app.ready.clone()),
@@ -94,12 +107,16 @@ pub fn admin_router(app: &ServiceApp) -> Router {
             "/metrics",
             get(metrics_handler).with_state(app.metrics.clone()),
         );
-    with_pipeline(routes, observer)
+    with_pipeline(routes, observer, limits)
 }
 
-fn with_pipeline(routes: Router, observer: Observer) -> Router {
+fn with_pipeline(routes: Router, observer: Observer, limits: ConnLimits) -> Router {
     routes
         .fallback(error::not_found)
+        .layer(middleware::from_fn_with_state(
+            limits.max_header_bytes,
+            check_head,
+        ))
         .layer(middleware::from_fn_with_state(observer, observe))
         .layer(request_id::propagate_layer())
         .layer(request_id::set_layer())
@@ -132,6 +149,37 @@ async fn metrics_handler(State(metrics): State<Metrics>, headers: HeaderMap) -> 
         )
             .into_response()
     }
+}
+
+/// 431 JSON (with the request ID, logged and counted like any answer) for a
+/// request whose head is larger than `max`. hyper's own limit sits above
+/// this one (see [`ConnLimits::hard_head_limit`]), so only heads beyond
+/// that get hyper's bare 431.
+async fn check_head(State(max): State<usize>, req: Request, next: Next) -> Response {
+    let size = head_size(&req);
+    if size > max {
+        return error::ApiError::new(
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request_header_too_large",
+            format!("the request line and headers take {size} bytes; at most {max} are accepted"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The size of the request head as HTTP/1.1 sends it: request line and
+/// `name: value` lines with their line ends.
+fn head_size(req: &Request) -> usize {
+    const LINE_END: usize = 2;
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1".len() + LINE_END;
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + LINE_END)
+        .sum::<usize>()
+        + line
+        + LINE_END
 }
 
 /// The request span (continuing an incoming `traceparent`), the request-ID
@@ -202,6 +250,20 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
 }
 
+impl ConnLimits {
+    /// hyper's read-buffer limit: a head larger than this gets hyper's own
+    /// 431 without a body. Heads between `max_header_bytes` and this get
+    /// the JSON 431 of the pipeline.
+    pub fn hard_head_limit(&self) -> usize {
+        self.max_header_bytes
+            .saturating_mul(4)
+            .max(HYPER_DEFAULT_BUF_SIZE)
+    }
+}
+
+/// hyper's default `max_buf_size` (~400 KiB).
+const HYPER_DEFAULT_BUF_SIZE: usize = 8192 + 4096 * 100;
+
 impl Default for ConnLimits {
     fn default() -> Self {
         ConnLimits {
@@ -271,14 +333,14 @@ impl Listeners {
         let graceful = Arc::new(GracefulShutdown::new());
         let api = accept_loop(
             self.api,
-            api_router(&app),
+            api_router_with(&app, self.limits),
             self.limits,
             graceful.clone(),
             shutdown.clone(),
         );
         let admin = accept_loop(
             self.admin,
-            admin_router(&app),
+            admin_router_with(&app, self.limits),
             self.limits,
             graceful.clone(),
             shutdown.clone(),
@@ -313,7 +375,7 @@ async fn accept_loop(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
+        .max_buf_size(limits.hard_head_limit());
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),

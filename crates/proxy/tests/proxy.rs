@@ -425,12 +425,43 @@ async fn upstream_failures_timeouts_and_limits() {
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["body_len"], 1000);
-    // Oversized headers → 431.
+    // Oversized headers → 431 JSON with the request id, the upstream never asked.
     let resp = s
         .http
         .get(s.url("/rest/v1/items"))
         .header("apikey", key)
+        .header("x-request-id", "big-head-1")
         .header("x-big", "a".repeat(64 * 1024))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 431);
+    assert_eq!(resp.headers()["x-request-id"], "big-head-1");
+    let body: Value = resp.json().await.expect("431 json");
+    assert_eq!(body["code"], "request_header_too_large", "{body}");
+    assert_eq!(body["request_id"], "big-head-1", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("32768")),
+        "{body}"
+    );
+    // Just under the limit still goes through.
+    let resp = s
+        .http
+        .get(s.url("/rest/v1/items"))
+        .header("apikey", key)
+        .header("x-big", "a".repeat(16 * 1024))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    // Beyond hyper's own buffer limit the answer is still a 431, not a hang.
+    let resp = s
+        .http
+        .get(s.url("/rest/v1/items"))
+        .header("apikey", key)
+        .header("x-big", "a".repeat(512 * 1024))
         .send()
         .await
         .expect("request");
