@@ -138,9 +138,13 @@ impl Config {
     }
 }
 
-/// Shared state of the API handlers.
-#[derive(Debug, Clone)]
-pub struct AppState {
+/// Shared state of the API handlers, behind one `Arc` (axum clones the
+/// state for every request).
+pub type AppState = std::sync::Arc<Shared>;
+
+/// What [`AppState`] points at.
+#[derive(Debug)]
+pub struct Shared {
     pub tenants: TenantClient,
     /// Tenant JWTs already verified (see `jwt::VerifiedTokens`).
     pub verified: std::sync::Arc<madbase_platform::jwt::VerifiedTokens>,
@@ -178,14 +182,14 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
             }
         });
     }
-    let state = AppState {
+    let state = std::sync::Arc::new(Shared {
         tenants,
         verified: Default::default(),
         pools,
         statement_timeout_ms: config.statement_timeout.as_millis().to_string(),
         max_rows: config.max_rows,
         schemas: std::sync::Arc::new(config.schemas.clone()),
-    };
+    });
     let api = Router::new()
         .route("/rest/v1/rpc/{function}", any(handler::rpc))
         .route("/rest/v1/{table}", any(handler::table))
