@@ -4,13 +4,14 @@
 //!
 //! Three workloads: a single-row GET by primary key, a 100-row GET and a
 //! single-row insert. The worker runs on CPU0 with one Tokio worker thread,
-//! `wrk` and `pgbench` on CPU1; Postgres is shared and unpinned. For each
+//! Postgres on CPU0 too, `wrk` and `pgbench` on CPU1. For each
 //! workload pgbench runs (`-M prepared`, same number of connections) two
 //! custom scripts: the worker's whole per-request transaction (`BEGIN`,
 //! `set_config` of role, claims and request facts, the statement the worker
 //! plans, `COMMIT`), which is the "identical SQL" the ratio target is about,
 //! and the bare statement alone, for reference. After a warm-up each side
-//! runs three times, alternating; medians are compared.
+//! runs five times, in turn (a round); a ratio is the median of the five
+//! rounds' ratios.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,6 +24,8 @@ use crate::util::{output, root, run, step};
 pub(crate) const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const RUN_SECONDS: u32 = 8;
+/// Rounds measured (each side once per round, in turn).
+const ROUNDS: usize = 5;
 const CONNECTIONS: u32 = 16;
 const ROWS: u32 = 10_000;
 /// Through-proxy throughput against direct (issue 5).
@@ -239,6 +242,31 @@ fn pgbench(bin: &Path, url: &str, script: &Path, seconds: u32) -> Result<f64> {
         .with_context(|| format!("pgbench output: tps in\n{text}"))
 }
 
+/// One workload's measurements, one entry per round.
+#[derive(Default)]
+struct Rounds {
+    name: &'static str,
+    target: f64,
+    ours: Vec<f64>,
+    proxied: Vec<f64>,
+    same_sql: Vec<f64>,
+    statement: Vec<f64>,
+    cpu: Vec<f64>,
+}
+
+/// Each round's `a / b` (runs of the same round sit next to each other in
+/// time, so the machine's drift cancels out of their ratio).
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x / y).collect()
+}
+
+fn listed(v: &[f64]) -> String {
+    v.iter()
+        .map(|r| format!("{r:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -428,7 +456,7 @@ pub fn worker() -> Result<()> {
 
     let pgbench_bin = pg_tool("pgbench");
     let tenant_db = control.db.server.url_for("tenant_bench");
-    let mut report = Vec::new();
+    let mut report: Vec<Rounds> = Vec::new();
     for (w, p) in workloads(&anon, "").into_iter().zip(via_proxy) {
         let slug = w.name.replace(' ', "_");
         let lua = work.join(format!("{slug}.lua"));
@@ -447,35 +475,34 @@ pub fn worker() -> Result<()> {
         wrk(&proxied_url, &proxied_lua, 2)?;
         pgbench(&pgbench_bin, &tenant_db, &whole, 2)?;
         pgbench(&pgbench_bin, &tenant_db, &bare, 2)?;
-        let (mut ours, mut same_sql, mut statement) = (Vec::new(), Vec::new(), Vec::new());
-        let mut proxied = Vec::new();
-        let mut cpu = Vec::new();
-        for _ in 0..3 {
+        let mut r = Rounds {
+            name: w.name,
+            target: w.target,
+            ..Rounds::default()
+        };
+        for _ in 0..ROUNDS {
             let before = cpu_seconds(worker_pid)?;
             let rps = wrk(&url, &lua, RUN_SECONDS)?;
-            cpu.push((cpu_seconds(worker_pid)? - before) / (rps * f64::from(RUN_SECONDS)));
-            ours.push(rps);
-            proxied.push(wrk(&proxied_url, &proxied_lua, RUN_SECONDS)?);
-            same_sql.push(pgbench(&pgbench_bin, &tenant_db, &whole, RUN_SECONDS)?);
-            statement.push(pgbench(&pgbench_bin, &tenant_db, &bare, RUN_SECONDS)?);
+            r.cpu
+                .push((cpu_seconds(worker_pid)? - before) / (rps * f64::from(RUN_SECONDS)));
+            r.ours.push(rps);
+            r.proxied
+                .push(wrk(&proxied_url, &proxied_lua, RUN_SECONDS)?);
+            r.same_sql
+                .push(pgbench(&pgbench_bin, &tenant_db, &whole, RUN_SECONDS)?);
+            r.statement
+                .push(pgbench(&pgbench_bin, &tenant_db, &bare, RUN_SECONDS)?);
         }
-        report.push((
-            w.name,
-            w.target,
-            median(ours),
-            median(same_sql),
-            median(statement),
-            median(cpu),
-            median(proxied),
-        ));
+        report.push(r);
     }
 
     println!(
-        "\nworker benchmark (median of 3 × {RUN_SECONDS} s; worker on CPU0 with TOKIO_WORKER_THREADS=1; \
-         wrk -t1 -c{CONNECTIONS} and pgbench -M prepared -j1 -c{CONNECTIONS} on CPU1)"
+        "\nworker benchmark ({ROUNDS} rounds × {RUN_SECONDS} s; worker on CPU0 with TOKIO_WORKER_THREADS=1; \
+         wrk -t1 -c{CONNECTIONS} and pgbench -M prepared -j1 -c{CONNECTIONS} on CPU1; \
+         medians; a ratio is the median of each round's ratio)"
     );
     println!(
-        "{:<16} {:>10} {:>16} {:>8} {:>8} {:>16} {:>8} {:>14}",
+        "{:<16} {:>10} {:>16} {:>8} {:>8} {:>16} {:>8} {:>14}  {}",
         "workload",
         "worker/s",
         "pgbench same/s",
@@ -483,24 +510,27 @@ pub fn worker() -> Result<()> {
         "target",
         "pgbench stmt/s",
         "ratio",
-        "worker CPU µs"
+        "worker CPU µs",
+        "ratio per round"
     );
     let mut missed = Vec::new();
-    for (name, target, ours, same, stmt, cpu, _) in &report {
-        let ratio = ours / same;
+    for r in &report {
+        let ratios = ratios(&r.ours, &r.same_sql);
+        let ratio = median(ratios.clone());
         println!(
-            "{:<16} {:>10.0} {:>16.0} {:>7.2}× {:>7.1}× {:>16.0} {:>7.2}× {:>14.1}",
-            name,
-            ours,
-            same,
+            "{:<16} {:>10.0} {:>16.0} {:>7.2}× {:>7.1}× {:>16.0} {:>7.2}× {:>14.1}  {}",
+            r.name,
+            median(r.ours.clone()),
+            median(r.same_sql.clone()),
             ratio,
-            target,
-            stmt,
-            ours / stmt,
-            cpu * 1e6
+            r.target,
+            median(r.statement.clone()),
+            median(self::ratios(&r.ours, &r.statement)),
+            median(r.cpu.clone()) * 1e6,
+            listed(&ratios),
         );
-        if ratio < *target {
-            missed.push((*name).to_owned());
+        if ratio < r.target {
+            missed.push(r.name.to_owned());
         }
     }
     println!(
@@ -512,17 +542,23 @@ pub fn worker() -> Result<()> {
          tenant lookup, key check, rate limit, metrics, request id, log line"
     );
     println!(
-        "{:<16} {:>10} {:>12} {:>8} {:>8}",
-        "workload", "direct/s", "via proxy/s", "ratio", "target"
+        "{:<16} {:>10} {:>12} {:>8} {:>8}  {}",
+        "workload", "direct/s", "via proxy/s", "ratio", "target", "ratio per round"
     );
-    for (name, _, ours, _, _, _, proxied) in &report {
-        let ratio = proxied / ours;
+    for r in &report {
+        let ratios = ratios(&r.proxied, &r.ours);
+        let ratio = median(ratios.clone());
         println!(
-            "{:<16} {:>10.0} {:>12.0} {:>7.2}× {:>7.1}×",
-            name, ours, proxied, ratio, PROXIED_TARGET
+            "{:<16} {:>10.0} {:>12.0} {:>7.2}× {:>7.1}×  {}",
+            r.name,
+            median(r.ours.clone()),
+            median(r.proxied.clone()),
+            ratio,
+            PROXIED_TARGET,
+            listed(&ratios),
         );
         if ratio < PROXIED_TARGET {
-            missed.push(format!("{name} via proxy"));
+            missed.push(format!("{} via proxy", r.name));
         }
     }
     if !missed.is_empty() {

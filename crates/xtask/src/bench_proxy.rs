@@ -6,8 +6,12 @@
 //! proxy waits on a database); the madbase proxy does its full work per
 //! request: tenant lookup (cached), API key check, rate-limit check,
 //! metrics, request ID and a JSON log line (to a file, like nginx's access
-//! log). Reported: requests per second and CPU seconds per request of each
-//! proxy process, median of 3 runs after a warm-up, and their ratio.
+//! log). Two more peers show the floor of the stack: `bench_floor` (an
+//! example of the proxy crate), the same Tokio + hyper forwarding doing
+//! nothing else, once with hyper-util's pooled client (as the proxy) and once
+//! with one upstream connection per client connection. Reported: requests
+//! per second and CPU seconds per request of each process, medians of 3
+//! rounds after a warm-up, and each peer's CPU ratio to nginx.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,6 +24,8 @@ use crate::bench::{
 use crate::util::{run, step};
 
 const RUN_SECONDS: u32 = 8;
+/// Rounds measured (each peer once per round); medians are reported.
+const ROUNDS: usize = 3;
 
 /// Sum of CPU seconds of a process and its children (nginx master + worker).
 fn tree_cpu_seconds(pid: u32) -> Result<f64> {
@@ -169,45 +175,92 @@ pub fn proxy() -> Result<()> {
     let proxy_url = format!("http://127.0.0.1:{proxy_port}/t/pbench/rest/v1/items");
     let headers = vec![format!("apikey: {anon}")];
 
-    // Warm-up, then three alternating runs each.
-    let nginx_url = format!("http://127.0.0.1:{nginx_port}/t/pbench/rest/v1/items");
-    wrk(&proxy_url, &headers, proxy.0.id(), 2)?;
-    wrk(&nginx_url, &headers, nginx.0.id(), 2)?;
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        ours.push(wrk(&proxy_url, &headers, proxy.0.id(), RUN_SECONDS)?);
-        theirs.push(wrk(&nginx_url, &headers, nginx.0.id(), RUN_SECONDS)?);
+    // The stack's floor: the same Tokio + hyper forwarding with nothing else.
+    run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "madbase-proxy",
+        "--example",
+        "bench_floor",
+    ]))?;
+    let floor_bin = target_dir().join("release/examples/bench_floor");
+    let mut floors = Vec::new();
+    for mode in ["pooled", "per-connection"] {
+        let port = free_port()?;
+        let child = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(&floor_bin)
+            .arg(mode)
+            .env("TOKIO_WORKER_THREADS", "1")
+            .env("LISTEN", format!("127.0.0.1:{port}"))
+            .env("UPSTREAM", format!("127.0.0.1:{upstream_port}"))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting bench_floor")?;
+        let url = format!("http://127.0.0.1:{port}/rest/v1/items");
+        let proc = Proc(child);
+        wait_http(&url)?;
+        floors.push((mode, proc, url));
     }
-    let (our_rps, our_cpu) = (
-        median(ours.clone(), |s| s.rps),
-        median(ours, |s| s.cpu_per_request),
-    );
-    let (their_rps, their_cpu) = (
-        median(theirs.clone(), |s| s.rps),
-        median(theirs, |s| s.cpu_per_request),
+
+    // Every peer, in the order measured in each round.
+    let nginx_url = format!("http://127.0.0.1:{nginx_port}/t/pbench/rest/v1/items");
+    let mut peers: Vec<(String, u32, String)> = vec![
+        ("madbase proxy".into(), proxy.0.id(), proxy_url),
+        ("nginx".into(), nginx.0.id(), nginx_url),
+    ];
+    for (mode, proc, url) in &floors {
+        peers.push((format!("hyper floor, {mode}"), proc.0.id(), url.clone()));
+    }
+
+    // Warm-up, then the rounds: each peer once per round, in turn.
+    for (_, pid, url) in &peers {
+        wrk(url, &headers, *pid, 2)?;
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); peers.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, pid, url)) in peers.iter().enumerate() {
+            samples[i].push(wrk(url, &headers, *pid, RUN_SECONDS)?);
+        }
+    }
+
+    println!(
+        "\nproxy benchmark ({ROUNDS} rounds × {RUN_SECONDS} s, wrk -t1 -c32 on CPU1, servers on CPU0 \
+         with TOKIO_WORKER_THREADS=1; medians; ratios are medians of each round's ratio to nginx)"
     );
     println!(
-        "\nproxy benchmark (median of 3 × {RUN_SECONDS} s, wrk -t1 -c32 on CPU1, servers on CPU0)"
+        "{:<30} {:>10} {:>16} {:>18} {:>14}",
+        "", "req/s", "CPU µs/request", "CPU ratio to nginx", "per round"
     );
-    println!("{:<16} {:>12} {:>18}", "", "req/s", "CPU µs/request");
+    let nginx_runs = &samples[1];
+    for ((name, _, _), runs) in peers.iter().zip(&samples) {
+        let ratios: Vec<f64> = runs
+            .iter()
+            .zip(nginx_runs)
+            .map(|(a, b)| a.cpu_per_request / b.cpu_per_request)
+            .collect();
+        let per_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "{:<30} {:>10.0} {:>16.1} {:>17.2}× {:>14}",
+            name,
+            median(runs.clone(), |s| s.rps),
+            median(runs.clone(), |s| s.cpu_per_request) * 1e6,
+            median_f(ratios),
+            per_round.join(" ")
+        );
+    }
     println!(
-        "{:<16} {:>12.0} {:>18.1}",
-        "madbase proxy",
-        our_rps,
-        our_cpu * 1e6
-    );
-    println!(
-        "{:<16} {:>12.0} {:>18.1}",
-        "nginx",
-        their_rps,
-        their_cpu * 1e6
-    );
-    println!(
-        "ratio (madbase/nginx): throughput {:.2}×, CPU per request {:.2}× (target ≤ 1.0×)",
-        our_rps / their_rps,
-        our_cpu / their_cpu
+        "target: madbase proxy ≤ 1.0× nginx's CPU per request, doing tenant lookup, key check, \
+         rate limit, metrics, request id, span and log line; the hyper floors do none of it"
     );
     Ok(())
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// The proxy on CPU0 with one Tokio thread (logging to `work/proxy.log`),
