@@ -6,6 +6,7 @@
 
 mod api;
 pub mod crypto;
+mod interrupted;
 pub mod provision;
 pub mod sql;
 mod store;
@@ -203,6 +204,7 @@ pub async fn app(config: &Config) -> anyhow::Result<ServiceApp> {
     let metrics = Metrics::new();
     let control_metrics = ControlMetrics::new(&metrics, db.clone());
     control_metrics.refresh_tenants(&db).await;
+    interrupted::start(db.clone(), admin.clone());
     let state = AppState {
         db: db.clone(),
         admin,

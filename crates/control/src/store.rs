@@ -169,3 +169,42 @@ pub async fn init_meta(db: &PgPool, key: &str, value: &[u8]) -> Result<Vec<u8>, 
     .await?;
     Ok(meta(db, key).await?.unwrap_or_default())
 }
+
+/// A tenant a create or a delete left half done (its control process
+/// stopped in the middle).
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    pub id: String,
+    pub status: String,
+    pub database_name: String,
+    pub owner_role: String,
+    pub authenticator_role: String,
+}
+
+/// Tenants in `creating` or `deleting` whose last change is older than
+/// `age_seconds`: no create or delete takes that long, so none is running.
+pub async fn unfinished(db: &PgPool, age_seconds: f64) -> Result<Vec<Unfinished>, sqlx::Error> {
+    sqlx::query_as!(
+        Unfinished,
+        r#"SELECT id, status, database_name, owner_role, authenticator_role
+           FROM tenants
+           WHERE status IN ('creating', 'deleting')
+             AND updated_at < now() - make_interval(secs => $1)
+           ORDER BY id"#,
+        age_seconds
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Removes a tenant row still in `status` (not one changed meanwhile).
+pub async fn remove_unfinished(db: &PgPool, id: &str, status: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        "DELETE FROM tenants WHERE id = $1 AND status = $2",
+        id,
+        status
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -600,6 +600,74 @@ async fn a_failed_create_undoes_only_its_own_work_and_can_be_retried() {
 }
 
 #[tokio::test]
+async fn a_restarted_control_finishes_interrupted_creates_and_deletes() {
+    let c = control().await;
+    let cut_create = unique_id("cut-create");
+    let cut_delete = unique_id("cut-delete");
+    let running = unique_id("cut-running");
+    for id in [&cut_create, &cut_delete, &running] {
+        c.create(id).await;
+    }
+    // What a control stopped in the middle leaves: rows still `creating` or
+    // `deleting` an hour later, and one create that is still running.
+    let control_db = |sql: &str| psql_url(&c.db.url, sql).expect("control database");
+    control_db(&format!(
+        "UPDATE tenants SET status = 'creating', updated_at = now() - interval '1 hour' WHERE id = '{cut_create}'"
+    ));
+    control_db(&format!(
+        "UPDATE tenants SET status = 'deleting', updated_at = now() - interval '1 hour' WHERE id = '{cut_delete}'"
+    ));
+    control_db(&format!(
+        "UPDATE tenants SET status = 'creating', updated_at = now() WHERE id = '{running}'"
+    ));
+    let (status, body) = c
+        .admin("POST", "/v1/tenants", Some(json!({ "id": cut_create })))
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // A control starting on the same database finishes both stale ones.
+    let _restarted = madbase_control::app(&config(&c.db, MASTER_KEY))
+        .await
+        .expect("control starts");
+    let ids = format!("'{cut_create}', '{cut_delete}', '{running}'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = control_db(&format!(
+            "SELECT string_agg(id, ',') FROM tenants WHERE id IN ({ids})"
+        ));
+        if left == running {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "rows left: {left}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (id, expected) in [(&cut_create, "0"), (&cut_delete, "0"), (&running, "1")] {
+        let base = format!("tenant_{}", id.replace('-', "_"));
+        assert_eq!(
+            c.psql(&format!(
+                "SELECT count(*) FROM pg_database WHERE datname = '{base}'"
+            )),
+            expected,
+            "{id}"
+        );
+        let roles = if expected == "0" { "0" } else { "2" };
+        assert_eq!(
+            c.psql(&format!(
+                "SELECT count(*) FROM pg_roles WHERE rolname LIKE '{base}\\_%'"
+            )),
+            roles,
+            "{id}"
+        );
+    }
+    // The rolled-back id is free again; the finished delete is gone.
+    c.create(&cut_create).await;
+    let (status, _) = c
+        .admin("GET", &format!("/v1/tenants/{cut_delete}"), None)
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
 async fn sql_endpoint_runs_as_the_owner() {
     let c = control().await;
     let id = unique_id("sql");
