@@ -23,7 +23,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_http::HeaderExtractor;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -203,21 +202,15 @@ async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Respo
         otel.status_code = Empty,
         service = obs.service.name(),
         request_id = %id,
-        trace_id = Empty,
-        span_id = Empty,
         tenant = Empty,
         http.request.method = %method,
         http.route = %route,
         url.path = %req.uri().path(),
         http.response.status_code = Empty,
     );
-    // An invalid or absent traceparent leaves the span as a new root.
+    // An invalid or absent traceparent leaves the span as a new root. Log
+    // lines take the span's trace and span ids from its OpenTelemetry data.
     let _ = span.set_parent(parent);
-    let sc = span.context().span().span_context().clone();
-    if sc.is_valid() {
-        span.record("trace_id", sc.trace_id().to_string());
-        span.record("span_id", sc.span_id().to_string());
-    }
 
     let response = request_id::scope(id, next.run(req).instrument(span.clone())).await;
 

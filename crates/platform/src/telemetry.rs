@@ -6,6 +6,9 @@
 //! OpenTelemetry: spans always get W3C trace context (so `traceparent` is
 //! continued and propagated even without an exporter), and are exported over
 //! OTLP (gRPC, or HTTP/protobuf) only when an OTLP endpoint is configured.
+//! Warnings and errors are attached to their span as span events; info
+//! events (such as each request's "request completed" line, whose facts the
+//! span itself carries) go to the log only.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -19,7 +22,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Record};
-use tracing::{Event, Id, Subscriber};
+use tracing::{Event, Id, Level, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -32,6 +35,11 @@ use crate::config::{LogFormat, OtelConfig, OtlpProtocol};
 
 /// Span fields copied onto every log line emitted inside the span.
 const CONTEXT_FIELDS: [&str; 5] = ["service", "request_id", "trace_id", "span_id", "tenant"];
+/// Where `trace_id` and `span_id` sit in [`CONTEXT_FIELDS`]; unless a span
+/// sets them as fields, they come from the innermost span's OpenTelemetry
+/// data.
+const TRACE_ID: usize = 2;
+const SPAN_ID: usize = 3;
 
 /// What [`init`] needs to know.
 #[derive(Debug, Clone)]
@@ -133,7 +141,16 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
             .boxed(),
     };
     tracing_subscriber::registry()
-        .with(otel_layer.with_filter(LevelFilter::INFO))
+        .with(
+            otel_layer.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                let most_verbose = if meta.is_event() {
+                    Level::WARN
+                } else {
+                    Level::INFO
+                };
+                *meta.level() <= most_verbose
+            })),
+        )
         .with(ContextLayer.with_filter(LevelFilter::INFO))
         .with(fmt_layer)
         .try_init()
@@ -297,6 +314,19 @@ where
                     }
                 }
             }
+        }
+        if context[TRACE_ID].is_none()
+            && let Some((trace_id, span_id)) = ctx.event_scope().and_then(|scope| {
+                scope.into_iter().find_map(|span| {
+                    let ext = span.extensions();
+                    let otel = ext.get::<tracing_opentelemetry::OtelData>()?;
+                    Some((otel.trace_id()?, otel.span_id()?))
+                })
+            })
+            && trace_id != opentelemetry::TraceId::INVALID
+        {
+            context[TRACE_ID] = Some(trace_id.to_string());
+            context[SPAN_ID] = Some(span_id.to_string());
         }
         for (name, value) in CONTEXT_FIELDS.iter().zip(&context) {
             match (*name, value) {
