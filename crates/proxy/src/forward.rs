@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, RETRY_AFTER};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, RETRY_AFTER, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use http_body_util::Limited;
 use madbase_platform::{ApiError, client};
@@ -15,16 +18,19 @@ use madbase_platform::{ApiError, client};
 use crate::keys;
 use crate::{AppState, Upstream};
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1),
+/// and `Transfer-Encoding` (the client library frames the body again).
+/// Names, not strings: removing by `HeaderName` skips parsing the name.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    UPGRADE,
+    TRANSFER_ENCODING,
 ];
 
 /// The header carrying the tenant to upstreams; only the proxy sets it.
@@ -370,6 +376,7 @@ fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // The names a `Connection` header lists are hop-by-hop too.
     let listed: Vec<String> = headers
         .get_all(CONNECTION)
         .iter()
@@ -378,13 +385,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
         .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(listed.iter().map(String::as_str))
-    {
+    for name in &listed {
+        headers.remove(name.as_str());
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    // Let the client library frame the body again.
-    headers.remove("transfer-encoding");
 }
