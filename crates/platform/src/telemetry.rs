@@ -142,14 +142,20 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     };
     tracing_subscriber::registry()
         .with(
-            otel_layer.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                let most_verbose = if meta.is_event() {
-                    Level::WARN
-                } else {
-                    Level::INFO
-                };
-                *meta.level() <= most_verbose
-            })),
+            otel_layer.with_filter(
+                tracing_subscriber::filter::filter_fn(|meta| {
+                    let most_verbose = if meta.is_event() {
+                        Level::WARN
+                    } else {
+                        Level::INFO
+                    };
+                    *meta.level() <= most_verbose
+                })
+                // Without the hint the subscriber's maximum level would be
+                // TRACE, and every `log` record of a dependency (tokio-postgres
+                // logs each statement at debug) would be formatted and offered.
+                .with_max_level_hint(Level::INFO),
+            ),
         )
         .with(ContextLayer.with_filter(LevelFilter::INFO))
         .with(fmt_layer)
