@@ -220,12 +220,12 @@ async fn context(
     let singular = singular(headers)?;
     let db = st.pools.get(&tenant);
     let schema = load_schema(st, &db, role == "anon").await?;
-    let mut hmap = serde_json::Map::new();
-    for (k, v) in headers {
-        if let Ok(v) = v.to_str() {
-            hmap.insert(k.as_str().to_owned(), Value::from(v));
-        }
-    }
+    // `request.headers`: names sorted, a repeated name's last value, values
+    // that are not visible ASCII left out; borrowed, not copied.
+    let hmap: std::collections::BTreeMap<&str, &str> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .collect();
     Ok(Ctx {
         db,
         schema,
@@ -234,7 +234,8 @@ async fn context(
         role,
         method: method.as_str().to_owned(),
         path: uri.path().to_owned(),
-        headers: Value::Object(hmap).to_string(),
+        // A map of strings always serialises.
+        headers: serde_json::to_string(&hmap).unwrap_or_default(),
         db_schema,
         singular,
         prefer: prefer(headers),
