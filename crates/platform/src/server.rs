@@ -209,8 +209,10 @@ async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Respo
         http.response.status_code = Empty,
     );
     // An invalid or absent traceparent leaves the span as a new root. Log
-    // lines take the span's trace and span ids from its OpenTelemetry data.
+    // lines take the span's trace and span ids from its OpenTelemetry data,
+    // built here (spans do not build it on entry: see `telemetry`).
     let _ = span.set_parent(parent);
+    let _ = span.context();
 
     let response = request_id::scope(id, next.run(req).instrument(span.clone())).await;
 

@@ -122,7 +122,15 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
 
     let filter = EnvFilter::try_new(&cfg.log_filter)
         .with_context(|| format!("MADBASE_LOG: {:?} is not a valid filter", cfg.log_filter))?;
-    let otel_layer = tracing_opentelemetry::layer().with_tracer(tracer);
+    // Nothing here reads OpenTelemetry's own current context (propagation
+    // and log lines read the span's data), so entering a span does not
+    // activate one; spans carry no busy/idle timing nor thread attributes.
+    // Each of those cost work on every poll of every instrumented future.
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_context_activation(false)
+        .with_tracked_inactivity(false)
+        .with_threads(false);
     // MADBASE_LOG filters log lines only: request spans (traces, trace
     // propagation, the log context) stay on whatever the log level is.
     let fmt_layer = match cfg.log_format {
