@@ -219,24 +219,14 @@ pub struct Progress {
 /// Undoes what a failed [`create`] made.
 pub async fn undo(admin: &PgPool, names: &Names, done: Progress) -> Result<(), sqlx::Error> {
     if done.database {
-        admin
-            .execute(
-                format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    ident(&names.database)
-                )
-                .as_str(),
-            )
-            .await?;
+        drop_database(admin, &names.database).await?;
     }
     for (made, role) in [
         (done.authenticator, &names.authenticator),
         (done.owner, &names.owner),
     ] {
         if made {
-            admin
-                .execute(format!("DROP ROLE IF EXISTS {}", ident(role)).as_str())
-                .await?;
+            drop_role(admin, role).await?;
         }
     }
     Ok(())
@@ -245,20 +235,24 @@ pub async fn undo(admin: &PgPool, names: &Names, done: Progress) -> Result<(), s
 /// Drops the tenant's database (terminating its connections) and roles.
 /// Idempotent: missing objects are fine.
 pub async fn drop_all(admin: &PgPool, names: &Names) -> Result<(), sqlx::Error> {
-    admin
-        .execute(
-            format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                ident(&names.database)
-            )
-            .as_str(),
-        )
-        .await?;
+    drop_database(admin, &names.database).await?;
     for role in [&names.authenticator, &names.owner] {
-        admin
-            .execute(format!("DROP ROLE IF EXISTS {}", ident(role)).as_str())
-            .await?;
+        drop_role(admin, role).await?;
     }
+    Ok(())
+}
+
+async fn drop_database(admin: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)).as_str())
+        .await?;
+    Ok(())
+}
+
+async fn drop_role(admin: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+    admin
+        .execute(format!("DROP ROLE IF EXISTS {}", ident(name)).as_str())
+        .await?;
     Ok(())
 }
 
