@@ -502,7 +502,7 @@ pub fn worker() -> Result<()> {
          medians; a ratio is the median of each round's ratio)"
     );
     println!(
-        "{:<16} {:>10} {:>16} {:>8} {:>8} {:>16} {:>8} {:>14}  {}",
+        "{:<16} {:>10} {:>16} {:>8} {:>8} {:>16} {:>8} {:>14}  ratio per round",
         "workload",
         "worker/s",
         "pgbench same/s",
@@ -511,7 +511,6 @@ pub fn worker() -> Result<()> {
         "pgbench stmt/s",
         "ratio",
         "worker CPU µs",
-        "ratio per round"
     );
     let mut missed = Vec::new();
     for r in &report {
@@ -542,8 +541,8 @@ pub fn worker() -> Result<()> {
          tenant lookup, key check, rate limit, metrics, request id, log line"
     );
     println!(
-        "{:<16} {:>10} {:>12} {:>8} {:>8}  {}",
-        "workload", "direct/s", "via proxy/s", "ratio", "target", "ratio per round"
+        "{:<16} {:>10} {:>12} {:>8} {:>8}  ratio per round",
+        "workload", "direct/s", "via proxy/s", "ratio", "target"
     );
     for r in &report {
         let ratios = ratios(&r.proxied, &r.ours);
