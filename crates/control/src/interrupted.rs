@@ -17,14 +17,14 @@ use crate::provision::{self, Names};
 use crate::store;
 
 /// Longer than any create or delete takes.
-pub const STALE_AFTER: Duration = Duration::from_secs(300);
+const STALE_AFTER: Duration = Duration::from_secs(300);
 /// How often a running control looks again.
-pub const EVERY: Duration = Duration::from_secs(60);
+const EVERY: Duration = Duration::from_secs(60);
 
-/// Finishes every unfinished create or delete older than `stale_after`.
+/// Finishes every unfinished create or delete older than [`STALE_AFTER`].
 /// One that fails is logged and left for the next round.
-pub async fn finish(db: &PgPool, admin: &PgPool, stale_after: Duration) -> anyhow::Result<()> {
-    let rows = store::unfinished(db, stale_after.as_secs_f64()).await?;
+async fn finish(db: &PgPool, admin: &PgPool) -> anyhow::Result<()> {
+    let rows = store::unfinished(db, STALE_AFTER.as_secs_f64()).await?;
     for row in rows {
         let names = Names {
             database: row.database_name,
@@ -55,7 +55,7 @@ pub fn start(db: PgPool, admin: PgPool) {
         let mut tick = tokio::time::interval(EVERY);
         loop {
             tick.tick().await;
-            if let Err(e) = finish(&db, &admin, STALE_AFTER).await {
+            if let Err(e) = finish(&db, &admin).await {
                 tracing::warn!(error = %e, "looking for interrupted tenant operations failed");
             }
         }

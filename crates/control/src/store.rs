@@ -172,7 +172,7 @@ pub async fn init_meta(db: &PgPool, key: &str, value: &[u8]) -> Result<Vec<u8>, 
 
 /// A tenant a create or a delete left half done (its control process
 /// stopped in the middle).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Unfinished {
     pub id: String,
     pub status: String,

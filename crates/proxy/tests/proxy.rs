@@ -426,15 +426,15 @@ async fn upstream_failures_timeouts_and_limits() {
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["body_len"], 1000);
     // Oversized headers → 431 JSON with the request id, the upstream never asked.
-    let resp = s
-        .http
-        .get(s.url("/rest/v1/items"))
-        .header("apikey", key)
-        .header("x-request-id", "big-head-1")
-        .header("x-big", "a".repeat(64 * 1024))
-        .send()
-        .await
-        .expect("request");
+    let big_head = |bytes: usize| {
+        s.http
+            .get(s.url("/rest/v1/items"))
+            .header("apikey", key)
+            .header("x-request-id", "big-head-1")
+            .header("x-big", "a".repeat(bytes))
+            .send()
+    };
+    let resp = big_head(64 * 1024).await.expect("request");
     assert_eq!(resp.status(), 431);
     assert_eq!(resp.headers()["x-request-id"], "big-head-1");
     let body: Value = resp.json().await.expect("431 json");
@@ -447,24 +447,10 @@ async fn upstream_failures_timeouts_and_limits() {
         "{body}"
     );
     // Just under the limit still goes through.
-    let resp = s
-        .http
-        .get(s.url("/rest/v1/items"))
-        .header("apikey", key)
-        .header("x-big", "a".repeat(16 * 1024))
-        .send()
-        .await
-        .expect("request");
+    let resp = big_head(16 * 1024).await.expect("request");
     assert_eq!(resp.status(), 200);
     // Beyond hyper's own buffer limit the answer is still a 431, not a hang.
-    let resp = s
-        .http
-        .get(s.url("/rest/v1/items"))
-        .header("apikey", key)
-        .header("x-big", "a".repeat(512 * 1024))
-        .send()
-        .await
-        .expect("request");
+    let resp = big_head(512 * 1024).await.expect("request");
     assert_eq!(resp.status(), 431);
     let text = s.proxy.metrics().await;
     assert!(
