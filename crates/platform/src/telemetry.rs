@@ -19,7 +19,6 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Record};
 use tracing::{Event, Id, Level, Subscriber};
@@ -240,48 +239,99 @@ where
     }
 }
 
-/// Collects an event's fields, in order.
-struct JsonVisitor<'a>(&'a mut Vec<(&'static str, Value)>);
+/// Writes an event's fields as `,"name":value` into `out`, except the
+/// message (kept apart: it comes first) and the names in `skip`.
+struct JsonFields<'a> {
+    out: &'a mut Vec<u8>,
+    message: Option<String>,
+    skip: &'a [&'a str],
+}
 
-impl JsonVisitor<'_> {
-    fn push(&mut self, field: &Field, value: Value) {
-        self.0.push((field.name(), value));
+impl JsonFields<'_> {
+    fn put(&mut self, field: &Field, value: &(impl serde::Serialize + ?Sized)) {
+        if !self.skip.contains(&field.name()) {
+            put(self.out, field.name(), value);
+        }
+    }
+
+    fn put_str(&mut self, field: &Field, value: &str) {
+        if !self.skip.contains(&field.name()) {
+            put_str(self.out, field.name(), value);
+        }
     }
 }
 
-impl Visit for JsonVisitor<'_> {
+impl Visit for JsonFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.push(field, Value::from(value));
+        if field.name() == "message" {
+            self.message = Some(value.to_owned());
+        } else {
+            self.put_str(field, value);
+        }
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.push(field, Value::from(value));
+        self.put(field, &value);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.push(field, Value::from(value));
+        self.put(field, &value);
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.push(field, Value::from(value));
+        self.put(field, &value);
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.push(field, Value::from(value));
+        // serde_json writes a non-finite float as null.
+        self.put(field, &value);
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.push(field, Value::from(value.to_string()));
+        self.put_str(field, &value.to_string());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.push(field, Value::from(format!("{value:?}")));
+        if field.name() == "message" {
+            self.message = Some(format!("{value:?}"));
+        } else {
+            self.put_str(field, &format!("{value:?}"));
+        }
     }
 }
 
-/// Appends `"key":<value>` to a JSON object being written.
-fn put(out: &mut Vec<u8>, key: &str, value: &impl serde::Serialize) {
-    if out.len() > 1 {
-        out.push(b',');
-    }
-    // Serialising a string key or a JSON value into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, key);
+/// Appends `,"key":<value>` to a JSON object being written.
+fn put(out: &mut Vec<u8>, key: &str, value: &(impl serde::Serialize + ?Sized)) {
+    out.push(b',');
+    put_json_str(out, key);
     out.push(b':');
+    // Serialising a JSON value into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// Appends `,"key":"value"`.
+fn put_str(out: &mut Vec<u8>, key: &str, value: &str) {
+    out.push(b',');
+    put_json_str(out, key);
+    out.push(b':');
+    put_json_str(out, value);
+}
+
+/// Appends `s` as a JSON string: copied as is when nothing in it needs
+/// escaping (the usual case), else escaped by serde_json.
+fn put_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+/// Appends `,"key":"<hex of bytes>"`.
+fn put_hex<const N: usize>(out: &mut Vec<u8>, key: &str, bytes: [u8; N]) {
+    put_str(out, key, "");
+    out.pop(); // the closing quote of the empty string
+    let start = out.len();
+    out.resize(start + 2 * N, 0);
+    // The slice is exactly twice the input's length.
+    let _ = hex::encode_to_slice(bytes, &mut out[start..]);
+    out.push(b'"');
 }
 
 /// The JSON line format of the observability contract.
@@ -301,67 +351,173 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let mut fields = Vec::with_capacity(8);
-        event.record(&mut JsonVisitor(&mut fields));
-        let message = fields
-            .iter()
-            .position(|(k, _)| *k == "message")
-            .map(|i| fields.remove(i).1)
-            .unwrap_or(Value::from(""));
-
-        let mut out = Vec::with_capacity(384);
-        out.push(b'{');
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        put(&mut out, "timestamp", &now);
-        put(&mut out, "level", &meta.level().as_str());
-        put(&mut out, "target", &meta.target());
-        put(&mut out, "message", &message);
-
-        let mut context: [Option<String>; CONTEXT_FIELDS.len()] = Default::default();
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope {
-                if let Some(found) = span.extensions().get::<ContextFields>() {
-                    for (slot, value) in context.iter_mut().zip(&found.0) {
-                        if slot.is_none() {
-                            slot.clone_from(value);
-                        }
+        // The innermost span's value of each context field (the spans'
+        // extensions stay borrowed while the line is written), and the
+        // trace and span ids of the innermost span that has them.
+        let spans: Vec<_> = ctx.event_scope().into_iter().flatten().collect();
+        let extensions: Vec<_> = spans.iter().map(|s| s.extensions()).collect();
+        let mut context: [Option<&str>; CONTEXT_FIELDS.len()] = Default::default();
+        let mut trace = None;
+        for ext in &extensions {
+            if let Some(found) = ext.get::<ContextFields>() {
+                for (slot, value) in context.iter_mut().zip(&found.0) {
+                    if slot.is_none() {
+                        *slot = value.as_deref();
                     }
                 }
             }
+            if trace.is_none()
+                && let Some(otel) = ext.get::<tracing_opentelemetry::OtelData>()
+                && let (Some(t), Some(s)) = (otel.trace_id(), otel.span_id())
+                && t != opentelemetry::TraceId::INVALID
+            {
+                trace = Some((t, s));
+            }
         }
-        if context[TRACE_ID].is_none()
-            && let Some((trace_id, span_id)) = ctx.event_scope().and_then(|scope| {
-                scope.into_iter().find_map(|span| {
-                    let ext = span.extensions();
-                    let otel = ext.get::<tracing_opentelemetry::OtelData>()?;
-                    Some((otel.trace_id()?, otel.span_id()?))
+        // Span fields named trace_id/span_id take precedence over the
+        // OpenTelemetry ids.
+        if context[TRACE_ID].is_some() {
+            trace = None;
+        }
+
+        // Event fields may not replace the line's own keys nor a context
+        // field the line has.
+        let mut skip: Vec<&str> = vec!["timestamp", "level", "target", "message", "service"];
+        skip.extend(
+            CONTEXT_FIELDS
+                .iter()
+                .zip(&context)
+                .enumerate()
+                .filter(|(i, (_, v))| {
+                    v.is_some() || (trace.is_some() && (*i == TRACE_ID || *i == SPAN_ID))
                 })
-            })
-            && trace_id != opentelemetry::TraceId::INVALID
-        {
-            context[TRACE_ID] = Some(trace_id.to_string());
-            context[SPAN_ID] = Some(span_id.to_string());
-        }
-        for (name, value) in CONTEXT_FIELDS.iter().zip(&context) {
-            match (*name, value) {
-                (_, Some(v)) => put(&mut out, name, v),
-                ("service", None) => put(&mut out, name, &self.service),
+                .map(|(_, (n, _))| *n),
+        );
+        let mut own = Vec::with_capacity(128);
+        let mut fields = JsonFields {
+            out: &mut own,
+            message: None,
+            skip: &skip,
+        };
+        event.record(&mut fields);
+        let message = fields.message.take().unwrap_or_default();
+
+        let mut out = Vec::with_capacity(256 + own.len());
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        out.extend_from_slice(now.as_bytes());
+        out.push(b'"');
+        put_str(&mut out, "level", meta.level().as_str());
+        put_str(&mut out, "target", meta.target());
+        put_str(&mut out, "message", &message);
+        for (i, (name, value)) in CONTEXT_FIELDS.iter().zip(&context).enumerate() {
+            match (value, trace) {
+                (Some(v), _) => put_str(&mut out, name, v),
+                (None, Some((t, _))) if i == TRACE_ID => put_hex(&mut out, name, t.to_bytes()),
+                (None, Some((_, s))) if i == SPAN_ID => put_hex(&mut out, name, s.to_bytes()),
+                (None, _) if *name == "service" => put_str(&mut out, name, &self.service),
                 _ => {}
             }
         }
-        const RESERVED: [&str; 4] = ["timestamp", "level", "target", "message"];
-        for (k, v) in &fields {
-            let taken = RESERVED.contains(k)
-                || CONTEXT_FIELDS
-                    .iter()
-                    .zip(&context)
-                    .any(|(n, c)| n == k && (c.is_some() || *n == "service"));
-            if !taken {
-                put(&mut out, k, v);
-            }
+        out.extend_from_slice(&own);
+        out.extend_from_slice(b"}\n");
+        let text = std::str::from_utf8(&out).map_err(|_| fmt::Error)?;
+        writer.write_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects what the fmt layer writes.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("buffer").extend_from_slice(buf);
+            Ok(buf.len())
         }
-        out.push(b'}');
-        let text = String::from_utf8(out).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lines(buffer: &Buffer) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let text = String::from_utf8(buffer.0.lock().expect("buffer").clone()).expect("utf-8");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    #[test]
+    fn json_lines_carry_span_context_and_escape_values() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(ContextLayer)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(NoSpanFields)
+                    .event_format(JsonFormat {
+                        service: "svc".into(),
+                    })
+                    .with_writer(move || writer.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(count = 3_u64, "outside \"any\" span");
+            let span = tracing::info_span!(
+                "request",
+                request_id = "rid-1",
+                tenant = tracing::field::Empty
+            );
+            span.record("tenant", "acme");
+            span.in_scope(|| {
+                tracing::warn!(
+                    level = "not the level",
+                    tenant = "not the tenant",
+                    text = "line\nbreak \\ \u{1}",
+                    ratio = f64::NAN,
+                    ok = true,
+                    "in {}",
+                    "span"
+                );
+            });
+        });
+
+        let lines = lines(&buffer);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let outside = &lines[0];
+        assert_eq!(outside["message"], "outside \"any\" span");
+        assert_eq!(outside["service"], "svc");
+        assert_eq!(outside["level"], "INFO");
+        assert_eq!(outside["count"], 3);
+        assert!(outside.get("request_id").is_none() && outside.get("trace_id").is_none());
+
+        let inside = &lines[1];
+        assert_eq!(inside["message"], "in span");
+        assert_eq!(inside["level"], "WARN");
+        assert_eq!(inside["request_id"], "rid-1");
+        assert_eq!(inside["tenant"], "acme");
+        assert_eq!(inside["service"], "svc");
+        assert_eq!(inside["text"], "line\nbreak \\ \u{1}");
+        assert_eq!(inside["ratio"], serde_json::Value::Null);
+        assert_eq!(inside["ok"], true);
+        let trace_id = inside["trace_id"].as_str().expect("trace_id");
+        let span_id = inside["span_id"].as_str().expect("span_id");
+        assert!(trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(span_id.len() == 16 && span_id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(trace_id, "0".repeat(32));
+        assert!(
+            inside["timestamp"]
+                .as_str()
+                .expect("timestamp")
+                .ends_with('Z')
+        );
     }
 }
