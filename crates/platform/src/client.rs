@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry_http::HeaderInjector;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::request_id;
+use crate::request_id::{self, SpanTrace};
 
 /// A client for calls between madbase services (plain HTTP on the internal
 /// network, short timeouts).
@@ -22,15 +22,64 @@ pub fn internal_client() -> reqwest::Client {
 }
 
 /// Adds `X-Request-Id` (of the request being handled) and `traceparent`
-/// (of the current span) to `headers`.
+/// (of the current span) to `headers`. Inside the request span itself this
+/// copies the headers computed when the request started ([`span_trace`]).
 pub fn inject(headers: &mut HeaderMap) {
-    if let Some(id) = request_id::current_header() {
+    let scope = request_id::with_current(|s| (s.id.clone(), s.trace.clone()));
+    let (id, trace) = scope.unzip();
+    if let Some(id) = id {
         headers.insert(HeaderName::from_static(request_id::X_REQUEST_ID), id);
     }
-    let cx = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&cx, &mut HeaderInjector(headers));
-    });
+    let span = tracing::Span::current();
+    match trace.flatten() {
+        Some(t) if span.id().as_ref() == Some(&t.span) => {
+            headers.insert(TRACEPARENT, t.traceparent);
+            if let Some(state) = t.tracestate {
+                headers.insert(TRACESTATE, state);
+            }
+        }
+        _ => {
+            let cx = span.context();
+            opentelemetry::global::get_text_map_propagator(|p| {
+                p.inject_context(&cx, &mut HeaderInjector(headers));
+            });
+        }
+    }
+}
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The `traceparent` and `tracestate` headers of span `span` whose
+/// OpenTelemetry context is `cx`, exactly as the W3C trace-context
+/// propagator writes them (None for an invalid span context, which the
+/// propagator does not send either). Computed once per request, so outgoing
+/// calls copy two header values instead of running the propagator.
+pub fn span_trace(span: tracing::Id, cx: &opentelemetry::Context) -> Option<SpanTrace> {
+    use opentelemetry::trace::{TraceContextExt as _, TraceFlags};
+    let binding = cx.span();
+    let sc = binding.span_context();
+    if !sc.is_valid() {
+        return None;
+    }
+    // 00-<trace id>-<span id>-<flags>, lowercase hex.
+    let mut traceparent = [0u8; 55];
+    traceparent[..3].copy_from_slice(b"00-");
+    traceparent[35] = b'-';
+    traceparent[52] = b'-';
+    let flags = (sc.trace_flags() & TraceFlags::SAMPLED).to_u8();
+    // Each slice is exactly twice its input's length.
+    let _ = hex::encode_to_slice(sc.trace_id().to_bytes(), &mut traceparent[3..35]);
+    let _ = hex::encode_to_slice(sc.span_id().to_bytes(), &mut traceparent[36..52]);
+    let _ = hex::encode_to_slice([flags], &mut traceparent[53..55]);
+    let state = sc.trace_state().header();
+    Some(SpanTrace {
+        span,
+        traceparent: HeaderValue::from_bytes(&traceparent).ok()?,
+        tracestate: (!state.is_empty())
+            .then(|| HeaderValue::from_str(&state).ok())
+            .flatten(),
+    })
 }
 
 /// The propagation headers for an outgoing request.
@@ -50,4 +99,55 @@ pub fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    use super::*;
+
+    fn by_propagator(cx: &opentelemetry::Context) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(&mut headers));
+        headers
+    }
+
+    #[test]
+    fn span_trace_writes_what_the_propagator_writes() {
+        let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex");
+        let span_id = SpanId::from_hex("00f067aa0ba902b7").expect("hex");
+        let states = [
+            TraceState::default(),
+            TraceState::from_key_value([("vendor", "opaque"), ("other", "x")]).expect("state"),
+        ];
+        for flags in [TraceFlags::SAMPLED, TraceFlags::default()] {
+            for state in &states {
+                let cx = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+                    trace_id,
+                    span_id,
+                    flags,
+                    true,
+                    state.clone(),
+                ));
+                let expected = by_propagator(&cx);
+                let got = span_trace(tracing::Id::from_u64(7), &cx).expect("valid context");
+                assert_eq!(Some(&got.traceparent), expected.get("traceparent"));
+                // The propagator always sends tracestate, empty when there
+                // is none; W3C trace context makes an empty one the same as
+                // none, which is what we send.
+                let expected_state = expected.get("tracestate").filter(|v| !v.is_empty());
+                assert_eq!(got.tracestate.as_ref(), expected_state);
+                assert_eq!(got.span, tracing::Id::from_u64(7));
+            }
+        }
+        // An invalid span context: the propagator sends nothing, nor do we.
+        let empty = opentelemetry::Context::new();
+        assert!(by_propagator(&empty).is_empty());
+        assert!(span_trace(tracing::Id::from_u64(7), &empty).is_none());
+    }
 }

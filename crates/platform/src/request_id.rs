@@ -11,8 +11,27 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 /// The header carrying the request ID.
 pub const X_REQUEST_ID: &str = "x-request-id";
 
+/// What calls made while handling a request carry: its ID and, computed
+/// once when the request span starts, that span's W3C trace context.
+#[derive(Debug, Clone)]
+pub struct RequestScope {
+    /// The request ID, as the request carried it (or as generated).
+    pub id: HeaderValue,
+    /// The request span and its `traceparent` (and `tracestate`, when not
+    /// empty): what an outgoing request made directly inside that span sends.
+    pub trace: Option<SpanTrace>,
+}
+
+/// A span's trace context as propagation headers.
+#[derive(Debug, Clone)]
+pub struct SpanTrace {
+    pub span: tracing::Id,
+    pub traceparent: HeaderValue,
+    pub tracestate: Option<HeaderValue>,
+}
+
 tokio::task_local! {
-    static CURRENT: String;
+    static CURRENT: RequestScope;
 }
 
 /// True when `value` may be kept as a request ID: 1 to 128 characters, each
@@ -50,28 +69,28 @@ pub fn propagate_layer() -> PropagateRequestIdLayer {
     PropagateRequestIdLayer::x_request_id()
 }
 
-/// The request ID of a request that went through [`set_layer`].
-pub fn of(req: &Request) -> String {
+/// The request ID of a request that went through [`set_layer`] (an empty
+/// value if it did not).
+pub fn of(req: &Request) -> HeaderValue {
     req.headers()
         .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(""))
 }
 
-/// Runs `fut` with `id` as the current request ID.
-pub async fn scope<F: Future>(id: String, fut: F) -> F::Output {
-    CURRENT.scope(id, fut).await
+/// Runs `fut` inside the request `scope`.
+pub async fn scope<F: Future>(scope: RequestScope, fut: F) -> F::Output {
+    CURRENT.scope(scope, fut).await
+}
+
+/// Reads the scope of the request this task is handling, if any.
+pub fn with_current<R>(f: impl FnOnce(&RequestScope) -> R) -> Option<R> {
+    CURRENT.try_with(f).ok()
 }
 
 /// The ID of the request being handled by this task, if any.
 pub fn current() -> Option<String> {
-    CURRENT.try_with(Clone::clone).ok()
-}
-
-/// The current request ID as a header value, for outgoing requests.
-pub fn current_header() -> Option<HeaderValue> {
-    current().and_then(|id| HeaderValue::from_str(&id).ok())
+    with_current(|s| s.id.to_str().unwrap_or_default().to_owned())
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 //!
 //! Pipeline, outermost first: drop an invalid `X-Request-Id` → tower-http
 //! sets one when missing → tower-http copies it to the response → [`observe`]
-//! (request span continuing the incoming `traceparent`, request-ID scope,
-//! metrics, one log line) → the request-head size check (431 JSON) → the
-//! route.
+//! (request span continuing the incoming `traceparent`, request scope,
+//! the request-head size check with its 431 JSON, metrics, one log line) →
+//! the route.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +32,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::client;
 use crate::error;
 use crate::health::{self, HealthState, ReadyCheck};
 use crate::metrics::Metrics;
@@ -55,6 +56,8 @@ pub struct ServiceApp {
 struct Observer {
     service: Service,
     metrics: Option<Metrics>,
+    /// [`ConnLimits::max_header_bytes`].
+    max_header_bytes: usize,
 }
 
 /// The API router: the service's routes, `/health`, 404 JSON for the rest,
@@ -72,13 +75,13 @@ pub fn api_router_with(app: &ServiceApp, limits: ConnLimits) -> Router {
     let observer = Observer {
         service: app.service,
         metrics: Some(app.metrics.clone()),
+        max_header_bytes: limits.max_header_bytes,
     };
     with_pipeline(
         app.api
             .clone()
             .route("/health", get(health::health).with_state(health)),
         observer,
-        limits,
     )
 }
 
@@ -97,6 +100,7 @@ pub fn admin_router_with(app: &ServiceApp, limits: ConnLimits) -> Router {
     let observer = Observer {
         service: app.service,
         metrics: None,
+        max_header_bytes: limits.max_header_bytes,
     };
     let routes = Router::new()
         .route("/health", get(health::health))
@@ -106,16 +110,12 @@ pub fn admin_router_with(app: &ServiceApp, limits: ConnLimits) -> Router {
             "/metrics",
             get(metrics_handler).with_state(app.metrics.clone()),
         );
-    with_pipeline(routes, observer, limits)
+    with_pipeline(routes, observer)
 }
 
-fn with_pipeline(routes: Router, observer: Observer, limits: ConnLimits) -> Router {
+fn with_pipeline(routes: Router, observer: Observer) -> Router {
     routes
         .fallback(error::not_found)
-        .layer(middleware::from_fn_with_state(
-            limits.max_header_bytes,
-            check_head,
-        ))
         .layer(middleware::from_fn_with_state(observer, observe))
         .layer(request_id::propagate_layer())
         .layer(request_id::set_layer())
@@ -150,21 +150,20 @@ async fn metrics_handler(State(metrics): State<Metrics>, headers: HeaderMap) -> 
     }
 }
 
-/// 431 JSON (with the request ID, logged and counted like any answer) for a
-/// request whose head is larger than `max`. hyper's own limit sits above
-/// this one (see [`ConnLimits::hard_head_limit`]), so only heads beyond
-/// that get hyper's bare 431.
-async fn check_head(State(max): State<usize>, req: Request, next: Next) -> Response {
-    let size = head_size(&req);
-    if size > max {
-        return error::ApiError::new(
+/// 431 JSON for a request whose head is larger than `max` (observed,
+/// logged and counted like any answer). hyper's own limit sits above this
+/// one (see [`ConnLimits::hard_head_limit`]), so only heads beyond that get
+/// hyper's bare 431.
+fn head_too_large(req: &Request, max: usize) -> Option<Response> {
+    let size = head_size(req);
+    (size > max).then(|| {
+        error::ApiError::new(
             http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "request_header_too_large",
             format!("the request line and headers take {size} bytes; at most {max} are accepted"),
         )
-        .into_response();
-    }
-    next.run(req).await
+        .into_response()
+    })
 }
 
 /// The size of the request head as HTTP/1.1 sends it: request line and
@@ -181,8 +180,11 @@ fn head_size(req: &Request) -> usize {
         + LINE_END
 }
 
-/// The request span (continuing an incoming `traceparent`), the request-ID
-/// scope, metrics by route template, and one log line per request.
+const TRACEPARENT: &str = "traceparent";
+
+/// The request span (continuing an incoming `traceparent`), the request
+/// scope (ID and trace headers for outgoing calls), the head-size check,
+/// metrics by route template, and one log line per request.
 async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
@@ -192,29 +194,43 @@ async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Respo
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let id = request_id::of(&req);
-    let parent = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&HeaderExtractor(req.headers()))
-    });
     let span = tracing::info_span!(
         "request",
         otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
         otel.status_code = Empty,
         service = obs.service.name(),
-        request_id = %id,
+        request_id = id.to_str().unwrap_or_default(),
         tenant = Empty,
-        http.request.method = %method,
-        http.route = %route,
-        url.path = %req.uri().path(),
+        http.request.method = method.as_str(),
+        http.route = route.as_str(),
+        url.path = req.uri().path(),
         http.response.status_code = Empty,
     );
-    // An invalid or absent traceparent leaves the span as a new root. Log
-    // lines take the span's trace and span ids from its OpenTelemetry data,
-    // built here (spans do not build it on entry: see `telemetry`).
-    let _ = span.set_parent(parent);
-    let _ = span.context();
+    // Without a traceparent the span is a new root (OpenTelemetry's current
+    // context is never activated, see `telemetry`); an invalid one does the
+    // same through the propagator.
+    if req.headers().contains_key(TRACEPARENT) {
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(req.headers()))
+        });
+        let _ = span.set_parent(parent);
+    }
+    // Builds the span's trace context now: log lines read their trace and
+    // span ids from it, outgoing calls its propagation headers.
+    let trace = span
+        .id()
+        .and_then(|span_id| client::span_trace(span_id, &span.context()));
+    let scope = request_id::RequestScope { id, trace };
 
-    let response = request_id::scope(id, next.run(req).instrument(span.clone())).await;
+    let max_header_bytes = obs.max_header_bytes;
+    let handled = async move {
+        match head_too_large(&req, max_header_bytes) {
+            Some(refused) => refused,
+            None => next.run(req).await,
+        }
+    };
+    let response = request_id::scope(scope, handled.instrument(span.clone())).await;
 
     let status = response.status();
     let elapsed = start.elapsed();
@@ -223,7 +239,7 @@ async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Respo
         span.record("otel.status_code", "ERROR");
     }
     if let Some(metrics) = &obs.metrics {
-        metrics.observe_request(method.as_str(), &route, status.as_u16(), elapsed);
+        metrics.observe_request(&method, &route, status.as_u16(), elapsed);
     }
     span.in_scope(|| {
         tracing::info!(

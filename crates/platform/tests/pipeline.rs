@@ -135,6 +135,11 @@ async fn metrics_use_route_templates_and_stay_on_admin() {
     for path in ["/items/1", "/items/2", "/items/3", "/no/such/thing"] {
         call(&api, get_req(path).body(Body::empty()).expect("req")).await;
     }
+    // Methods nobody defined are counted under one label, not one each.
+    for method in ["BREW", "WHEN"] {
+        let req = get_req("/items/1").method(method).body(Body::empty());
+        call(&api, req.expect("req")).await;
+    }
     let (status, headers, text) = call(
         &admin,
         get_req("/metrics").body(Body::empty()).expect("req"),
@@ -160,6 +165,11 @@ async fn metrics_use_route_templates_and_stay_on_admin() {
     ));
     assert!(text.contains(r#"le="10"} 3"#), "10 s bucket: {text}");
     assert!(!text.contains("/items/1"), "raw paths never become labels");
+    assert!(
+        text.contains(r#"http_requests_total{method="_OTHER",route="/items/{id}",status="405"} 2"#),
+        "{text}"
+    );
+    assert!(!text.contains("BREW"), "{text}");
     assert!(text.contains(r#"madbase_build_info{version=""#));
 
     // OpenMetrics on request.
