@@ -5,12 +5,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
-use http::header::{
-    CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, RETRY_AFTER, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use http_body_util::Limited;
 use madbase_platform::{ApiError, client};
@@ -18,39 +15,22 @@ use madbase_platform::{ApiError, client};
 use crate::keys;
 use crate::{AppState, Upstream};
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1),
-/// and `Transfer-Encoding` (the client library frames the body again).
-/// Names, not strings: removing by `HeaderName` skips parsing the name.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION,
-    TE,
-    TRAILER,
-    UPGRADE,
-    TRANSFER_ENCODING,
-];
-
 /// The header carrying the tenant to upstreams; only the proxy sets it.
 pub const TENANT_HEADER: &str = "x-madbase-tenant";
 
-/// `/t/{tenant}/…`
+/// `/t/{tenant}/…` (the router matched the pattern; the tenant is the
+/// second segment, taken from the path as sent).
 pub(crate) async fn by_path(
     State(state): State<AppState>,
-    Path(params): Path<Vec<(String, String)>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let tenant = params
-        .iter()
-        .find(|(k, _)| k == "tenant")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let path = req.uri().path();
+    let rest = path.get("/t/".len()..).unwrap_or_default();
+    let (tenant, _) = rest.split_once('/').unwrap_or((rest, ""));
+    let tenant = tenant.to_owned();
     let prefix_len = "/t/".len() + tenant.len();
-    let path = req.uri().path().get(prefix_len..).unwrap_or("/").to_owned();
-    handle(state, tenant, path, peer, req).await
+    handle(state, tenant, prefix_len, peer, req).await
 }
 
 /// `<tenant>.<domain>/…`
@@ -84,8 +64,7 @@ pub(crate) async fn by_host(
         )
         .into_response();
     };
-    let path = req.uri().path().to_owned();
-    handle(state, tenant, path, peer, req).await
+    handle(state, tenant, 0, peer, req).await
 }
 
 fn request_host(req: &Request) -> Option<String> {
@@ -105,13 +84,16 @@ fn tenant_not_found(tenant: &str) -> Response {
     .into_response()
 }
 
+/// `prefix_len`: how much of the request path is the tenant prefix (the
+/// rest is the upstream path).
 async fn handle(
     state: AppState,
     tenant: String,
-    path: String,
+    prefix_len: usize,
     peer: SocketAddr,
     req: Request,
 ) -> Response {
+    let path = req.uri().path().get(prefix_len..).unwrap_or("/");
     let upstream = if path == "/rest/v1" || path.starts_with("/rest/v1/") {
         Upstream::Worker
     } else if path == "/functions/v1" || path.starts_with("/functions/v1/") {
@@ -123,7 +105,7 @@ async fn handle(
         return tenant_not_found(&tenant);
     }
     tracing::Span::current().record("tenant", tenant.as_str());
-    let response = authorize_and_forward(&state, &tenant, upstream, &path, peer, req).await;
+    let response = authorize_and_forward(&state, &tenant, upstream, prefix_len, peer, req).await;
     state
         .metrics
         .request(&tenant, upstream.name(), response.status().as_u16());
@@ -134,7 +116,7 @@ async fn authorize_and_forward(
     state: &AppState,
     tenant: &str,
     upstream: Upstream,
-    path: &str,
+    prefix_len: usize,
     peer: SocketAddr,
     req: Request,
 ) -> Response {
@@ -194,14 +176,14 @@ async fn authorize_and_forward(
         return resp;
     }
 
-    forward(state, tenant, upstream, path, peer, req).await
+    forward(state, tenant, upstream, prefix_len, peer, req).await
 }
 
 async fn forward(
     state: &AppState,
     tenant: &str,
     upstream: Upstream,
-    path: &str,
+    prefix_len: usize,
     peer: SocketAddr,
     req: Request,
 ) -> Response {
@@ -219,6 +201,7 @@ async fn forward(
         Upstream::Worker => &state.config.worker_url,
         Upstream::Functions => &state.config.functions_url,
     };
+    let path = parts.uri.path().get(prefix_len..).unwrap_or("/");
     let target = match parts.uri.query() {
         Some(q) => format!("{base}{path}?{q}"),
         None => format!("{base}{path}"),
@@ -375,7 +358,34 @@ fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
     headers
 }
 
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1),
+/// and `Transfer-Encoding` (the client library frames the body again).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "transfer-encoding"
+    )
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names; most messages have none of them (and an
+    // empty Vec does not allocate).
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_hop_by_hop(k))
+        .cloned()
+        .collect();
+    if found.is_empty() {
+        return;
+    }
     // The names a `Connection` header lists are hop-by-hop too.
     let listed: Vec<String> = headers
         .get_all(CONNECTION)
@@ -388,7 +398,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &listed {
         headers.remove(name.as_str());
     }
-    for name in &HOP_BY_HOP {
+    for name in found {
         headers.remove(name);
     }
 }
