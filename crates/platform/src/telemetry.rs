@@ -164,7 +164,10 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
                 .with_max_level_hint(Level::INFO),
             ),
         )
-        .with(ContextLayer.with_filter(LevelFilter::INFO))
+        // Unfiltered: a per-layer filter would be consulted on every enter
+        // and exit of every span; the layer checks the level itself, once
+        // per span.
+        .with(ContextLayer)
         .with(fmt_layer)
         .try_init()
         .context("installing the log subscriber")?;
@@ -205,15 +208,25 @@ impl Visit for ContextFields {
     }
 }
 
-/// Keeps each span's context fields so the formatter can put them on every
-/// line without re-parsing formatted span fields.
+/// Keeps each span's context fields (spans at INFO or above) so the
+/// formatter can put them on every line without re-parsing formatted span
+/// fields.
 struct ContextLayer;
 
 impl<S> Layer<S> for ContextLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    /// Without this hint the subscriber's maximum level would be TRACE (see
+    /// the OpenTelemetry layer's filter in [`init`]).
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::INFO)
+    }
+
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if *attrs.metadata().level() > Level::INFO {
+            return;
+        }
         let mut fields = ContextFields::default();
         attrs.record(&mut fields);
         if fields.0.iter().any(Option::is_some)
@@ -225,6 +238,9 @@ where
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
+        if *span.metadata().level() > Level::INFO {
+            return;
+        }
         let mut ext = span.extensions_mut();
         match ext.get_mut::<ContextFields>() {
             Some(fields) => values.record(fields),
