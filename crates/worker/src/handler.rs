@@ -14,7 +14,6 @@ use madbase_platform::jwt::{self, JwtError};
 use madbase_platform::tenants::TenantInfo;
 use serde_json::Value;
 use tokio_postgres::types::{ToSql, Type};
-use tracing::Instrument as _;
 
 use crate::AppState;
 use crate::conns::{Conn, DbError};
@@ -270,8 +269,11 @@ async fn execute(
 ) -> Result<Outcome, Error> {
     let start = Instant::now();
     // The transaction runs in its own task: a client that goes away cannot
-    // cancel it half-way and leave a connection mid-transaction.
+    // cancel it half-way and leave a connection mid-transaction. The task is
+    // not instrumented with the request span (that would enter and leave
+    // the span on each of its many polls); its few log lines enter it.
     let job = Arc::new(TxJob {
+        span: tracing::Span::current(),
         conns: ctx.db.conns.clone(),
         anon: ctx.anon(),
         role: ctx.role.clone(),
@@ -288,7 +290,7 @@ async fn execute(
     let mut attempt = 0;
     let result = loop {
         let j = job.clone();
-        let r = tokio::spawn(async move { run_tx(&j).await }.instrument(tracing::Span::current()))
+        let r = tokio::spawn(async move { run_tx(&j).await })
             .await
             .unwrap_or_else(|e| Err(Error::Internal(format!("transaction task failed: {e}"))));
         match r {
@@ -312,6 +314,8 @@ async fn execute(
 
 /// Everything one transaction needs, owned by its task.
 struct TxJob {
+    /// The request span, for the task's log lines.
+    span: tracing::Span,
     conns: Arc<crate::conns::Conns>,
     anon: bool,
     role: String,
@@ -368,7 +372,8 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
         anon,
     };
     let sql = &job.sql;
-    tracing::debug!(sql = %sql.text, "query");
+    job.span
+        .in_scope(|| tracing::debug!(sql = %sql.text, "query"));
     let params: Vec<&(dyn ToSql + Sync)> = sql.args.iter().map(Arg::as_sql).collect();
     let settings: [&(dyn ToSql + Sync); 6] = [
         &job.role,
@@ -402,7 +407,7 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
                     conn.keep(&sql.text, p.clone());
                     p
                 }
-                Err(e) => return Err(rollback(conn, anon, pg(e)).await),
+                Err(e) => return Err(rollback(job, conn, pg(e)).await),
             }
         }
     };
@@ -449,7 +454,7 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
     let out = match checked {
         Ok(o) => o,
         Err(e) if e.is_broken_connection() => return Err(e),
-        Err(e) => return Err(rollback(conn, anon, e).await),
+        Err(e) => return Err(rollback(job, conn, e).await),
     };
     match c.execute(&conn.commit, &[]).await {
         Ok(_) => Ok(out),
@@ -457,7 +462,8 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
         Err(e) if e.as_db_error().is_some() => Err(pg(e)),
         Err(e) => {
             // The write may or may not be committed: never retried.
-            tracing::warn!(error = %e, "COMMIT failed");
+            job.span
+                .in_scope(|| tracing::warn!(error = %e, "COMMIT failed"));
             Err(Error::api(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "PGRST000",
@@ -470,14 +476,16 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
 /// Ends a failed transaction and returns its error; if the ROLLBACK itself
 /// fails, that error is returned instead (it is a broken connection, which
 /// the caller then closes) and the first one is logged.
-async fn rollback(conn: &Conn, anon: bool, cause: Error) -> Error {
+async fn rollback(job: &TxJob, conn: &Conn, cause: Error) -> Error {
     match conn.client.execute(&conn.rollback, &[]).await {
         Ok(_) => cause,
         Err(e) => {
-            tracing::warn!(error = %cause, "ROLLBACK failed after an error");
+            job.span.in_scope(|| {
+                tracing::warn!(error = %cause, "ROLLBACK failed after an error");
+            });
             Error::Db {
                 source: DbError::Postgres(e),
-                anon,
+                anon: job.anon,
             }
         }
     }
