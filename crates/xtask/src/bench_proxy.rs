@@ -10,7 +10,7 @@
 //! example of the proxy crate), the same Tokio + hyper forwarding doing
 //! nothing else, once with hyper-util's pooled client (as the proxy) and once
 //! with one upstream connection per client connection. Reported: requests
-//! per second and CPU seconds per request of each process, medians of 3
+//! per second and CPU seconds per request of each process, medians of 5
 //! rounds after a warm-up, and each peer's CPU ratio to nginx.
 
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use crate::util::{run, step};
 
 const RUN_SECONDS: u32 = 8;
 /// Rounds measured (each peer once per round); medians are reported.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// Sum of CPU seconds of a process and its children (nginx master + worker).
 fn tree_cpu_seconds(pid: u32) -> Result<f64> {
