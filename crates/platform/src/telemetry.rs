@@ -341,8 +341,9 @@ fn put_json_str(out: &mut Vec<u8>, s: &str) {
 
 /// Appends `,"key":"<hex of bytes>"`.
 fn put_hex<const N: usize>(out: &mut Vec<u8>, key: &str, bytes: [u8; N]) {
-    put_str(out, key, "");
-    out.pop(); // the closing quote of the empty string
+    out.push(b',');
+    put_json_str(out, key);
+    out.extend_from_slice(b":\"");
     let start = out.len();
     out.resize(start + 2 * N, 0);
     // The slice is exactly twice the input's length.

@@ -84,8 +84,13 @@ fn tenant_not_found(tenant: &str) -> Response {
     .into_response()
 }
 
-/// `prefix_len`: how much of the request path is the tenant prefix (the
-/// rest is the upstream path).
+/// The request path without the tenant prefix: the path the upstream sees.
+fn upstream_path(uri: &Uri, prefix_len: usize) -> &str {
+    uri.path().get(prefix_len..).unwrap_or("/")
+}
+
+/// `prefix_len`: how much of the request path is the tenant prefix (see
+/// [`upstream_path`]).
 async fn handle(
     state: AppState,
     tenant: String,
@@ -93,7 +98,7 @@ async fn handle(
     peer: SocketAddr,
     req: Request,
 ) -> Response {
-    let path = req.uri().path().get(prefix_len..).unwrap_or("/");
+    let path = upstream_path(req.uri(), prefix_len);
     let upstream = if path == "/rest/v1" || path.starts_with("/rest/v1/") {
         Upstream::Worker
     } else if path == "/functions/v1" || path.starts_with("/functions/v1/") {
@@ -201,7 +206,7 @@ async fn forward(
         Upstream::Worker => &state.config.worker_url,
         Upstream::Functions => &state.config.functions_url,
     };
-    let path = parts.uri.path().get(prefix_len..).unwrap_or("/");
+    let path = upstream_path(&parts.uri, prefix_len);
     let target = match parts.uri.query() {
         Some(q) => format!("{base}{path}?{q}"),
         None => format!("{base}{path}"),
