@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry_http::HeaderInjector;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use opentelemetry::trace::{SpanContext, TraceFlags};
 
 use crate::request_id::{self, SpanTrace};
+use crate::telemetry;
 
 /// A client for calls between madbase services (plain HTTP on the internal
 /// network, short timeouts).
@@ -23,7 +23,8 @@ pub fn internal_client() -> reqwest::Client {
 
 /// Adds `X-Request-Id` (of the request being handled) and `traceparent`
 /// (of the current span) to `headers`. Inside the request span itself this
-/// copies the headers computed when the request started ([`span_trace`]).
+/// copies the headers computed when the request started ([`span_trace`]);
+/// inside another span it writes that span's.
 pub fn inject(headers: &mut HeaderMap) {
     let scope = request_id::with_current(|s| (s.id.clone(), s.trace.clone()));
     let (id, trace) = scope.unzip();
@@ -31,18 +32,17 @@ pub fn inject(headers: &mut HeaderMap) {
         headers.insert(HeaderName::from_static(request_id::X_REQUEST_ID), id);
     }
     let span = tracing::Span::current();
-    match trace.flatten() {
-        Some(t) if span.id().as_ref() == Some(&t.span) => {
-            headers.insert(TRACEPARENT, t.traceparent);
-            if let Some(state) = t.tracestate {
-                headers.insert(TRACESTATE, state);
-            }
-        }
-        _ => {
-            let cx = span.context();
-            opentelemetry::global::get_text_map_propagator(|p| {
-                p.inject_context(&cx, &mut HeaderInjector(headers));
-            });
+    let trace = match trace.flatten() {
+        Some(t) if span.id().as_ref() == Some(&t.span) => Some(t),
+        _ => span
+            .id()
+            .zip(telemetry::span_context(&span))
+            .and_then(|(id, sc)| span_trace(id, &sc)),
+    };
+    if let Some(t) = trace {
+        headers.insert(TRACEPARENT, t.traceparent);
+        if let Some(state) = t.tracestate {
+            headers.insert(TRACESTATE, state);
         }
     }
 }
@@ -50,15 +50,12 @@ pub fn inject(headers: &mut HeaderMap) {
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// The `traceparent` and `tracestate` headers of span `span` whose
-/// OpenTelemetry context is `cx`, exactly as the W3C trace-context
-/// propagator writes them (None for an invalid span context, which the
-/// propagator does not send either). Computed once per request, so outgoing
-/// calls copy two header values instead of running the propagator.
-pub fn span_trace(span: tracing::Id, cx: &opentelemetry::Context) -> Option<SpanTrace> {
-    use opentelemetry::trace::{TraceContextExt as _, TraceFlags};
-    let binding = cx.span();
-    let sc = binding.span_context();
+/// The `traceparent` and `tracestate` headers of span `span` whose trace
+/// context is `sc`, exactly as the W3C trace-context propagator writes them
+/// (None for an invalid span context, which the propagator does not send
+/// either). Computed once per request, so outgoing calls copy two header
+/// values.
+pub fn span_trace(span: tracing::Id, sc: &SpanContext) -> Option<SpanTrace> {
     if !sc.is_valid() {
         return None;
     }
@@ -104,9 +101,8 @@ pub fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use opentelemetry::propagation::TextMapPropagator as _;
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-    };
+    use opentelemetry::trace::{SpanId, TraceContextExt as _, TraceId, TraceState};
+    use opentelemetry_http::HeaderInjector;
     use opentelemetry_sdk::propagation::TraceContextPropagator;
 
     use super::*;
@@ -127,15 +123,10 @@ mod tests {
         ];
         for flags in [TraceFlags::SAMPLED, TraceFlags::default()] {
             for state in &states {
-                let cx = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
-                    trace_id,
-                    span_id,
-                    flags,
-                    true,
-                    state.clone(),
-                ));
+                let sc = SpanContext::new(trace_id, span_id, flags, true, state.clone());
+                let cx = opentelemetry::Context::new().with_remote_span_context(sc.clone());
                 let expected = by_propagator(&cx);
-                let got = span_trace(tracing::Id::from_u64(7), &cx).expect("valid context");
+                let got = span_trace(tracing::Id::from_u64(7), &sc).expect("valid context");
                 assert_eq!(Some(&got.traceparent), expected.get("traceparent"));
                 // The propagator always sends tracestate, empty when there
                 // is none; W3C trace context makes an empty one the same as
@@ -148,6 +139,6 @@ mod tests {
         // An invalid span context: the propagator sends nothing, nor do we.
         let empty = opentelemetry::Context::new();
         assert!(by_propagator(&empty).is_empty());
-        assert!(span_trace(tracing::Id::from_u64(7), &empty).is_none());
+        assert!(span_trace(tracing::Id::from_u64(7), &SpanContext::NONE).is_none());
     }
 }

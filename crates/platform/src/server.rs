@@ -30,7 +30,6 @@ use tower::ServiceExt as _;
 use tower::util::MapRequestLayer;
 use tracing::Instrument as _;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::client;
 use crate::error;
@@ -38,6 +37,7 @@ use crate::health::{self, HealthState, ReadyCheck};
 use crate::metrics::Metrics;
 use crate::request_id;
 use crate::service::Service;
+use crate::telemetry;
 
 /// What a service contributes: its API routes, readiness checks and metrics.
 #[derive(Debug)]
@@ -214,13 +214,14 @@ async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Respo
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&HeaderExtractor(req.headers()))
         });
-        let _ = span.set_parent(parent);
+        telemetry::set_parent(&span, parent);
     }
     // Builds the span's trace context now: log lines read their trace and
     // span ids from it, outgoing calls its propagation headers.
     let trace = span
         .id()
-        .and_then(|span_id| client::span_trace(span_id, &span.context()));
+        .zip(telemetry::span_context(&span))
+        .and_then(|(span_id, sc)| client::span_trace(span_id, &sc));
     let scope = request_id::RequestScope { id, trace };
 
     let max_header_bytes = obs.max_header_bytes;

@@ -2,10 +2,14 @@
 //!
 //! One JSON object per line on stdout with `timestamp`, `level`, `target`,
 //! `message`, `service`, `request_id`, `trace_id`, `span_id` and `tenant`
-//! (where known), plus the event's own fields. Traces go through
-//! OpenTelemetry: spans always get W3C trace context (so `traceparent` is
-//! continued and propagated even without an exporter), and are exported over
-//! OTLP (gRPC, or HTTP/protobuf) only when an OTLP endpoint is configured.
+//! (where known), plus the event's own fields. Spans always get W3C trace
+//! context (so `traceparent` is continued and propagated, and log lines carry
+//! trace and span ids, even without an exporter). With an OTLP endpoint
+//! configured, spans go through OpenTelemetry's tracing layer and are
+//! exported over OTLP (gRPC, or HTTP/protobuf). Without one, that layer
+//! (which builds every span's data for export) is not installed: the context
+//! layer here gives each span its ids, generated as the SDK does, and nothing
+//! else.
 //! Warnings and errors are attached to their span as span events; info
 //! events (such as each request's "request completed" line, whose facts the
 //! span itself carries) go to the log only.
@@ -14,14 +18,17 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use anyhow::Context as _;
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{
+    SpanContext, TraceContextExt as _, TraceFlags, TraceState, TracerProvider as _,
+};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, SdkTracerProvider};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Record};
 use tracing::{Event, Id, Level, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -35,8 +42,7 @@ use crate::config::{LogFormat, OtelConfig, OtlpProtocol};
 /// Span fields copied onto every log line emitted inside the span.
 const CONTEXT_FIELDS: [&str; 5] = ["service", "request_id", "trace_id", "span_id", "tenant"];
 /// Where `trace_id` and `span_id` sit in [`CONTEXT_FIELDS`]; unless a span
-/// sets them as fields, they come from the innermost span's OpenTelemetry
-/// data.
+/// sets them as fields, they come from the innermost span's trace context.
 const TRACE_ID: usize = 2;
 const SPAN_ID: usize = 3;
 
@@ -115,6 +121,7 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
         .context("building the OTLP span exporter")?;
         builder = builder.with_batch_exporter(exporter);
     }
+    let export = cfg.otel.endpoint.is_some();
     let provider = builder.build();
     let tracer = provider.tracer("madbase");
     opentelemetry::global::set_tracer_provider(provider.clone());
@@ -125,11 +132,27 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     // and log lines read the span's data), so entering a span does not
     // activate one; spans carry no busy/idle timing nor thread attributes.
     // Each of those cost work on every poll of every instrumented future.
-    let otel_layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_context_activation(false)
-        .with_tracked_inactivity(false)
-        .with_threads(false);
+    let otel_layer = export.then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_context_activation(false)
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_filter(
+                tracing_subscriber::filter::filter_fn(|meta| {
+                    let most_verbose = if meta.is_event() {
+                        Level::WARN
+                    } else {
+                        Level::INFO
+                    };
+                    *meta.level() <= most_verbose
+                })
+                // Without the hint the subscriber's maximum level would be
+                // TRACE, and every `log` record of a dependency (tokio-postgres
+                // logs each statement at debug) would be formatted and offered.
+                .with_max_level_hint(Level::INFO),
+            )
+    });
     // MADBASE_LOG filters log lines only: request spans (traces, trace
     // propagation, the log context) stay on whatever the log level is.
     let fmt_layer = match cfg.log_format {
@@ -148,26 +171,13 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
             .boxed(),
     };
     tracing_subscriber::registry()
-        .with(
-            otel_layer.with_filter(
-                tracing_subscriber::filter::filter_fn(|meta| {
-                    let most_verbose = if meta.is_event() {
-                        Level::WARN
-                    } else {
-                        Level::INFO
-                    };
-                    *meta.level() <= most_verbose
-                })
-                // Without the hint the subscriber's maximum level would be
-                // TRACE, and every `log` record of a dependency (tokio-postgres
-                // logs each statement at debug) would be formatted and offered.
-                .with_max_level_hint(Level::INFO),
-            ),
-        )
+        .with(otel_layer)
         // Unfiltered: a per-layer filter would be consulted on every enter
         // and exit of every span; the layer checks the level itself, once
         // per span.
-        .with(ContextLayer)
+        .with(ContextLayer {
+            local_trace: !export,
+        })
         .with(fmt_layer)
         .try_init()
         .context("installing the log subscriber")?;
@@ -208,10 +218,89 @@ impl Visit for ContextFields {
     }
 }
 
+/// A span's W3C trace context, kept by [`ContextLayer`] when spans are not
+/// exported (OpenTelemetry's layer keeps it otherwise).
+#[derive(Debug, Clone)]
+struct LocalTrace(SpanContext);
+
+impl LocalTrace {
+    /// A new span's context: a fresh span id in its parent's trace (same
+    /// sampling flag and trace state), or a new sampled trace at the root,
+    /// as the SDK's default (parent-based, always-on) sampler decides.
+    fn child_of(parent: Option<&SpanContext>) -> Self {
+        let ids = RandomIdGenerator::default();
+        LocalTrace(match parent.filter(|p| p.is_valid()) {
+            Some(p) => SpanContext::new(
+                p.trace_id(),
+                ids.new_span_id(),
+                p.trace_flags() & TraceFlags::SAMPLED,
+                false,
+                p.trace_state().clone(),
+            ),
+            None => SpanContext::new(
+                ids.new_trace_id(),
+                ids.new_span_id(),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+        })
+    }
+}
+
+/// Runs `f` on `span`'s [`LocalTrace`], if it has one.
+fn with_local_trace<R>(span: &tracing::Span, f: impl FnOnce(&mut LocalTrace) -> R) -> Option<R> {
+    span.with_subscriber(|(id, dispatch)| {
+        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+        let data = registry.span(id)?;
+        let mut ext = data.extensions_mut();
+        ext.get_mut::<LocalTrace>().map(f)
+    })
+    .flatten()
+}
+
+/// The W3C trace context of `span` (None for a span without one, such as
+/// a span below INFO or one made while no telemetry is installed).
+pub fn span_context(span: &tracing::Span) -> Option<SpanContext> {
+    if let Some(sc) = with_local_trace(span, |t| t.0.clone()) {
+        return Some(sc);
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+/// Makes `span` continue the trace of `parent` (an extracted remote
+/// context): its trace id, sampling flag and trace state. An invalid
+/// `parent` leaves `span` the root of its own trace. Call it before the
+/// span's context is first read (OpenTelemetry's layer fixes the context
+/// then).
+pub fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
+    let remote = parent.span().span_context().clone();
+    let local = with_local_trace(span, |t| {
+        if remote.is_valid() {
+            t.0 = SpanContext::new(
+                remote.trace_id(),
+                t.0.span_id(),
+                remote.trace_flags() & TraceFlags::SAMPLED,
+                false,
+                remote.trace_state().clone(),
+            );
+        }
+    });
+    if local.is_none() {
+        // Spans are exported: OpenTelemetry's layer keeps their context.
+        let _ = span.set_parent(parent);
+    }
+}
+
 /// Keeps each span's context fields (spans at INFO or above) so the
 /// formatter can put them on every line without re-parsing formatted span
-/// fields.
-struct ContextLayer;
+/// fields, and, when spans are not exported (`local_trace`), gives each
+/// such span its W3C trace context.
+struct ContextLayer {
+    local_trace: bool,
+}
 
 impl<S> Layer<S> for ContextLayer
 where
@@ -229,10 +318,31 @@ where
         }
         let mut fields = ContextFields::default();
         attrs.record(&mut fields);
-        if fields.0.iter().any(Option::is_some)
+        let has_fields = fields.0.iter().any(Option::is_some);
+        let trace = self.local_trace.then(|| {
+            // The parent as tracing sees it (explicit, or the current span),
+            // and its nearest ancestor with a trace context.
+            let parent = match attrs.parent() {
+                Some(p) => ctx.span(p),
+                None if attrs.is_contextual() => ctx.lookup_current(),
+                None => None,
+            };
+            let inherited = parent.and_then(|p| {
+                p.scope()
+                    .find_map(|s| s.extensions().get::<LocalTrace>().map(|t| t.0.clone()))
+            });
+            LocalTrace::child_of(inherited.as_ref())
+        });
+        if (has_fields || trace.is_some())
             && let Some(span) = ctx.span(id)
         {
-            span.extensions_mut().insert(fields);
+            let mut ext = span.extensions_mut();
+            if has_fields {
+                ext.insert(fields);
+            }
+            if let Some(trace) = trace {
+                ext.insert(trace);
+            }
         }
     }
 
@@ -383,16 +493,18 @@ where
                     }
                 }
             }
-            if trace.is_none()
-                && let Some(otel) = ext.get::<tracing_opentelemetry::OtelData>()
-                && let (Some(t), Some(s)) = (otel.trace_id(), otel.span_id())
-                && t != opentelemetry::TraceId::INVALID
-            {
-                trace = Some((t, s));
+            if trace.is_none() {
+                trace = match ext.get::<LocalTrace>() {
+                    Some(local) => Some((local.0.trace_id(), local.0.span_id())),
+                    None => ext
+                        .get::<tracing_opentelemetry::OtelData>()
+                        .and_then(|otel| otel.trace_id().zip(otel.span_id())),
+                }
+                .filter(|(t, _)| *t != opentelemetry::TraceId::INVALID);
             }
         }
         // Span fields named trace_id/span_id take precedence over the
-        // OpenTelemetry ids.
+        // trace context's ids.
         if context[TRACE_ID].is_some() {
             trace = None;
         }
@@ -447,6 +559,8 @@ where
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use opentelemetry::trace::{SpanId, TraceId};
+
     use super::*;
 
     /// Collects what the fmt layer writes.
@@ -470,14 +584,18 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn json_lines_carry_span_context_and_escape_values() {
-        let buffer = Buffer::default();
+    /// The subscriber [`init`] installs, writing to `buffer`: with spans
+    /// exported through OpenTelemetry's layer, or (`local_trace`) not.
+    fn subscriber(local_trace: bool, buffer: &Buffer) -> impl Subscriber + Send + Sync {
         let writer = buffer.clone();
         let provider = SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
-            .with(ContextLayer)
+        tracing_subscriber::registry()
+            .with((!local_trace).then(|| {
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("test"))
+                    .with_context_activation(false)
+            }))
+            .with(ContextLayer { local_trace })
             .with(
                 tracing_subscriber::fmt::layer()
                     .fmt_fields(NoSpanFields)
@@ -485,8 +603,19 @@ mod tests {
                         service: "svc".into(),
                     })
                     .with_writer(move || writer.clone()),
-            );
-        tracing::subscriber::with_default(subscriber, || {
+            )
+    }
+
+    #[test]
+    fn json_lines_carry_span_context_and_escape_values() {
+        for local_trace in [true, false] {
+            json_lines(local_trace);
+        }
+    }
+
+    fn json_lines(local_trace: bool) {
+        let buffer = Buffer::default();
+        tracing::subscriber::with_default(subscriber(local_trace, &buffer), || {
             tracing::info!(count = 3_u64, "outside \"any\" span");
             let span = tracing::info_span!(
                 "request",
@@ -494,6 +623,9 @@ mod tests {
                 tenant = tracing::field::Empty
             );
             span.record("tenant", "acme");
+            // As `observe` does for each request span (OpenTelemetry's layer
+            // builds a span's context on the first read).
+            assert!(span_context(&span).is_some());
             span.in_scope(|| {
                 tracing::warn!(
                     level = "not the level",
@@ -536,5 +668,65 @@ mod tests {
                 .expect("timestamp")
                 .ends_with('Z')
         );
+    }
+
+    /// Both ways of keeping trace context (OpenTelemetry's layer when
+    /// spans are exported, [`LocalTrace`] when not) continue an incoming
+    /// trace the same way: its trace id, sampling flag and trace state, a
+    /// span id of their own; children inherit the trace; log lines carry
+    /// the innermost span's ids; an invalid parent leaves a root alone.
+    #[test]
+    fn trace_context_is_continued_and_inherited() {
+        for local_trace in [true, false] {
+            let buffer = Buffer::default();
+            let remote = |flags| {
+                SpanContext::new(
+                    TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex"),
+                    SpanId::from_hex("00f067aa0ba902b7").expect("hex"),
+                    flags,
+                    true,
+                    TraceState::from_key_value([("congo", "t61rcWkgMzE")]).expect("state"),
+                )
+            };
+            let parent = |sc| opentelemetry::Context::new().with_remote_span_context(sc);
+            let child_cx =
+                tracing::subscriber::with_default(subscriber(local_trace, &buffer), || {
+                    let fresh = tracing::info_span!("request");
+                    let own = span_context(&fresh).expect("a root span has a context");
+                    assert!(own.is_sampled(), "{local_trace}");
+                    assert_ne!(own.trace_id(), remote(TraceFlags::SAMPLED).trace_id());
+
+                    let root = tracing::info_span!("request");
+                    set_parent(&root, parent(remote(TraceFlags::SAMPLED)));
+                    let continued = span_context(&root).expect("context");
+                    assert_eq!(continued.trace_id(), remote(TraceFlags::SAMPLED).trace_id());
+                    assert_ne!(continued.span_id(), remote(TraceFlags::SAMPLED).span_id());
+                    assert!(continued.is_sampled(), "{local_trace}");
+                    assert_eq!(continued.trace_state().header(), "congo=t61rcWkgMzE");
+
+                    let child = root.in_scope(|| tracing::info_span!("child"));
+                    let child_cx = span_context(&child).expect("context");
+                    assert_eq!(child_cx.trace_id(), continued.trace_id());
+                    assert_ne!(child_cx.span_id(), continued.span_id());
+                    child.in_scope(|| tracing::info!("in child"));
+
+                    let unsampled = tracing::info_span!("request");
+                    set_parent(&unsampled, parent(remote(TraceFlags::default())));
+                    let cx = span_context(&unsampled).expect("context");
+                    assert!(!cx.is_sampled(), "{local_trace}");
+                    assert_eq!(cx.trace_id(), continued.trace_id());
+
+                    let lone = tracing::info_span!("request");
+                    set_parent(&lone, opentelemetry::Context::new());
+                    let cx = span_context(&lone).expect("a root's context");
+                    assert!(cx.is_sampled(), "{local_trace}");
+                    assert_ne!(cx.trace_id(), continued.trace_id());
+                    child_cx
+                });
+            let lines = lines(&buffer);
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(lines[0]["span_id"], child_cx.span_id().to_string());
+        }
     }
 }
