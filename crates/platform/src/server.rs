@@ -372,9 +372,45 @@ impl Listeners {
     }
 }
 
+/// State of one client connection that its requests share: each request's
+/// extensions hold it. HTTP/1.1 serves a connection's requests one at a
+/// time, so a handler can take something out, use it, and put it back for
+/// the next request (the proxy keeps its upstream connection here).
+#[derive(Clone, Default)]
+pub struct ConnectionState(Arc<std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>>);
+
+impl ConnectionState {
+    /// Removes and returns the first `T` that `wanted` accepts.
+    pub fn take<T: std::any::Any + Send>(&self, wanted: impl Fn(&T) -> bool) -> Option<T> {
+        let mut items = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = items
+            .iter()
+            .position(|item| item.downcast_ref::<T>().is_some_and(&wanted))?;
+        items.swap_remove(at).downcast::<T>().ok().map(|b| *b)
+    }
+
+    /// Keeps `value` for a later request of this connection.
+    pub fn put<T: std::any::Any + Send>(&self, value: T) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(value));
+    }
+}
+
+impl std::fmt::Debug for ConnectionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionState")
+    }
+}
+
 /// Accepts connections until `shutdown`, serving each with hyper (HTTP/1.1
 /// and h2c) under `graceful`. The client's address is available to handlers
-/// as `ConnectInfo<SocketAddr>`.
+/// as `ConnectInfo<SocketAddr>`, the connection's [`ConnectionState`] as an
+/// extension.
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
@@ -402,10 +438,13 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        let state = ConnectionState::default();
         let svc = router
             .clone()
             .map_request(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
+                let ext = req.extensions_mut();
+                ext.insert(ConnectInfo(peer));
+                ext.insert(state.clone());
                 req
             });
         let conn = builder

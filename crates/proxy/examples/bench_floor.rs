@@ -6,9 +6,11 @@
 //! next to the proxy, what the proxy's own work costs.
 //!
 //! `LISTEN=127.0.0.1:p UPSTREAM=127.0.0.1:q bench_floor [pooled|per-connection]`
-//! - `pooled` (default): hyper-util's pooled client, as the proxy uses;
+//! - `pooled` (default): hyper-util's pooled client, as the proxy uses for
+//!   HTTP/2 clients;
 //! - `per-connection`: each client connection gets its own upstream
-//!   connection (hyper's low-level client), no pool.
+//!   connection (hyper's low-level client), no pool, as the proxy does for
+//!   HTTP/1 clients.
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -10,7 +10,10 @@ use axum::response::{IntoResponse, Response};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use http_body_util::Limited;
+use hyper::client::conn::http1;
+use madbase_platform::server::ConnectionState;
 use madbase_platform::{ApiError, client};
+use tower::Service as _;
 
 use crate::keys;
 use crate::{AppState, Upstream};
@@ -273,7 +276,10 @@ async fn forward(
     };
     let start = Instant::now();
     let name = upstream.name();
-    match tokio::time::timeout(timeout, state.http.request(upstream_req)).await {
+    let conn = (parts.version <= http::Version::HTTP_11)
+        .then(|| parts.extensions.get::<ConnectionState>())
+        .flatten();
+    match tokio::time::timeout(timeout, send(state, upstream, conn, upstream_req)).await {
         Ok(Ok(resp)) => {
             state
                 .metrics
@@ -298,6 +304,133 @@ async fn forward(
     }
 }
 
+/// What a client connection keeps of its upstream connection between its
+/// requests.
+struct OwnUpstream {
+    upstream: Upstream,
+    sender: http1::SendRequest<Body>,
+}
+
+/// Why a request did not reach its upstream or got no answer.
+#[derive(Debug)]
+enum SendError {
+    /// Opening an upstream connection failed.
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// Sending on the client connection's own upstream connection failed.
+    Own(hyper::Error),
+    /// Sending through the pool failed.
+    Pooled(hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    fn is_connect(&self) -> bool {
+        match self {
+            SendError::Connect(_) => true,
+            SendError::Own(_) => false,
+            SendError::Pooled(e) => e.is_connect(),
+        }
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            SendError::Connect(e) => e.as_ref(),
+            SendError::Own(e) => e,
+            SendError::Pooled(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self.as_error(), f)
+    }
+}
+
+/// Sends `req` to `upstream`. An HTTP/1 client connection (`conn`) gets an
+/// upstream connection of its own, kept between its requests (which come
+/// one at a time): no pool checkout per request, nor a task to return the
+/// connection to the pool. HTTP/2 client connections (concurrent requests)
+/// use the pool; so does a request that the own connection could not send
+/// because it had been closed (it was not written, so it is sent again).
+async fn send(
+    state: &AppState,
+    upstream: Upstream,
+    conn: Option<&ConnectionState>,
+    req: http::Request<Body>,
+) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+    let Some(conn) = conn else {
+        return state.http.request(req).await.map_err(SendError::Pooled);
+    };
+    let kept = conn
+        .take::<OwnUpstream>(|own| own.upstream == upstream)
+        .map(|own| own.sender);
+    let mut sender = match kept {
+        // Ready once the previous response has been read to its end;
+        // an error when the upstream has closed the connection.
+        Some(mut sender) => match sender.ready().await {
+            Ok(()) => sender,
+            Err(_) => open(state, req.uri()).await?,
+        },
+        None => open(state, req.uri()).await?,
+    };
+    // On its own connection the request goes in origin form, with the
+    // upstream's Host (as the pooled client writes them).
+    let target = req.uri().clone();
+    let mut req = req;
+    if let Some(host) = host_header(&target) {
+        req.headers_mut().insert(HOST, host);
+    }
+    *req.uri_mut() = target
+        .path_and_query()
+        .map_or(Uri::from_static("/"), |p| Uri::from(p.clone()));
+    match sender.try_send_request(req).await {
+        Ok(resp) => {
+            conn.put(OwnUpstream { upstream, sender });
+            Ok(resp)
+        }
+        Err(mut e) => match e.take_message() {
+            Some(mut req) => {
+                *req.uri_mut() = target;
+                state.http.request(req).await.map_err(SendError::Pooled)
+            }
+            None => Err(SendError::Own(e.into_error())),
+        },
+    }
+}
+
+/// The `Host` of a request to `uri`: its host, and its port unless the
+/// scheme's default.
+fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let authority = uri.authority()?;
+    let default_port = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    match authority.port_u16() {
+        Some(port) if port != default_port => {
+            HeaderValue::from_str(&format!("{}:{port}", authority.host())).ok()
+        }
+        _ => HeaderValue::from_str(authority.host()).ok(),
+    }
+}
+
+/// Opens an upstream connection to the authority of `uri`.
+async fn open(state: &AppState, uri: &Uri) -> Result<http1::SendRequest<Body>, SendError> {
+    let io = state
+        .connector
+        .clone()
+        .call(uri.clone())
+        .await
+        .map_err(|e| SendError::Connect(e.into()))?;
+    let (sender, connection) = http1::handshake(io).await.map_err(SendError::Own)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
 fn secs(d: Duration) -> String {
     format!("{}", d.as_secs_f64())
 }
@@ -311,14 +444,9 @@ fn too_large(max: u64) -> Response {
     .into_response()
 }
 
-fn upstream_failure(
-    state: &AppState,
-    name: &'static str,
-    e: &hyper_util::client::legacy::Error,
-    max: u64,
-) -> Response {
+fn upstream_failure(state: &AppState, name: &'static str, e: &SendError, max: u64) -> Response {
     // The body limit tripping while streaming surfaces as a client error.
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_error());
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
             return too_large(max);

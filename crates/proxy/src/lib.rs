@@ -177,7 +177,12 @@ pub(crate) struct State {
     pub(crate) config: Config,
     pub(crate) tenants: TenantClient,
     pub(crate) verified: madbase_platform::jwt::VerifiedTokens,
+    /// Upstream connections of HTTP/2 client connections, and the retry of
+    /// a request a client connection's own upstream connection could not
+    /// send (see `forward::send`).
     pub(crate) http: Client<HttpConnector, axum::body::Body>,
+    /// Opens each HTTP/1 client connection's own upstream connection.
+    pub(crate) connector: HttpConnector,
     pub(crate) limiter: Option<DefaultKeyedRateLimiter<String>>,
     pub(crate) metrics: metrics::ProxyMetrics,
 }
@@ -195,7 +200,7 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
     let http = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
-        .build(connector);
+        .build(connector.clone());
     let limiter = config
         .rate_limit
         .map(|(rps, burst)| RateLimiter::keyed(Quota::per_second(rps).allow_burst(burst)));
@@ -204,6 +209,7 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         tenants,
         verified: Default::default(),
         http,
+        connector,
         limiter,
         metrics: metrics::ProxyMetrics::new(&metrics),
     });

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::ConnectInfo;
 use axum::routing::any;
 use serde_json::{Value, json};
 
@@ -18,11 +19,12 @@ use madbase_testkit::service::{Served, control_env, env, telemetry};
 use madbase_testkit::tenant::Tenant;
 
 /// An upstream that answers with what it received: method, path, query,
-/// headers and body length. `x-echo-status` sets the status,
-/// `x-echo-delay-ms` delays the answer.
+/// headers, body length, and the address of the connection it came on
+/// (`peer`). `x-echo-status` sets the status, `x-echo-delay-ms` delays the
+/// answer, `x-echo-close` closes the connection after it.
 async fn echo() -> SocketAddr {
     let app = axum::Router::new().fallback(any(
-        |method: http::Method, uri: http::Uri, headers: http::HeaderMap, body: Bytes| async move {
+        |ConnectInfo(peer): ConnectInfo<SocketAddr>, method: http::Method, uri: http::Uri, headers: http::HeaderMap, body: Bytes| async move {
             if let Some(ms) = headers.get("x-echo-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
@@ -35,10 +37,11 @@ async fn echo() -> SocketAddr {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
                 .collect();
+            let connection = if headers.contains_key("x-echo-close") { "close" } else { "keep-alive" };
             (
                 status,
-                [("x-upstream", "echo")],
-                Json(json!({"method": method.as_str(), "path": uri.path(), "query": uri.query(), "headers": h, "body_len": body.len()})),
+                [("x-upstream", "echo"), ("connection", connection)],
+                Json(json!({"method": method.as_str(), "path": uri.path(), "query": uri.query(), "headers": h, "body_len": body.len(), "peer": peer.to_string()})),
             )
         },
     ));
@@ -46,7 +49,13 @@ async fn echo() -> SocketAddr {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
     addr
 }
 
@@ -541,4 +550,98 @@ async fn serves_from_cache_when_control_is_down() {
         text.contains(r#"madbase_tenant_lookups_total{outcome="stale"}"#),
         "{text}"
     );
+}
+
+/// An HTTP/1 client connection keeps one upstream connection for its
+/// requests; one the upstream closed is replaced without an error, and
+/// another client connection gets an upstream connection of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_connections_keep_their_upstream_connection() {
+    use http_body_util::BodyExt as _;
+    use hyper::client::conn::http1::{SendRequest, handshake};
+
+    let s = stack(&[]).await;
+    let key = s.tenant.anon_key.as_str();
+    // One client connection each (a pooling client could open more).
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(s.proxy.api)
+            .await
+            .expect("connect");
+        let (sender, conn) = handshake::<_, String>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        sender
+    };
+    let path = format!("/t/{}/rest/v1/items", s.tenant.id);
+    let request = |close: bool| {
+        let mut req = http::Request::get(path.as_str())
+            .header("host", s.proxy.api.to_string())
+            .header("apikey", key);
+        if close {
+            req = req.header("x-echo-close", "1");
+        }
+        req.body(String::new()).expect("request")
+    };
+    // The upstream connection's address, as the upstream saw it.
+    async fn peer(sender: &mut SendRequest<String>, req: http::Request<String>) -> String {
+        sender.ready().await.expect("client connection open");
+        let resp = sender.send_request(req).await.expect("response");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let body: Value = serde_json::from_slice(&body).expect("json");
+        body["peer"].as_str().expect("peer").to_owned()
+    }
+    let mut one = connect().await;
+    let first = peer(&mut one, request(false)).await;
+    for _ in 0..3 {
+        assert_eq!(
+            peer(&mut one, request(false)).await,
+            first,
+            "one upstream connection"
+        );
+    }
+    // The upstream closes it after this answer; the next request opens another.
+    assert_eq!(peer(&mut one, request(true)).await, first);
+    let second = peer(&mut one, request(false)).await;
+    assert_ne!(second, first, "a new upstream connection");
+    assert_eq!(peer(&mut one, request(false)).await, second);
+    // Another client connection, another upstream connection.
+    let mut two = connect().await;
+    assert_ne!(peer(&mut two, request(false)).await, second);
+
+    // HTTP/2 clients (concurrent requests on one connection) go through
+    // the pool.
+    let tcp = tokio::net::TcpStream::connect(s.proxy.api)
+        .await
+        .expect("connect");
+    let (h2, conn) = hyper::client::conn::http2::handshake::<_, _, String>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut answers = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mut h2 = h2.clone();
+        let req = http::Request::get(format!("http://{}{path}", s.proxy.api))
+            .header("apikey", key)
+            .header("x-echo-delay-ms", "50")
+            .body(String::new())
+            .expect("request");
+        answers.spawn(async move {
+            let resp = h2.send_request(req).await.expect("h2 response");
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            serde_json::from_slice::<Value>(&body).expect("json")
+        });
+    }
+    let answers = answers.join_all().await;
+    assert_eq!(answers.len(), 4);
+    for body in answers {
+        assert_eq!(body["path"], "/rest/v1/items");
+        assert_eq!(body["headers"]["x-madbase-tenant"], s.tenant.id.as_str());
+    }
 }

@@ -8,8 +8,9 @@
 //! metrics, request ID and a JSON log line (to a file, like nginx's access
 //! log). Two more peers show the floor of the stack: `bench_floor` (an
 //! example of the proxy crate), the same Tokio + hyper forwarding doing
-//! nothing else, once with hyper-util's pooled client (as the proxy) and once
-//! with one upstream connection per client connection. Reported: requests
+//! nothing else, once with hyper-util's pooled client (as the proxy for
+//! HTTP/2 clients) and once with one upstream connection per client
+//! connection (as the proxy for HTTP/1 clients). Reported: requests
 //! per second and CPU seconds per request of each process, medians of 5
 //! rounds after a warm-up, and each peer's CPU ratio to nginx.
 
