@@ -246,7 +246,7 @@ async fn context(
 struct Outcome {
     total: Option<i64>,
     page: i64,
-    body: String,
+    body: Bytes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,7 +290,9 @@ async fn execute(
     let mut attempt = 0;
     let result = loop {
         let j = job.clone();
-        let r = tokio::spawn(async move { run_tx(&j).await })
+        // Boxed: the transaction's future is large, and spawning moves a
+        // future several times on its way into the task.
+        let r = tokio::spawn(Box::pin(async move { run_tx(&j).await }))
             .await
             .unwrap_or_else(|e| Err(Error::Internal(format!("transaction task failed: {e}"))));
         match r {
@@ -498,14 +500,34 @@ fn outcome(got: Got) -> Result<Outcome, tokio_postgres::Error> {
         Got::Row(row) => Outcome {
             total: row.try_get::<_, Option<i64>>(0)?,
             page: row.try_get::<_, i64>(1)?,
-            body: row.try_get::<_, String>(2)?,
+            body: Bytes::copy_from_slice(row.try_get::<_, Text<'_>>(2)?.0),
         },
         Got::Affected(n) => Outcome {
             total: None,
             page: i64::try_from(n).unwrap_or(i64::MAX),
-            body: String::new(),
+            body: Bytes::new(),
         },
     })
+}
+
+/// A `text` column's bytes as Postgres sent them, borrowed from the row:
+/// the response body is copied once, and not checked for UTF-8 again
+/// (the connection's client encoding is UTF-8, so Postgres has converted
+/// and validated it).
+struct Text<'a>(&'a [u8]);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Text<'a> {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Text(raw))
+    }
+
+    /// The types `String` reads (text and its kin, sent as UTF-8 text).
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <String as tokio_postgres::types::FromSql>::accepts(ty)
+    }
 }
 
 fn not_single(n: i64) -> Error {
@@ -565,7 +587,7 @@ fn respond(
     status: StatusCode,
     ctype: &str,
     crange: Option<String>,
-    body: Option<String>,
+    body: Option<Bytes>,
 ) -> Response {
     let mut resp = match body {
         Some(b) => Response::new(Body::from(b)),
@@ -882,7 +904,9 @@ async fn write_and_respond(
     let out = execute(st, ctx, sql, false, Kind::Rows, ctx.singular).await?;
     if location {
         let mut resp = respond(ok, JSON, Some("*/*".to_owned()), None);
-        if let Some(loc) = location_of(table, &out.body)
+        if let Some(loc) = std::str::from_utf8(&out.body)
+            .ok()
+            .and_then(|body| location_of(table, body))
             && let Ok(v) = HeaderValue::from_str(&loc)
         {
             resp.headers_mut().insert(http::header::LOCATION, v);
@@ -1023,7 +1047,7 @@ async fn update_or_delete(
             } else {
                 StatusCode::NO_CONTENT
             };
-            let body = (status == StatusCode::OK).then(|| "[]".to_owned());
+            let body = (status == StatusCode::OK).then(|| Bytes::from_static(b"[]"));
             return Ok(respond(status, JSON, Some("*/*".to_owned()), body));
         }
         plan::push(&mut sql, "UPDATE ");
@@ -1168,7 +1192,7 @@ async fn rpc_inner(
         let out = execute(st, &ctx, sql, read_only, Kind::Rows, ctx.singular).await?;
         if !f.returns_set && !ctx.singular {
             let body = if out.body.is_empty() {
-                "null".to_owned()
+                Bytes::from_static(b"null")
             } else {
                 out.body
             };
