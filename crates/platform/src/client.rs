@@ -29,7 +29,7 @@ pub fn inject(headers: &mut HeaderMap) {
     let scope = request_id::with_current(|s| (s.id.clone(), s.trace.clone()));
     let (id, trace) = scope.unzip();
     if let Some(id) = id {
-        headers.insert(HeaderName::from_static(request_id::X_REQUEST_ID), id);
+        headers.insert(X_REQUEST_ID, id);
     }
     let span = tracing::Span::current();
     let trace = match trace.flatten() {
@@ -47,6 +47,7 @@ pub fn inject(headers: &mut HeaderMap) {
     }
 }
 
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(request_id::X_REQUEST_ID);
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 

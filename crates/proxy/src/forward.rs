@@ -21,6 +21,12 @@ use crate::{AppState, Upstream};
 /// The header carrying the tenant to upstreams; only the proxy sets it.
 pub const TENANT_HEADER: &str = "x-madbase-tenant";
 
+// Header names as constants: a `&str` key is parsed into a name on each use.
+const TENANT: HeaderName = HeaderName::from_static(TENANT_HEADER);
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// `/t/{tenant}/…` (the router matched the pattern; the tenant is the
 /// second segment, taken from the path as sent).
 pub(crate) async fn by_path(
@@ -221,19 +227,21 @@ async fn forward(
     let original_host = parts.headers.get(HOST).cloned();
     let mut headers = forward_headers(&parts.headers);
     headers.insert(
-        HeaderName::from_static(TENANT_HEADER),
+        TENANT,
         HeaderValue::from_str(tenant).unwrap_or(HeaderValue::from_static("")),
     );
-    let xff = match parts
+    let mut xff = String::with_capacity(64);
+    if let Some(prior) = parts
         .headers
-        .get("x-forwarded-for")
+        .get(X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
+        xff.push_str(prior);
+        xff.push_str(", ");
+    }
+    push_ip(&mut xff, peer.ip());
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
     // A trusted proxy in front (a TLS terminator) says what the client
     // used; anyone else gets what this proxy saw.
@@ -242,15 +250,16 @@ async fn forward(
         .trusted_proxies
         .iter()
         .any(|net| net.contains(&peer.ip()));
-    let from_trusted = |name: &str| trusted.then(|| parts.headers.get(name).cloned()).flatten();
-    let proto = from_trusted("x-forwarded-proto").unwrap_or(HeaderValue::from_static("http"));
-    headers.insert("x-forwarded-proto", proto);
-    match from_trusted("x-forwarded-host").or(original_host) {
+    let from_trusted =
+        |name: HeaderName| trusted.then(|| parts.headers.get(name).cloned()).flatten();
+    let proto = from_trusted(X_FORWARDED_PROTO).unwrap_or(HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, proto);
+    match from_trusted(X_FORWARDED_HOST).or(original_host) {
         Some(host) => {
-            headers.insert("x-forwarded-host", host);
+            headers.insert(X_FORWARDED_HOST, host);
         }
         None => {
-            headers.remove("x-forwarded-host");
+            headers.remove(X_FORWARDED_HOST);
         }
     }
     client::inject(&mut headers);
@@ -377,8 +386,8 @@ async fn send(
     // upstream's Host (as the pooled client writes them).
     let target = req.uri().clone();
     let mut req = req;
-    if let Some(host) = host_header(&target) {
-        req.headers_mut().insert(HOST, host);
+    if let Some(host) = &state.hosts[upstream.index()] {
+        req.headers_mut().insert(HOST, host.clone());
     }
     *req.uri_mut() = target
         .path_and_query()
@@ -398,9 +407,10 @@ async fn send(
     }
 }
 
-/// The `Host` of a request to `uri`: its host, and its port unless the
-/// scheme's default.
-fn host_header(uri: &Uri) -> Option<HeaderValue> {
+/// The `Host` of requests to the upstream at `url`: its host, and its port
+/// unless the scheme's default.
+pub(crate) fn host_header(url: &str) -> Option<HeaderValue> {
+    let uri = url.parse::<Uri>().ok()?;
     let authority = uri.authority()?;
     let default_port = match uri.scheme_str() {
         Some("https") => 443,
@@ -474,21 +484,64 @@ fn upstream_failure(state: &AppState, name: &'static str, e: &SendError, max: u6
     }
 }
 
-/// The client's headers minus hop-by-hop ones, `Host`, and every internal
-/// (`x-madbase-*`) header a client may have sent.
+/// Appends `ip` as `Display` writes it; IPv4 without the formatting
+/// machinery (`Display` pads and aligns, and costs more than the rest of
+/// the header work).
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
+/// Headers the proxy adds to a forwarded request (room is made for them
+/// up front, so adding them does not grow the map).
+const ADDED_HEADERS: usize = 8;
+
+/// The client's headers minus hop-by-hop ones (and those its `Connection`
+/// header lists), `Host`, and every internal (`x-madbase-*`) header a
+/// client may have sent.
 fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
-    let mut headers = incoming.clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(HOST);
-    let internal: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-madbase-"))
-        .cloned()
-        .collect();
-    for k in internal {
-        headers.remove(k);
+    let listed = connection_listed(incoming);
+    let mut headers = HeaderMap::with_capacity(incoming.len() + ADDED_HEADERS);
+    for (name, value) in incoming {
+        let drop = is_hop_by_hop(name)
+            || name == HOST
+            || name.as_str().starts_with("x-madbase-")
+            || listed.iter().any(|l| l == name.as_str());
+        if !drop {
+            headers.append(name.clone(), value.clone());
+        }
     }
     headers
+}
+
+/// The header names a `Connection` header lists (lowercase).
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1),
@@ -520,18 +573,64 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     // The names a `Connection` header lists are hop-by-hop too.
-    let listed: Vec<String> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for name in &listed {
+    for name in &connection_listed(headers) {
         headers.remove(name.as_str());
     }
     for name in found {
         headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn push_ip_writes_what_display_writes() {
+        let mut ips: Vec<IpAddr> = [
+            [0, 0, 0, 0],
+            [127, 0, 0, 1],
+            [10, 9, 99, 100],
+            [255, 255, 255, 255],
+            [203, 0, 113, 7],
+            [1, 20, 200, 109],
+        ]
+        .into_iter()
+        .map(|o| IpAddr::V4(Ipv4Addr::from(o)))
+        .collect();
+        ips.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
+        ips.push("2001:db8::ff00:42:8329".parse().expect("ipv6"));
+        ips.extend((0..=255u8).map(|b| IpAddr::V4(Ipv4Addr::new(b, b, 0, b))));
+        for ip in ips {
+            let mut out = String::from("x, ");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x, {ip}"));
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_drop_hop_by_hop_listed_host_and_internal() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("host", "a.example"),
+            ("connection", "keep-alive, X-Drop-Me"),
+            ("keep-alive", "timeout=5"),
+            ("x-drop-me", "1"),
+            ("te", "trailers"),
+            ("x-madbase-tenant", "spoofed"),
+            ("x-madbase-role", "service_role"),
+            ("accept", "application/json"),
+            ("x-keep", "1"),
+            ("x-keep", "2"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = forward_headers(&h);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["accept", "x-keep"]);
+        let kept: Vec<&HeaderValue> = out.get_all("x-keep").iter().collect();
+        assert_eq!(kept, ["1", "2"]);
     }
 }

@@ -164,6 +164,14 @@ pub enum Upstream {
 }
 
 impl Upstream {
+    /// Its place in per-upstream arrays.
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Upstream::Worker => 0,
+            Upstream::Functions => 1,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Upstream::Worker => "worker",
@@ -183,6 +191,8 @@ pub(crate) struct State {
     pub(crate) http: Client<HttpConnector, axum::body::Body>,
     /// Opens each HTTP/1 client connection's own upstream connection.
     pub(crate) connector: HttpConnector,
+    /// The `Host` header of requests to the worker and to functions.
+    pub(crate) hosts: [Option<http::HeaderValue>; 2],
     pub(crate) limiter: Option<DefaultKeyedRateLimiter<String>>,
     pub(crate) metrics: metrics::ProxyMetrics,
 }
@@ -210,6 +220,10 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         verified: Default::default(),
         http,
         connector,
+        hosts: [
+            forward::host_header(&config.worker_url),
+            forward::host_header(&config.functions_url),
+        ],
         limiter,
         metrics: metrics::ProxyMetrics::new(&metrics),
     });
