@@ -440,7 +440,11 @@ fn put_str(out: &mut Vec<u8>, key: &str, value: &str) {
 /// Appends `s` as a JSON string: copied as is when nothing in it needs
 /// escaping (the usual case), else escaped by serde_json.
 fn put_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // A fold without early exit, which the compiler vectorises.
+    let needs_escape = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -459,6 +463,37 @@ fn put_hex<const N: usize>(out: &mut Vec<u8>, key: &str, bytes: [u8; N]) {
     // The slice is exactly twice the input's length.
     let _ = hex::encode_to_slice(bytes, &mut out[start..]);
     out.push(b'"');
+}
+
+/// Appends `now` as RFC 3339 UTC with microseconds
+/// (`2026-11-26T21:02:39.610704Z`). The part up to the seconds is formatted
+/// once per second per thread.
+fn put_timestamp(out: &mut Vec<u8>, now: chrono::DateTime<chrono::Utc>) {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<((i64, bool), String)> =
+            const { RefCell::new(((i64::MIN, false), String::new())) };
+    }
+    // A leap second shows as :60 with the fraction of the second (chrono
+    // keeps it as a sub-second part of a second or more).
+    let micros = now.timestamp_subsec_micros();
+    let key = (now.timestamp(), micros >= 1_000_000);
+    let micros = micros % 1_000_000;
+    SECOND.with_borrow_mut(|(second, prefix)| {
+        if *second != key {
+            *second = key;
+            *prefix = now.format("%Y-%m-%dT%H:%M:%S").to_string();
+        }
+        out.extend_from_slice(prefix.as_bytes());
+    });
+    let mut digits = *b".000000Z";
+    let mut rest = micros;
+    for d in digits[1..7].iter_mut().rev() {
+        // A digit: below 10.
+        *d = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits);
 }
 
 /// The JSON line format of the observability contract.
@@ -533,8 +568,7 @@ where
 
         let mut out = Vec::with_capacity(256 + own.len());
         out.extend_from_slice(b"{\"timestamp\":\"");
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        out.extend_from_slice(now.as_bytes());
+        put_timestamp(&mut out, chrono::Utc::now());
         out.push(b'"');
         put_str(&mut out, "level", meta.level().as_str());
         put_str(&mut out, "target", meta.target());
@@ -604,6 +638,37 @@ mod tests {
                     })
                     .with_writer(move || writer.clone()),
             )
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_micros_as_chrono_writes_them() {
+        use chrono::TimeZone as _;
+        let base = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 26, 23, 59, 59)
+            .single()
+            .expect("time");
+        for (offset_micros, leap) in [
+            (0, false),
+            (1, false),
+            (999_999, false),
+            (1_000_000, false),
+            (10_000_000_000, false),
+            (450_120, true),
+        ] {
+            let mut t = base + chrono::Duration::microseconds(offset_micros);
+            if leap {
+                // A leap second: chrono keeps it as nanoseconds ≥ 1e9.
+                t = chrono::Utc
+                    .timestamp_opt(base.timestamp(), 1_450_120_000)
+                    .single()
+                    .expect("leap");
+            }
+            let mut out = Vec::new();
+            put_timestamp(&mut out, t);
+            let expected = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            assert_eq!(expected.contains(":60."), leap);
+            assert_eq!(String::from_utf8(out).expect("utf-8"), expected);
+        }
     }
 
     #[test]
