@@ -28,9 +28,11 @@ const DEMO: &str = "demo";
 
 /// `madbase dev [--data-dir DIR]`.
 pub fn main(data_dir: PathBuf) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let runtime = match madbase_platform::telemetry::buffer_log_lines(
+        &mut tokio::runtime::Builder::new_multi_thread(),
+    )
+    .enable_all()
+    .build()
     {
         Ok(rt) => rt,
         Err(e) => {

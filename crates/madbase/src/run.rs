@@ -75,16 +75,17 @@ pub fn services(services: &[Service]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("madbase {name}: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match telemetry::buffer_log_lines(&mut tokio::runtime::Builder::new_multi_thread())
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("madbase {name}: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let result = runtime.block_on(serve(name, configs, None));
     // Blocking work still running (a DNS lookup for an unreachable trace
     // collector, say) must not hold the exit past the container's stop

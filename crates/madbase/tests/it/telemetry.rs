@@ -46,6 +46,41 @@ async fn request_logs_are_json_lines_with_the_request_id() {
     assert_eq!(line["message"], "request completed");
     assert_eq!(line["status"], 200);
     assert_eq!(line["trace_id"].as_str().map(str::len), Some(32));
+
+    // A burst of concurrent requests: the runtime's workers keep their
+    // lines and write them in batches; every request's line arrives while
+    // the process runs, whole.
+    let ids: Vec<String> = (0..200).map(|i| format!("burst-{i}")).collect();
+    let client = http();
+    let mut sent = tokio::task::JoinSet::new();
+    for id in &ids {
+        let req = client
+            .get(svc.api_url("/health"))
+            .header("x-request-id", id.as_str());
+        sent.spawn(async move { req.send().await.map(|r| r.status().as_u16()) });
+    }
+    for status in sent.join_all().await {
+        assert_eq!(status.expect("burst request"), 200);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let seen: std::collections::HashSet<String> = svc
+            .lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["request_id"].as_str().map(str::to_owned))
+            .collect();
+        let missing = ids.iter().filter(|id| !seen.contains(*id)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing} of {} burst requests have no log line",
+            ids.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // Every line the process wrote is one JSON object.
     for l in svc.lines() {
         let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
