@@ -28,12 +28,7 @@ const DEMO: &str = "demo";
 
 /// `madbase dev [--data-dir DIR]`.
 pub fn main(data_dir: PathBuf) -> ExitCode {
-    let runtime = match madbase_platform::telemetry::buffer_log_lines(
-        &mut tokio::runtime::Builder::new_multi_thread(),
-    )
-    .enable_all()
-    .build()
-    {
+    let runtime = match crate::run::service_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("madbase dev: cannot start the async runtime: {e}");

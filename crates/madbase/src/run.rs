@@ -75,17 +75,13 @@ pub fn services(services: &[Service]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime =
-        match telemetry::buffer_log_lines(&mut tokio::runtime::Builder::new_multi_thread())
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("madbase {name}: cannot start the async runtime: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let runtime = match service_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("madbase {name}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(serve(name, configs, None));
     // Blocking work still running (a DNS lookup for an unreachable trace
     // collector, say) must not hold the exit past the container's stop
@@ -99,6 +95,15 @@ pub fn services(services: &[Service]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime that serves (`madbase <service>…` and `madbase dev`): its
+/// workers write their log lines in batches (see
+/// `telemetry::buffer_log_lines`).
+pub(crate) fn service_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    telemetry::buffer_log_lines(&mut tokio::runtime::Builder::new_multi_thread())
+        .enable_all()
+        .build()
 }
 
 /// Runs once every service is listening (e.g. `madbase dev`'s demo tenant and banner).

@@ -34,10 +34,7 @@ pub fn inject(headers: &mut HeaderMap) {
     let span = tracing::Span::current();
     let trace = match trace.flatten() {
         Some(t) if span.id().as_ref() == Some(&t.span) => Some(t),
-        _ => span
-            .id()
-            .zip(telemetry::span_context(&span))
-            .and_then(|(id, sc)| span_trace(id, &sc)),
+        _ => trace_of(&span),
     };
     if let Some(t) = trace {
         headers.insert(TRACEPARENT, t.traceparent);
@@ -50,6 +47,13 @@ pub fn inject(headers: &mut HeaderMap) {
 const X_REQUEST_ID: HeaderName = HeaderName::from_static(request_id::X_REQUEST_ID);
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The propagation headers of `span` (None for a span without a trace
+/// context).
+pub fn trace_of(span: &tracing::Span) -> Option<SpanTrace> {
+    let sc = telemetry::span_context(span)?;
+    span_trace(span.id()?, &sc)
+}
 
 /// The `traceparent` and `tracestate` headers of span `span` whose trace
 /// context is `sc`, exactly as the W3C trace-context propagator writes them

@@ -218,10 +218,7 @@ async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Respo
     }
     // Builds the span's trace context now: log lines read their trace and
     // span ids from it, outgoing calls its propagation headers.
-    let trace = span
-        .id()
-        .zip(telemetry::span_context(&span))
-        .and_then(|(span_id, sc)| client::span_trace(span_id, &sc));
+    let trace = client::trace_of(&span);
     let scope = request_id::RequestScope { id, trace };
 
     let max_header_bytes = obs.max_header_bytes;

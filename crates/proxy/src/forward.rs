@@ -365,7 +365,7 @@ async fn send(
     state: &AppState,
     upstream: Upstream,
     conn: Option<&ConnectionState>,
-    req: http::Request<Body>,
+    mut req: http::Request<Body>,
 ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
     let Some(conn) = conn else {
         return state.http.request(req).await.map_err(SendError::Pooled);
@@ -385,7 +385,6 @@ async fn send(
     // On its own connection the request goes in origin form, with the
     // upstream's Host (as the pooled client writes them).
     let target = req.uri().clone();
-    let mut req = req;
     if let Some(host) = &state.hosts[upstream.index()] {
         req.headers_mut().insert(HOST, host.clone());
     }

@@ -904,9 +904,7 @@ async fn write_and_respond(
     let out = execute(st, ctx, sql, false, Kind::Rows, ctx.singular).await?;
     if location {
         let mut resp = respond(ok, JSON, Some("*/*".to_owned()), None);
-        if let Some(loc) = std::str::from_utf8(&out.body)
-            .ok()
-            .and_then(|body| location_of(table, body))
+        if let Some(loc) = location_of(table, &out.body)
             && let Ok(v) = HeaderValue::from_str(&loc)
         {
             resp.headers_mut().insert(http::header::LOCATION, v);
@@ -923,8 +921,8 @@ async fn write_and_respond(
 }
 
 /// `Location: /table?pk=eq.value` of a single inserted row (`return=headers-only`).
-fn location_of(table: &Table, body: &str) -> Option<String> {
-    let row = match serde_json::from_str::<Value>(body).ok()? {
+fn location_of(table: &Table, body: &[u8]) -> Option<String> {
+    let row = match serde_json::from_slice::<Value>(body).ok()? {
         Value::Array(mut rows) if rows.len() == 1 => rows.pop()?,
         obj @ Value::Object(_) => obj,
         _ => return None,
