@@ -26,8 +26,8 @@ use hyper_util::service::TowerToHyperService;
 use opentelemetry_http::HeaderExtractor;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
 use tower::ServiceExt as _;
-use tower::util::MapRequestLayer;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
@@ -113,13 +113,17 @@ pub fn admin_router_with(app: &ServiceApp, limits: ConnLimits) -> Router {
     with_pipeline(routes, observer)
 }
 
+/// The pipeline is one layer: axum wraps every route (and the fallback) in
+/// it and clones a route per request, and each `Router::layer` call would
+/// add a boxed service to clone.
 fn with_pipeline(routes: Router, observer: Observer) -> Router {
-    routes
-        .fallback(error::not_found)
-        .layer(middleware::from_fn_with_state(observer, observe))
-        .layer(request_id::propagate_layer())
-        .layer(request_id::set_layer())
-        .layer(MapRequestLayer::new(request_id::drop_invalid))
+    routes.fallback(error::not_found).layer(
+        ServiceBuilder::new()
+            .map_request(request_id::drop_invalid)
+            .layer(request_id::set_layer())
+            .layer(request_id::propagate_layer())
+            .layer(middleware::from_fn_with_state(observer, observe)),
+    )
 }
 
 async fn metrics_handler(State(metrics): State<Metrics>, headers: HeaderMap) -> Response {
