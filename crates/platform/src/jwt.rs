@@ -241,6 +241,30 @@ pub fn verify_tenant_token(
 /// Claims of a verified tenant token.
 pub type Claims = serde_json::Map<String, serde_json::Value>;
 
+/// Verified claims with their JSON text (what the worker hands Postgres as
+/// `request.jwt.claims`), serialised once per token, not per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedClaims {
+    pub claims: Claims,
+    pub json: String,
+}
+
+impl VerifiedClaims {
+    pub fn new(claims: Claims) -> Self {
+        // A map of JSON values always serialises.
+        let json = serde_json::to_string(&claims).unwrap_or_default();
+        Self { claims, json }
+    }
+}
+
+impl std::ops::Deref for VerifiedClaims {
+    type Target = Claims;
+
+    fn deref(&self) -> &Claims {
+        &self.claims
+    }
+}
+
 /// Tenant tokens already verified, so that a client sending the same key or
 /// JWT again costs a lookup instead of a signature check and two JSON
 /// decodes. An entry is only used for the same tenant, with the very secret
@@ -259,7 +283,7 @@ struct Verified {
     secret: String,
     nbf: Option<u64>,
     exp: Option<u64>,
-    claims: Arc<Claims>,
+    claims: Arc<VerifiedClaims>,
 }
 
 impl VerifiedTokens {
@@ -272,7 +296,7 @@ impl VerifiedTokens {
         tenant_secret: &str,
         tenant: &str,
         token: &str,
-    ) -> Result<Arc<Claims>, JwtError> {
+    ) -> Result<Arc<VerifiedClaims>, JwtError> {
         let t = now();
         if let Some(v) = self.lock().get(token)
             && v.tenant == tenant
@@ -290,7 +314,7 @@ impl VerifiedTokens {
             // Rounded towards "not valid": nbf up, exp down.
             nbf: time("nbf").map(|t| t.ceil() as u64),
             exp: time("exp").map(|t| t.floor() as u64),
-            claims: Arc::new(claims),
+            claims: Arc::new(VerifiedClaims::new(claims)),
         };
         let claims = entry.claims.clone();
         let mut entries = self.lock();

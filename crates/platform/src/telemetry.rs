@@ -517,14 +517,18 @@ fn put_str(out: &mut Vec<u8>, key: &str, value: &str) {
     put_json_str(out, value);
 }
 
+/// Whether `s` has a byte a JSON string must escape (a control character,
+/// `"` or `\`). A fold without early exit, which the compiler vectorises.
+pub fn needs_json_escape(s: &str) -> bool {
+    s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
 /// Appends `s` as a JSON string: copied as is when nothing in it needs
 /// escaping (the usual case), else escaped by serde_json.
 fn put_json_str(out: &mut Vec<u8>, s: &str) {
-    // A fold without early exit, which the compiler vectorises.
-    let needs_escape = s.bytes().fold(false, |any, b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if !needs_escape {
+    if !needs_json_escape(s) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');

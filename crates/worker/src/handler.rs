@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use http::header::{CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use madbase_platform::jwt::{self, JwtError};
+use madbase_platform::telemetry;
 use madbase_platform::tenants::TenantInfo;
 use serde_json::Value;
 use tokio_postgres::types::{ToSql, Type};
@@ -30,11 +31,7 @@ const OBJECT: &str = "application/vnd.pgrst.object+json; charset=utf-8";
 struct Ctx {
     db: Arc<TenantDb>,
     schema: Arc<Schema>,
-    role: String,
-    claims: String,
-    method: String,
-    path: String,
-    headers: String,
+    settings: Arc<Settings>,
     db_schema: String,
     singular: bool,
     prefer: Prefer,
@@ -42,7 +39,58 @@ struct Ctx {
 
 impl Ctx {
     fn anon(&self) -> bool {
-        self.role == "anon"
+        self.settings.role == "anon"
+    }
+}
+
+/// What the transaction sets with `set_config` before its statement, shared
+/// with the transaction's task (and its retry) without copying.
+#[derive(Debug)]
+struct Settings {
+    role: String,
+    claims: Arc<jwt::VerifiedClaims>,
+    method: String,
+    path: String,
+    headers: String,
+}
+
+/// `request.headers`: a JSON object of the headers whose values are visible
+/// ASCII, a repeated name's last value (a `HeaderMap` yields a name's values
+/// one after another).
+fn headers_json(headers: &HeaderMap) -> String {
+    let mut out = String::with_capacity(64 * headers.len() + 2);
+    out.push('{');
+    let mut iter = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .peekable();
+    let mut first = true;
+    while let Some((name, value)) = iter.next() {
+        if iter.peek().is_some_and(|(next, _)| *next == name) {
+            continue;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        push_json_str(&mut out, name);
+        out.push(':');
+        push_json_str(&mut out, value);
+    }
+    out.push('}');
+    out
+}
+
+/// Appends `s` as a JSON string, copied as is when nothing in it needs
+/// escaping.
+fn push_json_str(out: &mut String, s: &str) {
+    if telemetry::needs_json_escape(s) {
+        // A string always serialises.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
     }
 }
 
@@ -113,7 +161,7 @@ fn singular(headers: &HeaderMap) -> Result<bool, Error> {
 async fn authenticate(
     st: &AppState,
     headers: &HeaderMap,
-) -> Result<(Arc<TenantInfo>, Arc<jwt::Claims>), Error> {
+) -> Result<(Arc<TenantInfo>, Arc<jwt::VerifiedClaims>), Error> {
     let Some(id) = header(headers, "x-madbase-tenant").map(str::trim) else {
         return Err(Error::api(
             StatusCode::BAD_REQUEST,
@@ -137,36 +185,20 @@ async fn authenticate(
     if !valid_id {
         return Err(not_found());
     }
-    let lookup = |st: &AppState| {
-        let id = id.to_owned();
-        let tenants = st.tenants.clone();
-        async move {
-            tenants.get(&id).await.map_err(|e| {
-                tracing::warn!(error = %e, "tenant lookup failed");
-                Error::api(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the control plane is unreachable",
-                )
-            })
-        }
-    };
-    let tenant = lookup(st).await?.ok_or_else(not_found)?;
+    let tenant = lookup(st, id).await?.ok_or_else(not_found)?;
     let token = header(headers, "authorization")
         .and_then(jwt::bearer)
         .or_else(|| header(headers, "apikey").map(str::trim))
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
-        let mut anon = jwt::Claims::new();
-        anon.insert("role".into(), Value::from("anon"));
-        return Ok((tenant, Arc::new(anon)));
+        return Ok((tenant, st.anon_claims.clone()));
     };
     match st.verified.verify(&tenant.jwt_secret, id, token) {
         Ok(claims) => Ok((tenant, claims)),
         Err(JwtError::BadSignature) => {
             // The keys may have been rotated: look again once.
             st.tenants.invalidate(id);
-            let fresh = lookup(st).await?.ok_or_else(not_found)?;
+            let fresh = lookup(st, id).await?.ok_or_else(not_found)?;
             let claims = st
                 .verified
                 .verify(&fresh.jwt_secret, id, token)
@@ -175,6 +207,18 @@ async fn authenticate(
         }
         Err(e) => Err(Error::jwt(jwt_message(&e))),
     }
+}
+
+/// The tenant through the platform's cached client.
+async fn lookup(st: &AppState, id: &str) -> Result<Option<Arc<TenantInfo>>, Error> {
+    st.tenants.get(id).await.map_err(|e| {
+        tracing::warn!(error = %e, "tenant lookup failed");
+        Error::api(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the control plane is unreachable",
+        )
+    })
 }
 
 fn jwt_message(e: &JwtError) -> String {
@@ -219,22 +263,16 @@ async fn context(
     let singular = singular(headers)?;
     let db = st.pools.get(&tenant);
     let schema = load_schema(st, &db, role == "anon").await?;
-    // `request.headers`: names sorted, a repeated name's last value, values
-    // that are not visible ASCII left out; borrowed, not copied.
-    let hmap: std::collections::BTreeMap<&str, &str> = headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-        .collect();
     Ok(Ctx {
         db,
         schema,
-        // A map of JSON values always serialises.
-        claims: serde_json::to_string(&*claims).unwrap_or_default(),
-        role,
-        method: method.as_str().to_owned(),
-        path: uri.path().to_owned(),
-        // A map of strings always serialises.
-        headers: serde_json::to_string(&hmap).unwrap_or_default(),
+        settings: Arc::new(Settings {
+            role,
+            claims,
+            method: method.as_str().to_owned(),
+            path: uri.path().to_owned(),
+            headers: headers_json(headers),
+        }),
         db_schema,
         singular,
         prefer: prefer(headers),
@@ -276,11 +314,7 @@ async fn execute(
         span: tracing::Span::current(),
         conns: ctx.db.conns.clone(),
         anon: ctx.anon(),
-        role: ctx.role.clone(),
-        claims: ctx.claims.clone(),
-        method: ctx.method.clone(),
-        path: ctx.path.clone(),
-        headers: ctx.headers.clone(),
+        settings: ctx.settings.clone(),
         timeout: st.statement_timeout_ms.clone(),
         sql,
         read_only,
@@ -320,12 +354,8 @@ struct TxJob {
     span: tracing::Span,
     conns: Arc<crate::conns::Conns>,
     anon: bool,
-    role: String,
-    claims: String,
-    method: String,
-    path: String,
-    headers: String,
-    timeout: String,
+    settings: Arc<Settings>,
+    timeout: Arc<str>,
     sql: Sql,
     read_only: bool,
     kind: Kind,
@@ -377,13 +407,15 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
     job.span
         .in_scope(|| tracing::debug!(sql = %sql.text, "query"));
     let params: Vec<&(dyn ToSql + Sync)> = sql.args.iter().map(Arg::as_sql).collect();
+    let set = &*job.settings;
+    let timeout: &str = &job.timeout;
     let settings: [&(dyn ToSql + Sync); 6] = [
-        &job.role,
-        &job.claims,
-        &job.method,
-        &job.path,
-        &job.headers,
-        &job.timeout,
+        &set.role,
+        &set.claims.json,
+        &set.method,
+        &set.path,
+        &set.headers,
+        &timeout,
     ];
     let begin = if job.read_only {
         conn.begin_read_only.clone()
@@ -1231,4 +1263,35 @@ async fn rpc_inner(
         None,
         (!head).then_some(out.body),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_json_keeps_the_last_value_and_escapes() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example.test"));
+        h.append("x-many", HeaderValue::from_static("first"));
+        h.append("x-many", HeaderValue::from_static("last"));
+        h.insert("x-quote", HeaderValue::from_static(r#"a "b" \c"#));
+        h.insert("x-tab", HeaderValue::from_static("a\tb"));
+        h.insert(
+            "x-binary",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").expect("opaque bytes are a header value"),
+        );
+        let json = headers_json(&h);
+        let v: Value = serde_json::from_str(&json).expect(&json);
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "host": "example.test",
+                "x-many": "last",
+                "x-quote": r#"a "b" \c"#,
+                "x-tab": "a\tb",
+            })
+        );
+        assert_eq!(headers_json(&HeaderMap::new()), "{}");
+    }
 }

@@ -149,7 +149,9 @@ pub struct Shared {
     /// Tenant JWTs already verified (see `jwt::VerifiedTokens`).
     pub verified: std::sync::Arc<madbase_platform::jwt::VerifiedTokens>,
     pub pools: Pools,
-    pub statement_timeout_ms: String,
+    pub statement_timeout_ms: std::sync::Arc<str>,
+    /// The claims of a request without a token: `{"role":"anon"}`.
+    pub anon_claims: std::sync::Arc<madbase_platform::jwt::VerifiedClaims>,
     pub max_rows: Option<i64>,
     pub schemas: std::sync::Arc<Vec<String>>,
 }
@@ -186,7 +188,12 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         tenants,
         verified: Default::default(),
         pools,
-        statement_timeout_ms: config.statement_timeout.as_millis().to_string(),
+        statement_timeout_ms: config.statement_timeout.as_millis().to_string().into(),
+        anon_claims: std::sync::Arc::new(madbase_platform::jwt::VerifiedClaims::new(
+            [("role".to_owned(), serde_json::Value::from("anon"))]
+                .into_iter()
+                .collect(),
+        )),
         max_rows: config.max_rows,
         schemas: std::sync::Arc::new(config.schemas.clone()),
     });

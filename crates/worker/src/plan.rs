@@ -55,21 +55,49 @@ impl Sql {
     fn bind(&mut self, arg: Arg) {
         self.args.push(arg);
         self.text.push('$');
-        self.text.push_str(&self.args.len().to_string());
+        write_number(&mut self.text, self.args.len());
     }
 
     fn ident(&mut self, name: &str) {
-        self.text.push_str(&ident(name));
+        write_ident(&mut self.text, name);
     }
+}
+
+/// Appends `n` in decimal.
+fn write_number(out: &mut String, n: usize) {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{n}");
+}
+
+/// Appends `"name"` with embedded quotes doubled.
+fn write_ident(out: &mut String, name: &str) {
+    out.reserve(name.len() + 2);
+    out.push('"');
+    let mut parts = name.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for part in parts {
+        out.push_str("\"\"");
+        out.push_str(part);
+    }
+    out.push('"');
 }
 
 /// `"name"` with embedded quotes doubled.
 pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+    let mut out = String::new();
+    write_ident(&mut out, name);
+    out
 }
 
 fn qualified(schema: &str, name: &str) -> String {
-    format!("{}.{}", ident(schema), ident(name))
+    let mut out = String::with_capacity(schema.len() + name.len() + 5);
+    write_ident(&mut out, schema);
+    out.push('.');
+    write_ident(&mut out, name);
+    out
 }
 
 /// What rows a read comes from.
@@ -381,7 +409,7 @@ impl<'a> Planner<'a> {
         node.limit = limit;
 
         let mut sql = Sql {
-            text: String::new(),
+            text: String::with_capacity(256),
             args: from.args.clone(),
         };
         if let Some(cte) = from.text.strip_prefix("WITH ") {
@@ -836,7 +864,7 @@ pub fn call(
     given: &[String],
     mut value_sql: impl FnMut(&mut Sql, &crate::schema::Arg),
 ) {
-    sql.push(&qualified(&f.schema, &f.name));
+    push_qualified(sql, &f.schema, &f.name);
     sql.push("(");
     let mut first = true;
     for a in f.args.iter().filter(|a| given.contains(&a.name)) {
@@ -878,5 +906,25 @@ pub fn push_ident(sql: &mut Sql, name: &str) {
 
 /// `"schema"."table"`.
 pub fn push_qualified(sql: &mut Sql, schema: &str, name: &str) {
-    sql.push(&qualified(schema, name));
+    sql.ident(schema);
+    sql.push(".");
+    sql.ident(name);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_with_quotes_doubled() {
+        assert_eq!(ident("items"), r#""items""#);
+        assert_eq!(ident(r#"we"ird""#), r#""we""ird""""#);
+        assert_eq!(ident(""), r#""""#);
+        assert_eq!(qualified("public", r#"a"b"#), r#""public"."a""b""#);
+        let mut sql = Sql::default();
+        push_qualified(&mut sql, "s", "t");
+        sql.bind(Arg::Int(1));
+        sql.bind(Arg::Int(2));
+        assert_eq!(sql.text, r#""s"."t"$1$2"#);
+    }
 }

@@ -100,19 +100,23 @@ struct Raw {
 /// Everything the worker knows about a tenant database.
 #[derive(Debug, Default)]
 pub struct Schema {
-    tables: HashMap<(String, String), Arc<Table>>,
+    tables: BySchema<Arc<Table>>,
     pub fks: Vec<ForeignKey>,
-    functions: HashMap<(String, String), Vec<Arc<Function>>>,
+    functions: BySchema<Vec<Arc<Function>>>,
 }
+
+/// By schema, then by name: a lookup borrows the names, no allocation.
+type BySchema<V> = HashMap<String, HashMap<String, V>>;
 
 impl Schema {
     pub fn table(&self, schema: &str, name: &str) -> Option<&Arc<Table>> {
-        self.tables.get(&(schema.to_owned(), name.to_owned()))
+        self.tables.get(schema)?.get(name)
     }
 
     pub fn functions(&self, schema: &str, name: &str) -> &[Arc<Function>] {
         self.functions
-            .get(&(schema.to_owned(), name.to_owned()))
+            .get(schema)
+            .and_then(|by_name| by_name.get(name))
             .map_or(&[], Vec::as_slice)
     }
 
@@ -131,12 +135,14 @@ impl Schema {
     }
 
     fn from_raw(raw: Raw) -> Schema {
-        let tables = raw
-            .tables
-            .into_iter()
-            .map(|t| ((t.schema.clone(), t.name.clone()), Arc::new(t)))
-            .collect();
-        let mut functions: HashMap<(String, String), Vec<Arc<Function>>> = HashMap::new();
+        let mut tables: BySchema<Arc<Table>> = HashMap::new();
+        for t in raw.tables {
+            tables
+                .entry(t.schema.clone())
+                .or_default()
+                .insert(t.name.clone(), Arc::new(t));
+        }
+        let mut functions: BySchema<Vec<Arc<Function>>> = HashMap::new();
         for f in raw.functions {
             let mut args = Vec::new();
             let mut outs = Vec::new();
@@ -168,7 +174,9 @@ impl Schema {
                 f.composite
             };
             functions
-                .entry((f.schema.clone(), f.name.clone()))
+                .entry(f.schema.clone())
+                .or_default()
+                .entry(f.name.clone())
                 .or_default()
                 .push(Arc::new(Function {
                     schema: f.schema,
