@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, RETRY_AFTER};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, RETRY_AFTER, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use http_body_util::Limited;
 use hyper::client::conn::http1;
@@ -531,33 +534,38 @@ fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
     headers
 }
 
-/// The header names a `Connection` header lists (lowercase).
+/// The header names a `Connection` header lists (lowercase), leaving out
+/// `close` and `keep-alive` (no header of that name is sent on, and
+/// `Keep-Alive` is hop-by-hop anyway): the usual `Connection` values cost no
+/// allocation.
 fn connection_listed(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
+        .map(str::trim)
+        .filter(|s| {
+            !s.is_empty()
+                && !s.eq_ignore_ascii_case("close")
+                && !s.eq_ignore_ascii_case("keep-alive")
+        })
+        .map(str::to_ascii_lowercase)
         .collect()
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1),
 /// and `Transfer-Encoding` (the client library frames the body again).
+/// Standard names compare as constants, without comparing strings.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "transfer-encoding"
-    )
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == TE
+        || name == TRAILER
+        || name == UPGRADE
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
