@@ -1,5 +1,6 @@
-# `nix flake check`: the package, the images, formatting, clippy, the tests
-# and the sqlx offline data, all reusing the one dependency build.
+# `nix flake check`: every check of nix/checks.toml that has a `nix` builder,
+# each from its declared fileset with its declared tools, all reusing the one
+# dependency build.
 {
   pkgs,
   build,
@@ -10,7 +11,7 @@ let
   inherit (pkgs) lib;
   inherit (build)
     craneLib
-    src
+    declared
     version
     commonArgs
     cargoArtifacts
@@ -30,99 +31,109 @@ let
   stopPostgres = ''
     pg_ctl --pgdata="$PGDATA" --mode=fast --wait stop
   '';
+  withPostgres =
+    check: script:
+    if declared.needsPostgres check then startPostgres + script + stopPostgres else script;
 
-  # Only the Nix files, for the Nix linters.
-  nixSrc = lib.fileset.toSource {
-    root = ../.;
-    fileset = lib.fileset.unions [
-      ../flake.nix
-      (lib.fileset.fileFilter (file: file.hasExt "nix") ./.)
-    ];
-  };
-
-  # Only config/, for the alert rule tests.
-  configSrc = lib.fileset.toSource {
-    root = ../.;
-    fileset = ../config;
-  };
-
-  promtool = lib.getOutput "cli" pkgs.prometheus;
-in
-{
-  inherit (packages) madbase;
-
-  madbase-fmt = craneLib.cargoFmt {
-    inherit src version;
-    pname = "madbase";
-    cargoExtraArgs = "--all";
-  };
-
-  madbase-clippy = craneLib.cargoClippy (
+  # The arguments every cargo check shares: its own fileset and tools.
+  cargoArgs =
+    check:
     commonArgs
     // {
       inherit cargoArtifacts;
-      cargoClippyExtraArgs = "--all-targets -- -D warnings";
-    }
-  );
+      src = declared.fileset check.fileset;
+      nativeBuildInputs = declared.tools check;
+    };
 
-  madbase-nextest = craneLib.cargoNextest (
-    commonArgs
-    // {
-      inherit cargoArtifacts;
-      # The test kit runs psql; the metrics test pipes /metrics to promtool.
-      nativeBuildInputs = [
-        pkgs.postgresql
-        promtool
-      ];
-      # The postgrest-js compatibility test needs `npm ci`, and the sandbox
-      # has no network: it runs in `cargo xtask ci` instead.
-      MADBASE_SKIP_JS_COMPAT = "1";
-      preCheck = startPostgres;
-      postCheck = stopPostgres;
-    }
-  );
-
-  # The committed .sqlx data matches the queries, checked against a database
-  # with every crate's migrations applied.
-  madbase-sqlx-check = craneLib.mkCargoDerivation (
-    commonArgs
-    // {
-      inherit cargoArtifacts;
-      pnameSuffix = "-sqlx-check";
-      doInstallCargoArtifacts = false;
-      nativeBuildInputs = [
-        pkgs.postgresql
-        pkgs.sqlx-cli
-      ];
-      buildPhaseCargoCommand = ''
-        ${startPostgres}
-        for migrations in crates/*/migrations; do
-          if [ -d "$migrations" ]; then
-            sqlx migrate run --source "$migrations" --ignore-missing
-          fi
-        done
-        # prepare runs `cargo check` with SQLX_OFFLINE=false against DATABASE_URL.
-        cargo sqlx prepare --workspace --check -- --all-targets --profile release
-        ${stopPostgres}
+  # A shell script over a check's fileset, with its tools on PATH.
+  script =
+    check: text:
+    pkgs.runCommand check.name
+      {
+        src = declared.fileset check.fileset;
+        nativeBuildInputs = declared.tools check;
+      }
+      ''
+        cd "$src"
+        ${text}
+        touch $out
       '';
-    }
-  );
 
-  nix-fmt = pkgs.runCommand "nix-fmt" { nativeBuildInputs = [ pkgs.nixfmt ]; } ''
-    cd ${nixSrc}
-    find . -name '*.nix' -exec nixfmt --check {} +
-    touch $out
-  '';
+  # One builder per `nix` value of nix/checks.toml.
+  builders = {
+    package = _: packages.madbase;
 
-  deadnix = pkgs.runCommand "deadnix" { nativeBuildInputs = [ pkgs.deadnix ]; } ''
-    deadnix --fail ${nixSrc}
-    touch $out
-  '';
+    cargo-fmt =
+      check:
+      craneLib.cargoFmt {
+        inherit version;
+        src = declared.fileset check.fileset;
+        pname = "madbase";
+        cargoExtraArgs = "--all";
+      };
 
-  alert-rules = pkgs.runCommand "alert-rules" { nativeBuildInputs = [ promtool ]; } ''
-    cd ${configSrc}
-    promtool test rules config/alerts.test.yml
-    touch $out
-  '';
-}
-// images
+    cargo-clippy =
+      check:
+      craneLib.cargoClippy (
+        cargoArgs check
+        // {
+          cargoClippyExtraArgs = "--all-targets -- -D warnings";
+        }
+      );
+
+    cargo-nextest =
+      check:
+      craneLib.cargoNextest (
+        cargoArgs check
+        // {
+          # The postgrest-js compatibility test needs `npm ci`, and the sandbox
+          # has no network: it runs in `cargo xtask ci` instead.
+          MADBASE_SKIP_JS_COMPAT = "1";
+          preCheck = lib.optionalString (declared.needsPostgres check) startPostgres;
+          postCheck = lib.optionalString (declared.needsPostgres check) stopPostgres;
+        }
+      );
+
+    # The committed .sqlx data matches the queries, checked against a
+    # database with every crate's migrations applied.
+    sqlx-check =
+      check:
+      craneLib.mkCargoDerivation (
+        cargoArgs check
+        // {
+          pnameSuffix = "-sqlx-check";
+          doInstallCargoArtifacts = false;
+          buildPhaseCargoCommand = withPostgres check ''
+            for migrations in crates/*/migrations; do
+              if [ -d "$migrations" ]; then
+                sqlx migrate run --source "$migrations" --ignore-missing
+              fi
+            done
+            # prepare runs `cargo check` with SQLX_OFFLINE=false against DATABASE_URL.
+            cargo sqlx prepare --workspace --check -- --all-targets --profile release
+          '';
+        }
+      );
+
+    nix-fmt = check: script check "find . -name '*.nix' -exec nixfmt --check {} +";
+
+    deadnix = check: script check "deadnix --fail .";
+
+    alert-rules = check: script check "promtool test rules config/alerts.test.yml";
+  };
+
+  # The image derivations are checks too, under their own names.
+  declaredBuilders = lib.unique (map (check: check.nix) (lib.attrValues declared.nixChecks));
+  unknown = lib.filter (name: name != "images" && !(builders ? ${name})) declaredBuilders;
+  unused = lib.filter (name: !(builtins.elem name declaredBuilders)) (lib.attrNames builders);
+in
+assert lib.assertMsg (unknown == [ ]) "nix/checks.toml names unknown builders: ${toString unknown}";
+assert lib.assertMsg (
+  unused == [ ]
+) "builders no check of nix/checks.toml uses: ${toString unused}";
+lib.mapAttrs (_: check: builders.${check.nix} check) (
+  lib.filterAttrs (_: check: check.nix != "images") declared.nixChecks
+)
+// lib.optionalAttrs (lib.any (check: check.nix == "images") (
+  lib.attrValues declared.nixChecks
+)) images

@@ -12,25 +12,12 @@ let
   cargoToml = builtins.fromTOML (builtins.readFile ../Cargo.toml);
   inherit (cargoToml.workspace.package) version;
 
-  # An allow-list of what cargo reads: editing the README, config/, compose
-  # files or CI rebuilds nothing.
-  src = lib.fileset.toSource {
-    root = ../.;
-    fileset = lib.fileset.unions [
-      ../Cargo.toml
-      ../Cargo.lock
-      ../.cargo/config.toml
-      ../rust-toolchain.toml
-      # Every crate's Cargo.toml and .rs files.
-      (craneLib.fileset.commonCargoSources ../crates)
-      # Migrations (e.g. crates/control/migrations), embedded by `sqlx::migrate!`.
-      (lib.fileset.fileFilter (file: file.hasExt "sql") ../crates)
-      # Query data for the compile-time checked queries (SQLX_OFFLINE).
-      (lib.fileset.maybeMissing ../.sqlx)
-      # The image description, which a test checks against the binary.
-      ./images.toml
-    ];
-  };
+  # nix/checks.toml, the one declaration of the checks and their filesets.
+  declared = import ./declared.nix { inherit lib pkgs; };
+
+  # The allow-list of what cargo reads (the `cargo` fileset of checks.toml):
+  # editing the README, config/, compose files or CI rebuilds nothing.
+  src = declared.fileset "cargo";
 
   commonArgs = {
     inherit src version;
@@ -51,6 +38,7 @@ in
 {
   inherit
     craneLib
+    declared
     src
     version
     commonArgs

@@ -1,25 +1,20 @@
-# `nix develop`: the pinned toolchain (added by craneLib.devShell) and every
-# tool the checks, the compose stack and the linters use.
+# `nix develop`: the pinned toolchain (added by craneLib.devShell) and the
+# tools of every check of nix/checks.toml.
 {
   pkgs,
   build,
   checks,
 }:
+let
+  inherit (pkgs) lib;
+  inherit (build) declared;
+in
 build.craneLib.devShell {
   # Inputs of the cargo checks only; the image builders' inputs are not useful
   # interactively.
-  checks = pkgs.lib.filterAttrs (name: _: pkgs.lib.hasPrefix "madbase-" name) checks;
+  checks = lib.filterAttrs (
+    name: _: lib.hasPrefix "cargo-" (declared.checks.${name}.nix or "")
+  ) checks;
 
-  packages = [
-    pkgs.sqlx-cli
-    pkgs.cargo-nextest
-    pkgs.postgresql
-    pkgs.podman
-    pkgs.podman-compose
-    # promtool
-    (pkgs.lib.getOutput "cli" pkgs.prometheus)
-    pkgs.victoriametrics
-    pkgs.nixfmt
-    pkgs.deadnix
-  ];
+  packages = declared.allTools;
 }

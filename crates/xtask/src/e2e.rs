@@ -51,6 +51,8 @@ use serde_json::{Value, json};
 use crate::image_spec::ImageSpec;
 use crate::images::{self, HostImage, User};
 use crate::podman::Podman;
+use crate::push::{self, Credentials, PushArgs};
+use crate::registry::TestRegistry;
 use crate::util::{root, step};
 
 /// The override file, relative to the workspace root.
@@ -216,13 +218,20 @@ fn run_steps(steps: &mut Steps, stack: &mut Option<Stack>) -> Result<()> {
     }) else {
         bail!("cannot assemble the stand-in images");
     };
-    let archives: Vec<(String, PathBuf)> = madbase_images
-        .iter()
-        .map(|i| (i.reference.clone(), i.archive.clone()))
-        .chain(stand_ins)
-        .collect();
-    let Some(()) = steps.run("podman load", || stack.load(&archives)) else {
+    let Some(()) = steps.run("podman load (the stand-ins)", || stack.load(&stand_ins)) else {
         bail!("cannot load the images");
+    };
+
+    // The production path: the madbase images go through a real registry and
+    // the stack runs them by digest.
+    let Some(registry) = steps.run(
+        "registry: docker-registry on 127.0.0.1 (htpasswd, TLS from a throwaway CA)",
+        TestRegistry::start,
+    ) else {
+        bail!("no registry");
+    };
+    let Some(madbase_images) = registry_round_trip(steps, stack, &registry, madbase_images) else {
+        bail!("the registry round trip failed");
     };
 
     let ports = steps
@@ -290,6 +299,10 @@ fn run_steps(steps: &mut Steps, stack: &mut Option<Stack>) -> Result<()> {
         tenant: &tenant,
     };
     crud(steps, &api);
+    steps.run(
+        "a metric scraped: vmagent -> VictoriaMetrics has the proxy's http_requests_total",
+        || metric_scraped(&podman, &containers, &deadline),
+    );
     let request_id = format!("e2e-{}-{}", std::process::id(), hex(&random_bytes(8)?));
     steps.run(
         "X-Request-Id comes back and is in the worker's logs",
@@ -764,6 +777,9 @@ struct Stack {
     /// The variables compose.yaml reads, as given to podman-compose.
     env: Vec<(String, String)>,
     loaded: Vec<String>,
+    /// The compose override pinning the madbase services to the digests
+    /// pushed to the test registry (written by `cargo xtask push`).
+    images_override: PathBuf,
     torn_down: bool,
 }
 
@@ -793,6 +809,7 @@ impl Stack {
         std::fs::create_dir_all(&dir)?;
         Ok(Stack {
             env_file: dir.join(format!("{project}.env")),
+            images_override: dir.join(format!("{project}.images.yaml")),
             podman,
             project,
             env: Vec::new(),
@@ -861,6 +878,9 @@ impl Stack {
             .arg(root().join(crate::compose::COMPOSE_FILE))
             .arg("-f")
             .arg(root().join(OVERRIDE_FILE));
+        if self.images_override.exists() {
+            cmd.arg("-f").arg(&self.images_override);
+        }
         cmd
     }
 
@@ -1121,10 +1141,12 @@ impl Stack {
                 problems.push(format!("podman rmi {image}: {e:#}"));
             }
         }
-        if self.env_file.exists()
-            && let Err(e) = std::fs::remove_file(&self.env_file)
-        {
-            problems.push(format!("removing {}: {e}", self.env_file.display()));
+        for file in [&self.env_file, &self.images_override] {
+            if file.exists()
+                && let Err(e) = std::fs::remove_file(file)
+            {
+                problems.push(format!("removing {}: {e}", file.display()));
+            }
         }
 
         // Nothing of the project may be left.
@@ -1217,6 +1239,308 @@ impl Drop for Stack {
                 Err(e) => eprintln!("FAIL tear-down after a failure: {e:#}"),
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The registry round trip.
+
+/// Pushes the built images to `registry` with `cargo xtask push` (wrong
+/// credentials first), checks digests and idempotence, pulls every image by
+/// digest and leaves the compose override pinning them for [`Stack::up`].
+/// Returns the images with their digest references.
+fn registry_round_trip(
+    steps: &mut Steps,
+    stack: &mut Stack,
+    registry: &TestRegistry,
+    built: Vec<images::BuiltImage>,
+) -> Option<Vec<images::BuiltImage>> {
+    let args = PushArgs {
+        registry: format!("{}/madbase", registry.host),
+        images: root().join("target/images"),
+        digests_file: root().join("target/e2e/pushed.json"),
+        compose_override: Some(stack.images_override.clone()),
+        cert_dir: Some(registry.cert_dir.clone()),
+        tls_verify: true,
+    };
+    steps.run(
+        "cargo xtask push with a wrong password fails, saying so",
+        || {
+            let wrong = Credentials {
+                user: registry.credentials.user.clone(),
+                password: "not-the-password".to_owned(),
+            };
+            match push::push(&args, &wrong) {
+                Ok(_) => bail!("the push succeeded with a wrong password"),
+                Err(e) => {
+                    let said = format!("{e:#}");
+                    ensure!(
+                        said.contains("refused the credentials"),
+                        "the failure does not say the credentials were refused: {said}"
+                    );
+                    eprintln!("refused as expected: {said}");
+                    Ok(())
+                }
+            }
+        },
+    )?;
+    let release = steps.run(
+        "cargo xtask push: the registry's manifests are the built images' (digests equal)",
+        || {
+            let release = push::push(&args, &registry.credentials)?;
+            for image in &built {
+                let pushed = release
+                    .images
+                    .get(&image.service)
+                    .with_context(|| format!("{} was not pushed", image.service))?;
+                ensure!(
+                    pushed.image_id == format!("sha256:{}", image.id),
+                    "{}: pushed config {} is not the built image {}",
+                    image.service,
+                    pushed.image_id,
+                    image.id
+                );
+                let local = std::fs::read(
+                    root()
+                        .join("target/push")
+                        .join(&image.service)
+                        .join("manifest.json"),
+                )?;
+                let local = format!("sha256:{}", sha256_hex(&local));
+                for tag in &pushed.tags {
+                    let raw = registry_manifest(
+                        registry,
+                        &format!("{}:{tag}", image_name(&args, &image.service)),
+                    )?;
+                    let remote = format!("sha256:{}", sha256_hex(&raw));
+                    ensure!(
+                        remote == local && remote == pushed.digest,
+                        "{}:{tag}: registry manifest {remote}, local {local}, reported {}",
+                        image.service,
+                        pushed.digest
+                    );
+                }
+                eprintln!(
+                    "ok: {} {} = local manifest, tags {:?}",
+                    image.service, pushed.digest, pushed.tags
+                );
+            }
+            Ok(release)
+        },
+    )?;
+    steps.run(
+        "cargo xtask push again: the same digests, the registry unchanged",
+        || {
+            let before = storage_files(&registry.storage())?;
+            let again = push::push(&args, &registry.credentials)?;
+            ensure!(
+                again.images == release.images,
+                "the second push gave {:?}, the first {:?}",
+                again.images,
+                release.images
+            );
+            let after = storage_files(&registry.storage())?;
+            ensure!(
+                before == after,
+                "the registry's storage changed: {} files before, {} after",
+                before.len(),
+                after.len()
+            );
+            eprintln!(
+                "ok: {} files in the registry's storage, unchanged",
+                after.len()
+            );
+            Ok(())
+        },
+    )?;
+    steps.run(
+        "podman pull <registry>/madbase/<service>@sha256:… (image ID = built)",
+        || {
+            let auth = tempfile::Builder::new().prefix("madbase-pull-").tempdir()?;
+            let authfile = auth.path().join("auth.json");
+            let cert_dir = registry.cert_dir.display().to_string();
+            let mut login = stack.podman.command();
+            login
+                .args([
+                    "login",
+                    "--cert-dir",
+                    &cert_dir,
+                    "--password-stdin",
+                    "--username",
+                ])
+                .arg(&registry.credentials.user)
+                .arg("--authfile")
+                .arg(&authfile)
+                .arg(&registry.host);
+            piped(&mut login, &registry.credentials.password)?;
+            for image in &built {
+                let reference = &release.images[&image.service].reference;
+                stack.loaded.push(reference.clone());
+                bounded_ok(
+                    stack
+                        .podman
+                        .command()
+                        .args(["pull", "--quiet", "--cert-dir", &cert_dir, "--authfile"])
+                        .arg(&authfile)
+                        .arg(reference),
+                    Duration::from_secs(120),
+                )?;
+                let id = bounded_ok(
+                    stack
+                        .podman
+                        .command()
+                        .args(["image", "inspect", "--format", "{{.Id}}", reference]),
+                    Duration::from_secs(30),
+                )?;
+                ensure!(
+                    id.trim() == image.id,
+                    "{reference}: image ID {} is not the built image's {}",
+                    id.trim(),
+                    image.id
+                );
+                eprintln!("pulled {reference} (image ID {})", &image.id[..12]);
+            }
+            Ok(())
+        },
+    )?;
+    Some(
+        built
+            .into_iter()
+            .map(|mut image| {
+                image.reference = release.images[&image.service].reference.clone();
+                image
+            })
+            .collect(),
+    )
+}
+
+fn image_name(args: &PushArgs, service: &str) -> String {
+    format!("{}/{service}", args.registry)
+}
+
+/// The raw manifest the registry serves for `reference` (`skopeo inspect
+/// --raw`, authenticated with the test credentials).
+fn registry_manifest(registry: &TestRegistry, reference: &str) -> Result<Vec<u8>> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--cert-dir"])
+        .arg(&registry.cert_dir)
+        .arg("--creds")
+        .arg(format!(
+            "{}:{}",
+            registry.credentials.user, registry.credentials.password
+        ))
+        .arg(format!("docker://{reference}"))
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot start skopeo")?;
+    ensure!(
+        out.status.success(),
+        "skopeo inspect {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout)
+}
+
+/// Every file below `dir` with its size, relative to it.
+fn storage_files(dir: &Path) -> Result<BTreeMap<String, u64>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) -> Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                walk(base, &path, out)?;
+            } else {
+                let name = path
+                    .strip_prefix(base)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                out.insert(name, entry.metadata()?.len());
+            }
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out)?;
+    Ok(out)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// Runs `cmd` with `input` on its stdin, bounded to a minute.
+fn piped(cmd: &mut Command, input: &str) -> Result<()> {
+    use std::io::Write as _;
+    let shown = shown(cmd);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {shown}"))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input.as_bytes())?;
+    let start = Instant::now();
+    while child.try_wait()?.is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            bail!("{shown} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "{shown}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// vmagent scraped the proxy and VictoriaMetrics stored it: the sum of the
+/// proxy's `http_requests_total` there is above zero (queried inside the
+/// VictoriaMetrics container, which publishes no port).
+fn metric_scraped(podman: &Podman, containers: &[Container], deadline: &Deadline) -> Result<()> {
+    let vm = containers
+        .iter()
+        .find(|c| c.service == "victoria-metrics")
+        .context("no victoria-metrics container")?;
+    let query =
+        "http://127.0.0.1:8428/api/v1/query?query=sum(http_requests_total%7Bjob%3D%22proxy%22%7D)";
+    let start = Instant::now();
+    let limit = deadline.bound(Duration::from_secs(90))?;
+    loop {
+        let out = bounded_output(
+            podman
+                .command()
+                .args(["exec", &vm.name, "wget", "-q", "-O", "-", query]),
+            Duration::from_secs(20),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let value = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+            v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|n| n.parse::<f64>().ok())
+        });
+        if let Some(n) = value.filter(|n| *n > 0.0) {
+            eprintln!(
+                "ok: sum(http_requests_total{{job=\"proxy\"}}) = {n} after {:.0}s",
+                start.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if start.elapsed() >= limit {
+            bail!(
+                "no http_requests_total of the proxy in VictoriaMetrics after {}s: {text}",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(3));
     }
 }
 

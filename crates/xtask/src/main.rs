@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_proxy;
+mod checks;
 mod compose;
 mod e2e;
 mod image_spec;
@@ -15,6 +16,8 @@ mod observability_live;
 mod otlp;
 mod podman;
 mod procs;
+mod push;
+mod registry;
 mod sqlx;
 mod util;
 mod workflows;
@@ -76,6 +79,32 @@ enum Task {
     /// VictoriaMetrics, vmagent, vmalert and Alertmanager on loopback; traffic,
     /// every dashboard query, ServiceDown, request IDs in logs, traces.
     Observability,
+    /// Pushes the four service images to an OCI registry with skopeo, under
+    /// the commit SHA and the version, and writes the pushed digests.
+    /// Credentials from REGISTRY_USER and REGISTRY_PASSWORD (stdin to skopeo,
+    /// auth file removed afterwards).
+    Push {
+        /// `HOST[:PORT]/NAMESPACE`; images go to `<registry>/<service>`.
+        #[arg(long)]
+        registry: String,
+        /// The directory holding `<service>.tar` docker-archives (default:
+        /// build them with `cargo xtask images` into target/images).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Where the pushed digests go (JSON).
+        #[arg(long, default_value = "target/images/pushed.json")]
+        digests_file: PathBuf,
+        /// Also write a compose override pinning every service by digest.
+        #[arg(long)]
+        compose_override: Option<PathBuf>,
+        /// A directory of CA certificates (`*.crt`) for the registry.
+        #[arg(long)]
+        cert_dir: Option<PathBuf>,
+        /// Verify the registry's TLS certificate (`false` only for a
+        /// plain-HTTP registry on loopback).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        tls_verify: bool,
+    },
     /// Benchmarks (not tests): the proxy against nginx in front of the same
     /// upstream, the worker against pgbench; ratios against the peer
     /// measured in the same run.
@@ -113,6 +142,31 @@ fn main() -> Result<()> {
         Task::Images => images::build().map(drop),
         Task::ImagesCheck => images::check(),
         Task::E2e => e2e::run(),
+        Task::Push {
+            registry,
+            images,
+            digests_file,
+            compose_override,
+            cert_dir,
+            tls_verify,
+        } => {
+            let images = match images {
+                Some(dir) => dir,
+                None => {
+                    images::build()?;
+                    util::root().join("target/images")
+                }
+            };
+            push::push_from_env(&push::PushArgs {
+                registry,
+                images,
+                digests_file,
+                compose_override,
+                cert_dir,
+                tls_verify,
+            })
+            .map(drop)
+        }
         Task::SqlxCheck => sqlx::check(),
         Task::SqlxPrepare => sqlx::regenerate(),
         Task::Observability => observability_live::run(),
@@ -120,22 +174,20 @@ fn main() -> Result<()> {
 }
 
 fn ci() -> Result<()> {
-    lint()?;
-    workflows::lint()?;
-    nix::lint()?;
-    observability_config::check()?;
-    sqlx::check()?;
-    compose::check()?;
-    test()?;
-    observability_live::run()?;
-    e2e::run()?;
-    eprintln!("\nxtask ci: all checks passed");
-    Ok(())
+    checks::ci()
 }
 
 fn lint() -> Result<()> {
+    fmt()?;
+    clippy()
+}
+
+fn fmt() -> Result<()> {
     step("cargo fmt --check");
-    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").args(["fmt", "--all", "--check"]))
+}
+
+fn clippy() -> Result<()> {
     step("cargo clippy");
     run(Command::new("cargo").args([
         "clippy",

@@ -18,26 +18,36 @@ use crate::util::{files_with_ext, output, root, run, step};
 
 /// Runs every Nix lint from the workspace root.
 pub fn lint() -> Result<()> {
-    let files = nix_files()?;
-    ensure!(
-        !files.is_empty(),
-        "no .nix files found below {}",
-        root().display()
-    );
+    format()?;
+    deadnix()?;
+    flake()
+}
 
+/// Every `.nix` file parses (`nix-instantiate --parse`) and is formatted
+/// (`nixfmt --check`).
+pub fn format() -> Result<()> {
+    let files = nix_files()?;
     step("nix-instantiate --parse");
     for file in &files {
         // --parse prints the AST; only a failure is interesting.
         output(Command::new("nix-instantiate").arg("--parse").arg(file))
             .with_context(|| format!("{} does not parse", file.display()))?;
     }
-
-    step("deadnix --fail");
-    run(Command::new("deadnix").arg("--fail").args(&files))?;
-
     step("nixfmt --check");
-    run(Command::new("nixfmt").arg("--check").args(&files))?;
+    run(Command::new("nixfmt").arg("--check").args(&files))
+}
 
+/// `deadnix --fail` over every `.nix` file.
+pub fn deadnix() -> Result<()> {
+    let files = nix_files()?;
+    step("deadnix --fail");
+    run(Command::new("deadnix").arg("--fail").args(&files))
+}
+
+/// `flake.lock` is complete and matches `flake.nix`'s inputs,
+/// `nix/images.toml` has the keys the flake reads, and the flake's checks,
+/// evaluated against stand-ins, are the ones `nix/checks.toml` declares.
+pub fn flake() -> Result<()> {
     step("flake.lock");
     let lock = std::fs::read_to_string(root().join("flake.lock")).context("reading flake.lock")?;
     let lock = check_lock(&lock)?;
@@ -56,17 +66,21 @@ pub fn lint() -> Result<()> {
         .context("reading nix/images.toml")?;
     check_images(&images)?;
 
-    eprintln!(
-        "nix: {} files, flake.lock and nix/images.toml are valid",
-        files.len()
-    );
+    crate::checks::lint_declaration()?;
+    eprintln!("nix: flake.lock, nix/images.toml and nix/checks.toml are valid");
     Ok(())
 }
 
 /// Every `.nix` file of the workspace, relative to the root.
 fn nix_files() -> Result<Vec<PathBuf>> {
     let root = root();
-    Ok(files_with_ext("", ".nix")?
+    let files: Vec<PathBuf> = files_with_ext("", ".nix")?;
+    ensure!(
+        !files.is_empty(),
+        "no .nix files found below {}",
+        root.display()
+    );
+    Ok(files
         .into_iter()
         .map(|path| {
             path.strip_prefix(&root)

@@ -93,6 +93,13 @@ const CHECK_VALUES: &[(&str, &str)] = &[
     ("__to", "0"),
 ];
 
+/// `promtool test rules`: the alert rules' unit tests (the `alert-rules`
+/// check, which `nix flake check` runs too).
+pub fn test_rules() -> Result<()> {
+    step("promtool test rules (alert unit tests)");
+    run(Command::new("promtool").args(["test", "rules", ALERTS_TEST]))
+}
+
 /// Every check of the observability config; fails on the first failing tool,
 /// or with the list of every structural problem found.
 pub fn check() -> Result<()> {
@@ -100,8 +107,7 @@ pub fn check() -> Result<()> {
     run(Command::new("promtool").args(["check", "config", PROMETHEUS]))?;
     step("promtool check rules (alert rules)");
     run(Command::new("promtool").args(["check", "rules", ALERTS]))?;
-    step("promtool test rules (alert unit tests)");
-    run(Command::new("promtool").args(["test", "rules", ALERTS_TEST]))?;
+    test_rules()?;
     step("vmagent dry run (scrape config)");
     run(Command::new("vmagent").args([
         &format!("-promscrape.config={VMAGENT}"),
