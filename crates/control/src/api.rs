@@ -377,8 +377,78 @@ pub async fn internal_get(
         db_port: state.cluster.get_port(),
         authenticator_user: row.authenticator_role,
         database: row.database_name,
+        cors_origins: row.cors_origins,
         id: row.id,
     }))
+}
+
+/// A tenant's settings.
+#[derive(Debug, Serialize)]
+pub struct Settings {
+    id: String,
+    /// The browser origins the proxy allows for the tenant's data API
+    /// (`["*"]`: any); `null`: the platform's `MADBASE_CORS_ORIGINS`.
+    cors_origins: Option<Vec<String>>,
+}
+
+/// A change of settings: a field left out keeps its value, `null` resets
+/// it to the platform's default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    #[serde(default, deserialize_with = "present")]
+    cors_origins: Option<Option<Vec<String>>>,
+}
+
+/// A field that is present (even as `null`) is `Some`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// `GET /v1/tenants/{id}/settings`
+pub async fn settings(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Settings>, ApiError> {
+    let row = store::get(&state.db, &id)
+        .await
+        .map_err(|e| db_error("get settings", &e))?;
+    let row = row.ok_or_else(|| not_found(&id))?;
+    Ok(Json(Settings {
+        id: row.id,
+        cors_origins: row.cors_origins,
+    }))
+}
+
+/// `PATCH /v1/tenants/{id}/settings` `{"cors_origins": [...] | null}`.
+/// Services see the change when their cached copy of the tenant expires
+/// (`MADBASE_TENANT_CACHE_SECONDS` at the proxy).
+pub async fn patch_settings(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<SettingsPatch>,
+) -> Result<Json<Settings>, ApiError> {
+    let Some(origins) = body.cors_origins else {
+        return settings(State(state), Path(id)).await;
+    };
+    let origins = origins
+        .map(|list| {
+            madbase_platform::tenants::normalize_cors_origins(&list).map_err(|problem| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_cors_origins", problem)
+            })
+        })
+        .transpose()?;
+    let stored = store::set_cors_origins(&state.db, &id, origins.as_deref())
+        .await
+        .map_err(|e| db_error("update settings", &e))?;
+    state.metrics.operation("settings", stored.is_some());
+    let cors_origins = stored.ok_or_else(|| not_found(&id))?;
+    tracing::info!(tenant = %id, ?cors_origins, "tenant settings changed");
+    Ok(Json(Settings { id, cors_origins }))
 }
 
 impl AppState {

@@ -224,6 +224,10 @@ pub async fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         .route("/v1/tenants/{id}", get(api::get).delete(api::delete))
         .route("/v1/tenants/{id}/keys/rotate", post(api::rotate))
         .route("/v1/tenants/{id}/sql", post(api::run_sql))
+        .route(
+            "/v1/tenants/{id}/settings",
+            get(api::settings).patch(api::patch_settings),
+        )
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), "admin"),
             api::require_role,

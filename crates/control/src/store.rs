@@ -17,6 +17,8 @@ pub struct TenantRow {
     pub owner_password_enc: Vec<u8>,
     pub authenticator_password_enc: Vec<u8>,
     pub key_version: i32,
+    /// The tenant's allowed browser origins; `None`: the platform's.
+    pub cors_origins: Option<Vec<String>>,
 }
 
 /// Sealed secrets of a new tenant.
@@ -77,7 +79,8 @@ pub async fn get(db: &PgPool, id: &str) -> Result<Option<TenantRow>, sqlx::Error
     sqlx::query_as!(
         TenantRow,
         r#"SELECT id, created_at, database_name, owner_role, authenticator_role,
-                  jwt_secret_enc, owner_password_enc, authenticator_password_enc, key_version
+                  jwt_secret_enc, owner_password_enc, authenticator_password_enc, key_version,
+                  cors_origins
            FROM tenants WHERE id = $1 AND status = 'active'"#,
         id
     )
@@ -90,7 +93,8 @@ pub async fn list(db: &PgPool, after: &str, limit: i64) -> Result<Vec<TenantRow>
     sqlx::query_as!(
         TenantRow,
         r#"SELECT id, created_at, database_name, owner_role, authenticator_role,
-                  jwt_secret_enc, owner_password_enc, authenticator_password_enc, key_version
+                  jwt_secret_enc, owner_password_enc, authenticator_password_enc, key_version,
+                  cors_origins
            FROM tenants WHERE status = 'active' AND id > $1
            ORDER BY id LIMIT $2"#,
         after,
@@ -107,7 +111,8 @@ pub async fn start_delete(db: &PgPool, id: &str) -> Result<Option<TenantRow>, sq
         r#"UPDATE tenants SET status = 'deleting', updated_at = now()
            WHERE id = $1 AND status = 'active'
            RETURNING id, created_at, database_name, owner_role, authenticator_role,
-                     jwt_secret_enc, owner_password_enc, authenticator_password_enc, key_version"#,
+                     jwt_secret_enc, owner_password_enc, authenticator_password_enc, key_version,
+                     cors_origins"#,
         id
     )
     .fetch_optional(db)
@@ -140,6 +145,24 @@ pub async fn rotate(
     .fetch_optional(db)
     .await?;
     Ok(row.map(|r| r.key_version))
+}
+
+/// Sets (`None`: clears) an active tenant's allowed browser origins;
+/// `None` when there is no such tenant, else what is stored now.
+pub async fn set_cors_origins(
+    db: &PgPool,
+    id: &str,
+    origins: Option<&[String]>,
+) -> Result<Option<Option<Vec<String>>>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"UPDATE tenants SET cors_origins = $2, updated_at = now()
+           WHERE id = $1 AND status = 'active' RETURNING cors_origins"#,
+        id,
+        origins as Option<&[String]>
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| r.cors_origins))
 }
 
 /// Number of active tenants.

@@ -33,6 +33,11 @@ pub struct TenantInfo {
     pub db_port: u16,
     pub authenticator_user: String,
     pub authenticator_password: String,
+    /// The browser origins the proxy allows for this tenant's data API
+    /// (`["*"]`: any), set through control's tenant settings; `None`: the
+    /// platform's `MADBASE_CORS_ORIGINS`.
+    #[serde(default)]
+    pub cors_origins: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for TenantInfo {
@@ -41,6 +46,7 @@ impl std::fmt::Debug for TenantInfo {
             .field("id", &self.id)
             .field("key_version", &self.key_version)
             .field("database", &self.database)
+            .field("cors_origins", &self.cors_origins)
             .finish_non_exhaustive()
     }
 }
@@ -53,6 +59,52 @@ pub fn is_valid_id(id: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// At most this many CORS origins per list.
+pub const MAX_CORS_ORIGINS: usize = 100;
+
+/// A list of allowed browser origins, normalised (trimmed, lowercase), or
+/// why it is not one: `*` alone (any origin), or up to
+/// [`MAX_CORS_ORIGINS`] origins as browsers send them in `Origin`
+/// (`scheme://host[:port]`, no path or trailing slash, e.g.
+/// `https://app.example.com`, `http://localhost:3000`,
+/// `capacitor://localhost`). An empty list allows no origin.
+pub fn normalize_cors_origins<S: AsRef<str>>(list: &[S]) -> Result<Vec<String>, String> {
+    if list.len() > MAX_CORS_ORIGINS {
+        return Err(format!("at most {MAX_CORS_ORIGINS} origins"));
+    }
+    let list: Vec<String> = list
+        .iter()
+        .map(|s| s.as_ref().trim().to_ascii_lowercase())
+        .collect();
+    if list.iter().any(|o| o == "*") {
+        return if list.len() == 1 {
+            Ok(list)
+        } else {
+            Err("\"*\" (any origin) cannot be combined with other origins".to_owned())
+        };
+    }
+    for origin in &list {
+        let valid = origin.len() <= 255
+            && origin.split_once("://").is_some_and(|(scheme, host)| {
+                scheme.starts_with(|c: char| c.is_ascii_lowercase())
+                    && scheme.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b)
+                    })
+                    && !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+            });
+        if !valid {
+            return Err(format!(
+                "{origin:?} is not an origin like https://app.example.com or http://localhost:3000 \
+                 (scheme://host[:port], no path, no trailing slash)"
+            ));
+        }
+    }
+    Ok(list)
 }
 
 /// Why a lookup failed (control unreachable and nothing cached).
@@ -196,5 +248,36 @@ impl TenantClient {
             reqwest::StatusCode::NOT_FOUND => Ok(None),
             s => Err(LookupError(format!("control answered {s}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_cors_origins;
+
+    #[test]
+    fn cors_origin_lists() {
+        let ok = |l: &[&str]| normalize_cors_origins(l).expect("valid");
+        assert_eq!(ok(&["*"]), ["*"]);
+        assert!(ok(&[]).is_empty());
+        assert_eq!(
+            ok(&[" HTTPS://App.Example.com ", "http://localhost:3000"]),
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+        assert_eq!(ok(&["capacitor://localhost"]), ["capacitor://localhost"]);
+        assert_eq!(ok(&["http://[::1]:8080"]), ["http://[::1]:8080"]);
+        for bad in [
+            &["*", "https://a.example"][..],
+            &["https://a.example/"],
+            &["https://a.example/path"],
+            &["a.example"],
+            &["https://"],
+            &["https://a b"],
+            &["1http://a.example"],
+        ] {
+            assert!(normalize_cors_origins(bad).is_err(), "{bad:?}");
+        }
+        let many: Vec<String> = (0..=100).map(|i| format!("https://a{i}.example")).collect();
+        assert!(normalize_cors_origins(&many).is_err());
     }
 }
