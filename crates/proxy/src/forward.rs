@@ -51,21 +51,7 @@ pub(crate) async fn by_host(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let host = request_host(&req).unwrap_or_default();
-    let host = host.rsplit_once(':').map_or(host.as_str(), |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            host.as_str()
-        }
-    });
-    let suffix = format!(".{}", state.config.domain);
-    let tenant = host
-        .to_ascii_lowercase()
-        .strip_suffix(&suffix)
-        .filter(|t| !t.contains('.'))
-        .map(str::to_owned);
-    let Some(tenant) = tenant else {
+    let Some(tenant) = host_tenant(&req, &state.config.domain) else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "tenant_not_found",
@@ -77,6 +63,32 @@ pub(crate) async fn by_host(
         .into_response();
     };
     handle(state, tenant, 0, peer, req).await
+}
+
+/// The tenant of a `<tenant>.<domain>` request.
+fn host_tenant(req: &Request, domain: &str) -> Option<String> {
+    let host = request_host(req).unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host.as_str(), |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host.as_str()
+        }
+    });
+    let suffix = format!(".{domain}");
+    host.to_ascii_lowercase()
+        .strip_suffix(&suffix)
+        .filter(|t| !t.contains('.'))
+        .map(str::to_owned)
+}
+
+/// The tenant a request names, by path prefix (`/t/<tenant>/…`) or host;
+/// not yet checked for its shape.
+pub(crate) fn tenant_of(state: &AppState, req: &Request) -> Option<String> {
+    match req.uri().path().strip_prefix("/t/") {
+        Some(rest) => Some(rest.split_once('/').map_or(rest, |(t, _)| t).to_owned()),
+        None => host_tenant(req, &state.config.domain),
+    }
 }
 
 fn request_host(req: &Request) -> Option<String> {
@@ -138,7 +150,11 @@ async fn authorize_and_forward(
     req: Request,
 ) -> Response {
     // The tenant, and its key check (a refused signature re-reads the tenant
-    // once: its keys may have been rotated since it was cached).
+    // once: its keys may have been rotated since it was cached). A
+    // function's `OPTIONS` (a browser's preflight, which never carries a
+    // key) reaches the function unchecked, as on Supabase: functions answer
+    // CORS themselves.
+    let key_free = upstream == Upstream::Functions && req.method() == http::Method::OPTIONS;
     let mut retried = false;
     loop {
         let info = match state.tenants.get(tenant).await {
@@ -154,6 +170,9 @@ async fn authorize_and_forward(
                 .into_response();
             }
         };
+        if key_free {
+            break;
+        }
         match keys::check(&state.verified, req.headers(), tenant, &info.jwt_secret) {
             Ok(()) => break,
             Err(e) if e.maybe_stale_secret() && !retried => {

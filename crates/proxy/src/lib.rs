@@ -1,8 +1,10 @@
 //! madbase proxy: the public edge. Resolves the tenant (subdomain
 //! `<tenant>.<MADBASE_DOMAIN>` or path prefix `/t/<tenant>/`), checks its API
 //! key, rate-limits per tenant and forwards `/rest/v1/*` to the worker and
-//! `/functions/v1/*` to functions, streaming bodies both ways.
+//! `/functions/v1/*` to functions, streaming bodies both ways. Answers CORS
+//! for `/rest/v1` (`cors.rs`); `OPTIONS` to a function reaches the function.
 
+mod cors;
 mod forward;
 mod keys;
 mod metrics;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::middleware;
 use axum::routing::any;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hyper_util::client::legacy::Client;
@@ -56,6 +59,10 @@ pub struct Config {
     /// `MADBASE_TENANT_NEGATIVE_CACHE_SECONDS` (default 5).
     pub tenant_ttl: Duration,
     pub tenant_negative_ttl: Duration,
+    /// `MADBASE_CORS_ORIGINS`: the browser origins allowed to call the data
+    /// API, comma-separated (default `*`, any); a tenant's settings in
+    /// control override it.
+    pub cors_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -68,6 +75,7 @@ impl std::fmt::Debug for Config {
             .field("domain", &self.domain)
             .field("rate_limit", &self.rate_limit)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("cors_origins", &self.cors_origins)
             .finish_non_exhaustive()
     }
 }
@@ -109,7 +117,9 @@ impl Config {
             ))
         };
         let trusted_proxies = trusted_proxies(env.raw("MADBASE_TRUSTED_PROXIES").as_deref())?;
+        let cors_origins = cors_origins(env.raw("MADBASE_CORS_ORIGINS").as_deref())?;
         Ok(Config {
+            cors_origins,
             common: CommonConfig::from_env(Service::Proxy, env)?,
             trusted_proxies,
             jwt_secret: secrets::jwt_secret(env)?,
@@ -156,6 +166,21 @@ fn trusted_proxies(raw: Option<&str>) -> Result<Vec<ipnet::IpNet>, ConfigError> 
         .collect()
 }
 
+/// `MADBASE_CORS_ORIGINS`: `*` (the default) or
+/// `https://app.example.com, http://localhost:3000`.
+fn cors_origins(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let list: Vec<&str> = raw
+        .unwrap_or("*")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    madbase_platform::tenants::normalize_cors_origins(&list).map_err(|problem| ConfigError {
+        var: "MADBASE_CORS_ORIGINS".into(),
+        problem,
+    })
+}
+
 /// An upstream service behind the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upstream {
@@ -195,6 +220,7 @@ pub(crate) struct State {
     pub(crate) hosts: [Option<http::HeaderValue>; 2],
     pub(crate) limiter: Option<DefaultKeyedRateLimiter<String>>,
     pub(crate) metrics: metrics::ProxyMetrics,
+    pub(crate) cors: cors::Cors,
 }
 
 pub(crate) type AppState = Arc<State>;
@@ -226,14 +252,17 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         ],
         limiter,
         metrics: metrics::ProxyMetrics::new(&metrics),
+        cors: cors::Cors::new(&config.cors_origins),
     });
+    // CORS wraps the data API's routes only: functions answer it themselves.
     let api = Router::new()
         .route("/t/{tenant}/rest/v1", any(forward::by_path))
         .route("/t/{tenant}/rest/v1/{*rest}", any(forward::by_path))
-        .route("/t/{tenant}/functions/v1", any(forward::by_path))
-        .route("/t/{tenant}/functions/v1/{*rest}", any(forward::by_path))
         .route("/rest/v1", any(forward::by_host))
         .route("/rest/v1/{*rest}", any(forward::by_host))
+        .route_layer(middleware::from_fn_with_state(state.clone(), cors::rest))
+        .route("/t/{tenant}/functions/v1", any(forward::by_path))
+        .route("/t/{tenant}/functions/v1/{*rest}", any(forward::by_path))
         .route("/functions/v1", any(forward::by_host))
         .route("/functions/v1/{*rest}", any(forward::by_host))
         .with_state(state);
