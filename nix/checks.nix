@@ -115,11 +115,8 @@ let
         }
       );
 
-    nix-fmt = check: script check "find . -name '*.nix' -exec nixfmt --check {} +";
-
-    deadnix = check: script check "deadnix --fail .";
-
-    alert-rules = check: script check "promtool test rules config/alerts.test.yml";
+    # A shell command over the check's fileset (`command` in checks.toml).
+    script = check: script check check.command;
   };
 
   # The image derivations are checks too, under their own names.

@@ -13,6 +13,13 @@ pub enum Error {
     /// A fully formed API error.
     #[error("{0}")]
     Api(Box<ApiError>),
+    /// An API error whose `details` is JSON rather than a string (PGRST201
+    /// lists the candidate relationships).
+    #[error("{api}")]
+    Detailed {
+        api: Box<ApiError>,
+        details: serde_json::Value,
+    },
     /// PGRST205.
     #[error("table not found: {0}")]
     TableNotFound(String),
@@ -32,6 +39,10 @@ impl Error {
     pub fn hint(self, hint: impl Into<String>) -> Self {
         match self {
             Error::Api(e) => Error::Api(Box::new(e.hint(hint))),
+            Error::Detailed { api, details } => Error::Detailed {
+                api: Box::new(api.hint(hint)),
+                details,
+            },
             other => other,
         }
     }
@@ -74,6 +85,7 @@ impl Error {
     pub fn into_api(self) -> ApiError {
         match self {
             Error::Api(e) => *e,
+            Error::Detailed { api, details } => api.details(details.to_string()),
             Error::TableNotFound(name) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "PGRST205",
@@ -137,8 +149,48 @@ fn unavailable(e: &DbError) -> ApiError {
     )
 }
 
+/// PostgREST's error body: exactly `code`, `details`, `hint` and `message`
+/// (`null` when absent). The request ID travels in `X-Request-Id` only, so
+/// the platform's body (which adds `request_id`) is not used here.
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    details: Details<'a>,
+    hint: Option<&'a str>,
+    message: &'a str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Details<'a> {
+    Text(Option<&'a str>),
+    Json(&'a serde_json::Value),
+}
+
+const JSON_UTF8: &str = "application/json; charset=utf-8";
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        self.into_api().into_response()
+        let (api, json) = match self {
+            Error::Detailed { api, details } => (*api, Some(details)),
+            other => (other.into_api(), None),
+        };
+        let body = Body {
+            code: &api.code,
+            details: match &json {
+                Some(v) => Details::Json(v),
+                None => Details::Text(api.details.as_deref()),
+            },
+            hint: api.hint.as_deref(),
+            message: &api.message,
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut resp = Response::new(axum::body::Body::from(bytes));
+        *resp.status_mut() = api.status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(JSON_UTF8),
+        );
+        resp
     }
 }

@@ -94,29 +94,185 @@ fn push_json_str(out: &mut String, s: &str) {
     }
 }
 
+/// `Prefer: resolution=…`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolution {
+    Merge,
+    Ignore,
+}
+
+/// `Prefer: return=…`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Return {
+    Representation,
+    Minimal,
+    HeadersOnly,
+}
+
+/// The `Prefer` header as PostgREST 12 reads it (RFC 7240): items split on
+/// commas, the first of each kind wins, anything else is an invalid
+/// preference (an error with `handling=strict`, ignored otherwise).
 #[derive(Debug, Default, Clone)]
 struct Prefer {
-    ret: Option<String>,
-    count: bool,
-    resolution: Option<String>,
+    resolution: Option<Resolution>,
+    ret: Option<Return>,
+    /// `params=single-object` (accepted, not applied).
+    single_object: bool,
+    /// `count=exact|planned|estimated` as written.
+    count: Option<&'static str>,
+    /// `tx=commit` (false) / `tx=rollback` (true).
+    rollback: Option<bool>,
+    /// `missing=default` (true) / `missing=null` (false).
+    missing_default: Option<bool>,
+    /// `handling=strict` (true) / `handling=lenient` (false).
+    strict: Option<bool>,
+    max_affected: Option<i64>,
+    invalid: Vec<String>,
+}
+
+/// Which preferences a response reports in `Preference-Applied`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reported {
+    resolution: bool,
+    missing: bool,
+    ret: bool,
+    max_affected: bool,
+}
+
+impl Prefer {
+    fn counts(&self) -> bool {
+        self.count.is_some()
+    }
+
+    fn representation(&self) -> bool {
+        self.ret == Some(Return::Representation)
+    }
+
+    fn rollback(&self) -> bool {
+        self.rollback == Some(true)
+    }
+
+    /// `max-affected=n`, which applies only with `handling=strict`.
+    fn max_affected(&self) -> Option<i64> {
+        self.max_affected.filter(|_| self.strict == Some(true))
+    }
+
+    /// PGRST122 when there are invalid preferences and `handling=strict`.
+    fn check(&self) -> Result<(), Error> {
+        if self.strict == Some(true) && !self.invalid.is_empty() {
+            return Err(Error::api(
+                StatusCode::BAD_REQUEST,
+                "PGRST122",
+                "Invalid preferences given with handling=strict",
+            )
+            .details(format!("Invalid preferences: {}", self.invalid.join(", "))));
+        }
+        Ok(())
+    }
+
+    /// `Preference-Applied`, in PostgREST's order.
+    fn applied(&self, r: Reported) -> Option<HeaderValue> {
+        let mut items: [Option<&str>; 8] = [None; 8];
+        if r.resolution {
+            items[0] = self.resolution.map(|x| match x {
+                Resolution::Merge => "resolution=merge-duplicates",
+                Resolution::Ignore => "resolution=ignore-duplicates",
+            });
+        }
+        if r.missing {
+            items[1] =
+                self.missing_default
+                    .map(|d| if d { "missing=default" } else { "missing=null" });
+        }
+        if r.ret {
+            items[2] = self.ret.map(|x| match x {
+                Return::Representation => "return=representation",
+                Return::Minimal => "return=minimal",
+                Return::HeadersOnly => "return=headers-only",
+            });
+        }
+        items[3] = self.count;
+        items[4] = self
+            .rollback
+            .map(|rb| if rb { "tx=rollback" } else { "tx=commit" });
+        items[5] = self.strict.map(|st| {
+            if st {
+                "handling=strict"
+            } else {
+                "handling=lenient"
+            }
+        });
+        let max = if r.max_affected {
+            self.max_affected().map(|n| format!("max-affected={n}"))
+        } else {
+            None
+        };
+        items[6] = max.as_deref();
+        let mut out = String::new();
+        for item in items.iter().flatten() {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(item);
+        }
+        if out.is_empty() {
+            return None;
+        }
+        HeaderValue::from_str(&out).ok()
+    }
 }
 
 fn prefer(headers: &HeaderMap) -> Prefer {
     let mut p = Prefer::default();
     for v in headers.get_all("prefer") {
         let Ok(v) = v.to_str() else { continue };
-        for item in v.split([',', ';']) {
-            match item.trim().split_once('=') {
-                Some(("return", r)) => p.ret = Some(r.trim().to_owned()),
-                Some(("count", c)) => {
-                    p.count = matches!(c.trim(), "exact" | "planned" | "estimated");
+        for item in v.split(',') {
+            let item = item.trim();
+            let known = match item {
+                "resolution=merge-duplicates" => set(&mut p.resolution, Resolution::Merge),
+                "resolution=ignore-duplicates" => set(&mut p.resolution, Resolution::Ignore),
+                "return=representation" => set(&mut p.ret, Return::Representation),
+                "return=minimal" => set(&mut p.ret, Return::Minimal),
+                "return=headers-only" => set(&mut p.ret, Return::HeadersOnly),
+                "params=single-object" => {
+                    p.single_object = true;
+                    true
                 }
-                Some(("resolution", r)) => p.resolution = Some(r.trim().to_owned()),
-                _ => {}
+                "count=exact" => set(&mut p.count, "count=exact"),
+                "count=planned" => set(&mut p.count, "count=planned"),
+                "count=estimated" => set(&mut p.count, "count=estimated"),
+                "tx=commit" => set(&mut p.rollback, false),
+                "tx=rollback" => set(&mut p.rollback, true),
+                "missing=default" => set(&mut p.missing_default, true),
+                "missing=null" => set(&mut p.missing_default, false),
+                "handling=strict" => set(&mut p.strict, true),
+                "handling=lenient" => set(&mut p.strict, false),
+                _ => match item.strip_prefix("max-affected=") {
+                    // Like PostgREST: any `max-affected=` item is not
+                    // invalid; the first that is a number is used.
+                    Some(n) => {
+                        if p.max_affected.is_none() {
+                            p.max_affected = n.parse().ok();
+                        }
+                        true
+                    }
+                    None => false,
+                },
+            };
+            if !known {
+                p.invalid.push(item.to_owned());
             }
         }
     }
     p
+}
+
+/// Sets a preference unless one of its kind came first; always "known".
+fn set<T>(slot: &mut Option<T>, v: T) -> bool {
+    if slot.is_none() {
+        *slot = Some(v);
+    }
+    true
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -261,6 +417,8 @@ async fn context(
         }
     };
     let singular = singular(headers)?;
+    let prefer = prefer(headers);
+    prefer.check()?;
     let db = st.pools.get(&tenant);
     let schema = load_schema(st, &db, role == "anon").await?;
     Ok(Ctx {
@@ -275,7 +433,7 @@ async fn context(
         }),
         db_schema,
         singular,
-        prefer: prefer(headers),
+        prefer,
     })
 }
 
@@ -285,6 +443,8 @@ struct Outcome {
     total: Option<i64>,
     page: i64,
     body: Bytes,
+    /// Rows an upsert inserted (the statement's optional fourth column).
+    inserted: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,7 +463,7 @@ async fn execute(
     sql: Sql,
     read_only: bool,
     kind: Kind,
-    check_single: bool,
+    checks: Checks,
 ) -> Result<Outcome, Error> {
     let start = Instant::now();
     // The transaction runs in its own task: a client that goes away cannot
@@ -319,7 +479,9 @@ async fn execute(
         sql,
         read_only,
         kind,
-        check_single,
+        checks,
+        // A read-only transaction changes nothing: its COMMIT stays pipelined.
+        rollback: ctx.prefer.rollback() && !read_only,
     });
     let mut attempt = 0;
     let result = loop {
@@ -359,7 +521,45 @@ struct TxJob {
     sql: Sql,
     read_only: bool,
     kind: Kind,
-    check_single: bool,
+    checks: Checks,
+    /// `Prefer: tx=rollback`: end with ROLLBACK instead of COMMIT.
+    rollback: bool,
+}
+
+/// What the statement's row count must satisfy before the transaction
+/// commits (else it is rolled back and the request fails).
+#[derive(Debug, Clone, Copy, Default)]
+struct Checks {
+    /// Exactly one row (`Accept: application/vnd.pgrst.object+json`): PGRST116.
+    single: bool,
+    /// At most this many (`Prefer: handling=strict, max-affected=n`): PGRST124.
+    max_affected: Option<i64>,
+}
+
+impl Checks {
+    fn single(single: bool) -> Self {
+        Checks {
+            single,
+            max_affected: None,
+        }
+    }
+
+    fn check(&self, o: Outcome) -> Result<Outcome, Error> {
+        if self.single && o.page != 1 {
+            return Err(not_single(o.page));
+        }
+        if let Some(n) = self.max_affected
+            && o.page > n
+        {
+            return Err(Error::api(
+                StatusCode::BAD_REQUEST,
+                "PGRST124",
+                "Query result exceeds max-affected preference constraint",
+            )
+            .details(format!("The query affects {} rows", o.page)));
+        }
+        Ok(o)
+    }
 }
 
 async fn run_tx(job: &TxJob) -> Result<Outcome, Error> {
@@ -475,10 +675,7 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
     );
     // The first failure is the cause; the ones after it follow from it.
     let got = b.and(s).and(r);
-    let single = |o: Outcome| match job.check_single && o.page != 1 {
-        true => Err(not_single(o.page)),
-        false => Ok(o),
-    };
+    let single = |o: Outcome| job.checks.check(o);
     if let Some(committed) = end {
         let got = got.map_err(pg)?;
         committed.map_err(pg)?;
@@ -490,6 +687,19 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
         Err(e) if e.is_broken_connection() => return Err(e),
         Err(e) => return Err(rollback(job, conn, e).await),
     };
+    if job.rollback {
+        // `Prefer: tx=rollback`: deferred constraints are checked first (a
+        // violation fails the request as it would have on COMMIT), then
+        // everything is undone.
+        return match c.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").await {
+            Ok(()) => match c.execute(&conn.rollback, &[]).await {
+                Ok(_) => Ok(out),
+                Err(e) => Err(pg(e)),
+            },
+            Err(e) if e.as_db_error().is_some() => Err(rollback(job, conn, pg(e)).await),
+            Err(e) => Err(pg(e)),
+        };
+    }
     match c.execute(&conn.commit, &[]).await {
         Ok(_) => Ok(out),
         // The server refused the commit (e.g. a deferred constraint): rolled back.
@@ -533,11 +743,17 @@ fn outcome(got: Got) -> Result<Outcome, tokio_postgres::Error> {
             total: row.try_get::<_, Option<i64>>(0)?,
             page: row.try_get::<_, i64>(1)?,
             body: Bytes::copy_from_slice(row.try_get::<_, Text<'_>>(2)?.0),
+            inserted: if row.len() > 3 {
+                row.try_get::<_, Option<i64>>(3)?
+            } else {
+                None
+            },
         },
         Got::Affected(n) => Outcome {
             total: None,
             page: i64::try_from(n).unwrap_or(i64::MAX),
             body: Bytes::new(),
+            inserted: None,
         },
     })
 }
@@ -726,9 +942,10 @@ async fn read(
 ) -> Result<Response, Error> {
     let rng = range(headers)?;
     let shape = Shape {
-        count: ctx.prefer.count,
+        count: ctx.prefer.counts(),
         singular: ctx.singular,
         no_body: head,
+        inserted: false,
     };
     let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
     let sql = planner.read(
@@ -739,8 +956,9 @@ async fn read(
         st.max_rows,
         rng,
     )?;
-    let out = execute(st, ctx, sql, true, Kind::Rows, ctx.singular).await?;
-    read_response(ctx, q, rng, out, head)
+    let out = execute(st, ctx, sql, true, Kind::Rows, Checks::single(ctx.singular)).await?;
+    let resp = read_response(ctx, q, rng, out, head)?;
+    Ok(with_applied(resp, &ctx.prefer, Reported::default()))
 }
 
 fn read_response(
@@ -845,6 +1063,23 @@ fn body_columns(
     Ok((cols, is_array, objects.len()))
 }
 
+/// How a write responds.
+#[derive(Debug, Clone, Copy)]
+struct Write {
+    /// POST (201 / `Content-Range: */n`) rather than PATCH/DELETE.
+    created: bool,
+    /// DELETE (`Content-Range: */n`, as PostgREST).
+    delete: bool,
+    /// An upsert with `resolution=merge-duplicates`: the statement counts
+    /// the rows it inserted in `pgrst.inserted` (201 when some were, else 200).
+    merge: bool,
+    checks: Checks,
+    reported: Reported,
+}
+
+/// The inserted-row count an upsert left in `pgrst.inserted`.
+const INSERTED: &str = ", nullif(current_setting('pgrst.inserted', true), '')::int8";
+
 /// Written rows: the response per `Prefer: return`.
 async fn write_and_respond(
     st: &AppState,
@@ -852,25 +1087,57 @@ async fn write_and_respond(
     table: &Arc<Table>,
     q: &Query,
     stmt: Sql,
-    created: bool,
+    w: Write,
 ) -> Result<Response, Error> {
-    let representation = ctx.prefer.ret.as_deref() == Some("representation");
-    let location =
-        created && ctx.prefer.ret.as_deref() == Some("headers-only") && !table.pk.is_empty();
-    let ok = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let representation = ctx.prefer.representation();
+    let location = w.created && ctx.prefer.ret == Some(Return::HeadersOnly) && !table.pk.is_empty();
+    let status_of = |out: &Outcome| {
+        if !w.created {
+            if representation {
+                StatusCode::OK
+            } else {
+                StatusCode::NO_CONTENT
+            }
+        } else if w.merge && out.inserted.unwrap_or(0) <= 0 {
+            // PostgREST: a merge that inserted nothing answers 200.
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        }
+    };
+    let crange_of = |out: &Outcome| {
+        let total = ctx.prefer.counts().then_some(out.page);
+        if w.created || w.delete {
+            format!(
+                "*/{}",
+                total.map_or_else(|| "*".to_owned(), |t| t.to_string())
+            )
+        } else {
+            content_range(0, out.page, total)
+        }
+    };
+    let applied = ctx.prefer.applied(w.reported);
+    let finish = |mut resp: Response| {
+        if let Some(v) = applied {
+            resp.headers_mut()
+                .insert(HeaderName::from_static("preference-applied"), v);
+        }
+        Ok(resp)
     };
     if !representation && !location {
-        let out = execute(st, ctx, stmt, false, Kind::Affected, ctx.singular).await?;
-        let crange = if created {
-            "*/*".to_owned()
+        let out = if w.merge {
+            let sql = Sql {
+                text: format!(
+                    "WITH pgrst_source AS ({} RETURNING 1) SELECT NULL::bigint, pg_catalog.count(*), ''{INSERTED} FROM pgrst_source",
+                    stmt.text
+                ),
+                args: stmt.args,
+            };
+            execute(st, ctx, sql, false, Kind::Rows, w.checks).await?
         } else {
-            content_range(0, out.page, None)
+            execute(st, ctx, stmt, false, Kind::Affected, w.checks).await?
         };
-        let status = if created { ok } else { StatusCode::NO_CONTENT };
-        return Ok(respond(status, JSON, Some(crange), None));
+        return finish(respond(status_of(&out), JSON, Some(crange_of(&out)), None));
     }
     // Representation: the written rows through the select (embeds included).
     let mut cte = Sql {
@@ -922,6 +1189,7 @@ async fn write_and_respond(
         count: false,
         singular: ctx.singular,
         no_body: false,
+        inserted: w.merge,
     };
     let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
     let sql = planner.read(
@@ -933,23 +1201,20 @@ async fn write_and_respond(
         (0, None),
     )?;
     cte.text.clear();
-    let out = execute(st, ctx, sql, false, Kind::Rows, ctx.singular).await?;
+    let out = execute(st, ctx, sql, false, Kind::Rows, w.checks).await?;
+    let status = status_of(&out);
     if location {
-        let mut resp = respond(ok, JSON, Some("*/*".to_owned()), None);
+        let mut resp = respond(status, JSON, Some(crange_of(&out)), None);
         if let Some(loc) = location_of(table, &out.body)
             && let Ok(v) = HeaderValue::from_str(&loc)
         {
             resp.headers_mut().insert(http::header::LOCATION, v);
         }
-        return Ok(resp);
+        return finish(resp);
     }
     let ctype = if ctx.singular { OBJECT } else { JSON };
-    let crange = if created {
-        "*/*".to_owned()
-    } else {
-        content_range(0, out.page, None)
-    };
-    Ok(respond(ok, ctype, Some(crange), Some(out.body)))
+    let crange = crange_of(&out);
+    finish(respond(status, ctype, Some(crange), Some(out.body)))
 }
 
 /// `Location: /table?pk=eq.value` of a single inserted row (`return=headers-only`).
@@ -970,6 +1235,107 @@ fn location_of(table: &Table, body: &[u8]) -> Option<String> {
     Some(format!("/{}?{}", table.name, q.finish()))
 }
 
+/// `'name'` as an SQL string literal (names from the catalog).
+fn sql_literal(out: &mut String, s: &str) {
+    out.push('\'');
+    out.push_str(&s.replace('\'', "''"));
+    out.push('\'');
+}
+
+/// The body's rows as a record set of the table's type. With
+/// `Prefer: missing=default`, each object is first merged over an object of
+/// the listed columns' defaults (evaluated per row, like PostgREST's
+/// `jsonb_build_object(defaults) || row`), so a missing key takes its
+/// column's DEFAULT and an explicit `null` stays NULL.
+fn push_body_rows(
+    sql: &mut Sql,
+    table: &Table,
+    cols: &[String],
+    body: &Bytes,
+    is_array: bool,
+    single_row: bool,
+    missing_default: bool,
+) {
+    let defaults: Vec<(&str, &str)> = if missing_default {
+        cols.iter()
+            .filter_map(|c| {
+                let col = table.column(c)?;
+                Some((col.name.as_str(), col.default.as_deref()?))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let text = Arg::Text(String::from_utf8_lossy(body).into_owned());
+    let func = if single_row {
+        "populate_record"
+    } else {
+        "populate_recordset"
+    };
+    if defaults.is_empty() {
+        plan::push(sql, "json_");
+        plan::push(sql, func);
+        plan::push(sql, "(NULL::");
+        plan::push_qualified(sql, &table.schema, &table.name);
+        plan::push(sql, ", ");
+        if is_array || single_row {
+            plan::bind(sql, text);
+            plan::push(sql, "::json)");
+        } else {
+            plan::push(sql, "json_build_array(");
+            plan::bind(sql, text);
+            plan::push(sql, "::json))");
+        }
+        return;
+    }
+    let mut obj = String::from("jsonb_build_object(");
+    for (i, (name, expr)) in defaults.iter().enumerate() {
+        if i > 0 {
+            obj.push_str(", ");
+        }
+        sql_literal(&mut obj, name);
+        obj.push_str(", ");
+        obj.push('(');
+        obj.push_str(expr);
+        obj.push(')');
+    }
+    obj.push(')');
+    plan::push(sql, "jsonb_");
+    plan::push(sql, func);
+    plan::push(sql, "(NULL::");
+    plan::push_qualified(sql, &table.schema, &table.name);
+    if single_row {
+        plan::push(sql, ", ");
+        plan::push(sql, &obj);
+        plan::push(sql, " || ");
+        plan::bind(sql, text);
+        plan::push(sql, "::jsonb)");
+        return;
+    }
+    plan::push(sql, ", (SELECT jsonb_agg(");
+    plan::push(sql, &obj);
+    plan::push(sql, " || _e) FROM jsonb_array_elements(");
+    if is_array {
+        plan::bind(sql, text);
+        plan::push(sql, "::jsonb");
+    } else {
+        plan::push(sql, "jsonb_build_array(");
+        plan::bind(sql, text);
+        plan::push(sql, "::jsonb)");
+    }
+    plan::push(sql, ") _e))");
+}
+
+/// Counts a row in `pgrst.inserted` (+1 for every row offered to INSERT,
+/// -1 for every row ON CONFLICT updates), as PostgREST does.
+fn inserted_counter(add: bool) -> &'static str {
+    if add {
+        "set_config('pgrst.inserted', (coalesce(nullif(current_setting('pgrst.inserted', true), '')::int, 0) + 1)::text, true) <> '0'"
+    } else {
+        "set_config('pgrst.inserted', (coalesce(nullif(current_setting('pgrst.inserted', true), '')::int, 0) - 1)::text, true) <> '-1'"
+    }
+}
+
 async fn insert(
     st: &AppState,
     ctx: &Ctx,
@@ -978,6 +1344,22 @@ async fn insert(
     body: &Bytes,
 ) -> Result<Response, Error> {
     let (cols, is_array, n) = body_columns(table, q, body, true)?;
+    let resolution = ctx.prefer.resolution;
+    // The conflict target: on_conflict, else the primary key (none: a plain insert).
+    let target = match &q.on_conflict {
+        Some(c) => c.clone(),
+        None => table.pk.clone(),
+    };
+    for c in &target {
+        if table.column(c).is_none() {
+            return Err(Error::api(
+                StatusCode::BAD_REQUEST,
+                "42703",
+                format!("column {}.{c} does not exist", table.name),
+            ));
+        }
+    }
+    let merge = resolution == Some(Resolution::Merge);
     let mut sql = Sql::default();
     plan::push(&mut sql, "INSERT INTO ");
     plan::push_qualified(&mut sql, &table.schema, &table.name);
@@ -995,67 +1377,60 @@ async fn insert(
             .map(|c| plan::ident(c))
             .collect::<Vec<_>>()
             .join(", ");
-        plan::push(
+        plan::push(&mut sql, &format!(" ({list}) SELECT {list} FROM "));
+        push_body_rows(
             &mut sql,
-            &format!(" ({list}) SELECT {list} FROM json_populate_recordset(NULL::"),
+            table,
+            &cols,
+            body,
+            is_array,
+            false,
+            ctx.prefer.missing_default == Some(true),
         );
-        plan::push_qualified(&mut sql, &table.schema, &table.name);
-        plan::push(&mut sql, ", ");
-        if is_array {
-            plan::bind(
-                &mut sql,
-                Arg::Text(String::from_utf8_lossy(body).into_owned()),
-            );
-            plan::push(&mut sql, "::json");
-        } else {
-            plan::push(&mut sql, "json_build_array(");
-            plan::bind(
-                &mut sql,
-                Arg::Text(String::from_utf8_lossy(body).into_owned()),
-            );
-            plan::push(&mut sql, "::json)");
+        plan::push(&mut sql, " _");
+        if merge {
+            plan::push(&mut sql, " WHERE ");
+            plan::push(&mut sql, inserted_counter(true));
         }
-        plan::push(&mut sql, ") _");
     }
-    if let Some(res) = ctx.prefer.resolution.as_deref() {
-        let target = match &q.on_conflict {
-            Some(c) => c.clone(),
-            None => table.pk.clone(),
-        };
-        if target.is_empty() {
-            return Err(Error::api(
-                StatusCode::BAD_REQUEST,
-                "PGRST100",
-                "on_conflict is required: the table has no primary key",
-            ));
-        }
-        for c in &target {
-            if table.column(c).is_none() {
-                return Err(Error::api(
-                    StatusCode::BAD_REQUEST,
-                    "42703",
-                    format!("column {}.{c} does not exist", table.name),
-                ));
-            }
-        }
+    if let Some(res) = resolution
+        && !target.is_empty()
+    {
         let list = target
             .iter()
             .map(|c| plan::ident(c))
             .collect::<Vec<_>>()
             .join(", ");
         plan::push(&mut sql, &format!(" ON CONFLICT ({list}) "));
-        let updates: Vec<String> = cols
-            .iter()
-            .filter(|c| !target.contains(c))
-            .map(|c| format!("{} = EXCLUDED.{}", plan::ident(c), plan::ident(c)))
-            .collect();
-        if res == "merge-duplicates" && !updates.is_empty() {
-            plan::push(&mut sql, &format!("DO UPDATE SET {}", updates.join(", ")));
+        if res == Resolution::Merge && !cols.is_empty() {
+            // Every sent column, the key included (a key-only body still
+            // returns the row), as PostgREST.
+            let updates: Vec<String> = cols
+                .iter()
+                .map(|c| format!("{} = EXCLUDED.{}", plan::ident(c), plan::ident(c)))
+                .collect();
+            plan::push(
+                &mut sql,
+                &format!("DO UPDATE SET {} WHERE ", updates.join(", ")),
+            );
+            plan::push(&mut sql, inserted_counter(false));
         } else {
             plan::push(&mut sql, "DO NOTHING");
         }
     }
-    write_and_respond(st, ctx, table, q, sql, true).await
+    let w = Write {
+        created: true,
+        delete: false,
+        merge,
+        checks: Checks::single(ctx.singular),
+        reported: Reported {
+            resolution: !table.pk.is_empty() || q.on_conflict.is_some(),
+            missing: true,
+            ret: true,
+            max_affected: false,
+        },
+    };
+    write_and_respond(st, ctx, table, q, sql, w).await
 }
 
 async fn update_or_delete(
@@ -1068,17 +1443,28 @@ async fn update_or_delete(
 ) -> Result<Response, Error> {
     let mut sql = Sql::default();
     let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
+    let reported = Reported {
+        resolution: false,
+        missing: update,
+        ret: true,
+        max_affected: true,
+    };
     if update {
         let (cols, _, _) = body_columns(table, q, body, false)?;
         if cols.is_empty() {
             // Nothing to change.
-            let status = if ctx.prefer.ret.as_deref() == Some("representation") {
+            let status = if ctx.prefer.representation() {
                 StatusCode::OK
             } else {
                 StatusCode::NO_CONTENT
             };
             let body = (status == StatusCode::OK).then(|| Bytes::from_static(b"[]"));
-            return Ok(respond(status, JSON, Some("*/*".to_owned()), body));
+            let mut resp = respond(status, JSON, Some("*/*".to_owned()), body);
+            if let Some(v) = ctx.prefer.applied(reported) {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static("preference-applied"), v);
+            }
+            return Ok(resp);
         }
         plan::push(&mut sql, "UPDATE ");
         plan::push_qualified(&mut sql, &table.schema, &table.name);
@@ -1089,22 +1475,35 @@ async fn update_or_delete(
             .join(", ");
         plan::push(
             &mut sql,
-            &format!(" AS \"t0\" SET {sets} FROM (SELECT * FROM json_populate_record(NULL::"),
+            &format!(" AS \"t0\" SET {sets} FROM (SELECT * FROM "),
         );
-        plan::push_qualified(&mut sql, &table.schema, &table.name);
-        plan::push(&mut sql, ", ");
-        plan::bind(
+        push_body_rows(
             &mut sql,
-            Arg::Text(String::from_utf8_lossy(body).into_owned()),
+            table,
+            &cols,
+            body,
+            false,
+            true,
+            ctx.prefer.missing_default == Some(true),
         );
-        plan::push(&mut sql, "::json)) _r");
+        plan::push(&mut sql, ") _r");
     } else {
         plan::push(&mut sql, "DELETE FROM ");
         plan::push_qualified(&mut sql, &table.schema, &table.name);
         plan::push(&mut sql, " AS \"t0\"");
     }
     plan::write_conditions(&mut planner, table, q, &mut sql)?;
-    write_and_respond(st, ctx, table, q, sql, false).await
+    let w = Write {
+        created: false,
+        delete: !update,
+        merge: false,
+        checks: Checks {
+            single: ctx.singular,
+            max_affected: ctx.prefer.max_affected(),
+        },
+        reported,
+    };
+    write_and_respond(st, ctx, table, q, sql, w).await
 }
 
 /// `/rest/v1/rpc/{function}`
@@ -1117,9 +1516,25 @@ pub async fn rpc(
     body: Bytes,
 ) -> Response {
     match rpc_inner(&st, &name, &method, &uri, &headers, &body).await {
+        Ok(r) if headers.contains_key("prefer") => {
+            let reported = Reported {
+                max_affected: true,
+                ..Reported::default()
+            };
+            with_applied(r, &prefer(&headers), reported)
+        }
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// Adds `Preference-Applied` (when anything is to be reported).
+fn with_applied(mut resp: Response, prefer: &Prefer, r: Reported) -> Response {
+    if let Some(v) = prefer.applied(r) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("preference-applied"), v);
+    }
+    resp
 }
 
 async fn rpc_inner(
@@ -1200,11 +1615,16 @@ async fn rpc_inner(
         }
     });
     let head = *method == Method::HEAD;
+    let checks = Checks {
+        single: ctx.singular,
+        max_affected: ctx.prefer.max_affected(),
+    };
     if let Some(columns) = f.columns.clone() {
         let shape = Shape {
-            count: ctx.prefer.count,
+            count: ctx.prefer.counts(),
             singular: ctx.singular || !f.returns_set,
             no_body: head,
+            inserted: false,
         };
         let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
         let rng = range(headers)?;
@@ -1219,7 +1639,7 @@ async fn rpc_inner(
             if f.returns_set { st.max_rows } else { None },
             rng,
         )?;
-        let out = execute(st, &ctx, sql, read_only, Kind::Rows, ctx.singular).await?;
+        let out = execute(st, &ctx, sql, read_only, Kind::Rows, checks).await?;
         if !f.returns_set && !ctx.singular {
             let body = if out.body.is_empty() {
                 Bytes::from_static(b"null")
@@ -1238,7 +1658,7 @@ async fn rpc_inner(
     if f.returns_void {
         plan::push(&mut sql, "SELECT ");
         plan::push(&mut sql, &from.text);
-        let _ = execute(st, &ctx, sql, read_only, Kind::Affected, false).await?;
+        let _ = execute(st, &ctx, sql, read_only, Kind::Affected, Checks::default()).await?;
         return Ok(respond(StatusCode::NO_CONTENT, JSON, None, None));
     }
     if f.returns_set {
@@ -1256,7 +1676,11 @@ async fn rpc_inner(
         plan::push(&mut sql, &from.text);
         plan::push(&mut sql, ")::text, 'null')");
     }
-    let out = execute(st, &ctx, sql, read_only, Kind::Rows, false).await?;
+    let checks = Checks {
+        single: false,
+        ..checks
+    };
+    let out = execute(st, &ctx, sql, read_only, Kind::Rows, checks).await?;
     Ok(respond(
         StatusCode::OK,
         JSON,

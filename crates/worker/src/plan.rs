@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use crate::error::Error;
-use crate::query::{Cond, Embed, Field, Filter, Op, OrderTerm, Query, SelectItem};
+use crate::query::{Cond, Embed, Field, Filter, Op, OrderTerm, Quantified, Query, SelectItem};
 use crate::schema::{Column, Function, Schema, Table};
 
 /// A bound value.
@@ -177,6 +177,8 @@ pub struct Shape {
     pub singular: bool,
     /// Only the row count matters (`return=minimal`/HEAD).
     pub no_body: bool,
+    /// A fourth column: the rows an upsert inserted (`pgrst.inserted`).
+    pub inserted: bool,
 }
 
 fn column_missing(table: &str, col: &str) -> Error {
@@ -320,18 +322,19 @@ impl<'a> Planner<'a> {
                         })
                         .cloned()
                 });
-                t.ok_or_else(|| no_relationship(name, &e.name))?
+                t.ok_or_else(|| self.no_relationship(name, e))?
             }
         };
         let child = self
             .schema
             .table(self.db_schema, &e.name)
             .cloned()
-            .ok_or_else(|| no_relationship(&parent_table.name, &e.name))?;
+            .ok_or_else(|| self.no_relationship(&parent_table.name, e))?;
         let hint_ok = |fk: &crate::schema::ForeignKey| match &e.hint {
             None => true,
             Some(h) => fk.name == *h || (fk.columns.len() == 1 && fk.columns[0] == *h),
         };
+        // (child has many rows per parent, child columns, parent columns, fk)
         let mut candidates = Vec::new();
         for fk in &self.schema.fks {
             if !hint_ok(fk) {
@@ -343,7 +346,7 @@ impl<'a> Planner<'a> {
                 && fk.ref_schema == child.schema
                 && fk.ref_table == child.name
             {
-                candidates.push((false, fk.ref_columns.clone(), fk.columns.clone()));
+                candidates.push((false, fk.ref_columns.clone(), fk.columns.clone(), fk));
             }
             // one-to-many: the child holds the key.
             if fk.schema == child.schema
@@ -351,25 +354,57 @@ impl<'a> Planner<'a> {
                 && fk.ref_schema == parent_table.schema
                 && fk.ref_table == parent_table.name
             {
-                candidates.push((true, fk.columns.clone(), fk.ref_columns.clone()));
+                candidates.push((true, fk.columns.clone(), fk.ref_columns.clone(), fk));
             }
         }
         let (many, child_cols, parent_cols) = match candidates.len() {
-            0 => return Err(no_relationship(&parent_table.name, &e.name)),
-            1 => candidates.remove(0),
-            n => {
-                return Err(Error::api(
-                    StatusCode::MULTIPLE_CHOICES,
-                    "PGRST201",
-                    format!(
-                        "Could not embed because more than one relationship was found for '{}' and '{}'",
-                        parent_table.name, e.name
+            0 => return Err(self.no_relationship(&parent_table.name, e)),
+            1 => {
+                let (many, c, p, _) = candidates.remove(0);
+                (many, c, p)
+            }
+            _ => {
+                // PostgREST's PGRST201: every candidate in `details`, the
+                // disambiguating spellings in `hint`.
+                let details: Vec<serde_json::Value> = candidates
+                    .iter()
+                    .map(|(many, child_cols, parent_cols, fk)| {
+                        serde_json::json!({
+                            "cardinality": if *many { "one-to-many" } else { "many-to-one" },
+                            "embedding": format!("{} with {}", parent_table.name, child.name),
+                            "relationship": format!(
+                                "{} using {}({}) and {}({})",
+                                fk.name,
+                                parent_table.name,
+                                parent_cols.join(", "),
+                                child.name,
+                                child_cols.join(", "),
+                            ),
+                        })
+                    })
+                    .collect();
+                let hint = candidates
+                    .iter()
+                    .map(|(.., fk)| format!("'{}!{}'", e.name, fk.name))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(Error::Detailed {
+                    api: Box::new(
+                        madbase_platform::ApiError::new(
+                            StatusCode::MULTIPLE_CHOICES,
+                            "PGRST201",
+                            format!(
+                                "Could not embed because more than one relationship was found for '{}' and '{}'",
+                                parent_table.name, e.name
+                            ),
+                        )
+                        .hint(format!(
+                            "Try changing '{}' to one of the following: {hint}. Find the desired relationship in the 'details' key.",
+                            e.name
+                        )),
                     ),
-                )
-                .hint(format!(
-                    "{n} relationships match: disambiguate with {}!<foreign key or column>",
-                    e.name
-                )));
+                    details: serde_json::Value::Array(details),
+                });
             }
         };
         let alias = format!("t{}", self.next_alias);
@@ -436,6 +471,9 @@ impl<'a> Planner<'a> {
         } else {
             sql.push(", coalesce(json_agg(_s), '[]')::text");
         }
+        if shape.inserted {
+            sql.push(", nullif(current_setting('pgrst.inserted', true), '')::int8");
+        }
         sql.push(" FROM (");
         write_select(&mut sql, &node, &from_clause, None)?;
         sql.push(") _s");
@@ -465,13 +503,119 @@ fn not_embedded(path: &[String]) -> Error {
     .hint("Verify that it is included in the select query parameter.")
 }
 
-fn no_relationship(a: &str, b: &str) -> Error {
-    Error::api(
-        StatusCode::BAD_REQUEST,
-        "PGRST200",
-        format!("Could not find a relationship between '{a}' and '{b}' in the schema cache"),
-    )
-    .hint("Verify that there is a foreign key between them.")
+/// The closest of `names` to `name` the way PostgREST's fuzzy set picks
+/// one (n-grams of size 3, else 2, shared with the name; then a normalised
+/// Levenshtein score of at least 0.33); `exact` says whether an identical
+/// name may be returned.
+fn fuzzy<'n>(name: &str, names: &[&'n str], exact: bool) -> Option<&'n str> {
+    fn grams(s: &str, n: usize) -> Vec<String> {
+        let padded: Vec<char> = format!("-{}-", s.to_lowercase()).chars().collect();
+        if padded.len() < n {
+            return vec![padded.iter().collect()];
+        }
+        padded.windows(n).map(|w| w.iter().collect()).collect()
+    }
+    fn levenshtein(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1; b.len() + 1];
+            for (j, cb) in b.iter().enumerate() {
+                let cost = usize::from(ca != *cb);
+                cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    let lname = name.to_lowercase();
+    for n in [3, 2] {
+        let mine = grams(name, n);
+        let mut best: Option<(f64, &str)> = None;
+        for cand in names {
+            let theirs = grams(cand, n);
+            if !mine.iter().any(|g| theirs.contains(g)) {
+                continue;
+            }
+            let lc = cand.to_lowercase();
+            let longest = lname.chars().count().max(lc.chars().count()).max(1);
+            #[allow(clippy::cast_precision_loss)]
+            let score = 1.0 - levenshtein(&lname, &lc) as f64 / longest as f64;
+            if score < 0.33 || (!exact && score >= 1.0) {
+                continue;
+            }
+            if best.is_none_or(|(b, _)| score > b) {
+                best = Some((score, cand));
+            }
+        }
+        if let Some((_, c)) = best {
+            return Some(c);
+        }
+    }
+    None
+}
+
+impl Planner<'_> {
+    /// PGRST200, with PostgREST's details and, when a name is close to one
+    /// that has relationships, its "Perhaps you meant" hint.
+    fn no_relationship(&self, parent: &str, e: &Embed) -> Error {
+        let schema = self.db_schema;
+        let child = &e.name;
+        let in_schema = |s: &str| s == schema;
+        let related: Vec<&str> = self
+            .schema
+            .fks
+            .iter()
+            .flat_map(|fk| {
+                [
+                    (fk.schema.as_str(), fk.table.as_str()),
+                    (fk.ref_schema.as_str(), fk.ref_table.as_str()),
+                ]
+            })
+            .filter(|(s, _)| in_schema(s))
+            .map(|(_, t)| t)
+            .collect();
+        let children: Vec<&str> = self
+            .schema
+            .fks
+            .iter()
+            .filter_map(|fk| {
+                if in_schema(&fk.schema) && fk.table == parent {
+                    Some(fk.ref_table.as_str())
+                } else if in_schema(&fk.ref_schema) && fk.ref_table == parent {
+                    Some(fk.table.as_str())
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let hint = if related.contains(&parent) {
+            fuzzy(child, &children, false)
+                .map(|c| format!("Perhaps you meant '{c}' instead of '{child}'."))
+        } else {
+            fuzzy(parent, &related, true)
+                .map(|p| format!("Perhaps you meant '{p}' instead of '{parent}'."))
+        };
+        let using = e
+            .hint
+            .as_ref()
+            .map(|h| format!("' using the hint '{h}"))
+            .unwrap_or_default();
+        let err = Error::api(
+            StatusCode::BAD_REQUEST,
+            "PGRST200",
+            format!(
+                "Could not find a relationship between '{parent}' and '{child}' in the schema cache"
+            ),
+        )
+        .details(format!(
+            "Searched for a foreign key relationship between '{parent}' and '{child}{using}' in the schema '{schema}', but no matches were found."
+        ));
+        match hint {
+            Some(h) => err.hint(h),
+            None => err,
+        }
+    }
 }
 
 fn from_clause(source: &Source, from: &str) -> String {
@@ -718,7 +862,41 @@ fn write_filter(sql: &mut Sql, node: &Node, f: &Filter) -> Result<(), Error> {
             sql.push(" ");
             sql.push(op);
             sql.push(" ");
-            cast_param(sql, v, ty.as_deref());
+            match ovarray(op, v, ty.as_deref()) {
+                Some(arr) => cast_param(sql, &arr, ty.as_deref()),
+                None => cast_param(sql, v, ty.as_deref()),
+            }
+        }
+        Op::Quant { op, all, value } => {
+            let pattern = matches!(op, Quantified::Pattern(_));
+            let cast_text = pattern && !text_like;
+            if cast_text {
+                sql.push("(");
+            }
+            let ty = write_field(sql, node, &f.field)?;
+            if cast_text {
+                sql.push(")::text");
+            }
+            sql.push(" ");
+            sql.push(match op {
+                Quantified::Cmp(o) | Quantified::Pattern(o) => o,
+            });
+            sql.push(if *all { " ALL(" } else { " ANY(" });
+            // The array literal read as an array of the field's type (text
+            // for patterns), like PostgREST's untyped literal.
+            let elem = if pattern { Some("text") } else { ty.as_deref() };
+            sql.push("CAST(");
+            sql.bind(Arg::Text(value.clone()));
+            sql.push(" AS ");
+            match elem {
+                Some(t) if !t.ends_with("[]") => {
+                    sql.push(t);
+                    sql.push("[]");
+                }
+                Some(t) => sql.push(t),
+                None => sql.push("text[]"),
+            }
+            sql.push("))");
         }
         Op::IsDistinct(v) => {
             let ty = write_field(sql, node, &f.field)?;
@@ -763,25 +941,16 @@ fn write_filter(sql: &mut Sql, node: &Node, f: &Filter) -> Result<(), Error> {
             sql.push(" IS ");
             sql.push(kw);
         }
-        Op::Array(op, v) => {
-            let ty = write_field(sql, node, &f.field)?;
-            sql.push(" ");
-            sql.push(op);
-            sql.push(" ");
-            cast_param(sql, v, ty.as_deref());
-        }
         Op::Fts(func, lang, v) => {
-            let is_tsvector = f.field.json.is_empty() && c.ty == "tsvector";
-            if is_tsvector {
-                write_field(sql, node, &f.field)?;
-            } else {
-                sql.push("to_tsvector(");
-                if let Some(l) = lang {
-                    sql.bind(Arg::Text(l.clone()));
-                    sql.push("::regconfig, ");
-                }
-                write_field(sql, node, &f.field)?;
-                sql.push("::text)");
+            // `field @@ to_tsquery([config,] value)`, as PostgREST writes
+            // it: a text field is matched with Postgres' `text @@ tsquery`.
+            let castable = f.field.json.is_empty() && (c.ty == "tsvector" || c.is_text());
+            if !castable && !text_like {
+                sql.push("(");
+            }
+            write_field(sql, node, &f.field)?;
+            if !castable && !text_like {
+                sql.push(")::text");
             }
             sql.push(" @@ ");
             sql.push(func);
@@ -796,6 +965,15 @@ fn write_filter(sql: &mut Sql, node: &Node, f: &Filter) -> Result<(), Error> {
     }
     sql.push(")");
     Ok(())
+}
+
+/// `ov.(a,b)` on an array column is read as `{a,b}` (ranges keep `(a,b)`).
+fn ovarray(op: &str, v: &str, ty: Option<&str>) -> Option<String> {
+    if op != "&&" || !ty.is_some_and(|t| t.ends_with("[]")) {
+        return None;
+    }
+    let inner = v.strip_prefix('(')?.strip_suffix(')')?;
+    Some(format!("{{{inner}}}"))
 }
 
 /// `WHERE` conditions of a write (PATCH/DELETE) on the target aliased `t0`.

@@ -70,14 +70,32 @@ impl Embed {
 /// Filter operators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
+    /// `field op value`, the value read as the field's type (`eq`, `neq`,
+    /// `gt`…, `cs`, `cd`, `ov`, `sl`, `sr`, `nxl`, `nxr`, `adj`).
     Cmp(&'static str, String),
     Like(bool, String),
     Match(bool, String),
+    /// `op(any)` / `op(all)`: `field op ANY|ALL(array)`; the array is a
+    /// Postgres array literal, read as an array of the field's type, or of
+    /// text for the pattern operators.
+    Quant {
+        op: Quantified,
+        all: bool,
+        value: String,
+    },
     In(Vec<String>),
     Is(&'static str),
     IsDistinct(String),
-    Array(&'static str, String),
     Fts(&'static str, Option<String>, String),
+}
+
+/// The operators that take `(any)` / `(all)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantified {
+    /// A comparison with the field's type (`=`, `>`, `>=`, `<`, `<=`).
+    Cmp(&'static str),
+    /// `LIKE` / `ILIKE` (with `*` as `%`), `~` / `~*`: text patterns.
+    Pattern(&'static str),
 }
 
 /// `field=[not.]op.value`
@@ -216,6 +234,8 @@ fn parse_names(value: &str) -> Result<Vec<String>> {
 fn split_top(s: &str) -> Result<Vec<&str>> {
     let mut out = Vec::new();
     let (mut depth, mut quoted, mut start) = (0i32, false, 0usize);
+    // `{a,b}` (a Postgres array literal, e.g. `like(any).{a*,b*}`) is one value.
+    let mut braces = 0i32;
     let mut escaped = false;
     for (i, ch) in s.char_indices() {
         if escaped {
@@ -232,7 +252,9 @@ fn split_top(s: &str) -> Result<Vec<&str>> {
                     return Err(perr("\"unbalanced parentheses\"", s.to_owned()));
                 }
             }
-            ',' if !quoted && depth == 0 => {
+            '{' if !quoted => braces += 1,
+            '}' if !quoted && braces > 0 => braces -= 1,
+            ',' if !quoted && depth == 0 && braces == 0 => {
                 out.push(&s[start..i]);
                 start = i + 1;
             }
@@ -480,22 +502,87 @@ pub fn parse_filter(field: Field, s: &str, in_tree: bool) -> Result<Filter> {
             value.to_owned()
         }
     };
-    let fts = |kind: &'static str, lang: Option<String>| Ok(Op::Fts(kind, lang, val()));
-    let (op_name, lang) = match op.split_once('(') {
-        Some((o, l)) => (o, Some(check_name(l.trim_end_matches(')'))?)),
+    let (op_name, paren) = match op.split_once('(') {
+        Some((o, rest)) => {
+            let inner = rest.strip_suffix(')').ok_or_else(|| {
+                perr(
+                    "\"failed to parse filter\"",
+                    format!("{op:?}: expected operator(modifier)"),
+                )
+            })?;
+            (o, Some(inner))
+        }
         None => (op, None),
     };
+    let quantified = |q: Quantified| -> Result<Op> {
+        match paren {
+            None => Ok(match q {
+                Quantified::Cmp(o) => Op::Cmp(o, val()),
+                Quantified::Pattern(o @ ("LIKE" | "ILIKE")) => {
+                    Op::Like(o == "ILIKE", val().replace('*', "%"))
+                }
+                Quantified::Pattern(o) => Op::Match(o == "~*", val()),
+            }),
+            Some(m @ ("any" | "all")) => {
+                let v = val();
+                let value = match q {
+                    Quantified::Pattern("LIKE" | "ILIKE") => v.replace('*', "%"),
+                    _ => v,
+                };
+                Ok(Op::Quant {
+                    op: q,
+                    all: m == "all",
+                    value,
+                })
+            }
+            Some(other) => Err(perr(
+                "\"failed to parse filter\"",
+                format!("{op_name}({other}): expected (any) or (all)"),
+            )),
+        }
+    };
+    let plain = |o: &'static str| -> Result<Op> {
+        match paren {
+            None => Ok(Op::Cmp(o, val())),
+            Some(_) => Err(perr(
+                "\"failed to parse filter\"",
+                format!("unknown operator {op:?}"),
+            )),
+        }
+    };
+    let fts = |kind: &'static str| -> Result<Op> {
+        let lang = paren.map(check_name).transpose()?;
+        Ok(Op::Fts(kind, lang, val()))
+    };
     let op = match op_name {
-        "eq" => Op::Cmp("=", val()),
-        "neq" => Op::Cmp("<>", val()),
-        "gt" => Op::Cmp(">", val()),
-        "gte" => Op::Cmp(">=", val()),
-        "lt" => Op::Cmp("<", val()),
-        "lte" => Op::Cmp("<=", val()),
-        "like" => Op::Like(false, val().replace('*', "%")),
-        "ilike" => Op::Like(true, val().replace('*', "%")),
-        "match" => Op::Match(false, val()),
-        "imatch" => Op::Match(true, val()),
+        "eq" => quantified(Quantified::Cmp("="))?,
+        "gt" => quantified(Quantified::Cmp(">"))?,
+        "gte" => quantified(Quantified::Cmp(">="))?,
+        "lt" => quantified(Quantified::Cmp("<"))?,
+        "lte" => quantified(Quantified::Cmp("<="))?,
+        "like" => quantified(Quantified::Pattern("LIKE"))?,
+        "ilike" => quantified(Quantified::Pattern("ILIKE"))?,
+        "match" => quantified(Quantified::Pattern("~"))?,
+        "imatch" => quantified(Quantified::Pattern("~*"))?,
+        "neq" => plain("<>")?,
+        "cs" => plain("@>")?,
+        "cd" => plain("<@")?,
+        "ov" => plain("&&")?,
+        "sl" => plain("<<")?,
+        "sr" => plain(">>")?,
+        "nxr" => plain("&<")?,
+        "nxl" => plain("&>")?,
+        "adj" => plain("-|-")?,
+        "fts" => fts("to_tsquery")?,
+        "plfts" => fts("plainto_tsquery")?,
+        "phfts" => fts("phraseto_tsquery")?,
+        "wfts" => fts("websearch_to_tsquery")?,
+        _ if paren.is_some() => {
+            return Err(perr(
+                "\"failed to parse filter\"",
+                format!("unknown operator {op:?}"),
+            ));
+        }
         "isdistinct" => Op::IsDistinct(val()),
         "is" => Op::Is(match value.to_ascii_lowercase().as_str() {
             "null" => "NULL",
@@ -530,13 +617,6 @@ pub fn parse_filter(field: Field, s: &str, in_tree: bool) -> Result<Filter> {
             };
             Op::In(items)
         }
-        "cs" => Op::Array("@>", val()),
-        "cd" => Op::Array("<@", val()),
-        "ov" => Op::Array("&&", array_value(&val())),
-        "fts" => return filter(field, negate, fts("to_tsquery", lang)?),
-        "plfts" => return filter(field, negate, fts("plainto_tsquery", lang)?),
-        "phfts" => return filter(field, negate, fts("phraseto_tsquery", lang)?),
-        "wfts" => return filter(field, negate, fts("websearch_to_tsquery", lang)?),
         other => {
             return Err(perr(
                 "\"failed to parse filter\"",
@@ -549,14 +629,6 @@ pub fn parse_filter(field: Field, s: &str, in_tree: bool) -> Result<Filter> {
 
 fn filter(field: Field, negate: bool, op: Op) -> Result<Filter> {
     Ok(Filter { field, negate, op })
-}
-
-/// `ov.(a,b)` is accepted as `{a,b}` like PostgREST does.
-fn array_value(v: &str) -> String {
-    match v.strip_prefix('(').and_then(|x| x.strip_suffix(')')) {
-        Some(inner) => format!("{{{inner}}}"),
-        None => v.to_owned(),
-    }
 }
 
 #[cfg(test)]

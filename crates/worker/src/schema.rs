@@ -17,6 +17,9 @@ pub struct Column {
     /// `format_type` of the column: a valid, quoted type name.
     #[serde(rename = "type")]
     pub ty: String,
+    /// The column's DEFAULT expression (`pg_get_expr`), for `missing=default`.
+    #[serde(default)]
+    pub default: Option<String>,
 }
 
 impl Column {
@@ -161,6 +164,7 @@ impl Schema {
                     outs.push(Column {
                         name,
                         ty: ty.clone(),
+                        default: None,
                     });
                 }
             }
@@ -203,8 +207,10 @@ SELECT json_build_object(
       'schema', n.nspname,
       'name', c.relname,
       'columns', coalesce((
-        SELECT json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum)
-        FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'),
+        SELECT json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
+                                          'default', CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END) ORDER BY a.attnum)
+        FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'),
       'pk', coalesce((
         SELECT json_agg(a.attname ORDER BY k.i)
         FROM pg_constraint con, unnest(con.conkey) WITH ORDINALITY k(n, i), pg_attribute a
@@ -219,7 +225,7 @@ SELECT json_build_object(
                   JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n),
       'ref_schema', nf.nspname, 'ref_table', cf.relname,
       'ref_columns', (SELECT json_agg(a.attname ORDER BY k.i) FROM unnest(con.confkey) WITH ORDINALITY k(n, i)
-                      JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n)))
+                      JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n)) ORDER BY con.oid)
     FROM pg_constraint con
     JOIN pg_class cl ON cl.oid = con.conrelid JOIN pg_namespace ns ON ns.oid = cl.relnamespace
     JOIN pg_class cf ON cf.oid = con.confrelid JOIN pg_namespace nf ON nf.oid = cf.relnamespace

@@ -30,6 +30,9 @@ pub const FILE: &str = "nix/checks.toml";
 pub struct Declaration {
     pub filesets: BTreeMap<String, FilesetSpec>,
     pub check: Vec<Check>,
+    /// The programs of each tool (nixpkgs attribute).
+    #[serde(default)]
+    pub tools: BTreeMap<String, Vec<String>>,
     pub programs: BTreeMap<String, String>,
 }
 
@@ -65,6 +68,8 @@ pub struct Check {
     pub tools: Vec<String>,
     #[serde(default)]
     pub needs: Vec<String>,
+    /// For `nix = "script"`: the shell command.
+    pub command: Option<String>,
 }
 
 impl Declaration {
@@ -137,18 +142,13 @@ pub fn tracked() -> Result<Vec<String>> {
 // `cargo xtask ci`.
 
 /// The runners `cargo xtask ci` knows, by the `xtask` name of a check.
-pub const RUNNERS: [&str; 14] = [
-    "fmt",
-    "clippy",
+pub const RUNNERS: [&str; 9] = [
+    "sandbox",
     "lint-workflows",
-    "nix-fmt",
-    "deadnix",
     "flake",
-    "alert-rules",
     "check-config",
-    "sqlx-check",
     "check-compose",
-    "nextest",
+    "js-compat",
     "images",
     "observability",
     "e2e",
@@ -156,17 +156,12 @@ pub const RUNNERS: [&str; 14] = [
 
 fn run_runner(name: &str) -> Result<()> {
     match name {
-        "fmt" => crate::fmt(),
-        "clippy" => crate::clippy(),
+        "sandbox" => crate::sandbox::run(&[]),
         "lint-workflows" => crate::workflows::lint(),
-        "nix-fmt" => crate::nix::format(),
-        "deadnix" => crate::nix::deadnix(),
         "flake" => crate::nix::flake(),
-        "alert-rules" => crate::observability_config::test_rules(),
         "check-config" => crate::observability_config::check(),
-        "sqlx-check" => crate::sqlx::check(),
         "check-compose" => crate::compose::check(),
-        "nextest" => crate::test(),
+        "js-compat" => crate::js_compat(),
         "images" => crate::images::build().map(drop),
         "observability" => crate::observability_live::run(),
         "e2e" => crate::e2e::run(),
@@ -237,6 +232,8 @@ struct NixCheck {
     tools: Vec<String>,
     #[serde(default)]
     postgres: bool,
+    #[serde(default)]
+    text: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,7 +259,7 @@ fn expected_builder(nix: &str) -> Option<&'static str> {
         "cargo-clippy" => "cargoClippy",
         "cargo-nextest" => "cargoNextest",
         "sqlx-check" => "mkCargoDerivation",
-        "nix-fmt" | "deadnix" | "alert-rules" => "runCommand",
+        "script" => "runCommand",
         "images" => "image",
         _ => return None,
     })
@@ -328,6 +325,29 @@ fn check_shape(declaration: &Declaration) -> Result<()> {
                 check.name, check.fileset
             ));
         }
+        for tool in &check.tools {
+            match declaration.tools.get(tool) {
+                None => problems.push(format!(
+                    "check {}: tool {tool} has no entry in [tools]",
+                    check.name
+                )),
+                Some(programs) => {
+                    for program in programs {
+                        if !declaration.programs.contains_key(program) {
+                            problems.push(format!(
+                                "tool {tool}: program {program} is not in [programs]"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if (check.nix.as_deref() == Some("script")) != check.command.is_some() {
+            problems.push(format!(
+                "check {}: a `command` exactly when nix = \"script\"",
+                check.name
+            ));
+        }
         for need in &check.needs {
             if need != "postgres" && need != "podman" {
                 problems.push(format!("check {}: unknown need {need:?}", check.name));
@@ -382,6 +402,7 @@ fn compare(declaration: &Declaration, tracked: &[String], view: &NixView) -> Res
                         src: Vec::new(),
                         tools: Vec::new(),
                         postgres: false,
+                        text: String::new(),
                     },
                 );
             }
@@ -394,6 +415,7 @@ fn compare(declaration: &Declaration, tracked: &[String], view: &NixView) -> Res
                 src: declaration.expand(&check.fileset, tracked)?,
                 tools: check.tools.clone(),
                 postgres: check.needs.iter().any(|n| n == "postgres"),
+                text: check.command.clone().unwrap_or_default(),
             },
         );
     }
@@ -424,6 +446,12 @@ fn compare(declaration: &Declaration, tracked: &[String], view: &NixView) -> Res
             problems.push(format!(
                 "check {name}: Nix starts Postgres: {}, declared: {}",
                 got.postgres, want.postgres
+            ));
+        }
+        if !got.text.contains(&want.text) {
+            problems.push(format!(
+                "check {name}: Nix runs {:?}, which does not contain the declared command {:?}",
+                got.text, want.text
             ));
         }
         if got.src != want.src {

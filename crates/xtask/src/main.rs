@@ -18,6 +18,7 @@ mod podman;
 mod procs;
 mod push;
 mod registry;
+mod sandbox;
 mod sqlx;
 mod util;
 mod workflows;
@@ -105,6 +106,16 @@ enum Task {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         tls_verify: bool,
     },
+    /// Replays each check `nix flake check` builds the way the Nix builder
+    /// runs it: the declared fileset only, the declared tools only, no
+    /// network, an unprivileged user with no HOME, offline vendored crates.
+    Sandbox {
+        /// Only these checks (default: all of them).
+        checks: Vec<String>,
+    },
+    /// The @supabase/postgrest-js compatibility test (needs `npm ci`, so it
+    /// runs outside the sandbox).
+    JsCompat,
     /// Benchmarks (not tests): the proxy against nginx in front of the same
     /// upstream, the worker against pgbench; ratios against the peer
     /// measured in the same run.
@@ -142,6 +153,8 @@ fn main() -> Result<()> {
         Task::Images => images::build().map(drop),
         Task::ImagesCheck => images::check(),
         Task::E2e => e2e::run(),
+        Task::Sandbox { checks } => sandbox::run(&checks),
+        Task::JsCompat => js_compat(),
         Task::Push {
             registry,
             images,
@@ -175,6 +188,20 @@ fn main() -> Result<()> {
 
 fn ci() -> Result<()> {
     checks::ci()
+}
+
+/// The one test the sandboxed nextest check skips.
+fn js_compat() -> Result<()> {
+    step("@supabase/postgrest-js compatibility");
+    run(Command::new("cargo").args([
+        "nextest",
+        "run",
+        "--locked",
+        "-p",
+        "madbase-worker",
+        "-E",
+        "test(postgrest_js_compatibility)",
+    ]))
 }
 
 fn lint() -> Result<()> {

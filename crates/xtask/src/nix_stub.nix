@@ -179,10 +179,10 @@ let
     builtins.foldl' (acc: attr: merge acc (setPath (lib.splitString "." attr) (drv attr))) { } toolAttrs
     // {
       inherit lib;
-      runCommand = name: env: _text: {
+      runCommand = name: env: text: {
         stub = {
           builder = "runCommand";
-          inherit name;
+          inherit name text;
           src = env.src.files or [ ];
           tools = map (p: p.name) (env.nativeBuildInputs or [ ]);
           postgres = false;

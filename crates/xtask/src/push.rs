@@ -137,12 +137,6 @@ pub fn push_from_env(args: &PushArgs) -> Result<Release> {
 pub fn push(args: &PushArgs, creds: &Credentials) -> Result<Release> {
     let host = registry_host(&args.registry)?;
     let spec = ImageSpec::load()?;
-    let work = root().join("target/push");
-    let mut layouts = Vec::new();
-    for service in spec.services.keys() {
-        let archive = args.images.join(format!("{service}.tar"));
-        layouts.push(layout(service, &archive, &work.join(service))?);
-    }
 
     // The auth file lives in a private directory that is removed on return.
     let private = tempfile::Builder::new()
@@ -152,6 +146,13 @@ pub fn push(args: &PushArgs, creds: &Credentials) -> Result<Release> {
     let authfile = private.path().join("auth.json");
     step(&format!("skopeo login {host} (as {})", creds.user));
     login(args, host, creds, &authfile)?;
+
+    let work = root().join("target/push");
+    let mut layouts = Vec::new();
+    for service in spec.services.keys() {
+        let archive = args.images.join(format!("{service}.tar"));
+        layouts.push(layout(service, &archive, &work.join(service))?);
+    }
 
     let mut release = Release {
         registry: args.registry.clone(),

@@ -5,6 +5,7 @@
 mod compat;
 mod engine;
 mod helpers;
+mod postgrest;
 mod reads;
 mod rpc;
 mod security;

@@ -167,8 +167,8 @@ async fn inserts_upserts_updates_deletes() {
             .json(&json!({"id": 500, "code": "c5", "name": "by code"})),
     )
     .await;
-    // The conflicting row keeps its id? No: merge updates every non-conflict column sent.
-    assert_eq!(st, 201, "{v}");
+    // Merge updates every column sent; only an update happened, so 200 (PostgREST).
+    assert_eq!(st, 200, "{v}");
     assert_eq!(v, json!([{"id": 500, "name": "by code", "code": "c5"}]));
     assert_err(
         &call(

@@ -1,0 +1,616 @@
+//! PostgREST 12 conformance, organised by the sections of PostgREST's
+//! documentation (API → tables and views → operators, Prefer header,
+//! upsert, bulk insert, transactions, errors). Expected statuses, headers
+//! and error bodies are PostgREST's own (read from its source,
+//! `src/PostgREST/Error.hs`, `Response.hs`, `ApiRequest/Preferences.hs`).
+
+use http::{HeaderMap, Method};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Extra tables for these tests (created before the first request, so the
+/// schema cache sees them).
+const EXTRA: &str = r#"
+CREATE TABLE defaults_t (
+  id serial PRIMARY KEY,
+  name text NOT NULL,
+  qty int NOT NULL DEFAULT 7,
+  note text DEFAULT 'none',
+  tags text[] DEFAULT '{a,b}'
+);
+CREATE TABLE nokey (a int, b text);
+CREATE TABLE ranges (id int PRIMARY KEY, r int4range, d daterange, arr int[], doc text, vec tsvector);
+INSERT INTO ranges VALUES
+  (1, '[1,5)', '[2020-01-01,2020-02-01)', '{1,2,3}', 'The quick brown fox jumps', to_tsvector('english', 'The quick brown fox jumps')),
+  (2, '[5,10)', '[2020-02-01,2020-03-01)', '{3,4}', 'Lazy dogs sleep all day', to_tsvector('english', 'Lazy dogs sleep all day')),
+  (3, '[20,30)', NULL, '{}', 'quick thinking saves the day', to_tsvector('english', 'quick thinking saves the day')),
+  (4, NULL, NULL, NULL, NULL, NULL);
+CREATE TABLE tri (id int PRIMARY KEY, b boolean, n int);
+INSERT INTO tri VALUES (1, true, 1), (2, false, NULL), (3, NULL, 3);
+CREATE FUNCTION bump(n int) RETURNS int LANGUAGE sql VOLATILE AS
+  $$ UPDATE items SET price = price + n WHERE id = 1 RETURNING price::int $$;
+"#;
+
+async fn stack() -> Stack {
+    let s = Stack::start().await;
+    s.sql(EXTRA).await;
+    s
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect()
+}
+
+fn names(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|r| r["name"].as_str().expect("name"))
+        .collect()
+}
+
+fn applied(h: &HeaderMap) -> Option<&str> {
+    h.get("preference-applied").and_then(|v| v.to_str().ok())
+}
+
+/// An error body with exactly PostgREST's keys and these values.
+#[track_caller]
+fn assert_body(got: &(http::StatusCode, Value), status: u16, body: Value) {
+    assert_eq!(got.0.as_u16(), status, "{}", got.1);
+    assert_eq!(got.1, body);
+}
+
+/// API → Tables and Views → Operator modifiers `(any)` / `(all)`.
+#[tokio::test]
+async fn operators_any_all() {
+    let s = stack().await;
+    let get = |q: &str| call(s.get(&format!("/users?select=name&order=name&{q}")));
+    assert_eq!(
+        names(&get("name=like(any).{a*,b*}").await.1),
+        ["alice", "bob"]
+    );
+    assert_eq!(names(&get("name=like(any).{a*,z*}").await.1), ["alice"]);
+    assert_eq!(names(&get("name=like(all).{a*,*e}").await.1), ["alice"]);
+    assert_eq!(
+        names(&get("name=like(all).{a*,*b}").await.1),
+        Vec::<&str>::new()
+    );
+    assert_eq!(names(&get("name=ilike(any).{A*,Z*}").await.1), ["alice"]);
+    assert_eq!(names(&get("name=ilike(all).{*L*,*C*}").await.1), ["alice"]);
+    assert_eq!(names(&get("name=match(any).{^a,^z}").await.1), ["alice"]);
+    assert_eq!(names(&get("name=imatch(all).{^A,E$}").await.1), ["alice"]);
+    assert_eq!(names(&get("name=eq(any).{bob,carol}").await.1), ["bob"]);
+    assert_eq!(names(&get("name=not.like(any).{a*}").await.1), ["bob"]);
+    // Inside logic trees, where the array's commas are not separators.
+    assert_eq!(
+        names(&get("or=(name.like(any).{a*,z*},name.eq.nobody)").await.1),
+        ["alice"]
+    );
+    assert_eq!(
+        names(&get("and=(name.ilike(all).{*B*,*O*},name.neq.x)").await.1),
+        ["bob"]
+    );
+
+    let get = |q: &str| call(s.get(&format!("/items?select=id&order=id&{q}")));
+    assert_eq!(ids(&get("id=eq(any).{1,3}").await.1), [1, 3]);
+    assert_eq!(ids(&get("id=gt(all).{27,28}").await.1), [29, 30]);
+    assert_eq!(ids(&get("id=gte(any).{29,30}").await.1), [29, 30]);
+    assert_eq!(ids(&get("id=lt(any).{2,3}").await.1), [1, 2]);
+    assert_eq!(ids(&get("id=lte(all).{2,3}").await.1), [1, 2]);
+    assert_eq!(ids(&get("price=eq(any).{1.5,3.0}").await.1), [1, 2]);
+    assert_eq!(ids(&get("data->>n=eq(any).{4,5}").await.1), [4, 5]);
+    // A value that is not the column's type is Postgres' error, as in PostgREST.
+    assert_err(&get("id=eq(any).{1,x}").await, 400, "22P02");
+    // `neq` takes no modifier.
+    assert_err(&get("id=neq(any).{1,2}").await, 400, "PGRST100");
+}
+
+/// Prefer header → strict/lenient handling, Preference-Applied.
+#[tokio::test]
+async fn prefer_handling() {
+    let s = stack().await;
+    for (method, path, body) in [
+        (Method::GET, "/items?id=eq.1", json!({})),
+        (Method::POST, "/items", json!({"id": 1, "name": "x"})),
+        (Method::PATCH, "/items?id=eq.1", json!({"name": "x"})),
+        (Method::DELETE, "/items?id=eq.1", json!({})),
+        (Method::POST, "/rpc/add", json!({"a": 1, "b": 2})),
+    ] {
+        let got = call(
+            s.req(method, path)
+                .header("Prefer", "handling=strict, anything, count=wrong")
+                .json(&body),
+        )
+        .await;
+        assert_body(
+            &got,
+            400,
+            json!({
+                "code": "PGRST122",
+                "message": "Invalid preferences given with handling=strict",
+                "details": "Invalid preferences: anything, count=wrong",
+                "hint": null,
+            }),
+        );
+    }
+    // Nothing happened.
+    let (_, v) = call(s.get("/items?id=eq.1&select=id")).await;
+    assert_eq!(ids(&v), [1]);
+
+    // Lenient (and the default) ignores what it does not know.
+    let (st, h, v) = send(
+        s.get("/items?id=eq.1&select=id")
+            .header("Prefer", "handling=lenient, anything"),
+    )
+    .await;
+    assert_eq!((st.as_u16(), ids(&v)), (200, vec![1]));
+    assert_eq!(applied(&h), Some("handling=lenient"));
+    let (st, h, _) = send(s.get("/items?id=eq.1").header("Prefer", "anything")).await;
+    assert_eq!((st.as_u16(), applied(&h)), (200, None));
+    // Known preferences pass in strict mode; the first of a kind wins;
+    // Preference-Applied lists what the request used, in PostgREST's order.
+    let (st, h, _) = send(
+        s.get("/items?id=lt.3")
+            .header("Prefer", "count=exact, handling=strict")
+            .header("Prefer", "count=planned, tx=commit"),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(applied(&h), Some("count=exact, tx=commit, handling=strict"));
+    assert_eq!(range(&h), "0-1/2");
+    let (st, h, _) = send(
+        s.req(Method::POST, "/items")
+            .header(
+                "Prefer",
+                "return=representation, missing=default, resolution=ignore-duplicates",
+            )
+            .json(&json!({"id": 1, "name": "x"})),
+    )
+    .await;
+    assert_eq!(st, 201);
+    assert_eq!(
+        applied(&h),
+        Some("resolution=ignore-duplicates, missing=default, return=representation")
+    );
+    let (st, h, _) = send(
+        s.req(Method::DELETE, "/items?id=eq.30")
+            .header("Prefer", "return=minimal, max-affected=5"),
+    )
+    .await;
+    // max-affected is applied (and reported) only with handling=strict.
+    assert_eq!((st.as_u16(), applied(&h)), (204, Some("return=minimal")));
+    let (st, h, _) = send(
+        s.req(Method::DELETE, "/items?id=eq.29")
+            .header("Prefer", "handling=strict, max-affected=5"),
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), applied(&h)),
+        (204, Some("handling=strict, max-affected=5"))
+    );
+}
+
+/// Prefer header → max-affected.
+#[tokio::test]
+async fn prefer_max_affected() {
+    let s = stack().await;
+    let strict = |n: u32| format!("handling=strict, max-affected={n}");
+    let too_many = |n: u32| {
+        json!({
+            "code": "PGRST124",
+            "message": "Query result exceeds max-affected preference constraint",
+            "details": format!("The query affects {n} rows"),
+            "hint": null,
+        })
+    };
+    assert_body(
+        &call(
+            s.req(Method::PATCH, "/items?id=lt.5")
+                .header("Prefer", strict(3))
+                .json(&json!({"name": "changed"})),
+        )
+        .await,
+        400,
+        too_many(4),
+    );
+    assert_body(
+        &call(
+            s.req(Method::PATCH, "/items?id=lt.5&select=id")
+                .header("Prefer", format!("{}, return=representation", strict(2)))
+                .json(&json!({"name": "changed"})),
+        )
+        .await,
+        400,
+        too_many(4),
+    );
+    assert_body(
+        &call(
+            s.req(Method::DELETE, "/items?id=gt.25")
+                .header("Prefer", strict(4)),
+        )
+        .await,
+        400,
+        too_many(5),
+    );
+    // Nothing changed.
+    let (_, v) = call(s.get("/items?select=id,name&id=lt.5&order=id")).await;
+    assert!(
+        v.as_array()
+            .expect("rows")
+            .iter()
+            .all(|r| r["name"] != "changed"),
+        "{v}"
+    );
+    let (_, v) = call(s.get("/items?select=id&id=gt.25")).await;
+    assert_eq!(ids(&v).len(), 5);
+    // Within the limit, or without handling=strict: applied.
+    let (st, _) = call(
+        s.req(Method::PATCH, "/items?id=lt.5")
+            .header("Prefer", strict(4))
+            .json(&json!({"name": "changed"})),
+    )
+    .await;
+    assert_eq!(st, 204);
+    let (st, _) = call(
+        s.req(Method::DELETE, "/items?id=gt.25")
+            .header("Prefer", "max-affected=1"),
+    )
+    .await;
+    assert_eq!(st, 204);
+    let (_, v) = call(s.get("/items?select=id&or=(id.gt.25,name.eq.changed)&order=id")).await;
+    assert_eq!(ids(&v), [1, 2, 3, 4]);
+}
+
+/// Upsert: `resolution=merge-duplicates|ignore-duplicates`, status 201 when
+/// a row was inserted and 200 when merge-duplicates only updated.
+#[tokio::test]
+async fn upsert() {
+    let s = stack().await;
+    let merge = "resolution=merge-duplicates, return=representation";
+    let post = |q: &str, prefer: &str, body: Value| {
+        send(
+            s.req(Method::POST, &format!("/items{q}"))
+                .header("Prefer", prefer.to_owned())
+                .json(&body),
+        )
+    };
+    // Every row exists: 200.
+    let (st, h, v) = post(
+        "?select=id,name",
+        merge,
+        json!([{"id": 1, "name": "one"}, {"id": 2, "name": "two"}]),
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), v),
+        (
+            200,
+            json!([{"id": 1, "name": "one"}, {"id": 2, "name": "two"}])
+        )
+    );
+    assert_eq!(
+        applied(&h),
+        Some("resolution=merge-duplicates, return=representation")
+    );
+    // One new row: 201.
+    let (st, _, v) = post(
+        "?select=id,name",
+        merge,
+        json!([{"id": 3, "name": "three"}, {"id": 40, "name": "forty"}]),
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), v),
+        (
+            201,
+            json!([{"id": 3, "name": "three"}, {"id": 40, "name": "forty"}])
+        )
+    );
+    // Minimal: the same statuses, no body.
+    let (st, _, v) = post(
+        "",
+        "resolution=merge-duplicates",
+        json!({"id": 3, "name": "3"}),
+    )
+    .await;
+    assert_eq!((st.as_u16(), v), (200, Value::Null));
+    let (st, _, v) = post(
+        "",
+        "resolution=merge-duplicates",
+        json!({"id": 41, "name": "41"}),
+    )
+    .await;
+    assert_eq!((st.as_u16(), v), (201, Value::Null));
+    // A key-only body: the existing row is returned unchanged (on a table
+    // whose other columns may be NULL: NOT NULL is checked before conflicts).
+    let (st, _, v) = send(
+        s.req(Method::POST, "/tri?select=id,b,n")
+            .header("Prefer", merge)
+            .json(&json!({"id": 1})),
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), v),
+        (200, json!([{"id": 1, "b": true, "n": 1}]))
+    );
+    // on_conflict on a unique column: the conflicting row takes every sent column.
+    let (st, _, v) = post(
+        "?on_conflict=code&select=id,name,code",
+        merge,
+        json!({"id": 500, "code": "c5", "name": "by code"}),
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), v),
+        (200, json!([{"id": 500, "name": "by code", "code": "c5"}]))
+    );
+    // ignore-duplicates: 201, only the inserted rows come back.
+    let (st, h, v) = post(
+        "?select=id,name",
+        "resolution=ignore-duplicates, return=representation",
+        json!([{"id": 1, "name": "ignored"}, {"id": 42, "name": "new"}]),
+    )
+    .await;
+    assert_eq!((st.as_u16(), v), (201, json!([{"id": 42, "name": "new"}])));
+    assert_eq!(
+        applied(&h),
+        Some("resolution=ignore-duplicates, return=representation")
+    );
+    let (st, _, v) = post(
+        "?select=id",
+        "resolution=ignore-duplicates, return=representation",
+        json!([{"id": 1, "name": "ignored"}]),
+    )
+    .await;
+    assert_eq!((st.as_u16(), v), (201, json!([])));
+    let (_, v) = call(s.get("/items?select=id,name&id=in.(1,2,3,40,41,42)&order=id")).await;
+    assert_eq!(
+        v,
+        json!([{"id": 1, "name": "one"}, {"id": 2, "name": "two"}, {"id": 3, "name": "3"},
+               {"id": 40, "name": "forty"}, {"id": 41, "name": "41"}, {"id": 42, "name": "new"}])
+    );
+    // A table without a primary key and no on_conflict: a plain insert,
+    // and the resolution is not reported as applied.
+    let (st, h, _) = send(
+        s.service(Method::POST, "/nokey")
+            .header("Prefer", "resolution=merge-duplicates")
+            .json(&json!({"a": 1, "b": "x"})),
+    )
+    .await;
+    assert_eq!((st.as_u16(), applied(&h)), (201, None));
+}
+
+/// Bulk insert → `Prefer: missing=default`.
+#[tokio::test]
+async fn missing_default() {
+    let s = stack().await;
+    let (st, h, v) = send(
+        s.service(
+            Method::POST,
+            "/defaults_t?columns=name,qty,note,tags&select=name,qty,note,tags",
+        )
+        .header("Prefer", "missing=default, return=representation")
+        .json(&json!([
+            {"name": "a"},
+            {"name": "b", "qty": 1, "note": null, "tags": ["z"]},
+            {"name": "c", "note": "set"}
+        ])),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(
+        v,
+        json!([
+            {"name": "a", "qty": 7, "note": "none", "tags": ["a", "b"]},
+            {"name": "b", "qty": 1, "note": null, "tags": ["z"]},
+            {"name": "c", "qty": 7, "note": "set", "tags": ["a", "b"]}
+        ])
+    );
+    assert_eq!(applied(&h), Some("missing=default, return=representation"));
+    // The serial key took its default for each row.
+    let (_, v) = call(s.service(Method::GET, "/defaults_t?select=id&order=id")).await;
+    assert_eq!(ids(&v), [1, 2, 3]);
+    // A single object.
+    let (st, v) = call(
+        s.service(Method::POST, "/defaults_t?columns=name,qty&select=id,qty")
+            .header("Prefer", "missing=default, return=representation")
+            .json(&json!({"name": "d"})),
+    )
+    .await;
+    assert_eq!((st.as_u16(), v), (201, json!([{"id": 4, "qty": 7}])));
+    // Without it, missing columns are NULL (here a NOT NULL violation).
+    assert_err(
+        &call(
+            s.service(Method::POST, "/defaults_t?columns=name,qty")
+                .json(&json!([{"name": "e"}])),
+        )
+        .await,
+        400,
+        "23502",
+    );
+    let (st, v) = call(
+        s.service(Method::POST, "/defaults_t?columns=name,note&select=note")
+            .header("Prefer", "missing=null, return=representation")
+            .json(&json!([{"name": "e"}])),
+    )
+    .await;
+    assert_eq!((st.as_u16(), v), (201, json!([{"note": null}])));
+    // PATCH with columns= and missing=default resets the missing columns.
+    let (st, v) = call(
+        s.service(
+            Method::PATCH,
+            "/defaults_t?id=eq.2&columns=qty,note&select=qty,note",
+        )
+        .header("Prefer", "missing=default, return=representation")
+        .json(&json!({"note": "patched"})),
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), v),
+        (200, json!([{"qty": 7, "note": "patched"}]))
+    );
+}
+
+/// Prefer header → `tx=rollback` / `tx=commit`.
+#[tokio::test]
+async fn transactions() {
+    let s = stack().await;
+    let rb = "tx=rollback, return=representation";
+    let (st, h, v) = send(
+        s.req(Method::POST, "/items?select=id,name")
+            .header("Prefer", rb)
+            .json(&json!({"id": 200, "name": "ghost"})),
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), v),
+        (201, json!([{"id": 200, "name": "ghost"}]))
+    );
+    assert_eq!(applied(&h), Some("return=representation, tx=rollback"));
+    let (st, v) = call(
+        s.req(Method::PATCH, "/items?id=eq.1&select=id,name")
+            .header("Prefer", rb)
+            .json(&json!({"name": "ghost"})),
+    )
+    .await;
+    assert_eq!((st.as_u16(), v), (200, json!([{"id": 1, "name": "ghost"}])));
+    let (st, h, _) = send(
+        s.req(Method::DELETE, "/items?id=eq.2")
+            .header("Prefer", "tx=rollback"),
+    )
+    .await;
+    assert_eq!((st.as_u16(), applied(&h)), (204, Some("tx=rollback")));
+    let (st, v) = call(
+        s.req(Method::POST, "/rpc/bump")
+            .header("Prefer", "tx=rollback")
+            .json(&json!({"n": 100})),
+    )
+    .await;
+    assert_eq!((st.as_u16(), v), (200, json!(102)));
+    // Nothing was kept.
+    let (_, v) = call(s.get("/items?select=id,name,price&id=in.(1,2,200)&order=id")).await;
+    assert_eq!(
+        v,
+        json!([{"id": 1, "name": "item 1", "price": 1.5}, {"id": 2, "name": "item 2", "price": 3.0}])
+    );
+    // tx=commit is the default behaviour.
+    let (st, h, _) = send(
+        s.req(Method::POST, "/items")
+            .header("Prefer", "tx=commit")
+            .json(&json!({"id": 201, "name": "kept"})),
+    )
+    .await;
+    assert_eq!((st.as_u16(), applied(&h)), (201, Some("tx=commit")));
+    let (_, v) = call(s.get("/items?select=id&id=eq.201")).await;
+    assert_eq!(ids(&v), [201]);
+}
+
+/// Errors: PostgREST's keys only (the request id is a header), PGRST116,
+/// PGRST200 and PGRST201 with PostgREST's wording.
+#[tokio::test]
+async fn error_bodies() {
+    let s = stack().await;
+    let (st, h, v) = send(s.get("/nope")).await;
+    assert_eq!(st, 404);
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["code", "details", "hint", "message"], "{v}");
+    assert!(!h["x-request-id"].is_empty());
+    assert_eq!(h["content-type"], "application/json; charset=utf-8");
+    // A database error too.
+    let (_, v) = call(
+        s.req(Method::POST, "/items")
+            .json(&json!({"id": 1, "name": "dup"})),
+    )
+    .await;
+    assert_eq!(v.as_object().expect("object").len(), 4, "{v}");
+    assert_eq!(v["code"], "23505");
+
+    let obj = "application/vnd.pgrst.object+json";
+    for (q, n) in [("id=lt.4", 3), ("id=eq.999", 0)] {
+        assert_body(
+            &call(s.get(&format!("/items?{q}")).header("Accept", obj)).await,
+            406,
+            json!({
+                "code": "PGRST116",
+                "message": "JSON object requested, multiple (or no) rows returned",
+                "details": format!("The result contains {n} rows"),
+                "hint": null,
+            }),
+        );
+    }
+
+    // No relationship: PostgREST's details, and its hint when a name is close.
+    assert_body(
+        &call(s.get("/posts?select=id,user(name)")).await,
+        400,
+        json!({
+            "code": "PGRST200",
+            "message": "Could not find a relationship between 'posts' and 'user' in the schema cache",
+            "details": "Searched for a foreign key relationship between 'posts' and 'user' in the schema 'public', but no matches were found.",
+            "hint": "Perhaps you meant 'users' instead of 'user'.",
+        }),
+    );
+    assert_body(
+        &call(s.get("/messages?select=id,users!nope(name)")).await,
+        400,
+        json!({
+            "code": "PGRST200",
+            "message": "Could not find a relationship between 'messages' and 'users' in the schema cache",
+            "details": "Searched for a foreign key relationship between 'messages' and 'users' using the hint 'nope' in the schema 'public', but no matches were found.",
+            "hint": null,
+        }),
+    );
+    assert_body(
+        &call(s.get("/posts?select=id,zzzzzz(name)")).await,
+        400,
+        json!({
+            "code": "PGRST200",
+            "message": "Could not find a relationship between 'posts' and 'zzzzzz' in the schema cache",
+            "details": "Searched for a foreign key relationship between 'posts' and 'zzzzzz' in the schema 'public', but no matches were found.",
+            "hint": null,
+        }),
+    );
+    // Ambiguous: 300 with every candidate.
+    assert_body(
+        &call(s.get("/messages?select=body,users(name)")).await,
+        300,
+        json!({
+            "code": "PGRST201",
+            "message": "Could not embed because more than one relationship was found for 'messages' and 'users'",
+            "details": [
+                {
+                    "cardinality": "many-to-one",
+                    "embedding": "messages with users",
+                    "relationship": "messages_sender_id_fkey using messages(sender_id) and users(id)",
+                },
+                {
+                    "cardinality": "many-to-one",
+                    "embedding": "messages with users",
+                    "relationship": "messages_recipient_id_fkey using messages(recipient_id) and users(id)",
+                },
+            ],
+            "hint": "Try changing 'users' to one of the following: 'users!messages_sender_id_fkey', 'users!messages_recipient_id_fkey'. Find the desired relationship in the 'details' key.",
+        }),
+    );
+    let (st, v) = call(s.get("/users?select=name,messages(body)")).await;
+    assert_eq!(st, 300, "{v}");
+    assert_eq!(
+        v["details"][0],
+        json!({
+            "cardinality": "one-to-many",
+            "embedding": "users with messages",
+            "relationship": "messages_sender_id_fkey using users(id) and messages(sender_id)",
+        })
+    );
+}
