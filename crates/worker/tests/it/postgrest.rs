@@ -46,6 +46,12 @@ fn ids(v: &Value) -> Vec<i64> {
         .collect()
 }
 
+async fn ids_of(s: &Stack, table: &str, q: &str) -> Vec<i64> {
+    let (st, v) = call(s.get(&format!("/{table}?select=id&order=id&{q}"))).await;
+    assert_eq!(st, 200, "{q}: {v}");
+    ids(&v)
+}
+
 fn names(v: &Value) -> Vec<&str> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
@@ -613,4 +619,65 @@ async fn error_bodies() {
             "relationship": "messages_sender_id_fkey using users(id) and messages(sender_id)",
         })
     );
+}
+
+/// API → Tables and Views → Operators: ranges, arrays, full-text search,
+/// `isdistinct`, `is` with trilean values; `not.` and logic trees with them.
+#[tokio::test]
+async fn operators_ranges_arrays_fts_trilean() {
+    let s = stack().await;
+    let cases: &[(&str, &[i64])] = &[
+        // Ranges.
+        ("r=sl.[10,15)", &[1, 2]),
+        ("r=sr.[10,15)", &[3]),
+        ("r=nxr.[1,6)", &[1]),
+        ("r=nxl.[4,6)", &[2, 3]),
+        ("r=adj.[10,20)", &[2, 3]),
+        ("r=ov.[3,6)", &[1, 2]),
+        // A range literal with exclusive bounds stays a range.
+        ("r=ov.(4,6)", &[2]),
+        ("r=cs.[2,3]", &[1]),
+        ("d=cd.[2020-01-01,2020-12-31]", &[1, 2]),
+        ("r=not.sl.[10,15)", &[3]),
+        // Arrays.
+        ("arr=cs.{3}", &[1, 2]),
+        ("arr=cd.{1,2,3,4}", &[1, 2, 3]),
+        ("arr=ov.{4,9}", &[2]),
+        ("arr=ov.(1,4)", &[1, 2]),
+        ("arr=not.cs.{3}", &[3]),
+        // In logic trees a range literal is quoted (as PostgREST requires).
+        ("or=(r.adj.\"[10,20)\",arr.cs.{1})", &[1, 2, 3]),
+        (
+            "and=(arr.cs.{3},not.or(r.sl.\"[4,5)\",arr.cd.{1,2,3}))",
+            &[2],
+        ),
+        // Full-text search on a tsvector and on a text column.
+        ("vec=fts(english).jump", &[1]),
+        ("vec=plfts(english).quick%20day", &[3]),
+        ("vec=phfts(english).quick%20brown", &[1]),
+        ("vec=wfts(english).quick%20-fox", &[3]),
+        ("doc=fts.quick", &[1, 3]),
+        ("doc=not.fts.quick", &[2]),
+        ("or=(vec.fts(english).jump,doc.plfts.lazy)", &[1, 2]),
+    ];
+    for (q, want) in cases {
+        assert_eq!(ids_of(&s, "ranges", q).await, *want, "{q}");
+    }
+    let cases: &[(&str, &[i64])] = &[
+        ("b=isdistinct.true", &[2, 3]),
+        ("n=isdistinct.1", &[2, 3]),
+        ("n=not.isdistinct.1", &[1]),
+        ("b=is.unknown", &[3]),
+        ("b=is.true", &[1]),
+        ("b=is.false", &[2]),
+        ("b=not.is.true", &[2, 3]),
+        ("b=is.TRUE", &[1]),
+        ("n=is.null", &[2]),
+        ("and=(b.is.unknown,n.eq.3)", &[3]),
+        ("or=(b.isdistinct.true,n.eq.1)", &[1, 2, 3]),
+    ];
+    for (q, want) in cases {
+        assert_eq!(ids_of(&s, "tri", q).await, *want, "{q}");
+    }
+    assert_err(&call(s.get("/tri?b=is.maybe")).await, 400, "PGRST100");
 }
