@@ -237,7 +237,34 @@ fn vendor() -> Result<()> {
             .args(["vendor", "--locked", "--versioned-dirs", "--quiet"])
             .arg(&vendor),
     )?;
+    // Some crates ship files readable by their owner only; the build user
+    // reads them all.
+    readable_by_all(&vendor)?;
     std::fs::write(stamp_file, stamp)?;
+    Ok(())
+}
+
+/// `chmod -R a+rX`.
+fn readable_by_all(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode();
+    let extra = if meta.is_dir() || mode & 0o100 != 0 {
+        0o555
+    } else {
+        0o444
+    };
+    if mode & extra != extra {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | extra))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            readable_by_all(&entry?.path())?;
+        }
+    }
     Ok(())
 }
 
