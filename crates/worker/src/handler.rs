@@ -180,9 +180,9 @@ impl Prefer {
             });
         }
         if r.missing {
-            items[1] =
-                self.missing_default
-                    .map(|d| if d { "missing=default" } else { "missing=null" });
+            items[1] = self
+                .missing_default
+                .map(|d| if d { "missing=default" } else { "missing=null" });
         }
         if r.ret {
             items[2] = self.ret.map(|x| match x {
@@ -791,35 +791,66 @@ fn parse_query(uri: &Uri, is_arg: &dyn Fn(&str) -> bool) -> Result<Query, Error>
     query::parse(uri.query().unwrap_or(""), is_arg).map_err(Error::query)
 }
 
-/// `Range: a-b` (items) as (offset, limit).
-fn range(headers: &HeaderMap) -> Result<(i64, Option<i64>), Error> {
-    let Some(r) = header(headers, "range") else {
-        return Ok((0, None));
+/// The top-level rows asked for, as (offset, limit): the `Range` header
+/// (GET only, `first-last` or `first-`; anything else is ignored, as
+/// PostgREST does) intersected with `limit`/`offset`. An empty result other
+/// than `limit=0` is PostgREST's 416 PGRST103.
+fn top_range(
+    headers: &HeaderMap,
+    q: &Query,
+    use_header: bool,
+) -> Result<(i64, Option<i64>), Error> {
+    let top =
+        |v: &[(Vec<String>, i64)]| v.iter().rev().find(|(p, _)| p.is_empty()).map(|(_, n)| *n);
+    let (limit, offset) = (top(&q.limits), top(&q.offsets).unwrap_or(0));
+    let header = if use_header {
+        header(headers, "range").and_then(parse_range)
+    } else {
+        None
     };
-    let r = r.trim().trim_start_matches("items=");
-    let unsatisfiable = || {
-        Error::api(
+    if header.is_none() && limit.is_none_or(|l| l > 0) {
+        // The common case: nothing to intersect.
+        return Ok((offset, limit));
+    }
+    let offset = i128::from(offset);
+    let upper_q = limit.map(|l| offset + i128::from(l) - 1);
+    if limit == Some(0) && offset == 0 {
+        return Ok((0, Some(0)));
+    }
+    let (lower_h, upper_h) = header.unwrap_or((0, None));
+    let lower = offset.max(lower_h);
+    let upper = match (upper_q, upper_h) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(u) = upper
+        && u < lower
+    {
+        let details = if upper_h.is_some_and(|u| u < lower_h) {
+            "The lower boundary must be lower than or equal to the upper boundary in the Range header."
+        } else {
+            "Limit should be greater than or equal to zero."
+        };
+        return Err(Error::api(
             StatusCode::RANGE_NOT_SATISFIABLE,
             "PGRST103",
             "Requested range not satisfiable",
         )
-    };
-    let Some((a, b)) = r.split_once('-') else {
-        return Err(unsatisfiable());
-    };
-    let a: i64 = a.trim().parse().map_err(|_| unsatisfiable())?;
-    if a < 0 {
-        return Err(unsatisfiable());
+        .details(details));
     }
-    let b = b.trim();
-    if b.is_empty() {
-        return Ok((a, None));
+    let clamp = |n: i128| i64::try_from(n).unwrap_or(i64::MAX);
+    Ok((clamp(lower), upper.map(|u| clamp(u - lower + 1))))
+}
+
+/// `Range: first-last` / `first-` (digits only) as (first, last).
+fn parse_range(v: &str) -> Option<(i128, Option<i128>)> {
+    let (a, b) = v.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if !digits(a) || !(b.is_empty() || digits(b)) {
+        return None;
     }
-    let b: i64 = b.parse().map_err(|_| unsatisfiable())?;
-    if b < a {
-        return Err(unsatisfiable());
-    }
-    Ok((a, Some(b.saturating_sub(a).saturating_add(1))))
+    let num = |s: &str| s.parse::<i128>().unwrap_or(i128::from(i64::MAX));
+    Some((num(a), (!b.is_empty()).then(|| num(b))))
 }
 
 fn content_range(offset: i64, page: i64, total: Option<i64>) -> String {
@@ -940,7 +971,7 @@ async fn read(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, Error> {
-    let rng = range(headers)?;
+    let rng = top_range(headers, q, !head)?;
     let shape = Shape {
         count: ctx.prefer.counts(),
         singular: ctx.singular,
@@ -957,48 +988,38 @@ async fn read(
         rng,
     )?;
     let out = execute(st, ctx, sql, true, Kind::Rows, Checks::single(ctx.singular)).await?;
-    let resp = read_response(ctx, q, rng, out, head)?;
+    let resp = read_response(ctx, rng.0, out, head);
     Ok(with_applied(resp, &ctx.prefer, Reported::default()))
 }
 
-fn read_response(
-    ctx: &Ctx,
-    q: &Query,
-    rng: (i64, Option<i64>),
-    out: Outcome,
-    head: bool,
-) -> Result<Response, Error> {
-    let offset = q
-        .offsets
-        .iter()
-        .rev()
-        .find(|(p, _)| p.is_empty())
-        .map_or(0, |(_, o)| *o)
-        .max(rng.0);
+/// The response of a read: 200, or with a count 206 when the page is not
+/// everything and 416 when the offset is beyond the end (PostgREST's rules).
+fn read_response(ctx: &Ctx, offset: i64, out: Outcome, head: bool) -> Response {
     let mut status = StatusCode::OK;
+    let crange = content_range(offset, out.page, out.total);
     if let Some(total) = out.total {
-        if offset > 0 && offset >= total && out.page == 0 {
-            return Err(Error::api(
+        if offset > total {
+            let mut resp = Error::api(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "PGRST103",
                 "Requested range not satisfiable",
             )
             .details(format!(
                 "An offset of {offset} was requested, but there are only {total} rows."
-            )));
+            ))
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&crange) {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static("content-range"), v);
+            }
+            return resp;
         }
-        if offset > 0 || offset.saturating_add(out.page) < total {
+        if out.page < total {
             status = StatusCode::PARTIAL_CONTENT;
         }
     }
-    let crange = content_range(offset, out.page, out.total);
     let ctype = if ctx.singular { OBJECT } else { JSON };
-    Ok(respond(
-        status,
-        ctype,
-        Some(crange),
-        (!head).then_some(out.body),
-    ))
+    respond(status, ctype, Some(crange), (!head).then_some(out.body))
 }
 
 /// Parses a write body: the objects' keys (checked) and the JSON text.
@@ -1627,7 +1648,7 @@ async fn rpc_inner(
             inserted: false,
         };
         let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
-        let rng = range(headers)?;
+        let rng = top_range(headers, &q, *method == Method::GET)?;
         let sql = planner.read(
             Source::Call {
                 columns,
@@ -1648,7 +1669,7 @@ async fn rpc_inner(
             };
             return Ok(respond(StatusCode::OK, JSON, None, (!head).then_some(body)));
         }
-        return read_response(&ctx, &q, rng, out, head);
+        return Ok(read_response(&ctx, rng.0, out, head));
     }
     // Scalar results.
     let mut sql = Sql {

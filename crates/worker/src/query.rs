@@ -170,7 +170,8 @@ pub fn parse(raw: &str, is_arg: &dyn Fn(&str) -> bool) -> Result<Query> {
                 };
                 match last {
                     "order" => q.orders.push((path, parse_order(value)?)),
-                    "limit" => q.limits.push((path, parse_count("limit", value)?)),
+                    // A negative limit is PostgREST's 416 (checked with the range).
+                    "limit" => q.limits.push((path, parse_int("limit", value)?)),
                     "offset" => q.offsets.push((path, parse_count("offset", value)?)),
                     "or" | "and" | "not.or" | "not.and" => {
                         let negate = last.starts_with("not.");
@@ -200,6 +201,15 @@ pub fn parse(raw: &str, is_arg: &dyn Fn(&str) -> bool) -> Result<Query> {
         }
     }
     Ok(q)
+}
+
+fn parse_int(what: &str, value: &str) -> Result<i64> {
+    value.trim().parse::<i64>().map_err(|_| {
+        perr(
+            &format!("\"failed to parse {what} parameter\""),
+            format!("{value:?} is not an integer"),
+        )
+    })
 }
 
 fn parse_count(what: &str, value: &str) -> Result<i64> {
@@ -698,7 +708,7 @@ mod tests {
             "id=zz.1",
             "or=a.eq.1",
             "or=(a.eq.1",
-            "limit=-1",
+            "limit=x",
             "order=a.sideways",
             "id=is.maybe",
         ] {

@@ -681,3 +681,132 @@ async fn operators_ranges_arrays_fts_trilean() {
     }
     assert_err(&call(s.get("/tri?b=is.maybe")).await, 400, "PGRST100");
 }
+
+/// API → Pagination and Count: `limit`/`offset`, the `Range` header (GET
+/// only), `Prefer: count=…` on reads, rpc and writes, Content-Range, 206
+/// and 416 as PostgREST.
+#[tokio::test]
+async fn counts_and_ranges() {
+    let s = stack().await;
+    let exact = "count=exact";
+    let page = |q: &str| s.get(&format!("/items?select=id&order=id&{q}"));
+    let (st, h, v) = send(page("limit=5").header("Prefer", exact)).await;
+    assert_eq!(
+        (st.as_u16(), range(&h), ids(&v)),
+        (206, "0-4/30", vec![1, 2, 3, 4, 5])
+    );
+    assert_eq!(applied(&h), Some("count=exact"));
+    let (st, h, _) = send(page("").header("Prefer", exact)).await;
+    assert_eq!((st.as_u16(), range(&h)), (200, "0-29/30"));
+    // An offset at the end is an empty page; beyond it, 416.
+    let (st, h, v) = send(page("offset=30").header("Prefer", exact)).await;
+    assert_eq!((st.as_u16(), range(&h), v), (206, "*/30", json!([])));
+    let (st, h, v) = send(page("offset=31").header("Prefer", exact)).await;
+    assert_eq!(range(&h), "*/30");
+    assert_body(
+        &(st, v),
+        416,
+        json!({
+            "code": "PGRST103",
+            "message": "Requested range not satisfiable",
+            "details": "An offset of 31 was requested, but there are only 30 rows.",
+            "hint": null,
+        }),
+    );
+    let (st, h, v) = send(page("offset=31")).await;
+    assert_eq!((st.as_u16(), range(&h), v), (200, "*/*", json!([])));
+    // limit=0.
+    let (st, h, v) = send(page("limit=0").header("Prefer", exact)).await;
+    assert_eq!((st.as_u16(), range(&h), v), (206, "*/30", json!([])));
+    // Invalid ranges.
+    let bad = |details: &str| {
+        json!({
+            "code": "PGRST103",
+            "message": "Requested range not satisfiable",
+            "details": details,
+            "hint": null,
+        })
+    };
+    assert_body(
+        &call(page("limit=-1")).await,
+        416,
+        bad("Limit should be greater than or equal to zero."),
+    );
+    assert_body(
+        &call(page("").header("Range", "3-1")).await,
+        416,
+        bad(
+            "The lower boundary must be lower than or equal to the upper boundary in the Range header.",
+        ),
+    );
+    // The Range header intersects limit/offset; a malformed one is ignored.
+    let (st, h, v) = send(page("offset=2&limit=10").header("Range", "0-4")).await;
+    assert_eq!(
+        (st.as_u16(), range(&h), ids(&v)),
+        (200, "2-4/*", vec![3, 4, 5])
+    );
+    let (_, h, _) = send(page("").header("Range", "5-")).await;
+    assert_eq!(range(&h), "5-29/*");
+    let (_, h, _) = send(page("").header("Range", "items=0-1")).await;
+    assert_eq!(range(&h), "0-29/*");
+    // HEAD ignores Range (PostgREST reads it on GET only); count=planned is
+    // an exact count here (PostgREST asks the planner).
+    let (st, h, v) = send(
+        s.req(Method::HEAD, "/items")
+            .header("Range", "0-1")
+            .header("Prefer", "count=planned"),
+    )
+    .await;
+    assert_eq!((st.as_u16(), range(&h), v), (200, "0-29/30", Value::Null));
+    assert_eq!(applied(&h), Some("count=planned"));
+    // rpc: Range on GET only; counts.
+    let path = format!("/rpc/posts_by?author={ALICE}&select=id&order=id");
+    let (st, h, v) = send(
+        s.service(Method::GET, &path)
+            .header("Range", "0-0")
+            .header("Prefer", exact),
+    )
+    .await;
+    assert_eq!((st.as_u16(), range(&h), ids(&v)), (206, "0-0/2", vec![1]));
+    let (st, h, v) = send(
+        s.service(Method::POST, "/rpc/posts_by?select=id&order=id")
+            .header("Range", "0-0")
+            .header("Prefer", exact)
+            .json(&json!({"author": ALICE})),
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), range(&h), ids(&v)),
+        (200, "0-1/2", vec![1, 2])
+    );
+    // Writes.
+    let (st, h, _) = send(
+        s.req(Method::POST, "/items")
+            .header("Prefer", exact)
+            .json(&json!([{"id": 300, "name": "a"}, {"id": 301, "name": "b"}])),
+    )
+    .await;
+    assert_eq!((st.as_u16(), range(&h)), (201, "*/2"));
+    assert_eq!(applied(&h), Some("count=exact"));
+    let (st, h, _) = send(
+        s.req(Method::PATCH, "/items?id=lt.4")
+            .header("Prefer", exact)
+            .json(&json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!((st.as_u16(), range(&h)), (204, "0-2/3"));
+    let (st, h, _) = send(
+        s.req(Method::PATCH, "/items?id=eq.999")
+            .json(&json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!((st.as_u16(), range(&h)), (204, "*/*"));
+    let (st, h, _) = send(
+        s.req(Method::DELETE, "/items?id=gte.300")
+            .header("Prefer", exact),
+    )
+    .await;
+    assert_eq!((st.as_u16(), range(&h)), (204, "*/2"));
+    let (st, h, _) = send(s.req(Method::DELETE, "/items?id=gte.300")).await;
+    assert_eq!((st.as_u16(), range(&h)), (204, "*/*"));
+}
