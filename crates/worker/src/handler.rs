@@ -418,7 +418,6 @@ async fn context(
     };
     let singular = singular(headers)?;
     let prefer = prefer(headers);
-    prefer.check()?;
     let db = st.pools.get(&tenant);
     let schema = load_schema(st, &db, role == "anon").await?;
     Ok(Ctx {
@@ -954,6 +953,8 @@ async fn table_inner(
     let q = parse_query(uri, &|_| false)?;
     let mut ctx = context(st, method, uri, headers).await?;
     let table = lookup_table(st, &mut ctx, name).await?;
+    // After the resource is known (PostgREST plans it first).
+    ctx.prefer.check()?;
     match *method {
         Method::GET | Method::HEAD => {
             read(st, &ctx, &table, &q, headers, *method == Method::HEAD).await
@@ -1608,6 +1609,7 @@ async fn rpc_inner(
         q.args.iter().map(|(k, _)| k.clone()).collect()
     };
     let f = plan::pick_function(&ctx.schema, &ctx.db_schema, name, &given)?;
+    ctx.prefer.check()?;
     let read_only = !post || f.volatility != "v";
     let mut from = Sql::default();
     if post && !given.is_empty() {
