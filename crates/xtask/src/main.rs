@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_proxy;
+mod browser;
 mod checks;
 mod compose;
 mod e2e;
@@ -80,6 +81,10 @@ enum Task {
     /// VictoriaMetrics, vmagent, vmalert and Alertmanager on loopback; traffic,
     /// every dashboard query, ServiceDown, request IDs in logs, traces.
     Observability,
+    /// supabase-js in headless Chromium (Debian's `chromium`, driven by
+    /// playwright-core) from a page on one origin against madbase on
+    /// another: CORS as a browser sees it.
+    Browser,
     /// Pushes the four service images to an OCI registry with skopeo, under
     /// the commit SHA and the version, and writes the pushed digests.
     /// Credentials from REGISTRY_USER and REGISTRY_PASSWORD (stdin to skopeo,
@@ -183,11 +188,13 @@ fn main() -> Result<()> {
         Task::SqlxCheck => sqlx::check(),
         Task::SqlxPrepare => sqlx::regenerate(),
         Task::Observability => observability_live::run(),
+        Task::Browser => browser::run_task(),
     }
 }
 
 fn ci() -> Result<()> {
-    checks::ci()
+    checks::ci()?;
+    browser::run_task()
 }
 
 /// The one test the sandboxed nextest check skips.
