@@ -144,6 +144,33 @@ impl Prefer {
         self.count.is_some()
     }
 
+    /// How the count is computed: (exact count in the statement, its cap,
+    /// EXPLAIN too), per PostgREST: planned asks the planner; estimated
+    /// counts exactly up to max rows + 1 and asks the planner as well.
+    fn count_plan(&self, max_rows: Option<i64>) -> (bool, Option<i64>, bool) {
+        match self.count {
+            None => (false, None, false),
+            Some("count=planned") => (false, None, true),
+            Some("count=estimated") => (true, max_rows.map(|m| m.saturating_add(1)), true),
+            Some(_) => (true, None, false),
+        }
+    }
+
+    /// The total a response reports, from the exact count and the plan.
+    fn settle_count(&self, out: &mut Outcome, max_rows: Option<i64>) {
+        match self.count {
+            Some("count=planned") => out.total = out.planned,
+            Some("count=estimated") => {
+                if let Some(exact) = out.total
+                    && max_rows.is_none_or(|m| exact > m)
+                {
+                    out.total = Some(out.planned.map_or(exact, |p| p.max(exact)));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn representation(&self) -> bool {
         self.ret == Some(Return::Representation)
     }
@@ -444,6 +471,8 @@ struct Outcome {
     body: Bytes,
     /// Rows an upsert inserted (the statement's optional fourth column).
     inserted: Option<i64>,
+    /// The planner's row estimate of the count (`count=planned|estimated`).
+    planned: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -460,6 +489,7 @@ async fn execute(
     st: &AppState,
     ctx: &Ctx,
     sql: Sql,
+    explain: Option<Sql>,
     read_only: bool,
     kind: Kind,
     checks: Checks,
@@ -476,6 +506,7 @@ async fn execute(
         settings: ctx.settings.clone(),
         timeout: st.statement_timeout_ms.clone(),
         sql,
+        explain,
         read_only,
         kind,
         checks,
@@ -518,6 +549,8 @@ struct TxJob {
     settings: Arc<Settings>,
     timeout: Arc<str>,
     sql: Sql,
+    /// `EXPLAIN` of the count (`count=planned|estimated`), run after `sql`.
+    explain: Option<Sql>,
     read_only: bool,
     kind: Kind,
     checks: Checks,
@@ -645,7 +678,7 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
         }
     };
     let c = &conn.client;
-    let (b, s, r, end) = tokio::join!(
+    let (b, s, r, explained, end) = tokio::join!(
         async {
             if in_transaction {
                 return Ok(0);
@@ -664,6 +697,12 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
                 Kind::Affected => c.execute(&statement, &params).await.map(Got::Affected),
             }
         },
+        async {
+            let e = job.explain.as_ref()?;
+            let params: Vec<(&(dyn ToSql + Sync), Type)> =
+                e.args.iter().map(|a| (a.as_sql(), a.pg_type())).collect();
+            Some(c.query_typed(&e.text, &params).await)
+        },
         // A read's COMMIT goes with it; a write's waits (see above).
         async {
             if !job.read_only {
@@ -674,6 +713,11 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
     );
     // The first failure is the cause; the ones after it follow from it.
     let got = b.and(s).and(r);
+    let planned = match explained {
+        None => Ok(None),
+        Some(rows) => rows.map(|rows| plan_rows(&rows)),
+    };
+    let got = got.and_then(|g| planned.map(|p| (g, p)));
     let single = |o: Outcome| job.checks.check(o);
     if let Some(committed) = end {
         let got = got.map_err(pg)?;
@@ -734,9 +778,40 @@ async fn rollback(job: &TxJob, conn: &Conn, cause: Error) -> Error {
     }
 }
 
+/// The estimated rows of the top plan node of `EXPLAIN (FORMAT JSON)`.
+fn plan_rows(rows: &[tokio_postgres::Row]) -> Option<i64> {
+    let raw = rows.first()?.try_get::<_, Raw<'_>>(0).ok()?;
+    let v: Value = serde_json::from_slice(raw.0).ok()?;
+    let n = &v[0]["Plan"]["Plan Rows"];
+    #[allow(clippy::cast_possible_truncation)]
+    n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))
+}
+
+/// Any column's bytes as sent (EXPLAIN's `json`: its text).
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw<'a> {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
 /// The statement's result as an [`Outcome`]: `(total, page_total, body)` for
-/// rows, the row count for the rest.
-fn outcome(got: Got) -> Result<Outcome, tokio_postgres::Error> {
+/// rows, the row count for the rest; with the planned count when there is one.
+fn outcome((got, planned): (Got, Option<i64>)) -> Result<Outcome, tokio_postgres::Error> {
+    let mut o = outcome_of(got)?;
+    o.planned = planned;
+    Ok(o)
+}
+
+fn outcome_of(got: Got) -> Result<Outcome, tokio_postgres::Error> {
     Ok(match got {
         Got::Row(row) => Outcome {
             total: row.try_get::<_, Option<i64>>(0)?,
@@ -747,12 +822,14 @@ fn outcome(got: Got) -> Result<Outcome, tokio_postgres::Error> {
             } else {
                 None
             },
+            planned: None,
         },
         Got::Affected(n) => Outcome {
             total: None,
             page: i64::try_from(n).unwrap_or(i64::MAX),
             body: Bytes::new(),
             inserted: None,
+            planned: None,
         },
     })
 }
@@ -973,14 +1050,17 @@ async fn read(
     head: bool,
 ) -> Result<Response, Error> {
     let rng = top_range(headers, q, !head)?;
+    let (count, count_cap, explain) = ctx.prefer.count_plan(st.max_rows);
     let shape = Shape {
-        count: ctx.prefer.counts(),
+        count,
         singular: ctx.singular,
         no_body: head,
         inserted: false,
+        count_cap,
+        explain,
     };
     let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
-    let sql = planner.read(
+    let (sql, explain) = planner.read_counted(
         Source::Table(table.clone()),
         &Sql::default(),
         q,
@@ -988,7 +1068,17 @@ async fn read(
         st.max_rows,
         rng,
     )?;
-    let out = execute(st, ctx, sql, true, Kind::Rows, Checks::single(ctx.singular)).await?;
+    let mut out = execute(
+        st,
+        ctx,
+        sql,
+        explain,
+        true,
+        Kind::Rows,
+        Checks::single(ctx.singular),
+    )
+    .await?;
+    ctx.prefer.settle_count(&mut out, st.max_rows);
     let resp = read_response(ctx, rng.0, out, head);
     Ok(with_applied(resp, &ctx.prefer, Reported::default()))
 }
@@ -1155,9 +1245,9 @@ async fn write_and_respond(
                 ),
                 args: stmt.args,
             };
-            execute(st, ctx, sql, false, Kind::Rows, w.checks).await?
+            execute(st, ctx, sql, None, false, Kind::Rows, w.checks).await?
         } else {
-            execute(st, ctx, stmt, false, Kind::Affected, w.checks).await?
+            execute(st, ctx, stmt, None, false, Kind::Affected, w.checks).await?
         };
         return finish(respond(status_of(&out), JSON, Some(crange_of(&out)), None));
     }
@@ -1212,6 +1302,8 @@ async fn write_and_respond(
         singular: ctx.singular,
         no_body: false,
         inserted: w.merge,
+        count_cap: None,
+        explain: false,
     };
     let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
     let sql = planner.read(
@@ -1223,7 +1315,7 @@ async fn write_and_respond(
         (0, None),
     )?;
     cte.text.clear();
-    let out = execute(st, ctx, sql, false, Kind::Rows, w.checks).await?;
+    let out = execute(st, ctx, sql, None, false, Kind::Rows, w.checks).await?;
     let status = status_of(&out);
     if location {
         let mut resp = respond(status, JSON, Some(crange_of(&out)), None);
@@ -1643,15 +1735,18 @@ async fn rpc_inner(
         max_affected: ctx.prefer.max_affected(),
     };
     if let Some(columns) = f.columns.clone() {
+        let (count, count_cap, explain) = ctx.prefer.count_plan(st.max_rows);
         let shape = Shape {
-            count: ctx.prefer.counts(),
+            count,
             singular: ctx.singular || !f.returns_set,
             no_body: head,
             inserted: false,
+            count_cap,
+            explain,
         };
         let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
         let rng = top_range(headers, &q, *method == Method::GET)?;
-        let sql = planner.read(
+        let (sql, explain) = planner.read_counted(
             Source::Call {
                 columns,
                 name: f.name.clone(),
@@ -1662,7 +1757,8 @@ async fn rpc_inner(
             if f.returns_set { st.max_rows } else { None },
             rng,
         )?;
-        let out = execute(st, &ctx, sql, read_only, Kind::Rows, checks).await?;
+        let mut out = execute(st, &ctx, sql, explain, read_only, Kind::Rows, checks).await?;
+        ctx.prefer.settle_count(&mut out, st.max_rows);
         if !f.returns_set && !ctx.singular {
             let body = if out.body.is_empty() {
                 Bytes::from_static(b"null")
@@ -1681,7 +1777,16 @@ async fn rpc_inner(
     if f.returns_void {
         plan::push(&mut sql, "SELECT ");
         plan::push(&mut sql, &from.text);
-        let _ = execute(st, &ctx, sql, read_only, Kind::Affected, Checks::default()).await?;
+        let _ = execute(
+            st,
+            &ctx,
+            sql,
+            None,
+            read_only,
+            Kind::Affected,
+            Checks::default(),
+        )
+        .await?;
         return Ok(respond(StatusCode::NO_CONTENT, JSON, None, None));
     }
     if f.returns_set {
@@ -1703,7 +1808,7 @@ async fn rpc_inner(
         single: false,
         ..checks
     };
-    let out = execute(st, &ctx, sql, read_only, Kind::Rows, checks).await?;
+    let out = execute(st, &ctx, sql, None, read_only, Kind::Rows, checks).await?;
     Ok(respond(
         StatusCode::OK,
         JSON,
@@ -1715,6 +1820,71 @@ async fn rpc_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prefs(values: &[&str]) -> Prefer {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("prefer", HeaderValue::from_str(v).expect("ascii"));
+        }
+        prefer(&h)
+    }
+
+    #[test]
+    fn prefer_reads_like_postgrest() {
+        let p = prefs(&[
+            "count=exact, tx=rollback,return=minimal",
+            "count=planned, x=1, handling=strict",
+            "max-affected=7",
+        ]);
+        assert_eq!(p.count, Some("count=exact"));
+        assert_eq!(p.invalid, ["x=1"]);
+        assert_eq!(p.max_affected(), Some(7));
+        assert!(p.check().is_err());
+        let all = Reported {
+            resolution: true,
+            missing: true,
+            ret: true,
+            max_affected: true,
+        };
+        assert_eq!(
+            p.applied(all).expect("some"),
+            "return=minimal, count=exact, tx=rollback, handling=strict, max-affected=7"
+        );
+        // max-affected without handling=strict is neither used nor reported.
+        let p = prefs(&["max-affected=7"]);
+        assert_eq!((p.max_affected(), p.applied(all)), (None, None));
+        assert!(prefs(&["nope"]).check().is_ok());
+    }
+
+    #[test]
+    fn estimated_counts() {
+        let p = prefs(&["count=estimated"]);
+        assert_eq!(p.count_plan(Some(25)), (true, Some(26), true));
+        assert_eq!(p.count_plan(None), (true, None, true));
+        let out = |total, planned| Outcome {
+            total: Some(total),
+            page: 0,
+            body: Bytes::new(),
+            inserted: None,
+            planned: Some(planned),
+        };
+        // Under max rows: the exact count.
+        let mut o = out(10, 500);
+        p.settle_count(&mut o, Some(25));
+        assert_eq!(o.total, Some(10));
+        // Over it: the larger of the two.
+        let mut o = out(26, 500);
+        p.settle_count(&mut o, Some(25));
+        assert_eq!(o.total, Some(500));
+        let mut o = out(26, 3);
+        p.settle_count(&mut o, Some(25));
+        assert_eq!(o.total, Some(26));
+        let p = prefs(&["count=planned"]);
+        assert_eq!(p.count_plan(Some(25)), (false, None, true));
+        let mut o = out(0, 42);
+        p.settle_count(&mut o, None);
+        assert_eq!(o.total, Some(42));
+    }
 
     #[test]
     fn headers_json_keeps_the_last_value_and_escapes() {

@@ -179,6 +179,10 @@ pub struct Shape {
     pub no_body: bool,
     /// A fourth column: the rows an upsert inserted (`pgrst.inserted`).
     pub inserted: bool,
+    /// The exact count stops at this many rows (`count=estimated` with max rows).
+    pub count_cap: Option<i64>,
+    /// Also plan `EXPLAIN (FORMAT JSON)` of the count (`count=planned|estimated`).
+    pub explain: bool,
 }
 
 fn column_missing(table: &str, col: &str) -> Error {
@@ -430,6 +434,22 @@ impl<'a> Planner<'a> {
         max_rows: Option<i64>,
         range: (i64, Option<i64>),
     ) -> Result<Sql, Error> {
+        self.read_counted(source, from, query, shape, max_rows, range)
+            .map(|(sql, _)| sql)
+    }
+
+    /// [`Planner::read`], and with `shape.explain` the statement
+    /// `EXPLAIN (FORMAT JSON) SELECT 1 FROM … WHERE …` whose plan's row
+    /// estimate is PostgREST's planned count.
+    pub fn read_counted(
+        &mut self,
+        source: Source,
+        from: &Sql,
+        query: &Query,
+        shape: Shape,
+        max_rows: Option<i64>,
+        range: (i64, Option<i64>),
+    ) -> Result<(Sql, Option<Sql>), Error> {
         let mut node = self.node(source, query, "t0".to_owned())?;
         // Range header and limit/offset intersect.
         let offset = node.offset.unwrap_or(0).max(range.0);
@@ -456,10 +476,20 @@ impl<'a> Planner<'a> {
         sql.push("SELECT ");
         if shape.count {
             sql.push("(SELECT pg_catalog.count(*) FROM ");
-            sql.push(&from_clause);
-            sql.push(" AS \"t0\"");
-            write_where(&mut sql, &node, None)?;
-            sql.push(")");
+            if let Some(cap) = shape.count_cap {
+                sql.push("(SELECT 1 FROM ");
+                sql.push(&from_clause);
+                sql.push(" AS \"t0\"");
+                write_where(&mut sql, &node, None)?;
+                sql.push(" LIMIT ");
+                sql.bind(Arg::Int(cap));
+                sql.push(") _c)");
+            } else {
+                sql.push(&from_clause);
+                sql.push(" AS \"t0\"");
+                write_where(&mut sql, &node, None)?;
+                sql.push(")");
+            }
         } else {
             sql.push("NULL::bigint");
         }
@@ -477,7 +507,20 @@ impl<'a> Planner<'a> {
         sql.push(" FROM (");
         write_select(&mut sql, &node, &from_clause, None)?;
         sql.push(") _s");
-        Ok(sql)
+        let explain = if shape.explain {
+            let mut e = Sql {
+                text: String::with_capacity(128),
+                args: from.args.clone(),
+            };
+            e.push("EXPLAIN (FORMAT JSON) SELECT 1 FROM ");
+            e.push(&from_clause);
+            e.push(" AS \"t0\"");
+            write_where(&mut e, &node, None)?;
+            Some(e)
+        } else {
+            None
+        };
+        Ok((sql, explain))
     }
 }
 
