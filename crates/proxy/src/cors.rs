@@ -22,10 +22,11 @@
 
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
-use http::header::{ORIGIN, VARY};
+use std::convert::Infallible;
+
+use axum::extract::Request;
+use axum::response::{IntoResponse as _, Response};
+use http::header::VARY;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use tower::{Layer as _, ServiceExt as _};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer, ExposeHeaders};
@@ -106,21 +107,33 @@ fn layer(origins: &[String]) -> CorsLayer {
         .allow_credentials(true)
 }
 
-/// The middleware on the `/rest/v1` routes.
-pub(crate) async fn rest(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !req.headers().contains_key(ORIGIN) {
-        // Not a browser's cross-origin request: nothing to answer, nothing
-        // to look up (the hot path of server-side clients).
-        let mut resp = next.run(req).await;
-        resp.headers_mut().append(VARY, VARY_VALUE);
-        return resp;
-    }
-    let tenant = crate::forward::tenant_of(&state, &req);
+/// `resp` with the `Vary` of a CORS answer: a data API response to a
+/// request without `Origin` (not a browser's cross-origin request: nothing
+/// to answer, nothing to look up; the hot path of server-side clients).
+pub(crate) fn vary(mut resp: Response) -> Response {
+    resp.headers_mut().append(VARY, VARY_VALUE);
+    resp
+}
+
+/// Answers CORS for a data API request with `Origin` to `tenant` around
+/// `inner` (the forwarding): a preflight is answered here (204) without
+/// running `inner`; any other response of `inner`, errors included, gets
+/// the CORS headers. The tenant's own origins apply when it has some;
+/// unknown tenants and an unreachable control get the platform's (their
+/// errors must still be readable).
+pub(crate) async fn around<F, Fut>(
+    state: &AppState,
+    tenant: Option<&str>,
+    req: Request,
+    inner: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let info = match tenant {
-        Some(t) if madbase_platform::tenants::is_valid_id(&t) => {
-            // Unknown tenants and an unreachable control get the platform's
-            // policy: their errors must still be readable.
-            state.tenants.get(&t).await.ok().flatten()
+        Some(t) if madbase_platform::tenants::is_valid_id(t) => {
+            state.tenants.get(t).await.ok().flatten()
         }
         _ => None,
     };
@@ -128,8 +141,18 @@ pub(crate) async fn rest(State(state): State<AppState>, req: Request, next: Next
         .cors
         .policy(info.as_ref().and_then(|i| i.cors_origins.as_deref()));
     let preflight = req.method() == Method::OPTIONS;
-    let resp = policy.layer(next).oneshot(req).await;
-    let mut resp = match resp {
+    // tower-http calls the service once at most (never for a preflight).
+    let mut inner = Some(inner);
+    let service = tower::service_fn(move |req: Request| {
+        let inner = inner.take();
+        async move {
+            Ok::<_, Infallible>(match inner {
+                Some(inner) => inner(req).await,
+                None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            })
+        }
+    });
+    let mut resp = match policy.layer(service).oneshot(req).await {
         Ok(resp) => resp,
         Err(never) => match never {},
     };
@@ -153,7 +176,7 @@ mod tests {
             Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
         }));
         let req = http::Request::builder()
-            .header(ORIGIN, "https://a.example")
+            .header(http::header::ORIGIN, "https://a.example")
             .body(String::new())
             .expect("request");
         let resp = futures_lite(svc.oneshot(req));

@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, RETRY_AFTER, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, HOST, ORIGIN, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, RETRY_AFTER,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use http_body_util::Limited;
@@ -18,8 +18,8 @@ use madbase_platform::server::ConnectionState;
 use madbase_platform::{ApiError, client};
 use tower::Service as _;
 
-use crate::keys;
 use crate::{AppState, Upstream};
+use crate::{cors, keys};
 
 /// The header carrying the tenant to upstreams; only the proxy sets it.
 pub const TENANT_HEADER: &str = "x-madbase-tenant";
@@ -42,7 +42,17 @@ pub(crate) async fn by_path(
     let (tenant, _) = rest.split_once('/').unwrap_or((rest, ""));
     let tenant = tenant.to_owned();
     let prefix_len = "/t/".len() + tenant.len();
-    handle(state, tenant, prefix_len, peer, req).await
+    if !is_rest(upstream_path(req.uri(), prefix_len)) {
+        return handle(state, tenant, prefix_len, peer, req).await;
+    }
+    if !req.headers().contains_key(ORIGIN) {
+        return cors::vary(handle(state, tenant, prefix_len, peer, req).await);
+    }
+    let (s, t) = (state.clone(), tenant.clone());
+    cors::around(&state, Some(&tenant), req, move |req| {
+        handle(s, t, prefix_len, peer, req)
+    })
+    .await
 }
 
 /// `<tenant>.<domain>/…`
@@ -51,7 +61,27 @@ pub(crate) async fn by_host(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let Some(tenant) = host_tenant(&req, &state.config.domain) else {
+    let tenant = host_tenant(&req, &state.config.domain);
+    if !is_rest(req.uri().path()) {
+        return by_host_tenant(state, tenant, peer, req).await;
+    }
+    if !req.headers().contains_key(ORIGIN) {
+        return cors::vary(by_host_tenant(state, tenant, peer, req).await);
+    }
+    let (s, t) = (state.clone(), tenant.clone());
+    cors::around(&state, tenant.as_deref(), req, move |req| {
+        by_host_tenant(s, t, peer, req)
+    })
+    .await
+}
+
+async fn by_host_tenant(
+    state: AppState,
+    tenant: Option<String>,
+    peer: SocketAddr,
+    req: Request,
+) -> Response {
+    let Some(tenant) = tenant else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "tenant_not_found",
@@ -63,6 +93,11 @@ pub(crate) async fn by_host(
         .into_response();
     };
     handle(state, tenant, 0, peer, req).await
+}
+
+/// A data API path (after the tenant prefix): CORS is the proxy's to answer.
+fn is_rest(path: &str) -> bool {
+    path == "/rest/v1" || path.starts_with("/rest/v1/")
 }
 
 /// The tenant of a `<tenant>.<domain>` request.
@@ -80,15 +115,6 @@ fn host_tenant(req: &Request, domain: &str) -> Option<String> {
         .strip_suffix(&suffix)
         .filter(|t| !t.contains('.'))
         .map(str::to_owned)
-}
-
-/// The tenant a request names, by path prefix (`/t/<tenant>/…`) or host;
-/// not yet checked for its shape.
-pub(crate) fn tenant_of(state: &AppState, req: &Request) -> Option<String> {
-    match req.uri().path().strip_prefix("/t/") {
-        Some(rest) => Some(rest.split_once('/').map_or(rest, |(t, _)| t).to_owned()),
-        None => host_tenant(req, &state.config.domain),
-    }
 }
 
 fn request_host(req: &Request) -> Option<String> {
@@ -123,7 +149,7 @@ async fn handle(
     req: Request,
 ) -> Response {
     let path = upstream_path(req.uri(), prefix_len);
-    let upstream = if path == "/rest/v1" || path.starts_with("/rest/v1/") {
+    let upstream = if is_rest(path) {
         Upstream::Worker
     } else if path == "/functions/v1" || path.starts_with("/functions/v1/") {
         Upstream::Functions

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::middleware;
 use axum::routing::any;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hyper_util::client::legacy::Client;
@@ -254,13 +253,11 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         metrics: metrics::ProxyMetrics::new(&metrics),
         cors: cors::Cors::new(&config.cors_origins),
     });
-    // CORS wraps the data API's routes only: functions answer it themselves.
     let api = Router::new()
         .route("/t/{tenant}/rest/v1", any(forward::by_path))
         .route("/t/{tenant}/rest/v1/{*rest}", any(forward::by_path))
         .route("/rest/v1", any(forward::by_host))
         .route("/rest/v1/{*rest}", any(forward::by_host))
-        .route_layer(middleware::from_fn_with_state(state.clone(), cors::rest))
         .route("/t/{tenant}/functions/v1", any(forward::by_path))
         .route("/t/{tenant}/functions/v1/{*rest}", any(forward::by_path))
         .route("/functions/v1", any(forward::by_host))
