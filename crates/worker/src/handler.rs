@@ -34,6 +34,7 @@ struct Ctx {
     settings: Arc<Settings>,
     db_schema: String,
     singular: bool,
+    media: Media,
     prefer: Prefer,
 }
 
@@ -306,31 +307,71 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `Accept`: JSON arrays, or one object with `vnd.pgrst.object`; else 406.
-fn singular(headers: &HeaderMap) -> Result<bool, Error> {
+/// The response's media type, from `Accept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Media {
+    #[default]
+    Array,
+    /// `application/vnd.pgrst.array+json;nulls=stripped`
+    ArrayStripped,
+    /// `application/vnd.pgrst.object+json`
+    Object,
+    /// `application/vnd.pgrst.object+json;nulls=stripped`
+    ObjectStripped,
+    /// `text/csv`
+    Csv,
+}
+
+impl Media {
+    fn content_type(self) -> &'static str {
+        match self {
+            Media::Array => JSON,
+            Media::ArrayStripped => {
+                "application/vnd.pgrst.array+json;nulls=stripped; charset=utf-8"
+            }
+            Media::Object => OBJECT,
+            Media::ObjectStripped => {
+                "application/vnd.pgrst.object+json;nulls=stripped; charset=utf-8"
+            }
+            Media::Csv => "text/csv; charset=utf-8",
+        }
+    }
+
+    fn singular(self) -> bool {
+        matches!(self, Media::Object | Media::ObjectStripped)
+    }
+}
+
+/// `Accept`: the first media type the data API produces (JSON arrays, one
+/// object with `vnd.pgrst.object`, `nulls=stripped` variants, CSV); else 406.
+fn media(headers: &HeaderMap) -> Result<Media, Error> {
     let Some(accept) = header(headers, "accept") else {
-        return Ok(false);
+        return Ok(Media::Array);
     };
-    for media in accept.split(',') {
-        let m = media
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match m.as_str() {
-            "application/vnd.pgrst.object+json" | "application/vnd.pgrst.object" => {
-                return Ok(true);
-            }
-            ""
-            | "*/*"
-            | "application/*"
-            | "application/json"
-            | "application/vnd.pgrst.array+json"
-            | "application/vnd.pgrst.array" => {
-                return Ok(false);
-            }
-            _ => {}
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        let m = parts.next().unwrap_or("").trim();
+        let is = |s: &str| m.eq_ignore_ascii_case(s);
+        let mut stripped = || parts.any(|p| p.trim().eq_ignore_ascii_case("nulls=stripped"));
+        if is("application/vnd.pgrst.object+json") || is("application/vnd.pgrst.object") {
+            return Ok(if stripped() {
+                Media::ObjectStripped
+            } else {
+                Media::Object
+            });
+        }
+        if is("application/vnd.pgrst.array+json") || is("application/vnd.pgrst.array") {
+            return Ok(if stripped() {
+                Media::ArrayStripped
+            } else {
+                Media::Array
+            });
+        }
+        if is("text/csv") {
+            return Ok(Media::Csv);
+        }
+        if m.is_empty() || is("*/*") || is("application/*") || is("application/json") {
+            return Ok(Media::Array);
         }
     }
     Err(Error::api(
@@ -443,7 +484,8 @@ async fn context(
             ));
         }
     };
-    let singular = singular(headers)?;
+    let media = media(headers)?;
+    let singular = media.singular();
     let prefer = prefer(headers);
     let db = st.pools.get(&tenant);
     let schema = load_schema(st, &db, role == "anon").await?;
@@ -459,6 +501,7 @@ async fn context(
         }),
         db_schema,
         singular,
+        media,
         prefer,
     })
 }
@@ -1054,6 +1097,8 @@ async fn read(
     let shape = Shape {
         count,
         singular: ctx.singular,
+        strip_nulls: matches!(ctx.media, Media::ArrayStripped | Media::ObjectStripped),
+        csv: ctx.media == Media::Csv,
         no_body: head,
         inserted: false,
         count_cap,
@@ -1109,7 +1154,7 @@ fn read_response(ctx: &Ctx, offset: i64, out: Outcome, head: bool) -> Response {
             status = StatusCode::PARTIAL_CONTENT;
         }
     }
-    let ctype = if ctx.singular { OBJECT } else { JSON };
+    let ctype = ctx.media.content_type();
     respond(status, ctype, Some(crange), (!head).then_some(out.body))
 }
 
@@ -1300,6 +1345,8 @@ async fn write_and_respond(
     let shape = Shape {
         count: false,
         singular: ctx.singular,
+        strip_nulls: matches!(ctx.media, Media::ArrayStripped | Media::ObjectStripped),
+        csv: ctx.media == Media::Csv,
         no_body: false,
         inserted: w.merge,
         count_cap: None,
@@ -1326,7 +1373,7 @@ async fn write_and_respond(
         }
         return finish(resp);
     }
-    let ctype = if ctx.singular { OBJECT } else { JSON };
+    let ctype = ctx.media.content_type();
     let crange = crange_of(&out);
     finish(respond(status, ctype, Some(crange), Some(out.body)))
 }
@@ -1739,6 +1786,8 @@ async fn rpc_inner(
         let shape = Shape {
             count,
             singular: ctx.singular || !f.returns_set,
+            strip_nulls: matches!(ctx.media, Media::ArrayStripped | Media::ObjectStripped),
+            csv: ctx.media == Media::Csv,
             no_body: head,
             inserted: false,
             count_cap,

@@ -175,6 +175,10 @@ impl std::fmt::Debug for Planner<'_> {
 pub struct Shape {
     pub count: bool,
     pub singular: bool,
+    /// `nulls=stripped`: `json_strip_nulls` over the body.
+    pub strip_nulls: bool,
+    /// `text/csv`: a header line of the columns, then one line per row (PostgREST's format).
+    pub csv: bool,
     /// Only the row count matters (`return=minimal`/HEAD).
     pub no_body: bool,
     /// A fourth column: the rows an upsert inserted (`pgrst.inserted`).
@@ -496,8 +500,17 @@ impl<'a> Planner<'a> {
         sql.push(", pg_catalog.count(_s)");
         if shape.no_body {
             sql.push(", ''");
+        } else if shape.csv {
+            sql.push(
+                ", coalesce((SELECT string_agg(_k, ',') FROM json_object_keys(json_agg(_s) -> 0) AS _k), '') || E'\\n' || \
+                 coalesce(string_agg(substring(_s::text, 2, length(_s::text) - 2), E'\\n'), '')",
+            );
+        } else if shape.singular && shape.strip_nulls {
+            sql.push(", coalesce(json_strip_nulls(json_agg(_s) -> 0)::text, '')");
         } else if shape.singular {
             sql.push(", coalesce((json_agg(_s) -> 0)::text, '')");
+        } else if shape.strip_nulls {
+            sql.push(", coalesce(json_strip_nulls(json_agg(_s)), '[]')::text");
         } else {
             sql.push(", coalesce(json_agg(_s), '[]')::text");
         }

@@ -829,3 +829,76 @@ async fn counts_and_ranges() {
     let (st, h, _) = send(s.req(Method::DELETE, "/items?id=gte.300")).await;
     assert_eq!((st.as_u16(), range(&h)), (204, "*/*"));
 }
+
+/// API → Media type handling: `nulls=stripped`, `text/csv`, unknown types.
+#[tokio::test]
+async fn media_types() {
+    let s = stack().await;
+    // nulls=stripped: null members are left out.
+    let stripped = "application/vnd.pgrst.array+json;nulls=stripped";
+    let (st, h, v) = send(
+        s.get("/tri?select=id,b,n&order=id")
+            .header("Accept", stripped),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        v,
+        json!([{"id": 1, "b": true, "n": 1}, {"id": 2, "b": false}, {"id": 3, "n": 3}])
+    );
+    assert_eq!(
+        h["content-type"],
+        "application/vnd.pgrst.array+json;nulls=stripped; charset=utf-8"
+    );
+    let (st, h, v) = send(
+        s.get("/tri?select=id,b,n&id=eq.3")
+            .header("Accept", "application/vnd.pgrst.object+json;nulls=stripped"),
+    )
+    .await;
+    assert_eq!((st.as_u16(), v), (200, json!({"id": 3, "n": 3})));
+    assert_eq!(
+        h["content-type"],
+        "application/vnd.pgrst.object+json;nulls=stripped; charset=utf-8"
+    );
+    // Plain JSON keeps them.
+    let (_, v) = call(s.get("/tri?select=id,b&id=eq.3")).await;
+    assert_eq!(v, json!([{"id": 3, "b": null}]));
+    // CSV: a header line, then one line per row in Postgres' record format.
+    let resp = s
+        .get("/items?select=id,name,price&id=lte.3&order=id")
+        .header("Accept", "text/csv")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(
+        resp.text().await.expect("body"),
+        "id,name,price\n1,\"item 1\",1.5\n2,\"item 2\",3.0\n3,\"item 3\",4.5"
+    );
+    let resp = s
+        .get("/items?select=id&id=gt.1000")
+        .header("Accept", "text/csv")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.text().await.expect("body"), "\n");
+    // The first acceptable type wins; unknown ones alone are 406.
+    let (st, h, _) = send(
+        s.get("/items?id=eq.1")
+            .header("Accept", "text/xml, text/csv;q=0.5"),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(h["content-type"], "text/csv; charset=utf-8");
+    assert_body(
+        &call(s.get("/items").header("Accept", "text/xml")).await,
+        406,
+        json!({
+            "code": "PGRST107",
+            "message": "None of these media types are available: text/xml",
+            "details": null,
+            "hint": null,
+        }),
+    );
+}

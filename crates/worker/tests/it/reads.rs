@@ -241,7 +241,7 @@ async fn pages_counts_and_singular() {
         "PGRST116",
     );
     assert_err(
-        &call(s.get("/items").header("Accept", "text/csv")).await,
+        &call(s.get("/items").header("Accept", "text/xml")).await,
         406,
         "PGRST107",
     );
