@@ -63,8 +63,12 @@ const allowedOrigins = new Set([`http://127.0.0.1:${pagePort}`, `http://127.0.0.
 const browser = await chromium.launch({
   executablePath,
   headless: true,
-  // CI runs as root, where Chromium's sandbox cannot start.
-  args: process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : [],
+  // CI runs as root, where Chromium's sandbox cannot start; containers
+  // often have a tiny /dev/shm.
+  args: [
+    '--disable-dev-shm-usage',
+    ...(process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : []),
+  ],
 })
 const pages = [
   { name: 'allowed', origin: `http://127.0.0.1:${pagePort}`, expect: 'ok' },
