@@ -249,17 +249,15 @@ async fn create_provisions_database_roles_and_keys() {
         "{check}"
     );
     // The authenticator connects to its own database only; anon cannot connect at all.
-    let auth_url = format!(
-        "{}/{}",
-        c.db.server.url_for("").trim_end_matches('/').replacen(
-            "postgres@",
-            &format!(
-                "{}:{}@",
-                info.authenticator_user, info.authenticator_password
-            ),
-            1
+    // url_for keeps the server's query (`?host=/socket/dir` when Postgres is
+    // on a unix socket, as in the Nix check): the database goes before it.
+    let auth_url = c.db.server.url_for(&info.database).replacen(
+        "postgres@",
+        &format!(
+            "{}:{}@",
+            info.authenticator_user, info.authenticator_password
         ),
-        info.database
+        1,
     );
     assert_eq!(
         psql_url(&auth_url, "SELECT current_user").expect("authenticator connects"),

@@ -142,7 +142,7 @@ pub fn tracked() -> Result<Vec<String>> {
 // `cargo xtask ci`.
 
 /// The runners `cargo xtask ci` knows, by the `xtask` name of a check.
-pub const RUNNERS: [&str; 9] = [
+pub const RUNNERS: [&str; 10] = [
     "sandbox",
     "lint-workflows",
     "flake",
@@ -152,6 +152,7 @@ pub const RUNNERS: [&str; 9] = [
     "images",
     "observability",
     "e2e",
+    "browser",
 ];
 
 fn run_runner(name: &str) -> Result<()> {
@@ -165,6 +166,7 @@ fn run_runner(name: &str) -> Result<()> {
         "images" => crate::images::build().map(drop),
         "observability" => crate::observability_live::run(),
         "e2e" => crate::e2e::run(),
+        "browser" => crate::browser::run_task(),
         other => bail!("{FILE}: no runner {other:?} in cargo xtask (known: {RUNNERS:?})"),
     }
 }

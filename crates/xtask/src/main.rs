@@ -193,22 +193,12 @@ fn main() -> Result<()> {
 }
 
 fn ci() -> Result<()> {
-    checks::ci()?;
-    browser::run_task()
+    checks::ci()
 }
 
 /// The one test the sandboxed nextest check skips.
 fn js_compat() -> Result<()> {
-    step("@supabase/postgrest-js compatibility");
-    run(Command::new("cargo").args([
-        "nextest",
-        "run",
-        "--locked",
-        "-p",
-        "madbase-worker",
-        "-E",
-        "test(postgrest_js_compatibility)",
-    ]))
+    sandbox::js_compat()
 }
 
 fn lint() -> Result<()> {

@@ -82,6 +82,8 @@ struct Plan {
     postgres: bool,
     script: String,
     env: Vec<(String, String)>,
+    /// Only for `js-compat` (`npm ci`): no network namespace.
+    network: bool,
 }
 
 /// `cargo xtask sandbox [CHECK…]`.
@@ -140,6 +142,39 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask js-compat`: the `@supabase/postgrest-js` test, the one the
+/// nextest check skips, replayed like the others but with the network on for
+/// its `npm ci` (sharing their target directory, so nothing is rebuilt).
+pub fn js_compat() -> Result<()> {
+    preflight()?;
+    let declaration = Declaration::load()?;
+    let check = declaration
+        .check
+        .iter()
+        .find(|c| c.name == "js-compat")
+        .context("nix/checks.toml declares no js-compat check")?;
+    vendor()?;
+    let plan = Plan {
+        name: check.name.clone(),
+        root: root(),
+        files: declaration.expand(&check.fileset, &tracked()?)?,
+        programs: programs_of(&declaration, check)?,
+        cargo: true,
+        postgres: check.needs.iter().any(|n| n == "postgres"),
+        script:
+            "cargo nextest run --locked -p madbase-worker -E 'test(postgrest_js_compatibility)'"
+                .to_owned(),
+        env: Vec::new(),
+        network: true,
+    };
+    step("sandbox (with network): js-compat");
+    ensure!(
+        replay(&plan)?,
+        "the postgrest-js compatibility test failed (see above)"
+    );
+    Ok(())
+}
+
 /// The replay of each check with a nix builder, from the declaration.
 fn plans(declaration: &Declaration, tracked: &[String]) -> Result<Vec<Plan>> {
     let mut out = Vec::new();
@@ -184,6 +219,7 @@ fn plans(declaration: &Declaration, tracked: &[String]) -> Result<Vec<Plan>> {
             postgres: check.needs.iter().any(|n| n == "postgres"),
             script,
             env,
+            network: false,
         });
     }
     Ok(out)
@@ -358,6 +394,10 @@ fn replay(plan: &Plan) -> Result<bool> {
         ("SQLX_OFFLINE".into(), "true".into()),
         ("LANG".into(), "C.UTF-8".into()),
         ("TERM".into(), "dumb".into()),
+        (
+            "npm_config_cache".into(),
+            dir.join("tmp/npm-cache").display().to_string(),
+        ),
     ];
     env.extend(plan.env.iter().cloned());
     let mut script = String::from("set -eu\ncd \"$NIX_BUILD_TOP/source\"\n");
@@ -376,7 +416,10 @@ fn replay(plan: &Plan) -> Result<bool> {
 
     // As root in the new namespaces: loopback up, the mounts, then the
     // build user with the builder's environment only.
-    let mut outer = String::from("set -eu\n/usr/sbin/ip link set lo up\n");
+    let mut outer = String::from("set -eu\n");
+    if !plan.network {
+        outer.push_str("/usr/sbin/ip link set lo up\n");
+    }
     let mut all_mounts: Vec<(PathBuf, PathBuf)> = mounts.into_iter().collect();
     all_mounts.extend(toolchain_mount);
     for (from, to) in &all_mounts {
@@ -397,8 +440,14 @@ fn replay(plan: &Plan) -> Result<bool> {
             .join(" "),
         script = script_file.display()
     ));
+    let namespaces: &[&str] = if plan.network {
+        &["--mount"]
+    } else {
+        &["--mount", "--net"]
+    };
     let status = Command::new("unshare")
-        .args(["--mount", "--net", "--fork", "--", "/bin/sh", "-c", &outer])
+        .args(namespaces)
+        .args(["--fork", "--", "/bin/sh", "-c", &outer])
         .current_dir(&dir)
         .status()
         .context("cannot start unshare")?;
@@ -482,6 +531,7 @@ pub fn self_test() -> Result<()> {
             postgres: false,
             script: script.clone(),
             env: Vec::new(),
+            network: false,
         };
         let inside = replay(&plan)?;
         let _ = std::fs::remove_dir_all(Path::new(BASE).join("checks").join(&plan.name));
