@@ -191,6 +191,20 @@ impl IntoResponse for Error {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static(JSON_UTF8),
         );
+        if api.status == StatusCode::UNAUTHORIZED {
+            // PostgREST: a refused token names the error; otherwise a token is required.
+            let value = if api.code == "PGRST301" {
+                let described = serde_json::to_string(&api.message).unwrap_or_default();
+                http::HeaderValue::from_str(&format!(
+                    "Bearer error=\"invalid_token\", error_description={described}"
+                ))
+                .unwrap_or(http::HeaderValue::from_static("Bearer"))
+            } else {
+                http::HeaderValue::from_static("Bearer")
+            };
+            resp.headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, value);
+        }
         resp
     }
 }

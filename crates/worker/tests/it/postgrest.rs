@@ -542,6 +542,20 @@ async fn error_bodies() {
     assert_eq!(v.as_object().expect("object").len(), 4, "{v}");
     assert_eq!(v["code"], "23505");
 
+    // 401s say how to authenticate, as PostgREST.
+    let (st, h, _) = send(s.get("/secrets")).await;
+    assert_eq!(st, 401);
+    assert_eq!(h["www-authenticate"], "Bearer");
+    let (st, h, v) = send(s.get("/items").header("authorization", "Bearer not.a.jwt")).await;
+    assert_eq!((st.as_u16(), &v["code"]), (401, &json!("PGRST301")));
+    assert_eq!(
+        h["www-authenticate"].to_str().expect("ascii"),
+        format!(
+            "Bearer error=\"invalid_token\", error_description={}",
+            v["message"]
+        )
+    );
+
     let obj = "application/vnd.pgrst.object+json";
     for (q, n) in [("id=lt.4", 3), ("id=eq.999", 0)] {
         assert_body(
