@@ -87,7 +87,7 @@ async fn functions() -> (SocketAddr, Seen) {
 }
 
 struct Stack {
-    _control: Served,
+    control: Option<Served>,
     control_url: String,
     worker: Option<Served>,
     proxy: Served,
@@ -125,7 +125,7 @@ impl Stack {
         let tenant = Tenant::create(&http, &control_url, "cors").await;
         tenant.sql(&http, &control_url, FIXTURE).await;
         Stack {
-            _control: control,
+            control: Some(control),
             control_url,
             worker: Some(worker),
             proxy,
@@ -360,7 +360,7 @@ async fn preflight_is_answered_without_a_key() {
     r.assert_vary("no origin");
 }
 
-/// Every status the proxy itself answers (401, 404, 413, 429, 502, 504)
+/// Every status the proxy itself answers (401, 404, 413, 429, 502, 503, 504)
 /// and the worker's own errors and successes carry the CORS headers, so a
 /// page can read them; `count=exact`'s `Content-Range` is exposed.
 #[tokio::test(flavor = "multi_thread")]
@@ -463,6 +463,18 @@ async fn every_response_is_readable() {
     let r = Reply::of(s.get("/rest/v1/notes", origin)).await;
     r.assert_error(502, "upstream_unavailable", "worker stopped");
     r.assert_readable("*", "502");
+
+    // Control down and the tenant never seen: 503, readable too.
+    s.control.take().expect("control").stop().await;
+    let r = Reply::of(
+        s.http
+            .get(format!("{}/t/never-seen/rest/v1/notes", s.proxy.url()))
+            .header("origin", origin)
+            .header("apikey", &s.tenant.anon_key),
+    )
+    .await;
+    r.assert_error(503, "tenant_lookup_failed", "control down");
+    r.assert_readable("*", "503");
 }
 
 /// An explicit list: a listed origin is answered by name with credentials;
