@@ -179,7 +179,7 @@ mod tests {
             .header(http::header::ORIGIN, "https://a.example")
             .body(String::new())
             .expect("request");
-        let resp = futures_lite(svc.oneshot(req));
+        let resp = block_on(svc.oneshot(req));
         assert_eq!(resp.headers()["access-control-allow-origin"], "*");
         assert!(
             !resp
@@ -188,7 +188,7 @@ mod tests {
         );
     }
 
-    fn futures_lite<F: std::future::Future<Output = Result<T, std::convert::Infallible>>, T>(
+    fn block_on<F: std::future::Future<Output = Result<T, std::convert::Infallible>>, T>(
         f: F,
     ) -> T {
         let rt = tokio::runtime::Builder::new_current_thread()
