@@ -132,12 +132,20 @@ fn preflight() -> Result<()> {
         "cargo xtask sandbox needs root (mount and network namespaces, a build user); run it as root, as `bash .ci/run` does"
     );
     let probe = Command::new("unshare")
-        .args(["--mount", "--net", "--fork", "--", "true"])
+        .args([
+            "--mount",
+            "--pid",
+            "--mount-proc",
+            "--net",
+            "--fork",
+            "--",
+            "true",
+        ])
         .status()
         .context("cannot start unshare (util-linux)")?;
     ensure!(
         probe.success(),
-        "the kernel refuses new mount/network namespaces (unshare --mount --net): the sandbox cannot be rehearsed here"
+        "the kernel refuses new mount, PID or network namespaces (unshare --mount --pid --net): the sandbox cannot be rehearsed here"
     );
     Ok(())
 }
@@ -403,9 +411,10 @@ fn replay(plan: &Plan) -> Result<bool> {
     let mut script = String::from("set -eu\ncd \"$NIX_BUILD_TOP/source\"\n");
     if plan.postgres {
         script.push_str(START_POSTGRES);
+        // Stopped on failure too (the PID namespace is the backstop).
+        script.push_str(&format!("trap '{}' EXIT\n", STOP_POSTGRES.trim()));
         script.push_str(&plan.script);
         script.push('\n');
-        script.push_str(STOP_POSTGRES);
     } else {
         script.push_str(&plan.script);
         script.push('\n');
@@ -440,10 +449,12 @@ fn replay(plan: &Plan) -> Result<bool> {
             .join(" "),
         script = script_file.display()
     ));
+    // A PID namespace too: when the builder exits, the kernel ends every
+    // process it left (a Postgres after a failed check), as Nix does.
     let namespaces: &[&str] = if plan.network {
-        &["--mount"]
+        &["--mount", "--pid", "--mount-proc"]
     } else {
-        &["--mount", "--net"]
+        &["--mount", "--pid", "--mount-proc", "--net"]
     };
     let status = Command::new("unshare")
         .args(namespaces)
