@@ -53,6 +53,8 @@ struct Settings {
     method: String,
     path: String,
     headers: String,
+    /// `Prefer: timezone=` (a zone Postgres knows), set for the transaction.
+    timezone: Option<String>,
 }
 
 /// `request.headers`: a JSON object of the headers whose values are visible
@@ -128,6 +130,10 @@ struct Prefer {
     /// `handling=strict` (true) / `handling=lenient` (false).
     strict: Option<bool>,
     max_affected: Option<i64>,
+    /// `timezone=…`: the first one's value (used when Postgres knows it).
+    timezone: Option<String>,
+    /// Every `timezone=` item (all invalid when the first is unknown).
+    timezone_items: Vec<String>,
     invalid: Vec<String>,
 }
 
@@ -185,6 +191,17 @@ impl Prefer {
         self.max_affected.filter(|_| self.strict == Some(true))
     }
 
+    /// Keeps `timezone=` when Postgres knows the zone (`pg_timezone_names`);
+    /// otherwise every `timezone=` item is an invalid preference.
+    fn resolve_timezone(&mut self, schema: &Schema) {
+        if let Some(tz) = &self.timezone
+            && !schema.timezones.contains(tz)
+        {
+            self.timezone = None;
+            self.invalid.append(&mut self.timezone_items);
+        }
+    }
+
     /// PGRST122 when there are invalid preferences and `handling=strict`.
     fn check(&self) -> Result<(), Error> {
         if self.strict == Some(true) && !self.invalid.is_empty() {
@@ -201,6 +218,8 @@ impl Prefer {
     /// `Preference-Applied`, in PostgREST's order.
     fn applied(&self, r: Reported) -> Option<HeaderValue> {
         let mut items: [Option<&str>; 8] = [None; 8];
+        let tz = self.timezone.as_ref().map(|t| format!("timezone={t}"));
+        items[6] = tz.as_deref();
         if r.resolution {
             items[0] = self.resolution.map(|x| match x {
                 Resolution::Merge => "resolution=merge-duplicates",
@@ -235,7 +254,7 @@ impl Prefer {
         } else {
             None
         };
-        items[6] = max.as_deref();
+        items[7] = max.as_deref();
         let mut out = String::new();
         for item in items.iter().flatten() {
             if !out.is_empty() {
@@ -275,6 +294,13 @@ fn prefer(headers: &HeaderMap) -> Prefer {
                 "missing=null" => set(&mut p.missing_default, false),
                 "handling=strict" => set(&mut p.strict, true),
                 "handling=lenient" => set(&mut p.strict, false),
+                _ if item.starts_with("timezone=") => {
+                    if p.timezone.is_none() {
+                        p.timezone = Some(item["timezone=".len()..].to_owned());
+                    }
+                    p.timezone_items.push(item.to_owned());
+                    true
+                }
                 _ => match item.strip_prefix("max-affected=") {
                     // Like PostgREST: any `max-affected=` item is not
                     // invalid; the first that is a number is used.
@@ -489,6 +515,10 @@ async fn context(
     let prefer = prefer(headers);
     let db = st.pools.get(&tenant);
     let schema = load_schema(st, &db, role == "anon").await?;
+    let mut prefer = prefer;
+    if prefer.timezone.is_some() {
+        prefer.resolve_timezone(&schema);
+    }
     Ok(Ctx {
         db,
         schema,
@@ -498,6 +528,7 @@ async fn context(
             method: method.as_str().to_owned(),
             path: uri.path().to_owned(),
             headers: headers_json(headers),
+            timezone: prefer.timezone.clone(),
         }),
         db_schema,
         singular,
@@ -706,12 +737,13 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
         Some(s) => s,
         None => {
             let c = &conn.client;
-            let (b, s, p) = tokio::join!(
+            let (b, s, z, p) = tokio::join!(
                 c.execute(&begin, &[]),
                 c.execute(&conn.set_config, &settings),
+                set_timezone(c, set),
                 c.prepare_typed(&sql.text, &types),
             );
-            match b.and(s).and(p) {
+            match b.and(s).and(z).and(p) {
                 Ok(p) => {
                     conn.keep(&sql.text, p.clone());
                     p
@@ -721,7 +753,7 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
         }
     };
     let c = &conn.client;
-    let (b, s, r, explained, end) = tokio::join!(
+    let (b, s, z, r, explained, end) = tokio::join!(
         async {
             if in_transaction {
                 return Ok(0);
@@ -733,6 +765,12 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
                 return Ok(0);
             }
             c.execute(&conn.set_config, &settings).await
+        },
+        async {
+            if in_transaction {
+                return Ok(0);
+            }
+            set_timezone(c, set).await
         },
         async {
             match job.kind {
@@ -755,7 +793,7 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
         },
     );
     // The first failure is the cause; the ones after it follow from it.
-    let got = b.and(s).and(r);
+    let got = b.and(s).and(z).and(r);
     let planned = match explained {
         None => Ok(None),
         Some(rows) => rows.map(|rows| plan_rows(&rows)),
@@ -800,6 +838,25 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
                 "The connection was lost during COMMIT; the write may or may not have been applied.",
             ))
         }
+    }
+}
+
+/// `Prefer: timezone=`: the zone for this transaction (sent after the other
+/// settings, before the statement; nothing when there is none).
+async fn set_timezone(
+    c: &tokio_postgres::Client,
+    set: &Settings,
+) -> Result<u64, tokio_postgres::Error> {
+    match &set.timezone {
+        None => Ok(0),
+        // Unprepared, in one message batch, so it stays in pipeline order.
+        Some(tz) => c
+            .query_typed(
+                "SELECT set_config('timezone', $1, true)",
+                &[(tz, Type::TEXT)],
+            )
+            .await
+            .map(|_| 1),
     }
 }
 

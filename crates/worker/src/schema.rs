@@ -98,6 +98,8 @@ struct Raw {
     tables: Vec<Table>,
     fks: Vec<ForeignKey>,
     functions: Vec<RawFunction>,
+    #[serde(default)]
+    timezones: std::collections::HashSet<String>,
 }
 
 /// Everything the worker knows about a tenant database.
@@ -106,6 +108,8 @@ pub struct Schema {
     tables: BySchema<Arc<Table>>,
     pub fks: Vec<ForeignKey>,
     functions: BySchema<Vec<Arc<Function>>>,
+    /// `pg_timezone_names`: the values `Prefer: timezone=` accepts.
+    pub timezones: std::collections::HashSet<String>,
 }
 
 /// By schema, then by name: a lookup borrows the names, no allocation.
@@ -195,6 +199,7 @@ impl Schema {
         Schema {
             tables,
             fks: raw.fks,
+            timezones: raw.timezones,
             functions,
         }
     }
@@ -230,6 +235,7 @@ SELECT json_build_object(
     JOIN pg_class cl ON cl.oid = con.conrelid JOIN pg_namespace ns ON ns.oid = cl.relnamespace
     JOIN pg_class cf ON cf.oid = con.confrelid JOIN pg_namespace nf ON nf.oid = cf.relnamespace
     WHERE con.contype = 'f' AND ns.nspname = ANY($1) AND nf.nspname = ANY($1)), '[]'),
+  'timezones', (SELECT coalesce(json_agg(name), '[]') FROM pg_timezone_names),
   'functions', coalesce((
     SELECT json_agg(json_build_object(
       'schema', n.nspname,

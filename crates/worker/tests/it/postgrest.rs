@@ -26,6 +26,8 @@ INSERT INTO ranges VALUES
   (2, '[5,10)', '[2020-02-01,2020-03-01)', '{3,4}', 'Lazy dogs sleep all day', to_tsvector('english', 'Lazy dogs sleep all day')),
   (3, '[20,30)', NULL, '{}', 'quick thinking saves the day', to_tsvector('english', 'quick thinking saves the day')),
   (4, NULL, NULL, NULL, NULL, NULL);
+CREATE TABLE events (id int PRIMARY KEY, at timestamptz);
+INSERT INTO events VALUES (1, '2020-01-01 00:00:00+00');
 CREATE TABLE tri (id int PRIMARY KEY, b boolean, n int);
 INSERT INTO tri VALUES (1, true, 1), (2, false, NULL), (3, NULL, 3);
 CREATE FUNCTION bump(n int) RETURNS int LANGUAGE sql VOLATILE AS
@@ -914,5 +916,59 @@ async fn media_types() {
             "details": null,
             "hint": null,
         }),
+    );
+}
+
+/// Prefer header → `timezone=`: a zone Postgres knows is set for the
+/// transaction and reported; an unknown one is an invalid preference.
+#[tokio::test]
+async fn prefer_timezone() {
+    let s = stack().await;
+    let (st, h, v) = send(
+        s.get("/events?select=at")
+            .header("Prefer", "timezone=America/Los_Angeles, handling=strict"),
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), v),
+        (200, json!([{"at": "2019-12-31T16:00:00-08:00"}]))
+    );
+    assert_eq!(
+        applied(&h),
+        Some("handling=strict, timezone=America/Los_Angeles")
+    );
+    // Without it, the server's zone (UTC for the test cluster) applies.
+    let (_, v) = call(s.get("/events?select=at")).await;
+    assert_eq!(v, json!([{"at": "2020-01-01T00:00:00+00:00"}]));
+    assert_body(
+        &call(
+            s.get("/events")
+                .header("Prefer", "handling=strict, timezone=Nowhere/Atlantis"),
+        )
+        .await,
+        400,
+        json!({
+            "code": "PGRST122",
+            "message": "Invalid preferences given with handling=strict",
+            "details": "Invalid preferences: timezone=Nowhere/Atlantis",
+            "hint": null,
+        }),
+    );
+    let (st, h, _) = send(
+        s.get("/events")
+            .header("Prefer", "timezone=Nowhere/Atlantis"),
+    )
+    .await;
+    assert_eq!((st.as_u16(), applied(&h)), (200, None));
+    // Writes see it too.
+    let (st, v) = call(
+        s.service(Method::PATCH, "/events?id=eq.1&select=at")
+            .header("Prefer", "timezone=Asia/Tokyo, return=representation")
+            .json(&json!({"at": "2020-01-01 09:00:00"})),
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), v),
+        (200, json!([{"at": "2020-01-01T09:00:00+09:00"}]))
     );
 }
