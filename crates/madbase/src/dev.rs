@@ -138,7 +138,9 @@ async fn serve(data_dir: &Path, vars: HashMap<String, String>) -> anyhow::Result
             }
         }
     }
-    let secret = vars.get("JWT_SECRET").cloned().unwrap_or_default();
+    // The secret the services use: the environment's when set, as for
+    // every other variable.
+    let secret = Overlay(vars.clone()).get("JWT_SECRET").unwrap_or_default();
     let data_dir = data_dir.to_owned();
     let url_of = |service: Service| {
         configs

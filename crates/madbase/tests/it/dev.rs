@@ -117,7 +117,11 @@ fn dev_runs_the_platform_and_keeps_its_data() {
         ));
     }
 
-    let dev = start(&data_dir, &ports);
+    // A JWT_SECRET from the environment wins over the generated one, for the
+    // services and for the admin token dev signs to create the demo tenant.
+    let mut env = ports.clone();
+    env.push(("JWT_SECRET".to_owned(), "e".repeat(48)));
+    let dev = start(&data_dir, &env);
     let banner = dev.text();
     assert!(
         banner.contains("initialising Postgres"),
@@ -165,7 +169,7 @@ fn dev_runs_the_platform_and_keeps_its_data() {
     );
 
     // Second start: no initdb, same secrets, the rows are still there.
-    let dev = start(&data_dir, &ports);
+    let dev = start(&data_dir, &env);
     assert!(
         !dev.text().contains("initialising Postgres"),
         "{}",
