@@ -89,28 +89,7 @@ enum Task {
     /// the commit SHA and the version, and writes the pushed digests.
     /// Credentials from REGISTRY_USER and REGISTRY_PASSWORD (stdin to skopeo,
     /// auth file removed afterwards).
-    Push {
-        /// `HOST[:PORT]/NAMESPACE`; images go to `<registry>/<service>`.
-        #[arg(long)]
-        registry: String,
-        /// The directory holding `<service>.tar` docker-archives (default:
-        /// build them with `cargo xtask images` into target/images).
-        #[arg(long)]
-        images: Option<PathBuf>,
-        /// Where the pushed digests go (JSON).
-        #[arg(long, default_value = "target/images/pushed.json")]
-        digests_file: PathBuf,
-        /// Also write a compose override pinning every service by digest.
-        #[arg(long)]
-        compose_override: Option<PathBuf>,
-        /// A directory of CA certificates (`*.crt`) for the registry.
-        #[arg(long)]
-        cert_dir: Option<PathBuf>,
-        /// Verify the registry's TLS certificate (`false` only for a
-        /// plain-HTTP registry on loopback).
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-        tls_verify: bool,
-    },
+    Push(push::PushCli),
     /// Replays each check `nix flake check` builds the way the Nix builder
     /// runs it: the declared fileset only, the declared tools only, no
     /// network, an unprivileged user with no HOME, offline vendored crates.
@@ -160,31 +139,7 @@ fn main() -> Result<()> {
         Task::E2e => e2e::run(),
         Task::Sandbox { checks } => sandbox::run(&checks),
         Task::JsCompat => js_compat(),
-        Task::Push {
-            registry,
-            images,
-            digests_file,
-            compose_override,
-            cert_dir,
-            tls_verify,
-        } => {
-            let images = match images {
-                Some(dir) => dir,
-                None => {
-                    images::build()?;
-                    util::root().join("target/images")
-                }
-            };
-            push::push_from_env(&push::PushArgs {
-                registry,
-                images,
-                digests_file,
-                compose_override,
-                cert_dir,
-                tls_verify,
-            })
-            .map(drop)
-        }
+        Task::Push(cli) => push::push_cli(cli),
         Task::SqlxCheck => sqlx::check(),
         Task::SqlxPrepare => sqlx::regenerate(),
         Task::Observability => observability_live::run(),

@@ -60,6 +60,57 @@ pub struct PushArgs {
     pub tls_verify: bool,
 }
 
+/// `cargo xtask push`'s command line.
+#[derive(Debug, clap::Args)]
+pub struct PushCli {
+    /// `HOST[:PORT]/NAMESPACE`; images go to `<registry>/<service>`.
+    #[arg(long)]
+    registry: String,
+    /// The directory holding `<service>.tar` docker-archives (default:
+    /// build them with `cargo xtask images` into target/images).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Where the pushed digests go (JSON).
+    #[arg(long, default_value = "target/images/pushed.json")]
+    digests_file: PathBuf,
+    /// Also write a compose override pinning every service by digest.
+    #[arg(long)]
+    compose_override: Option<PathBuf>,
+    /// A directory of CA certificates (`*.crt`) for the registry.
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// Verify the registry's TLS certificate (`false` only for a plain-HTTP
+    /// registry on loopback).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    tls_verify: bool,
+}
+
+/// `cargo xtask push`: the images (built first unless `--images` is given)
+/// with credentials from the environment.
+pub fn push_cli(cli: PushCli) -> Result<()> {
+    registry_host(&cli.registry)?;
+    let creds = Credentials::from_env()?;
+    let images = match cli.images {
+        Some(dir) => dir,
+        None => {
+            crate::images::build()?;
+            root().join("target/images")
+        }
+    };
+    push(
+        &PushArgs {
+            registry: cli.registry,
+            images,
+            digests_file: cli.digests_file,
+            compose_override: cli.compose_override,
+            cert_dir: cli.cert_dir,
+            tls_verify: cli.tls_verify,
+        },
+        &creds,
+    )
+    .map(drop)
+}
+
 /// The credentials, from `REGISTRY_USER` and `REGISTRY_PASSWORD`.
 #[derive(Clone)]
 pub struct Credentials {
@@ -125,12 +176,6 @@ pub struct Layout {
     pub image_id: String,
     /// The tags: the revision and version labels of the image.
     pub tags: Vec<String>,
-}
-
-/// `cargo xtask push` with credentials from the environment.
-pub fn push_from_env(args: &PushArgs) -> Result<Release> {
-    let creds = Credentials::from_env()?;
-    push(args, &creds)
 }
 
 /// Pushes every service image of `nix/images.toml` from `args.images`.
