@@ -135,6 +135,8 @@ struct Prefer {
     /// Every `timezone=` item (all invalid when the first is unknown).
     timezone_items: Vec<String>,
     invalid: Vec<String>,
+    /// Some preference was understood.
+    known: bool,
 }
 
 /// Which preferences a response reports in `Preference-Applied`.
@@ -217,6 +219,10 @@ impl Prefer {
 
     /// `Preference-Applied`, in PostgREST's order.
     fn applied(&self, r: Reported) -> Option<HeaderValue> {
+        if !self.known {
+            // No preference was understood (the common case): nothing to report.
+            return None;
+        }
         let mut items: [Option<&str>; 8] = [None; 8];
         let tz = self.timezone.as_ref().map(|t| format!("timezone={t}"));
         items[6] = tz.as_deref();
@@ -313,7 +319,9 @@ fn prefer(headers: &HeaderMap) -> Prefer {
                     None => false,
                 },
             };
-            if !known {
+            if known {
+                p.known = true;
+            } else {
                 p.invalid.push(item.to_owned());
             }
         }
@@ -1322,10 +1330,10 @@ async fn write_and_respond(
     let crange_of = |out: &Outcome| {
         let total = ctx.prefer.counts().then_some(out.page);
         if w.created || w.delete {
-            format!(
-                "*/{}",
-                total.map_or_else(|| "*".to_owned(), |t| t.to_string())
-            )
+            match total {
+                None => "*/*".to_owned(),
+                Some(t) => format!("*/{t}"),
+            }
         } else {
             content_range(0, out.page, total)
         }
@@ -1564,11 +1572,9 @@ async fn insert(
     let (cols, is_array, n) = body_columns(table, q, body, true)?;
     let resolution = ctx.prefer.resolution;
     // The conflict target: on_conflict, else the primary key (none: a plain insert).
-    let target = match &q.on_conflict {
-        Some(c) => c.clone(),
-        None => table.pk.clone(),
-    };
-    for c in &target {
+    let target: &[String] = q.on_conflict.as_deref().unwrap_or(&table.pk);
+    let checked = resolution.is_some() || q.on_conflict.is_some();
+    for c in target.iter().filter(|_| checked) {
         if table.column(c).is_none() {
             return Err(Error::api(
                 StatusCode::BAD_REQUEST,
