@@ -142,7 +142,7 @@ pub fn tracked() -> Result<Vec<String>> {
 // `cargo xtask ci`.
 
 /// The runners `cargo xtask ci` knows, by the `xtask` name of a check.
-pub const RUNNERS: [&str; 10] = [
+pub const RUNNERS: [&str; 11] = [
     "sandbox",
     "lint-workflows",
     "flake",
@@ -153,6 +153,7 @@ pub const RUNNERS: [&str; 10] = [
     "observability",
     "e2e",
     "browser",
+    "fresh-machine",
 ];
 
 fn run_runner(name: &str) -> Result<()> {
@@ -167,6 +168,7 @@ fn run_runner(name: &str) -> Result<()> {
         "observability" => crate::observability_live::run(),
         "e2e" => crate::e2e::run(),
         "browser" => crate::browser::run_task(),
+        "fresh-machine" => crate::fresh::run_task(),
         other => bail!("{FILE}: no runner {other:?} in cargo xtask (known: {RUNNERS:?})"),
     }
 }
@@ -572,15 +574,15 @@ fn command_literals(text: &str) -> Vec<String> {
 
 /// The install lists of `.ci/run`.
 #[derive(Debug, Default)]
-struct CiRun {
-    apt: BTreeSet<String>,
+pub struct CiRun {
+    pub apt: BTreeSet<String>,
     pip: BTreeSet<String>,
     npm: BTreeSet<String>,
     cargo: BTreeSet<String>,
 }
 
 impl CiRun {
-    fn parse(text: &str) -> Self {
+    pub fn parse(text: &str) -> Self {
         let array = |name: &str| -> Vec<String> {
             let Some(start) = text.find(&format!("{name}=(")) else {
                 return Vec::new();

@@ -9,6 +9,7 @@ mod browser;
 mod checks;
 mod compose;
 mod e2e;
+mod fresh;
 mod image_spec;
 mod images;
 mod nix;
@@ -97,6 +98,9 @@ enum Task {
         /// Only these checks (default: all of them).
         checks: Vec<String>,
     },
+    /// A bare Debian 12 (debootstrap) with `.ci/run`'s apt packages: every
+    /// declared apt or essential program must be there.
+    FreshMachine,
     /// The @supabase/postgrest-js compatibility test (needs `npm ci`, so it
     /// runs outside the sandbox).
     JsCompat,
@@ -139,6 +143,7 @@ fn main() -> Result<()> {
         Task::E2e => e2e::run(),
         Task::Sandbox { checks } => sandbox::run(&checks),
         Task::JsCompat => js_compat(),
+        Task::FreshMachine => fresh::run_task(),
         Task::Push(cli) => push::push_cli(cli),
         Task::SqlxCheck => sqlx::check(),
         Task::SqlxPrepare => sqlx::regenerate(),
