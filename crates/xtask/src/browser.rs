@@ -76,7 +76,7 @@ pub fn run_task() -> Result<()> {
     let work = root().join(WORK);
     std::fs::create_dir_all(&work)?;
     let npm_dir = npm_install(&work)?;
-    let bin = build()?;
+    let bin = crate::observability_live::build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -123,34 +123,6 @@ fn npm_install(work: &Path) -> Result<PathBuf> {
         std::fs::write(&stamp, &lock)?;
     }
     Ok(dir)
-}
-
-/// `cargo build -p madbase`; returns the path of the binary.
-fn build() -> Result<PathBuf> {
-    step("cargo build -p madbase");
-    let out = Command::new("cargo")
-        .args([
-            "build",
-            "-p",
-            "madbase",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo build")?;
-    ensure!(
-        out.status.success(),
-        "cargo build -p madbase failed with {}",
-        out.status
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "madbase")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo build -p madbase reported no madbase executable")
 }
 
 /// A free loopback port (closed again: the tiny race makes a start fail

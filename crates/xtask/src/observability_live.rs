@@ -136,8 +136,9 @@ async fn interrupted() -> &'static str {
     }
 }
 
-/// `cargo build -p madbase`; returns the path of the binary.
-fn build() -> Result<PathBuf> {
+/// `cargo build -p madbase` (debug); returns the path of the binary. Shared
+/// by the live checks that run the services from the tree.
+pub fn build() -> Result<PathBuf> {
     step("cargo build -p madbase");
     let out = Command::new("cargo")
         .args([
