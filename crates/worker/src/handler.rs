@@ -748,7 +748,7 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
             let (b, s, z, p) = tokio::join!(
                 c.execute(&begin, &[]),
                 c.execute(&conn.set_config, &settings),
-                set_timezone(c, set),
+                Box::pin(set_timezone(c, set)),
                 c.prepare_typed(&sql.text, &types),
             );
             match b.and(s).and(z).and(p) {
@@ -761,45 +761,57 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
         }
     };
     let c = &conn.client;
-    let (b, s, z, r, explained, end) = tokio::join!(
-        async {
-            if in_transaction {
-                return Ok(0);
-            }
-            c.execute(&begin, &[]).await
-        },
-        async {
-            if in_transaction {
-                return Ok(0);
-            }
-            c.execute(&conn.set_config, &settings).await
-        },
-        async {
-            if in_transaction {
-                return Ok(0);
-            }
-            set_timezone(c, set).await
-        },
-        async {
-            match job.kind {
-                Kind::Rows => c.query_one(&statement, &params).await.map(Got::Row),
-                Kind::Affected => c.execute(&statement, &params).await.map(Got::Affected),
-            }
-        },
-        async {
-            let e = job.explain.as_ref()?;
-            let params: Vec<(&(dyn ToSql + Sync), Type)> =
-                e.args.iter().map(|a| (a.as_sql(), a.pg_type())).collect();
-            Some(c.query_typed(&e.text, &params).await)
-        },
-        // A read's COMMIT goes with it; a write's waits (see above).
-        async {
-            if !job.read_only {
-                return None;
-            }
-            Some(c.execute(&conn.commit, &[]).await)
-        },
-    );
+    let begin_f = || async {
+        if in_transaction {
+            return Ok(0);
+        }
+        c.execute(&begin, &[]).await
+    };
+    let set_f = || async {
+        if in_transaction {
+            return Ok(0);
+        }
+        c.execute(&conn.set_config, &settings).await
+    };
+    let statement_f = || async {
+        match job.kind {
+            Kind::Rows => c.query_one(&statement, &params).await.map(Got::Row),
+            Kind::Affected => c.execute(&statement, &params).await.map(Got::Affected),
+        }
+    };
+    // A read's COMMIT goes with it; a write's waits (see above).
+    let commit_f = || async {
+        if !job.read_only {
+            return None;
+        }
+        Some(c.execute(&conn.commit, &[]).await)
+    };
+    let (b, s, z, r, explained, end) = if job.explain.is_none() && set.timezone.is_none() {
+        // The common case: four messages, nothing else to poll.
+        let (b, s, r, end) = tokio::join!(begin_f(), set_f(), statement_f(), commit_f());
+        (b, s, Ok(0), r, None, end)
+    } else {
+        // The rare arms are boxed so that they do not enlarge every
+        // transaction's future.
+        tokio::join!(
+            begin_f(),
+            set_f(),
+            Box::pin(async {
+                if in_transaction {
+                    return Ok(0);
+                }
+                set_timezone(c, set).await
+            }),
+            statement_f(),
+            Box::pin(async {
+                let e = job.explain.as_ref()?;
+                let params: Vec<(&(dyn ToSql + Sync), Type)> =
+                    e.args.iter().map(|a| (a.as_sql(), a.pg_type())).collect();
+                Some(c.query_typed(&e.text, &params).await)
+            }),
+            commit_f(),
+        )
+    };
     // The first failure is the cause; the ones after it follow from it.
     let got = b.and(s).and(z).and(r);
     let planned = match explained {
