@@ -119,7 +119,7 @@ enum Return {
 struct Prefer {
     resolution: Option<Resolution>,
     ret: Option<Return>,
-    /// `params=single-object` (accepted, not applied).
+    /// `params=single-object`: a POST rpc passes the body as one json argument.
     single_object: bool,
     /// `count=exact|planned|estimated` as written.
     count: Option<&'static str>,
@@ -142,6 +142,8 @@ struct Prefer {
 /// Which preferences a response reports in `Preference-Applied`.
 #[derive(Debug, Clone, Copy, Default)]
 struct Reported {
+    /// `params=single-object` (rpc).
+    params: bool,
     resolution: bool,
     missing: bool,
     ret: bool,
@@ -223,9 +225,9 @@ impl Prefer {
             // No preference was understood (the common case): nothing to report.
             return None;
         }
-        let mut items: [Option<&str>; 8] = [None; 8];
+        let mut items: [Option<&str>; 9] = [None; 9];
         let tz = self.timezone.as_ref().map(|t| format!("timezone={t}"));
-        items[6] = tz.as_deref();
+        items[7] = tz.as_deref();
         if r.resolution {
             items[0] = self.resolution.map(|x| match x {
                 Resolution::Merge => "resolution=merge-duplicates",
@@ -244,11 +246,14 @@ impl Prefer {
                 Return::HeadersOnly => "return=headers-only",
             });
         }
-        items[3] = self.count;
-        items[4] = self
+        if r.params && self.single_object {
+            items[3] = Some("params=single-object");
+        }
+        items[4] = self.count;
+        items[5] = self
             .rollback
             .map(|rb| if rb { "tx=rollback" } else { "tx=commit" });
-        items[5] = self.strict.map(|st| {
+        items[6] = self.strict.map(|st| {
             if st {
                 "handling=strict"
             } else {
@@ -260,7 +265,7 @@ impl Prefer {
         } else {
             None
         };
-        items[7] = max.as_deref();
+        items[8] = max.as_deref();
         let mut out = String::new();
         for item in items.iter().flatten() {
             if !out.is_empty() {
@@ -1660,6 +1665,7 @@ async fn insert(
         merge,
         checks: Checks::single(ctx.singular),
         reported: Reported {
+            params: false,
             resolution: !table.pk.is_empty() || q.on_conflict.is_some(),
             missing: true,
             ret: true,
@@ -1680,6 +1686,7 @@ async fn update_or_delete(
     let mut sql = Sql::default();
     let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
     let reported = Reported {
+        params: false,
         resolution: false,
         missing: update,
         ret: true,
@@ -1755,6 +1762,7 @@ pub async fn rpc(
         Ok(r) if headers.contains_key("prefer") => {
             let reported = Reported {
                 max_affected: true,
+                params: true,
                 ..Reported::default()
             };
             with_applied(r, &prefer(&headers), reported)
@@ -1803,54 +1811,117 @@ async fn rpc_inner(
         .flat_map(|f| f.args.iter().map(|a| a.name.clone()))
         .collect();
     let q = parse_query(uri, &|k| !post && arg_names.iter().any(|a| a == k))?;
+    // A function taking the whole body as one json/jsonb argument:
+    // `Prefer: params=single-object` (any name) or, as a fallback when no
+    // function matches the body's keys, one unnamed parameter (PostgREST).
+    let single_object = post && ctx.prefer.single_object;
+    let raw_fn = if post {
+        candidates
+            .iter()
+            .find(|f| {
+                f.args.len() == 1
+                    && matches!(f.args[0].ty.as_str(), "json" | "jsonb")
+                    && (single_object || f.args[0].name.is_empty())
+            })
+            .cloned()
+    } else {
+        None
+    };
     // Argument names and values.
-    let body_obj = if post {
+    let body_obj = if post && !single_object {
         if body.iter().all(u8::is_ascii_whitespace) {
-            serde_json::Map::new()
+            Some(serde_json::Map::new())
         } else {
             match serde_json::from_slice::<Value>(body) {
-                Ok(Value::Object(o)) => o,
+                Ok(Value::Object(o)) => Some(o),
+                Ok(_) if raw_fn.is_some() => None,
                 Ok(_) => return Err(Error::body("The function arguments must be a JSON object")),
                 Err(e) => return Err(Error::body(format!("Empty or invalid json: {e}"))),
             }
         }
     } else {
-        serde_json::Map::new()
+        Some(serde_json::Map::new())
     };
     let given: Vec<String> = if post {
-        body_obj.keys().cloned().collect()
+        body_obj.iter().flat_map(|o| o.keys().cloned()).collect()
     } else {
         q.args.iter().map(|(k, _)| k.clone()).collect()
     };
-    let f = plan::pick_function(&ctx.schema, &ctx.db_schema, name, &given)?;
+    let picked = if single_object || body_obj.is_none() {
+        None
+    } else {
+        match plan::pick_function(&ctx.schema, &ctx.db_schema, name, &given) {
+            Ok(f) => Some(f),
+            Err(_) if raw_fn.is_some() => None,
+            Err(e) => return Err(e),
+        }
+    };
+    let (f, raw) = match (picked, raw_fn) {
+        (Some(f), _) => (f, false),
+        (None, Some(f)) => (f, true),
+        (None, None) => {
+            return Err(Error::api(
+                StatusCode::NOT_FOUND,
+                "PGRST202",
+                format!(
+                    "Could not find the function {}.{name} in the schema cache",
+                    ctx.db_schema
+                ),
+            )
+            .details(format!(
+                "Searched for the function {}.{name} with a single json/jsonb parameter, but no matches were found in the schema cache.",
+                ctx.db_schema
+            )));
+        }
+    };
     ctx.prefer.check()?;
     let read_only = !post || f.volatility != "v";
     let mut from = Sql::default();
-    if post && !given.is_empty() {
-        plan::add_arg(
+    if raw {
+        // `"schema"."fn"($1::json)`: the body as the one argument.
+        plan::push_qualified(&mut from, &f.schema, &f.name);
+        plan::push(&mut from, "(");
+        plan::bind(
             &mut from,
             Arg::Text(String::from_utf8_lossy(body).into_owned()),
         );
-    }
-    plan::call(&mut from, &f, &given, |sql, a| {
-        if post {
-            plan::push(sql, "(SELECT _a.");
-            plan::push_ident(sql, &a.name);
-            plan::push(sql, " FROM json_to_record($1::json) AS _a(");
-            plan::push_ident(sql, &a.name);
-            plan::push(sql, " ");
-            plan::push(sql, &a.ty);
-            plan::push(sql, "))");
-        } else {
-            let v = q
-                .args
-                .iter()
-                .rev()
-                .find(|(k, _)| k == &a.name)
-                .map_or("", |(_, v)| v.as_str());
-            plan::text_arg(sql, v, &a.ty);
+        plan::push(&mut from, "::");
+        plan::push(
+            &mut from,
+            if f.args[0].ty == "jsonb" {
+                "jsonb"
+            } else {
+                "json"
+            },
+        );
+        plan::push(&mut from, ")");
+    } else {
+        if post && !given.is_empty() {
+            plan::add_arg(
+                &mut from,
+                Arg::Text(String::from_utf8_lossy(body).into_owned()),
+            );
         }
-    });
+        plan::call(&mut from, &f, &given, |sql, a| {
+            if post {
+                plan::push(sql, "(SELECT _a.");
+                plan::push_ident(sql, &a.name);
+                plan::push(sql, " FROM json_to_record($1::json) AS _a(");
+                plan::push_ident(sql, &a.name);
+                plan::push(sql, " ");
+                plan::push(sql, &a.ty);
+                plan::push(sql, "))");
+            } else {
+                let v = q
+                    .args
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == &a.name)
+                    .map_or("", |(_, v)| v.as_str());
+                plan::text_arg(sql, v, &a.ty);
+            }
+        });
+    }
     let head = *method == Method::HEAD;
     let checks = Checks {
         single: ctx.singular,
@@ -1965,6 +2036,7 @@ mod tests {
         assert_eq!(p.max_affected(), Some(7));
         assert!(p.check().is_err());
         let all = Reported {
+            params: true,
             resolution: true,
             missing: true,
             ret: true,

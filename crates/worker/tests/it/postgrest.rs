@@ -30,6 +30,8 @@ CREATE TABLE events (id int PRIMARY KEY, at timestamptz);
 INSERT INTO events VALUES (1, '2020-01-01 00:00:00+00');
 CREATE TABLE tri (id int PRIMARY KEY, b boolean, n int);
 INSERT INTO tri VALUES (1, true, 1), (2, false, NULL), (3, NULL, 3);
+CREATE FUNCTION echo_obj(payload json) RETURNS json LANGUAGE sql IMMUTABLE AS $$ SELECT payload $$;
+CREATE FUNCTION echo_raw(jsonb) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$ SELECT $1 $$;
 CREATE FUNCTION bump(n int) RETURNS int LANGUAGE sql VOLATILE AS
   $$ UPDATE items SET price = price + n WHERE id = 1 RETURNING price::int $$;
 "#;
@@ -970,5 +972,43 @@ async fn prefer_timezone() {
     assert_eq!(
         (st.as_u16(), v),
         (200, json!([{"at": "2020-01-01T09:00:00+09:00"}]))
+    );
+}
+
+/// Functions as RPC → `Prefer: params=single-object` and a single unnamed
+/// json/jsonb parameter (the body is the argument).
+#[tokio::test]
+async fn rpc_whole_body() {
+    let s = stack().await;
+    let body = json!({"a": 1, "b": [2, {"c": null}]});
+    let (st, h, v) = send(
+        s.req(Method::POST, "/rpc/echo_obj")
+            .header("Prefer", "params=single-object")
+            .json(&body),
+    )
+    .await;
+    assert_eq!((st.as_u16(), &v), (200, &body));
+    assert_eq!(applied(&h), Some("params=single-object"));
+    // Without the preference the keys are argument names: no such function.
+    assert_err(
+        &call(s.req(Method::POST, "/rpc/echo_obj").json(&body)).await,
+        404,
+        "PGRST202",
+    );
+    // One unnamed json/jsonb parameter takes the body, object or not.
+    let (st, v) = call(s.req(Method::POST, "/rpc/echo_raw").json(&body)).await;
+    assert_eq!((st.as_u16(), v), (200, body));
+    let (st, v) = call(s.req(Method::POST, "/rpc/echo_raw").json(&json!([1, 2]))).await;
+    assert_eq!((st.as_u16(), v), (200, json!([1, 2])));
+    // params=single-object with no such function.
+    assert_err(
+        &call(
+            s.req(Method::POST, "/rpc/add")
+                .header("Prefer", "params=single-object")
+                .json(&json!({"a": 1, "b": 2})),
+        )
+        .await,
+        404,
+        "PGRST202",
     );
 }
