@@ -1960,7 +1960,13 @@ async fn rpc_inner(
             } else {
                 out.body
             };
-            return Ok(respond(StatusCode::OK, JSON, None, (!head).then_some(body)));
+            // One row, as PostgREST counts a function returning one value.
+            return Ok(respond(
+                StatusCode::OK,
+                JSON,
+                Some("0-0/*".to_owned()),
+                (!head).then_some(body),
+            ));
         }
         return Ok(read_response(&ctx, rng.0, out, head));
     }
@@ -1982,7 +1988,12 @@ async fn rpc_inner(
             Checks::default(),
         )
         .await?;
-        return Ok(respond(StatusCode::NO_CONTENT, JSON, None, None));
+        return Ok(respond(
+            StatusCode::NO_CONTENT,
+            JSON,
+            Some("0-0/*".to_owned()),
+            None,
+        ));
     }
     if f.returns_set {
         plan::push(
@@ -2007,7 +2018,7 @@ async fn rpc_inner(
     Ok(respond(
         StatusCode::OK,
         JSON,
-        None,
+        Some(content_range(0, out.page, None)),
         (!head).then_some(out.body),
     ))
 }

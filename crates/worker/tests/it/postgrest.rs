@@ -816,6 +816,13 @@ async fn counts_and_ranges() {
         (st.as_u16(), range(&h), ids(&v)),
         (200, "0-1/2", vec![1, 2])
     );
+    // rpc returning one value, a set of values, nothing.
+    let (_, h, _) = send(s.get("/rpc/add?a=1&b=2")).await;
+    assert_eq!(range(&h), "0-0/*");
+    let (_, h, _) = send(s.get("/rpc/numbers?n=3")).await;
+    assert_eq!(range(&h), "0-2/*");
+    let (st, h, _) = send(s.req(Method::POST, "/rpc/touch").json(&json!({}))).await;
+    assert_eq!((st.as_u16(), range(&h)), (204, "0-0/*"));
     // Writes.
     let (st, h, _) = send(
         s.req(Method::POST, "/items")
