@@ -1850,7 +1850,7 @@ async fn rpc_inner(
     let picked = if single_object || body_obj.is_none() {
         None
     } else {
-        match plan::pick_function(&ctx.schema, &ctx.db_schema, name, &given) {
+        match plan::pick_function(&ctx.schema, &ctx.db_schema, name, &given, post) {
             Ok(f) => Some(f),
             Err(_) if raw_fn.is_some() => None,
             Err(e) => return Err(e),

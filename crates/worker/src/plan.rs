@@ -1063,6 +1063,7 @@ pub fn pick_function(
     db_schema: &str,
     name: &str,
     given: &[String],
+    post: bool,
 ) -> Result<Arc<Function>, Error> {
     let candidates = schema.functions(db_schema, name);
     candidates
@@ -1074,21 +1075,70 @@ pub fn pick_function(
                     .all(|a| a.has_default || given.iter().any(|g| g == &a.name))
         })
         .cloned()
-        .ok_or_else(|| {
-            Error::api(
-                StatusCode::NOT_FOUND,
-                "PGRST202",
-                format!(
-                    "Could not find the function {db_schema}.{name}({}) in the schema cache",
-                    given.join(", ")
-                ),
-            )
-            .hint(if candidates.is_empty() {
-                "No function with this name exists in the exposed schema.".to_owned()
-            } else {
-                "A function with this name exists, but not with these argument names.".to_owned()
+        .ok_or_else(|| no_function(schema, db_schema, name, given, post))
+}
+
+/// PGRST202 with PostgREST's message, details and "Perhaps you meant" hint
+/// (argument names sorted, as PostgREST keeps them in a set).
+fn no_function(
+    schema: &Schema,
+    db_schema: &str,
+    name: &str,
+    given: &[String],
+    post: bool,
+) -> Error {
+    let mut keys: Vec<&str> = given.iter().map(String::as_str).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let list = keys.join(", ");
+    let func = format!("{db_schema}.{name}");
+    let (in_message, in_details) = if keys.is_empty() {
+        (
+            " without parameters".to_owned(),
+            " without parameters".to_owned(),
+        )
+    } else {
+        let plural = if keys.len() > 1 { "s" } else { "" };
+        (
+            format!("({list})"),
+            format!(" with parameter{plural} {list}"),
+        )
+    };
+    let or_json = if post {
+        " or with a single unnamed json/jsonb parameter"
+    } else {
+        ""
+    };
+    let candidates = schema.functions(db_schema, name);
+    let hint = if candidates.is_empty() {
+        let names = schema.function_names(db_schema);
+        fuzzy(name, &names, true)
+            .map(|n| format!("Perhaps you meant to call the function {db_schema}.{n}"))
+    } else {
+        let lists: Vec<String> = candidates
+            .iter()
+            .map(|f| {
+                let mut ns: Vec<&str> = f.args.iter().map(|a| a.name.as_str()).collect();
+                ns.sort_unstable();
+                format!("({})", ns.join(", "))
             })
-        })
+            .collect();
+        let refs: Vec<&str> = lists.iter().map(String::as_str).collect();
+        fuzzy(&format!("({list})"), &refs, true)
+            .map(|l| format!("Perhaps you meant to call the function {func}{l}"))
+    };
+    let err = Error::api(
+        StatusCode::NOT_FOUND,
+        "PGRST202",
+        format!("Could not find the function {func}{in_message} in the schema cache"),
+    )
+    .details(format!(
+        "Searched for the function {func}{in_details}{or_json}, but no matches were found in the schema cache."
+    ));
+    match hint {
+        Some(h) => err.hint(h),
+        None => err,
+    }
 }
 
 /// `"schema"."fn"("a" := <expr>, ...)` where each value comes from `value_sql`.

@@ -120,6 +120,14 @@ impl Schema {
         self.tables.get(schema)?.get(name)
     }
 
+    /// The names of the functions of `schema`.
+    pub fn function_names(&self, schema: &str) -> Vec<&str> {
+        self.functions
+            .get(schema)
+            .map(|by_name| by_name.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+
     pub fn functions(&self, schema: &str, name: &str) -> &[Arc<Function>] {
         self.functions
             .get(schema)

@@ -1007,8 +1007,8 @@ async fn rpc_whole_body() {
     assert_eq!((st.as_u16(), v), (200, body));
     let (st, v) = call(s.req(Method::POST, "/rpc/echo_raw").json(&json!([1, 2]))).await;
     assert_eq!((st.as_u16(), v), (200, json!([1, 2])));
-    // params=single-object with no such function.
-    assert_err(
+    // No such function: PostgREST's PGRST202 wording.
+    assert_body(
         &call(
             s.req(Method::POST, "/rpc/add")
                 .header("Prefer", "params=single-object")
@@ -1016,6 +1016,45 @@ async fn rpc_whole_body() {
         )
         .await,
         404,
-        "PGRST202",
+        json!({
+            "code": "PGRST202",
+            "message": "Could not find the function public.add in the schema cache",
+            "details": "Searched for the function public.add with a single json/jsonb parameter, but no matches were found in the schema cache.",
+            "hint": null,
+        }),
+    );
+    assert_body(
+        &call(
+            s.req(Method::POST, "/rpc/add")
+                .json(&json!({"c": 2, "a": 1})),
+        )
+        .await,
+        404,
+        json!({
+            "code": "PGRST202",
+            "message": "Could not find the function public.add(a, c) in the schema cache",
+            "details": "Searched for the function public.add with parameters a, c or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
+            "hint": "Perhaps you meant to call the function public.add(a, b)",
+        }),
+    );
+    assert_body(
+        &call(s.req(Method::POST, "/rpc/ad").json(&json!({}))).await,
+        404,
+        json!({
+            "code": "PGRST202",
+            "message": "Could not find the function public.ad without parameters in the schema cache",
+            "details": "Searched for the function public.ad without parameters or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
+            "hint": "Perhaps you meant to call the function public.add",
+        }),
+    );
+    assert_body(
+        &call(s.get("/rpc/add?a=1")).await,
+        404,
+        json!({
+            "code": "PGRST202",
+            "message": "Could not find the function public.add(a) in the schema cache",
+            "details": "Searched for the function public.add with parameter a, but no matches were found in the schema cache.",
+            "hint": "Perhaps you meant to call the function public.add(a, b)",
+        }),
     );
 }
