@@ -6,8 +6,8 @@
 //!    `playwright-core` and `@supabase/supabase-js` installed by `npm ci`
 //!    into `target/browser/npm` (again only when the lock file changed).
 //!    Playwright never downloads a browser: it launches that executable.
-//! 2. A throwaway Postgres (`madbase_testkit::postgres()`), `cargo build -p
-//!    madbase`, and `madbase dev` on it with every service on a free
+//! 2. A throwaway Postgres (`madbase_testkit::postgres()`), the images'
+//!    release build of madbase, and `madbase dev` on it with every service on a free
 //!    loopback port and `MADBASE_CORS_ORIGINS` naming the page's origin; a
 //!    tenant with a `todos` table and an `add` function made through
 //!    control's admin API.

@@ -127,9 +127,30 @@ impl SourceInfo {
     }
 }
 
+/// The release binary the images are made of (`cargo build --release` with
+/// `MADBASE_REVISION` set as for the images, so the live checks that run it
+/// share the images' build instead of compiling another profile).
+pub fn release_binary() -> Result<PathBuf> {
+    release_build(&ImageSpec::load()?, &SourceInfo::read()?)
+}
+
 /// `cargo build --release --locked -p madbase`, then a stripped copy of the
 /// binary in `target/images/`. Returns the stripped copy.
 fn build_binary(spec: &ImageSpec, source: &SourceInfo) -> Result<PathBuf> {
+    let built = release_build(spec, source)?;
+    let out_dir = root().join(OUT_DIR);
+    std::fs::create_dir_all(&out_dir)?;
+    let stripped = out_dir.join(format!("{}.stripped", spec.binary));
+    run(Command::new("strip")
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&built))?;
+    Ok(stripped)
+}
+
+/// `cargo build --release --locked -p madbase`; the binary's path.
+fn release_build(spec: &ImageSpec, source: &SourceInfo) -> Result<PathBuf> {
     step("cargo build --release");
     // The package and the binary share the name (`binary` in the toml).
     run(Command::new("cargo")
@@ -144,16 +165,7 @@ fn build_binary(spec: &ImageSpec, source: &SourceInfo) -> Result<PathBuf> {
         .context("cargo metadata has no target_directory")?;
     let built = Path::new(target_dir).join("release").join(&spec.binary);
     ensure!(built.is_file(), "{} was not built", built.display());
-
-    let out_dir = root().join(OUT_DIR);
-    std::fs::create_dir_all(&out_dir)?;
-    let stripped = out_dir.join(format!("{}.stripped", spec.binary));
-    run(Command::new("strip")
-        .arg("--strip-all")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(&built))?;
-    Ok(stripped)
+    Ok(built)
 }
 
 /// Writes `target/images/<service>.tar` for every service of the spec.

@@ -3,8 +3,8 @@
 //! (`victoria-metrics` for victoria-metrics/vmagent/vmalert,
 //! `prometheus-alertmanager`).
 //!
-//! 1. A throwaway Postgres (`madbase_testkit::postgres()`), `cargo build -p
-//!    madbase`, and the four services as child processes on free loopback
+//! 1. A throwaway Postgres (`madbase_testkit::postgres()`), the images'
+//!    release build of madbase, and the four services as child processes on free loopback
 //!    ports, exporting OTLP/gRPC traces to an in-process receiver, their stdout
 //!    JSON logs in `target/observability/logs/<service>.log`.
 //! 2. VictoriaMetrics, vmagent, vmalert and Alertmanager. The committed config
@@ -33,7 +33,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -136,31 +136,10 @@ async fn interrupted() -> &'static str {
     }
 }
 
-/// `cargo build -p madbase` (debug); returns the path of the binary. Shared
-/// by the live checks that run the services from the tree.
+/// The madbase binary the live checks run: the images' release build.
+/// Shared by the live checks that run the services from the tree.
 pub fn build() -> Result<PathBuf> {
-    step("cargo build -p madbase");
-    let out = Command::new("cargo")
-        .args([
-            "build",
-            "-p",
-            "madbase",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo build")?;
-    if !out.status.success() {
-        bail!("cargo build -p madbase failed with {}", out.status);
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "madbase")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo build -p madbase reported no madbase executable")
+    crate::images::release_binary()
 }
 
 /// PASS/FAIL lines, printed as the steps finish.
