@@ -1066,16 +1066,40 @@ pub fn pick_function(
     post: bool,
 ) -> Result<Arc<Function>, Error> {
     let candidates = schema.functions(db_schema, name);
-    candidates
+    let matches = |f: &&Arc<Function>| {
+        given.iter().all(|g| f.args.iter().any(|a| &a.name == g))
+            && f.args
+                .iter()
+                .all(|a| a.has_default || given.iter().any(|g| g == &a.name))
+    };
+    let mut found = candidates.iter().filter(matches);
+    let Some(first) = found.next() else {
+        return Err(no_function(schema, db_schema, name, given, post));
+    };
+    if found.next().is_none() {
+        return Ok(first.clone());
+    }
+    // More than one overload accepts these names: PostgREST's 300 PGRST203.
+    let all = candidates
         .iter()
-        .find(|f| {
-            given.iter().all(|g| f.args.iter().any(|a| &a.name == g))
-                && f.args
-                    .iter()
-                    .all(|a| a.has_default || given.iter().any(|g| g == &a.name))
+        .filter(matches)
+        .map(|f| {
+            let params = f
+                .args
+                .iter()
+                .map(|a| format!("{} => {}", a.name, a.ty))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{}.{}({params})", f.schema, f.name)
         })
-        .cloned()
-        .ok_or_else(|| no_function(schema, db_schema, name, given, post))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(Error::api(
+        StatusCode::MULTIPLE_CHOICES,
+        "PGRST203",
+        format!("Could not choose the best candidate function between: {all}"),
+    )
+    .hint("Try renaming the parameters or the function itself in the database so function overloading can be resolved"))
 }
 
 /// PGRST202 with PostgREST's message, details and "Perhaps you meant" hint

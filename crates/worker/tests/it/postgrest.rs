@@ -32,6 +32,8 @@ CREATE TABLE tri (id int PRIMARY KEY, b boolean, n int);
 INSERT INTO tri VALUES (1, true, 1), (2, false, NULL), (3, NULL, 3);
 CREATE FUNCTION echo_obj(payload json) RETURNS json LANGUAGE sql IMMUTABLE AS $$ SELECT payload $$;
 CREATE FUNCTION echo_raw(jsonb) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$ SELECT $1 $$;
+CREATE FUNCTION over(a int) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT a $$;
+CREATE FUNCTION over(a int, b int DEFAULT 0) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT a + b $$;
 CREATE FUNCTION bump(n int) RETURNS int LANGUAGE sql VOLATILE AS
   $$ UPDATE items SET price = price + n WHERE id = 1 RETURNING price::int $$;
 "#;
@@ -1007,6 +1009,32 @@ async fn rpc_whole_body() {
     assert_eq!((st.as_u16(), v), (200, body));
     let (st, v) = call(s.req(Method::POST, "/rpc/echo_raw").json(&json!([1, 2]))).await;
     assert_eq!((st.as_u16(), v), (200, json!([1, 2])));
+    // Overloads: the names choose; two that both fit are PGRST203.
+    let (st, v) = call(
+        s.req(Method::POST, "/rpc/over")
+            .json(&json!({"a": 1, "b": 2})),
+    )
+    .await;
+    assert_eq!((st.as_u16(), v), (200, json!(3)));
+    let (st, v) = call(s.req(Method::POST, "/rpc/over").json(&json!({"a": 1}))).await;
+    assert_eq!(st, 300, "{v}");
+    assert_eq!(v["code"], "PGRST203");
+    let message = v["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("Could not choose the best candidate function between: ")
+            && message.contains("public.over(a => integer)")
+            && message.contains("public.over(a => integer, b => integer)"),
+        "{v}"
+    );
+    assert_eq!(
+        (&v["details"], &v["hint"]),
+        (
+            &Value::Null,
+            &json!(
+                "Try renaming the parameters or the function itself in the database so function overloading can be resolved"
+            )
+        )
+    );
     // No such function: PostgREST's PGRST202 wording.
     assert_body(
         &call(
