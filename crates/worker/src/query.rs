@@ -709,6 +709,7 @@ mod tests {
             "or=a.eq.1",
             "or=(a.eq.1",
             "limit=x",
+            "offset=-1",
             "order=a.sideways",
             "id=is.maybe",
         ] {
