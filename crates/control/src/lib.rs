@@ -6,6 +6,7 @@
 
 mod api;
 pub mod crypto;
+mod functions;
 mod interrupted;
 pub mod provision;
 pub mod sql;
@@ -227,6 +228,13 @@ pub async fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         .route(
             "/v1/tenants/{id}/settings",
             get(api::settings).patch(api::patch_settings),
+        )
+        .route("/v1/tenants/{id}/functions", get(functions::list))
+        .route(
+            "/v1/tenants/{id}/functions/{name}",
+            get(functions::get)
+                .put(functions::deploy)
+                .delete(functions::delete),
         )
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), "admin"),

@@ -817,3 +817,181 @@ async fn tenant_client_caches_and_serves_stale_when_control_is_down() {
         );
     }
 }
+
+impl Control {
+    /// Runs `sql` in the control database.
+    fn control_psql(&self, sql: &str) -> String {
+        self.db.server.psql(&self.db.name, sql).expect("psql")
+    }
+
+    /// `PUT` a function source as `application/javascript`.
+    async fn deploy(&self, id: &str, name: &str, query: &str, source: &str) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method("PUT")
+            .uri(format!("/v1/tenants/{id}/functions/{name}{query}"))
+            .header("authorization", format!("Bearer {}", admin_token()))
+            .header("content-type", "application/javascript")
+            .body(Body::from(source.to_owned()))
+            .expect("request");
+        self.raw(req).await
+    }
+}
+
+const HELLO: &str = r#"Deno.serve(async (req) => new Response("ok"));"#;
+
+#[tokio::test]
+async fn functions_deploy_list_get_delete() {
+    let c = control().await;
+    let id = unique_id("fn");
+    c.create(&id).await;
+
+    // First deploy: 201, version 1, verify_jwt on by default.
+    let (status, body) = c.deploy(&id, "hello", "", HELLO).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["name"], "hello");
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["size"], HELLO.len());
+    assert_eq!(body["verify_jwt"], true);
+    let sha = body["sha256"].as_str().expect("sha256").to_owned();
+    assert_eq!(sha.len(), 64);
+    assert!(body["updated_at"].is_string());
+    assert!(body.get("source").is_none());
+
+    // The same source again: 200, no new version.
+    let (status, body) = c.deploy(&id, "hello", "", HELLO).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["sha256"], sha.as_str());
+
+    // New source: version 2.
+    let v2 = "export default { fetch(req) { return new Response('two'); } };\n";
+    let (status, body) = c.deploy(&id, "hello", "?verify_jwt=false", v2).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["verify_jwt"], false);
+    assert_ne!(body["sha256"], sha.as_str());
+
+    let (status, body) = c.deploy(&id, "other_fn-2", "", HELLO).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // List by name, without sources.
+    let (status, body) = c
+        .admin("GET", &format!("/v1/tenants/{id}/functions"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let list = body.as_array().expect("array");
+    assert_eq!(list.len(), 2, "{body}");
+    assert_eq!(list[0]["name"], "hello");
+    assert_eq!(list[0]["version"], 2);
+    assert_eq!(list[0]["verify_jwt"], false);
+    assert_eq!(list[1]["name"], "other_fn-2");
+    assert!(list[0].get("source").is_none());
+
+    // Get returns the current source.
+    let (status, body) = c
+        .admin("GET", &format!("/v1/tenants/{id}/functions/hello"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["source"], v2);
+    assert_eq!(body["version"], 2);
+
+    // Versions are kept, the oldest beyond 10 dropped.
+    for i in 0..11 {
+        let src = format!("Deno.serve(() => new Response('{i}'));");
+        let (status, body) = c.deploy(&id, "hello", "", &src).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let kept = c.control_psql(&format!(
+        "SELECT count(*), min(version), max(version) FROM function_versions \
+         WHERE tenant_id = '{id}' AND name = 'hello'"
+    ));
+    assert_eq!(kept.trim(), "10|4|13", "{kept}");
+
+    // Delete: 204, then 404 for get and delete.
+    let path = format!("/v1/tenants/{id}/functions/hello");
+    let (status, body) = c.admin("DELETE", &path, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = c.admin("GET", &path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "function_not_found");
+    let (status, body) = c.admin("DELETE", &path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "function_not_found");
+    let versions = c.control_psql(&format!(
+        "SELECT count(*) FROM function_versions WHERE tenant_id = '{id}' AND name = 'hello'"
+    ));
+    assert_eq!(versions.trim(), "0");
+
+    // Deleting the tenant removes its functions.
+    let (status, body) = c.admin("DELETE", &format!("/v1/tenants/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let left = c.control_psql(&format!(
+        "SELECT (SELECT count(*) FROM functions WHERE tenant_id = '{id}') \
+              + (SELECT count(*) FROM function_versions WHERE tenant_id = '{id}')"
+    ));
+    assert_eq!(left.trim(), "0");
+}
+
+#[tokio::test]
+async fn functions_bad_input_gets_clear_errors() {
+    let c = control().await;
+    let id = unique_id("fnbad");
+    c.create(&id).await;
+
+    // A syntax error: 400 with the engine's message and the line.
+    let broken = "const a = 1;\nconst b = 2;\nconst c = (;\n";
+    let (status, body) = c.deploy(&id, "broken", "", broken).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "function_syntax_error");
+    let details = body["details"].as_str().expect("details");
+    assert!(details.starts_with("line 3"), "{details}");
+    let (status, _) = c
+        .admin("GET", &format!("/v1/tenants/{id}/functions/broken"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Bad names.
+    for bad in ["Hello", "1abc", "a.b", &"a".repeat(64)] {
+        let (status, body) = c.deploy(&id, bad, "", HELLO).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["code"], "invalid_function_name", "{body}");
+    }
+
+    // Too large: 413 in the JSON error shape.
+    let big = format!("// {}\n{HELLO}", "x".repeat(1 << 20));
+    let (status, body) = c.deploy(&id, "big", "", &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["code"], "function_too_large");
+
+    // Empty source, bad query.
+    let (status, body) = c.deploy(&id, "empty", "", "  \n").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "invalid_function_source");
+    let (status, body) = c.deploy(&id, "q", "?verify_jwt=maybe", HELLO).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Unknown tenant: 404 on every route.
+    let (status, body) = c.deploy("nosuchtenant", "hello", "", HELLO).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "tenant_not_found");
+    for (method, path) in [
+        ("GET", "/v1/tenants/nosuchtenant/functions"),
+        ("GET", "/v1/tenants/nosuchtenant/functions/hello"),
+        ("DELETE", "/v1/tenants/nosuchtenant/functions/hello"),
+    ] {
+        let (status, body) = c.admin(method, path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+        assert_eq!(body["code"], "tenant_not_found");
+    }
+
+    // No admin token: 401.
+    for (method, path) in [
+        ("PUT", format!("/v1/tenants/{id}/functions/hello")),
+        ("GET", format!("/v1/tenants/{id}/functions")),
+        ("GET", format!("/v1/tenants/{id}/functions/hello")),
+        ("DELETE", format!("/v1/tenants/{id}/functions/hello")),
+    ] {
+        let (status, body) = c.send(method, &path, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+    }
+}
