@@ -1,5 +1,6 @@
 //! The control plane against a real Postgres: tenant lifecycle, keys,
-//! secrets, the SQL endpoint, bad input, concurrency and half failures.
+//! secrets, the SQL endpoint, function deploys, bad input, concurrency and
+//! half failures.
 //! Routers are driven without a socket; the tenant client test serves
 //! control on a real loopback listener.
 
@@ -994,4 +995,89 @@ async fn functions_bad_input_gets_clear_errors() {
         let (status, body) = c.send(method, &path, None, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_deploy_over_a_real_socket() {
+    let db = madbase_testkit::postgres().expect("postgres");
+    let app = madbase_control::app(&config(&db, MASTER_KEY))
+        .await
+        .expect("control");
+    let listeners = Listeners::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("bind");
+    let url = format!("http://{}", listeners.api_addr());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(listeners.serve(app, stop.clone(), Duration::from_secs(1)));
+
+    let http = reqwest::Client::new();
+    let id = unique_id("fnhttp");
+    let resp = http
+        .post(format!("{url}/v1/tenants"))
+        .bearer_auth(admin_token())
+        .json(&json!({ "id": id }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(resp.status(), 201);
+
+    let fn_url = format!("{url}/v1/tenants/{id}/functions/hello");
+    let resp = http
+        .put(format!("{fn_url}?verify_jwt=false"))
+        .bearer_auth(admin_token())
+        .header("content-type", "text/plain")
+        .body(HELLO)
+        .send()
+        .await
+        .expect("deploy");
+    assert_eq!(resp.status(), 201);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["verify_jwt"], false);
+
+    let resp = http
+        .put(&fn_url)
+        .bearer_auth(admin_token())
+        .header("content-type", "application/javascript")
+        .body("Deno.serve(async (req) => {\n  return new Response(;\n});\n")
+        .send()
+        .await
+        .expect("deploy broken");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["code"], "function_syntax_error");
+    assert!(
+        body["details"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("line 2")),
+        "{body}"
+    );
+
+    let resp = http
+        .get(&fn_url)
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["source"], HELLO);
+    assert_eq!(body["version"], 1);
+
+    let resp = http.get(&fn_url).send().await.expect("get without token");
+    assert_eq!(resp.status(), 401);
+
+    let resp = http
+        .delete(&fn_url)
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), 204);
+
+    stop.cancel();
+    server.await.expect("join").expect("serve");
 }
