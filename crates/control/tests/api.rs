@@ -1,7 +1,8 @@
 //! The control plane against a real Postgres: tenant lifecycle, keys,
 //! secrets, the SQL endpoint, function deploys, bad input, concurrency and
 //! half failures.
-//! Routers are driven without a socket; the tenant client test serves
+//! Routers are driven without a socket; the tenant client and function
+//! deploy socket tests serve
 //! control on a real loopback listener.
 
 use std::collections::HashMap;
