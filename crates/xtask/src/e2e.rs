@@ -1306,13 +1306,13 @@ fn registry_round_trip(
                         .join(&image.service)
                         .join("manifest.json"),
                 )?;
-                let local = format!("sha256:{}", sha256_hex(&local));
+                let local = format!("sha256:{}", images::sha256_hex(&local));
                 for tag in &pushed.tags {
                     let raw = registry_manifest(
                         registry,
                         &format!("{}:{tag}", image_name(&args, &image.service)),
                     )?;
-                    let remote = format!("sha256:{}", sha256_hex(&raw));
+                    let remote = format!("sha256:{}", images::sha256_hex(&raw));
                     ensure!(
                         remote == local && remote == pushed.digest,
                         "{}:{tag}: registry manifest {remote}, local {local}, reported {}",
@@ -1463,11 +1463,6 @@ fn storage_files(dir: &Path) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     walk(dir, dir, &mut out)?;
     Ok(out)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
 /// Runs `cmd` with `input` on its stdin, bounded to a minute.

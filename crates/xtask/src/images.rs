@@ -619,7 +619,8 @@ struct Layer {
     digest: String,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// sha256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
@@ -1239,7 +1240,8 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn random_hex(bytes: usize) -> Result<String> {
+/// `bytes` random bytes from /dev/urandom, lowercase hex.
+pub fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())

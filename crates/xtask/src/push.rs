@@ -32,9 +32,9 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::image_spec::ImageSpec;
+use crate::images::sha256_hex;
 use crate::util::{root, step};
 
 /// Docker v2 schema 2 media types (podman keeps the image's health check
@@ -523,10 +523,6 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
         .map_err(|_| anyhow::anyhow!("the gzip writer panicked"))??;
     ensure!(out.status.success(), "gzip failed with {}", out.status);
     Ok(out.stdout)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
 }
 
 fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -45,7 +45,7 @@ impl TestRegistry {
 
         let credentials = Credentials {
             user: "madbase-ci".to_owned(),
-            password: random_hex(24)?,
+            password: crate::images::random_hex(24)?,
         };
         let htpasswd = htpasswd(&credentials)?;
         std::fs::write(base.join("htpasswd"), htpasswd)?;
@@ -227,12 +227,4 @@ fn htpasswd(creds: &Credentials) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8(out.stdout)?)
-}
-
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
-        .context("reading /dev/urandom")?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }

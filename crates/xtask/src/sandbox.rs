@@ -267,7 +267,7 @@ fn toolchain() -> Result<PathBuf> {
 fn vendor() -> Result<()> {
     let base = Path::new(BASE);
     let lock = std::fs::read(root().join("Cargo.lock"))?;
-    let stamp = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&lock));
+    let stamp = crate::images::sha256_hex(&lock);
     let stamp_file = base.join("vendor.stamp");
     if std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
         return Ok(());
