@@ -5,6 +5,8 @@
 //! self-contained module: `import` of another module fails the check (there
 //! is no module loader).
 
+pub mod protocol;
+
 use rquickjs::{CatchResultExt as _, CaughtError, Context, Module, Runtime};
 
 /// Memory limit of the runtime that compiles a module at deploy.

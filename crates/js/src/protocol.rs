@@ -1,0 +1,253 @@
+//! The frames between the functions service (the host) and a
+//! `madbase functions-worker` process, over the worker's stdin (host →
+//! worker) and stdout (worker → host). The worker's stderr is its log.
+//!
+//! A frame is `[u32 BE header length][u32 BE body length][header][body]`:
+//! the header is JSON (one of [`ToWorker`] / [`FromWorker`]), the body is
+//! the raw HTTP body of the request or response it carries (empty
+//! otherwise), so bodies are never base64- or JSON-encoded.
+//!
+//! One worker runs one invocation at a time: the host writes one
+//! [`ToWorker::Invoke`], the worker answers with exactly one
+//! [`FromWorker::Reply`] carrying the same `id`. When the worker does not hold
+//! the function's compiled source (by [`FunctionKey`]), it answers
+//! [`Outcome::NeedSource`] and the host sends the same invocation again with
+//! `source` set.
+
+use serde::{Deserialize, Serialize};
+
+/// A frame's header may not exceed this (headers, env, logs).
+pub const MAX_HEADER: u32 = 8 * 1024 * 1024;
+/// A frame's body may not exceed this.
+pub const MAX_BODY: u32 = 64 * 1024 * 1024;
+
+/// Which compiled function: one runtime per key, never shared between keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FunctionKey {
+    pub tenant: String,
+    pub function: String,
+    pub version: i64,
+}
+
+/// Per-invocation limits, resolved by the host (platform defaults and the
+/// tenant's overrides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// CPU time of the invocation's JavaScript (interrupt handler).
+    pub cpu_ms: u64,
+    /// Memory limit of the function's runtime.
+    pub memory_bytes: u64,
+    /// Largest response body the function may produce.
+    pub max_response_bytes: u64,
+    /// Sub-requests (`fetch`) per invocation.
+    pub max_fetches: u32,
+    /// Largest sub-request response body.
+    pub max_fetch_bytes: u64,
+}
+
+/// Host → worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToWorker {
+    /// Run the function on one request; the frame's body is the request body.
+    Invoke(Invoke),
+}
+
+/// One request for a function.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Invoke {
+    /// Echoed in the reply.
+    pub id: u64,
+    pub key: FunctionKey,
+    /// The module's source; `None` when the host believes the worker holds
+    /// the key already (the worker answers [`Outcome::NeedSource`] if not).
+    pub source: Option<String>,
+    /// What `Deno.env.get` sees: the tenant's secrets and `SUPABASE_*`.
+    pub env: Vec<(String, String)>,
+    /// The platform request id (for log lines).
+    pub request_id: String,
+    pub method: String,
+    /// The absolute URL the function sees as `request.url`.
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub limits: Limits,
+    /// Hosts and CIDRs `fetch` may reach even when private (SSRF guard),
+    /// e.g. the platform's own proxy for `SUPABASE_URL`.
+    pub fetch_allow: Vec<String>,
+}
+
+/// Worker → host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromWorker {
+    /// The answer to [`ToWorker::Invoke`]; for [`Outcome::Response`] the
+    /// frame's body is the response body.
+    Reply(Reply),
+}
+
+/// The answer to one invocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub id: u64,
+    pub outcome: Outcome,
+    /// `console.*` output of this invocation, in order.
+    pub logs: Vec<LogLine>,
+    /// True when this invocation compiled the module (a cold start).
+    pub cold: bool,
+    /// CPU time the worker spent on this invocation, in microseconds.
+    pub cpu_us: u64,
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The function answered.
+    Response {
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
+    /// The worker does not hold this key: send the source.
+    NeedSource,
+    /// The function failed; `message` is safe to show to the caller.
+    Error {
+        error: FunctionError,
+        message: String,
+    },
+}
+
+/// Why a function failed (the host maps each to a status and a code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FunctionError {
+    /// An uncaught exception or rejected promise.
+    Exception,
+    /// The module registered no handler (`Deno.serve` / `export default`).
+    NoHandler,
+    /// The handler's value was not a `Response`.
+    BadResponse,
+    CpuLimit,
+    MemoryLimit,
+    ResponseTooLarge,
+    /// Too many or too large sub-requests, or a blocked address.
+    FetchLimit,
+}
+
+/// One `console.*` call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// `debug`, `info` (log), `warn` or `error`.
+    pub level: String,
+    pub message: String,
+}
+
+/// A malformed or oversized frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame header of {0} bytes exceeds the limit")]
+    HeaderTooLarge(u32),
+    #[error("frame body of {0} bytes exceeds the limit")]
+    BodyTooLarge(u32),
+    #[error("malformed frame header: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The 8-byte prefix of a frame: header and body lengths, checked.
+pub fn parse_prefix(prefix: [u8; 8]) -> Result<(u32, u32), FrameError> {
+    let header = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+    let body = u32::from_be_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
+    if header > MAX_HEADER {
+        return Err(FrameError::HeaderTooLarge(header));
+    }
+    if body > MAX_BODY {
+        return Err(FrameError::BodyTooLarge(body));
+    }
+    Ok((header, body))
+}
+
+/// One encoded frame, ready to write.
+pub fn encode<T: Serialize>(header: &T, body: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let json = serde_json::to_vec(header)?;
+    let header_len = u32::try_from(json.len())
+        .ok()
+        .filter(|n| *n <= MAX_HEADER)
+        .ok_or(FrameError::HeaderTooLarge(u32::MAX))?;
+    let body_len = u32::try_from(body.len())
+        .ok()
+        .filter(|n| *n <= MAX_BODY)
+        .ok_or(FrameError::BodyTooLarge(u32::MAX))?;
+    let mut out = Vec::with_capacity(8 + json.len() + body.len());
+    out.extend_from_slice(&header_len.to_be_bytes());
+    out.extend_from_slice(&body_len.to_be_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// Reads one frame (blocking): `Ok(None)` at a clean end of stream.
+pub fn read_frame<T: serde::de::DeserializeOwned, R: std::io::Read>(
+    reader: &mut R,
+) -> Result<Option<(T, Vec<u8>)>, FrameError> {
+    let mut prefix = [0u8; 8];
+    match reader.read_exact(&mut prefix) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let (header_len, body_len) = parse_prefix(prefix)?;
+    let mut header = vec![0u8; header_len as usize];
+    reader.read_exact(&mut header)?;
+    let mut body = vec![0u8; body_len as usize];
+    reader.read_exact(&mut body)?;
+    Ok(Some((serde_json::from_slice(&header)?, body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_round_trips_with_its_body() -> Result<(), FrameError> {
+        let reply = FromWorker::Reply(Reply {
+            id: 7,
+            outcome: Outcome::Response {
+                status: 201,
+                headers: vec![("content-type".into(), "application/json".into())],
+            },
+            logs: vec![LogLine {
+                level: "info".into(),
+                message: "hi".into(),
+            }],
+            cold: true,
+            cpu_us: 42,
+        });
+        let bytes = encode(&reply, b"{\"ok\":true}")?;
+        let mut cursor = std::io::Cursor::new(bytes);
+        let Some((back, body)) = read_frame::<FromWorker, _>(&mut cursor)? else {
+            panic!("no frame read back");
+        };
+        let FromWorker::Reply(back) = back;
+        assert_eq!(back.id, 7);
+        assert_eq!(body, b"{\"ok\":true}");
+        assert!(read_frame::<FromWorker, _>(&mut cursor)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn an_oversized_prefix_is_refused_before_allocating() {
+        let mut prefix = [0u8; 8];
+        prefix[..4].copy_from_slice(&(MAX_HEADER + 1).to_be_bytes());
+        assert!(matches!(
+            parse_prefix(prefix),
+            Err(FrameError::HeaderTooLarge(_))
+        ));
+        prefix[..4].copy_from_slice(&1u32.to_be_bytes());
+        prefix[4..].copy_from_slice(&(MAX_BODY + 1).to_be_bytes());
+        assert!(matches!(
+            parse_prefix(prefix),
+            Err(FrameError::BodyTooLarge(_))
+        ));
+    }
+}
