@@ -67,7 +67,7 @@ fn valid_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn db_error(op: &str, e: &sqlx::Error) -> ApiError {
+pub(crate) fn db_error(op: &str, e: &sqlx::Error) -> ApiError {
     tracing::error!(op, error = %e, "control database error");
     ApiError::unavailable(format!("{op}: the control database is unavailable"))
 }
@@ -81,7 +81,7 @@ fn function_not_found(id: &str, name: &str) -> ApiError {
 }
 
 /// 404 unless `id` is an active tenant.
-async fn require_tenant(state: &AppState, id: &str) -> Result<(), ApiError> {
+pub(crate) async fn require_tenant(state: &AppState, id: &str) -> Result<(), ApiError> {
     match store::get(&state.db, id)
         .await
         .map_err(|e| db_error("get tenant", &e))?
@@ -345,6 +345,53 @@ pub async fn delete(
     }
     tracing::info!(tenant = %id, function = %name, "function deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// What the functions service needs to run a function
+/// (`GET /internal/v1/tenants/{id}/functions/{name}`, internal token).
+#[derive(Debug, Serialize)]
+pub struct InternalFunction {
+    name: String,
+    version: i32,
+    sha256: String,
+    verify_jwt: bool,
+    source: String,
+    /// The tenant's function secrets, opened.
+    env: std::collections::BTreeMap<String, String>,
+}
+
+/// `GET /internal/v1/tenants/{id}/functions/{name}`: the current version's
+/// source and metadata, with the tenant's secrets as `env`; 404
+/// `function_not_found` (or `tenant_not_found`) when absent.
+pub async fn internal_get(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Json<InternalFunction>, ApiError> {
+    if invalid_name(&name).is_some() {
+        return Err(function_not_found(&id, &name));
+    }
+    require_tenant(&state, &id).await?;
+    let row = sqlx::query(
+        r#"SELECT f.name, f.version, v.sha256, v.verify_jwt, v.source
+           FROM functions f JOIN function_versions v USING (tenant_id, name, version)
+           WHERE f.tenant_id = $1 AND f.name = $2"#,
+    )
+    .bind(&id)
+    .bind(&name)
+    .fetch_optional(&state.db)
+    .await
+    .map_err(|e| db_error("get function", &e))?
+    .ok_or_else(|| function_not_found(&id, &name))?;
+    let get = |e: sqlx::Error| db_error("get function", &e);
+    let env = crate::function_secrets::opened(&state, &id).await?;
+    Ok(Json(InternalFunction {
+        name: row.try_get("name").map_err(get)?,
+        version: row.try_get("version").map_err(get)?,
+        sha256: row.try_get("sha256").map_err(get)?,
+        verify_jwt: row.try_get("verify_jwt").map_err(get)?,
+        source: row.try_get("source").map_err(get)?,
+        env,
+    }))
 }
 
 #[cfg(test)]

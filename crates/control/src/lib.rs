@@ -6,6 +6,7 @@
 
 mod api;
 pub mod crypto;
+mod function_secrets;
 mod functions;
 mod interrupted;
 pub mod provision;
@@ -236,12 +237,26 @@ pub async fn app(config: &Config) -> anyhow::Result<ServiceApp> {
                 .put(functions::deploy)
                 .delete(functions::delete),
         )
+        .route(
+            "/v1/tenants/{id}/secrets",
+            get(function_secrets::list)
+                .put(function_secrets::put)
+                .delete(function_secrets::delete_many),
+        )
+        .route(
+            "/v1/tenants/{id}/secrets/{name}",
+            axum::routing::delete(function_secrets::delete_one),
+        )
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), "admin"),
             api::require_role,
         ));
     let internal_api = Router::new()
         .route("/internal/v1/tenants/{id}", get(api::internal_get))
+        .route(
+            "/internal/v1/tenants/{id}/functions/{name}",
+            get(functions::internal_get),
+        )
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), "internal"),
             api::require_role,

@@ -1082,3 +1082,157 @@ async fn functions_deploy_over_a_real_socket() {
     stop.cancel();
     server.await.expect("join").expect("serve");
 }
+
+#[tokio::test]
+async fn function_secrets_are_sealed_listed_by_name_and_deleted() {
+    let c = control().await;
+    let id = unique_id("sec");
+    c.create(&id).await;
+    let path = format!("/v1/tenants/{id}/secrets");
+
+    // An object body: names and update times come back, never values.
+    let (status, body) = c
+        .admin(
+            "PUT",
+            &path,
+            Some(json!({"STRIPE_KEY": "sk_test_plaintext-1", "OTHER": "two"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let names: Vec<&str> = body
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["OTHER", "STRIPE_KEY"]);
+    assert!(!body.to_string().contains("plaintext"), "{body}");
+    assert!(body[0]["updated_at"].is_string());
+
+    // An array body (Supabase's shape) replaces a value and adds one.
+    let (status, body) = c
+        .admin(
+            "PUT",
+            &path,
+            Some(
+                json!([{"name": "STRIPE_KEY", "value": "sk_test_plaintext-2"},
+                        {"name": "_THIRD", "value": ""}]),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body.as_array().expect("array").len(), 3, "{body}");
+
+    // GET lists names only.
+    let (status, body) = c.admin("GET", &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body.as_array().expect("array").len(), 3);
+    assert!(body[0].get("value").is_none(), "{body}");
+
+    // Sealed at rest: the stored bytes do not contain the value.
+    let stored = c.control_psql(&format!(
+        "SELECT encode(value_enc, 'escape') FROM function_secrets \
+         WHERE tenant_id = '{id}' AND name = 'STRIPE_KEY'"
+    ));
+    assert!(!stored.is_empty());
+    assert!(!stored.contains("sk_test"), "{stored}");
+
+    // Bad names and values.
+    for bad in [
+        json!({"lower": "x"}),
+        json!({"SUPABASE_URL": "x"}),
+        json!({"1A": "x"}),
+        json!([{"name": "A-B", "value": "x"}]),
+    ] {
+        let (status, body) = c.admin("PUT", &path, Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["code"], "invalid_secret_name", "{body}");
+    }
+    for bad in [json!({}), json!({"A": 1}), json!("A")] {
+        let (status, body) = c.admin("PUT", &path, Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let big = "x".repeat(64 * 1024 + 1);
+    let (status, body) = c.admin("PUT", &path, Some(json!({ "BIG": big }))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["code"], "secret_too_large");
+
+    // The internal function endpoint: source, metadata and opened secrets.
+    let (status, body) = c.deploy(&id, "hello", "?verify_jwt=false", HELLO).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let internal = jwt::platform_token(SECRET, "internal", Duration::from_secs(60));
+    let fn_path = format!("/internal/v1/tenants/{id}/functions/hello");
+    let (status, body) = c.send("GET", &fn_path, Some(&internal), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["name"], "hello");
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["verify_jwt"], false);
+    assert_eq!(body["source"], HELLO);
+    assert_eq!(body["sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(
+        body["env"],
+        json!({"OTHER": "two", "STRIPE_KEY": "sk_test_plaintext-2", "_THIRD": ""})
+    );
+    // Only with the internal token.
+    let (status, _) = c.send("GET", &fn_path, Some(&admin_token()), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = c.send("GET", &fn_path, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Absent functions and tenants: 404.
+    for (p, code) in [
+        (
+            format!("/internal/v1/tenants/{id}/functions/nope"),
+            "function_not_found",
+        ),
+        (
+            format!("/internal/v1/tenants/{id}/functions/Bad.Name"),
+            "function_not_found",
+        ),
+        (
+            "/internal/v1/tenants/nosuchtenant/functions/hello".to_owned(),
+            "tenant_not_found",
+        ),
+    ] {
+        let (status, body) = c.send("GET", &p, Some(&internal), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{p}: {body}");
+        assert_eq!(body["code"], code, "{body}");
+    }
+
+    // Delete one: 204, then 404; delete several by a body of names.
+    let (status, body) = c.admin("DELETE", &format!("{path}/OTHER"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = c.admin("DELETE", &format!("{path}/OTHER"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "secret_not_found");
+    let (status, body) = c
+        .admin("DELETE", &path, Some(json!(["STRIPE_KEY", "NOT_THERE"])))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!([{"name": "_THIRD", "updated_at": body[0]["updated_at"]}])
+    );
+    let (_, body) = c.send("GET", &fn_path, Some(&internal), None).await;
+    assert_eq!(body["env"], json!({"_THIRD": ""}));
+
+    // Unknown tenant and no token.
+    let (status, body) = c
+        .admin(
+            "PUT",
+            "/v1/tenants/nosuchtenant/secrets",
+            Some(json!({"A": "b"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "tenant_not_found");
+    let (status, _) = c.send("GET", &path, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Deleting the tenant removes its secrets.
+    let (status, body) = c.admin("DELETE", &format!("/v1/tenants/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let left = c.control_psql(&format!(
+        "SELECT count(*) FROM function_secrets WHERE tenant_id = '{id}'"
+    ));
+    assert_eq!(left.trim(), "0");
+}
