@@ -5,6 +5,7 @@
 //! keys and keeps their secrets encrypted at rest.
 
 mod api;
+pub mod console;
 pub mod crypto;
 mod function_secrets;
 mod functions;
@@ -54,6 +55,8 @@ pub struct Config {
     /// `MADBASE_DB_CONNECT_SECONDS`: how long start-up waits for the control
     /// database (default 30).
     pub connect_wait: Duration,
+    /// The operator console's sign-in (`MADBASE_CONSOLE_PASSWORD[_FILE]`).
+    pub console: console::ConsoleConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -90,6 +93,7 @@ impl Config {
             public_url: env.url("MADBASE_PUBLIC_URL", "http://localhost:8000")?,
             sql_timeout: env.seconds("MADBASE_SQL_TIMEOUT_SECONDS", Duration::from_secs(30))?,
             connect_wait: env.seconds("MADBASE_DB_CONNECT_SECONDS", Duration::from_secs(30))?,
+            console: console::ConsoleConfig::from_env(env)?,
         })
     }
 }
@@ -263,7 +267,8 @@ pub async fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         ));
     let routes = admin_api
         .merge(internal_api)
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(console::router(state, &config.console))
         .layer(DefaultBodyLimit::max(1 << 20));
     Ok(ServiceApp {
         service: Service::Control,
