@@ -237,12 +237,21 @@ async fn announce(data_dir: &Path, secret: &str, urls: &Urls) -> anyhow::Result<
          proxy          {proxy}\n  \
          demo REST      {proxy}/t/{DEMO}/rest/v1\n  \
          control API    {control}\n  \
+         console        {control}/console\n                 \
+         (sign in with the admin token below{password})\n  \
          anon key       {anon}\n  \
          service key    {service}\n  \
          admin token    {admin}\n                 (valid 24 h; `madbase token admin` makes more)\n\n\
          Try it (creates a table through the SQL endpoint, reads it back through /rest/v1):\n\n{curl}\n\n\
          Ctrl-C stops everything.\nmadbase dev: ready",
-        dir = data_dir.display()
+        dir = data_dir.display(),
+        password = if std::env::var_os("MADBASE_CONSOLE_PASSWORD").is_some()
+            || std::env::var_os("MADBASE_CONSOLE_PASSWORD_FILE").is_some()
+        {
+            " or MADBASE_CONSOLE_PASSWORD"
+        } else {
+            ""
+        },
     );
     Ok(())
 }
