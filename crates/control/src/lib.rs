@@ -5,6 +5,7 @@
 //! keys and keeps their secrets encrypted at rest.
 
 mod api;
+mod changes;
 pub mod console;
 pub mod crypto;
 mod function_secrets;
@@ -138,6 +139,7 @@ pub struct AppState {
     public_url: String,
     sql_limits: sql::Limits,
     metrics: ControlMetrics,
+    changes: changes::Changes,
 }
 
 impl std::fmt::Debug for AppState {
@@ -224,6 +226,7 @@ pub async fn app(config: &Config) -> anyhow::Result<ServiceApp> {
             max_bytes: 8 << 20,
         },
         metrics: control_metrics,
+        changes: changes::Changes::start(db.clone(), &metrics),
     };
     let admin_api = Router::new()
         .route("/v1/tenants", post(api::create).get(api::list))
@@ -261,6 +264,7 @@ pub async fn app(config: &Config) -> anyhow::Result<ServiceApp> {
             "/internal/v1/tenants/{id}/functions/{name}",
             get(functions::internal_get),
         )
+        .route("/internal/v1/changes", get(changes::feed))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), "internal"),
             api::require_role,

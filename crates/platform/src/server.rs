@@ -346,7 +346,7 @@ impl Listeners {
         let graceful = Arc::new(GracefulShutdown::new());
         let api = accept_loop(
             self.api,
-            api_router_with(&app, self.limits),
+            api_router_with(&app, self.limits).layer(axum::Extension(Draining(shutdown.clone()))),
             self.limits,
             graceful.clone(),
             shutdown.clone(),
@@ -372,6 +372,12 @@ impl Listeners {
         Ok(())
     }
 }
+
+/// In every API request's extensions: cancelled when the service starts
+/// shutting down. Endless responses (control's change feed) end on it, so
+/// the drain does not wait for them.
+#[derive(Debug, Clone)]
+pub struct Draining(pub CancellationToken);
 
 /// State of one client connection that its requests share: each request's
 /// extensions hold it. HTTP/1.1 serves a connection's requests one at a

@@ -1,17 +1,21 @@
 //! The tenant-lookup client proxy, worker and functions use to ask control
 //! (`GET /internal/v1/tenants/{id}`) about a tenant.
 //!
-//! Lookups are cached for a TTL; when control is unreachable the last good
-//! entry keeps being served (stale); "not found" is cached briefly so unknown
-//! names cannot hammer control.
+//! Lookups are cached for a TTL and loaded once however many requests miss
+//! at the same time; when control is unreachable the last good entry keeps
+//! being served (stale); "not found" is cached briefly so unknown names
+//! cannot hammer control; control's change feed drops an entry the moment
+//! the tenant changes (see [`TenantClient`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::Metrics;
@@ -118,13 +122,68 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     value: Option<Arc<TenantInfo>>,
     fetched: Instant,
+    /// Set by a resync: reload before use, but still good to serve stale
+    /// when control is unreachable.
+    expired: bool,
+}
+
+/// What every clone of one [`TenantClient`] shares.
+#[derive(Debug, Default)]
+struct Shared {
+    cache: Mutex<HashMap<String, Entry>>,
+    /// One lock per tenant being loaded: concurrent misses of one tenant
+    /// wait for a single control call (single flight).
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Bumped by every invalidation: a load that started before one stores
+    /// its (possibly outdated) answer as expired.
+    generation: AtomicU64,
+    /// Set once the change-feed task is running.
+    following: AtomicBool,
+}
+
+impl Shared {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn drop_one(&self, id: &str) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cache().remove(id);
+    }
+
+    /// After a gap in the feed: every entry is reloaded before its next
+    /// use (and kept only for serving stale while control is unreachable).
+    fn expire_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for entry in self.cache().values_mut() {
+            entry.expired = true;
+        }
+    }
 }
 
 /// A cached client of control's internal tenant API.
+///
+/// - Entries live [`TenantClient::new`]'s TTL; misses of one tenant are
+///   loaded once however many requests wait for it (single flight);
+///   "not found" is cached for a shorter negative TTL.
+/// - When control is unreachable, the last good entry is served (stale).
+/// - From the first lookup on, a background task follows control's change
+///   feed (`GET /internal/v1/changes`) and drops a tenant's entry the moment
+///   control commits a change to it (key rotation, delete, settings), so a
+///   revoked key is refused at once; after any gap in the feed every entry
+///   is reloaded before its next use. While the feed is down (reconnecting with backoff),
+///   the TTL bounds how long a revoked key is still accepted.
 #[derive(Debug, Clone)]
 pub struct TenantClient {
     http: reqwest::Client,
@@ -132,13 +191,23 @@ pub struct TenantClient {
     jwt_secret: String,
     ttl: Duration,
     negative_ttl: Duration,
-    cache: Arc<Mutex<HashMap<String, Entry>>>,
+    shared: Arc<Shared>,
     lookups: Family<OutcomeLabels, Counter>,
+    feed: FeedMetrics,
+}
+
+/// The change feed's metrics.
+#[derive(Debug, Clone, Default)]
+struct FeedMetrics {
+    up: Gauge,
+    invalidations: Family<ReasonLabels, Counter>,
 }
 
 impl TenantClient {
     /// A client with a 30 s TTL and 5 s negative TTL, registering
-    /// `madbase_tenant_lookups_total{outcome}` on `metrics`.
+    /// `madbase_tenant_lookups_total{outcome}`,
+    /// `madbase_tenant_change_feed_up` and
+    /// `madbase_tenant_invalidations_total{reason}` on `metrics`.
     pub fn new(control_url: &str, jwt_secret: &str, metrics: &Metrics) -> Self {
         let lookups = Family::default();
         metrics.register(
@@ -146,14 +215,26 @@ impl TenantClient {
             "Tenant lookups by outcome: hit, miss, stale, not_found, error",
             lookups.clone(),
         );
+        let feed = FeedMetrics::default();
+        metrics.register(
+            "madbase_tenant_change_feed_up",
+            "1 while the tenant change feed from control is connected",
+            feed.up.clone(),
+        );
+        metrics.register(
+            "madbase_tenant_invalidations",
+            "Tenant cache entries dropped by the change feed: tenant (one changed) or resync (all)",
+            feed.invalidations.clone(),
+        );
         TenantClient {
             http: client::internal_client(),
             control_url: control_url.trim_end_matches('/').to_owned(),
             jwt_secret: jwt_secret.to_owned(),
             ttl: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(5),
-            cache: Arc::default(),
+            shared: Arc::default(),
             lookups,
+            feed,
         }
     }
 
@@ -170,62 +251,110 @@ impl TenantClient {
 
     /// Drops a cached entry (e.g. after a key was refused, to pick up a rotation).
     pub fn invalidate(&self, id: &str) {
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id);
+        self.shared.drop_one(id);
+    }
+
+    /// The cached entry when it is within its TTL (counted as a hit).
+    fn fresh(&self, id: &str) -> Option<Option<Arc<TenantInfo>>> {
+        let entry = self.shared.cache().get(id).cloned()?;
+        let ttl = if entry.value.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        };
+        if entry.expired || entry.fetched.elapsed() >= ttl {
+            return None;
+        }
+        self.count(if entry.value.is_some() {
+            "hit"
+        } else {
+            "not_found"
+        });
+        Some(entry.value)
     }
 
     /// The tenant, `None` when control says it does not exist.
     pub async fn get(&self, id: &str) -> Result<Option<Arc<TenantInfo>>, LookupError> {
-        let cached = self
-            .cache
+        self.follow_changes();
+        if let Some(value) = self.fresh(id) {
+            return Ok(value);
+        }
+        let lock = self
+            .shared
+            .loading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(id)
-            .cloned();
-        if let Some(entry) = &cached {
-            let ttl = if entry.value.is_some() {
-                self.ttl
-            } else {
-                self.negative_ttl
-            };
-            if entry.fetched.elapsed() < ttl {
-                self.count(if entry.value.is_some() {
-                    "hit"
-                } else {
-                    "not_found"
-                });
-                return Ok(entry.value.clone());
-            }
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        let _loading = lock.lock().await;
+        // Whoever held the lock before may have loaded it.
+        if let Some(value) = self.fresh(id) {
+            return Ok(value);
         }
-        match self.fetch(id).await {
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        let result = self.fetch(id).await;
+        let outcome = match result {
             Ok(value) => {
                 self.count(if value.is_some() { "miss" } else { "not_found" });
-                self.cache
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(
-                        id.to_owned(),
-                        Entry {
-                            value: value.clone(),
-                            fetched: Instant::now(),
-                        },
-                    );
+                // An invalidation while this load was in flight: the answer
+                // may predate the change; keep it only for serving stale.
+                let expired = self.shared.generation.load(Ordering::SeqCst) != generation;
+                self.shared.cache().insert(
+                    id.to_owned(),
+                    Entry {
+                        value: value.clone(),
+                        fetched: Instant::now(),
+                        expired,
+                    },
+                );
                 Ok(value)
             }
-            Err(e) => match cached {
-                Some(Entry { value: Some(v), .. }) => {
-                    tracing::warn!(tenant = id, error = %e, "control unreachable: serving the cached tenant");
-                    self.count("stale");
-                    Ok(Some(v))
+            Err(e) => {
+                let cached = self.shared.cache().get(id).and_then(|e| e.value.clone());
+                match cached {
+                    Some(v) => {
+                        tracing::warn!(tenant = id, error = %e, "control unreachable: serving the cached tenant");
+                        self.count("stale");
+                        Ok(Some(v))
+                    }
+                    None => {
+                        self.count("error");
+                        Err(e)
+                    }
                 }
-                _ => {
-                    self.count("error");
-                    Err(e)
-                }
-            },
+            }
+        };
+        let mut loading = self
+            .shared
+            .loading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if loading.get(id).is_some_and(|l| Arc::ptr_eq(l, &lock)) {
+            loading.remove(id);
         }
+        outcome
+    }
+
+    /// Starts following control's change feed (once per client and its
+    /// clones; needs a Tokio runtime, else does nothing).
+    pub fn follow_changes(&self) {
+        if self.shared.following.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.shared.following.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let follower = Follower {
+            shared: Arc::downgrade(&self.shared),
+            url: format!("{}/internal/v1/changes", self.control_url),
+            jwt_secret: self.jwt_secret.clone(),
+            metrics: self.feed.clone(),
+        };
+        runtime.spawn(follower.run());
     }
 
     async fn fetch(&self, id: &str) -> Result<Option<Arc<TenantInfo>>, LookupError> {
@@ -248,6 +377,125 @@ impl TenantClient {
             reqwest::StatusCode::NOT_FOUND => Ok(None),
             s => Err(LookupError(format!("control answered {s}"))),
         }
+    }
+}
+
+/// Control sends a line at least this often (its `PING_EVERY` is 10 s); a
+/// feed silent for longer is dead.
+const FEED_SILENCE: Duration = Duration::from_secs(30);
+
+/// The background task that follows control's change feed for one client
+/// (and its clones); it ends when the last clone is dropped.
+struct Follower {
+    shared: std::sync::Weak<Shared>,
+    url: String,
+    jwt_secret: String,
+    metrics: FeedMetrics,
+}
+
+/// One line of the feed.
+#[derive(Deserialize)]
+struct FeedLine {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+impl Follower {
+    async fn run(self) {
+        // No overall timeout: the response is endless. Silence is detected
+        // per chunk instead.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .user_agent(concat!("madbase/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        let mut backoff = Duration::from_millis(100);
+        let mut ever_live = false;
+        while self.shared.strong_count() > 0 {
+            match self.follow_once(&http, &mut ever_live).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => tracing::debug!(error = %e, "tenant change feed unavailable; retrying"),
+            }
+            self.metrics.up.set(0);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Follows the feed until it ends or fails; `Ok` when it was live.
+    async fn follow_once(
+        &self,
+        http: &reqwest::Client,
+        ever_live: &mut bool,
+    ) -> Result<(), String> {
+        let token = jwt::platform_token(&self.jwt_secret, "internal", Duration::from_secs(300));
+        let mut resp = http
+            .get(&self.url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| client::describe(&e))?;
+        if !resp.status().is_success() {
+            return Err(format!("control answered {}", resp.status()));
+        }
+        let mut buf = Vec::new();
+        let mut live = false;
+        loop {
+            let chunk = match tokio::time::timeout(FEED_SILENCE, resp.chunk()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(client::describe(&e)),
+                Err(_) => return Err("the feed went silent".to_owned()),
+            };
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                let Some(shared) = self.shared.upgrade() else {
+                    return Ok(());
+                };
+                let Ok(line) = serde_json::from_slice::<FeedLine>(&line) else {
+                    continue;
+                };
+                match (line.kind.as_str(), line.id) {
+                    // Live from here on. After a gap, whatever changed
+                    // meanwhile is unknown: reload everything. (Entries
+                    // loaded before the very first hello are as old as a
+                    // lookup is: milliseconds; the TTL bounds that race.)
+                    ("hello", _) => {
+                        live = true;
+                        self.metrics.up.set(1);
+                        if *ever_live {
+                            shared.expire_all();
+                            self.invalidated("resync");
+                        }
+                        *ever_live = true;
+                    }
+                    ("resync", _) => {
+                        shared.expire_all();
+                        self.invalidated("resync");
+                    }
+                    ("tenant", Some(id)) => {
+                        shared.drop_one(&id);
+                        self.invalidated("tenant");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if live {
+            Ok(())
+        } else {
+            Err("the feed ended before it started".to_owned())
+        }
+    }
+
+    fn invalidated(&self, reason: &'static str) {
+        self.metrics
+            .invalidations
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 }
 

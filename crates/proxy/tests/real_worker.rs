@@ -673,3 +673,164 @@ async fn serves_from_cache_with_control_stopped() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["failed"], json!(["control"]));
 }
+
+/// Key rotation and tenant deletion take effect at once, under load: the
+/// proxy's and the worker's caches (TTL 30 s) are dropped by control's
+/// change feed, so the old key is refused — through the proxy and on the
+/// worker itself — well within a second, while another tenant's requests
+/// keep succeeding.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_keys_are_refused_within_a_second_under_load() {
+    let mut s = Stack::with_defaults().await;
+    let control_url = s.control.as_ref().expect("control").url();
+    let worker_url = s.worker.as_ref().expect("worker").url();
+    let old_anon = s.tenant.anon_key.clone();
+    let id = s.tenant.id.clone();
+    let on_worker = |key: &str| {
+        s.http
+            .get(format!("{worker_url}{NOTES}"))
+            .header("x-madbase-tenant", &id)
+            .header("apikey", key)
+    };
+    // Both caches hold the tenant and the feeds are connected.
+    Reply::of(s.get(NOTES, &old_anon))
+        .await
+        .assert_rows(&ANON_ROWS, "warm");
+    Reply::of(on_worker(&old_anon))
+        .await
+        .assert_rows(&ANON_ROWS, "warm, on the worker");
+    for admin in [
+        s.proxy.admin_url(),
+        s.worker.as_ref().expect("worker").admin_url(),
+    ] {
+        wait_for_metric(&s.http, &admin, "madbase_tenant_change_feed_up 1").await;
+    }
+
+    // Load: the other tenant's requests, all the time.
+    s.other.sql(&s.http, &control_url, FIXTURE).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (http, stop) = (s.http.clone(), stop.clone());
+        let url = format!("{}/t/{}{NOTES}", s.proxy.url(), s.other.id);
+        let key = s.other.anon_key.clone();
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http.get(&url).header("apikey", &key).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+
+    // Rotation: the old key stops working everywhere.
+    let start = Instant::now();
+    let rotated: Value = s
+        .http
+        .post(format!("{control_url}/v1/tenants/{id}/keys/rotate"))
+        .bearer_auth(madbase_testkit::tenant::platform_token("admin"))
+        .send()
+        .await
+        .expect("rotate")
+        .json()
+        .await
+        .expect("rotate json");
+    let new_anon = rotated["anon_key"]
+        .as_str()
+        .expect("new anon key")
+        .to_owned();
+    let proxy_refused = until_status(|| s.get(NOTES, &old_anon), 401).await;
+    let worker_refused = until_status(|| on_worker(&old_anon), 401).await;
+    let rotation = start.elapsed();
+    eprintln!(
+        "rotation: old key refused by the proxy after {:?}, by the worker after {:?} \
+         (rotate call included)",
+        proxy_refused, worker_refused
+    );
+    assert!(
+        rotation < Duration::from_secs(1),
+        "rotation took {rotation:?}"
+    );
+    Reply::of(s.get(NOTES, &new_anon))
+        .await
+        .assert_rows(&ANON_ROWS, "new key");
+
+    // Deletion: the tenant disappears everywhere.
+    let start = Instant::now();
+    let resp = s
+        .http
+        .delete(format!("{control_url}/v1/tenants/{id}"))
+        .bearer_auth(madbase_testkit::tenant::platform_token("admin"))
+        .send()
+        .await
+        .expect("delete");
+    assert!(resp.status().is_success(), "delete: {}", resp.status());
+    let delete_call = start.elapsed();
+    let start = Instant::now();
+    let proxy_gone = until_status(|| s.get(NOTES, &new_anon), 404).await;
+    let worker_gone = until_status(|| on_worker(&new_anon), 404).await;
+    let deletion = start.elapsed();
+    eprintln!(
+        "deletion: the delete call took {delete_call:?} (it drops the database); then the \
+         tenant was unknown to the proxy after {proxy_gone:?}, to the worker after {worker_gone:?}"
+    );
+    assert!(
+        deletion < Duration::from_secs(1),
+        "deletion took {deletion:?}"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for task in load {
+        let (o, f) = task.await.expect("load task");
+        ok += o;
+        failed += f;
+    }
+    eprintln!("other tenant during both: {ok} ok, {failed} failed");
+    assert!(ok > 0, "the load ran");
+    assert_eq!(failed, 0, "the other tenant was affected");
+    s.stop_control().await;
+}
+
+/// Polls (every 10 ms, for at most 5 s) until `request` answers `status`;
+/// returns how long that took.
+async fn until_status(request: impl Fn() -> reqwest::RequestBuilder, status: u16) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = request().send().await.expect("request").status().as_u16();
+        if got == status {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still {got}, not {status}, after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls the admin `/metrics` at `admin` until it has the line `want`.
+async fn wait_for_metric(http: &reqwest::Client, admin: &str, want: &str) {
+    let start = Instant::now();
+    loop {
+        let text = http
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        if text.lines().any(|l| l == want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{admin}/metrics never had {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
