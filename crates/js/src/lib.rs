@@ -5,7 +5,10 @@
 //! self-contained module: `import` of another module fails the check (there
 //! is no module loader).
 
+mod engine;
+mod fetch;
 pub mod protocol;
+pub mod worker;
 
 use rquickjs::{CatchResultExt as _, CaughtError, Context, Module, Runtime};
 

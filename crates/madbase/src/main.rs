@@ -39,6 +39,9 @@ enum Command {
     Worker,
     /// Tenant functions (:8003, admin :9003).
     Functions,
+    /// Runs tenant JavaScript for the functions service: frames on
+    /// stdin/stdout, log on stderr (started by `madbase functions`).
+    FunctionsWorker,
     /// The whole platform in one process, with its own Postgres unless
     /// DATABASE_URL is set.
     Dev {
@@ -80,6 +83,13 @@ fn main() -> ExitCode {
         Command::Control => run::services(&[Service::Control]),
         Command::Worker => run::services(&[Service::Worker]),
         Command::Functions => run::services(&[Service::Functions]),
+        Command::FunctionsWorker => match madbase_js::worker::run_stdio() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("madbase functions-worker: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Dev { data_dir } => dev::main(data_dir),
         Command::Token { role, ttl } => run::token(&role, ttl),
         Command::Migrate => run::migrate(),

@@ -1,0 +1,778 @@
+//! One function's runtime: a QuickJS `Runtime` + `Context` with the prelude
+//! and the tenant's module evaluated once, then invoked per request.
+//!
+//! The event loop is ours: microtasks run through the engine's job queue,
+//! timers live in the prelude (JavaScript asks Rust how long to sleep), and
+//! `fetch` sub-requests run on the worker's [`Net`]. CPU time is the wall
+//! time spent inside the engine (the worker is single-threaded), enforced
+//! by the interrupt handler.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rquickjs::function::Opt;
+use rquickjs::promise::PromiseState;
+use rquickjs::{
+    Context, Ctx, Error as JsError, Exception, Function, IntoJs as _, Module, Object, Persistent,
+    Promise, Runtime, TypedArray, Value,
+};
+
+use crate::fetch::{FetchRequest, FetchResult, Net};
+use crate::protocol::{Limits, LogLine};
+
+/// The prelude: Web APIs written in JavaScript over the natives below.
+const PRELUDE: &str = include_str!("prelude.js");
+
+/// Maximum stack size of a function's runtime.
+const STACK_LIMIT: usize = 1024 * 1024;
+/// `console.*` output kept per invocation (the reply's header is bounded).
+const MAX_LOG_BYTES: usize = 1024 * 1024;
+/// One log line is cut to this many bytes.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// Why running JavaScript stopped without an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    Cpu,
+    Memory,
+    /// An uncaught exception, with its message.
+    Exception(String),
+    /// The engine failed outside JavaScript (a bug or a broken runtime).
+    Engine(String),
+}
+
+/// What the handler answered.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Response {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    NoHandler,
+    BadResponse(String),
+    FetchLimit(String),
+}
+
+/// CPU accounting of the current invocation, shared with the interrupt handler.
+#[derive(Debug, Default)]
+struct Meter {
+    budget: Cell<Duration>,
+    used: Cell<Duration>,
+    since: Cell<Option<Instant>>,
+    tripped: Cell<bool>,
+}
+
+impl Meter {
+    fn reset(&self, budget: Duration) {
+        self.budget.set(budget);
+        self.used.set(Duration::ZERO);
+        self.since.set(None);
+        self.tripped.set(false);
+    }
+    fn start(&self) {
+        self.since.set(Some(Instant::now()));
+    }
+    fn stop(&self) {
+        if let Some(since) = self.since.take() {
+            self.used.set(self.used.get() + since.elapsed());
+        }
+    }
+    /// The interrupt handler: true stops the running JavaScript (uncatchable).
+    fn interrupt(&self) -> bool {
+        if self.tripped.get() {
+            return true;
+        }
+        if let Some(since) = self.since.get()
+            && self.used.get() + since.elapsed() > self.budget.get()
+        {
+            self.tripped.set(true);
+            return true;
+        }
+        false
+    }
+}
+
+/// State the natives share with the worker for the current invocation.
+#[derive(Debug, Default)]
+struct Shared {
+    logs: RefCell<Vec<LogLine>>,
+    log_bytes: Cell<usize>,
+    log_dropped: Cell<usize>,
+    fetch: RefCell<FetchQueue>,
+}
+
+#[derive(Debug, Default)]
+struct FetchQueue {
+    next_id: u32,
+    started: u32,
+    max_fetches: u32,
+    start: Vec<(u32, FetchRequest)>,
+    cancel: Vec<u32>,
+}
+
+impl Shared {
+    fn log(&self, level: String, mut message: String) {
+        if self.log_bytes.get() + message.len() > MAX_LOG_BYTES {
+            self.log_dropped.set(self.log_dropped.get() + 1);
+            return;
+        }
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("… (truncated)");
+        }
+        self.log_bytes.set(self.log_bytes.get() + message.len());
+        self.logs.borrow_mut().push(LogLine { level, message });
+    }
+
+    fn take_logs(&self) -> Vec<LogLine> {
+        let mut logs = std::mem::take(&mut *self.logs.borrow_mut());
+        let dropped = self.log_dropped.replace(0);
+        if dropped > 0 {
+            logs.push(LogLine {
+                level: "warn".to_owned(),
+                message: format!("{dropped} console lines dropped (over {MAX_LOG_BYTES} bytes)"),
+            });
+        }
+        self.log_bytes.set(0);
+        logs
+    }
+}
+
+/// A function's runtime. Field order matters: the persistent values must be
+/// dropped before the context and the runtime.
+pub(crate) struct FnRuntime {
+    internal: Persistent<Object<'static>>,
+    ctx: Context,
+    rt: Runtime,
+    shared: Rc<Shared>,
+    meter: Rc<Meter>,
+}
+
+impl std::fmt::Debug for FnRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnRuntime").finish_non_exhaustive()
+    }
+}
+
+/// Bytes from a "binary string" (one char per byte, as the prelude sends them).
+fn latin1_bytes(s: &str) -> Vec<u8> {
+    s.chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+        .collect()
+}
+
+fn url_parts(u: &url::Url) -> Vec<String> {
+    use url::quirks;
+    vec![
+        quirks::href(u).to_owned(),
+        quirks::protocol(u).to_owned(),
+        quirks::username(u).to_owned(),
+        quirks::password(u).to_owned(),
+        quirks::host(u).to_owned(),
+        quirks::hostname(u).to_owned(),
+        quirks::port(u).to_owned(),
+        quirks::pathname(u).to_owned(),
+        quirks::search(u).to_owned(),
+        quirks::hash(u).to_owned(),
+        quirks::origin(u),
+    ]
+}
+
+fn url_parse(input: &str, base: Option<&str>) -> Option<url::Url> {
+    match base {
+        Some(base) => url::Url::parse(base).ok()?.join(input).ok(),
+        None => url::Url::parse(input).ok(),
+    }
+}
+
+/// The setter of a `URL` attribute; `None` when the new href does not parse.
+fn url_set(href: &str, name: &str, value: &str) -> Option<url::Url> {
+    use url::quirks;
+    let mut u = url::Url::parse(href).ok()?;
+    match name {
+        "href" => quirks::set_href(&mut u, value).ok()?,
+        "protocol" => {
+            let _ = quirks::set_protocol(&mut u, value);
+        }
+        "username" => {
+            let _ = quirks::set_username(&mut u, value);
+        }
+        "password" => {
+            let _ = quirks::set_password(&mut u, value);
+        }
+        "host" => {
+            let _ = quirks::set_host(&mut u, value);
+        }
+        "hostname" => {
+            let _ = quirks::set_hostname(&mut u, value);
+        }
+        "port" => {
+            let _ = quirks::set_port(&mut u, value);
+        }
+        "pathname" => quirks::set_pathname(&mut u, value),
+        "search" => quirks::set_search(&mut u, value),
+        "hash" => quirks::set_hash(&mut u, value),
+        _ => {}
+    }
+    Some(u)
+}
+
+fn utf8_decode(bytes: &[u8], fatal: bool, ignore_bom: bool) -> Result<String, ()> {
+    let bytes = if !ignore_bom && bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        &bytes[3..]
+    } else {
+        bytes
+    };
+    if fatal {
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| ())
+    } else {
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    }
+}
+
+/// The `native` object the prelude is called with.
+fn natives<'js>(
+    ctx: &Ctx<'js>,
+    shared: &Rc<Shared>,
+    test_hooks: bool,
+) -> rquickjs::Result<Object<'js>> {
+    let native = Object::new(ctx.clone())?;
+    let s = shared.clone();
+    native.set(
+        "log",
+        Function::new(ctx.clone(), move |level: String, message: String| {
+            s.log(level, message);
+        })?,
+    )?;
+    native.set(
+        "utf8Encode",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, s: String| {
+            TypedArray::<u8>::new(ctx, s.into_bytes())
+        })?,
+    )?;
+    native.set(
+        "utf8Decode",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'js>, s: String, fatal: bool, ignore_bom: bool| {
+                utf8_decode(&latin1_bytes(&s), fatal, ignore_bom).map_err(|()| {
+                    Exception::throw_type(&ctx, "The encoded data was not valid for encoding utf-8")
+                })
+            },
+        )?,
+    )?;
+    native.set(
+        "randomBytes",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, n: usize| {
+            let mut buf = vec![0u8; n.min(65536)];
+            getrandom::fill(&mut buf)
+                .map_err(|e| Exception::throw_internal(&ctx, &format!("getrandom: {e}")))?;
+            TypedArray::<u8>::new(ctx, buf)
+        })?,
+    )?;
+    native.set(
+        "urlParse",
+        Function::new(ctx.clone(), |input: String, base: Opt<Option<String>>| {
+            url_parse(&input, base.0.flatten().as_deref()).map(|u| url_parts(&u))
+        })?,
+    )?;
+    native.set(
+        "urlSet",
+        Function::new(ctx.clone(), |href: String, name: String, value: String| {
+            url_set(&href, &name, &value).map(|u| url_parts(&u))
+        })?,
+    )?;
+    native.set(
+        "formParse",
+        Function::new(ctx.clone(), |s: String| {
+            let mut flat = Vec::new();
+            for (k, v) in form_urlencoded::parse(s.as_bytes()) {
+                flat.push(k.into_owned());
+                flat.push(v.into_owned());
+            }
+            flat
+        })?,
+    )?;
+    native.set(
+        "formSerialize",
+        Function::new(ctx.clone(), |flat: Vec<String>| {
+            let mut out = form_urlencoded::Serializer::new(String::new());
+            for pair in flat.chunks(2) {
+                if let [k, v] = pair {
+                    out.append_pair(k, v);
+                }
+            }
+            out.finish()
+        })?,
+    )?;
+    let s = shared.clone();
+    native.set(
+        "fetchStart",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>,
+                  method: String,
+                  url: String,
+                  headers: Vec<String>,
+                  body: Option<String>,
+                  binary: bool,
+                  redirect: String|
+                  -> rquickjs::Result<Value<'js>> {
+                let mut q = s.fetch.borrow_mut();
+                if q.started >= q.max_fetches {
+                    let message = format!(
+                        "fetch: the limit of {} sub-requests per invocation is reached",
+                        q.max_fetches
+                    );
+                    return message.into_js(&ctx);
+                }
+                q.started += 1;
+                q.next_id += 1;
+                let id = q.next_id;
+                let body = body.map(|b| {
+                    if binary {
+                        latin1_bytes(&b)
+                    } else {
+                        b.into_bytes()
+                    }
+                });
+                let headers = headers
+                    .chunks(2)
+                    .filter_map(|p| match p {
+                        [k, v] => Some((k.clone(), latin1_bytes(v))),
+                        _ => None,
+                    })
+                    .collect();
+                q.start.push((
+                    id,
+                    FetchRequest {
+                        method,
+                        url,
+                        headers,
+                        body,
+                        follow_redirects: redirect == "follow",
+                        error_on_redirect: redirect == "error",
+                    },
+                ));
+                id.into_js(&ctx)
+            },
+        )?,
+    )?;
+    let s = shared.clone();
+    native.set(
+        "fetchCancel",
+        Function::new(ctx.clone(), move |id: u32| {
+            s.fetch.borrow_mut().cancel.push(id);
+        })?,
+    )?;
+    if test_hooks {
+        native.set(
+            "testCrash",
+            Function::new(ctx.clone(), || -> () {
+                eprintln!("madbase functions-worker: __madbaseTestCrash() called, aborting");
+                std::process::abort()
+            })?,
+        )?;
+    }
+    Ok(native)
+}
+
+/// The message of a caught exception value.
+fn describe(value: &Value<'_>) -> String {
+    if let Some(ex) = value.as_exception() {
+        let message = ex.message().unwrap_or_default();
+        let name: String = ex.get("name").unwrap_or_else(|_| "Error".to_owned());
+        let frame = ex.stack().and_then(|s| {
+            s.lines()
+                .find(|l| l.trim_start().starts_with("at "))
+                .map(str::to_owned)
+        });
+        return match frame {
+            Some(frame) => format!("{name}: {message}\n{}", frame.trim_end()),
+            None => format!("{name}: {message}"),
+        };
+    }
+    if let Some(s) = value.as_string().and_then(|s| s.to_string().ok()) {
+        return format!("Uncaught {s}");
+    }
+    format!("Uncaught {}", value.type_name())
+}
+
+fn is_out_of_memory(value: &Value<'_>) -> bool {
+    value
+        .as_exception()
+        .and_then(|ex| ex.message())
+        .is_some_and(|m| m.contains("out of memory"))
+        // QuickJS throws null when it cannot even allocate the error.
+        || value.is_null()
+}
+
+impl FnRuntime {
+    /// A fresh runtime with the prelude evaluated.
+    pub(crate) fn new(limits: &Limits, test_hooks: bool) -> Result<Self, Failure> {
+        let rt = Runtime::new().map_err(|e| Failure::Engine(format!("runtime: {e}")))?;
+        rt.set_memory_limit(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX));
+        rt.set_max_stack_size(STACK_LIMIT);
+        let meter = Rc::new(Meter::default());
+        let m = meter.clone();
+        rt.set_interrupt_handler(Some(Box::new(move || m.interrupt())));
+        let ctx = Context::full(&rt).map_err(|e| Failure::Engine(format!("context: {e}")))?;
+        let shared = Rc::new(Shared::default());
+        meter.reset(Duration::from_millis(limits.cpu_ms.max(1)));
+        meter.start();
+        let internal = ctx.with(|ctx| -> Result<_, Failure> {
+            let run = || -> rquickjs::Result<Object<'_>> {
+                let prelude: Function = ctx.eval(PRELUDE)?;
+                let native = natives(&ctx, &shared, test_hooks)?;
+                prelude.call((native,))
+            };
+            match run() {
+                Ok(internal) => Ok(Persistent::save(&ctx, internal)),
+                Err(e) => Err(Self::caught(&ctx, e, &meter)),
+            }
+        });
+        meter.stop();
+        let internal = internal?;
+        Ok(FnRuntime {
+            internal,
+            ctx,
+            rt,
+            shared,
+            meter,
+        })
+    }
+
+    /// Classifies an error of a call into the engine.
+    fn caught(ctx: &Ctx<'_>, e: JsError, meter: &Meter) -> Failure {
+        if meter.tripped.get() {
+            return Failure::Cpu;
+        }
+        match e {
+            JsError::Exception => {
+                let value = ctx.catch();
+                if meter.tripped.get() {
+                    Failure::Cpu
+                } else if is_out_of_memory(&value) {
+                    Failure::Memory
+                } else {
+                    Failure::Exception(describe(&value))
+                }
+            }
+            JsError::Allocation => Failure::Memory,
+            other => Failure::Engine(other.to_string()),
+        }
+    }
+
+    /// Starts an invocation's accounting: CPU budget, fetch limits, env.
+    pub(crate) fn begin(
+        &mut self,
+        limits: &Limits,
+        env: &[(String, String)],
+    ) -> Result<(), Failure> {
+        self.rt
+            .set_memory_limit(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX));
+        self.meter
+            .reset(Duration::from_millis(limits.cpu_ms.max(1)));
+        {
+            let mut q = self.shared.fetch.borrow_mut();
+            q.started = 0;
+            q.max_fetches = limits.max_fetches;
+            q.start.clear();
+            q.cancel.clear();
+        }
+        self.call_internal("setEnv", (flat_clone(env),))
+    }
+
+    /// Evaluates the tenant's module (once per runtime) and registers its
+    /// default export's `fetch` when `Deno.serve` was not called.
+    pub(crate) fn load(&mut self, name: &str, source: &str, net: &mut Net) -> Result<(), Failure> {
+        self.meter.start();
+        let started = self.ctx.with(|ctx| {
+            let run = || -> rquickjs::Result<(Persistent<Promise<'static>>, Persistent<Object<'static>>)> {
+                let module = Module::declare(ctx.clone(), name, source)?;
+                let (module, promise) = module.eval()?;
+                let namespace = module.namespace()?;
+                Ok((Persistent::save(&ctx, promise), Persistent::save(&ctx, namespace)))
+            };
+            run().map_err(|e| Self::caught(&ctx, e, &self.meter))
+        });
+        self.meter.stop();
+        let (promise, namespace) = started?;
+        self.run_until_settled(&promise, net)?;
+        self.meter.start();
+        let done = self.ctx.with(|ctx| {
+            let run = || -> rquickjs::Result<()> {
+                let promise = promise.clone().restore(&ctx)?;
+                if let Some(Err(e)) = promise.result::<Value>() {
+                    return Err(e);
+                }
+                let namespace = namespace.clone().restore(&ctx)?;
+                let default: Value = namespace.get("default")?;
+                let internal = self.internal.clone().restore(&ctx)?;
+                let set_default: Function = internal.get("setDefault")?;
+                set_default.call::<_, ()>((default,))
+            };
+            run().map_err(|e| Self::caught(&ctx, e, &self.meter))
+        });
+        self.meter.stop();
+        done
+    }
+
+    /// Runs the handler on one request to the end (the promise settles).
+    pub(crate) fn invoke(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+        net: &mut Net,
+    ) -> Result<Answer, Failure> {
+        self.meter.start();
+        let started = self.ctx.with(|ctx| {
+            let run = || -> rquickjs::Result<Persistent<Promise<'static>>> {
+                let internal = self.internal.clone().restore(&ctx)?;
+                let invoke: Function = internal.get("invoke")?;
+                let flat: Vec<String> = headers
+                    .iter()
+                    .flat_map(|(k, v)| [k.clone(), v.clone()])
+                    .collect();
+                let body = if body.is_empty() {
+                    Value::new_null(ctx.clone())
+                } else {
+                    TypedArray::<u8>::new(ctx.clone(), body)?.into_value()
+                };
+                let promise: Promise = invoke.call((method, url, flat, body))?;
+                Ok(Persistent::save(&ctx, promise))
+            };
+            run().map_err(|e| Self::caught(&ctx, e, &self.meter))
+        });
+        self.meter.stop();
+        let promise = started?;
+        self.run_until_settled(&promise, net)?;
+        self.meter.start();
+        let answer = self.ctx.with(|ctx| {
+            let run = || -> rquickjs::Result<Result<Answer, Failure>> {
+                let promise = promise.clone().restore(&ctx)?;
+                let outcome: Object = match promise.result::<Object>() {
+                    Some(r) => r?,
+                    None => return Err(JsError::Unknown),
+                };
+                let kind: String = outcome.get("kind")?;
+                Ok(Ok(match kind.as_str() {
+                    "response" => {
+                        let status: u16 = outcome.get("status")?;
+                        let flat: Vec<String> = outcome.get("headers")?;
+                        let headers = flat
+                            .chunks(2)
+                            .filter_map(|p| match p {
+                                [k, v] => Some((k.clone(), v.clone())),
+                                _ => None,
+                            })
+                            .collect();
+                        let text: Option<String> = outcome.get("text")?;
+                        let binary: Option<String> = outcome.get("binary")?;
+                        let body = match (text, binary) {
+                            (Some(t), _) => t.into_bytes(),
+                            (None, Some(b)) => latin1_bytes(&b),
+                            (None, None) => Vec::new(),
+                        };
+                        Answer::Response {
+                            status,
+                            headers,
+                            body,
+                        }
+                    }
+                    "no_handler" => Answer::NoHandler,
+                    "bad_response" => Answer::BadResponse(outcome.get("message")?),
+                    "fetch_limit" => Answer::FetchLimit(outcome.get("message")?),
+                    "memory_limit" => return Ok(Err(Failure::Memory)),
+                    _ => return Ok(Err(Failure::Exception(outcome.get("message")?))),
+                }))
+            };
+            run().unwrap_or_else(|e| Err(Self::caught(&ctx, e, &self.meter)))
+        });
+        self.meter.stop();
+        answer
+    }
+
+    /// Ends an invocation: drops its timers and pending fetches, returns its
+    /// logs and CPU time.
+    pub(crate) fn finish(&mut self, net: &mut Net) -> (Vec<LogLine>, Duration) {
+        net.clear();
+        self.meter.stop();
+        // Timers and fetches do not outlive their invocation. Not metered: a
+        // runtime stopped for its CPU limit is dropped anyway.
+        if !self.meter.tripped.get() {
+            self.meter.start();
+            let _ = self.call_internal("clearTimers", ());
+            let _ = self.call_internal("clearFetches", ());
+            self.meter.stop();
+        }
+        (self.shared.take_logs(), self.meter.used.get())
+    }
+
+    /// Whether a limit stopped the last invocation (the runtime must go).
+    pub(crate) fn tripped(&self) -> bool {
+        self.meter.tripped.get()
+    }
+
+    fn call_internal<A>(&self, name: &str, args: A) -> Result<(), Failure>
+    where
+        A: for<'js> rquickjs::function::IntoArgs<'js>,
+    {
+        self.ctx.with(|ctx| {
+            let run = || -> rquickjs::Result<()> {
+                let internal = self.internal.clone().restore(&ctx)?;
+                let f: Function = internal.get(name)?;
+                f.call::<_, Value>(args).map(|_| ())
+            };
+            run().map_err(|e| Self::caught(&ctx, e, &self.meter))
+        })
+    }
+
+    /// Calls an internal function returning a number (metered).
+    fn call_number(&self, name: &str) -> Result<f64, Failure> {
+        self.meter.start();
+        let r = self.ctx.with(|ctx| {
+            let run = || -> rquickjs::Result<f64> {
+                let internal = self.internal.clone().restore(&ctx)?;
+                let f: Function = internal.get(name)?;
+                f.call(())
+            };
+            run().map_err(|e| Self::caught(&ctx, e, &self.meter))
+        });
+        self.meter.stop();
+        r
+    }
+
+    /// Runs jobs, timers and fetches until `promise` settles.
+    fn run_until_settled(
+        &mut self,
+        promise: &Persistent<Promise<'static>>,
+        net: &mut Net,
+    ) -> Result<(), Failure> {
+        loop {
+            self.meter.start();
+            let jobs = self.drain_jobs();
+            self.meter.stop();
+            jobs?;
+            let state = self.ctx.with(|ctx| {
+                promise
+                    .clone()
+                    .restore(&ctx)
+                    .map(|p| p.state())
+                    .map_err(|e| Failure::Engine(e.to_string()))
+            })?;
+            if state != PromiseState::Pending {
+                return Ok(());
+            }
+            let (start, cancel) = {
+                let mut q = self.shared.fetch.borrow_mut();
+                (std::mem::take(&mut q.start), std::mem::take(&mut q.cancel))
+            };
+            for id in cancel {
+                net.cancel(id);
+            }
+            for (id, request) in start {
+                net.start(id, request);
+            }
+            let next = self.call_number("nextTimer")?;
+            if next == 0.0 {
+                self.meter.start();
+                let r = self.call_internal_unmetered("runTimer");
+                self.meter.stop();
+                r?;
+                continue;
+            }
+            if next < 0.0 && !net.pending() {
+                return Err(Failure::Exception(
+                    "the handler's promise never settled (no timer or fetch pending)".to_owned(),
+                ));
+            }
+            let wait = (next > 0.0).then(|| Duration::from_secs_f64(next / 1000.0));
+            if let Some((id, result)) = net.wait(wait) {
+                self.meter.start();
+                let r = self.deliver(id, result);
+                self.meter.stop();
+                r?;
+            }
+        }
+    }
+
+    fn call_internal_unmetered(&self, name: &str) -> Result<(), Failure> {
+        self.call_internal(name, ())
+    }
+
+    /// Hands a finished sub-request to the prelude's `fetch` promise.
+    fn deliver(&self, id: u32, result: FetchResult) -> Result<(), Failure> {
+        self.ctx.with(|ctx| {
+            let run = || -> rquickjs::Result<()> {
+                let internal = self.internal.clone().restore(&ctx)?;
+                match result {
+                    Ok(ok) => {
+                        let f: Function = internal.get("fetchDone")?;
+                        let flat: Vec<String> =
+                            ok.headers.into_iter().flat_map(|(k, v)| [k, v]).collect();
+                        let body = TypedArray::<u8>::new(ctx.clone(), ok.body)?;
+                        f.call::<_, ()>((
+                            id,
+                            ok.status,
+                            ok.status_text,
+                            flat,
+                            body,
+                            ok.url,
+                            ok.redirected,
+                        ))
+                    }
+                    Err(err) => {
+                        let f: Function = internal.get("fetchFailed")?;
+                        f.call::<_, ()>((id, err.limit, err.message))
+                    }
+                }
+            };
+            run().map_err(|e| Self::caught(&ctx, e, &self.meter))
+        })
+    }
+
+    /// Runs the engine's job queue empty.
+    fn drain_jobs(&self) -> Result<(), Failure> {
+        loop {
+            match self.rt.execute_pending_job() {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(job) => {
+                    if self.meter.tripped.get() {
+                        return Err(Failure::Cpu);
+                    }
+                    let failure = job.0.with(|ctx| {
+                        let value = ctx.catch();
+                        if is_out_of_memory(&value) {
+                            Some(Failure::Memory)
+                        } else {
+                            None
+                        }
+                    });
+                    if let Some(failure) = failure {
+                        return Err(failure);
+                    }
+                    // Any other job exception was already turned into a
+                    // rejection by the engine; keep going.
+                }
+            }
+        }
+    }
+}
+
+fn flat_clone(env: &[(String, String)]) -> Vec<String> {
+    env.iter()
+        .flat_map(|(k, v)| [k.clone(), v.clone()])
+        .collect()
+}

@@ -1,0 +1,1349 @@
+// madbase's JavaScript prelude: the Web APIs a Supabase edge function uses,
+// written for this runtime (see ARCHITECTURE.md, "Functions runtime").
+//
+// Evaluated once per runtime, before the tenant's module, as a script whose
+// value is a function: Rust calls it with `native` (the Rust helpers) and
+// keeps the returned `internal` object. Neither is reachable from globals.
+(function (native) {
+  "use strict";
+
+  const internal = {};
+  const g = globalThis;
+  function define(name, value) {
+    Object.defineProperty(g, name, {
+      value,
+      writable: true,
+      configurable: true,
+      enumerable: false,
+    });
+  }
+  function wellFormed(s) {
+    s = String(s);
+    return typeof s.toWellFormed === "function" ? s.toWellFormed() : s;
+  }
+
+  // ---------------------------------------------------------------- errors
+  if (typeof g.DOMException !== "function") {
+    const codes = {
+      IndexSizeError: 1,
+      NotFoundError: 8,
+      NotSupportedError: 9,
+      InvalidStateError: 11,
+      SyntaxError: 12,
+      InvalidCharacterError: 5,
+      NetworkError: 19,
+      AbortError: 20,
+      TimeoutError: 23,
+      DataCloneError: 25,
+      QuotaExceededError: 22,
+    };
+    class DOMException extends Error {
+      constructor(message = "", name = "Error") {
+        super(String(message));
+        Object.defineProperty(this, "name", {
+          value: String(name),
+          configurable: true,
+          writable: true,
+        });
+      }
+      get code() {
+        return codes[this.name] || 0;
+      }
+    }
+    define("DOMException", DOMException);
+  }
+
+  /** Rejections that count as FunctionError::FetchLimit when uncaught. */
+  class FetchLimitError extends TypeError {
+    constructor(message) {
+      super(message);
+      Object.defineProperty(this, "name", {
+        value: "TypeError",
+        configurable: true,
+        writable: true,
+      });
+    }
+  }
+
+  // --------------------------------------------------------------- console
+  function inspect(v, depth, seen) {
+    switch (typeof v) {
+      case "string":
+        return depth === 0 ? v : JSON.stringify(v);
+      case "number":
+      case "boolean":
+      case "undefined":
+        return String(v);
+      case "bigint":
+        return `${v}n`;
+      case "symbol":
+        return v.toString();
+      case "function":
+        return `[Function: ${v.name || "(anonymous)"}]`;
+    }
+    if (v === null) return "null";
+    if (v instanceof Error) {
+      return v.stack ? `${v.name}: ${v.message}\n${v.stack}`.trimEnd() : `${v.name}: ${v.message}`;
+    }
+    if (seen.includes(v)) return "[Circular]";
+    if (depth > 3) return Array.isArray(v) ? "[Array]" : "[Object]";
+    seen = seen.concat([v]);
+    if (Array.isArray(v)) {
+      return `[ ${v.map((x) => inspect(x, depth + 1, seen)).join(", ")} ]`;
+    }
+    if (v instanceof Date) return v.toISOString();
+    if (v instanceof RegExp) return String(v);
+    if (v instanceof Map) {
+      const items = [...v].map(([k, x]) => `${inspect(k, depth + 1, seen)} => ${inspect(x, depth + 1, seen)}`);
+      return `Map(${v.size}) { ${items.join(", ")} }`;
+    }
+    if (v instanceof Set) {
+      return `Set(${v.size}) { ${[...v].map((x) => inspect(x, depth + 1, seen)).join(", ")} }`;
+    }
+    if (ArrayBuffer.isView(v)) {
+      return `${v.constructor.name}(${v.length}) [ ${Array.prototype.slice.call(v, 0, 50).join(", ")} ]`;
+    }
+    if (typeof v.then === "function") return "Promise { <pending> }";
+    const keys = Object.keys(v);
+    const name = v.constructor && v.constructor !== Object && v.constructor.name ? `${v.constructor.name} ` : "";
+    if (keys.length === 0) return `${name}{}`;
+    const body = keys.map((k) => `${/^[A-Za-z_$][\w$]*$/.test(k) ? k : JSON.stringify(k)}: ${inspect(v[k], depth + 1, seen)}`);
+    return `${name}{ ${body.join(", ")} }`;
+  }
+  function format(args) {
+    let first = args[0];
+    let rest = args.slice(1);
+    let out = "";
+    if (typeof first === "string" && first.includes("%") && rest.length > 0) {
+      out = first.replace(/%([sdifoOjc%])/g, (m, c) => {
+        if (c === "%") return "%";
+        if (rest.length === 0) return m;
+        const a = rest.shift();
+        switch (c) {
+          case "s":
+            return typeof a === "string" ? a : inspect(a, 1, []);
+          case "d":
+          case "i":
+            return String(c === "i" ? parseInt(a) : Number(a));
+          case "f":
+            return String(parseFloat(a));
+          case "c":
+            return "";
+          default:
+            return inspect(a, 1, []);
+        }
+      });
+      first = undefined;
+    } else {
+      rest = args;
+    }
+    const parts = rest.map((a) => inspect(a, 0, []));
+    if (first === undefined && out !== "") parts.unshift(out);
+    return parts.join(" ");
+  }
+  const consoleObject = {};
+  for (const [method, level] of [
+    ["log", "info"],
+    ["info", "info"],
+    ["warn", "warn"],
+    ["error", "error"],
+    ["debug", "debug"],
+    ["trace", "debug"],
+  ]) {
+    consoleObject[method] = (...args) => native.log(level, wellFormed(format(args)));
+  }
+  consoleObject.assert = (cond, ...args) => {
+    if (!cond) native.log("error", wellFormed(`Assertion failed${args.length ? ": " + format(args) : ""}`));
+  };
+  define("console", consoleObject);
+
+  // ----------------------------------------------------------------- bytes
+  function bytesOf(x) {
+    if (x instanceof Uint8Array) return x;
+    if (x instanceof ArrayBuffer) return new Uint8Array(x);
+    if (ArrayBuffer.isView(x)) return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+    return null;
+  }
+  // Rust reads bytes as a "binary string": one char (0..=255) per byte.
+  function latin1(u8) {
+    let s = "";
+    for (let i = 0; i < u8.length; i += 8192) {
+      s += String.fromCharCode.apply(null, u8.subarray(i, i + 8192));
+    }
+    return s;
+  }
+  function utf8Encode(s) {
+    return native.utf8Encode(wellFormed(s));
+  }
+  function utf8Decode(u8, fatal, ignoreBOM) {
+    return native.utf8Decode(latin1(u8), !!fatal, !!ignoreBOM);
+  }
+
+  class TextEncoder {
+    get encoding() {
+      return "utf-8";
+    }
+    encode(input = "") {
+      return utf8Encode(input);
+    }
+    encodeInto(source, destination) {
+      const bytes = utf8Encode(source);
+      // Only whole code points fit: back off to a UTF-8 boundary.
+      let n = Math.min(bytes.length, destination.length);
+      while (n > 0 && n < bytes.length && (bytes[n] & 0xc0) === 0x80) n--;
+      destination.set(bytes.subarray(0, n));
+      const read = native.utf8Decode(latin1(bytes.subarray(0, n)), false, true).length;
+      return { read, written: n };
+    }
+  }
+  class TextDecoder {
+    #fatal;
+    #ignoreBOM;
+    constructor(label = "utf-8", options = {}) {
+      const l = String(label).trim().toLowerCase();
+      if (l !== "utf-8" && l !== "utf8" && l !== "unicode-1-1-utf-8") {
+        throw new RangeError(`The encoding label provided ('${label}') is not supported`);
+      }
+      this.#fatal = !!(options && options.fatal);
+      this.#ignoreBOM = !!(options && options.ignoreBOM);
+    }
+    get encoding() {
+      return "utf-8";
+    }
+    get fatal() {
+      return this.#fatal;
+    }
+    get ignoreBOM() {
+      return this.#ignoreBOM;
+    }
+    decode(input, options) {
+      if (input === undefined) return "";
+      const u8 = bytesOf(input);
+      if (!u8) throw new TypeError("TextDecoder.decode: input must be a BufferSource");
+      if (options && options.stream) throw new TypeError("TextDecoder: streaming decode is not supported");
+      return utf8Decode(u8, this.#fatal, this.#ignoreBOM);
+    }
+  }
+  define("TextEncoder", TextEncoder);
+  define("TextDecoder", TextDecoder);
+
+  // ------------------------------------------------------------ atob, btoa
+  const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  const B64_INDEX = {};
+  for (let i = 0; i < 64; i++) B64_INDEX[B64[i]] = i;
+  function btoa(data) {
+    if (arguments.length === 0) throw new TypeError("btoa: 1 argument required");
+    const s = String(data);
+    let out = "";
+    for (let i = 0; i < s.length; i += 3) {
+      const a = s.charCodeAt(i);
+      const b = i + 1 < s.length ? s.charCodeAt(i + 1) : 0;
+      const c = i + 2 < s.length ? s.charCodeAt(i + 2) : 0;
+      if (a > 255 || b > 255 || c > 255) {
+        throw new DOMException("btoa: the string contains characters outside of the Latin1 range", "InvalidCharacterError");
+      }
+      const n = (a << 16) | (b << 8) | c;
+      out += B64[(n >> 18) & 63] + B64[(n >> 12) & 63];
+      out += i + 1 < s.length ? B64[(n >> 6) & 63] : "=";
+      out += i + 2 < s.length ? B64[n & 63] : "=";
+    }
+    return out;
+  }
+  function atob(data) {
+    if (arguments.length === 0) throw new TypeError("atob: 1 argument required");
+    let s = String(data).replace(/[\t\n\f\r ]/g, "");
+    if (s.length % 4 === 0) s = s.replace(/==?$/, "");
+    if (s.length % 4 === 1 || /[^A-Za-z0-9+/]/.test(s)) {
+      throw new DOMException("atob: the string to be decoded is not correctly encoded", "InvalidCharacterError");
+    }
+    let out = "";
+    let buffer = 0;
+    let bits = 0;
+    for (let i = 0; i < s.length; i++) {
+      buffer = (buffer << 6) | B64_INDEX[s[i]];
+      bits += 6;
+      if (bits >= 8) {
+        bits -= 8;
+        out += String.fromCharCode((buffer >> bits) & 0xff);
+      }
+    }
+    return out;
+  }
+  define("btoa", btoa);
+  define("atob", atob);
+
+  // ---------------------------------------------------------------- crypto
+  const INTEGER_ARRAYS = [Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16Array, Int32Array, Uint32Array];
+  if (typeof BigInt64Array === "function") INTEGER_ARRAYS.push(BigInt64Array, BigUint64Array);
+  const cryptoObject = {
+    getRandomValues(array) {
+      if (!INTEGER_ARRAYS.some((T) => array instanceof T)) {
+        throw new DOMException("getRandomValues: the array is not an integer typed array", "TypeMismatchError");
+      }
+      if (array.byteLength > 65536) {
+        throw new DOMException(
+          `getRandomValues: the ArrayBufferView's byte length (${array.byteLength}) exceeds 65536`,
+          "QuotaExceededError",
+        );
+      }
+      new Uint8Array(array.buffer, array.byteOffset, array.byteLength).set(native.randomBytes(array.byteLength));
+      return array;
+    },
+    randomUUID() {
+      const b = native.randomBytes(16);
+      b[6] = (b[6] & 0x0f) | 0x40;
+      b[8] = (b[8] & 0x3f) | 0x80;
+      let h = "";
+      for (let i = 0; i < 16; i++) {
+        h += (b[i] < 16 ? "0" : "") + b[i].toString(16);
+        if (i === 3 || i === 5 || i === 7 || i === 9) h += "-";
+      }
+      return h;
+    },
+  };
+  define("crypto", cryptoObject);
+
+  // ---------------------------------------------------------------- timers
+  let nextTimerId = 1;
+  const timers = new Map(); // id -> { due, seq, fn, args, interval }
+  let timerSeq = 0;
+  function addTimer(fn, delay, args, repeat) {
+    const id = nextTimerId++;
+    let ms = Number(delay);
+    if (!(ms >= 0) || !Number.isFinite(ms)) ms = 0;
+    if (typeof fn !== "function") {
+      const code = String(fn);
+      fn = () => {
+        throw new TypeError(`timers: string callbacks are not supported (${code.slice(0, 40)})`);
+      };
+    }
+    timers.set(id, { due: Date.now() + ms, seq: timerSeq++, fn, args, interval: repeat ? Math.max(ms, 1) : -1 });
+    return id;
+  }
+  function clearTimer(id) {
+    timers.delete(Number(id));
+  }
+  define("setTimeout", (fn, delay, ...args) => addTimer(fn, delay, args, false));
+  define("setInterval", (fn, delay, ...args) => addTimer(fn, delay, args, true));
+  define("clearTimeout", clearTimer);
+  define("clearInterval", clearTimer);
+  if (typeof g.queueMicrotask !== "function") {
+    define("queueMicrotask", (fn) => {
+      if (typeof fn !== "function") throw new TypeError("queueMicrotask: callback is not a function");
+      Promise.resolve().then(() => fn());
+    });
+  }
+  function earliestTimer() {
+    let best = null;
+    let bestId = 0;
+    for (const [id, t] of timers) {
+      if (best === null || t.due < best.due || (t.due === best.due && t.seq < best.seq)) {
+        best = t;
+        bestId = id;
+      }
+    }
+    return best === null ? null : [bestId, best];
+  }
+  /** Milliseconds until the next timer is due (0 when due), -1 when none. */
+  internal.nextTimer = () => {
+    const e = earliestTimer();
+    if (e === null) return -1;
+    return Math.max(0, e[1].due - Date.now());
+  };
+  /** Runs the earliest timer when it is due; a throwing callback is logged. */
+  internal.runTimer = () => {
+    const e = earliestTimer();
+    if (e === null || e[1].due > Date.now()) return;
+    const [id, t] = e;
+    if (t.interval >= 0) {
+      t.due = Date.now() + t.interval;
+      t.seq = timerSeq++;
+    } else {
+      timers.delete(id);
+    }
+    try {
+      t.fn(...t.args);
+    } catch (err) {
+      consoleObject.error("Uncaught (in timer)", err);
+    }
+  };
+  internal.clearTimers = () => timers.clear();
+
+  // ------------------------------------------------- events, AbortSignal
+  class Event {
+    #type;
+    constructor(type, init = {}) {
+      this.#type = String(type);
+      this.bubbles = !!init.bubbles;
+      this.cancelable = !!init.cancelable;
+      this.defaultPrevented = false;
+      this.target = null;
+      this.currentTarget = null;
+      this.timeStamp = Date.now();
+    }
+    get type() {
+      return this.#type;
+    }
+    preventDefault() {
+      if (this.cancelable) this.defaultPrevented = true;
+    }
+    stopPropagation() {}
+    stopImmediatePropagation() {
+      this._stop = true;
+    }
+  }
+  class EventTarget {
+    #listeners = new Map();
+    addEventListener(type, listener, options) {
+      if (listener == null) return;
+      const once = typeof options === "object" && options !== null && !!options.once;
+      const list = this.#listeners.get(type) || [];
+      if (list.some((l) => l.listener === listener)) return;
+      list.push({ listener, once });
+      this.#listeners.set(type, list);
+      if (options && options.signal) {
+        options.signal.addEventListener("abort", () => this.removeEventListener(type, listener));
+      }
+    }
+    removeEventListener(type, listener) {
+      const list = this.#listeners.get(type);
+      if (list) this.#listeners.set(type, list.filter((l) => l.listener !== listener));
+    }
+    dispatchEvent(event) {
+      event.target = this;
+      event.currentTarget = this;
+      const handlerProp = this["on" + event.type];
+      const list = (this.#listeners.get(event.type) || []).slice();
+      if (typeof handlerProp === "function") list.unshift({ listener: handlerProp, once: false });
+      for (const l of list) {
+        if (l.once) this.removeEventListener(event.type, l.listener);
+        try {
+          if (typeof l.listener === "function") l.listener.call(this, event);
+          else if (l.listener && typeof l.listener.handleEvent === "function") l.listener.handleEvent(event);
+        } catch (err) {
+          consoleObject.error("Uncaught (in event listener)", err);
+        }
+        if (event._stop) break;
+      }
+      return !event.defaultPrevented;
+    }
+  }
+  const SIGNAL_KEY = Symbol("signal");
+  class AbortSignal extends EventTarget {
+    #aborted = false;
+    #reason = undefined;
+    constructor(key) {
+      super();
+      if (key !== SIGNAL_KEY) throw new TypeError("Illegal constructor");
+      this.onabort = null;
+    }
+    get aborted() {
+      return this.#aborted;
+    }
+    get reason() {
+      return this.#reason;
+    }
+    throwIfAborted() {
+      if (this.#aborted) throw this.#reason;
+    }
+    _abort(reason) {
+      if (this.#aborted) return;
+      this.#aborted = true;
+      this.#reason = reason === undefined ? new DOMException("This operation was aborted", "AbortError") : reason;
+      this.dispatchEvent(new Event("abort"));
+    }
+    static abort(reason) {
+      const s = new AbortSignal(SIGNAL_KEY);
+      s._abort(reason);
+      return s;
+    }
+    static timeout(ms) {
+      const s = new AbortSignal(SIGNAL_KEY);
+      addTimer(() => s._abort(new DOMException("The operation timed out.", "TimeoutError")), ms, [], false);
+      return s;
+    }
+    static any(signals) {
+      const s = new AbortSignal(SIGNAL_KEY);
+      for (const x of signals) {
+        if (x.aborted) {
+          s._abort(x.reason);
+          return s;
+        }
+      }
+      for (const x of signals) x.addEventListener("abort", () => s._abort(x.reason), { once: true });
+      return s;
+    }
+  }
+  class AbortController {
+    #signal = new AbortSignal(SIGNAL_KEY);
+    get signal() {
+      return this.#signal;
+    }
+    abort(reason) {
+      this.#signal._abort(reason);
+    }
+  }
+  define("Event", Event);
+  define("EventTarget", EventTarget);
+  define("AbortSignal", AbortSignal);
+  define("AbortController", AbortController);
+
+  // -------------------------------------------------------- structuredClone
+  function cloneValue(v, seen) {
+    if (v === null || (typeof v !== "object" && typeof v !== "function" && typeof v !== "symbol")) return v;
+    if (typeof v === "function" || typeof v === "symbol") {
+      throw new DOMException(`${String(v.name || v.toString())} could not be cloned.`, "DataCloneError");
+    }
+    if (seen.has(v)) return seen.get(v);
+    let out;
+    if (Array.isArray(v)) {
+      out = new Array(v.length);
+      seen.set(v, out);
+      for (const k of Object.keys(v)) out[k] = cloneValue(v[k], seen);
+      return out;
+    }
+    if (v instanceof Date) out = new Date(v.getTime());
+    else if (v instanceof RegExp) out = new RegExp(v.source, v.flags);
+    else if (v instanceof ArrayBuffer) out = v.slice(0);
+    else if (ArrayBuffer.isView(v)) {
+      const buffer = cloneValue(v.buffer, seen);
+      out = v instanceof DataView
+        ? new DataView(buffer, v.byteOffset, v.byteLength)
+        : new v.constructor(buffer, v.byteOffset, v.length);
+    } else if (v instanceof Map) {
+      out = new Map();
+      seen.set(v, out);
+      for (const [k, x] of v) out.set(cloneValue(k, seen), cloneValue(x, seen));
+      return out;
+    } else if (v instanceof Set) {
+      out = new Set();
+      seen.set(v, out);
+      for (const x of v) out.add(cloneValue(x, seen));
+      return out;
+    } else if (v instanceof Error) {
+      const Ctor = { EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError }[v.name] || Error;
+      out = new Ctor(v.message);
+      if (v.stack !== undefined) out.stack = String(v.stack);
+    } else if (v instanceof Boolean || v instanceof Number || v instanceof String) {
+      out = Object(v.valueOf());
+    } else if (typeof v.then === "function" || v instanceof WeakMap || v instanceof WeakSet) {
+      throw new DOMException(`${Object.prototype.toString.call(v)} could not be cloned.`, "DataCloneError");
+    } else {
+      out = {};
+      seen.set(v, out);
+      for (const k of Object.keys(v)) out[k] = cloneValue(v[k], seen);
+      return out;
+    }
+    seen.set(v, out);
+    return out;
+  }
+  define("structuredClone", (value) => cloneValue(value, new Map()));
+
+  // -------------------------------------------------- URL, URLSearchParams
+  // Parsing and serialising are Rust's `url` crate (WHATWG URL Standard).
+  const URL_PARTS = ["href", "protocol", "username", "password", "host", "hostname", "port", "pathname", "search", "hash", "origin"];
+  const URL_PRIVATE = Symbol("url");
+  class URLSearchParams {
+    #list = [];
+    #url = null;
+    constructor(init = "") {
+      if (init instanceof URLSearchParams) {
+        this.#list = init.#list.map(([k, v]) => [k, v]);
+      } else if (typeof init === "object" && init !== null) {
+        if (typeof init[Symbol.iterator] === "function") {
+          for (const pair of init) {
+            const p = [...pair];
+            if (p.length !== 2) throw new TypeError("URLSearchParams: each pair must have exactly two items");
+            this.#list.push([wellFormed(p[0]), wellFormed(p[1])]);
+          }
+        } else {
+          for (const k of Object.keys(init)) this.#list.push([wellFormed(k), wellFormed(init[k])]);
+        }
+      } else {
+        let s = wellFormed(init);
+        if (s.startsWith("?")) s = s.slice(1);
+        this.#parse(s);
+      }
+    }
+    #parse(s) {
+      const flat = native.formParse(s);
+      this.#list = [];
+      for (let i = 0; i < flat.length; i += 2) this.#list.push([flat[i], flat[i + 1]]);
+    }
+    static _attach(params, url, query) {
+      params.#url = url;
+      params.#parse(query);
+    }
+    #update() {
+      if (this.#url) this.#url[URL_PRIVATE](this.toString());
+    }
+    get size() {
+      return this.#list.length;
+    }
+    append(name, value) {
+      this.#list.push([wellFormed(name), wellFormed(value)]);
+      this.#update();
+    }
+    delete(name, value) {
+      name = wellFormed(name);
+      const v = value === undefined ? undefined : wellFormed(value);
+      this.#list = this.#list.filter(([k, x]) => !(k === name && (v === undefined || x === v)));
+      this.#update();
+    }
+    get(name) {
+      name = wellFormed(name);
+      const e = this.#list.find(([k]) => k === name);
+      return e ? e[1] : null;
+    }
+    getAll(name) {
+      name = wellFormed(name);
+      return this.#list.filter(([k]) => k === name).map(([, v]) => v);
+    }
+    has(name, value) {
+      name = wellFormed(name);
+      const v = value === undefined ? undefined : wellFormed(value);
+      return this.#list.some(([k, x]) => k === name && (v === undefined || x === v));
+    }
+    set(name, value) {
+      name = wellFormed(name);
+      value = wellFormed(value);
+      const i = this.#list.findIndex(([k]) => k === name);
+      if (i < 0) this.#list.push([name, value]);
+      else {
+        this.#list[i][1] = value;
+        this.#list = this.#list.filter(([k], j) => j <= i || k !== name);
+      }
+      this.#update();
+    }
+    sort() {
+      // Stable, by UTF-16 code units (JavaScript's default string order).
+      this.#list = this.#list
+        .map((e, i) => [e, i])
+        .sort((a, b) => (a[0][0] < b[0][0] ? -1 : a[0][0] > b[0][0] ? 1 : a[1] - b[1]))
+        .map(([e]) => e);
+      this.#update();
+    }
+    forEach(callback, thisArg) {
+      for (const [k, v] of this.#list.slice()) callback.call(thisArg, v, k, this);
+    }
+    *entries() {
+      for (let i = 0; i < this.#list.length; i++) yield [this.#list[i][0], this.#list[i][1]];
+    }
+    *keys() {
+      for (const [k] of this.entries()) yield k;
+    }
+    *values() {
+      for (const [, v] of this.entries()) yield v;
+    }
+    [Symbol.iterator]() {
+      return this.entries();
+    }
+    toString() {
+      return native.formSerialize(this.#list.flat());
+    }
+  }
+
+  class URL {
+    #parts;
+    #params = null;
+    constructor(url, base) {
+      if (arguments.length === 0) throw new TypeError("URL: 1 argument required");
+      const parts = native.urlParse(wellFormed(url), base === undefined ? undefined : wellFormed(base));
+      if (parts === null) throw new TypeError(`Invalid URL: '${String(url)}'`);
+      this.#parts = parts;
+    }
+    static canParse(url, base) {
+      return native.urlParse(wellFormed(url), base === undefined ? undefined : wellFormed(base)) !== null;
+    }
+    static parse(url, base) {
+      try {
+        return new URL(url, base);
+      } catch {
+        return null;
+      }
+    }
+    #get(name) {
+      return this.#parts[URL_PARTS.indexOf(name)];
+    }
+    #set(name, value) {
+      const parts = native.urlSet(this.#parts[0], name, wellFormed(value));
+      if (parts === null) {
+        if (name === "href") throw new TypeError(`Invalid URL: '${String(value)}'`);
+        return;
+      }
+      this.#parts = parts;
+      if (this.#params && name !== "searchParams") {
+        URLSearchParams._attach(this.#params, this, this.#get("search").replace(/^\?/, ""));
+      }
+    }
+    [URL_PRIVATE](query) {
+      const parts = native.urlSet(this.#parts[0], "search", query);
+      if (parts !== null) this.#parts = parts;
+    }
+    get href() {
+      return this.#get("href");
+    }
+    set href(value) {
+      this.#set("href", value);
+    }
+    get protocol() {
+      return this.#get("protocol");
+    }
+    set protocol(value) {
+      this.#set("protocol", value);
+    }
+    get username() {
+      return this.#get("username");
+    }
+    set username(value) {
+      this.#set("username", value);
+    }
+    get password() {
+      return this.#get("password");
+    }
+    set password(value) {
+      this.#set("password", value);
+    }
+    get host() {
+      return this.#get("host");
+    }
+    set host(value) {
+      this.#set("host", value);
+    }
+    get hostname() {
+      return this.#get("hostname");
+    }
+    set hostname(value) {
+      this.#set("hostname", value);
+    }
+    get port() {
+      return this.#get("port");
+    }
+    set port(value) {
+      this.#set("port", value);
+    }
+    get pathname() {
+      return this.#get("pathname");
+    }
+    set pathname(value) {
+      this.#set("pathname", value);
+    }
+    get search() {
+      return this.#get("search");
+    }
+    set search(value) {
+      this.#set("search", value);
+    }
+    get hash() {
+      return this.#get("hash");
+    }
+    set hash(value) {
+      this.#set("hash", value);
+    }
+    get searchParams() {
+      if (this.#params === null) {
+        this.#params = new URLSearchParams();
+        URLSearchParams._attach(this.#params, this, this.#get("search").replace(/^\?/, ""));
+      }
+      return this.#params;
+    }
+    get origin() {
+      return this.#get("origin");
+    }
+    toString() {
+      return this.#parts[0];
+    }
+    toJSON() {
+      return this.#parts[0];
+    }
+  }
+  define("URL", URL);
+  define("URLSearchParams", URLSearchParams);
+
+  // ----------------------------------------------------------------- Headers
+  const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+  function headerName(name) {
+    const n = String(name);
+    if (!TOKEN.test(n)) throw new TypeError(`Headers: invalid header name '${n}'`);
+    return n.toLowerCase();
+  }
+  function headerValue(value) {
+    const v = String(value).replace(/^[\t\n\r ]+|[\t\n\r ]+$/g, "");
+    if (/[\0\r\n]/.test(v) || /[^\x00-\xff]/.test(v)) throw new TypeError(`Headers: invalid header value '${v}'`);
+    return v;
+  }
+  const HEADERS_GUARD = Symbol("guard");
+  class Headers {
+    #list = [];
+    constructor(init) {
+      if (init === undefined || init === null) return;
+      if (init instanceof Headers) {
+        this.#list = init.#list.map(([k, v]) => [k, v]);
+      } else if (typeof init === "object") {
+        if (typeof init[Symbol.iterator] === "function") {
+          for (const pair of init) {
+            const p = typeof pair === "string" ? null : [...pair];
+            if (!p || p.length !== 2) throw new TypeError("Headers: each header pair must be [name, value]");
+            this.append(p[0], p[1]);
+          }
+        } else {
+          for (const k of Object.keys(init)) this.append(k, init[k]);
+        }
+      } else {
+        throw new TypeError("Headers: init must be an object, an iterable of pairs or Headers");
+      }
+    }
+    static [HEADERS_GUARD](h) {
+      return h.#list;
+    }
+    append(name, value) {
+      this.#list.push([headerName(name), headerValue(value)]);
+    }
+    delete(name) {
+      const n = headerName(name);
+      this.#list = this.#list.filter(([k]) => k !== n);
+    }
+    get(name) {
+      const n = headerName(name);
+      const values = this.#list.filter(([k]) => k === n).map(([, v]) => v);
+      return values.length === 0 ? null : values.join(", ");
+    }
+    getSetCookie() {
+      return this.#list.filter(([k]) => k === "set-cookie").map(([, v]) => v);
+    }
+    has(name) {
+      const n = headerName(name);
+      return this.#list.some(([k]) => k === n);
+    }
+    set(name, value) {
+      const n = headerName(name);
+      const v = headerValue(value);
+      const i = this.#list.findIndex(([k]) => k === n);
+      if (i < 0) this.#list.push([n, v]);
+      else {
+        this.#list[i] = [n, v];
+        this.#list = this.#list.filter(([k], j) => j <= i || k !== n);
+      }
+    }
+    // Sorted by name and combined, except set-cookie (WHATWG Fetch).
+    #sorted() {
+      const names = [...new Set(this.#list.map(([k]) => k))].sort();
+      const out = [];
+      for (const n of names) {
+        if (n === "set-cookie") {
+          for (const v of this.getSetCookie()) out.push([n, v]);
+        } else {
+          out.push([n, this.get(n)]);
+        }
+      }
+      return out;
+    }
+    forEach(callback, thisArg) {
+      for (const [k, v] of this.#sorted()) callback.call(thisArg, v, k, this);
+    }
+    *entries() {
+      yield* this.#sorted();
+    }
+    *keys() {
+      for (const [k] of this.#sorted()) yield k;
+    }
+    *values() {
+      for (const [, v] of this.#sorted()) yield v;
+    }
+    [Symbol.iterator]() {
+      return this.entries();
+    }
+  }
+  define("Headers", Headers);
+  function headerList(h) {
+    return Headers[HEADERS_GUARD](h);
+  }
+  function flatHeaders(h) {
+    const out = [];
+    for (const [k, v] of headerList(h)) out.push(k, v);
+    return out;
+  }
+  function headersFromFlat(flat) {
+    const h = new Headers();
+    for (let i = 0; i + 1 < flat.length; i += 2) headerList(h).push([String(flat[i]).toLowerCase(), String(flat[i + 1])]);
+    return h;
+  }
+
+  // -------------------------------------------------------------- bodies
+  // A body is null, { text } (a string, kept as is) or { bytes } (a Uint8Array).
+  function extractBody(body, headers) {
+    if (body === null || body === undefined) return null;
+    let contentType = null;
+    let out;
+    if (typeof body === "string") {
+      out = { text: body };
+      contentType = "text/plain;charset=UTF-8";
+    } else if (body instanceof URLSearchParams) {
+      out = { text: body.toString() };
+      contentType = "application/x-www-form-urlencoded;charset=UTF-8";
+    } else if (bytesOf(body)) {
+      out = { bytes: bytesOf(body).slice() };
+    } else if (body instanceof ReadableStream) {
+      out = body._take();
+    } else if (typeof body === "object" && typeof body.getReader === "function") {
+      throw new TypeError("Body: streaming bodies (ReadableStream) are not supported");
+    } else {
+      out = { text: String(body) };
+      contentType = "text/plain;charset=UTF-8";
+    }
+    if (contentType !== null && !headers.has("content-type")) headers.set("content-type", contentType);
+    return out;
+  }
+  function bodyBytes(b) {
+    if (b === null) return new Uint8Array(0);
+    return b.bytes !== undefined ? b.bytes : utf8Encode(b.text);
+  }
+  function bodyText(b) {
+    if (b === null) return "";
+    return b.text !== undefined ? b.text : utf8Decode(b.bytes, false, false);
+  }
+  /** A one-chunk stream over a body, enough for `getReader().read()` loops. */
+  class ReadableStream {
+    #body;
+    #locked = false;
+    constructor(source) {
+      if (source !== undefined && !(source && source[HEADERS_GUARD])) {
+        throw new TypeError("ReadableStream: constructing streams is not supported");
+      }
+      this.#body = source ? source.body : null;
+    }
+    get locked() {
+      return this.#locked;
+    }
+    _take() {
+      if (this.#locked) throw new TypeError("ReadableStream is locked");
+      this.#locked = true;
+      return this.#body;
+    }
+    getReader() {
+      const body = this._take();
+      let done = body === null;
+      return {
+        read: async () => {
+          if (done) return { done: true, value: undefined };
+          done = true;
+          return { done: false, value: bodyBytes(body) };
+        },
+        releaseLock() {},
+        cancel: async () => {
+          done = true;
+        },
+        closed: Promise.resolve(),
+      };
+    }
+    async cancel() {
+      this.#locked = true;
+    }
+    async *[Symbol.asyncIterator]() {
+      const r = this.getReader();
+      for (;;) {
+        const { done, value } = await r.read();
+        if (done) return;
+        yield value;
+      }
+    }
+  }
+  define("ReadableStream", ReadableStream);
+
+  const BODY = Symbol("body");
+  class Body {
+    constructor() {
+      this[BODY] = { body: null, used: false, stream: null };
+    }
+    get body() {
+      const s = this[BODY];
+      if (s.body === null) return null;
+      if (s.stream === null) {
+        s.stream = new ReadableStream({ [HEADERS_GUARD]: true, body: s.body });
+      }
+      return s.stream;
+    }
+    get bodyUsed() {
+      const s = this[BODY];
+      return s.used || (s.stream !== null && s.stream.locked);
+    }
+    _consume() {
+      const s = this[BODY];
+      if (this.bodyUsed) throw new TypeError("Body is unusable: body has already been read");
+      s.used = true;
+      return s.body;
+    }
+    async text() {
+      return bodyText(this._consume());
+    }
+    async json() {
+      return JSON.parse(bodyText(this._consume()));
+    }
+    async arrayBuffer() {
+      const b = bodyBytes(this._consume());
+      return b.buffer.byteLength === b.byteLength ? b.buffer : b.slice().buffer;
+    }
+    async bytes() {
+      return bodyBytes(this._consume()).slice();
+    }
+    async formData() {
+      throw new TypeError("Body.formData() is not supported");
+    }
+    async blob() {
+      throw new TypeError("Body.blob() is not supported");
+    }
+  }
+
+  // ----------------------------------------------------------- Request
+  const METHOD_NORMAL = ["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"];
+  class Request extends Body {
+    #url;
+    #method;
+    #headers;
+    #signal;
+    #redirect;
+    constructor(input, init = {}) {
+      super();
+      init = init || {};
+      let inner = null;
+      if (input instanceof Request) {
+        inner = input;
+        this.#url = input.url;
+      } else {
+        const parsed = native.urlParse(wellFormed(input), undefined);
+        if (parsed === null) throw new TypeError(`Request: invalid URL '${String(input)}'`);
+        this.#url = parsed[0];
+      }
+      let method = init.method !== undefined ? String(init.method) : inner ? inner.method : "GET";
+      if (!TOKEN.test(method)) throw new TypeError(`Request: invalid method '${method}'`);
+      if (METHOD_NORMAL.includes(method.toUpperCase())) method = method.toUpperCase();
+      if (["CONNECT", "TRACE", "TRACK"].includes(method.toUpperCase())) {
+        throw new TypeError(`Request: method '${method}' is forbidden`);
+      }
+      this.#method = method;
+      this.#headers = new Headers(init.headers !== undefined ? init.headers : inner ? inner.headers : undefined);
+      this.#redirect = init.redirect !== undefined ? String(init.redirect) : inner ? inner.redirect : "follow";
+      if (!["follow", "error", "manual"].includes(this.#redirect)) throw new TypeError(`Request: invalid redirect '${this.#redirect}'`);
+      this.#signal = init.signal ? init.signal : inner ? inner.signal : new AbortController().signal;
+      let body = null;
+      if (init.body !== undefined && init.body !== null) {
+        body = extractBody(init.body, this.#headers);
+      } else if (inner !== null && inner[BODY].body !== null) {
+        body = inner._consume();
+      }
+      if (body !== null && (method === "GET" || method === "HEAD")) {
+        throw new TypeError("Request with GET/HEAD method cannot have body.");
+      }
+      this[BODY].body = body;
+    }
+    get url() {
+      return this.#url;
+    }
+    get method() {
+      return this.#method;
+    }
+    get headers() {
+      return this.#headers;
+    }
+    get signal() {
+      return this.#signal;
+    }
+    get redirect() {
+      return this.#redirect;
+    }
+    get cache() {
+      return "default";
+    }
+    get credentials() {
+      return "same-origin";
+    }
+    get mode() {
+      return "cors";
+    }
+    get destination() {
+      return "";
+    }
+    get referrer() {
+      return "about:client";
+    }
+    get integrity() {
+      return "";
+    }
+    get keepalive() {
+      return false;
+    }
+    clone() {
+      if (this.bodyUsed) throw new TypeError("Request.clone: body has already been read");
+      const r = new Request(this.#url, { method: this.#method, headers: this.#headers, signal: this.#signal, redirect: this.#redirect });
+      r[BODY].body = this[BODY].body;
+      return r;
+    }
+  }
+  define("Request", Request);
+
+  // ---------------------------------------------------------- Response
+  const NULL_BODY_STATUS = [101, 103, 204, 205, 304];
+  const REDIRECT_STATUS = [301, 302, 303, 307, 308];
+  const RESPONSE_KEY = Symbol("response");
+  class Response extends Body {
+    #status = 200;
+    #statusText = "";
+    #headers;
+    #type = "default";
+    #url = "";
+    #redirected = false;
+    constructor(body = null, init = {}) {
+      super();
+      init = init || {};
+      if (init[RESPONSE_KEY]) {
+        const r = init[RESPONSE_KEY];
+        this.#status = r.status;
+        this.#statusText = r.statusText;
+        this.#headers = r.headers;
+        this.#type = r.type;
+        this.#url = r.url;
+        this.#redirected = r.redirected;
+        this[BODY].body = r.body;
+        return;
+      }
+      const status = init.status === undefined ? 200 : Number(init.status);
+      if (!Number.isInteger(status) || status < 200 || status > 599) {
+        throw new RangeError(`Response: status ${init.status} is not in the range 200 to 599`);
+      }
+      const statusText = init.statusText === undefined ? "" : String(init.statusText);
+      if (/[^\t\x20-\x7e\x80-\xff]/.test(statusText)) throw new TypeError("Response: invalid statusText");
+      this.#status = status;
+      this.#statusText = statusText;
+      this.#headers = new Headers(init.headers);
+      if (body !== null && body !== undefined) {
+        if (NULL_BODY_STATUS.includes(status)) throw new TypeError(`Response with null body status ${status} cannot have a body`);
+        this[BODY].body = extractBody(body, this.#headers);
+      }
+    }
+    static json(data, init = {}) {
+      const text = JSON.stringify(data);
+      if (text === undefined) throw new TypeError("Response.json: the data is not JSON serializable");
+      const r = new Response(text, init);
+      r.#headers.set("content-type", "application/json");
+      return r;
+    }
+    static error() {
+      return new Response(null, {
+        [RESPONSE_KEY]: { status: 0, statusText: "", headers: new Headers(), type: "error", url: "", redirected: false, body: null },
+      });
+    }
+    static redirect(url, status = 302) {
+      const parsed = native.urlParse(wellFormed(url), undefined);
+      if (parsed === null) throw new TypeError(`Response.redirect: invalid URL '${String(url)}'`);
+      if (!REDIRECT_STATUS.includes(status)) throw new RangeError(`Response.redirect: invalid status ${status}`);
+      const r = new Response(null, { status });
+      r.#headers.set("location", parsed[0]);
+      return r;
+    }
+    static _make(parts) {
+      return new Response(null, { [RESPONSE_KEY]: parts });
+    }
+    get type() {
+      return this.#type;
+    }
+    get url() {
+      return this.#url;
+    }
+    get redirected() {
+      return this.#redirected;
+    }
+    get status() {
+      return this.#status;
+    }
+    get ok() {
+      return this.#status >= 200 && this.#status <= 299;
+    }
+    get statusText() {
+      return this.#statusText;
+    }
+    get headers() {
+      return this.#headers;
+    }
+    clone() {
+      if (this.bodyUsed) throw new TypeError("Response.clone: body has already been read");
+      return Response._make({
+        status: this.#status,
+        statusText: this.#statusText,
+        headers: new Headers(this.#headers),
+        type: this.#type,
+        url: this.#url,
+        redirected: this.#redirected,
+        body: this[BODY].body,
+      });
+    }
+  }
+  define("Response", Response);
+
+  // ------------------------------------------------------------- fetch
+  const pendingFetches = new Map(); // id -> { resolve, reject, signal, onAbort }
+  function fetch(input, init) {
+    return new Promise((resolve, reject) => {
+      const req = new Request(input, init);
+      const signal = req.signal;
+      if (signal.aborted) throw signal.reason;
+      const protocol = req.url.slice(0, req.url.indexOf(":") + 1);
+      if (protocol !== "http:" && protocol !== "https:") {
+        throw new TypeError(`fetch: scheme '${protocol}' is not supported`);
+      }
+      const body = req[BODY].body;
+      const started = native.fetchStart(
+        req.method,
+        req.url,
+        flatHeaders(req.headers),
+        body === null ? null : body.text !== undefined ? body.text : latin1(body.bytes),
+        body !== null && body.text === undefined,
+        req.redirect,
+      );
+      if (typeof started === "string") throw new FetchLimitError(started);
+      const entry = { resolve, reject, signal, onAbort: null };
+      entry.onAbort = () => {
+        pendingFetches.delete(started);
+        native.fetchCancel(started);
+        reject(signal.reason);
+      };
+      signal.addEventListener("abort", entry.onAbort, { once: true });
+      pendingFetches.set(started, entry);
+    });
+  }
+  define("fetch", fetch);
+  internal.fetchDone = (id, status, statusText, flat, bytes, url, redirected) => {
+    const entry = pendingFetches.get(id);
+    if (!entry) return;
+    pendingFetches.delete(id);
+    entry.signal.removeEventListener("abort", entry.onAbort);
+    entry.resolve(
+      Response._make({
+        status,
+        statusText,
+        headers: headersFromFlat(flat),
+        type: "basic",
+        url,
+        redirected,
+        body: NULL_BODY_STATUS.includes(status) ? null : { bytes },
+      }),
+    );
+  };
+  internal.fetchFailed = (id, limit, message) => {
+    const entry = pendingFetches.get(id);
+    if (!entry) return;
+    pendingFetches.delete(id);
+    entry.signal.removeEventListener("abort", entry.onAbort);
+    entry.reject(limit ? new FetchLimitError(message) : new TypeError(message));
+  };
+  internal.clearFetches = () => pendingFetches.clear();
+
+  // -------------------------------------------------------------- Deno
+  let env = {};
+  let handler = null;
+  const Deno = {
+    serve(a, b) {
+      const h = typeof a === "function" ? a : typeof b === "function" ? b : a && typeof a.handler === "function" ? a.handler : null;
+      if (h === null) throw new TypeError("Deno.serve: a handler function is required");
+      handler = h;
+      const finished = new Promise(() => {});
+      return {
+        finished,
+        shutdown: async () => {},
+        ref() {},
+        unref() {},
+        addr: { transport: "tcp", hostname: "0.0.0.0", port: 0 },
+      };
+    },
+    env: {
+      get(name) {
+        const v = Object.prototype.hasOwnProperty.call(env, name) ? env[name] : undefined;
+        return v;
+      },
+      has(name) {
+        return Object.prototype.hasOwnProperty.call(env, name);
+      },
+      set(name, value) {
+        env[String(name)] = String(value);
+      },
+      delete(name) {
+        delete env[name];
+      },
+      toObject() {
+        return Object.assign({}, env);
+      },
+    },
+  };
+  define("Deno", Deno);
+  define("EdgeRuntime", { waitUntil() {} });
+
+  internal.setEnv = (flat) => {
+    env = {};
+    for (let i = 0; i + 1 < flat.length; i += 2) env[flat[i]] = flat[i + 1];
+  };
+  internal.setDefault = (exported) => {
+    if (handler === null && exported && typeof exported.fetch === "function") {
+      handler = (req, info) => exported.fetch(req, info);
+    }
+  };
+  internal.hasHandler = () => handler !== null;
+
+  function describe(e) {
+    if (e instanceof Error) {
+      const first = typeof e.stack === "string" ? e.stack.split("\n").find((l) => l.trim().startsWith("at ")) : undefined;
+      return `${e.name}: ${e.message}${first ? "\n" + first.trimEnd() : ""}`;
+    }
+    try {
+      return `Uncaught ${inspect(e, 1, [])}`;
+    } catch {
+      return "Uncaught exception";
+    }
+  }
+  function classify(e) {
+    if (e instanceof FetchLimitError) return "fetch_limit";
+    if (e instanceof Error && e.name === "InternalError" && /out of memory/.test(e.message)) return "memory_limit";
+    return "exception";
+  }
+  function failure(e) {
+    return { kind: classify(e), message: wellFormed(describe(e)) };
+  }
+  internal.failure = failure;
+
+  /** Runs the handler on one request; always resolves to an outcome object. */
+  internal.invoke = (method, url, flat, body) => {
+    if (handler === null) return Promise.resolve({ kind: "no_handler" });
+    let req;
+    try {
+      req = new Request(url, { method, headers: headersFromFlat(flat) });
+      if (body !== null && body.length > 0) req[BODY].body = { bytes: body };
+    } catch (e) {
+      return Promise.resolve(failure(e));
+    }
+    const info = { remoteAddr: { transport: "tcp", hostname: "0.0.0.0", port: 0 }, completed: Promise.resolve() };
+    return (async () => {
+      try {
+        const res = await handler(req, info);
+        if (!(res instanceof Response)) {
+          const what = res === null ? "null" : typeof res === "object" ? (res.constructor && res.constructor.name) || "object" : typeof res;
+          return { kind: "bad_response", message: `the handler returned ${what}, not a Response` };
+        }
+        if (res.type === "error" || res.status < 200) {
+          return { kind: "bad_response", message: "the handler returned a network error (Response.error())" };
+        }
+        const b = res._consume();
+        return {
+          kind: "response",
+          status: res.status,
+          headers: flatHeaders(res.headers),
+          text: b !== null && b.text !== undefined ? wellFormed(b.text) : null,
+          binary: b !== null && b.bytes !== undefined ? latin1(b.bytes) : null,
+        };
+      } catch (e) {
+        return failure(e);
+      }
+    })();
+  };
+
+  if (native.testCrash) define("__madbaseTestCrash", () => native.testCrash());
+
+  return internal;
+});

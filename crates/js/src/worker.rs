@@ -1,0 +1,354 @@
+//! The `madbase functions-worker` process: reads [`ToWorker`] frames on
+//! stdin, runs each invocation in the function's cached runtime, writes one
+//! [`FromWorker`] frame per invocation on stdout. stderr is its log.
+//!
+//! One runtime per [`FunctionKey`] (never shared between keys), kept in an
+//! LRU of at most `MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER` (default 32) and
+//! dropped after `MADBASE_FUNCTIONS_RUNTIME_IDLE_SECS` (default 300) unused.
+//! A runtime that hit a limit (CPU, memory) is discarded.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use crate::engine::{Answer, Failure, FnRuntime};
+use crate::fetch::{Net, Policy};
+use crate::protocol::{
+    self, FromWorker, FunctionError, FunctionKey, Invoke, LogLine, Outcome, Reply, ToWorker,
+};
+
+/// Default number of cached runtimes per worker.
+pub const DEFAULT_RUNTIMES: usize = 32;
+/// Default idle time after which a cached runtime is dropped.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+
+/// How a worker behaves (from the environment in the real process).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Cached runtimes at most (LRU beyond).
+    pub max_runtimes: usize,
+    /// A runtime unused this long is dropped.
+    pub idle: Duration,
+    /// `__madbaseTestCrash()` exists (tests of the host's crash recovery).
+    pub test_hooks: bool,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            max_runtimes: DEFAULT_RUNTIMES,
+            idle: DEFAULT_IDLE,
+            test_hooks: false,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// `MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER`,
+    /// `MADBASE_FUNCTIONS_RUNTIME_IDLE_SECS` and
+    /// `MADBASE_FUNCTIONS_TEST_HOOKS=1`.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok();
+        WorkerConfig {
+            max_runtimes: var("MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER")
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(DEFAULT_RUNTIMES),
+            idle: var("MADBASE_FUNCTIONS_RUNTIME_IDLE_SECS")
+                .and_then(|v| v.trim().parse().ok())
+                .map_or(DEFAULT_IDLE, Duration::from_secs),
+            test_hooks: var("MADBASE_FUNCTIONS_TEST_HOOKS").as_deref() == Some("1"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Cached {
+    runtime: FnRuntime,
+    last_used: Instant,
+}
+
+/// Runs invocations; pure (no I/O besides the functions' own `fetch`).
+#[derive(Debug)]
+pub struct Worker {
+    config: WorkerConfig,
+    runtimes: HashMap<FunctionKey, Cached>,
+    net: Net,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Self::new(WorkerConfig::default())
+    }
+}
+
+impl Worker {
+    pub fn new(config: WorkerConfig) -> Self {
+        Worker {
+            config,
+            runtimes: HashMap::new(),
+            net: Net::new(),
+        }
+    }
+
+    /// How many runtimes are cached.
+    pub fn runtimes(&self) -> usize {
+        self.runtimes.len()
+    }
+
+    /// Whether the runtime of `key` is cached.
+    pub fn holds(&self, key: &FunctionKey) -> bool {
+        self.runtimes.contains_key(key)
+    }
+
+    /// Drops runtimes unused for longer than the idle time.
+    pub fn evict_idle(&mut self) {
+        let idle = self.config.idle;
+        self.runtimes.retain(|_, c| c.last_used.elapsed() <= idle);
+    }
+
+    /// Makes room for one more runtime (least recently used goes).
+    fn evict_lru(&mut self) {
+        while self.runtimes.len() >= self.config.max_runtimes.max(1) {
+            let Some(oldest) = self
+                .runtimes
+                .iter()
+                .min_by_key(|(_, c)| c.last_used)
+                .map(|(k, _)| k.clone())
+            else {
+                return;
+            };
+            self.runtimes.remove(&oldest);
+        }
+    }
+
+    /// Runs one invocation: the reply and its response body.
+    pub fn handle(&mut self, invoke: Invoke, body: Vec<u8>) -> (Reply, Vec<u8>) {
+        self.evict_idle();
+        let id = invoke.id;
+        let reply = |outcome: Outcome, logs: Vec<LogLine>, cold: bool, cpu: Duration| Reply {
+            id,
+            outcome,
+            logs,
+            cold,
+            cpu_us: u64::try_from(cpu.as_micros()).unwrap_or(u64::MAX),
+        };
+        let limits = invoke.limits;
+        self.net
+            .begin(Policy::new(&invoke.fetch_allow), limits.max_fetch_bytes);
+        let key = invoke.key.clone();
+
+        let (mut runtime, cold) = match self.runtimes.remove(&key) {
+            Some(cached) => (cached.runtime, false),
+            None => {
+                let Some(source) = invoke.source.as_deref() else {
+                    return (
+                        reply(Outcome::NeedSource, Vec::new(), false, Duration::ZERO),
+                        Vec::new(),
+                    );
+                };
+                self.evict_lru();
+                let mut runtime = match FnRuntime::new(&limits, self.config.test_hooks) {
+                    Ok(r) => r,
+                    Err(f) => {
+                        let (outcome, _) = failure_outcome(f);
+                        return (reply(outcome, Vec::new(), true, Duration::ZERO), Vec::new());
+                    }
+                };
+                let loaded = runtime
+                    .begin(&limits, &invoke.env)
+                    .and_then(|()| runtime.load(&key.function, source, &mut self.net));
+                if let Err(f) = loaded {
+                    let (logs, cpu) = runtime.finish(&mut self.net);
+                    let (outcome, _) = failure_outcome(f);
+                    return (reply(outcome, logs, true, cpu), Vec::new());
+                }
+                (runtime, true)
+            }
+        };
+
+        // A warm runtime starts a new invocation; a cold one already did
+        // (its module's top level is part of the first invocation).
+        let begun = if cold {
+            Ok(())
+        } else {
+            runtime.begin(&limits, &invoke.env)
+        };
+        let result = begun.and_then(|()| {
+            runtime.invoke(
+                &invoke.method,
+                &invoke.url,
+                &invoke.headers,
+                body,
+                &mut self.net,
+            )
+        });
+        let (logs, cpu) = runtime.finish(&mut self.net);
+        let (outcome, response_body, keep) = match result {
+            Ok(Answer::Response {
+                status,
+                headers,
+                body,
+            }) => {
+                if body.len() as u64 > limits.max_response_bytes {
+                    (
+                        error(
+                            FunctionError::ResponseTooLarge,
+                            format!(
+                                "the response body ({} bytes) exceeds the limit of {} bytes",
+                                body.len(),
+                                limits.max_response_bytes
+                            ),
+                        ),
+                        Vec::new(),
+                        true,
+                    )
+                } else {
+                    (Outcome::Response { status, headers }, body, true)
+                }
+            }
+            Ok(Answer::NoHandler) => (
+                error(
+                    FunctionError::NoHandler,
+                    "the function registered no handler (call Deno.serve(handler) or export default { fetch })"
+                        .to_owned(),
+                ),
+                Vec::new(),
+                true,
+            ),
+            Ok(Answer::BadResponse(m)) => {
+                (error(FunctionError::BadResponse, m), Vec::new(), true)
+            }
+            Ok(Answer::FetchLimit(m)) => (error(FunctionError::FetchLimit, m), Vec::new(), true),
+            Err(f) => {
+                let (outcome, keep) = failure_outcome(f);
+                (outcome, Vec::new(), keep)
+            }
+        };
+        if keep && !runtime.tripped() {
+            self.runtimes.insert(
+                key,
+                Cached {
+                    runtime,
+                    last_used: Instant::now(),
+                },
+            );
+        }
+        (reply(outcome, logs, cold, cpu), response_body)
+    }
+}
+
+fn error(error: FunctionError, message: String) -> Outcome {
+    Outcome::Error { error, message }
+}
+
+/// The outcome of a failure, and whether the runtime may be kept.
+fn failure_outcome(f: Failure) -> (Outcome, bool) {
+    match f {
+        Failure::Cpu => (
+            error(
+                FunctionError::CpuLimit,
+                "the function exceeded its CPU time limit".to_owned(),
+            ),
+            false,
+        ),
+        Failure::Memory => (
+            error(
+                FunctionError::MemoryLimit,
+                "the function exceeded its memory limit".to_owned(),
+            ),
+            false,
+        ),
+        Failure::Exception(m) => (error(FunctionError::Exception, m), true),
+        Failure::Engine(m) => (
+            error(FunctionError::Exception, format!("engine error: {m}")),
+            false,
+        ),
+    }
+}
+
+/// The worker's loop over any reader and writer: one reply frame per
+/// invocation frame, until a clean end of input.
+pub fn run_loop<R: Read, W: Write>(
+    worker: &mut Worker,
+    input: &mut R,
+    output: &mut W,
+) -> Result<(), protocol::FrameError> {
+    while let Some((ToWorker::Invoke(invoke), body)) = protocol::read_frame::<ToWorker, _>(input)? {
+        let (reply, body) = worker.handle(invoke, body);
+        write_reply(output, reply, &body)?;
+    }
+    Ok(())
+}
+
+fn write_reply<W: Write>(
+    output: &mut W,
+    reply: Reply,
+    body: &[u8],
+) -> Result<(), protocol::FrameError> {
+    let id = reply.id;
+    let frame = match protocol::encode(&FromWorker::Reply(reply), body) {
+        Ok(frame) => frame,
+        // Too large to frame (a body over MAX_BODY): say so instead.
+        Err(e) => protocol::encode(
+            &FromWorker::Reply(Reply {
+                id,
+                outcome: error(
+                    FunctionError::ResponseTooLarge,
+                    format!("the reply cannot be framed: {e}"),
+                ),
+                logs: Vec::new(),
+                cold: false,
+                cpu_us: 0,
+            }),
+            &[],
+        )?,
+    };
+    output.write_all(&frame)?;
+    output.flush()?;
+    Ok(())
+}
+
+/// `madbase functions-worker`: frames on stdin and stdout until stdin ends.
+///
+/// Frames are read on a helper thread so idle runtimes are evicted while
+/// no invocation arrives; JavaScript runs only on the calling thread.
+pub fn run_stdio() -> Result<(), protocol::FrameError> {
+    let config = WorkerConfig::from_env();
+    let idle = config.idle;
+    let mut worker = Worker::new(config);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<
+        Result<Option<(ToWorker, Vec<u8>)>, protocol::FrameError>,
+    >(1);
+    let reader = std::thread::Builder::new()
+        .name("frames-in".to_owned())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                let frame = protocol::read_frame::<ToWorker, _>(&mut stdin);
+                let end = !matches!(frame, Ok(Some(_)));
+                if tx.send(frame).is_err() || end {
+                    return;
+                }
+            }
+        })?;
+    let mut stdout = std::io::stdout().lock();
+    let tick = (idle / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let result = loop {
+        match rx.recv_timeout(tick) {
+            Ok(Ok(Some((ToWorker::Invoke(invoke), body)))) => {
+                let (reply, body) = worker.handle(invoke, body);
+                if let Err(e) = write_reply(&mut stdout, reply, &body) {
+                    break Err(e);
+                }
+            }
+            Ok(Ok(None)) => break Ok(()),
+            Ok(Err(e)) => break Err(e),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => worker.evict_idle(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
+        }
+    };
+    // The reader thread may still block on stdin: it ends with the process.
+    drop(reader);
+    result
+}
