@@ -309,6 +309,26 @@ fn run_steps(steps: &mut Steps, stack: &mut Option<Stack>) -> Result<()> {
         || request_id_check(&api, stack, &containers, &request_id),
     );
 
+    // Credentials never reach a log line (JSON logs of every container).
+    let mut credentials = vec![
+        ("JWT_SECRET", secrets.jwt.clone()),
+        ("MADBASE_MASTER_KEY", secrets.master_key.clone()),
+        ("POSTGRES_PASSWORD", secrets.postgres_password.clone()),
+        ("GF_SECURITY_ADMIN_PASSWORD", secrets.grafana_password.clone()),
+        ("the tenant's anon key", tenant.anon_key.clone()),
+        ("the tenant's service_role key", tenant.service_role_key.clone()),
+        ("the admin token", admin.clone()),
+    ];
+    if let Some(tenant_secrets) = steps.run(
+        "the tenant's own secrets (control, GET /internal/v1/tenants/{id})",
+        || tenant_secrets(&http, &control, &binary, &secrets.jwt),
+    ) {
+        credentials.extend(tenant_secrets);
+    }
+    steps.run("no credential in any container's logs", || {
+        no_credentials_logged(stack, &containers, &credentials)
+    });
+
     // Persistence: down (keeping the volumes), up, the same tenant and rows.
     let Some(before) = steps.run("snapshot of the rows (SQL endpoint)", || {
         snapshot(&http, &control, &admin)
@@ -1765,6 +1785,69 @@ fn admin_token(binary: &Path, jwt_secret: &str) -> Result<String> {
     let token = token.trim().to_owned();
     ensure!(token.split('.').count() == 3, "not a JWT: {token}");
     Ok(token)
+}
+
+/// The tenant's JWT secret and its authenticator's database password, as
+/// control's internal API gives them to the services.
+fn tenant_secrets(
+    http: &Http,
+    control: &str,
+    binary: &Path,
+    jwt_secret: &str,
+) -> Result<Vec<(&'static str, String)>> {
+    let token = bounded_ok(
+        Command::new(binary)
+            .args(["token", "internal", "--ttl", "10m"])
+            .env("JWT_SECRET", jwt_secret),
+        Duration::from_secs(30),
+    )?;
+    let bearer = format!("Bearer {}", token.trim());
+    let answer = http.send(
+        reqwest::Method::GET,
+        &format!("{control}/internal/v1/tenants/{TENANT}"),
+        &[("Authorization", &bearer)],
+        None,
+    )?;
+    answer.expect("GET /internal/v1/tenants/{id}", &[200])?;
+    let body = answer.json()?;
+    let field = |name: &str| -> Result<String> {
+        body[name]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .with_context(|| format!("no {name} in the internal tenant answer"))
+    };
+    Ok(vec![
+        ("the tenant's JWT secret", field("jwt_secret")?),
+        ("the tenant's authenticator password", field("authenticator_password")?),
+    ])
+}
+
+/// Fails naming each credential found in a container's `podman logs`
+/// (never printing the value).
+fn no_credentials_logged(
+    stack: &Stack,
+    containers: &[Container],
+    credentials: &[(&str, String)],
+) -> Result<()> {
+    let mut found = Vec::new();
+    let mut lines = 0;
+    for c in containers {
+        let logs = stack.logs(&c.name)?;
+        lines += logs.lines().count();
+        for (what, value) in credentials {
+            if logs.contains(value.as_str()) {
+                found.push(format!("{what} in the logs of {}", c.name));
+            }
+        }
+    }
+    ensure!(found.is_empty(), "credentials logged: {}", found.join("; "));
+    eprintln!(
+        "   {} credentials, none in {lines} log lines of {} containers",
+        credentials.len(),
+        containers.len()
+    );
+    Ok(())
 }
 
 /// The keys of the tenant the test created.
