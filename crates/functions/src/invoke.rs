@@ -1,23 +1,57 @@
-//! `/functions/v1/{name}`: invocation. The proxy forwards here with
-//! `X-Madbase-Tenant`; the tenant and its key are checked again here.
+//! `/functions/v1/{name}[/rest]`: one invocation.
 //!
-//! Deploying functions (through control) and the JavaScript sandbox are not
-//! built yet, so no function exists: every invocation of a known tenant
-//! answers 404 `function_not_found` — and is counted as a run with outcome
-//! `not_found`, so the run metrics and dashboards are real from day one.
+//! The proxy forwards here with `X-Madbase-Tenant` (it has checked the
+//! request's API key). This handler looks the function up (`code.rs`),
+//! checks the caller's `Authorization: Bearer` JWT with the tenant's secret
+//! when the function has `verify_jwt` (the default), applies the
+//! per-tenant concurrency cap and the request body limit, and runs the
+//! function in a worker (`pool.rs`).
+//!
+//! Errors are the platform's JSON error body, with the request ID:
+//!
+//! | what | status | code |
+//! |---|---|---|
+//! | no such function (or deleted) | 404 | `function_not_found` |
+//! | `verify_jwt` and no/invalid bearer JWT | 401 | `missing_authorization` / `invalid_jwt` |
+//! | request body over the limit | 413 | `function_request_too_large` |
+//! | the tenant's concurrent invocations at the cap | 429 | `function_concurrency_limit` |
+//! | no worker free in time (queue full or waited too long) | 503 | `function_pool_busy` |
+//! | CPU time limit | 546 | `function_cpu_limit` (Supabase's `WORKER_LIMIT` status) |
+//! | memory limit | 500 | `function_memory_limit` |
+//! | uncaught exception / rejected promise | 500 | `function_error` (with the message) |
+//! | no `Deno.serve` / `export default { fetch }` | 500 | `function_no_handler` |
+//! | the handler's value is not a `Response` | 500 | `function_bad_response` |
+//! | response body over the limit | 500 | `function_response_too_large` |
+//! | too many / too large sub-requests, blocked address | 500 | `function_fetch_limit` |
+//! | wall-clock limit (the worker is killed) | 504 | `function_wall_limit` |
+//! | the worker process died or broke the protocol | 500 | `function_crashed` |
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use madbase_js::protocol::{FunctionError, FunctionKey, Invoke, Limits, Outcome, Reply};
 use madbase_platform::metrics::{LatencyFamily, latency_family};
-use madbase_platform::tenants::TenantClient;
-use madbase_platform::{ApiError, Metrics, jwt};
+use madbase_platform::tenants::{TenantClient, TenantInfo};
+use madbase_platform::{ApiError, Metrics, jwt, request_id};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use tracing::Instrument as _;
+
+use crate::Config;
+use crate::code::{CodeCache, FunctionCode};
+use crate::pool::{Pool, RunError};
+
+/// The status Supabase answers for a function over its resource limits
+/// (`WORKER_LIMIT`); madbase uses it for the CPU limit.
+pub(crate) const WORKER_LIMIT: u16 = 546;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunLabels {
@@ -29,45 +63,224 @@ struct RunLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    tenant: String,
+    function: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
 
-/// State of the invocation routes.
+/// Keys minted for one tenant secret (`SUPABASE_ANON_KEY`, `…_SERVICE_ROLE_KEY`).
 #[derive(Debug, Clone)]
+struct MintedKeys {
+    secret: String,
+    anon: String,
+    service: String,
+}
+
+/// State of the invocation routes.
+#[derive(Debug)]
 pub(crate) struct Invoker {
     tenants: TenantClient,
-    runs: Family<RunLabels, Counter>,
+    code: CodeCache,
+    pool: Arc<Pool>,
+    public_url: String,
+    fetch_allow: Vec<String>,
+    limits: Limits,
+    max_request_bytes: usize,
+    tenant_concurrency: usize,
+    running: Mutex<HashMap<String, usize>>,
+    keys: Mutex<HashMap<String, MintedKeys>>,
+    invocations: Family<RunLabels, Counter>,
     durations: LatencyFamily<OutcomeLabels>,
+    cold_starts: Family<FunctionLabels, Counter>,
+    cpu: Family<FunctionLabels, Counter<f64>>,
 }
 
 impl Invoker {
-    pub(crate) fn new(tenants: TenantClient, metrics: &Metrics) -> Arc<Self> {
-        let runs = Family::default();
+    pub(crate) fn new(
+        config: &Config,
+        tenants: TenantClient,
+        code: CodeCache,
+        pool: Arc<Pool>,
+        metrics: &Metrics,
+    ) -> Arc<Self> {
+        let invocations = Family::default();
         metrics.register(
-            "madbase_function_runs",
-            "Function invocations by tenant, function and outcome",
-            runs.clone(),
+            "madbase_function_invocations",
+            "Function invocations by tenant, function (`unknown` unless deployed) and outcome",
+            invocations.clone(),
         );
         let durations = latency_family();
         metrics.register(
-            "madbase_function_run_duration_seconds",
-            "Function invocation time, by outcome",
+            "madbase_function_duration_seconds",
+            "Function invocation time in the functions service, by outcome",
             durations.clone(),
         );
+        let cold_starts = Family::default();
+        metrics.register(
+            "madbase_function_cold_starts",
+            "Invocations that compiled the function in their worker, by tenant and function",
+            cold_starts.clone(),
+        );
+        let cpu = Family::default();
+        metrics.register(
+            "madbase_function_cpu_seconds",
+            "CPU time the workers spent on functions, by tenant and function",
+            cpu.clone(),
+        );
+        let mut fetch_allow = config.fetch_allow.clone();
+        if let Some(host) = url_host(&config.public_url) {
+            fetch_allow.insert(0, host);
+        }
         Arc::new(Invoker {
             tenants,
-            runs,
+            code,
+            pool,
+            public_url: config.public_url.clone(),
+            fetch_allow,
+            limits: Limits {
+                cpu_ms: config.cpu_ms,
+                memory_bytes: config.memory_bytes,
+                max_response_bytes: config.max_response_bytes,
+                max_fetches: config.max_fetches,
+                max_fetch_bytes: config.max_fetch_bytes,
+            },
+            max_request_bytes: config.max_request_bytes,
+            tenant_concurrency: config.tenant_concurrency,
+            running: Mutex::default(),
+            keys: Mutex::default(),
+            invocations,
             durations,
+            cold_starts,
+            cpu,
         })
     }
+
+    fn count(&self, tenant: &str, function: Option<&str>, outcome: &'static str, start: Instant) {
+        self.invocations
+            .get_or_create(&RunLabels {
+                tenant: tenant.to_owned(),
+                function: function.unwrap_or("unknown").to_owned(),
+                outcome,
+            })
+            .inc();
+        self.durations
+            .get_or_create(&OutcomeLabels { outcome })
+            .observe(start.elapsed().as_secs_f64());
+    }
+
+    /// The tenant's anon and service keys (minted once per tenant secret).
+    fn keys(&self, info: &TenantInfo) -> MintedKeys {
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(k) = keys.get(&info.id)
+            && k.secret == info.jwt_secret
+        {
+            return k.clone();
+        }
+        let minted = MintedKeys {
+            secret: info.jwt_secret.clone(),
+            anon: jwt::api_key(&info.jwt_secret, &info.id, "anon"),
+            service: jwt::api_key(&info.jwt_secret, &info.id, "service_role"),
+        };
+        if keys.len() >= 10_000 {
+            keys.clear();
+        }
+        keys.insert(info.id.clone(), minted.clone());
+        minted
+    }
+
+    /// Takes one of the tenant's concurrent invocations, `None` at the cap.
+    fn admit(self: &Arc<Self>, tenant: &str) -> Option<Admitted> {
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = running.entry(tenant.to_owned()).or_default();
+        if *n >= self.tenant_concurrency {
+            return None;
+        }
+        *n += 1;
+        Some(Admitted {
+            invoker: self.clone(),
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+/// One admitted invocation of a tenant; released on drop.
+struct Admitted {
+    invoker: Arc<Invoker>,
+    tenant: String,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut running = self
+            .invoker
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = running.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// `host[:port]` of an `http(s)://` URL.
+fn url_host(url: &str) -> Option<String> {
+    let uri = url.parse::<http::Uri>().ok()?;
+    uri.authority().map(|a| a.as_str().to_owned())
+}
+
+/// Headers a function does not see: hop-by-hop ones and the platform's own.
+fn forwarded_header(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    ) && !name.as_str().starts_with("x-madbase-")
+}
+
+/// Headers a function's response may not set: hop-by-hop ones, the body
+/// length (the platform sets it) and the request ID (the platform's).
+fn answered_header(name: &str) -> bool {
+    !matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+            | "x-request-id"
+    )
 }
 
 /// Any method on `/functions/v1/{name}` and below.
 pub(crate) async fn invoke(
     State(inv): State<Arc<Invoker>>,
     Path(params): Path<Vec<(String, String)>>,
-    headers: HeaderMap,
+    req: Request,
 ) -> Response {
     let start = Instant::now();
     let name = params
@@ -75,7 +288,8 @@ pub(crate) async fn invoke(
         .find(|(k, _)| k == "name")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let Some(tenant) = headers
+    let Some(tenant) = req
+        .headers()
         .get("x-madbase-tenant")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
@@ -84,46 +298,462 @@ pub(crate) async fn invoke(
             .into_response();
     };
     tracing::Span::current().record("tenant", tenant.as_str());
-    let info = match inv.tenants.get(&tenant).await {
-        Ok(Some(info)) => info,
-        Ok(None) => {
-            return ApiError::new(
-                StatusCode::NOT_FOUND,
-                "tenant_not_found",
-                format!("no tenant {tenant:?}"),
-            )
-            .into_response();
+    match prepare(&inv, &tenant, &name, req).await {
+        Ok(ready) => {
+            let span = tracing::info_span!(
+                "function",
+                function = %ready.code.name,
+                version = ready.code.version,
+                cold = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            run(&inv, &tenant, ready, start).instrument(span).await
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "tenant lookup failed");
-            return ApiError::unavailable("the control plane is unreachable").into_response();
+        Err((outcome, function, err)) => {
+            inv.count(&tenant, function.as_deref(), outcome, start);
+            err.into_response()
         }
-    };
-    let token = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(jwt::bearer)
-        .or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()));
-    if let Some(token) = token
-        && let Err(e) = jwt::verify_tenant_token(&info.jwt_secret, &tenant, token)
-    {
-        return ApiError::unauthorized(format!("invalid token: {e}")).into_response();
     }
-    let outcome = "not_found";
-    inv.runs
-        .get_or_create(&RunLabels {
-            tenant: tenant.clone(),
-            function: "unknown".to_owned(),
-            outcome,
-        })
-        .inc();
-    inv.durations
-        .get_or_create(&OutcomeLabels { outcome })
-        .observe(start.elapsed().as_secs_f64());
+}
+
+/// A function ready to run: its code, the request, the tenant's slot.
+struct Ready {
+    code: Arc<FunctionCode>,
+    invoke: Invoke,
+    body: Bytes,
+    _admitted: Admitted,
+}
+
+type Refusal = (&'static str, Option<String>, ApiError);
+
+fn function_not_found(tenant: &str, name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "function_not_found",
         format!("no function {name:?} is deployed for tenant {tenant:?}"),
     )
+}
+
+/// Everything before the worker: lookups, checks, the request read.
+async fn prepare(
+    inv: &Arc<Invoker>,
+    tenant: &str,
+    name: &str,
+    req: Request,
+) -> Result<Ready, Refusal> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "control lookup failed");
+        (
+            "unavailable",
+            None,
+            ApiError::unavailable("the control plane is unreachable"),
+        )
+    };
+    let mut info = match inv.tenants.get(tenant).await {
+        Ok(Some(info)) => info,
+        Ok(None) => {
+            return Err((
+                "not_found",
+                None,
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "tenant_not_found",
+                    format!("no tenant {tenant:?}"),
+                ),
+            ));
+        }
+        Err(e) => return Err(unavailable(&e)),
+    };
+    if !valid_function_name(name) {
+        return Err(("not_found", None, function_not_found(tenant, name)));
+    }
+    let code = match inv.code.get(tenant, name).await {
+        Ok(Some(code)) => code,
+        Ok(None) => return Err(("not_found", None, function_not_found(tenant, name))),
+        Err(e) => return Err(unavailable(&e)),
+    };
+    let deployed = Some(code.name.clone());
+    let (parts, body) = req.into_parts();
+
+    if code.verify_jwt {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(jwt::bearer);
+        let Some(token) = token else {
+            return Err((
+                "unauthorized",
+                deployed,
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing_authorization",
+                    "this function verifies JWTs: send Authorization: Bearer <the tenant's key or a user's JWT>",
+                ),
+            ));
+        };
+        let mut verified = jwt::verify_tenant_token(&info.jwt_secret, tenant, token);
+        if matches!(verified, Err(jwt::JwtError::BadSignature)) {
+            // The tenant's keys may have been rotated since it was cached.
+            inv.tenants.invalidate(tenant);
+            if let Ok(Some(fresh)) = inv.tenants.get(tenant).await {
+                info = fresh;
+                verified = jwt::verify_tenant_token(&info.jwt_secret, tenant, token);
+            }
+        }
+        if let Err(e) = verified {
+            return Err((
+                "unauthorized",
+                deployed,
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_jwt",
+                    format!("invalid JWT in Authorization: {e}"),
+                ),
+            ));
+        }
+    }
+
+    let Some(admitted) = inv.admit(tenant) else {
+        return Err((
+            "concurrency_limit",
+            deployed,
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "function_concurrency_limit",
+                format!(
+                    "tenant {tenant:?} already runs {} function invocations at once",
+                    inv.tenant_concurrency
+                ),
+            ),
+        ));
+    };
+
+    let too_large = || {
+        (
+            "request_too_large",
+            Some(code.name.clone()),
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "function_request_too_large",
+                format!(
+                    "the request body is larger than {} bytes",
+                    inv.max_request_bytes
+                ),
+            ),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > inv.max_request_bytes as u64) {
+        return Err(too_large());
+    }
+    let body = match axum::body::to_bytes(body, inv.max_request_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cause {
+                if c.is::<http_body_util::LengthLimitError>() {
+                    return Err(too_large());
+                }
+                cause = c.source();
+            }
+            return Err((
+                "bad_request",
+                deployed,
+                ApiError::bad_request(format!("reading the request body: {e}")),
+            ));
+        }
+    };
+
+    let keys = inv.keys(&info);
+    let supabase_url = format!("{}/t/{tenant}", inv.public_url);
+    let path = parts.uri.path();
+    let url = match parts.uri.query() {
+        Some(q) => format!("{supabase_url}{path}?{q}"),
+        None => format!("{supabase_url}{path}"),
+    };
+    let mut env: Vec<(String, String)> = code
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push(("SUPABASE_URL".to_owned(), supabase_url));
+    env.push(("SUPABASE_ANON_KEY".to_owned(), keys.anon));
+    env.push(("SUPABASE_SERVICE_ROLE_KEY".to_owned(), keys.service));
+    let headers = request_headers(&parts.headers);
+    let invoke = Invoke {
+        id: 0,
+        key: FunctionKey {
+            tenant: tenant.to_owned(),
+            function: code.name.clone(),
+            version: code.version,
+        },
+        source: None,
+        env,
+        request_id: request_id::current().unwrap_or_default(),
+        method: parts.method.as_str().to_owned(),
+        url,
+        headers,
+        limits: inv.limits,
+        fetch_allow: inv.fetch_allow.clone(),
+    };
+    Ok(Ready {
+        code,
+        invoke,
+        body,
+        _admitted: admitted,
+    })
+}
+
+fn request_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| forwarded_header(name))
+        .filter_map(|(name, value)| {
+            value
+                .to_str()
+                .ok()
+                .map(|v| (name.as_str().to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// `^[a-z][a-z0-9_-]{0,62}$`, as control's deploy checks.
+fn valid_function_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+}
+
+/// Runs the function and maps its outcome.
+async fn run(inv: &Arc<Invoker>, tenant: &str, ready: Ready, start: Instant) -> Response {
+    let Ready {
+        code, invoke, body, ..
+    } = ready;
+    let function = code.name.clone();
+    let source: Arc<str> = Arc::from(code.source.as_str());
+    let result = inv.pool.run(invoke, source, body).await;
+    let span = tracing::Span::current();
+    let (outcome, response) = match result {
+        Ok(answer) => {
+            let reply = answer.reply;
+            span.record("cold", reply.cold);
+            log_console(&reply, tenant, &code);
+            let labels = FunctionLabels {
+                tenant: tenant.to_owned(),
+                function: function.clone(),
+            };
+            if reply.cold {
+                inv.cold_starts.get_or_create(&labels).inc();
+            }
+            inv.cpu
+                .get_or_create(&labels)
+                .inc_by(reply.cpu_us as f64 / 1e6);
+            respond(inv, reply, answer.body)
+        }
+        Err(RunError::Busy) => (
+            "pool_busy",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "function_pool_busy",
+                "every function worker is busy; retry shortly",
+            )
+            .into_response(),
+        ),
+        Err(RunError::WallLimit) => (
+            "wall_limit",
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "function_wall_limit",
+                "the function did not answer within its wall-clock limit",
+            )
+            .into_response(),
+        ),
+        Err(RunError::Crashed(detail)) => {
+            tracing::error!(function = %function, error = %detail, "the function's worker failed");
+            (
+                "crashed",
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "function_crashed",
+                    "the function's worker process failed while running it",
+                )
+                .into_response(),
+            )
+        }
+        Err(RunError::Spawn(detail)) => {
+            tracing::error!(error = %detail, "cannot start a function worker");
+            (
+                "unavailable",
+                ApiError::unavailable("cannot start a function worker").into_response(),
+            )
+        }
+    };
+    span.record("outcome", outcome);
+    inv.count(tenant, Some(&function), outcome, start);
+    response
+}
+
+/// One log line per `console.*` call, with the function and its version
+/// (the request span adds `request_id` and `tenant`); the line's level is
+/// the console method's (`log` → INFO), named in `console`.
+fn log_console(reply: &Reply, tenant: &str, code: &FunctionCode) {
+    for line in &reply.logs {
+        let (function, version, console) = (code.name.as_str(), code.version, line.level.as_str());
+        let message = line.message.as_str();
+        match console {
+            "error" => {
+                tracing::error!(target: "function", tenant, function, version, console, "{message}");
+            }
+            "warn" => {
+                tracing::warn!(target: "function", tenant, function, version, console, "{message}");
+            }
+            "debug" => {
+                tracing::debug!(target: "function", tenant, function, version, console, "{message}");
+            }
+            _ => {
+                tracing::info!(target: "function", tenant, function, version, console, "{message}");
+            }
+        }
+    }
+}
+
+fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
+    ApiError::new(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        code,
+        message,
+    )
     .into_response()
+}
+
+/// The HTTP answer for a worker's reply, and its outcome label.
+fn respond(inv: &Invoker, reply: Reply, body: Vec<u8>) -> (&'static str, Response) {
+    match reply.outcome {
+        Outcome::Response { status, headers } => {
+            if body.len() as u64 > inv.limits.max_response_bytes {
+                return (
+                    "response_too_large",
+                    error(
+                        500,
+                        "function_response_too_large",
+                        format!(
+                            "the function's response body is larger than {} bytes",
+                            inv.limits.max_response_bytes
+                        ),
+                    ),
+                );
+            }
+            let Ok(status) = StatusCode::from_u16(status) else {
+                return (
+                    "bad_response",
+                    error(
+                        500,
+                        "function_bad_response",
+                        format!("the function answered an invalid status {status}"),
+                    ),
+                );
+            };
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() = status;
+            let out = response.headers_mut();
+            for (name, value) in headers {
+                let lower = name.to_ascii_lowercase();
+                if !answered_header(&lower) {
+                    continue;
+                }
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(lower.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    out.append(n, v);
+                }
+            }
+            ("ok", response)
+        }
+        Outcome::NeedSource => (
+            "crashed",
+            error(
+                500,
+                "function_crashed",
+                "the function's worker did not accept its source",
+            ),
+        ),
+        Outcome::Error { error: e, message } => match e {
+            FunctionError::CpuLimit => (
+                "cpu_limit",
+                error(
+                    WORKER_LIMIT,
+                    "function_cpu_limit",
+                    format!(
+                        "the function exceeded its CPU time limit of {} ms",
+                        inv.limits.cpu_ms
+                    ),
+                ),
+            ),
+            FunctionError::MemoryLimit => (
+                "memory_limit",
+                error(
+                    500,
+                    "function_memory_limit",
+                    format!(
+                        "the function exceeded its memory limit of {} MiB",
+                        inv.limits.memory_bytes / (1024 * 1024)
+                    ),
+                ),
+            ),
+            FunctionError::Exception => ("error", error(500, "function_error", message)),
+            FunctionError::NoHandler => ("no_handler", error(500, "function_no_handler", message)),
+            FunctionError::BadResponse => {
+                ("bad_response", error(500, "function_bad_response", message))
+            }
+            FunctionError::ResponseTooLarge => (
+                "response_too_large",
+                error(500, "function_response_too_large", message),
+            ),
+            FunctionError::FetchLimit => {
+                ("fetch_limit", error(500, "function_fetch_limit", message))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_names() {
+        for ok in ["a", "hello", "hello-world_2", &"a".repeat(63)] {
+            assert!(valid_function_name(ok), "{ok}");
+        }
+        for bad in ["", "1a", "-a", "Hello", "a.b", "é", &"a".repeat(64)] {
+            assert!(!valid_function_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn headers_kept_from_requests_and_responses() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer x"));
+        h.insert("x-madbase-tenant", HeaderValue::from_static("acme"));
+        h.insert("connection", HeaderValue::from_static("keep-alive"));
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        let kept: Vec<String> = request_headers(&h).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kept, ["authorization", "x-custom"]);
+        assert!(answered_header("content-type"));
+        assert!(!answered_header("x-request-id"));
+        assert!(!answered_header("transfer-encoding"));
+        assert_eq!(
+            url_host("http://127.0.0.1:8000").as_deref(),
+            Some("127.0.0.1:8000")
+        );
+    }
 }

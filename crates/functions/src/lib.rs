@@ -1,10 +1,19 @@
-//! madbase functions: runs tenant JavaScript functions in a sandbox.
+//! madbase functions: runs tenants' JavaScript functions.
 //!
-//! `/functions/v1/{name}` checks the tenant and its key and counts the run;
-//! deploying functions and the JavaScript sandbox are not built yet, so
-//! every invocation answers 404 `function_not_found` (see `invoke.rs`).
+//! `/functions/v1/{name}[/rest]` (reached through the proxy, which sets
+//! `X-Madbase-Tenant`) looks the function up in control (`code.rs`, cached
+//! for a few seconds), checks the caller's JWT when the function wants it,
+//! and runs it in one of a pool of supervised `madbase functions-worker`
+//! processes (`pool.rs`) speaking the frame protocol of
+//! `madbase_js::protocol`. Limits, the error mapping and the metrics are in
+//! `invoke.rs`; the data flow is described in ARCHITECTURE.md ("Functions").
 
+mod code;
 mod invoke;
+mod pool;
+
+use std::ffi::OsString;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::any;
@@ -13,13 +22,63 @@ use madbase_platform::tenants::TenantClient;
 use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, client, secrets};
 
 /// The functions service's configuration, from the environment.
+///
+/// | variable | default | meaning |
+/// |---|---|---|
+/// | `MADBASE_CONTROL_URL` | `http://127.0.0.1:8001` | control (functions' code, secrets, tenants) |
+/// | `MADBASE_PUBLIC_URL` | `http://127.0.0.1:8000` | the proxy as clients reach it: `SUPABASE_URL` is `<this>/t/<tenant>` |
+/// | `MADBASE_FUNCTIONS_WORKERS` | available parallelism | worker processes (at most; started on demand) |
+/// | `MADBASE_FUNCTIONS_WORKER_CMD` | this executable + `functions-worker` | the worker command (program and arguments separated by spaces) |
+/// | `MADBASE_FUNCTIONS_QUEUE` | 64 | invocations that may wait for a free worker; beyond: 503 `function_pool_busy` |
+/// | `MADBASE_FUNCTIONS_QUEUE_SECONDS` | 5 | how long one may wait; beyond: 503 `function_pool_busy` |
+/// | `MADBASE_FUNCTIONS_TENANT_CONCURRENCY` | 20 | concurrent invocations per tenant; beyond: 429 `function_concurrency_limit` |
+/// | `MADBASE_FUNCTIONS_WALL_SECONDS` | 150 | wall time per invocation; beyond: the worker is killed, 504 `function_wall_limit` |
+/// | `MADBASE_FUNCTIONS_CPU_MS` | 2000 | CPU time per invocation; beyond: 546 `function_cpu_limit` |
+/// | `MADBASE_FUNCTIONS_MEMORY_MB` | 256 | memory per function runtime; beyond: 500 `function_memory_limit` |
+/// | `MADBASE_FUNCTIONS_MAX_REQUEST_BYTES` | 6 MiB | request body; beyond: 413 `function_request_too_large` |
+/// | `MADBASE_FUNCTIONS_MAX_RESPONSE_BYTES` | 6 MiB | response body; beyond: 500 `function_response_too_large` |
+/// | `MADBASE_FUNCTIONS_MAX_FETCHES` | 50 | `fetch` calls per invocation |
+/// | `MADBASE_FUNCTIONS_MAX_FETCH_BYTES` | 10 MiB | largest `fetch` response body |
+/// | `MADBASE_FUNCTIONS_FETCH_ALLOW` | (none) | comma list of hosts/CIDRs `fetch` may reach although private (the host of `MADBASE_PUBLIC_URL` always is) |
+/// | `MADBASE_FUNCTIONS_CODE_CACHE_SECONDS` | 2 | how long a function's code and secrets are cached |
+/// | `MADBASE_FUNCTIONS_TEST_HOOKS` | unset | `1`: workers (which inherit it) offer test-only hooks such as `__madbaseTestCrash()`; never in production |
 #[derive(Clone)]
 pub struct Config {
     pub common: CommonConfig,
-    /// `JWT_SECRET`: signs the internal tokens used to ask control about tenants.
+    /// `JWT_SECRET`: signs the internal tokens used to ask control.
     pub jwt_secret: String,
     /// `MADBASE_CONTROL_URL`, default `http://127.0.0.1:8001`.
     pub control_url: String,
+    /// `MADBASE_PUBLIC_URL`, default `http://127.0.0.1:8000`.
+    pub public_url: String,
+    /// `MADBASE_FUNCTIONS_WORKER_CMD`: program and arguments.
+    pub worker_command: Vec<OsString>,
+    /// `MADBASE_FUNCTIONS_WORKERS`.
+    pub workers: usize,
+    /// `MADBASE_FUNCTIONS_QUEUE`.
+    pub queue: usize,
+    /// `MADBASE_FUNCTIONS_QUEUE_SECONDS`.
+    pub queue_wait: Duration,
+    /// `MADBASE_FUNCTIONS_TENANT_CONCURRENCY`.
+    pub tenant_concurrency: usize,
+    /// `MADBASE_FUNCTIONS_WALL_SECONDS`.
+    pub wall: Duration,
+    /// `MADBASE_FUNCTIONS_CPU_MS`.
+    pub cpu_ms: u64,
+    /// `MADBASE_FUNCTIONS_MEMORY_MB`, in bytes.
+    pub memory_bytes: u64,
+    /// `MADBASE_FUNCTIONS_MAX_REQUEST_BYTES`.
+    pub max_request_bytes: usize,
+    /// `MADBASE_FUNCTIONS_MAX_RESPONSE_BYTES`.
+    pub max_response_bytes: u64,
+    /// `MADBASE_FUNCTIONS_MAX_FETCHES`.
+    pub max_fetches: u32,
+    /// `MADBASE_FUNCTIONS_MAX_FETCH_BYTES`.
+    pub max_fetch_bytes: u64,
+    /// `MADBASE_FUNCTIONS_FETCH_ALLOW`.
+    pub fetch_allow: Vec<String>,
+    /// `MADBASE_FUNCTIONS_CODE_CACHE_SECONDS`.
+    pub code_ttl: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -27,28 +86,96 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("common", &self.common)
             .field("control_url", &self.control_url)
+            .field("public_url", &self.public_url)
+            .field("worker_command", &self.worker_command)
+            .field("workers", &self.workers)
             .finish_non_exhaustive()
     }
 }
 
+const MIB: u64 = 1024 * 1024;
+
 impl Config {
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
+        let count = |name: &str, default: u64| -> Result<u64, ConfigError> {
+            match env.parse::<u64>(name, "a whole number")? {
+                Some(0) => Err(ConfigError {
+                    var: name.to_owned(),
+                    problem: "must be at least 1".to_owned(),
+                }),
+                Some(n) => Ok(n),
+                None => Ok(default),
+            }
+        };
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
+        let worker_command = match env.raw("MADBASE_FUNCTIONS_WORKER_CMD") {
+            Some(cmd) => cmd.split_whitespace().map(OsString::from).collect(),
+            None => {
+                let exe = std::env::current_exe().map_err(|e| ConfigError {
+                    var: "MADBASE_FUNCTIONS_WORKER_CMD".to_owned(),
+                    problem: format!(
+                        "is not set and this executable's path is unknown ({e}); set it to `/path/to/madbase functions-worker`"
+                    ),
+                })?;
+                vec![exe.into_os_string(), OsString::from("functions-worker")]
+            }
+        };
+        let fetch_allow = env
+            .raw("MADBASE_FUNCTIONS_FETCH_ALLOW")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Config {
             common: CommonConfig::from_env(Service::Functions, env)?,
             jwt_secret: secrets::jwt_secret(env)?,
             control_url: env.url("MADBASE_CONTROL_URL", "http://127.0.0.1:8001")?,
+            public_url: env.url("MADBASE_PUBLIC_URL", "http://127.0.0.1:8000")?,
+            worker_command,
+            workers: size(count("MADBASE_FUNCTIONS_WORKERS", parallelism)?),
+            queue: size(count("MADBASE_FUNCTIONS_QUEUE", 64)?),
+            queue_wait: env.seconds("MADBASE_FUNCTIONS_QUEUE_SECONDS", Duration::from_secs(5))?,
+            tenant_concurrency: size(count("MADBASE_FUNCTIONS_TENANT_CONCURRENCY", 20)?),
+            wall: env.seconds("MADBASE_FUNCTIONS_WALL_SECONDS", Duration::from_secs(150))?,
+            cpu_ms: count("MADBASE_FUNCTIONS_CPU_MS", 2000)?,
+            memory_bytes: count("MADBASE_FUNCTIONS_MEMORY_MB", 256)?.saturating_mul(MIB),
+            max_request_bytes: size(count("MADBASE_FUNCTIONS_MAX_REQUEST_BYTES", 6 * MIB)?),
+            max_response_bytes: count("MADBASE_FUNCTIONS_MAX_RESPONSE_BYTES", 6 * MIB)?,
+            max_fetches: u32::try_from(count("MADBASE_FUNCTIONS_MAX_FETCHES", 50)?)
+                .unwrap_or(u32::MAX),
+            max_fetch_bytes: count("MADBASE_FUNCTIONS_MAX_FETCH_BYTES", 10 * MIB)?,
+            fetch_allow,
+            code_ttl: env.seconds(
+                "MADBASE_FUNCTIONS_CODE_CACHE_SECONDS",
+                Duration::from_secs(2),
+            )?,
         })
     }
 }
 
-/// Builds the functions service: routes, readiness checks, metrics.
+/// Builds the functions service: routes, readiness checks, metrics. Worker
+/// processes start on demand (the first invocations), not here.
 pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
     let http = client::internal_client();
     let metrics = Metrics::new();
-    let invoker = invoke::Invoker::new(
-        TenantClient::new(&config.control_url, &config.jwt_secret, &metrics),
+    let tenants = TenantClient::new(&config.control_url, &config.jwt_secret, &metrics);
+    let code = code::CodeCache::new(&config.control_url, &config.jwt_secret, config.code_ttl);
+    let pool = pool::Pool::new(
+        pool::PoolConfig {
+            command: config.worker_command.clone(),
+            size: config.workers,
+            queue: config.queue,
+            queue_wait: config.queue_wait,
+            wall: config.wall,
+        },
         &metrics,
     );
+    let invoker = invoke::Invoker::new(config, tenants, code, pool, &metrics);
     let api = Router::new()
         .route("/functions/v1/{name}", any(invoke::invoke))
         .route("/functions/v1/{name}/{*rest}", any(invoke::invoke))

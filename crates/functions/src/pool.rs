@@ -1,0 +1,436 @@
+//! The supervised pool of `madbase functions-worker` processes.
+//!
+//! At most `size` workers, started on demand (the first invocations) with
+//! piped stdin/stdout (frames of `madbase_js::protocol`) and stderr read
+//! line by line into this service's log. One invocation at a time per
+//! worker; an invocation waits for a free worker in a bounded queue (full,
+//! or waited too long: [`RunError::Busy`]). A worker that answers nothing
+//! before the wall limit is SIGKILLed ([`RunError::WallLimit`]); one whose
+//! stdout ends or breaks the protocol is killed too ([`RunError::Crashed`]).
+//! Either way only that invocation fails and a fresh worker takes the place.
+//!
+//! Each worker remembers which [`FunctionKey`]s it has been sent the source
+//! of, so warm invocations carry no source; invocations prefer a worker that
+//! holds their key. A worker that evicted a runtime answers
+//! [`Outcome::NeedSource`] and gets the invocation again with the source.
+//!
+//! Exchanges run on their own task: a client that goes away does not kill
+//! the worker mid-invocation.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madbase_js::protocol::{self, FromWorker, FunctionKey, Invoke, Outcome, Reply, ToWorker};
+use madbase_platform::Metrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::Semaphore;
+
+/// How the pool runs.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolConfig {
+    /// Program and arguments of a worker.
+    pub command: Vec<OsString>,
+    /// Most workers.
+    pub size: usize,
+    /// Most invocations waiting for a worker.
+    pub queue: usize,
+    /// Longest wait for a worker.
+    pub queue_wait: Duration,
+    /// Wall time of one invocation.
+    pub wall: Duration,
+}
+
+/// Keys a worker is believed to hold (the worker evicts on its own; a miss
+/// costs one `NeedSource` round trip).
+const REMEMBERED_KEYS: usize = 256;
+
+/// Variables a worker does not inherit: the platform's secrets (a worker
+/// runs tenants' code).
+const WITHHELD_VARS: [&str; 6] = [
+    "JWT_SECRET",
+    "MADBASE_MASTER_KEY",
+    "DATABASE_URL",
+    "DEFAULT_TENANT_DB_URL",
+    "JWT_SECRET_FILE",
+    "MADBASE_MASTER_KEY_FILE",
+];
+
+/// Why an invocation got no answer from a worker.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    #[error("every worker is busy")]
+    Busy,
+    #[error("the invocation exceeded the wall-clock limit")]
+    WallLimit,
+    #[error("the worker process failed: {0}")]
+    Crashed(String),
+    #[error("cannot start a worker process: {0}")]
+    Spawn(String),
+}
+
+/// A worker's answer: the reply and its body.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub reply: Reply,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct PoolMetrics {
+    restarts: Family<ReasonLabels, Counter>,
+    busy: Gauge,
+    workers: Gauge,
+}
+
+/// The pool.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    cfg: PoolConfig,
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    idle: Arc<Mutex<Vec<Worker>>>,
+    next_worker: AtomicU64,
+    next_call: AtomicU64,
+    metrics: PoolMetrics,
+}
+
+#[derive(Debug)]
+struct Worker {
+    id: u64,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    loaded: VecDeque<FunctionKey>,
+}
+
+/// The exchange failed: the worker cannot be trusted any more.
+#[derive(Debug)]
+enum Broken {
+    /// Writing to it failed (it had exited before reading anything).
+    Write(String),
+    /// Its answer never came whole or made no sense.
+    Read(String),
+}
+
+impl Pool {
+    pub(crate) fn new(cfg: PoolConfig, metrics: &Metrics) -> Arc<Self> {
+        let m = PoolMetrics {
+            restarts: Family::default(),
+            busy: Gauge::default(),
+            workers: Gauge::default(),
+        };
+        metrics.register(
+            "madbase_function_worker_restarts",
+            "Worker processes replaced, by reason: crashed, wall_limit, exited (while idle)",
+            m.restarts.clone(),
+        );
+        metrics.register(
+            "madbase_function_workers_busy",
+            "Worker processes running an invocation",
+            m.busy.clone(),
+        );
+        metrics.register(
+            "madbase_function_workers",
+            "Worker processes alive (busy or idle)",
+            m.workers.clone(),
+        );
+        Arc::new(Pool {
+            slots: Arc::new(Semaphore::new(cfg.size)),
+            cfg,
+            waiting: AtomicUsize::new(0),
+            idle: Arc::default(),
+            next_worker: AtomicU64::new(1),
+            next_call: AtomicU64::new(1),
+            metrics: m,
+        })
+    }
+
+    /// Runs one invocation (`invoke.source` is set by the pool when the
+    /// chosen worker needs it) and returns the worker's reply.
+    pub(crate) async fn run(
+        self: &Arc<Self>,
+        invoke: Invoke,
+        source: Arc<str>,
+        body: bytes::Bytes,
+    ) -> Result<Answer, RunError> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.cfg.queue {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    return Err(RunError::Busy);
+                }
+                let waited =
+                    tokio::time::timeout(self.cfg.queue_wait, self.slots.clone().acquire_owned())
+                        .await;
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                match waited {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(RunError::Busy),
+                }
+            }
+        };
+        let pool = self.clone();
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            pool.metrics.busy.inc();
+            let result = pool.exchange(invoke, source, body).await;
+            pool.metrics.busy.dec();
+            result
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(RunError::Crashed(format!(
+                "the invocation task failed: {e}"
+            )))
+        })
+    }
+
+    /// With a slot held: a worker, the exchange, the worker back (or gone).
+    async fn exchange(
+        &self,
+        mut invoke: Invoke,
+        source: Arc<str>,
+        body: bytes::Bytes,
+    ) -> Result<Answer, RunError> {
+        invoke.id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        // A worker whose pipe is closed before it read anything had died
+        // while idle: one more try with a fresh one.
+        let mut fresh_tried = false;
+        loop {
+            let (mut worker, fresh) = match self.take(&invoke.key) {
+                Some(w) => (w, false),
+                None => (self.spawn()?, true),
+            };
+            let outcome =
+                tokio::time::timeout(self.cfg.wall, worker.call(&mut invoke, &source, &body)).await;
+            match outcome {
+                Ok(Ok(answer)) => {
+                    self.give_back(worker);
+                    return Ok(answer);
+                }
+                Ok(Err(Broken::Write(e))) if !fresh && !fresh_tried => {
+                    tracing::warn!(worker = worker.id, error = %e, "an idle worker had exited; replacing it");
+                    self.retire(worker, "exited").await;
+                    fresh_tried = true;
+                }
+                Ok(Err(Broken::Write(e) | Broken::Read(e))) => {
+                    let status = self.retire(worker, "crashed").await;
+                    tracing::error!(error = %e, exit = %status, "a worker failed during an invocation");
+                    self.replace();
+                    return Err(RunError::Crashed(format!("{e} ({status})")));
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        worker = worker.id,
+                        wall_seconds = self.cfg.wall.as_secs_f64(),
+                        "an invocation exceeded the wall limit: killing its worker"
+                    );
+                    self.retire(worker, "wall_limit").await;
+                    self.replace();
+                    return Err(RunError::WallLimit);
+                }
+            }
+        }
+    }
+
+    /// An idle worker, preferring one that holds `key`; exited ones are
+    /// dropped on the way.
+    fn take(&self, key: &FunctionKey) -> Option<Worker> {
+        let mut idle = self.lock_idle();
+        loop {
+            let index = idle
+                .iter()
+                .position(|w| w.loaded.contains(key))
+                .or_else(|| idle.len().checked_sub(1))?;
+            let mut worker = idle.swap_remove(index);
+            match worker.child.try_wait() {
+                Ok(None) => return Some(worker),
+                Ok(Some(status)) => {
+                    tracing::warn!(worker = worker.id, %status, "an idle worker exited");
+                    self.metrics.workers.dec();
+                    self.metrics
+                        .restarts
+                        .get_or_create(&ReasonLabels { reason: "exited" })
+                        .inc();
+                }
+                Err(e) => {
+                    tracing::warn!(worker = worker.id, error = %e, "cannot check an idle worker");
+                    self.metrics.workers.dec();
+                    drop(worker);
+                }
+            }
+        }
+    }
+
+    fn give_back(&self, worker: Worker) {
+        self.lock_idle().push(worker);
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Worker>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Kills a worker and reaps it; returns how it ended.
+    async fn retire(&self, mut worker: Worker, reason: &'static str) -> String {
+        let _ = worker.child.start_kill();
+        let status = match tokio::time::timeout(Duration::from_secs(5), worker.child.wait()).await {
+            Ok(Ok(s)) => s.to_string(),
+            Ok(Err(e)) => format!("wait failed: {e}"),
+            Err(_) => "did not exit within 5 s of SIGKILL".to_owned(),
+        };
+        self.metrics.workers.dec();
+        self.metrics
+            .restarts
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        status
+    }
+
+    /// Starts a worker in the background in place of one that was killed,
+    /// so the next invocation does not pay for the start.
+    fn replace(&self) {
+        match self.spawn() {
+            Ok(w) => self.give_back(w),
+            Err(e) => tracing::error!(error = %e, "cannot start a replacement worker"),
+        }
+    }
+
+    fn spawn(&self) -> Result<Worker, RunError> {
+        let id = self.next_worker.fetch_add(1, Ordering::Relaxed);
+        let (program, args) = self
+            .cfg
+            .command
+            .split_first()
+            .ok_or_else(|| RunError::Spawn("the worker command is empty".to_owned()))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for var in WITHHELD_VARS {
+            cmd.env_remove(var);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| RunError::Spawn(format!("{}: {e}", program.to_string_lossy())))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(RunError::Spawn("no pipes to the worker".to_owned()));
+        };
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::info!(target: "madbase_functions::worker", worker = id, "{line}");
+                }
+            });
+        }
+        self.metrics.workers.inc();
+        tracing::debug!(worker = id, pid = child.id(), "worker started");
+        Ok(Worker {
+            id,
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+            loaded: VecDeque::new(),
+        })
+    }
+}
+
+impl Worker {
+    /// One invocation: sends it (with the source when this worker has not
+    /// had it, or asks for it), reads the reply.
+    async fn call(
+        &mut self,
+        invoke: &mut Invoke,
+        source: &Arc<str>,
+        body: &[u8],
+    ) -> Result<Answer, Broken> {
+        let mut sent_source = !self.loaded.contains(&invoke.key);
+        invoke.source = sent_source.then(|| source.to_string());
+        self.send(invoke, body).await?;
+        let mut answer = self.receive(invoke.id).await?;
+        if answer.reply.outcome == Outcome::NeedSource {
+            if sent_source {
+                return Err(Broken::Read(
+                    "the worker asked for a source it was sent".to_owned(),
+                ));
+            }
+            sent_source = true;
+            invoke.source = Some(source.to_string());
+            // The worker read the request; writing again cannot be an
+            // idle worker's death any more.
+            self.send(invoke, body)
+                .await
+                .map_err(|e| Broken::Read(format!("{e:?}")))?;
+            answer = self.receive(invoke.id).await?;
+        }
+        invoke.source = None;
+        if (sent_source || answer.reply.cold) && !self.loaded.contains(&invoke.key) {
+            if self.loaded.len() >= REMEMBERED_KEYS {
+                self.loaded.pop_front();
+            }
+            self.loaded.push_back(invoke.key.clone());
+        }
+        Ok(answer)
+    }
+
+    async fn send(&mut self, invoke: &Invoke, body: &[u8]) -> Result<(), Broken> {
+        let frame = protocol::encode(&ToWorker::Invoke(invoke.clone()), body)
+            .map_err(|e| Broken::Write(e.to_string()))?;
+        self.stdin
+            .write_all(&frame)
+            .await
+            .map_err(|e| Broken::Write(e.to_string()))?;
+        self.stdin
+            .flush()
+            .await
+            .map_err(|e| Broken::Write(e.to_string()))
+    }
+
+    async fn receive(&mut self, id: u64) -> Result<Answer, Broken> {
+        let broken = |what: &str, e: &dyn std::fmt::Display| Broken::Read(format!("{what}: {e}"));
+        let mut prefix = [0u8; 8];
+        self.stdout
+            .read_exact(&mut prefix)
+            .await
+            .map_err(|e| broken("reading the reply", &e))?;
+        let (header_len, body_len) =
+            protocol::parse_prefix(prefix).map_err(|e| broken("reading the reply", &e))?;
+        let mut header = vec![0u8; header_len as usize];
+        self.stdout
+            .read_exact(&mut header)
+            .await
+            .map_err(|e| broken("reading the reply header", &e))?;
+        let mut body = vec![0u8; body_len as usize];
+        self.stdout
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| broken("reading the reply body", &e))?;
+        let FromWorker::Reply(reply) = serde_json::from_slice::<FromWorker>(&header)
+            .map_err(|e| broken("a malformed reply", &e))?;
+        if reply.id != id {
+            return Err(Broken::Read(format!(
+                "a reply for invocation {} while waiting for {id}",
+                reply.id
+            )));
+        }
+        Ok(Answer { reply, body })
+    }
+}
