@@ -2,6 +2,7 @@
 //! binary as a child process and talks HTTP to it on loopback.
 
 mod dev;
+mod functions;
 mod helpers;
 
 mod images;

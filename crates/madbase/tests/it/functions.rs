@@ -1,0 +1,540 @@
+//! Functions end to end: real control (on a testkit Postgres), proxy, data
+//! API worker and functions service, each the real `madbase` binary, with
+//! the functions service running real `madbase functions-worker` processes.
+//! Functions are deployed through control's admin API and invoked through
+//! the proxy.
+
+use std::time::{Duration, Instant};
+
+use madbase_testkit::tenant::{Tenant, platform_token};
+use serde_json::{Value, json};
+
+use crate::helpers::{BIN, JWT_SECRET, MASTER_KEY, Running, start};
+
+/// The platform's processes for one test.
+struct Stack {
+    control: Running,
+    functions: Running,
+    proxy: Running,
+    _worker: Running,
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A free loopback port (the proxy's: the functions service must know the
+/// public URL before the proxy starts).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Stack {
+    /// Starts everything; `functions_env` adds to the functions service's
+    /// variables.
+    fn start(functions_env: &[(&str, &str)]) -> Stack {
+        let db = madbase_testkit::postgres().expect("test database");
+        let tenant_cluster = db.server.url_for("postgres");
+        let common = [
+            ("JWT_SECRET", JWT_SECRET),
+            ("MADBASE_LISTEN", "127.0.0.1:0"),
+            ("MADBASE_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("MADBASE_LOG", "info"),
+            ("MADBASE_DRAIN_SECONDS", "1"),
+        ];
+        let mut control_env = env(&common);
+        control_env.extend(env(&[
+            ("DATABASE_URL", &db.url),
+            ("DEFAULT_TENANT_DB_URL", &tenant_cluster),
+            ("MADBASE_MASTER_KEY", MASTER_KEY),
+        ]));
+        let control = start("control", &control_env);
+        let control_url = format!("http://{}", control.api);
+
+        let mut worker_env = env(&common);
+        worker_env.push(("MADBASE_CONTROL_URL".into(), control_url.clone()));
+        let worker = start("worker", &worker_env);
+
+        let proxy_port = free_port();
+        let public_url = format!("http://127.0.0.1:{proxy_port}");
+        let mut fn_env = env(&common);
+        fn_env.extend(env(&[
+            ("MADBASE_CONTROL_URL", &control_url),
+            ("MADBASE_PUBLIC_URL", &public_url),
+            ("MADBASE_FUNCTIONS_WORKERS", "3"),
+            ("MADBASE_FUNCTIONS_CODE_CACHE_SECONDS", "0.5"),
+            (
+                "MADBASE_FUNCTIONS_WORKER_CMD",
+                &format!("{BIN} functions-worker"),
+            ),
+        ]));
+        fn_env.extend(env(functions_env));
+        let functions = start("functions", &fn_env);
+
+        let mut proxy_env = env(&common);
+        proxy_env.retain(|(k, _)| k != "MADBASE_LISTEN");
+        proxy_env.extend(env(&[
+            ("MADBASE_LISTEN", &format!("127.0.0.1:{proxy_port}")),
+            ("MADBASE_CONTROL_URL", &control_url),
+            ("MADBASE_WORKER_URL", &format!("http://{}", worker.api)),
+            (
+                "MADBASE_FUNCTIONS_URL",
+                &format!("http://{}", functions.api),
+            ),
+        ]));
+        let proxy = start("proxy", &proxy_env);
+        Stack {
+            control,
+            functions,
+            proxy,
+            _worker: worker,
+        }
+    }
+
+    fn control_url(&self) -> String {
+        format!("http://{}", self.control.api)
+    }
+
+    async fn tenant(&self, prefix: &str) -> Tenant {
+        Tenant::create(&http(), &self.control_url(), prefix).await
+    }
+
+    /// Deploys `source` as `name`; `query` e.g. `?verify_jwt=false`.
+    async fn deploy(&self, tenant: &Tenant, name: &str, query: &str, source: &str) -> Value {
+        let resp = http()
+            .put(format!(
+                "{}/v1/tenants/{}/functions/{name}{query}",
+                self.control_url(),
+                tenant.id
+            ))
+            .bearer_auth(platform_token("admin"))
+            .header("content-type", "application/javascript")
+            .body(source.to_owned())
+            .send()
+            .await
+            .expect("deploy");
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("json");
+        assert!(status.is_success(), "deploy {name}: {status} {body}");
+        body
+    }
+
+    fn fn_url(&self, tenant: &Tenant, path: &str) -> String {
+        format!(
+            "http://{}/t/{}/functions/v1/{path}",
+            self.proxy.api, tenant.id
+        )
+    }
+
+    /// `POST` with the tenant's anon key as apikey and bearer.
+    async fn call(&self, tenant: &Tenant, path: &str, body: Value) -> (u16, Value, Duration) {
+        let started = Instant::now();
+        let resp = http()
+            .post(self.fn_url(tenant, path))
+            .header("apikey", &tenant.anon_key)
+            .bearer_auth(&tenant.anon_key)
+            .json(&body)
+            .send()
+            .await
+            .expect("invoke");
+        let status = resp.status().as_u16();
+        assert!(resp.headers().contains_key("x-request-id"));
+        let text = resp.text().await.expect("body");
+        let elapsed = started.elapsed();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v, elapsed)
+    }
+
+    async fn metrics(&self) -> String {
+        http()
+            .get(self.functions.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// Calls until `done` holds for the answer (a redeploy or delete shows
+/// within the code cache's lifetime), at most 10 s.
+async fn eventually(
+    stack: &Stack,
+    tenant: &Tenant,
+    path: &str,
+    done: impl Fn(u16, &Value) -> bool,
+) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body, _) = stack.call(tenant, path, json!({})).await;
+        if done(status, &body) {
+            return (status, body);
+        }
+        assert!(Instant::now() < deadline, "still {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const HELLO: &str = r#"
+Deno.serve(async (req) => {
+  const input = await req.json();
+  const url = new URL(req.url);
+  console.log("hello called for", input.name);
+  console.error("an error line");
+  return new Response(JSON.stringify({
+    hello: input.name,
+    method: req.method,
+    url: req.url,
+    path: url.pathname,
+    q: url.searchParams.get("q"),
+    auth: req.headers.get("authorization"),
+    custom: req.headers.get("x-custom"),
+    internal: req.headers.get("x-madbase-tenant"),
+  }), { status: 201, headers: { "content-type": "application/json", "x-fn": "yes" } });
+});
+"#;
+
+const DEFAULT_EXPORT: &str = r#"
+export default {
+  async fetch(req) {
+    return Response.json({
+      style: "default",
+      secret: Deno.env.get("MY_SECRET") ?? null,
+      url: Deno.env.get("SUPABASE_URL") ?? null,
+      has_anon: (Deno.env.get("SUPABASE_ANON_KEY") ?? "").length > 20,
+      has_service: (Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") ?? "").length > 20,
+      no_master: Deno.env.get("MADBASE_MASTER_KEY") ?? null,
+    });
+  },
+};
+"#;
+
+const REST: &str = r#"
+Deno.serve(async () => {
+  const key = Deno.env.get("SUPABASE_SERVICE_ROLE_KEY");
+  const r = await fetch(Deno.env.get("SUPABASE_URL") + "/rest/v1/todos?select=task&order=id", {
+    headers: { apikey: key, authorization: "Bearer " + key },
+  });
+  return new Response(await r.text(), {
+    status: r.status,
+    headers: { "content-type": "application/json" },
+  });
+});
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_deploy_invoke_redeploy_delete_through_the_proxy() {
+    let stack = Stack::start(&[]);
+    let t = stack.tenant("fne2e").await;
+    let deployed = stack.deploy(&t, "hello", "", HELLO).await;
+    assert_eq!(deployed["version"], 1);
+
+    // JSON in and out, status and headers, the URL the function sees.
+    let resp = http()
+        .post(stack.fn_url(&t, "hello/sub/path?q=42"))
+        .header("apikey", &t.anon_key)
+        .bearer_auth(&t.anon_key)
+        .header("x-custom", "custom-value")
+        .header("x-request-id", "fn-e2e-request-1")
+        .json(&json!({"name": "madbase"}))
+        .send()
+        .await
+        .expect("invoke");
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["x-fn"], "yes");
+    assert_eq!(resp.headers()["x-request-id"], "fn-e2e-request-1");
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["hello"], "madbase");
+    assert_eq!(body["method"], "POST");
+    assert_eq!(
+        body["path"],
+        format!("/t/{}/functions/v1/hello/sub/path", t.id)
+    );
+    assert_eq!(body["q"], "42");
+    assert_eq!(
+        body["url"],
+        format!(
+            "http://{}/t/{}/functions/v1/hello/sub/path?q=42",
+            stack.proxy.api, t.id
+        )
+    );
+    assert_eq!(body["auth"], format!("Bearer {}", t.anon_key));
+    assert_eq!(body["custom"], "custom-value");
+    assert_eq!(
+        body["internal"],
+        Value::Null,
+        "X-Madbase-* never reach a function"
+    );
+
+    // console.* → JSON log lines of the functions service.
+    let line = stack.functions.wait_for_line(|v| {
+        v["message"] == "hello called for madbase" && v["request_id"] == "fn-e2e-request-1"
+    });
+    assert_eq!(line["function"], "hello");
+    assert_eq!(line["version"], 1);
+    assert_eq!(line["tenant"], t.id.as_str());
+    assert_eq!(line["level"], "INFO");
+    let line = stack
+        .functions
+        .wait_for_line(|v| v["message"] == "an error line");
+    assert_eq!(line["level"], "ERROR");
+    assert_eq!(line["console"], "error");
+
+    // The default-export style, with a secret and the platform's variables.
+    let resp = http()
+        .put(format!(
+            "{}/v1/tenants/{}/secrets",
+            stack.control_url(),
+            t.id
+        ))
+        .bearer_auth(platform_token("admin"))
+        .json(&json!({"MY_SECRET": "s3cr3t"}))
+        .send()
+        .await
+        .expect("secrets");
+    assert_eq!(resp.status(), 200);
+    stack.deploy(&t, "styles", "", DEFAULT_EXPORT).await;
+    let (status, body, _) = stack.call(&t, "styles", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["style"], "default");
+    assert_eq!(body["secret"], "s3cr3t");
+    assert_eq!(
+        body["url"],
+        format!("http://{}/t/{}", stack.proxy.api, t.id)
+    );
+    assert_eq!(body["has_anon"], true);
+    assert_eq!(body["has_service"], true);
+    assert_eq!(body["no_master"], Value::Null);
+
+    // Redeploy: the next invocations run the new version.
+    let v2 = "Deno.serve(() => Response.json({ version: 2 }, { status: 200 }));";
+    let deployed = stack.deploy(&t, "hello", "", v2).await;
+    assert_eq!(deployed["version"], 2);
+    let (_, body) = eventually(&stack, &t, "hello", |s, b| s == 200 && b["version"] == 2).await;
+    assert_eq!(body, json!({"version": 2}));
+
+    // verify_jwt: on (default) needs a valid bearer JWT; off runs without.
+    let resp = http()
+        .post(stack.fn_url(&t, "hello"))
+        .header("apikey", &t.anon_key)
+        .send()
+        .await
+        .expect("no bearer");
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["code"], "missing_authorization");
+    assert!(body["request_id"].is_string());
+    let resp = http()
+        .post(stack.fn_url(&t, "hello"))
+        .header("apikey", &t.anon_key)
+        .bearer_auth(t.user_token("user-1"))
+        .send()
+        .await
+        .expect("user jwt");
+    assert_eq!(resp.status(), 200);
+    stack
+        .deploy(
+            &t,
+            "open",
+            "?verify_jwt=false",
+            "Deno.serve((req) => new Response(req.headers.get('authorization') ?? 'none'));",
+        )
+        .await;
+    let resp = http()
+        .post(stack.fn_url(&t, "open"))
+        .header("apikey", &t.anon_key)
+        .send()
+        .await
+        .expect("open");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("text"), "none");
+
+    // A function reading its tenant's /rest/v1 through the proxy with fetch
+    // and the service key.
+    t.sql(
+        &http(),
+        &stack.control_url(),
+        "create table todos (id serial primary key, task text not null); \
+         insert into todos (task) values ('write tests'), ('ship')",
+    )
+    .await;
+    stack.deploy(&t, "rest", "", REST).await;
+    let (status, body, _) = stack.call(&t, "rest", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!([{"task": "write tests"}, {"task": "ship"}]));
+
+    // Delete: 404 function_not_found (after the code cache's lifetime).
+    let resp = http()
+        .delete(format!(
+            "{}/v1/tenants/{}/functions/hello",
+            stack.control_url(),
+            t.id
+        ))
+        .bearer_auth(platform_token("admin"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), 204);
+    let (_, body) = eventually(&stack, &t, "hello", |s, _| s == 404).await;
+    assert_eq!(body["code"], "function_not_found");
+    let (status, body, _) = stack.call(&t, "never-deployed", json!({})).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], "function_not_found");
+
+    // Metrics: invocations by outcome, cold starts, workers.
+    let metrics = stack.metrics().await;
+    for needle in [
+        format!(
+            "madbase_function_invocations_total{{tenant=\"{}\",function=\"hello\",outcome=\"ok\"}}",
+            t.id
+        ),
+        format!(
+            "madbase_function_invocations_total{{tenant=\"{}\",function=\"unknown\",outcome=\"not_found\"}}",
+            t.id
+        ),
+        format!(
+            "madbase_function_cold_starts_total{{tenant=\"{}\",function=\"hello\"}}",
+            t.id
+        ),
+        "madbase_function_duration_seconds_bucket".to_owned(),
+        "madbase_function_workers_busy".to_owned(),
+    ] {
+        assert!(metrics.contains(&needle), "{needle} in\n{metrics}");
+    }
+    assert!(!metrics.contains("never-deployed"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn function_limits_crashes_and_isolation() {
+    let stack = Stack::start(&[
+        ("MADBASE_FUNCTIONS_CPU_MS", "500"),
+        ("MADBASE_FUNCTIONS_MEMORY_MB", "32"),
+        ("MADBASE_FUNCTIONS_WALL_SECONDS", "3"),
+        ("MADBASE_FUNCTIONS_TENANT_CONCURRENCY", "1"),
+        ("MADBASE_FUNCTIONS_MAX_REQUEST_BYTES", "4096"),
+        ("MADBASE_FUNCTIONS_TEST_HOOKS", "1"),
+    ]);
+    let a = stack.tenant("fnlima").await;
+    let b = stack.tenant("fnlimb").await;
+    stack
+        .deploy(&a, "spin", "", "Deno.serve(() => { while (true) {} });")
+        .await;
+    stack
+        .deploy(
+            &a,
+            "bomb",
+            "",
+            "Deno.serve(() => { const keep = []; while (true) { keep.push(new Array(100000).fill('x' + keep.length)); } });",
+        )
+        .await;
+    stack
+        .deploy(
+            &a,
+            "crash",
+            "",
+            "Deno.serve(() => { __madbaseTestCrash(); return new Response('unreachable'); });",
+        )
+        .await;
+    stack
+        .deploy(
+            &a,
+            "sleepy",
+            "",
+            "Deno.serve(async () => { await new Promise((r) => setTimeout(r, 60000)); return new Response('late'); });",
+        )
+        .await;
+    stack
+        .deploy(
+            &b,
+            "hello",
+            "",
+            "Deno.serve(() => Response.json({ b: true }));",
+        )
+        .await;
+    // Warm tenant B's function.
+    let (status, body, _) = stack.call(&b, "hello", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // An infinite loop in A: 546 function_cpu_limit; meanwhile B answers,
+    // and A's second concurrent invocation is refused (cap 1).
+    let spin = {
+        let url = stack.fn_url(&a, "spin");
+        let key = a.anon_key.clone();
+        tokio::spawn(async move {
+            let resp = http()
+                .post(url)
+                .header("apikey", &key)
+                .bearer_auth(&key)
+                .send()
+                .await
+                .expect("spin");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.expect("json"))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, body, took) = stack.call(&b, "hello", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    eprintln!("tenant B answered in {took:?} while tenant A's function spun");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let (status, body, _) = stack.call(&a, "spin", json!({})).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "function_concurrency_limit");
+    let (status, body) = spin.await.expect("join");
+    assert_eq!(status, 546, "{body}");
+    assert_eq!(body["code"], "function_cpu_limit");
+    assert!(body["request_id"].is_string());
+
+    // An allocation bomb: 500 function_memory_limit.
+    let (status, body, _) = stack.call(&a, "bomb", json!({})).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["code"], "function_memory_limit");
+
+    // A request body over the limit: 413.
+    let big = "x".repeat(8192);
+    let (status, body, _) = stack.call(&b, "hello", json!({ "big": big })).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["code"], "function_request_too_large");
+
+    // A worker crash: that request gets 500 function_crashed, the next ones
+    // are served.
+    let (status, body, _) = stack.call(&a, "crash", json!({})).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["code"], "function_crashed");
+    for _ in 0..4 {
+        let (status, body, _) = stack.call(&b, "hello", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Wall-clock limit: the worker is killed, 504; service goes on.
+    let (status, body, took) = stack.call(&a, "sleepy", json!({})).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["code"], "function_wall_limit");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let (status, _, _) = stack.call(&b, "hello", json!({})).await;
+    assert_eq!(status, 200);
+
+    let metrics = stack.metrics().await;
+    for needle in [
+        "madbase_function_worker_restarts_total{reason=\"crashed\"} 1".to_owned(),
+        "madbase_function_worker_restarts_total{reason=\"wall_limit\"} 1".to_owned(),
+        format!(
+            "madbase_function_invocations_total{{tenant=\"{}\",function=\"spin\",outcome=\"cpu_limit\"}} 1",
+            a.id
+        ),
+    ] {
+        assert!(metrics.contains(&needle), "{needle} in\n{metrics}");
+    }
+}
