@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use madbase_platform::Metrics;
-use madbase_platform::tenants::TenantClient;
+use madbase_platform::tenants::{Invalidation, TenantClient};
 use madbase_platform::{CancellationToken, Listeners};
 use madbase_testkit::TestDb;
 use madbase_testkit::service::{JWT_SECRET, Served, control_env, telemetry};
@@ -169,9 +169,40 @@ async fn the_change_feed_drops_changed_tenants_at_once() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
+    // A function deploy and a secret change are announced to the
+    // service's own caches (the functions service drops code and env).
+    let mut announced = client.subscribe();
+    for (what, request) in [
+        (
+            "deploy",
+            http.put(format!("{url}/v1/tenants/{}/functions/hello", tenant.id))
+                .body("Deno.serve(() => new Response('hi'))"),
+        ),
+        (
+            "secret",
+            http.put(format!("{url}/v1/tenants/{}/secrets", tenant.id))
+                .json(&serde_json::json!({"GREETING": "hello"})),
+        ),
+    ] {
+        let resp = request
+            .bearer_auth(platform_token("admin"))
+            .send()
+            .await
+            .expect(what);
+        assert!(resp.status().is_success(), "{what}: {}", resp.status());
+        let got = tokio::time::timeout(Duration::from_secs(1), announced.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} not announced within 1 s"))
+            .expect("announcement");
+        assert_eq!(got, Invalidation::Tenant(tenant.id.clone()), "{what}");
+        // One statement may notify more than once (a row per table).
+        while announced.try_recv().is_ok() {}
+    }
+
     // A gap: control stops; meanwhile the tenant changes behind its back
     // (nothing relays that); control comes back on the same address. The
     // feed reconnects and says hello again, and the entry reloads.
+    client.get(&tenant.id).await.expect("reload").expect("exists");
     let addr = control.api;
     control.stop().await;
     let version = client

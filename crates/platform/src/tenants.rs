@@ -136,8 +136,18 @@ struct Entry {
     expired: bool,
 }
 
+/// What control's change feed announced (see [`TenantClient::subscribe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Something of this tenant changed: its keys, settings, deletion, or
+    /// (for the functions service) its functions or their secrets.
+    Tenant(String),
+    /// Changes may have been missed: drop everything derived from tenants.
+    All,
+}
+
 /// What every clone of one [`TenantClient`] shares.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     cache: Mutex<HashMap<String, Entry>>,
     /// One lock per tenant being loaded: concurrent misses of one tenant
@@ -148,6 +158,20 @@ struct Shared {
     generation: AtomicU64,
     /// Set once the change-feed task is running.
     following: AtomicBool,
+    /// Re-announces the feed to the service's own caches.
+    announce: tokio::sync::broadcast::Sender<Invalidation>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            cache: Mutex::default(),
+            loading: Mutex::default(),
+            generation: AtomicU64::default(),
+            following: AtomicBool::default(),
+            announce: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
 }
 
 impl Shared {
@@ -336,6 +360,16 @@ impl TenantClient {
         outcome
     }
 
+    /// Every change the feed announces from now on, for caches a service
+    /// keeps beside this one (e.g. the functions service's code cache).
+    /// Also starts following the feed. A receiver that lags behind gets
+    /// `RecvError::Lagged`: treat that as [`Invalidation::All`].
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Invalidation> {
+        let rx = self.shared.announce.subscribe();
+        self.follow_changes();
+        rx
+    }
+
     /// Starts following control's change feed (once per client and its
     /// clones; needs a Tokio runtime, else does nothing).
     pub fn follow_changes(&self) {
@@ -468,16 +502,19 @@ impl Follower {
                         self.metrics.up.set(1);
                         if *ever_live {
                             shared.expire_all();
+                            let _ = shared.announce.send(Invalidation::All);
                             self.invalidated("resync");
                         }
                         *ever_live = true;
                     }
                     ("resync", _) => {
                         shared.expire_all();
+                        let _ = shared.announce.send(Invalidation::All);
                         self.invalidated("resync");
                     }
                     ("tenant", Some(id)) => {
                         shared.drop_one(&id);
+                        let _ = shared.announce.send(Invalidation::Tenant(id));
                         self.invalidated("tenant");
                     }
                     _ => {}
