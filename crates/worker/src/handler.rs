@@ -1186,7 +1186,7 @@ async fn read(
         count_cap,
         explain,
     };
-    let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
+    let mut planner = Planner::new(&ctx.schema, &ctx.db_schema).with_aggregates(st.aggregates);
     let (sql, explain) = planner.read_counted(
         Source::Table(table.clone()),
         &Sql::default(),
@@ -1384,20 +1384,7 @@ async fn write_and_respond(
         args: stmt.args,
     };
     let select = if location {
-        Some(
-            table
-                .pk
-                .iter()
-                .map(|c| SelectItem::Column {
-                    field: query::Field {
-                        name: c.clone(),
-                        json: Vec::new(),
-                    },
-                    cast: None,
-                    alias: None,
-                })
-                .collect(),
-        )
+        Some(table.pk.iter().map(|c| SelectItem::column(c)).collect())
     } else {
         q.select.clone()
     };
@@ -1434,7 +1421,7 @@ async fn write_and_respond(
         count_cap: None,
         explain: false,
     };
-    let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
+    let mut planner = Planner::new(&ctx.schema, &ctx.db_schema).with_aggregates(st.aggregates);
     let sql = planner.read(
         Source::Written(table.clone()),
         &cte,
@@ -1684,7 +1671,7 @@ async fn update_or_delete(
     update: bool,
 ) -> Result<Response, Error> {
     let mut sql = Sql::default();
-    let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
+    let mut planner = Planner::new(&ctx.schema, &ctx.db_schema).with_aggregates(st.aggregates);
     let reported = Reported {
         params: false,
         resolution: false,
@@ -1939,12 +1926,13 @@ async fn rpc_inner(
             count_cap,
             explain,
         };
-        let mut planner = Planner::new(&ctx.schema, &ctx.db_schema);
+        let mut planner = Planner::new(&ctx.schema, &ctx.db_schema).with_aggregates(st.aggregates);
         let rng = top_range(headers, &q, *method == Method::GET)?;
         let (sql, explain) = planner.read_counted(
             Source::Call {
                 columns,
                 name: f.name.clone(),
+                origin: f.ret_table.clone(),
             },
             &from,
             &q,

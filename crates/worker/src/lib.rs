@@ -47,6 +47,10 @@ pub struct Config {
     pub pool_idle: Duration,
     /// `MADBASE_WORKER_SCHEMAS` (default `public`): exposed schemas, the first is the default.
     pub schemas: Vec<String>,
+    /// `MADBASE_DB_AGGREGATES_ENABLED` (`true`/`false`, default `false`, as
+    /// PostgREST's `db-aggregates-enabled`): aggregate functions in
+    /// `select` (`count()`, `col.sum()`, …); when off they are 400 PGRST123.
+    pub db_aggregates_enabled: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -61,6 +65,7 @@ impl std::fmt::Debug for Config {
             .field("pool_timeout", &self.pool_timeout)
             .field("pool_idle", &self.pool_idle)
             .field("schemas", &self.schemas)
+            .field("db_aggregates_enabled", &self.db_aggregates_enabled)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +139,9 @@ impl Config {
             )?),
             pool_idle: Duration::from_secs(positive(env, "MADBASE_WORKER_POOL_IDLE_SECONDS", 300)?),
             schemas,
+            db_aggregates_enabled: env
+                .parse::<bool>("MADBASE_DB_AGGREGATES_ENABLED", "true or false")?
+                .unwrap_or(false),
         })
     }
 }
@@ -154,6 +162,8 @@ pub struct Shared {
     pub anon_claims: std::sync::Arc<madbase_platform::jwt::VerifiedClaims>,
     pub max_rows: Option<i64>,
     pub schemas: std::sync::Arc<Vec<String>>,
+    /// Aggregate functions in `select` are allowed.
+    pub aggregates: bool,
 }
 
 /// Builds the worker service: routes, readiness checks, metrics. Must be
@@ -196,6 +206,7 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         )),
         max_rows: config.max_rows,
         schemas: std::sync::Arc::new(config.schemas.clone()),
+        aggregates: config.db_aggregates_enabled,
     });
     let api = Router::new()
         .route("/rest/v1/rpc/{function}", any(handler::rpc))

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use crate::error::Error;
-use crate::query::{Cond, Embed, Field, Filter, Op, OrderTerm, Quantified, Query, SelectItem};
-use crate::schema::{Column, Function, Schema, Table};
+use crate::query::{Agg, Cond, Embed, Field, Filter, Op, OrderTerm, Quantified, Query, SelectItem};
+use crate::schema::{Card, Column, Function, QName, Relationship, Schema, Table};
 
 /// A bound value.
 #[derive(Debug, Clone)]
@@ -108,6 +108,8 @@ pub enum Source {
     Call {
         columns: Vec<Column>,
         name: String,
+        /// The table or view whose rows the function returns (embeddings start there).
+        origin: Option<QName>,
     },
     /// The rows of the `pgrst_source` CTE of a write.
     Written(Arc<Table>),
@@ -134,12 +136,19 @@ impl Source {
 struct EmbedNode {
     key: String,
     inner: bool,
-    /// Child has many rows per parent row (one-to-many).
-    many: bool,
-    /// `child.child_cols[i] = parent.parent_cols[i]`.
-    child_cols: Vec<String>,
-    parent_cols: Vec<String>,
+    /// `...rel(cols)`: the child's columns are the parent's (to-one only).
+    spread: bool,
+    /// `rel()`: joined for `!inner` and `rel=is.null`, not in the output.
+    empty: bool,
+    /// From the parent (origin) to the child (foreign).
+    rel: Relationship,
     node: Node,
+}
+
+impl EmbedNode {
+    fn many(&self) -> bool {
+        !self.rel.to_one()
+    }
 }
 
 /// One level of a read: its source, select list, conditions, order and page.
@@ -160,6 +169,8 @@ pub struct Planner<'a> {
     pub schema: &'a Schema,
     pub db_schema: &'a str,
     next_alias: usize,
+    /// Aggregate functions in `select` are allowed (`db-aggregates-enabled`).
+    aggregates: bool,
 }
 
 impl std::fmt::Debug for Planner<'_> {
@@ -203,7 +214,15 @@ impl<'a> Planner<'a> {
             schema,
             db_schema,
             next_alias: 1,
+            aggregates: false,
         }
+    }
+
+    /// Allows aggregate functions in `select` (else PGRST123).
+    #[must_use]
+    pub fn with_aggregates(mut self, allowed: bool) -> Self {
+        self.aggregates = allowed;
+        self
     }
 
     /// The table or view `name`, or PGRST205.
@@ -259,8 +278,16 @@ impl<'a> Planner<'a> {
                     child_path.push(e.key().to_owned());
                     embeds.push(self.embed(&source, e, &child_path, query)?);
                 }
-                SelectItem::Column { field, .. } => {
-                    if !source.columns().iter().any(|c| c.name == field.name) {
+                SelectItem::Column { field, agg, .. } => {
+                    if agg.is_some() && !self.aggregates {
+                        return Err(Error::api(
+                            StatusCode::BAD_REQUEST,
+                            "PGRST123",
+                            "Use of aggregate functions is not allowed",
+                        ));
+                    }
+                    let counts_rows = *agg == Some(Agg::Count) && field.name == "*";
+                    if !counts_rows && !source.columns().iter().any(|c| c.name == field.name) {
                         return Err(column_missing(source.label(), &field.name));
                     }
                 }
@@ -300,7 +327,30 @@ impl<'a> Planner<'a> {
             check_cond(&node, c)?;
         }
         for o in &node.order {
-            col(&node, &o.field.name)?;
+            match &o.relation {
+                None => {
+                    col(&node, &o.field.name)?;
+                }
+                Some(r) => {
+                    let e = node
+                        .embeds
+                        .iter()
+                        .find(|e| &e.key == r)
+                        .ok_or_else(|| not_embedded(std::slice::from_ref(r)))?;
+                    if !e.rel.to_one() {
+                        return Err(Error::api(
+                            StatusCode::BAD_REQUEST,
+                            "PGRST118",
+                            format!("A related order on '{r}' is not possible"),
+                        )
+                        .details(format!(
+                            "'{}' and '{r}' do not form a many-to-one or one-to-one relationship",
+                            node.source.label()
+                        )));
+                    }
+                    col(&e.node, &o.field.name)?;
+                }
+            }
         }
         Ok(node)
     }
@@ -312,120 +362,95 @@ impl<'a> Planner<'a> {
         path: &[String],
         query: &Query,
     ) -> Result<EmbedNode, Error> {
-        let parent_table = match parent {
-            Source::Table(t) | Source::Written(t) => t.clone(),
-            Source::Call { name, .. } => {
-                // A function returning a table's rows relates like that table.
-                let f = self.schema.functions(self.db_schema, name).first().cloned();
-                let t = f.and_then(|f| {
-                    let cols = f.columns.as_ref()?;
-                    self.schema
-                        .fks
-                        .iter()
-                        .flat_map(|fk| [&fk.table, &fk.ref_table])
-                        .filter_map(|t| self.schema.table(self.db_schema, t))
-                        .find(|t| {
-                            t.columns.len() == cols.len()
-                                && t.columns.iter().zip(cols).all(|(a, b)| a.name == b.name)
-                        })
-                        .cloned()
-                });
-                t.ok_or_else(|| self.no_relationship(name, e))?
-            }
+        let origin = match parent {
+            Source::Table(t) | Source::Written(t) => QName {
+                schema: t.schema.clone(),
+                name: t.name.clone(),
+            },
+            // A function returning a table's rows relates like that table.
+            Source::Call { origin, name, .. } => origin
+                .clone()
+                .ok_or_else(|| self.no_relationship(name, e))?,
         };
+        let rel = self.find_rel(&origin, e)?;
         let child = self
             .schema
-            .table(self.db_schema, &e.name)
+            .table(&rel.foreign.schema, &rel.foreign.name)
             .cloned()
-            .ok_or_else(|| self.no_relationship(&parent_table.name, e))?;
-        let hint_ok = |fk: &crate::schema::ForeignKey| match &e.hint {
-            None => true,
-            Some(h) => fk.name == *h || (fk.columns.len() == 1 && fk.columns[0] == *h),
-        };
-        // (child has many rows per parent, child columns, parent columns, fk)
-        let mut candidates = Vec::new();
-        for fk in &self.schema.fks {
-            if !hint_ok(fk) {
-                continue;
-            }
-            // many-to-one: the parent holds the key.
-            if fk.schema == parent_table.schema
-                && fk.table == parent_table.name
-                && fk.ref_schema == child.schema
-                && fk.ref_table == child.name
-            {
-                candidates.push((false, fk.ref_columns.clone(), fk.columns.clone(), fk));
-            }
-            // one-to-many: the child holds the key.
-            if fk.schema == child.schema
-                && fk.table == child.name
-                && fk.ref_schema == parent_table.schema
-                && fk.ref_table == parent_table.name
-            {
-                candidates.push((true, fk.columns.clone(), fk.ref_columns.clone(), fk));
-            }
+            .ok_or_else(|| self.no_relationship(&origin.name, e))?;
+        if e.spread && !rel.to_one() {
+            return Err(Error::api(
+                StatusCode::BAD_REQUEST,
+                "PGRST119",
+                format!("A spread operation on '{}' is not possible", e.name),
+            )
+            .details(format!(
+                "'{}' and '{}' do not form a many-to-one or one-to-one relationship",
+                origin.name, e.name
+            )));
         }
-        let (many, child_cols, parent_cols) = match candidates.len() {
-            0 => return Err(self.no_relationship(&parent_table.name, e)),
-            1 => {
-                let (many, c, p, _) = candidates.remove(0);
-                (many, c, p)
-            }
-            _ => {
-                // PostgREST's PGRST201: every candidate in `details`, the
-                // disambiguating spellings in `hint`.
-                let details: Vec<serde_json::Value> = candidates
-                    .iter()
-                    .map(|(many, child_cols, parent_cols, fk)| {
-                        serde_json::json!({
-                            "cardinality": if *many { "one-to-many" } else { "many-to-one" },
-                            "embedding": format!("{} with {}", parent_table.name, child.name),
-                            "relationship": format!(
-                                "{} using {}({}) and {}({})",
-                                fk.name,
-                                parent_table.name,
-                                parent_cols.join(", "),
-                                child.name,
-                                child_cols.join(", "),
-                            ),
-                        })
-                    })
-                    .collect();
-                let hint = candidates
-                    .iter()
-                    .map(|(.., fk)| format!("'{}!{}'", e.name, fk.name))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(Error::Detailed {
-                    api: Box::new(
-                        madbase_platform::ApiError::new(
-                            StatusCode::MULTIPLE_CHOICES,
-                            "PGRST201",
-                            format!(
-                                "Could not embed because more than one relationship was found for '{}' and '{}'",
-                                parent_table.name, e.name
-                            ),
-                        )
-                        .hint(format!(
-                            "Try changing '{}' to one of the following: {hint}. Find the desired relationship in the 'details' key.",
-                            e.name
-                        )),
-                    ),
-                    details: serde_json::Value::Array(details),
-                });
-            }
-        };
         let alias = format!("t{}", self.next_alias);
         self.next_alias += 1;
         let node = self.level(Source::Table(child), &e.select, alias, path, query)?;
         Ok(EmbedNode {
             key: e.key().to_owned(),
             inner: e.inner,
-            many,
-            child_cols,
-            parent_cols,
+            spread: e.spread,
+            empty: e.select.is_empty(),
+            rel,
             node,
         })
+    }
+
+    /// The one relationship `e` names from `origin`, PostgREST's way: the
+    /// target is a table or view (or, deprecated, a foreign key's name or
+    /// column); a hint is a foreign key's name, one of its columns or a
+    /// junction table; a self-relationship is one-to-many by the table's
+    /// name and many-to-one by the key's column. None is PGRST200, more
+    /// than one PGRST201.
+    fn find_rel(&self, origin: &QName, e: &Embed) -> Result<Relationship, Error> {
+        let target = e.name.as_str();
+        fn single(r: &Relationship) -> Option<(&str, &str)> {
+            match r.direct() {
+                Some((_, [(c, f)])) => Some((c.as_str(), f.as_str())),
+                _ => None,
+            }
+        }
+        let fk_col = |r: &Relationship, h: &str| single(r).is_some_and(|(c, _)| c == h);
+        let fk_ref_col = |r: &Relationship, h: &str| single(r).is_some_and(|(_, f)| f == h);
+        let cons = |r: &Relationship, h: &str| r.direct().is_some_and(|(c, _)| c == h);
+        let junction = |r: &Relationship, h: &str| match &r.card {
+            Card::M2M(j) => j.table.name == h,
+            _ => false,
+        };
+        let matches = |r: &Relationship| {
+            let is_m2o = matches!(r.card, Card::M2O { .. });
+            let is_o2m = matches!(r.card, Card::O2M { .. });
+            let named = r.foreign.name == target;
+            match (&e.hint, r.is_self) {
+                (None, true) => (named && is_o2m) || (fk_col(r, target) && is_m2o),
+                (Some(h), true) => named && is_o2m && fk_ref_col(r, h),
+                (None, false) => {
+                    named
+                        || (cons(r, target) && !r.foreign_is_view)
+                        || (fk_col(r, target) && !r.foreign_is_view)
+                }
+                (Some(h), false) => {
+                    named && (cons(r, h) || fk_col(r, h) || fk_ref_col(r, h) || junction(r, h))
+                }
+            }
+        };
+        let mut found: Vec<&Relationship> = self
+            .schema
+            .relationships(&origin.schema, &origin.name)
+            .iter()
+            .filter(|r| r.foreign.schema == self.db_schema && matches(r))
+            .collect();
+        match found.len() {
+            0 => Err(self.no_relationship(&origin.name, e)),
+            1 => Ok(found.remove(0).clone()),
+            _ => Err(ambiguous(&origin.name, e, &found)),
+        }
     }
 
     /// `SELECT total, page_total, body` over a table, view, function call or written rows.
@@ -556,7 +581,10 @@ fn not_embedded(path: &[String]) -> Error {
             path.join(".")
         ),
     )
-    .hint("Verify that it is included in the select query parameter.")
+    .hint(format!(
+        "Verify that '{}' is included in the 'select' query parameter.",
+        path.join(".")
+    ))
 }
 
 /// The closest of `names` to `name` the way PostgREST's fuzzy set picks
@@ -617,33 +645,21 @@ impl Planner<'_> {
     fn no_relationship(&self, parent: &str, e: &Embed) -> Error {
         let schema = self.db_schema;
         let child = &e.name;
-        let in_schema = |s: &str| s == schema;
-        let related: Vec<&str> = self
+        let in_schema = |r: &&Relationship| r.table.schema == schema && r.foreign.schema == schema;
+        let mut related: Vec<&str> = self
             .schema
-            .fks
-            .iter()
-            .flat_map(|fk| {
-                [
-                    (fk.schema.as_str(), fk.table.as_str()),
-                    (fk.ref_schema.as_str(), fk.ref_table.as_str()),
-                ]
-            })
-            .filter(|(s, _)| in_schema(s))
-            .map(|(_, t)| t)
+            .all_relationships()
+            .filter(in_schema)
+            .map(|r| r.table.name.as_str())
             .collect();
+        related.sort_unstable();
+        related.dedup();
         let children: Vec<&str> = self
             .schema
-            .fks
+            .relationships(schema, parent)
             .iter()
-            .filter_map(|fk| {
-                if in_schema(&fk.schema) && fk.table == parent {
-                    Some(fk.ref_table.as_str())
-                } else if in_schema(&fk.ref_schema) && fk.ref_table == parent {
-                    Some(fk.table.as_str())
-                } else {
-                    None
-                }
-            })
+            .filter(|r| r.foreign.schema == schema)
+            .map(|r| r.foreign.name.as_str())
             .collect();
         let hint = if related.contains(&parent) {
             fuzzy(child, &children, false)
@@ -674,6 +690,82 @@ impl Planner<'_> {
     }
 }
 
+/// PGRST201: every candidate in `details` (PostgREST's compressed form),
+/// the disambiguating spellings in `hint`.
+fn ambiguous(parent: &str, e: &Embed, rels: &[&Relationship]) -> Error {
+    fn list<'s>(cols: impl Iterator<Item = &'s String>) -> String {
+        let v: Vec<&str> = cols.map(String::as_str).collect();
+        format!("({})", v.join(", "))
+    }
+    let details: Vec<serde_json::Value> = rels
+        .iter()
+        .map(|r| {
+            let (cardinality, relationship) = match &r.card {
+                Card::M2M(j) => (
+                    "many-to-many",
+                    format!(
+                        "{} using {}{} and {}{}",
+                        j.table.name,
+                        j.cons1,
+                        list(j.source.iter().map(|(_, c)| c)),
+                        j.cons2,
+                        list(j.target.iter().map(|(_, c)| c)),
+                    ),
+                ),
+                Card::M2O { cons, cols }
+                | Card::O2M { cons, cols }
+                | Card::O2O { cons, cols, .. } => (
+                    match r.card {
+                        Card::M2O { .. } => "many-to-one",
+                        Card::O2M { .. } => "one-to-many",
+                        _ => "one-to-one",
+                    },
+                    format!(
+                        "{cons} using {}{} and {}{}",
+                        r.table.name,
+                        list(cols.iter().map(|(c, _)| c)),
+                        r.foreign.name,
+                        list(cols.iter().map(|(_, f)| f)),
+                    ),
+                ),
+            };
+            serde_json::json!({
+                "cardinality": cardinality,
+                "embedding": format!("{} with {}", r.table.name, r.foreign.name),
+                "relationship": relationship,
+            })
+        })
+        .collect();
+    let hint = rels
+        .iter()
+        .map(|r| {
+            let via = match &r.card {
+                Card::M2M(j) => j.table.name.as_str(),
+                _ => r.direct().map_or("", |(c, _)| c),
+            };
+            format!("'{}!{via}'", r.foreign.name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Error::Detailed {
+        api: Box::new(
+            madbase_platform::ApiError::new(
+                StatusCode::MULTIPLE_CHOICES,
+                "PGRST201",
+                format!(
+                    "Could not embed because more than one relationship was found for '{parent}' and '{}'",
+                    e.name
+                ),
+            )
+            .hint(format!(
+                "Try changing '{}' to one of the following: {hint}. Find the desired relationship in the 'details' key.",
+                e.name
+            )),
+        ),
+        details: serde_json::Value::Array(details),
+    }
+}
+
 fn from_clause(source: &Source, from: &str) -> String {
     match source {
         Source::Table(t) => qualified(&t.schema, &t.name),
@@ -690,8 +782,23 @@ fn col<'n>(node: &'n Node, name: &str) -> Result<&'n Column, Error> {
         .ok_or_else(|| column_missing(node.source.label(), name))
 }
 
+/// `rel=is.null` / `rel=not.is.null` on an embedded resource `rel`: the
+/// embedding and whether rows without (true) or with (false) it are kept.
+fn null_embed<'n>(node: &'n Node, f: &Filter) -> Option<(&'n EmbedNode, bool)> {
+    if !f.field.json.is_empty() {
+        return None;
+    }
+    let e = node.embeds.iter().find(|e| e.key == f.field.name)?;
+    match f.op {
+        Op::Is("NULL") => Some((e, !f.negate)),
+        Op::Is("NOT NULL") => Some((e, f.negate)),
+        _ => None,
+    }
+}
+
 fn check_cond(node: &Node, c: &Cond) -> Result<(), Error> {
     match c {
+        Cond::Filter(f) if null_embed(node, f).is_some() => Ok(()),
         Cond::Filter(f) => col(node, &f.field.name).map(|_| ()),
         Cond::Tree { items, .. } => items.iter().try_for_each(|i| check_cond(node, i)),
     }
@@ -724,6 +831,77 @@ fn write_field(sql: &mut Sql, node: &Node, field: &Field) -> Result<Option<Strin
     })
 }
 
+/// A column item's value: the field, its cast, the aggregate and its cast.
+fn write_column(
+    sql: &mut Sql,
+    node: &Node,
+    field: &Field,
+    cast: Option<&str>,
+    agg: Option<Agg>,
+    agg_cast: Option<&str>,
+) -> Result<(), Error> {
+    if agg_cast.is_some() {
+        sql.push("(");
+    }
+    if let Some(a) = agg {
+        sql.push(a.name());
+        sql.push("(");
+    }
+    if agg == Some(Agg::Count) && field.name == "*" {
+        sql.push("*");
+    } else {
+        if cast.is_some() {
+            sql.push("(");
+        }
+        write_field(sql, node, field)?;
+        if let Some(c) = cast {
+            // Only names from query::CASTS reach here.
+            sql.push(")::");
+            sql.push(c);
+        }
+    }
+    if agg.is_some() {
+        sql.push(")");
+    }
+    if let Some(c) = agg_cast {
+        sql.push(")::");
+        sql.push(c);
+    }
+    Ok(())
+}
+
+/// The output names of a node's select list (a spread's columns).
+fn output_names(node: &Node) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut embeds = node.embeds.iter();
+    for item in &node.select {
+        match item {
+            SelectItem::Star => out.extend(node.source.columns().iter().map(|c| c.name.clone())),
+            SelectItem::Column {
+                field, alias, agg, ..
+            } => out.push(match (alias, agg) {
+                (Some(a), _) => a.clone(),
+                (None, Some(a)) => a.name().to_owned(),
+                (None, None) => field.default_alias().to_owned(),
+            }),
+            SelectItem::Embed(_) => {
+                let Some(e) = embeds.next() else { continue };
+                if e.spread {
+                    out.extend(output_names(&e.node));
+                } else if !e.empty {
+                    out.push(e.key.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The alias of a spread embedding's lateral subquery.
+fn spread_alias(e: &EmbedNode) -> String {
+    format!("{}s", e.node.alias)
+}
+
 fn write_select(
     sql: &mut Sql,
     node: &Node,
@@ -732,80 +910,188 @@ fn write_select(
 ) -> Result<(), Error> {
     sql.push("SELECT ");
     let mut first = true;
-    let mut embeds = node.embeds.iter();
-    for item in &node.select {
+    let mut sep = |sql: &mut Sql| {
         if !first {
             sql.push(", ");
         }
         first = false;
+    };
+    let mut embeds = node.embeds.iter();
+    // GROUP BY terms when the list has aggregates (PostgREST's groupF).
+    let aggregated = node
+        .select
+        .iter()
+        .any(|i| matches!(i, SelectItem::Column { agg: Some(_), .. }));
+    let mut group: Vec<String> = Vec::new();
+    for item in &node.select {
         match item {
             SelectItem::Star => {
+                sep(sql);
                 sql.ident(&node.alias);
                 sql.push(".*");
             }
-            SelectItem::Column { field, cast, alias } => {
-                if cast.is_some() {
-                    sql.push("(");
-                }
-                write_field(sql, node, field)?;
-                if let Some(c) = cast {
-                    // Only names from query::CASTS reach here.
-                    sql.push(")::");
-                    sql.push(c);
+            SelectItem::Column {
+                field,
+                cast,
+                alias,
+                agg,
+                agg_cast,
+            } => {
+                sep(sql);
+                let start = sql.text.len();
+                write_column(sql, node, field, cast.as_deref(), *agg, agg_cast.as_deref())?;
+                if aggregated && agg.is_none() {
+                    group.push(sql.text[start..].to_owned());
                 }
                 sql.push(" AS ");
-                sql.ident(alias.as_deref().unwrap_or(field.default_alias()));
+                let name = match (alias, agg) {
+                    (Some(a), _) => a.as_str(),
+                    (None, Some(a)) => a.name(),
+                    (None, None) => field.default_alias(),
+                };
+                sql.ident(name);
             }
             SelectItem::Embed(_) => {
                 let Some(e) = embeds.next() else {
                     continue;
                 };
-                write_embed(sql, node, e)?;
+                if e.spread {
+                    let al = spread_alias(e);
+                    for name in output_names(&e.node) {
+                        sep(sql);
+                        let start = sql.text.len();
+                        sql.ident(&al);
+                        sql.push(".");
+                        sql.ident(&name);
+                        if aggregated {
+                            group.push(sql.text[start..].to_owned());
+                        }
+                        sql.push(" AS ");
+                        sql.ident(&name);
+                    }
+                    continue;
+                }
+                if e.empty {
+                    continue;
+                }
+                sep(sql);
+                write_embed(sql, node, e, aggregated)?;
                 sql.push(" AS ");
                 sql.ident(&e.key);
+                if aggregated {
+                    group.push(ident(&e.key));
+                }
             }
         }
     }
-    if first {
-        sql.push("NULL");
-    }
     sql.push(" FROM ");
-    sql.push(from);
-    sql.push(" AS ");
-    sql.ident(&node.alias);
+    write_from(sql, node, from, join);
+    for e in node.embeds.iter().filter(|e| e.spread) {
+        sql.push(" LEFT JOIN LATERAL (");
+        write_select(sql, &e.node, &table_of(&e.node)?, Some((node, e)))?;
+        sql.push(") AS ");
+        sql.ident(&spread_alias(e));
+        sql.push(" ON true");
+    }
     write_where(sql, node, join)?;
+    if !group.is_empty() {
+        sql.push(" GROUP BY ");
+        sql.push(&group.join(", "));
+    }
     write_order_page(sql, node)
 }
 
-fn write_embed(sql: &mut Sql, parent: &Node, e: &EmbedNode) -> Result<(), Error> {
-    let child = &e.node;
-    let from = match &child.source {
-        Source::Table(t) => qualified(&t.schema, &t.name),
-        _ => return Err(Error::Internal("embedding a non-table".into())),
-    };
-    if e.many {
-        sql.push("(SELECT coalesce(json_agg(_e), '[]') FROM (");
-    } else {
-        sql.push("(SELECT row_to_json(_e) FROM (");
+/// `"schema"."table"` of an embedded node.
+fn table_of(node: &Node) -> Result<String, Error> {
+    match &node.source {
+        Source::Table(t) => Ok(qualified(&t.schema, &t.name)),
+        _ => Err(Error::Internal("embedding a non-table".into())),
     }
+}
+
+/// `from AS alias`, and a many-to-many embedding's junction table.
+fn write_from(sql: &mut Sql, node: &Node, from: &str, join: Option<(&Node, &EmbedNode)>) {
+    sql.push(from);
+    sql.push(" AS ");
+    sql.ident(&node.alias);
+    if let Some((_, e)) = join
+        && let Card::M2M(j) = &e.rel.card
+    {
+        sql.push(", ");
+        sql.push(&qualified(&j.table.schema, &j.table.name));
+        sql.push(" AS ");
+        sql.ident(&junction_alias(node));
+    }
+}
+
+fn junction_alias(child: &Node) -> String {
+    format!("{}j", child.alias)
+}
+
+/// The embedded rows as JSON; as `jsonb` when the parent groups by them
+/// (`json` has no equality), as PostgREST does.
+fn write_embed(sql: &mut Sql, parent: &Node, e: &EmbedNode, jsonb: bool) -> Result<(), Error> {
+    let child = &e.node;
+    let from = table_of(child)?;
+    if e.many() {
+        sql.push("(SELECT coalesce(json_agg(_e), '[]')");
+    } else {
+        sql.push("(SELECT row_to_json(_e)");
+    }
+    if jsonb {
+        sql.push("::jsonb");
+    }
+    sql.push(" FROM (");
     write_select(sql, child, &from, Some((parent, e)))?;
     sql.push(") _e)");
     Ok(())
 }
 
+/// The join of an embedded node to its parent (the relationship's origin).
 fn write_join(sql: &mut Sql, child: &Node, parent: &Node, e: &EmbedNode) {
-    for (i, (c, p)) in e.child_cols.iter().zip(&e.parent_cols).enumerate() {
-        if i > 0 {
+    let mut first = true;
+    let mut eq = |sql: &mut Sql, a: &str, ac: &str, b: &str, bc: &str| {
+        if !first {
             sql.push(" AND ");
         }
-        sql.ident(&child.alias);
+        first = false;
+        sql.ident(a);
         sql.push(".");
-        sql.ident(c);
+        sql.ident(ac);
         sql.push(" = ");
-        sql.ident(&parent.alias);
+        sql.ident(b);
         sql.push(".");
-        sql.ident(p);
+        sql.ident(bc);
+    };
+    match &e.rel.card {
+        Card::M2M(j) => {
+            let ja = junction_alias(child);
+            for (fc, jc) in &j.target {
+                eq(sql, &ja, jc, &child.alias, fc);
+            }
+            for (oc, jc) in &j.source {
+                eq(sql, &ja, jc, &parent.alias, oc);
+            }
+        }
+        Card::O2M { cols, .. } | Card::M2O { cols, .. } | Card::O2O { cols, .. } => {
+            for (oc, fc) in cols {
+                eq(sql, &child.alias, fc, &parent.alias, oc);
+            }
+        }
     }
+}
+
+/// `[NOT] EXISTS (SELECT 1 FROM child WHERE join AND its conditions)`.
+fn write_exists(sql: &mut Sql, parent: &Node, e: &EmbedNode, negate: bool) -> Result<(), Error> {
+    sql.push(if negate {
+        "NOT EXISTS (SELECT 1 FROM "
+    } else {
+        "EXISTS (SELECT 1 FROM "
+    });
+    write_from(sql, &e.node, &table_of(&e.node)?, Some((parent, e)));
+    write_where(sql, &e.node, Some((parent, e)))?;
+    sql.push(")");
+    Ok(())
 }
 
 /// `WHERE join AND conds AND EXISTS(inner embeds)`, or nothing.
@@ -825,16 +1111,7 @@ fn write_where(sql: &mut Sql, node: &Node, join: Option<(&Node, &EmbedNode)>) ->
     }
     for e in node.embeds.iter().filter(|e| e.inner) {
         sep(sql);
-        let from = match &e.node.source {
-            Source::Table(t) => qualified(&t.schema, &t.name),
-            _ => return Err(Error::Internal("embedding a non-table".into())),
-        };
-        sql.push("EXISTS (SELECT 1 FROM ");
-        sql.push(&from);
-        sql.push(" AS ");
-        sql.ident(&e.node.alias);
-        write_where(sql, &e.node, Some((node, e)))?;
-        sql.push(")");
+        write_exists(sql, node, e, false)?;
     }
     Ok(())
 }
@@ -846,7 +1123,25 @@ fn write_order_page(sql: &mut Sql, node: &Node) -> Result<(), Error> {
             if i > 0 {
                 sql.push(", ");
             }
-            write_field(sql, node, &o.field)?;
+            match &o.relation {
+                None => {
+                    write_field(sql, node, &o.field)?;
+                }
+                Some(r) => {
+                    // A to-one embedding's column (checked when planned).
+                    let e = node
+                        .embeds
+                        .iter()
+                        .find(|e| &e.key == r)
+                        .ok_or_else(|| not_embedded(std::slice::from_ref(r)))?;
+                    sql.push("(SELECT ");
+                    write_field(sql, &e.node, &o.field)?;
+                    sql.push(" FROM ");
+                    write_from(sql, &e.node, &table_of(&e.node)?, Some((node, e)));
+                    write_where(sql, &e.node, Some((node, e)))?;
+                    sql.push(")");
+                }
+            }
             sql.push(if o.desc { " DESC" } else { " ASC" });
             match o.nulls_first {
                 Some(true) => sql.push(" NULLS FIRST"),
@@ -905,6 +1200,9 @@ fn cast_param(sql: &mut Sql, value: &str, ty: Option<&str>) {
 }
 
 fn write_filter(sql: &mut Sql, node: &Node, f: &Filter) -> Result<(), Error> {
+    if let Some((e, without)) = null_embed(node, f) {
+        return write_exists(sql, node, e, without);
+    }
     if f.negate {
         sql.push("NOT ");
     }

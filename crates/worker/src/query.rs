@@ -47,8 +47,62 @@ pub enum SelectItem {
         field: Field,
         cast: Option<String>,
         alias: Option<String>,
+        /// `col.sum()` etc.; `count()` has the field `*`.
+        agg: Option<Agg>,
+        /// The cast of the aggregate's result: `col.sum()::int`.
+        agg_cast: Option<String>,
     },
     Embed(Embed),
+}
+
+impl SelectItem {
+    /// A plain column (no cast, alias or aggregate).
+    pub fn column(name: &str) -> Self {
+        SelectItem::Column {
+            field: Field {
+                name: name.to_owned(),
+                json: Vec::new(),
+            },
+            cast: None,
+            alias: None,
+            agg: None,
+            agg_cast: None,
+        }
+    }
+}
+
+/// The aggregate functions of `select` (PostgREST's `db-aggregates-enabled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agg {
+    Count,
+    Sum,
+    Avg,
+    Max,
+    Min,
+}
+
+impl Agg {
+    /// The SQL function, and the output name when there is no alias.
+    pub fn name(self) -> &'static str {
+        match self {
+            Agg::Count => "count",
+            Agg::Sum => "sum",
+            Agg::Avg => "avg",
+            Agg::Max => "max",
+            Agg::Min => "min",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Agg> {
+        Some(match s {
+            "count" => Agg::Count,
+            "sum" => Agg::Sum,
+            "avg" => Agg::Avg,
+            "max" => Agg::Max,
+            "min" => Agg::Min,
+            _ => return None,
+        })
+    }
 }
 
 /// `alias:name!hint!inner(select)`.
@@ -58,6 +112,9 @@ pub struct Embed {
     pub name: String,
     pub hint: Option<String>,
     pub inner: bool,
+    /// `...name(cols)`: the columns are the parent's.
+    pub spread: bool,
+    /// `name()`: joined (for `!inner` and `name=is.null`), not in the output.
     pub select: Vec<SelectItem>,
 }
 
@@ -120,6 +177,8 @@ pub enum Cond {
 /// `order=` term.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderTerm {
+    /// `order=rel(col)`: a column of a to-one embedded resource.
+    pub relation: Option<String>,
     pub field: Field,
     pub desc: bool,
     pub nulls_first: Option<bool>,
@@ -357,8 +416,30 @@ fn parse_select_item(item: &str) -> Result<SelectItem> {
     if item.is_empty() {
         return Err(perr("\"failed to parse select parameter\"", "empty item"));
     }
+    let (spread, item) = match item.strip_prefix("...") {
+        Some(rest) => (true, rest),
+        None => (false, item),
+    };
     let (alias, rest) = split_alias(item);
     let alias = alias.map(check_name).transpose()?;
+    if !spread && let Some((field, agg, agg_cast)) = parse_aggregate(rest)? {
+        let (field, cast) = split_cast(field)?;
+        let field = if field == "*" {
+            Field {
+                name: "*".to_owned(),
+                json: Vec::new(),
+            }
+        } else {
+            parse_field(field)?
+        };
+        return Ok(SelectItem::Column {
+            field,
+            cast,
+            alias,
+            agg: Some(agg),
+            agg_cast,
+        });
+    }
     if let Some(open) = rest.find('(') {
         let inner = rest[open + 1..].strip_suffix(')').ok_or_else(|| {
             perr(
@@ -376,32 +457,78 @@ fn parse_select_item(item: &str) -> Result<SelectItem> {
                 h => hint = Some(check_name(h)?),
             }
         }
+        let select = if inner.trim().is_empty() {
+            Vec::new()
+        } else {
+            parse_select(inner)?
+        };
         return Ok(SelectItem::Embed(Embed {
             alias,
             name,
             hint,
             inner: inner_join,
-            select: parse_select(inner)?,
+            spread,
+            select,
         }));
     }
-    let (field, cast) = match rest.split_once("::") {
-        Some((f, c)) => {
-            let c = c.trim().to_ascii_lowercase();
-            if !CASTS.contains(&c.as_str()) {
-                return Err(perr(
-                    "\"unsupported cast\"",
-                    format!("{c:?} is not one of {}", CASTS.join(", ")),
-                ));
-            }
-            (f, Some(c))
-        }
-        None => (rest, None),
-    };
+    if spread {
+        return Err(perr(
+            "\"failed to parse select parameter\"",
+            format!("{item:?}: a spread needs a resource, ...name(columns)"),
+        ));
+    }
+    let (field, cast) = split_cast(rest)?;
     Ok(SelectItem::Column {
         field: parse_field(field)?,
         cast,
         alias,
+        agg: None,
+        agg_cast: None,
     })
+}
+
+/// `field::type` → (field, checked type).
+fn split_cast(s: &str) -> Result<(&str, Option<String>)> {
+    match s.split_once("::") {
+        Some((f, c)) => Ok((f, Some(check_cast(c)?))),
+        None => Ok((s, None)),
+    }
+}
+
+fn check_cast(c: &str) -> Result<String> {
+    let c = c.trim().to_ascii_lowercase();
+    if !CASTS.contains(&c.as_str()) {
+        return Err(perr(
+            "\"unsupported cast\"",
+            format!("{c:?} is not one of {}", CASTS.join(", ")),
+        ));
+    }
+    Ok(c)
+}
+
+/// `count()`, `field.sum()`, `field::cast.avg()::cast`: (field with its
+/// cast, function, cast of the result).
+fn parse_aggregate(s: &str) -> Result<Option<(&str, Agg, Option<String>)>> {
+    let Some(open) = s.find("()") else {
+        return Ok(None);
+    };
+    let tail = &s[open + 2..];
+    let agg_cast = match tail.strip_prefix("::") {
+        Some(c) => Some(check_cast(c)?),
+        None if tail.is_empty() => None,
+        None => return Ok(None),
+    };
+    let head = &s[..open];
+    if head == "count" {
+        return Ok(Some(("*", Agg::Count, agg_cast)));
+    }
+    let Some((field, func)) = head.rsplit_once('.') else {
+        return Ok(None);
+    };
+    match Agg::parse(func) {
+        Some(agg) if !field.is_empty() => Ok(Some((field, agg, agg_cast))),
+        _ => Ok(None),
+    }
 }
 
 /// Types `::cast` may name (never spliced from input: only these strings).
@@ -435,14 +562,36 @@ pub fn parse_order(s: &str) -> Result<Vec<OrderTerm>> {
     split_top(s)?
         .into_iter()
         .map(|term| {
-            let mut parts = term.trim().split('.');
-            let field = parse_field(parts.next().unwrap_or_default())?;
+            let term = term.trim();
+            // `rel(col).desc`: a column of an embedded resource.
+            let (relation, field, mods) = match term.find('(') {
+                Some(open) => {
+                    let close = term
+                        .rfind(')')
+                        .filter(|c| *c > open)
+                        .ok_or_else(|| perr("\"failed to parse order\"", format!("{term:?}")))?;
+                    let mods = &term[close + 1..];
+                    if !(mods.is_empty() || mods.starts_with('.')) {
+                        return Err(perr("\"failed to parse order\"", format!("{term:?}")));
+                    }
+                    (
+                        Some(check_name(&term[..open])?),
+                        &term[open + 1..close],
+                        mods.strip_prefix('.').unwrap_or(mods),
+                    )
+                }
+                None => match term.split_once('.') {
+                    Some((f, m)) => (None, f, m),
+                    None => (None, term, ""),
+                },
+            };
             let mut t = OrderTerm {
-                field,
+                relation,
+                field: parse_field(field)?,
                 desc: false,
                 nulls_first: None,
             };
-            for p in parts {
+            for p in mods.split('.').filter(|p| !p.is_empty()) {
                 match p {
                     "asc" => t.desc = false,
                     "desc" => t.desc = true,
@@ -672,6 +821,35 @@ mod tests {
         assert!(parse_select("a::evil; drop").is_err());
         assert!(parse_select("a(b").is_err());
         assert!(parse_select("a\"b").is_err());
+    }
+
+    #[test]
+    fn aggregates_spreads_and_related_orders() {
+        let s = parse_select("count(),total:amount::int.sum()::text,...rel(a),e(),max")
+            .expect("parses");
+        assert!(matches!(
+            &s[0],
+            SelectItem::Column { field, agg: Some(Agg::Count), .. } if field.name == "*"
+        ));
+        assert!(matches!(
+            &s[1],
+            SelectItem::Column { field, cast: Some(c), alias: Some(a), agg: Some(Agg::Sum), agg_cast: Some(ac) }
+                if field.name == "amount" && c == "int" && a == "total" && ac == "text"
+        ));
+        assert!(matches!(&s[2], SelectItem::Embed(e) if e.spread && e.name == "rel"));
+        assert!(matches!(&s[3], SelectItem::Embed(e) if e.select.is_empty()));
+        // Not an aggregate: a column named like one.
+        assert!(
+            matches!(&s[4], SelectItem::Column { field, agg: None, .. } if field.name == "max")
+        );
+        assert!(parse_select("a.sum()::evil").is_err());
+        assert!(parse_select("...a").is_err());
+        let o = parse_order("rel(col->>k).desc.nullslast,b").expect("parses");
+        assert_eq!(o[0].relation.as_deref(), Some("rel"));
+        assert_eq!((o[0].desc, o[0].nulls_first), (true, Some(false)));
+        assert_eq!(o[0].field.json.len(), 1);
+        assert_eq!(o[1].relation, None);
+        assert!(parse_order("rel(col)x").is_err());
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct Table {
     pub name: String,
     pub columns: Vec<Column>,
     pub pk: Vec<String>,
+    /// A view or materialized view.
+    #[serde(default)]
+    pub view: bool,
 }
 
 impl Table {
@@ -54,6 +57,111 @@ pub struct ForeignKey {
     pub ref_schema: String,
     pub ref_table: String,
     pub ref_columns: Vec<String>,
+    /// The key's columns are a primary key or unique constraint of `table`.
+    #[serde(default)]
+    pub one_to_one: bool,
+}
+
+/// A schema-qualified name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl QName {
+    fn new(schema: &str, name: &str) -> Self {
+        QName {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// How the rows of a relationship's two ends correspond. Column pairs are
+/// `(origin column, foreign column)`. The variants' order and fields are
+/// PostgREST's, so sorting relationships orders them as PostgREST lists
+/// them (in PGRST201).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Card {
+    /// One-to-many: the foreign table holds the key.
+    O2M {
+        cons: String,
+        cols: Vec<(String, String)>,
+    },
+    /// Many-to-one: the origin holds the key.
+    M2O {
+        cons: String,
+        cols: Vec<(String, String)>,
+    },
+    /// One-to-one: a key that is also unique; `parent` when the foreign
+    /// table holds it.
+    O2O {
+        cons: String,
+        cols: Vec<(String, String)>,
+        parent: bool,
+    },
+    /// Many-to-many through a junction table.
+    M2M(Junction),
+}
+
+/// The junction of a many-to-many relationship: `source` pairs are
+/// `(origin column, junction column)`, `target` pairs `(foreign column,
+/// junction column)`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Junction {
+    pub table: QName,
+    pub cons1: String,
+    pub cons2: String,
+    pub source: Vec<(String, String)>,
+    pub target: Vec<(String, String)>,
+}
+
+/// A relationship from `table` (the origin of an embedding) to `foreign`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Relationship {
+    pub table: QName,
+    pub foreign: QName,
+    pub is_self: bool,
+    pub card: Card,
+    pub table_is_view: bool,
+    pub foreign_is_view: bool,
+}
+
+impl Relationship {
+    /// Many-to-one and one-to-one embed as an object, the others as an array.
+    pub fn to_one(&self) -> bool {
+        matches!(self.card, Card::M2O { .. } | Card::O2O { .. })
+    }
+
+    /// The constraint name and column pairs of a direct (not many-to-many) relationship.
+    pub fn direct(&self) -> Option<(&str, &[(String, String)])> {
+        match &self.card {
+            Card::O2M { cons, cols } | Card::M2O { cons, cols } | Card::O2O { cons, cols, .. } => {
+                Some((cons, cols))
+            }
+            Card::M2M(_) => None,
+        }
+    }
+}
+
+/// A view column's origin in a base table (from the view's rewrite rule).
+#[derive(Debug, Clone, Deserialize)]
+struct RawDep {
+    oid: u32,
+    schema: String,
+    table: String,
+    /// `(attnum, name)` of the columns the view uses.
+    cols: Vec<(i32, String)>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawView {
+    schema: String,
+    name: String,
+    /// `pg_rewrite.ev_action` of the view's `_RETURN` rule, as text.
+    action: String,
+    deps: Vec<RawDep>,
 }
 
 /// An input argument of a function.
@@ -76,6 +184,8 @@ pub struct Function {
     /// Columns of a composite (table-like) result; `None` for scalars.
     pub columns: Option<Vec<Column>>,
     pub returns_void: bool,
+    /// The table or view whose rows it returns (embeddings start there).
+    pub ret_table: Option<QName>,
 }
 
 #[derive(Deserialize)]
@@ -91,12 +201,18 @@ struct RawFunction {
     modes: Vec<String>,
     types: Vec<String>,
     composite: Option<Vec<Column>>,
+    #[serde(default)]
+    ret_schema: Option<String>,
+    #[serde(default)]
+    ret_table: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Raw {
     tables: Vec<Table>,
     fks: Vec<ForeignKey>,
+    #[serde(default)]
+    views: Vec<RawView>,
     functions: Vec<RawFunction>,
     #[serde(default)]
     timezones: std::collections::HashSet<String>,
@@ -106,7 +222,8 @@ struct Raw {
 #[derive(Debug, Default)]
 pub struct Schema {
     tables: BySchema<Arc<Table>>,
-    pub fks: Vec<ForeignKey>,
+    /// Relationships by origin, sorted as PostgREST sorts them.
+    rels: BySchema<Vec<Relationship>>,
     functions: BySchema<Vec<Arc<Function>>>,
     /// `pg_timezone_names`: the values `Prefer: timezone=` accepts.
     pub timezones: std::collections::HashSet<String>,
@@ -118,6 +235,19 @@ type BySchema<V> = HashMap<String, HashMap<String, V>>;
 impl Schema {
     pub fn table(&self, schema: &str, name: &str) -> Option<&Arc<Table>> {
         self.tables.get(schema)?.get(name)
+    }
+
+    /// The relationships starting at `schema.name`.
+    pub fn relationships(&self, schema: &str, name: &str) -> &[Relationship] {
+        self.rels
+            .get(schema)
+            .and_then(|by_name| by_name.get(name))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Every relationship of the exposed schemas.
+    pub fn all_relationships(&self) -> impl Iterator<Item = &Relationship> {
+        self.rels.values().flat_map(HashMap::values).flatten()
     }
 
     /// The names of the functions of `schema`.
@@ -202,11 +332,16 @@ impl Schema {
                     returns_set: f.retset,
                     columns,
                     returns_void: f.rettype == "void",
+                    ret_table: f
+                        .ret_schema
+                        .zip(f.ret_table)
+                        .map(|(s, n)| QName { schema: s, name: n }),
                 }));
         }
+        let rels = relationships(&tables, &raw.fks, &raw.views);
         Schema {
             tables,
-            fks: raw.fks,
+            rels,
             timezones: raw.timezones,
             functions,
         }
@@ -214,11 +349,21 @@ impl Schema {
 }
 
 const LOAD: &str = r#"
+WITH view_deps AS (
+  SELECT v.oid AS view, r.ev_action::text AS action, d.refobjid AS oid, d.refobjsubid AS num
+  FROM pg_class v
+  JOIN pg_namespace vn ON vn.oid = v.relnamespace
+  JOIN pg_rewrite r ON r.ev_class = v.oid AND r.rulename = '_RETURN'
+  JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+    AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0 AND d.refobjid <> v.oid
+  WHERE vn.nspname = ANY($1) AND v.relkind IN ('v', 'm')
+)
 SELECT json_build_object(
   'tables', coalesce((
     SELECT json_agg(json_build_object(
       'schema', n.nspname,
       'name', c.relname,
+      'view', c.relkind IN ('v', 'm'),
       'columns', coalesce((
         SELECT json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
                                           'default', CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END) ORDER BY a.attnum)
@@ -238,11 +383,30 @@ SELECT json_build_object(
                   JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n),
       'ref_schema', nf.nspname, 'ref_table', cf.relname,
       'ref_columns', (SELECT json_agg(a.attname ORDER BY k.i) FROM unnest(con.confkey) WITH ORDINALITY k(n, i)
-                      JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n)) ORDER BY con.oid)
+                      JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n),
+      'one_to_one', EXISTS (
+        SELECT 1 FROM pg_constraint u
+        WHERE u.conrelid = con.conrelid AND u.contype IN ('p', 'u')
+          AND (SELECT array_agg(x ORDER BY x) FROM unnest(u.conkey) x) = (SELECT array_agg(x ORDER BY x) FROM unnest(con.conkey) x)))
+      ORDER BY con.oid)
     FROM pg_constraint con
     JOIN pg_class cl ON cl.oid = con.conrelid JOIN pg_namespace ns ON ns.oid = cl.relnamespace
     JOIN pg_class cf ON cf.oid = con.confrelid JOIN pg_namespace nf ON nf.oid = cf.relnamespace
-    WHERE con.contype = 'f' AND ns.nspname = ANY($1) AND nf.nspname = ANY($1)), '[]'),
+    WHERE con.contype = 'f' AND con.conparentid = 0
+      AND (ns.nspname = ANY($1) OR nf.nspname = ANY($1)
+           OR con.conrelid IN (SELECT oid FROM view_deps) OR con.confrelid IN (SELECT oid FROM view_deps))), '[]'),
+  'views', coalesce((
+    SELECT json_agg(json_build_object(
+      'schema', vn.nspname, 'name', v.relname, 'action', vd.action,
+      'deps', (SELECT json_agg(json_build_object(
+                 'oid', b.oid::int8, 'schema', bn.nspname, 'table', b.relname,
+                 'cols', (SELECT json_agg(json_build_array(a.attnum, a.attname))
+                          FROM pg_attribute a
+                          WHERE a.attrelid = b.oid AND a.attnum IN (SELECT num FROM view_deps x WHERE x.view = v.oid AND x.oid = b.oid))))
+               FROM pg_class b JOIN pg_namespace bn ON bn.oid = b.relnamespace
+               WHERE b.oid IN (SELECT oid FROM view_deps x WHERE x.view = v.oid))))
+    FROM (SELECT DISTINCT view, action FROM view_deps) vd
+    JOIN pg_class v ON v.oid = vd.view JOIN pg_namespace vn ON vn.oid = v.relnamespace), '[]'),
   'timezones', (SELECT coalesce(json_agg(name), '[]') FROM pg_timezone_names),
   'functions', coalesce((
     SELECT json_agg(json_build_object(
@@ -257,12 +421,414 @@ SELECT json_build_object(
       'modes', coalesce(p.proargmodes::text[], '{}'),
       'types', coalesce((SELECT json_agg(format_type(x, NULL) ORDER BY i)
                 FROM unnest(coalesce(p.proallargtypes, p.proargtypes::oid[])) WITH ORDINALITY u(x, i)), '[]'),
+      'ret_schema', CASE WHEN rc.relkind IN ('r', 'v', 'm', 'f', 'p') THEN rn.nspname END,
+      'ret_table', CASE WHEN rc.relkind IN ('r', 'v', 'm', 'f', 'p') THEN rc.relname END,
       'composite', CASE WHEN t.typrelid <> 0 THEN (
         SELECT json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum)
         FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) END))
     FROM pg_proc p
     JOIN pg_namespace n ON n.oid = p.pronamespace
     JOIN pg_type t ON t.oid = p.prorettype
+    LEFT JOIN pg_class rc ON rc.oid = t.typrelid
+    LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
     WHERE n.nspname = ANY($1) AND p.prokind = 'f'), '[]')
 )::text
 "#;
+
+/// The base-table origin of a view's output columns: `(resno, table oid,
+/// attnum)` of each entry of the top-level target list of the view's
+/// `_RETURN` rule (`pg_rewrite.ev_action` in Postgres' node text format;
+/// the `resorigtbl`/`resorigcol` the parser records for plain column
+/// references). Entries computed from expressions have no origin.
+fn view_origins(action: &str) -> Vec<(i32, u32, i32)> {
+    // Tokens with the `{}` nesting depth they sit at (`\` escapes a char).
+    let mut tokens: Vec<(i32, String)> = Vec::new();
+    let mut depth = 0i32;
+    let mut tok = String::new();
+    let mut chars = action.chars();
+    let flush = |tok: &mut String, tokens: &mut Vec<(i32, String)>, depth: i32| {
+        if !tok.is_empty() {
+            tokens.push((depth, std::mem::take(tok)));
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    tok.push(n);
+                }
+            }
+            '{' => {
+                flush(&mut tok, &mut tokens, depth);
+                depth += 1;
+            }
+            '}' => {
+                flush(&mut tok, &mut tokens, depth);
+                depth -= 1;
+            }
+            '(' | ')' => flush(&mut tok, &mut tokens, depth),
+            c if c.is_whitespace() => flush(&mut tok, &mut tokens, depth),
+            c => tok.push(c),
+        }
+    }
+    flush(&mut tok, &mut tokens, depth);
+    let mut out = Vec::new();
+    let mut in_list = false;
+    let (mut resno, mut tbl) = (0i32, 0u32);
+    let mut iter = tokens.iter().peekable();
+    while let Some((d, t)) = iter.next() {
+        if *d == 1 && t.starts_with(':') {
+            in_list = t == ":targetList";
+            continue;
+        }
+        if !in_list || *d != 2 {
+            continue;
+        }
+        let value = |iter: &mut std::iter::Peekable<std::slice::Iter<'_, (i32, String)>>| {
+            iter.next_if(|(d2, _)| *d2 == 2).map(|(_, v)| v.clone())
+        };
+        match t.as_str() {
+            ":resno" => resno = value(&mut iter).and_then(|v| v.parse().ok()).unwrap_or(0),
+            ":resorigtbl" => tbl = value(&mut iter).and_then(|v| v.parse().ok()).unwrap_or(0),
+            ":resorigcol" => {
+                let col: i32 = value(&mut iter).and_then(|v| v.parse().ok()).unwrap_or(0);
+                if tbl != 0 && col > 0 && resno > 0 {
+                    out.push((resno, tbl, col));
+                }
+                (resno, tbl) = (0, 0);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every view's columns that come straight from a base table column:
+/// `view → [(view column, base table, base column)]`, followed through
+/// views of views.
+fn view_columns(
+    tables: &BySchema<Arc<Table>>,
+    views: &[RawView],
+) -> HashMap<QName, Vec<(String, QName, String)>> {
+    let mut map: HashMap<QName, Vec<(String, QName, String)>> = HashMap::new();
+    for v in views {
+        let Some(t) = tables.get(&v.schema).and_then(|m| m.get(&v.name)) else {
+            continue;
+        };
+        let mut cols = Vec::new();
+        for (resno, oid, attnum) in view_origins(&v.action) {
+            let Some(vcol) = usize::try_from(resno - 1)
+                .ok()
+                .and_then(|i| t.columns.get(i))
+            else {
+                continue;
+            };
+            let Some(dep) = v.deps.iter().find(|d| d.oid == oid) else {
+                continue;
+            };
+            let Some((_, bcol)) = dep.cols.iter().find(|(n, _)| *n == attnum) else {
+                continue;
+            };
+            cols.push((
+                vcol.name.clone(),
+                QName::new(&dep.schema, &dep.table),
+                bcol.clone(),
+            ));
+        }
+        map.insert(QName::new(&v.schema, &v.name), cols);
+    }
+    // Views of views: follow the inner view's columns to its base tables.
+    for _ in 0..8 {
+        let snapshot = map.clone();
+        let mut changed = false;
+        for cols in map.values_mut() {
+            for (_, base, bcol) in cols.iter_mut() {
+                if let Some(inner) = snapshot.get(base)
+                    && let Some((_, b2, c2)) = inner.iter().find(|(vc, ..)| vc == bcol)
+                {
+                    *base = b2.clone();
+                    *bcol = c2.clone();
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    map
+}
+
+/// Every way of naming `base_cols` through a view's columns (a base column
+/// may appear under several names), as PostgREST expands them.
+fn view_col_combos(
+    mapping: &[(String, QName, String)],
+    base: &QName,
+    base_cols: &[&str],
+) -> Vec<Vec<String>> {
+    let mut combos: Vec<Vec<String>> = vec![Vec::new()];
+    for bc in base_cols {
+        let names: Vec<&String> = mapping
+            .iter()
+            .filter(|(_, b, c)| b == base && c == bc)
+            .map(|(v, ..)| v)
+            .collect();
+        combos = combos
+            .into_iter()
+            .flat_map(|prefix| {
+                names.iter().map(move |n| {
+                    let mut p = prefix.clone();
+                    p.push((*n).clone());
+                    p
+                })
+            })
+            .collect();
+    }
+    combos
+}
+
+/// PostgREST's relationships: each foreign key as many-to-one (one-to-one
+/// when its columns are unique), the same through views that expose the
+/// key's columns, many-to-many through junction tables whose primary key
+/// holds the columns of two foreign keys, then the inverse of each
+/// (one-to-many, one-to-one parent). Indexed by origin, only between the
+/// exposed tables and views, sorted.
+fn relationships(
+    tables: &BySchema<Arc<Table>>,
+    fks: &[ForeignKey],
+    views: &[RawView],
+) -> BySchema<Vec<Relationship>> {
+    let mut rels: Vec<Relationship> = fks
+        .iter()
+        .map(|fk| {
+            let table = QName::new(&fk.schema, &fk.table);
+            let foreign = QName::new(&fk.ref_schema, &fk.ref_table);
+            let cols: Vec<(String, String)> = fk
+                .columns
+                .iter()
+                .cloned()
+                .zip(fk.ref_columns.iter().cloned())
+                .collect();
+            let cons = fk.name.clone();
+            Relationship {
+                is_self: table == foreign,
+                table,
+                foreign,
+                card: if fk.one_to_one {
+                    Card::O2O {
+                        cons,
+                        cols,
+                        parent: false,
+                    }
+                } else {
+                    Card::M2O { cons, cols }
+                },
+                table_is_view: false,
+                foreign_is_view: false,
+            }
+        })
+        .collect();
+
+    // Through views.
+    let vcols = view_columns(tables, views);
+    let mut via_views = Vec::new();
+    for r in &rels {
+        let Some((cons, cols)) = r.direct() else {
+            continue;
+        };
+        let card = |cols: Vec<(String, String)>| match &r.card {
+            Card::O2O { .. } => Card::O2O {
+                cons: cons.to_owned(),
+                cols,
+                parent: false,
+            },
+            _ => Card::M2O {
+                cons: cons.to_owned(),
+                cols,
+            },
+        };
+        let own: Vec<&str> = cols.iter().map(|(c, _)| c.as_str()).collect();
+        let refd: Vec<&str> = cols.iter().map(|(_, f)| f.as_str()).collect();
+        let mut origins: Vec<(QName, Vec<String>, bool)> = vec![(
+            r.table.clone(),
+            own.iter().map(|s| (*s).to_owned()).collect(),
+            false,
+        )];
+        let mut targets: Vec<(QName, Vec<String>, bool)> = vec![(
+            r.foreign.clone(),
+            refd.iter().map(|s| (*s).to_owned()).collect(),
+            false,
+        )];
+        for (view, mapping) in &vcols {
+            for combo in view_col_combos(mapping, &r.table, &own) {
+                origins.push((view.clone(), combo, true));
+            }
+            for combo in view_col_combos(mapping, &r.foreign, &refd) {
+                targets.push((view.clone(), combo, true));
+            }
+        }
+        for (o, ocols, oview) in &origins {
+            for (t, tcols, tview) in &targets {
+                if !oview && !tview {
+                    continue;
+                }
+                via_views.push(Relationship {
+                    table: o.clone(),
+                    foreign: t.clone(),
+                    is_self: o == t,
+                    card: card(ocols.iter().cloned().zip(tcols.iter().cloned()).collect()),
+                    table_is_view: *oview,
+                    foreign_is_view: *tview,
+                });
+            }
+        }
+    }
+    rels.extend(via_views);
+
+    // Many-to-many through junctions (tables, or views with a key).
+    let pk_of = |q: &QName| -> Vec<String> {
+        let Some(t) = tables.get(&q.schema).and_then(|m| m.get(&q.name)) else {
+            return Vec::new();
+        };
+        if !t.view {
+            return t.pk.clone();
+        }
+        // A view's key: the columns of its base table's primary key.
+        let Some(mapping) = vcols.get(q) else {
+            return Vec::new();
+        };
+        let Some((_, base, _)) = mapping.first() else {
+            return Vec::new();
+        };
+        let Some(bt) = tables.get(&base.schema).and_then(|m| m.get(&base.name)) else {
+            return Vec::new();
+        };
+        let mut pk = Vec::new();
+        for c in &bt.pk {
+            match mapping.iter().find(|(_, b, bc)| b == base && bc == c) {
+                Some((v, ..)) => pk.push(v.clone()),
+                None => return Vec::new(),
+            }
+        }
+        pk
+    };
+    let mut m2m = Vec::new();
+    let m2o: Vec<&Relationship> = rels
+        .iter()
+        .filter(|r| matches!(r.card, Card::M2O { .. }))
+        .collect();
+    for r1 in &m2o {
+        let Card::M2O {
+            cons: cons1,
+            cols: cols1,
+        } = &r1.card
+        else {
+            continue;
+        };
+        let pk = pk_of(&r1.table);
+        if pk.is_empty() || !cols1.iter().all(|(c, _)| pk.contains(c)) {
+            continue;
+        }
+        for r2 in &m2o {
+            let Card::M2O {
+                cons: cons2,
+                cols: cols2,
+            } = &r2.card
+            else {
+                continue;
+            };
+            if r2.table != r1.table || cons1 == cons2 || !cols2.iter().all(|(c, _)| pk.contains(c))
+            {
+                continue;
+            }
+            let swap = |v: &[(String, String)]| -> Vec<(String, String)> {
+                v.iter().map(|(a, b)| (b.clone(), a.clone())).collect()
+            };
+            m2m.push(Relationship {
+                table: r1.foreign.clone(),
+                foreign: r2.foreign.clone(),
+                is_self: r1.foreign == r2.foreign,
+                card: Card::M2M(Junction {
+                    table: r1.table.clone(),
+                    cons1: cons1.clone(),
+                    cons2: cons2.clone(),
+                    source: swap(cols1),
+                    target: swap(cols2),
+                }),
+                table_is_view: r1.foreign_is_view,
+                foreign_is_view: r2.foreign_is_view,
+            });
+        }
+    }
+    rels.extend(m2m);
+
+    // Inverses.
+    let mut inverse = Vec::new();
+    for r in &rels {
+        let swap = |v: &[(String, String)]| -> Vec<(String, String)> {
+            v.iter().map(|(a, b)| (b.clone(), a.clone())).collect()
+        };
+        let card = match &r.card {
+            Card::M2O { cons, cols } => Card::O2M {
+                cons: cons.clone(),
+                cols: swap(cols),
+            },
+            Card::O2O { cons, cols, parent } => Card::O2O {
+                cons: cons.clone(),
+                cols: swap(cols),
+                parent: !parent,
+            },
+            _ => continue,
+        };
+        inverse.push(Relationship {
+            table: r.foreign.clone(),
+            foreign: r.table.clone(),
+            is_self: r.is_self,
+            card,
+            table_is_view: r.foreign_is_view,
+            foreign_is_view: r.table_is_view,
+        });
+    }
+    rels.extend(inverse);
+
+    let exposed = |q: &QName| {
+        tables
+            .get(&q.schema)
+            .is_some_and(|m| m.contains_key(&q.name))
+    };
+    let mut out: BySchema<Vec<Relationship>> = HashMap::new();
+    for r in rels {
+        if exposed(&r.table) && exposed(&r.foreign) {
+            out.entry(r.table.schema.clone())
+                .or_default()
+                .entry(r.table.name.clone())
+                .or_default()
+                .push(r);
+        }
+    }
+    for by_name in out.values_mut() {
+        for v in by_name.values_mut() {
+            v.sort();
+            v.dedup();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_origins_reads_the_top_level_target_list() {
+        // Abridged `pg_rewrite.ev_action` of
+        // `SELECT id AS ident, "we}ird" AS w, (SELECT 1) AS one, x FROM t WHERE id IN (SELECT id FROM t)`.
+        let action = r#"({QUERY :commandType 1 :rtable ({RANGETBLENTRY :eref {ALIAS :aliasname t :colnames ("id" "we\}ird" "x")} :relid 16385}) :jointree {FROMEXPR :fromlist ({RANGETBLREF :rtindex 1}) :quals {SUBLINK :subselect {QUERY :targetList ({TARGETENTRY :expr {VAR :varno 1} :resno 1 :resname id :resorigtbl 16385 :resorigcol 1 :resjunk false}) :override 0}}} :targetList ({TARGETENTRY :expr {VAR :varno 3 :varattno 1} :resno 1 :resname ident :ressortgroupref 0 :resorigtbl 16385 :resorigcol 1 :resjunk false} {TARGETENTRY :expr {VAR :varno 3 :varattno 2} :resno 2 :resname w :resorigtbl 16385 :resorigcol 2 :resjunk false} {TARGETENTRY :expr {SUBLINK :subselect {QUERY :targetList ({TARGETENTRY :expr {CONST :constvalue 4 [ 1 0 0 0 ]} :resno 1 :resname ?column? :resorigtbl 0 :resorigcol 0 :resjunk false})}} :resno 3 :resname one :resorigtbl 0 :resorigcol 0 :resjunk false} {TARGETENTRY :expr {VAR :varno 3 :varattno 3} :resno 4 :resname x :resorigtbl 16385 :resorigcol 3 :resjunk false}) :override 0})"#;
+        assert_eq!(
+            view_origins(action),
+            [(1, 16385, 1), (2, 16385, 2), (4, 16385, 3)]
+        );
+        assert!(view_origins("").is_empty());
+        assert!(view_origins("({QUERY :targetList <>})").is_empty());
+    }
+}

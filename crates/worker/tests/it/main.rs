@@ -2,7 +2,9 @@
 //! reads, writes, rpc, security, errors, the engine, and the
 //! `@supabase/postgrest-js` compatibility script.
 
+mod aggregates;
 mod compat;
+mod embedding;
 mod engine;
 mod helpers;
 mod postgrest;

@@ -607,7 +607,8 @@ async fn error_bodies() {
             "hint": null,
         }),
     );
-    // Ambiguous: 300 with every candidate.
+    // Ambiguous: 300 with every candidate, sorted as PostgREST sorts
+    // relationships (by cardinality, then constraint name).
     assert_body(
         &call(s.get("/messages?select=body,users(name)")).await,
         300,
@@ -618,15 +619,15 @@ async fn error_bodies() {
                 {
                     "cardinality": "many-to-one",
                     "embedding": "messages with users",
-                    "relationship": "messages_sender_id_fkey using messages(sender_id) and users(id)",
+                    "relationship": "messages_recipient_id_fkey using messages(recipient_id) and users(id)",
                 },
                 {
                     "cardinality": "many-to-one",
                     "embedding": "messages with users",
-                    "relationship": "messages_recipient_id_fkey using messages(recipient_id) and users(id)",
+                    "relationship": "messages_sender_id_fkey using messages(sender_id) and users(id)",
                 },
             ],
-            "hint": "Try changing 'users' to one of the following: 'users!messages_sender_id_fkey', 'users!messages_recipient_id_fkey'. Find the desired relationship in the 'details' key.",
+            "hint": "Try changing 'users' to one of the following: 'users!messages_recipient_id_fkey', 'users!messages_sender_id_fkey'. Find the desired relationship in the 'details' key.",
         }),
     );
     let (st, v) = call(s.get("/users?select=name,messages(body)")).await;
@@ -636,7 +637,7 @@ async fn error_bodies() {
         json!({
             "cardinality": "one-to-many",
             "embedding": "users with messages",
-            "relationship": "messages_sender_id_fkey using users(id) and messages(sender_id)",
+            "relationship": "messages_recipient_id_fkey using users(id) and messages(recipient_id)",
         })
     );
 }
