@@ -5,8 +5,9 @@
 //! its data in `<data-dir>/postgres`, listening only on a unix socket in
 //! `<data-dir>/run`. `JWT_SECRET` and `MADBASE_MASTER_KEY` are generated
 //! once into `<data-dir>` (mode 0600). The first start creates the `demo`
-//! tenant; every start prints the URLs, keys, an admin token and a `curl`
-//! line. SIGTERM/Ctrl-C stop the services, then Postgres.
+//! tenant and its example function `hello`; every start prints the URLs,
+//! keys, an admin token and `curl` lines. SIGTERM/Ctrl-C stop the services,
+//! then Postgres.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -95,6 +96,16 @@ async fn dev(data_dir: PathBuf) -> anyhow::Result<ExitCode> {
                 format!("http://{}", loopback(addr)),
             );
         }
+    }
+
+    // Where clients reach the proxy (functions' SUPABASE_URL, control's rest_url).
+    if let Some(listen) = overlay.get("MADBASE_PROXY_LISTEN")
+        && let Ok(addr) = listen.parse::<std::net::SocketAddr>()
+    {
+        vars.insert(
+            "MADBASE_PUBLIC_URL".to_owned(),
+            format!("http://{}", loopback(addr)),
+        );
     }
 
     let postgres = if std::env::var_os("DATABASE_URL").is_some_and(|v| !v.is_empty()) {
@@ -224,6 +235,11 @@ async fn announce(data_dir: &Path, secret: &str, urls: &Urls) -> anyhow::Result<
     };
     let anon = keys["anon_key"].as_str().unwrap_or_default();
     let service = keys["service_role_key"].as_str().unwrap_or_default();
+    ensure_hello(&http, control, &admin).await?;
+    let fn_curl = format!(
+        "curl -s -X POST '{proxy}/t/{DEMO}/functions/v1/hello' -H 'Authorization: Bearer {anon}' \
+         -H 'Content-Type: application/json' -d '{{\"name\":\"madbase\"}}'"
+    );
     let sql = r#"{"query":"create table if not exists todos (id serial primary key, task text not null); insert into todos (task) values ($$try madbase$$)"}"#;
     let curl = format!(
         "curl -sf -X POST {control}/v1/tenants/{DEMO}/sql -H 'Authorization: Bearer {admin}' \
@@ -243,6 +259,8 @@ async fn announce(data_dir: &Path, secret: &str, urls: &Urls) -> anyhow::Result<
          service key    {service}\n  \
          admin token    {admin}\n                 (valid 24 h; `madbase token admin` makes more)\n\n\
          Try it (creates a table through the SQL endpoint, reads it back through /rest/v1):\n\n{curl}\n\n\
+         Call the example function `hello` (deployed on first start; redeploy with\n\
+         PUT {control}/v1/tenants/{DEMO}/functions/hello):\n\n{fn_curl}\n\n\
          Ctrl-C stops everything.\nmadbase dev: ready",
         dir = data_dir.display(),
         password = if std::env::var_os("MADBASE_CONSOLE_PASSWORD").is_some()
@@ -253,6 +271,41 @@ async fn announce(data_dir: &Path, secret: &str, urls: &Urls) -> anyhow::Result<
             ""
         },
     );
+    Ok(())
+}
+
+/// The example function `madbase dev` deploys.
+const HELLO_FUNCTION: &str = r#"// madbase dev's example function: POST {"name": "..."} to /functions/v1/hello.
+Deno.serve(async (req) => {
+  let name = "world";
+  try {
+    name = (await req.json()).name ?? name;
+  } catch {
+    // no JSON body
+  }
+  console.log(`hello ${name}`);
+  return Response.json({ message: `Hello ${name}!` });
+});
+"#;
+
+/// Deploys the demo tenant's `hello` function unless it exists (a version
+/// the developer deployed is left alone).
+async fn ensure_hello(http: &reqwest::Client, control: &str, admin: &str) -> anyhow::Result<()> {
+    let url = format!("{control}/v1/tenants/{DEMO}/functions/hello");
+    let existing = http.get(&url).bearer_auth(admin).send().await?;
+    if existing.status() != reqwest::StatusCode::NOT_FOUND {
+        existing.error_for_status()?;
+        return Ok(());
+    }
+    http.put(&url)
+        .bearer_auth(admin)
+        .header("content-type", "application/javascript")
+        .body(HELLO_FUNCTION)
+        .send()
+        .await?
+        .error_for_status()
+        .context("deploying the example function")?;
+    eprintln!("madbase dev: deployed the example function `hello`");
     Ok(())
 }
 

@@ -149,6 +149,22 @@ fn dev_runs_the_platform_and_keeps_its_data() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("try madbase"), "{stdout}");
+    // So does the call of the example function (run by a functions worker).
+    let fn_curl = banner
+        .lines()
+        .find(|l| l.starts_with("curl ") && l.contains("/functions/v1/hello"))
+        .unwrap_or_else(|| panic!("no function curl line in:\n{banner}"))
+        .to_owned();
+    let out = Command::new("sh")
+        .args(["-c", &fn_curl])
+        .output()
+        .expect("sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Hello madbase!"),
+        "function call failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let data_path = data_dir.join("postgres");
     let data_str = data_path.to_string_lossy().into_owned();
