@@ -202,7 +202,11 @@ async fn the_change_feed_drops_changed_tenants_at_once() {
     // A gap: control stops; meanwhile the tenant changes behind its back
     // (nothing relays that); control comes back on the same address. The
     // feed reconnects and says hello again, and the entry reloads.
-    client.get(&tenant.id).await.expect("reload").expect("exists");
+    client
+        .get(&tenant.id)
+        .await
+        .expect("reload")
+        .expect("exists");
     let addr = control.api;
     control.stop().await;
     let version = client

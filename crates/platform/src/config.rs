@@ -179,7 +179,7 @@ pub struct CommonConfig {
     pub otel: OtelConfig,
     /// `MADBASE_MAX_HEADER_BYTES` (default 32768) and
     /// `MADBASE_HEADER_READ_TIMEOUT_SECONDS` (default 10).
-    pub conn_limits: crate::server::ConnLimits,
+    pub conn_limits: ConnLimits,
 }
 
 /// OTLP trace export, configured by the standard `OTEL_*` variables.
@@ -222,7 +222,7 @@ impl CommonConfig {
             log_format,
             drain_timeout: env.seconds("MADBASE_DRAIN_SECONDS", Duration::from_secs(10))?,
             otel: OtelConfig::from_env(service, env)?,
-            conn_limits: crate::server::ConnLimits {
+            conn_limits: ConnLimits {
                 max_header_bytes: match env
                     .parse::<usize>("MADBASE_MAX_HEADER_BYTES", "a number of bytes")?
                 {
@@ -280,6 +280,39 @@ impl OtelConfig {
                 .raw("OTEL_SERVICE_NAME")
                 .unwrap_or_else(|| format!("madbase-{service}")),
         })
+    }
+}
+
+/// Connection-level limits of both listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Largest request head (request line and headers) accepted; larger
+    /// ones get 431 from hyper. At least 8 KiB.
+    pub max_header_bytes: usize,
+    /// How long a client may take to send the request head (slow clients).
+    pub header_read_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// hyper's read-buffer limit: a head larger than this gets hyper's own
+    /// 431 without a body. Heads between `max_header_bytes` and this get
+    /// the JSON 431 of the pipeline.
+    pub fn hard_head_limit(&self) -> usize {
+        self.max_header_bytes
+            .saturating_mul(4)
+            .max(HYPER_DEFAULT_BUF_SIZE)
+    }
+}
+
+/// hyper's default `max_buf_size` (~400 KiB).
+const HYPER_DEFAULT_BUF_SIZE: usize = 8192 + 4096 * 100;
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_header_bytes: 32 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+        }
     }
 }
 

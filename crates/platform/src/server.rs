@@ -32,6 +32,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use crate::client;
+pub use crate::config::ConnLimits;
 use crate::error;
 use crate::health::{self, HealthState, ReadyCheck};
 use crate::metrics::Metrics;
@@ -251,39 +252,6 @@ async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Respo
         );
     });
     response
-}
-
-/// Connection-level limits of both listeners.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
-    /// Largest request head (request line and headers) accepted; larger
-    /// ones get 431 from hyper. At least 8 KiB.
-    pub max_header_bytes: usize,
-    /// How long a client may take to send the request head (slow clients).
-    pub header_read_timeout: Duration,
-}
-
-impl ConnLimits {
-    /// hyper's read-buffer limit: a head larger than this gets hyper's own
-    /// 431 without a body. Heads between `max_header_bytes` and this get
-    /// the JSON 431 of the pipeline.
-    pub fn hard_head_limit(&self) -> usize {
-        self.max_header_bytes
-            .saturating_mul(4)
-            .max(HYPER_DEFAULT_BUF_SIZE)
-    }
-}
-
-/// hyper's default `max_buf_size` (~400 KiB).
-const HYPER_DEFAULT_BUF_SIZE: usize = 8192 + 4096 * 100;
-
-impl Default for ConnLimits {
-    fn default() -> Self {
-        ConnLimits {
-            max_header_bytes: 32 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-        }
-    }
 }
 
 /// Both listeners of a service, bound.

@@ -314,9 +314,15 @@ fn run_steps(steps: &mut Steps, stack: &mut Option<Stack>) -> Result<()> {
         ("JWT_SECRET", secrets.jwt.clone()),
         ("MADBASE_MASTER_KEY", secrets.master_key.clone()),
         ("POSTGRES_PASSWORD", secrets.postgres_password.clone()),
-        ("GF_SECURITY_ADMIN_PASSWORD", secrets.grafana_password.clone()),
+        (
+            "GF_SECURITY_ADMIN_PASSWORD",
+            secrets.grafana_password.clone(),
+        ),
         ("the tenant's anon key", tenant.anon_key.clone()),
-        ("the tenant's service_role key", tenant.service_role_key.clone()),
+        (
+            "the tenant's service_role key",
+            tenant.service_role_key.clone(),
+        ),
         ("the admin token", admin.clone()),
     ];
     if let Some(tenant_secrets) = steps.run(
@@ -1819,7 +1825,10 @@ fn tenant_secrets(
     };
     Ok(vec![
         ("the tenant's JWT secret", field("jwt_secret")?),
-        ("the tenant's authenticator password", field("authenticator_password")?),
+        (
+            "the tenant's authenticator password",
+            field("authenticator_password")?,
+        ),
     ])
 }
 
