@@ -649,11 +649,11 @@
     constructor(url, base) {
       if (arguments.length === 0) throw new TypeError("URL: 1 argument required");
       const parts = native.urlParse(wellFormed(url), base === undefined ? undefined : wellFormed(base));
-      if (parts === null) throw new TypeError(`Invalid URL: '${String(url)}'`);
+      if (parts == null) throw new TypeError(`Invalid URL: '${String(url)}'`);
       this.#parts = parts;
     }
     static canParse(url, base) {
-      return native.urlParse(wellFormed(url), base === undefined ? undefined : wellFormed(base)) !== null;
+      return native.urlParse(wellFormed(url), base === undefined ? undefined : wellFormed(base)) != null;
     }
     static parse(url, base) {
       try {
@@ -667,7 +667,7 @@
     }
     #set(name, value) {
       const parts = native.urlSet(this.#parts[0], name, wellFormed(value));
-      if (parts === null) {
+      if (parts == null) {
         if (name === "href") throw new TypeError(`Invalid URL: '${String(value)}'`);
         return;
       }
@@ -1011,7 +1011,7 @@
         this.#url = input.url;
       } else {
         const parsed = native.urlParse(wellFormed(input), undefined);
-        if (parsed === null) throw new TypeError(`Request: invalid URL '${String(input)}'`);
+        if (parsed == null) throw new TypeError(`Request: invalid URL '${String(input)}'`);
         this.#url = parsed[0];
       }
       let method = init.method !== undefined ? String(init.method) : inner ? inner.method : "GET";
@@ -1134,7 +1134,7 @@
     }
     static redirect(url, status = 302) {
       const parsed = native.urlParse(wellFormed(url), undefined);
-      if (parsed === null) throw new TypeError(`Response.redirect: invalid URL '${String(url)}'`);
+      if (parsed == null) throw new TypeError(`Response.redirect: invalid URL '${String(url)}'`);
       if (!REDIRECT_STATUS.includes(status)) throw new RangeError(`Response.redirect: invalid status ${status}`);
       const r = new Response(null, { status });
       r.#headers.set("location", parsed[0]);
