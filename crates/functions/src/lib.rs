@@ -29,7 +29,7 @@ use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, c
 /// | `MADBASE_PUBLIC_URL` | `http://127.0.0.1:8000` | the proxy as clients reach it: `SUPABASE_URL` is `<this>/t/<tenant>` |
 /// | `MADBASE_FUNCTIONS_WORKERS` | available parallelism | worker processes (at most; started on demand) |
 /// | `MADBASE_FUNCTIONS_WORKER_CMD` | this executable + `functions-worker` | the worker command (program and arguments separated by spaces) |
-/// | `MADBASE_FUNCTIONS_QUEUE` | 64 | invocations that may wait for a free worker; beyond: 503 `function_pool_busy` |
+/// | `MADBASE_FUNCTIONS_QUEUE` | 64 | invocations that may wait for a free worker (0: none); beyond: 503 `function_pool_busy` |
 /// | `MADBASE_FUNCTIONS_QUEUE_SECONDS` | 5 | how long one may wait; beyond: 503 `function_pool_busy` |
 /// | `MADBASE_FUNCTIONS_TENANT_CONCURRENCY` | 20 | concurrent invocations per tenant; beyond: 429 `function_concurrency_limit` |
 /// | `MADBASE_FUNCTIONS_WALL_SECONDS` | 150 | wall time per invocation; beyond: the worker is killed, 504 `function_wall_limit` |
@@ -99,7 +99,7 @@ impl Config {
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
         let count = |name: &str, default: u64| -> Result<u64, ConfigError> {
             match env.parse::<u64>(name, "a whole number")? {
-                Some(0) => Err(ConfigError {
+                Some(0) if name != "MADBASE_FUNCTIONS_QUEUE" => Err(ConfigError {
                     var: name.to_owned(),
                     problem: "must be at least 1".to_owned(),
                 }),

@@ -1,24 +1,189 @@
-//! The functions service's routers, driven without a socket.
+//! The functions service's routers, driven without a socket, against a
+//! stub of control's internal API on loopback. Worker processes here are
+//! stand-ins (`cat`, which echoes frames it should answer; `sleep`, which
+//! never answers) for the pool's failure paths; the real
+//! `madbase functions-worker` runs in the madbase crate's end-to-end tests
+//! (`crates/madbase/tests/it/functions.rs`).
+
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::extract::Path;
+use axum::routing::get;
 use http_body_util::BodyExt as _;
-use madbase_platform::server::api_router;
-use serde_json::Value;
+use madbase_platform::jwt;
+use madbase_platform::server::{admin_router, api_router};
+use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-fn config() -> madbase_functions::Config {
-    madbase_functions::Config::from_env(&madbase_testkit::service::env(&[])).expect("valid config")
+const TENANT: &str = "acme";
+const TENANT_SECRET: &str = "acme-tenant-secret-acme-tenant-secret-0123";
+
+fn config(extra: &[(&str, &str)]) -> madbase_functions::Config {
+    madbase_functions::Config::from_env(&madbase_testkit::service::env(extra))
+        .expect("valid config")
 }
 
 #[tokio::test]
 async fn test_health_endpoint_functions() {
-    let app = madbase_functions::app(&config()).expect("app");
+    let app = madbase_functions::app(&config(&[])).expect("app");
     madbase_testkit::service::assert_health(&app).await;
 }
 
+#[test]
+fn configuration_defaults_and_errors() {
+    let c = config(&[]);
+    assert_eq!(c.public_url, "http://127.0.0.1:8000");
+    assert_eq!(c.wall, Duration::from_secs(150));
+    assert_eq!(c.cpu_ms, 2000);
+    assert_eq!(c.memory_bytes, 256 << 20);
+    assert_eq!(c.max_request_bytes, 6 << 20);
+    assert_eq!(c.max_fetches, 50);
+    assert_eq!(c.max_fetch_bytes, 10 << 20);
+    assert!(c.workers >= 1);
+    assert_eq!(c.worker_command.len(), 2);
+    assert_eq!(c.worker_command[1], "functions-worker");
+    let c = config(&[
+        (
+            "MADBASE_FUNCTIONS_WORKER_CMD",
+            "/bin/madbase functions-worker --x",
+        ),
+        (
+            "MADBASE_FUNCTIONS_FETCH_ALLOW",
+            "10.0.0.0/8, api.internal ,",
+        ),
+        ("MADBASE_FUNCTIONS_QUEUE", "0"),
+    ]);
+    assert_eq!(
+        c.worker_command,
+        ["/bin/madbase", "functions-worker", "--x"].map(std::ffi::OsString::from)
+    );
+    assert_eq!(c.fetch_allow, ["10.0.0.0/8", "api.internal"]);
+    assert_eq!(c.queue, 0);
+    for (var, value) in [
+        ("MADBASE_FUNCTIONS_WORKERS", "0"),
+        ("MADBASE_FUNCTIONS_WORKERS", "many"),
+        ("MADBASE_FUNCTIONS_CPU_MS", "-1"),
+        ("MADBASE_FUNCTIONS_WALL_SECONDS", "soon"),
+        ("MADBASE_PUBLIC_URL", "ftp://x"),
+    ] {
+        let err =
+            madbase_functions::Config::from_env(&madbase_testkit::service::env(&[(var, value)]))
+                .expect_err(var);
+        assert_eq!(err.var, var);
+    }
+}
+
+/// A stand-in for control's internal API: tenant `acme`; functions
+/// `open` (verify_jwt off) and `locked` (on).
+async fn stub_control() -> String {
+    let tenant = json!({
+        "id": TENANT,
+        "jwt_secret": TENANT_SECRET,
+        "key_version": 1,
+        "database": "acme_db",
+        "db_host": "127.0.0.1",
+        "db_port": 5432,
+        "authenticator_user": "acme_authenticator",
+        "authenticator_password": "x",
+    });
+    let app = axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/internal/v1/tenants/{id}",
+            get(move |Path(id): Path<String>| {
+                let tenant = tenant.clone();
+                async move {
+                    if id == TENANT {
+                        Ok(axum::Json(tenant))
+                    } else {
+                        Err(http::StatusCode::NOT_FOUND)
+                    }
+                }
+            }),
+        )
+        .route(
+            "/internal/v1/tenants/{id}/functions/{name}",
+            get(|Path((id, name)): Path<(String, String)>| async move {
+                if id != TENANT || !["open", "locked"].contains(&name.as_str()) {
+                    return Err(http::StatusCode::NOT_FOUND);
+                }
+                Ok(axum::Json(json!({
+                    "name": name,
+                    "version": 3,
+                    "sha256": "0".repeat(64),
+                    "verify_jwt": name == "locked",
+                    "source": "Deno.serve(() => new Response('hi'));",
+                    "env": {"A_SECRET": "x"},
+                })))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+struct Functions {
+    api: axum::Router,
+    admin: axum::Router,
+}
+
+impl Functions {
+    async fn start(extra: &[(&str, &str)]) -> Functions {
+        let control = stub_control().await;
+        let mut vars = vec![("MADBASE_CONTROL_URL", control.as_str())];
+        vars.extend_from_slice(extra);
+        let app = madbase_functions::app(&config(&vars)).expect("app");
+        Functions {
+            api: api_router(&app),
+            admin: admin_router(&app),
+        }
+    }
+
+    async fn call(&self, req: http::request::Builder, body: Body) -> (u16, Value) {
+        let req = req
+            .header("x-madbase-tenant", TENANT)
+            .body(body)
+            .expect("request");
+        let resp = self.api.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status().as_u16();
+        assert!(resp.headers().contains_key("x-request-id"));
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, v)
+    }
+
+    async fn post(&self, name: &str) -> (u16, Value) {
+        self.call(
+            http::Request::post(format!("/functions/v1/{name}")),
+            Body::empty(),
+        )
+        .await
+    }
+
+    async fn metrics(&self) -> String {
+        let resp = self
+            .admin
+            .clone()
+            .oneshot(
+                http::Request::get("/metrics")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
 #[tokio::test]
-async fn invocations_need_a_tenant_and_are_counted() {
-    let app = madbase_functions::app(&config()).expect("app");
+async fn invocations_need_a_tenant_and_control() {
+    let app = madbase_functions::app(&config(&[])).expect("app");
     let api = api_router(&app);
     let call = |req: http::Request<Body>| {
         let api = api.clone();
@@ -50,4 +215,196 @@ async fn invocations_need_a_tenant_and_are_counted() {
     )
     .await;
     assert_eq!(status, 503, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lookups_jwt_and_body_limits_come_before_any_worker() {
+    // A worker command that cannot start: nothing here may need one.
+    let f = Functions::start(&[
+        ("MADBASE_FUNCTIONS_WORKER_CMD", "/nonexistent/worker"),
+        ("MADBASE_FUNCTIONS_MAX_REQUEST_BYTES", "100"),
+    ])
+    .await;
+    for name in ["nope", "Bad.Name"] {
+        let (status, body) = f.post(name).await;
+        assert_eq!(status, 404, "{name}: {body}");
+        assert_eq!(body["code"], "function_not_found");
+    }
+    let (status, body) = f
+        .call(
+            http::Request::post("/functions/v1/open").header("x-madbase-tenant", "other"),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    // verify_jwt on: no bearer, a bad one, another tenant's.
+    let (status, body) = f.post("locked").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], "missing_authorization");
+    let other = jwt::api_key("another-secret-another-secret-another", TENANT, "anon");
+    for token in ["garbage", other.as_str()] {
+        let (status, body) = f
+            .call(
+                http::Request::post("/functions/v1/locked")
+                    .header("authorization", format!("Bearer {token}")),
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["code"], "invalid_jwt");
+    }
+    // A valid key passes the check and reaches the (missing) worker.
+    let key = jwt::api_key(TENANT_SECRET, TENANT, "anon");
+    let (status, body) = f
+        .call(
+            http::Request::post("/functions/v1/locked")
+                .header("authorization", format!("Bearer {key}")),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+
+    // Request bodies over the limit: 413, declared or streamed.
+    let (status, body) = f
+        .call(
+            http::Request::post("/functions/v1/open"),
+            Body::from(vec![b'x'; 101]),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["code"], "function_request_too_large");
+    let stream = futures_util::stream::iter(
+        (0..4).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'y'; 40]))),
+    );
+    let (status, body) = f
+        .call(
+            http::Request::post("/functions/v1/open"),
+            Body::from_stream(stream),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+
+    let metrics = f.metrics().await;
+    for needle in [
+        "madbase_function_invocations_total{tenant=\"acme\",function=\"unknown\",outcome=\"not_found\"} 2",
+        "madbase_function_invocations_total{tenant=\"acme\",function=\"locked\",outcome=\"unauthorized\"} 3",
+        "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"request_too_large\"} 2",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+    }
+    assert!(!metrics.contains("Bad.Name"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_breaks_the_protocol_fails_only_its_invocation() {
+    // `cat` echoes the invocation instead of answering it.
+    let f = Functions::start(&[("MADBASE_FUNCTIONS_WORKER_CMD", "cat")]).await;
+    for _ in 0..2 {
+        let (status, body) = f.post("open").await;
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(body["code"], "function_crashed");
+        assert!(body["request_id"].is_string());
+    }
+    let metrics = f.metrics().await;
+    assert!(
+        metrics.contains("madbase_function_worker_restarts_total{reason=\"crashed\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"crashed\"} 2"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wall_limit_queue_and_tenant_cap() {
+    // `sleep` never answers: every invocation runs into the wall limit.
+    let f = std::sync::Arc::new(
+        Functions::start(&[
+            ("MADBASE_FUNCTIONS_WORKER_CMD", "sleep 60"),
+            ("MADBASE_FUNCTIONS_WORKERS", "1"),
+            ("MADBASE_FUNCTIONS_QUEUE", "1"),
+            ("MADBASE_FUNCTIONS_QUEUE_SECONDS", "0.2"),
+            ("MADBASE_FUNCTIONS_WALL_SECONDS", "1.5"),
+            ("MADBASE_FUNCTIONS_TENANT_CONCURRENCY", "3"),
+        ])
+        .await,
+    );
+    let started = Instant::now();
+    let first = {
+        let f = f.clone();
+        tokio::spawn(async move { f.post("open").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The one worker is busy: one caller may wait (0.2 s), a second at the
+    // same time finds the queue full at once.
+    let waiting = {
+        let f = f.clone();
+        tokio::spawn(async move { f.post("open").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let quick = Instant::now();
+    let (status, body) = f.post("open").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "function_pool_busy");
+    assert!(
+        quick.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        quick.elapsed()
+    );
+    let (status, body) = waiting.await.expect("join");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "function_pool_busy");
+
+    let (status, body) = first.await.expect("join");
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["code"], "function_wall_limit");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    let metrics = f.metrics().await;
+    for needle in [
+        "madbase_function_worker_restarts_total{reason=\"wall_limit\"} 1",
+        "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"pool_busy\"} 2",
+        "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"wall_limit\"} 1",
+        "madbase_function_workers_busy 0",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_over_its_concurrency_cap_gets_429() {
+    let f = std::sync::Arc::new(
+        Functions::start(&[
+            ("MADBASE_FUNCTIONS_WORKER_CMD", "sleep 60"),
+            ("MADBASE_FUNCTIONS_WORKERS", "4"),
+            ("MADBASE_FUNCTIONS_WALL_SECONDS", "1"),
+            ("MADBASE_FUNCTIONS_TENANT_CONCURRENCY", "2"),
+        ])
+        .await,
+    );
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let f = f.clone();
+            tokio::spawn(async move { f.post("open").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = f.post("open").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "function_concurrency_limit");
+    for r in running {
+        let (status, _) = r.await.expect("join");
+        assert_eq!(status, 504);
+    }
+    // The slots are free again.
+    let (status, _) = f.post("open").await;
+    assert_eq!(status, 504);
 }
