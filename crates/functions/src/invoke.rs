@@ -310,7 +310,13 @@ pub(crate) async fn invoke(
             run(&inv, &tenant, ready, start).instrument(span).await
         }
         Err((outcome, function, err)) => {
-            inv.count(&tenant, function.as_deref(), outcome, start);
+            // An unknown tenant's name never becomes a label.
+            let label = if outcome.starts_with("tenant_") {
+                "unknown"
+            } else {
+                tenant.as_str()
+            };
+            inv.count(label, function.as_deref(), outcome, start);
             err.into_response()
         }
     }
@@ -353,7 +359,7 @@ async fn prepare(
         Ok(Some(info)) => info,
         Ok(None) => {
             return Err((
-                "not_found",
+                "tenant_not_found",
                 None,
                 ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -362,7 +368,10 @@ async fn prepare(
                 ),
             ));
         }
-        Err(e) => return Err(unavailable(&e)),
+        Err(e) => {
+            let (_, function, err) = unavailable(&e);
+            return Err(("tenant_unavailable", function, err));
+        }
     };
     if !valid_function_name(name) {
         return Err(("not_found", None, function_not_found(tenant, name)));

@@ -294,6 +294,13 @@ async fn lookups_jwt_and_body_limits_come_before_any_worker() {
         assert!(metrics.contains(needle), "{needle} in\n{metrics}");
     }
     assert!(!metrics.contains("Bad.Name"));
+    assert!(
+        metrics.contains(
+            "madbase_function_invocations_total{tenant=\"unknown\",function=\"unknown\",outcome=\"tenant_not_found\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("tenant=\"other\""), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
