@@ -430,7 +430,9 @@ impl FnRuntime {
         meter.start();
         let internal = ctx.with(|ctx| -> Result<_, Failure> {
             let run = || -> rquickjs::Result<Object<'_>> {
-                let prelude: Function = ctx.eval(PRELUDE)?;
+                let mut options = rquickjs::context::EvalOptions::default();
+                options.filename = Some("madbase:prelude".to_owned());
+                let prelude: Function = ctx.eval_with_options(PRELUDE, options)?;
                 let native = natives(&ctx, &shared, test_hooks)?;
                 prelude.call((native,))
             };

