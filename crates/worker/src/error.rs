@@ -69,6 +69,15 @@ impl Error {
         Error::api(StatusCode::UNAUTHORIZED, "PGRST301", message)
     }
 
+    /// The code of an API error (`PGRST…`).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api(e) => Some(&e.code),
+            Error::Detailed { api, .. } => Some(&api.code),
+            _ => None,
+        }
+    }
+
     /// The SQLSTATE of a database error.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {

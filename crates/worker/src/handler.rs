@@ -1736,6 +1736,32 @@ async fn update_or_delete(
     write_and_respond(st, ctx, table, q, sql, w).await
 }
 
+/// The media type of an rpc body (`Content-Type`): JSON arguments unless
+/// it is `text/plain`, `text/xml` or `application/octet-stream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyMedia {
+    Json,
+    Text,
+    Xml,
+    Bytes,
+}
+
+fn body_media(headers: &HeaderMap) -> BodyMedia {
+    let Some(ct) = header(headers, "content-type") else {
+        return BodyMedia::Json;
+    };
+    let m = ct.split(';').next().unwrap_or("").trim();
+    if m.eq_ignore_ascii_case("text/plain") {
+        BodyMedia::Text
+    } else if m.eq_ignore_ascii_case("text/xml") {
+        BodyMedia::Xml
+    } else if m.eq_ignore_ascii_case("application/octet-stream") {
+        BodyMedia::Bytes
+    } else {
+        BodyMedia::Json
+    }
+}
+
 /// `/rest/v1/rpc/{function}`
 pub async fn rpc(
     State(st): State<AppState>,
@@ -1793,21 +1819,32 @@ async fn rpc_inner(
         ctx.reload_schema(st).await?;
         candidates = ctx.schema.functions(&ctx.db_schema, name).to_vec();
     }
-    let arg_names: Vec<String> = candidates
-        .iter()
-        .flat_map(|f| f.args.iter().map(|a| a.name.clone()))
-        .collect();
-    let q = parse_query(uri, &|k| !post && arg_names.iter().any(|a| a == k))?;
+    let q = parse_query(uri, &|_| !post)?;
     // A function taking the whole body as one json/jsonb argument:
     // `Prefer: params=single-object` (any name) or, as a fallback when no
     // function matches the body's keys, one unnamed parameter (PostgREST).
     let single_object = post && ctx.prefer.single_object;
+    // The body's media type: JSON arguments, or the raw body for a function
+    // of one unnamed text / xml / bytea parameter (PostgREST's findProc).
+    let media = if post {
+        body_media(headers)
+    } else {
+        BodyMedia::Json
+    };
+    let raw_media = media != BodyMedia::Json;
+    let raw_types: &[&str] = match media {
+        _ if single_object => &["json", "jsonb"],
+        BodyMedia::Json => &["json", "jsonb"],
+        BodyMedia::Text => &["text"],
+        BodyMedia::Xml => &["xml"],
+        BodyMedia::Bytes => &["bytea"],
+    };
     let raw_fn = if post {
         candidates
             .iter()
             .find(|f| {
                 f.args.len() == 1
-                    && matches!(f.args[0].ty.as_str(), "json" | "jsonb")
+                    && raw_types.contains(&f.args[0].ty.as_str())
                     && (single_object || f.args[0].name.is_empty())
             })
             .cloned()
@@ -1815,7 +1852,7 @@ async fn rpc_inner(
         None
     };
     // Argument names and values.
-    let body_obj = if post && !single_object {
+    let body_obj = if post && !single_object && !raw_media {
         if body.iter().all(u8::is_ascii_whitespace) {
             Some(serde_json::Map::new())
         } else {
@@ -1834,51 +1871,70 @@ async fn rpc_inner(
     } else {
         q.args.iter().map(|(k, _)| k.clone()).collect()
     };
+    // PGRST202 when only a one-parameter function could take the body.
+    let no_single = || {
+        let what = match media {
+            _ if single_object => "a single json/jsonb parameter",
+            BodyMedia::Text => "a single unnamed text parameter",
+            BodyMedia::Xml => "a single unnamed xml parameter",
+            BodyMedia::Bytes => "a single unnamed bytea parameter",
+            BodyMedia::Json => "a single json/jsonb parameter",
+        };
+        Error::api(
+            StatusCode::NOT_FOUND,
+            "PGRST202",
+            format!(
+                "Could not find the function {}.{name} in the schema cache",
+                ctx.db_schema
+            ),
+        )
+        .details(format!(
+            "Searched for the function {}.{name} with {what}, but no matches were found in the schema cache.",
+            ctx.db_schema
+        ))
+    };
     let picked = if single_object || body_obj.is_none() {
         None
     } else {
-        match plan::pick_function(&ctx.schema, &ctx.db_schema, name, &given, post) {
+        match plan::pick_function(&ctx.schema, &ctx.db_schema, name, &given, post, raw_media) {
             Ok(f) => Some(f),
             Err(_) if raw_fn.is_some() => None,
+            Err(e) if e.code() == Some("PGRST202") && raw_media => return Err(no_single()),
             Err(e) => return Err(e),
         }
     };
     let (f, raw) = match (picked, raw_fn) {
         (Some(f), _) => (f, false),
         (None, Some(f)) => (f, true),
-        (None, None) => {
-            return Err(Error::api(
-                StatusCode::NOT_FOUND,
-                "PGRST202",
-                format!(
-                    "Could not find the function {}.{name} in the schema cache",
-                    ctx.db_schema
-                ),
-            )
-            .details(format!(
-                "Searched for the function {}.{name} with a single json/jsonb parameter, but no matches were found in the schema cache.",
-                ctx.db_schema
-            )));
-        }
+        (None, None) => return Err(no_single()),
     };
     ctx.prefer.check()?;
     let read_only = !post || f.volatility != "v";
     let mut from = Sql::default();
     if raw {
-        // `"schema"."fn"($1::json)`: the body as the one argument.
+        // `"schema"."fn"($1::json)`: the body as the one argument (json,
+        // jsonb, text, xml, or bytes for bytea).
         plan::push_qualified(&mut from, &f.schema, &f.name);
         plan::push(&mut from, "(");
-        plan::bind(
-            &mut from,
-            Arg::Text(String::from_utf8_lossy(body).into_owned()),
-        );
+        let ty = f.args[0].ty.as_str();
+        if ty == "bytea" {
+            plan::bind(&mut from, Arg::Bytes(body.to_vec()));
+        } else {
+            plan::bind(
+                &mut from,
+                Arg::Text(String::from_utf8_lossy(body).into_owned()),
+            );
+        }
         plan::push(&mut from, "::");
+        // One of the fixed type names above.
         plan::push(
             &mut from,
-            if f.args[0].ty == "jsonb" {
-                "jsonb"
-            } else {
-                "json"
+            match ty {
+                "jsonb" => "jsonb",
+                "text" => "text",
+                "xml" => "xml",
+                "bytea" => "bytea",
+                _ => "json",
             },
         );
         plan::push(&mut from, ")");

@@ -17,6 +17,7 @@ pub enum Arg {
     Text(String),
     TextArray(Vec<String>),
     Int(i64),
+    Bytes(Vec<u8>),
 }
 
 impl Arg {
@@ -27,6 +28,7 @@ impl Arg {
             Arg::Text(_) => Type::TEXT,
             Arg::TextArray(_) => Type::TEXT_ARRAY,
             Arg::Int(_) => Type::INT8,
+            Arg::Bytes(_) => Type::BYTEA,
         }
     }
 
@@ -36,6 +38,7 @@ impl Arg {
             Arg::Text(s) => s,
             Arg::TextArray(v) => v,
             Arg::Int(i) => i,
+            Arg::Bytes(b) => b,
         }
     }
 }
@@ -1362,10 +1365,14 @@ pub fn pick_function(
     name: &str,
     given: &[String],
     post: bool,
+    raw_body: bool,
 ) -> Result<Arc<Function>, Error> {
     let candidates = schema.functions(db_schema, name);
+    // A raw (text, xml, bytes) body is never the arguments of a function
+    // without parameters (PostgREST).
     let matches = |f: &&Arc<Function>| {
-        given.iter().all(|g| f.args.iter().any(|a| &a.name == g))
+        !(raw_body && f.args.is_empty())
+            && given.iter().all(|g| f.args.iter().any(|a| &a.name == g))
             && f.args
                 .iter()
                 .all(|a| a.has_default || given.iter().any(|g| g == &a.name))

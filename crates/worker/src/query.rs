@@ -199,8 +199,9 @@ pub struct Query {
     pub args: Vec<(String, String)>,
 }
 
-/// Parses a raw query string. `is_arg` says which plain keys are function
-/// arguments (GET rpc) rather than filters.
+/// Parses a raw query string. `is_arg` says which plain keys may be
+/// function arguments (GET rpc): as in PostgREST, such a key is an argument
+/// when its value is not a filter (`a=1` is an argument, `a=eq.1` a filter).
 pub fn parse(raw: &str, is_arg: &dyn Fn(&str) -> bool) -> Result<Query> {
     let mut q = Query::default();
     for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
@@ -210,7 +211,6 @@ pub fn parse(raw: &str, is_arg: &dyn Fn(&str) -> bool) -> Result<Query> {
             "select" => q.select = Some(parse_select(value)?),
             "on_conflict" => q.on_conflict = Some(parse_names(value)?),
             "columns" => q.columns = Some(parse_names(value)?),
-            _ if is_arg(key) => q.args.push((key.to_owned(), value.to_owned())),
             _ => {
                 let (path, last) = match key.rsplit_once('.') {
                     // `not.or` / `not.and` are top-level keys, not a path.
@@ -251,9 +251,14 @@ pub fn parse(raw: &str, is_arg: &dyn Fn(&str) -> bool) -> Result<Query> {
                         q.conds.push((path, Cond::Tree { or, negate, items }));
                     }
                     _ => {
-                        let field = parse_field(last)?;
-                        q.conds
-                            .push((path, Cond::Filter(parse_filter(field, value, false)?)));
+                        let filter = parse_field(last).and_then(|f| parse_filter(f, value, false));
+                        match filter {
+                            Ok(f) => q.conds.push((path, Cond::Filter(f))),
+                            Err(_) if path.is_empty() && is_arg(key) => {
+                                q.args.push((key.to_owned(), value.to_owned()));
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
             }

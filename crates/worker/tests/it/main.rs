@@ -6,6 +6,7 @@ mod aggregates;
 mod compat;
 mod embedding;
 mod engine;
+mod functions;
 mod helpers;
 mod postgrest;
 mod reads;
