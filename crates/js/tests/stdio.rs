@@ -1,0 +1,152 @@
+//! The worker's frame loop: in-process over a byte buffer, and as a real
+//! process over pipes (the NeedSource exchange, a clean exit at end of
+//! input, and the test-only crash trigger).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+
+use common::*;
+use madbase_js::protocol::{self, FromWorker, FunctionError, Invoke, Outcome, Reply, ToWorker};
+use madbase_js::worker::{Worker, WorkerConfig, run_loop};
+
+const HELLO: &str = "Deno.serve(async (req) => new Response('hi ' + (await req.text())));";
+
+fn frame(inv: Invoke, body: &[u8]) -> Vec<u8> {
+    protocol::encode(&ToWorker::Invoke(inv), body).expect("encode")
+}
+
+fn read_reply<R: Read>(r: &mut R) -> Option<(Reply, Vec<u8>)> {
+    let (FromWorker::Reply(reply), body) =
+        protocol::read_frame::<FromWorker, _>(r).expect("frame")?;
+    Some((reply, body))
+}
+
+#[test]
+fn run_loop_answers_each_frame_and_ends_at_eof() {
+    let mut input = Vec::new();
+    let mut first = invoke(key("t", "hello", 1), None);
+    first.id = 10;
+    input.extend(frame(first, b""));
+    let mut second = invoke(key("t", "hello", 1), Some(HELLO));
+    second.id = 11;
+    input.extend(frame(second, b"there"));
+    let mut third = invoke(key("t", "hello", 1), None);
+    third.id = 12;
+    input.extend(frame(third, b"again"));
+
+    let mut worker = Worker::new(WorkerConfig::default());
+    let mut output = Vec::new();
+    run_loop(&mut worker, &mut input.as_slice(), &mut output).expect("loop");
+
+    let mut out = output.as_slice();
+    let (r, _) = read_reply(&mut out).expect("reply 10");
+    assert_eq!((r.id, r.outcome), (10, Outcome::NeedSource));
+    let (r, body) = read_reply(&mut out).expect("reply 11");
+    assert_eq!(r.id, 11);
+    assert!(r.cold);
+    assert_eq!(body, b"hi there");
+    let (r, body) = read_reply(&mut out).expect("reply 12");
+    assert_eq!(r.id, 12);
+    assert!(!r.cold);
+    assert_eq!(body, b"hi again");
+    assert!(read_reply(&mut out).is_none());
+}
+
+#[test]
+fn a_malformed_frame_ends_the_loop_with_an_error() {
+    let mut input = 1u32.to_be_bytes().to_vec();
+    input.extend(0u32.to_be_bytes());
+    input.push(b'{');
+    let mut worker = Worker::new(WorkerConfig::default());
+    let mut output = Vec::new();
+    assert!(run_loop(&mut worker, &mut input.as_slice(), &mut output).is_err());
+    assert!(output.is_empty());
+}
+
+fn spawn(test_hooks: bool) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_madbase-js-test-worker"));
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .env_remove("MADBASE_FUNCTIONS_TEST_HOOKS");
+    if test_hooks {
+        cmd.env("MADBASE_FUNCTIONS_TEST_HOOKS", "1");
+    }
+    cmd.spawn().expect("spawn the worker")
+}
+
+#[test]
+fn the_worker_process_speaks_frames_on_stdio() {
+    let mut child = spawn(false);
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+
+    stdin
+        .write_all(&frame(invoke(key("t", "hello", 1), None), b""))
+        .expect("write");
+    let (r, _) = read_reply(&mut stdout).expect("reply");
+    assert_eq!(r.outcome, Outcome::NeedSource);
+
+    stdin
+        .write_all(&frame(
+            invoke(key("t", "hello", 1), Some(HELLO)),
+            b"process",
+        ))
+        .expect("write");
+    let (r, body) = read_reply(&mut stdout).expect("reply");
+    assert!(r.cold);
+    assert_eq!(body, b"hi process");
+
+    // Without MADBASE_FUNCTIONS_TEST_HOOKS the trigger does not exist.
+    let crash = "Deno.serve(() => { __madbaseTestCrash(); return new Response('alive'); });";
+    stdin
+        .write_all(&frame(invoke(key("t", "crash", 1), Some(crash)), b""))
+        .expect("write");
+    let (r, _) = read_reply(&mut stdout).expect("reply");
+    match r.outcome {
+        Outcome::Error { error, message } => {
+            assert_eq!(error, FunctionError::Exception);
+            assert!(message.contains("__madbaseTestCrash"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    drop(stdin);
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn the_test_hook_aborts_the_process() {
+    let mut child = spawn(true);
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let crash = "Deno.serve(() => { __madbaseTestCrash(); return new Response('alive'); });";
+    stdin
+        .write_all(&frame(invoke(key("t", "crash", 1), Some(crash)), b""))
+        .expect("write");
+    // No reply: the process is gone.
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).expect("read");
+    assert!(rest.is_empty());
+    let status = child.wait().expect("wait");
+    assert!(!status.success());
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(status.signal(), Some(6), "{status:?}"); // SIGABRT
+    }
+}
+
+#[test]
+fn the_test_hook_exists_only_when_enabled() {
+    let src = "Deno.serve(() => new Response(typeof __madbaseTestCrash));";
+    let mut with = Worker::new(WorkerConfig {
+        test_hooks: true,
+        ..WorkerConfig::default()
+    });
+    assert_eq!(text(&mut with, src), "function");
+    assert_eq!(eval_text(src), "undefined");
+}
