@@ -74,14 +74,22 @@ impl Changes {
             notifications.clone(),
         );
         let relay = Changes { tx, subscribers };
-        tokio::spawn(listen(db, relay.tx.clone(), notifications));
+        let tx = relay.tx.clone();
+        madbase_platform::tasks::supervise("tenant-change-listener", move || {
+            listen(db.clone(), tx.clone(), notifications.clone())
+        });
         relay
     }
 }
 
 /// LISTENs for ever: reconnects with backoff, and tells subscribers to
-/// resync whenever notifications may have been lost.
-async fn listen(db: PgPool, tx: broadcast::Sender<Change>, notifications: Counter) {
+/// resync whenever notifications may have been lost. (Supervised: a panic
+/// restarts it.)
+async fn listen(
+    db: PgPool,
+    tx: broadcast::Sender<Change>,
+    notifications: Counter,
+) -> Result<(), String> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut listener = match PgListener::connect_with(&db).await {

@@ -51,12 +51,15 @@ async fn finish(db: &PgPool, admin: &PgPool) -> anyhow::Result<()> {
 /// [`finish`] now and then every [`EVERY`], on a spawned task (start-up
 /// does not wait for the tenant cluster).
 pub fn start(db: PgPool, admin: PgPool) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EVERY);
-        loop {
-            tick.tick().await;
-            if let Err(e) = finish(&db, &admin).await {
-                tracing::warn!(error = %e, "looking for interrupted tenant operations failed");
+    madbase_platform::tasks::supervise("interrupted-operations", move || {
+        let (db, admin) = (db.clone(), admin.clone());
+        async move {
+            let mut tick = tokio::time::interval(EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = finish(&db, &admin).await {
+                    tracing::warn!(error = %e, "looking for interrupted tenant operations failed");
+                }
             }
         }
     });

@@ -16,6 +16,7 @@ pub mod request_id;
 pub mod secrets;
 pub mod server;
 pub mod service;
+pub mod tasks;
 pub mod telemetry;
 pub mod tenants;
 

@@ -89,6 +89,11 @@ impl Metrics {
             "Build information: always 1, labelled with version and revision",
             build,
         );
+        registry.register(
+            "madbase_background_task_restarts",
+            "Background tasks restarted after a failure or panic, by task",
+            crate::tasks::RESTARTS.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Metrics {
             registry: Arc::new(RwLock::new(registry)),

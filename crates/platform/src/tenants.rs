@@ -387,8 +387,11 @@ impl TenantClient {
             url: format!("{}/internal/v1/changes", self.control_url),
             jwt_secret: self.jwt_secret.clone(),
             metrics: self.feed.clone(),
+            ever_live: AtomicBool::new(false),
         };
-        runtime.spawn(follower.run());
+        let _guard = runtime.enter();
+        let follower = Arc::new(follower);
+        crate::tasks::supervise("tenant-change-feed", move || Arc::clone(&follower).run());
     }
 
     async fn fetch(&self, id: &str) -> Result<Option<Arc<TenantInfo>>, LookupError> {
@@ -425,6 +428,8 @@ struct Follower {
     url: String,
     jwt_secret: String,
     metrics: FeedMetrics,
+    /// Set by the first hello (a later one follows a gap).
+    ever_live: AtomicBool,
 }
 
 /// One line of the feed.
@@ -437,7 +442,8 @@ struct FeedLine {
 }
 
 impl Follower {
-    async fn run(self) {
+    /// Ends (`Ok`) when the last clone of the client is gone.
+    async fn run(self: Arc<Self>) -> Result<(), String> {
         // No overall timeout: the response is endless. Silence is detected
         // per chunk instead.
         let http = reqwest::Client::builder()
@@ -446,9 +452,8 @@ impl Follower {
             .build()
             .unwrap_or_default();
         let mut backoff = Duration::from_millis(100);
-        let mut ever_live = false;
         while self.shared.strong_count() > 0 {
-            match self.follow_once(&http, &mut ever_live).await {
+            match self.follow_once(&http).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => tracing::debug!(error = %e, "tenant change feed unavailable; retrying"),
             }
@@ -456,14 +461,11 @@ impl Follower {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+        Ok(())
     }
 
     /// Follows the feed until it ends or fails; `Ok` when it was live.
-    async fn follow_once(
-        &self,
-        http: &reqwest::Client,
-        ever_live: &mut bool,
-    ) -> Result<(), String> {
+    async fn follow_once(&self, http: &reqwest::Client) -> Result<(), String> {
         let token = jwt::platform_token(&self.jwt_secret, "internal", Duration::from_secs(300));
         let mut resp = http
             .get(&self.url)
@@ -500,12 +502,11 @@ impl Follower {
                     ("hello", _) => {
                         live = true;
                         self.metrics.up.set(1);
-                        if *ever_live {
+                        if self.ever_live.swap(true, Ordering::SeqCst) {
                             shared.expire_all();
                             let _ = shared.announce.send(Invalidation::All);
                             self.invalidated("resync");
                         }
-                        *ever_live = true;
                     }
                     ("resync", _) => {
                         shared.expire_all();

@@ -222,7 +222,16 @@ impl Pools {
             last_miss_reload: Mutex::new(None),
             listener: Mutex::new(None),
         });
-        let handle = tokio::spawn(listen(tenant.id.clone(), target, stale, listening));
+        let handle = {
+            let (id, target, stale, listening) = (tenant.id.clone(), target, stale, listening);
+            madbase_platform::tasks::supervise("schema-listener", move || {
+                let listen = listen(id.clone(), target.clone(), stale.clone(), listening.clone());
+                async move {
+                    listen.await;
+                    Ok(())
+                }
+            })
+        };
         *db.listener
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
