@@ -287,3 +287,25 @@ fn concurrent_fetches_and_abort() {
     assert_eq!(v["aborted"], "AbortError");
     assert_eq!(v["scheme"], "TypeError");
 }
+
+#[test]
+fn https_goes_through_rustls() {
+    // The loopback server speaks plain HTTP: the TLS handshake fails, which
+    // shows https URLs are supported (not refused as an unknown scheme).
+    let addr = server();
+    let src = format!(
+        r#"Deno.serve(async () => {{
+            try {{ await fetch("https://{addr}/json"); return new Response("no error"); }}
+            catch (e) {{ return new Response(e.name + ": " + e.message); }}
+        }});"#
+    );
+    let mut w = worker();
+    let (reply, body) = run_with(
+        &mut w,
+        fetch_invoke("tls", &src, &["127.0.0.1"]),
+        Vec::new(),
+    );
+    let (_, text) = ok(&reply, &body);
+    assert!(text.starts_with("TypeError: fetch failed"), "{text}");
+    assert!(text.contains("tls"), "{text}");
+}
