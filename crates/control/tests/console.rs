@@ -311,7 +311,7 @@ async fn sign_in_cookies_delay_lockout_token_and_logout() {
         "HttpOnly",
         "SameSite=Strict",
         "Path=/console",
-        "Max-Age=43200",
+        "Max-Age=86400",
     ] {
         assert!(cookie.contains(attr), "{cookie}");
     }

@@ -296,7 +296,7 @@ pub(crate) async fn rows(
             html! {
                 div.scroll {
                     table.data {
-                        caption { "Rows " (page * PAGE + 1) "–" (page * PAGE + rows.len()) }
+                        @if !rows.is_empty() { caption { "Rows " (page * PAGE + 1) "–" (page * PAGE + rows.len()) } }
                         thead { tr {
                             @for col in &table.columns {
                                 @let current = sort.as_deref() == Some(col.name.as_str());

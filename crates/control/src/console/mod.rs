@@ -359,6 +359,7 @@ fn sign_in_form(
             }
             form method="post" action="/console/signin" {
                 input type="hidden" name="csrf" value=(token);
+                input type="text" name="username" value="operator" autocomplete="username" hidden;
                 label for="secret" { (what) }
                 input #secret type="password" name="secret" required autocomplete="current-password" autofocus;
                 button type="submit" { "Sign in" }
@@ -437,7 +438,7 @@ async fn sign_in(State(console): State<Console>, req: Request) -> Response {
     let h = resp.headers_mut();
     h.append(
         header::SET_COOKIE,
-        set_cookie(COOKIE, &session.id, Some(console.config.idle), tls),
+        set_cookie(COOKIE, &session.id, Some(session::MAX_AGE), tls),
     );
     h.append(header::SET_COOKIE, set_cookie(PRE_COOKIE, "", None, tls));
     resp
@@ -476,6 +477,7 @@ fn document(title: &str, ctx: Option<&Ctx>, main: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="color-scheme" content="light dark";
                 title { (title) " · madbase console" }
+                link rel="icon" href="data:,";
                 link rel="stylesheet" href="/console/assets/console.css";
                 script src="/console/assets/console.js" defer {}
             }
