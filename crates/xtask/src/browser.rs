@@ -21,7 +21,14 @@
 //!    From the other origin, a select must be blocked by the browser. Every
 //!    request the pages make must go to one of those origins.
 //!    `functions.invoke` is skipped: functions are not built yet.
-//! 4. The assertions run in the page; their results are read back and
+//! 4. `console.mjs` walks through the operator console on control
+//!    (`/console`, signed in with `MADBASE_CONSOLE_PASSWORD`): create a
+//!    tenant, SQL creating a table, the table browser, add and edit a row,
+//!    deploy a function (run through the proxy when the functions service
+//!    answers; skipped with the reason otherwise), rotate keys, settings,
+//!    health, dark mode and a phone-sized screen, delete, sign out. Each
+//!    page is saved as `target/browser/console-<page>.png`.
+//! 5. The assertions run in the page; their results are read back and
 //!    printed as PASS/FAIL lines. A failed page is saved as
 //!    `target/browser/browser-<page>.png`.
 //!
@@ -44,13 +51,16 @@ use crate::util::{root, run, step};
 const WORK: &str = "target/browser";
 /// The committed npm project and page.
 const SOURCE: &str = "crates/xtask/browser";
-const FILES: [&str; 5] = [
+const FILES: [&str; 6] = [
     "package.json",
     "package-lock.json",
     "run.mjs",
     "page.html",
     "page.js",
+    "console.mjs",
 ];
+/// `MADBASE_CONSOLE_PASSWORD` of the walkthrough's control.
+const CONSOLE_PASSWORD: &str = "browser-walkthrough-password";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const TOTAL: Duration = Duration::from_secs(300);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -188,6 +198,7 @@ async fn check(bin: &Path, work: &Path, npm_dir: &Path, chromium: &str) -> Resul
     cmd.env("DATABASE_URL", &db.url)
         .env("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres"))
         .env("MADBASE_CORS_ORIGINS", &page_origin)
+        .env("MADBASE_CONSOLE_PASSWORD", CONSOLE_PASSWORD)
         .env("MADBASE_LOG", "info")
         .env("MADBASE_DRAIN_SECONDS", "2");
     let log = logs.join("madbase.log");
@@ -236,7 +247,36 @@ async fn check(bin: &Path, work: &Path, npm_dir: &Path, chromium: &str) -> Resul
             out.status
         );
     };
-    report_results(&report, out.status.success())
+    let supabase = report_results(&report, out.status.success());
+
+    step("headless Chromium: the operator console (/console on control)");
+    let out = tokio::process::Command::new("node")
+        .arg(npm_dir.join("console.mjs"))
+        .env("CONTROL_URL", control)
+        .env("PROXY_URL", proxy)
+        .env("CONSOLE_PASSWORD", CONSOLE_PASSWORD)
+        .env("CHROMIUM", chromium)
+        .env("SCREENSHOTS", work)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running node (install Node.js)")?;
+    procs.check_alive("madbase")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let Some(report) = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("console-results "))
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+    else {
+        bail!(
+            "console.mjs reported no results ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
+    };
+    let console = report_results(&report, out.status.success());
+    supabase.and(console)
 }
 
 /// Writes `text` to a new file readable by its owner only.
