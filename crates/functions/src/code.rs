@@ -18,7 +18,9 @@ pub(crate) struct FunctionCode {
     pub version: i64,
     pub sha256: String,
     pub verify_jwt: bool,
-    pub source: String,
+    /// Shared by every invocation (up to 1 MiB: never copied per call).
+    #[serde(deserialize_with = "shared_str")]
+    pub source: Arc<str>,
     /// The tenant's function secrets.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -33,6 +35,10 @@ impl std::fmt::Debug for FunctionCode {
             .field("verify_jwt", &self.verify_jwt)
             .finish_non_exhaustive()
     }
+}
+
+fn shared_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+    String::deserialize(d).map(Arc::from)
 }
 
 /// Control could not be asked and nothing is cached.

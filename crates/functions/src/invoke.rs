@@ -547,7 +547,7 @@ async fn run(inv: &Arc<Invoker>, tenant: &str, ready: Ready, start: Instant) -> 
         code, invoke, body, ..
     } = ready;
     let function = code.name.clone();
-    let source: Arc<str> = Arc::from(code.source.as_str());
+    let source = code.source.clone();
     let result = inv.pool.run(invoke, source, body).await;
     let span = tracing::Span::current();
     let (outcome, response) = match result {

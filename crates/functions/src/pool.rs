@@ -207,16 +207,19 @@ impl Pool {
         body: bytes::Bytes,
     ) -> Result<Answer, RunError> {
         invoke.id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let key = invoke.key.clone();
+        // Serialised by reference for each send: never cloned.
+        let mut msg = ToWorker::Invoke(invoke);
         // A worker whose pipe is closed before it read anything had died
         // while idle: one more try with a fresh one.
         let mut fresh_tried = false;
         loop {
-            let (mut worker, fresh) = match self.take(&invoke.key) {
+            let (mut worker, fresh) = match self.take(&key) {
                 Some(w) => (w, false),
                 None => (self.spawn()?, true),
             };
             let outcome =
-                tokio::time::timeout(self.cfg.wall, worker.call(&mut invoke, &source, &body)).await;
+                tokio::time::timeout(self.cfg.wall, worker.call(&mut msg, &source, &body)).await;
             match outcome {
                 Ok(Ok(answer)) => {
                     self.give_back(worker);
@@ -358,14 +361,15 @@ impl Worker {
     /// had it, or asks for it), reads the reply.
     async fn call(
         &mut self,
-        invoke: &mut Invoke,
+        msg: &mut ToWorker,
         source: &Arc<str>,
         body: &[u8],
     ) -> Result<Answer, Broken> {
-        let mut sent_source = !self.loaded.contains(&invoke.key);
+        let ToWorker::Invoke(invoke) = msg;
+        let (id, mut sent_source) = (invoke.id, !self.loaded.contains(&invoke.key));
         invoke.source = sent_source.then(|| source.to_string());
-        self.send(invoke, body).await?;
-        let mut answer = self.receive(invoke.id).await?;
+        self.send(msg, body).await?;
+        let mut answer = self.receive(id).await?;
         if answer.reply.outcome == Outcome::NeedSource {
             if sent_source {
                 return Err(Broken::Read(
@@ -373,14 +377,16 @@ impl Worker {
                 ));
             }
             sent_source = true;
+            let ToWorker::Invoke(invoke) = msg;
             invoke.source = Some(source.to_string());
             // The worker read the request; writing again cannot be an
             // idle worker's death any more.
-            self.send(invoke, body)
+            self.send(msg, body)
                 .await
                 .map_err(|e| Broken::Read(format!("{e:?}")))?;
-            answer = self.receive(invoke.id).await?;
+            answer = self.receive(id).await?;
         }
+        let ToWorker::Invoke(invoke) = msg;
         invoke.source = None;
         if (sent_source || answer.reply.cold) && !self.loaded.contains(&invoke.key) {
             if self.loaded.len() >= REMEMBERED_KEYS {
@@ -391,9 +397,8 @@ impl Worker {
         Ok(answer)
     }
 
-    async fn send(&mut self, invoke: &Invoke, body: &[u8]) -> Result<(), Broken> {
-        let frame = protocol::encode(&ToWorker::Invoke(invoke.clone()), body)
-            .map_err(|e| Broken::Write(e.to_string()))?;
+    async fn send(&mut self, msg: &ToWorker, body: &[u8]) -> Result<(), Broken> {
+        let frame = protocol::encode(msg, body).map_err(|e| Broken::Write(e.to_string()))?;
         self.stdin
             .write_all(&frame)
             .await
