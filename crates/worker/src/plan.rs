@@ -290,7 +290,10 @@ impl<'a> Planner<'a> {
                         ));
                     }
                     let counts_rows = *agg == Some(Agg::Count) && field.name == "*";
-                    if !counts_rows && !source.columns().iter().any(|c| c.name == field.name) {
+                    if !counts_rows
+                        && !source.columns().iter().any(|c| c.name == field.name)
+                        && computed(&source, &field.name).is_none()
+                    {
                         return Err(column_missing(source.label(), &field.name));
                     }
                 }
@@ -427,6 +430,9 @@ impl<'a> Planner<'a> {
             _ => false,
         };
         let matches = |r: &Relationship| {
+            if let Card::Computed { function, .. } = &r.card {
+                return function.name == target;
+            }
             let is_m2o = matches!(r.card, Card::M2O { .. });
             let is_o2m = matches!(r.card, Card::O2M { .. });
             let named = r.foreign.name == target;
@@ -447,7 +453,7 @@ impl<'a> Planner<'a> {
             .schema
             .relationships(&origin.schema, &origin.name)
             .iter()
-            .filter(|r| r.foreign.schema == self.db_schema && matches(r))
+            .filter(|r| r.schema() == self.db_schema && matches(r))
             .collect();
         match found.len() {
             0 => Err(self.no_relationship(&origin.name, e)),
@@ -704,6 +710,8 @@ fn ambiguous(parent: &str, e: &Embed, rels: &[&Relationship]) -> Error {
         .iter()
         .map(|r| {
             let (cardinality, relationship) = match &r.card {
+                // Never ambiguous (one function per name); PostgREST writes `{}`.
+                Card::Computed { .. } => return serde_json::json!({}),
                 Card::M2M(j) => (
                     "many-to-many",
                     format!(
@@ -744,6 +752,7 @@ fn ambiguous(parent: &str, e: &Embed, rels: &[&Relationship]) -> Error {
         .map(|r| {
             let via = match &r.card {
                 Card::M2M(j) => j.table.name.as_str(),
+                Card::Computed { function, .. } => function.name.as_str(),
                 _ => r.direct().map_or("", |(c, _)| c),
             };
             format!("'{}!{via}'", r.foreign.name)
@@ -778,11 +787,39 @@ fn from_clause(source: &Source, from: &str) -> String {
 }
 
 fn col<'n>(node: &'n Node, name: &str) -> Result<&'n Column, Error> {
-    node.source
-        .columns()
-        .iter()
-        .find(|c| c.name == name)
+    if let Some(c) = node.source.columns().iter().find(|c| c.name == name) {
+        return Ok(c);
+    }
+    computed(&node.source, name)
+        .map(|(_, c)| c)
         .ok_or_else(|| column_missing(node.source.label(), name))
+}
+
+/// A node's row as its table's row type (the argument of computed fields
+/// and relationships); written rows come from a CTE and are cast back.
+fn write_row(sql: &mut Sql, node: &Node) {
+    match &node.source {
+        Source::Written(t) => {
+            sql.push("CAST(ROW(");
+            sql.ident(&node.alias);
+            sql.push(".*) AS ");
+            sql.push(&qualified(&t.schema, &t.name));
+            sql.push(")");
+        }
+        _ => sql.ident(&node.alias),
+    }
+}
+
+/// A computed field of a table's rows: `(function schema, column)`.
+fn computed<'n>(source: &'n Source, name: &str) -> Option<(&'n str, &'n Column)> {
+    match source {
+        Source::Table(t) | Source::Written(t) => t
+            .computed
+            .iter()
+            .find(|(_, c)| c.name == name)
+            .map(|(s, c)| (s.as_str(), c)),
+        Source::Call { .. } => None,
+    }
 }
 
 /// `rel=is.null` / `rel=not.is.null` on an embedded resource `rel`: the
@@ -811,9 +848,20 @@ fn check_cond(node: &Node, c: &Cond) -> Result<(), Error> {
 /// or a `->` path on a JSON column).
 fn write_field(sql: &mut Sql, node: &Node, field: &Field) -> Result<Option<String>, Error> {
     let c = col(node, &field.name)?;
-    sql.ident(&node.alias);
-    sql.push(".");
-    sql.ident(&c.name);
+    match computed(&node.source, &field.name) {
+        Some((schema, f)) if !node.source.columns().iter().any(|c| c.name == field.name) => {
+            // A computed field: `"schema"."fn"("alias")`.
+            sql.push(&qualified(schema, &f.name));
+            sql.push("(");
+            write_row(sql, node);
+            sql.push(")");
+        }
+        _ => {
+            sql.ident(&node.alias);
+            sql.push(".");
+            sql.ident(&c.name);
+        }
+    }
     for step in &field.json {
         sql.push(if step.text { " ->> " } else { " -> " });
         match step.key.parse::<i32>() {
@@ -1014,6 +1062,17 @@ fn table_of(node: &Node) -> Result<String, Error> {
 
 /// `from AS alias`, and a many-to-many embedding's junction table.
 fn write_from(sql: &mut Sql, node: &Node, from: &str, join: Option<(&Node, &EmbedNode)>) {
+    if let Some((parent, e)) = join
+        && let Card::Computed { function, .. } = &e.rel.card
+    {
+        // A computed relationship: the function of the parent's row.
+        sql.push(&qualified(&function.schema, &function.name));
+        sql.push("(");
+        write_row(sql, parent);
+        sql.push(") AS ");
+        sql.ident(&node.alias);
+        return;
+    }
     sql.push(from);
     sql.push(" AS ");
     sql.ident(&node.alias);
@@ -1081,6 +1140,8 @@ fn write_join(sql: &mut Sql, child: &Node, parent: &Node, e: &EmbedNode) {
                 eq(sql, &child.alias, fc, &parent.alias, oc);
             }
         }
+        // The function's argument is the join.
+        Card::Computed { .. } => {}
     }
 }
 
@@ -1104,7 +1165,9 @@ fn write_where(sql: &mut Sql, node: &Node, join: Option<(&Node, &EmbedNode)>) ->
         sql.push(if parts == 0 { " WHERE " } else { " AND " });
         parts += 1;
     };
-    if let Some((parent, e)) = join {
+    if let Some((parent, e)) = join
+        && !matches!(e.rel.card, Card::Computed { .. })
+    {
         sep(sql);
         write_join(sql, node, parent, e);
     }

@@ -39,6 +39,10 @@ pub struct Table {
     /// A view or materialized view.
     #[serde(default)]
     pub view: bool,
+    /// Computed fields: functions of one parameter of this table's row
+    /// type returning one value, as `(function schema, name and type)`.
+    #[serde(skip)]
+    pub computed: Vec<(String, Column)>,
 }
 
 impl Table {
@@ -103,6 +107,8 @@ pub enum Card {
     },
     /// Many-to-many through a junction table.
     M2M(Junction),
+    /// A computed relationship: `function(origin row) RETURNS [SETOF] foreign`.
+    Computed { function: QName, to_one: bool },
 }
 
 /// The junction of a many-to-many relationship: `source` pairs are
@@ -131,7 +137,20 @@ pub struct Relationship {
 impl Relationship {
     /// Many-to-one and one-to-one embed as an object, the others as an array.
     pub fn to_one(&self) -> bool {
-        matches!(self.card, Card::M2O { .. } | Card::O2O { .. })
+        match self.card {
+            Card::M2O { .. } | Card::O2O { .. } => true,
+            Card::Computed { to_one, .. } => to_one,
+            _ => false,
+        }
+    }
+
+    /// The schema the relationship is looked up in: the foreign table's,
+    /// or a computed relationship's function's.
+    pub fn schema(&self) -> &str {
+        match &self.card {
+            Card::Computed { function, .. } => &function.schema,
+            _ => &self.foreign.schema,
+        }
     }
 
     /// The constraint name and column pairs of a direct (not many-to-many) relationship.
@@ -140,7 +159,7 @@ impl Relationship {
             Card::O2M { cons, cols } | Card::M2O { cons, cols } | Card::O2O { cons, cols, .. } => {
                 Some((cons, cols))
             }
-            Card::M2M(_) => None,
+            Card::M2M(_) | Card::Computed { .. } => None,
         }
     }
 }
@@ -205,6 +224,14 @@ struct RawFunction {
     ret_schema: Option<String>,
     #[serde(default)]
     ret_table: Option<String>,
+    /// The relation whose row type is the only parameter (computed fields
+    /// and relationships).
+    #[serde(default)]
+    arg_schema: Option<String>,
+    #[serde(default)]
+    arg_table: Option<String>,
+    #[serde(default)]
+    rows: f64,
 }
 
 #[derive(Deserialize)]
@@ -280,15 +307,37 @@ impl Schema {
     }
 
     fn from_raw(raw: Raw) -> Schema {
-        let mut tables: BySchema<Arc<Table>> = HashMap::new();
-        for t in raw.tables {
-            tables
-                .entry(t.schema.clone())
-                .or_default()
-                .insert(t.name.clone(), Arc::new(t));
-        }
         let mut functions: BySchema<Vec<Arc<Function>>> = HashMap::new();
+        let mut computed_fields: HashMap<QName, Vec<(String, Column)>> = HashMap::new();
+        let mut computed_rels: Vec<Relationship> = Vec::new();
         for f in raw.functions {
+            if let (Some(s), Some(t)) = (&f.arg_schema, &f.arg_table) {
+                let origin = QName::new(s, t);
+                match (&f.ret_schema, &f.ret_table) {
+                    (Some(rs), Some(rt)) => computed_rels.push(Relationship {
+                        is_self: origin.schema == *rs && origin.name == *rt,
+                        table: origin,
+                        foreign: QName::new(rs, rt),
+                        card: Card::Computed {
+                            function: QName::new(&f.schema, &f.name),
+                            to_one: !f.retset || (f.rows - 1.0).abs() < f64::EPSILON,
+                        },
+                        table_is_view: false,
+                        foreign_is_view: false,
+                    }),
+                    _ if !f.retset && f.rettype != "void" => {
+                        computed_fields.entry(origin).or_default().push((
+                            f.schema.clone(),
+                            Column {
+                                name: f.name.clone(),
+                                ty: f.rettype.clone(),
+                                default: None,
+                            },
+                        ));
+                    }
+                    _ => {}
+                }
+            }
             let mut args = Vec::new();
             let mut outs = Vec::new();
             for (i, ty) in f.types.iter().enumerate() {
@@ -338,7 +387,17 @@ impl Schema {
                         .map(|(s, n)| QName { schema: s, name: n }),
                 }));
         }
-        let rels = relationships(&tables, &raw.fks, &raw.views);
+        let mut tables: BySchema<Arc<Table>> = HashMap::new();
+        for mut t in raw.tables {
+            if let Some(c) = computed_fields.remove(&QName::new(&t.schema, &t.name)) {
+                t.computed = c;
+            }
+            tables
+                .entry(t.schema.clone())
+                .or_default()
+                .insert(t.name.clone(), Arc::new(t));
+        }
+        let rels = relationships(&tables, &raw.fks, &raw.views, computed_rels);
         Schema {
             tables,
             rels,
@@ -423,6 +482,11 @@ SELECT json_build_object(
                 FROM unnest(coalesce(p.proallargtypes, p.proargtypes::oid[])) WITH ORDINALITY u(x, i)), '[]'),
       'ret_schema', CASE WHEN rc.relkind IN ('r', 'v', 'm', 'f', 'p') THEN rn.nspname END,
       'ret_table', CASE WHEN rc.relkind IN ('r', 'v', 'm', 'f', 'p') THEN rc.relname END,
+      'rows', p.prorows,
+      'arg_schema', (SELECT an.nspname FROM pg_type at JOIN pg_class ac ON ac.oid = at.typrelid JOIN pg_namespace an ON an.oid = ac.relnamespace
+                     WHERE p.pronargs = 1 AND at.oid = p.proargtypes[0] AND ac.relkind IN ('r', 'v', 'm', 'f', 'p')),
+      'arg_table', (SELECT ac.relname FROM pg_type at JOIN pg_class ac ON ac.oid = at.typrelid
+                    WHERE p.pronargs = 1 AND at.oid = p.proargtypes[0] AND ac.relkind IN ('r', 'v', 'm', 'f', 'p')),
       'composite', CASE WHEN t.typrelid <> 0 THEN (
         SELECT json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum)
         FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) END))
@@ -597,6 +661,7 @@ fn relationships(
     tables: &BySchema<Arc<Table>>,
     fks: &[ForeignKey],
     views: &[RawView],
+    computed: Vec<Relationship>,
 ) -> BySchema<Vec<Relationship>> {
     let mut rels: Vec<Relationship> = fks
         .iter()
@@ -790,6 +855,14 @@ fn relationships(
         });
     }
     rels.extend(inverse);
+    // Computed relationships override detected ones of the same name.
+    rels.retain(|r| {
+        !computed.iter().any(|c| {
+            c.table == r.table
+                && matches!(&c.card, Card::Computed { function, .. } if function.name == r.foreign.name)
+        })
+    });
+    rels.extend(computed);
 
     let exposed = |q: &QName| {
         tables

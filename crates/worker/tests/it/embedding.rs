@@ -29,6 +29,9 @@ CREATE TABLE private.orders (id int PRIMARY KEY, customer_id int REFERENCES priv
 CREATE VIEW customers AS SELECT id, name FROM private.customers;
 CREATE VIEW purchases AS SELECT id, customer_id AS buyer, amount FROM private.orders;
 CREATE VIEW big_purchases AS SELECT id AS purchase, buyer FROM purchases WHERE amount > 10;
+CREATE FUNCTION full_name(directors) RETURNS text LANGUAGE sql STABLE AS $$ SELECT $1.first_name || ' ' || $1.last_name $$;
+CREATE FUNCTION directed(directors) RETURNS SETOF films LANGUAGE sql STABLE AS $$ SELECT * FROM films WHERE director_id = $1.id $$;
+CREATE FUNCTION maker(films) RETURNS SETOF directors ROWS 1 LANGUAGE sql STABLE AS $$ SELECT * FROM directors WHERE id = $1.director_id $$;
 
 INSERT INTO directors VALUES (1, 'Christopher', 'Nolan'), (2, 'Denis', 'Villeneuve');
 INSERT INTO films VALUES
@@ -491,4 +494,69 @@ async fn ambiguity_and_missing() {
         ok(&s, "/films?select=title,directors!id(last_name)&id=eq.1").await,
         json!([{"title": "Inception", "directors": {"last_name": "Nolan"}}])
     );
+}
+
+/// Computed Fields and Resource Embedding → computed relationships:
+/// functions taking a table's row type, in `select`, filters, order and
+/// embeddings.
+#[tokio::test]
+async fn computed_fields_and_relationships() {
+    let s = films_stack(&[]).await;
+    assert_eq!(
+        ok(&s, "/directors?select=id,full_name&order=id").await,
+        json!([{"id": 1, "full_name": "Christopher Nolan"}, {"id": 2, "full_name": "Denis Villeneuve"}])
+    );
+    assert_eq!(
+        ok(&s, "/directors?select=id&full_name=like.Denis*").await,
+        json!([{"id": 2}])
+    );
+    assert_eq!(
+        ok(&s, "/directors?select=id&order=full_name.desc").await,
+        json!([{"id": 2}, {"id": 1}])
+    );
+    // Not part of `*`.
+    let v = ok(&s, "/directors?select=*&id=eq.1").await;
+    assert!(v[0].get("full_name").is_none(), "{v}");
+    // Inside an embedding.
+    assert_eq!(
+        ok(&s, "/films?select=title,directors(full_name)&id=eq.1").await,
+        json!([{"title": "Inception", "directors": {"full_name": "Christopher Nolan"}}])
+    );
+    // Computed relationships: SETOF is to-many, ROWS 1 to-one.
+    assert_eq!(
+        ok(
+            &s,
+            "/directors?select=last_name,directed(title)&id=eq.2&directed.order=id"
+        )
+        .await,
+        json!([{"last_name": "Villeneuve", "directed": [{"title": "Dune"}, {"title": "Arrival"}]}])
+    );
+    assert_eq!(
+        ok(&s, "/films?select=title,maker(last_name)&id=eq.3").await,
+        json!([{"title": "Dune", "maker": {"last_name": "Villeneuve"}}])
+    );
+    assert_eq!(
+        ok(
+            &s,
+            "/directors?select=last_name,directed!inner(title)&directed.title=eq.Dune"
+        )
+        .await,
+        json!([{"last_name": "Villeneuve", "directed": [{"title": "Dune"}]}])
+    );
+    assert_eq!(
+        ok(&s, "/films?select=title,...maker(full_name)&id=eq.5").await,
+        json!([{"title": "Memento", "full_name": "Christopher Nolan"}])
+    );
+    // Written rows (return=representation) have them too.
+    let (st, v) = call(
+        s.service(
+            http::Method::POST,
+            "/directors?select=full_name,directed(title)",
+        )
+        .header("Prefer", "return=representation")
+        .json(&json!({"id": 3, "first_name": "Greta", "last_name": "Gerwig"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v, json!([{"full_name": "Greta Gerwig", "directed": []}]));
 }
