@@ -138,6 +138,8 @@ impl Worker {
             .begin(Policy::new(&invoke.fetch_allow), limits.max_fetch_bytes);
         let key = invoke.key.clone();
 
+        // A cold start's CPU includes making the runtime (the prelude).
+        let mut setup = Duration::ZERO;
         let (mut runtime, cold) = match self.runtimes.remove(&key) {
             Some(cached) => (cached.runtime, false),
             None => {
@@ -148,11 +150,14 @@ impl Worker {
                     );
                 };
                 self.evict_lru();
-                let mut runtime = match FnRuntime::new(&limits, self.config.test_hooks) {
+                let started = Instant::now();
+                let created = FnRuntime::new(&limits, self.config.test_hooks);
+                setup = started.elapsed();
+                let mut runtime = match created {
                     Ok(r) => r,
                     Err(f) => {
                         let (outcome, _) = failure_outcome(f);
-                        return (reply(outcome, Vec::new(), true, Duration::ZERO), Vec::new());
+                        return (reply(outcome, Vec::new(), true, setup), Vec::new());
                     }
                 };
                 let loaded = runtime
@@ -161,7 +166,7 @@ impl Worker {
                 if let Err(f) = loaded {
                     let (logs, cpu) = runtime.finish(&mut self.net);
                     let (outcome, _) = failure_outcome(f);
-                    return (reply(outcome, logs, true, cpu), Vec::new());
+                    return (reply(outcome, logs, true, setup + cpu), Vec::new());
                 }
                 (runtime, true)
             }
@@ -234,7 +239,7 @@ impl Worker {
                 },
             );
         }
-        (reply(outcome, logs, cold, cpu), response_body)
+        (reply(outcome, logs, cold, setup + cpu), response_body)
     }
 }
 

@@ -66,7 +66,12 @@ fn a_malformed_frame_ends_the_loop_with_an_error() {
 }
 
 fn spawn(test_hooks: bool) -> std::process::Child {
+    spawn_with(test_hooks, &[])
+}
+
+fn spawn_with(test_hooks: bool, env: &[(&str, &str)]) -> std::process::Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_madbase-js-test-worker"));
+    cmd.envs(env.iter().copied());
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -149,4 +154,24 @@ fn the_test_hook_exists_only_when_enabled() {
     });
     assert_eq!(text(&mut with, src), "function");
     assert_eq!(eval_text(src), "undefined");
+}
+
+#[test]
+fn the_runtime_cap_comes_from_the_environment() {
+    let mut child = spawn_with(false, &[("MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER", "1")]);
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut call = |function: &str, source: Option<&str>| {
+        stdin
+            .write_all(&frame(invoke(key("t", function, 1), source), b""))
+            .expect("write");
+        read_reply(&mut stdout).expect("reply").0.outcome
+    };
+    assert!(matches!(call("a", Some(HELLO)), Outcome::Response { .. }));
+    assert!(matches!(call("a", None), Outcome::Response { .. }));
+    assert!(matches!(call("b", Some(HELLO)), Outcome::Response { .. }));
+    // One runtime per worker: b's evicted a's.
+    assert_eq!(call("a", None), Outcome::NeedSource);
+    drop(stdin);
+    assert!(child.wait().expect("wait").success());
 }
