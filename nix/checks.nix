@@ -81,6 +81,18 @@ let
         }
       );
 
+    # Licences, bans (duplicate versions) and sources of the dependency
+    # graph, as deny.toml allows them (crane runs `cargo --offline deny
+    # check bans licenses sources` by default; advisories need the network).
+    cargo-deny =
+      check:
+      craneLib.cargoDeny {
+        inherit version;
+        src = declared.fileset check.fileset;
+        pname = "madbase";
+        nativeBuildInputs = declared.tools check;
+      };
+
     cargo-nextest =
       check:
       craneLib.cargoNextest (

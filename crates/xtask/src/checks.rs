@@ -262,6 +262,7 @@ fn expected_builder(nix: &str) -> Option<&'static str> {
         "cargo-fmt" => "cargoFmt",
         "cargo-clippy" => "cargoClippy",
         "cargo-nextest" => "cargoNextest",
+        "cargo-deny" => "cargoDeny",
         "sqlx-check" => "mkCargoDerivation",
         "script" => "runCommand",
         "images" => "image",

@@ -204,6 +204,7 @@ let
     cargoFmt = cargoBuilder "cargoFmt";
     cargoClippy = cargoBuilder "cargoClippy";
     cargoNextest = cargoBuilder "cargoNextest";
+    cargoDeny = cargoBuilder "cargoDeny";
     mkCargoDerivation = cargoBuilder "mkCargoDerivation";
     buildPackage = cargoBuilder "buildPackage";
     buildDepsOnly = cargoBuilder "buildDepsOnly";

@@ -204,6 +204,11 @@ fn plans(declaration: &Declaration, tracked: &[String]) -> Result<Vec<Plan>> {
                 "cargo nextest run --locked --workspace --no-fail-fast".to_owned(),
                 vec![("MADBASE_SKIP_JS_COMPAT".to_owned(), "1".to_owned())],
             ),
+            "cargo-deny" => (
+                true,
+                "cargo --offline deny check bans licenses sources".to_owned(),
+                vec![],
+            ),
             "sqlx-check" => (
                 true,
                 "for migrations in crates/*/migrations; do\n  if [ -d \"$migrations\" ]; then\n    sqlx migrate run --source \"$migrations\" --ignore-missing\n  fi\ndone\ncargo sqlx prepare --workspace --check -- --all-targets --profile release".to_owned(),
