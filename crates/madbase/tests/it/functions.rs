@@ -538,3 +538,39 @@ async fn function_limits_crashes_and_isolation() {
         assert!(metrics.contains(&needle), "{needle} in\n{metrics}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_dropped_a_runtime_is_sent_the_source_again() {
+    // One worker holding one runtime: b evicts a, and the service (which
+    // believes the worker still holds a) gets NeedSource and sends it.
+    let stack = Stack::start(&[
+        ("MADBASE_FUNCTIONS_WORKERS", "1"),
+        ("MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER", "1"),
+    ]);
+    let t = stack.tenant("fnsrc").await;
+    stack
+        .deploy(&t, "a", "", "Deno.serve(() => Response.json({ f: 'a' }));")
+        .await;
+    stack
+        .deploy(&t, "b", "", "Deno.serve(() => Response.json({ f: 'b' }));")
+        .await;
+    for (name, expected) in [("a", "a"), ("a", "a"), ("b", "b"), ("a", "a")] {
+        let (status, body, _) = stack.call(&t, name, json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["f"], expected);
+    }
+    let metrics = stack.metrics().await;
+    for needle in [
+        format!(
+            "madbase_function_cold_starts_total{{tenant=\"{}\",function=\"a\"}} 2",
+            t.id
+        ),
+        format!(
+            "madbase_function_invocations_total{{tenant=\"{}\",function=\"a\",outcome=\"ok\"}} 3",
+            t.id
+        ),
+        "madbase_function_workers 1".to_owned(),
+    ] {
+        assert!(metrics.contains(&needle), "{needle} in\n{metrics}");
+    }
+}
