@@ -1,6 +1,7 @@
 //! Functions end to end: real control (on a testkit Postgres), proxy, data
 //! API worker and functions service, each the real `madbase` binary, with
-//! the functions service running real `madbase functions-worker` processes.
+//! the functions service running real `madbase functions-worker` processes
+//! (its default worker command: its own executable).
 //! Functions are deployed through control's admin API and invoked through
 //! the proxy.
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use madbase_testkit::tenant::{Tenant, platform_token};
 use serde_json::{Value, json};
 
-use crate::helpers::{BIN, JWT_SECRET, MASTER_KEY, Running, start};
+use crate::helpers::{JWT_SECRET, MASTER_KEY, Running, start};
 
 /// The platform's processes for one test.
 struct Stack {
@@ -67,10 +68,6 @@ impl Stack {
             ("MADBASE_PUBLIC_URL", &public_url),
             ("MADBASE_FUNCTIONS_WORKERS", "3"),
             ("MADBASE_FUNCTIONS_CODE_CACHE_SECONDS", "0.5"),
-            (
-                "MADBASE_FUNCTIONS_WORKER_CMD",
-                &format!("{BIN} functions-worker"),
-            ),
         ]));
         fn_env.extend(env(functions_env));
         let functions = start("functions", &fn_env);
