@@ -921,26 +921,60 @@ fn write_column(
     Ok(())
 }
 
-/// The output names of a node's select list (a spread's columns).
-fn output_names(node: &Node) -> Vec<String> {
+/// A column a spread embedding adds to its parent: its name in the
+/// spread's subquery, the aggregate hoisted to the parent (PostgREST's
+/// `hoistSpreadAggFunctions`) and the name it has in the parent.
+struct SpreadCol {
+    inner: String,
+    agg: Option<(Agg, Option<String>)>,
+    out: String,
+}
+
+/// The name an aggregate item has inside a spread's subquery.
+fn hoisted_name(field: &Field, alias: Option<&String>, agg: Agg) -> String {
+    match alias {
+        Some(a) => a.clone(),
+        None if field.name == "*" => agg.name().to_owned(),
+        None => field.default_alias().to_owned(),
+    }
+}
+
+/// The columns a spread node adds to its parent.
+fn spread_cols(node: &Node) -> Vec<SpreadCol> {
+    let plain = |name: String| SpreadCol {
+        inner: name.clone(),
+        agg: None,
+        out: name,
+    };
     let mut out = Vec::new();
     let mut embeds = node.embeds.iter();
     for item in &node.select {
         match item {
-            SelectItem::Star => out.extend(node.source.columns().iter().map(|c| c.name.clone())),
+            SelectItem::Star => {
+                out.extend(node.source.columns().iter().map(|c| plain(c.name.clone())))
+            }
             SelectItem::Column {
-                field, alias, agg, ..
-            } => out.push(match (alias, agg) {
-                (Some(a), _) => a.clone(),
-                (None, Some(a)) => a.name().to_owned(),
-                (None, None) => field.default_alias().to_owned(),
+                field,
+                alias,
+                agg: Some(a),
+                agg_cast,
+                ..
+            } => out.push(SpreadCol {
+                inner: hoisted_name(field, alias.as_ref(), *a),
+                agg: Some((*a, agg_cast.clone())),
+                out: alias.clone().unwrap_or_else(|| a.name().to_owned()),
             }),
+            SelectItem::Column { field, alias, .. } => out.push(plain(
+                alias
+                    .clone()
+                    .unwrap_or_else(|| field.default_alias().to_owned()),
+            )),
             SelectItem::Embed(_) => {
                 let Some(e) = embeds.next() else { continue };
                 if e.spread {
-                    out.extend(output_names(&e.node));
+                    out.extend(spread_cols(&e.node));
                 } else if !e.empty {
-                    out.push(e.key.clone());
+                    out.push(plain(e.key.clone()));
                 }
             }
         }
@@ -951,6 +985,22 @@ fn output_names(node: &Node) -> Vec<String> {
 /// The alias of a spread embedding's lateral subquery.
 fn spread_alias(e: &EmbedNode) -> String {
     format!("{}s", e.node.alias)
+}
+
+/// Whether a node's select list aggregates: its own aggregates, or those
+/// hoisted from its spreads (unless it is itself a spread, which hands
+/// them on to its parent).
+fn aggregates(node: &Node, hoisting: bool) -> bool {
+    if hoisting {
+        return false;
+    }
+    node.select
+        .iter()
+        .any(|i| matches!(i, SelectItem::Column { agg: Some(_), .. }))
+        || node
+            .embeds
+            .iter()
+            .any(|e| e.spread && spread_cols(&e.node).iter().any(|c| c.agg.is_some()))
 }
 
 fn write_select(
@@ -968,11 +1018,10 @@ fn write_select(
         first = false;
     };
     let mut embeds = node.embeds.iter();
+    // A spread's aggregates are computed by its parent.
+    let hoisting = join.is_some_and(|(_, e)| e.spread);
     // GROUP BY terms when the list has aggregates (PostgREST's groupF).
-    let aggregated = node
-        .select
-        .iter()
-        .any(|i| matches!(i, SelectItem::Column { agg: Some(_), .. }));
+    let aggregated = aggregates(node, hoisting);
     let mut group: Vec<String> = Vec::new();
     for item in &node.select {
         match item {
@@ -980,6 +1029,23 @@ fn write_select(
                 sep(sql);
                 sql.ident(&node.alias);
                 sql.push(".*");
+            }
+            SelectItem::Column {
+                field,
+                cast,
+                alias,
+                agg: Some(a),
+                ..
+            } if hoisting => {
+                // Handed to the parent as a plain column.
+                sep(sql);
+                if *a == Agg::Count && field.name == "*" {
+                    sql.push("1");
+                } else {
+                    write_column(sql, node, field, cast.as_deref(), None, None)?;
+                }
+                sql.push(" AS ");
+                sql.ident(&hoisted_name(field, alias.as_ref(), *a));
             }
             SelectItem::Column {
                 field,
@@ -1008,17 +1074,39 @@ fn write_select(
                 };
                 if e.spread {
                     let al = spread_alias(e);
-                    for name in output_names(&e.node) {
+                    for c in spread_cols(&e.node) {
                         sep(sql);
-                        let start = sql.text.len();
-                        sql.ident(&al);
-                        sql.push(".");
-                        sql.ident(&name);
-                        if aggregated {
-                            group.push(sql.text[start..].to_owned());
+                        match &c.agg {
+                            Some((a, cast)) if !hoisting => {
+                                if cast.is_some() {
+                                    sql.push("(");
+                                }
+                                sql.push(a.name());
+                                sql.push("(");
+                                sql.ident(&al);
+                                sql.push(".");
+                                sql.ident(&c.inner);
+                                sql.push(")");
+                                if let Some(t) = cast {
+                                    // Only names from query::CASTS reach here.
+                                    sql.push(")::");
+                                    sql.push(t);
+                                }
+                                sql.push(" AS ");
+                                sql.ident(&c.out);
+                            }
+                            _ => {
+                                let start = sql.text.len();
+                                sql.ident(&al);
+                                sql.push(".");
+                                sql.ident(&c.inner);
+                                if aggregated {
+                                    group.push(sql.text[start..].to_owned());
+                                }
+                                sql.push(" AS ");
+                                sql.ident(&c.inner);
+                            }
                         }
-                        sql.push(" AS ");
-                        sql.ident(&name);
                     }
                     continue;
                 }

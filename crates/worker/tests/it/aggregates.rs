@@ -63,6 +63,32 @@ async fn aggregate_functions() {
         .await,
         json!([{"directors": {"last_name": "Villeneuve"}, "count": 2}])
     );
+    // Grouped by a spread's columns.
+    assert_eq!(
+        ok(
+            &s,
+            "/films?select=rating.sum(),...directors(last_name)&director_id=eq.2"
+        )
+        .await,
+        json!([{"sum": 15.9, "last_name": "Villeneuve"}])
+    );
+    // Aggregates inside a spread are hoisted to the parent (grouped by its columns).
+    assert_eq!(
+        ok(
+            &s,
+            "/films?select=language,...directors(n:id.count(),first_name.max(),last_name.min()::text)"
+        )
+        .await,
+        json!([{"language": "en", "n": 5, "max": "Denis", "min": "Nolan"}])
+    );
+    assert_eq!(
+        ok(
+            &s,
+            "/technical_specs?select=...films(year.max(),...directors(count()))"
+        )
+        .await,
+        json!([{"max": 2021, "count": 2}])
+    );
     // An empty result still counts.
     assert_eq!(
         ok(&s, "/films?select=count()&year=gt.3000").await,
