@@ -633,6 +633,25 @@ async fn every_page_and_action_works() {
         "{html}"
     );
     assert!(html.contains("<code>hello</code>"), "{html}");
+    let (_, html) = c
+        .post_follow(
+            &s,
+            &format!("{t}/functions"),
+            &[
+                ("name", "hello"),
+                ("source", "Deno.serve(() => new Response('v2'));"),
+            ],
+        )
+        .await;
+    assert!(
+        html.contains("Function hello deployed (version 2)."),
+        "{html}"
+    );
+    assert!(html.contains("<td>2, 1</td>"), "both versions kept: {html}");
+    assert!(
+        html.contains(r#"<td>no</td>"#),
+        "verify_jwt off without the box: {html}"
+    );
     let (status, html) = c
         .post(
             Some(&s),

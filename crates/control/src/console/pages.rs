@@ -543,6 +543,23 @@ async fn functions_page(
         Err(e) => return tenant_page(ctx, id, Tab::Functions, "Functions", api_error(&e)),
     };
     let list = list.as_array().cloned().unwrap_or_default();
+    // The versions control keeps (the last ten of each function).
+    let versions: HashMap<String, Vec<i32>> = sqlx::query(
+        "SELECT name, array_agg(version ORDER BY version DESC) AS versions
+         FROM function_versions WHERE tenant_id = $1 GROUP BY name",
+    )
+    .bind(id)
+    .fetch_all(&c.app.db)
+    .await
+    .map(|rows| {
+        rows.iter()
+            .filter_map(|r| Some((r.try_get("name").ok()?, r.try_get("versions").ok()?)))
+            .collect()
+    })
+    .unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "console: function versions");
+        HashMap::new()
+    });
     let base = format!("/console/tenants/{id}/functions");
     let source = if source.is_empty() {
         "Deno.serve(async (req) => {\n  return new Response(\"hello\");\n});\n"
@@ -556,7 +573,7 @@ async fn functions_page(
             div.scroll {
                 table {
                     thead { tr {
-                        th scope="col" { "Name" } th scope="col" { "Version" } th scope="col" { "Size" }
+                        th scope="col" { "Name" } th scope="col" { "Version" } th scope="col" { "Kept versions" } th scope="col" { "Size" }
                         th scope="col" { "Verify JWT" } th scope="col" { "Updated" } th scope="col" { span.visually-hidden { "Actions" } }
                     } }
                     tbody {
@@ -565,6 +582,11 @@ async fn functions_page(
                             tr {
                                 td { code { (fname) } }
                                 td { (f["version"]) }
+                                td {
+                                    (versions.get(fname).map_or_else(String::new, |v| {
+                                        v.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+                                    }))
+                                }
                                 td { (f["size"]) " B" }
                                 td { (if f["verify_jwt"] == true { "yes" } else { "no" }) }
                                 td { (f["updated_at"].as_str().unwrap_or("")) }
@@ -589,6 +611,10 @@ async fn functions_page(
                 input type="hidden" name="csrf" value=(ctx.session.csrf);
                 label for="fn-name" { "Name" }
                 input #fn-name name="name" required pattern="[a-z][a-z0-9_\\-]{0,62}" value=(name) autocomplete="off";
+                div.upload hidden {
+                    label for="fn-file" { "Load the source from a file" }
+                    input #fn-file type="file" accept=".js,.mjs,.ts,text/javascript" data-load="fn-source";
+                }
                 label for="fn-source" { "Source (a module calling Deno.serve)" }
                 textarea #fn-source name="source" rows="12" spellcheck="false" required { (source) }
                 label.check { input type="checkbox" name="verify_jwt" value="true" checked; " Require a valid JWT (verify_jwt)" }

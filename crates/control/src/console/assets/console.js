@@ -16,6 +16,16 @@ document.addEventListener('DOMContentLoaded', () => {
       setTimeout(() => { button.textContent = 'Copy' }, 2000)
     })
   }
+  // A file input fills a textarea (the form itself posts the textarea).
+  for (const input of document.querySelectorAll('input[type="file"][data-load]')) {
+    const target = document.getElementById(input.dataset.load)
+    if (!target || !window.FileReader) continue
+    input.closest('[hidden]')?.removeAttribute('hidden')
+    input.addEventListener('change', async () => {
+      const file = input.files && input.files[0]
+      if (file) target.value = await file.text()
+    })
+  }
   // Ctrl/Cmd+Enter runs the SQL editor's query.
   const query = document.getElementById('query')
   if (query) {
