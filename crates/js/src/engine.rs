@@ -238,6 +238,26 @@ fn utf8_decode(bytes: &[u8], fatal: bool, ignore_bom: bool) -> Result<String, ()
     }
 }
 
+fn digest_algorithm(name: &str) -> Option<&'static ring::digest::Algorithm> {
+    match name {
+        "SHA-1" => Some(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY),
+        "SHA-256" => Some(&ring::digest::SHA256),
+        "SHA-384" => Some(&ring::digest::SHA384),
+        "SHA-512" => Some(&ring::digest::SHA512),
+        _ => None,
+    }
+}
+
+fn hmac_algorithm(name: &str) -> Option<ring::hmac::Algorithm> {
+    match name {
+        "SHA-1" => Some(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY),
+        "SHA-256" => Some(ring::hmac::HMAC_SHA256),
+        "SHA-384" => Some(ring::hmac::HMAC_SHA384),
+        "SHA-512" => Some(ring::hmac::HMAC_SHA512),
+        _ => None,
+    }
+}
+
 /// The `native` object the prelude is called with.
 fn natives<'js>(
     ctx: &Ctx<'js>,
@@ -277,6 +297,59 @@ fn natives<'js>(
                 .map_err(|e| Exception::throw_internal(&ctx, &format!("getrandom: {e}")))?;
             TypedArray::<u8>::new(ctx, buf)
         })?,
+    )?;
+    native.set(
+        "digest",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, alg: String, data: String| {
+            let alg = digest_algorithm(&alg).ok_or_else(|| {
+                Exception::throw_dom(
+                    &ctx,
+                    "NotSupportedError",
+                    &format!("digest: unsupported algorithm {alg}"),
+                )
+            })?;
+            let out = ring::digest::digest(alg, &latin1_bytes(&data));
+            TypedArray::<u8>::new(ctx, out.as_ref().to_vec())
+        })?,
+    )?;
+    native.set(
+        "hmacSign",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'js>, alg: String, key: String, data: String| {
+                let alg = hmac_algorithm(&alg).ok_or_else(|| {
+                    Exception::throw_dom(
+                        &ctx,
+                        "NotSupportedError",
+                        &format!("HMAC: unsupported hash {alg}"),
+                    )
+                })?;
+                let key = ring::hmac::Key::new(alg, &latin1_bytes(&key));
+                let tag = ring::hmac::sign(&key, &latin1_bytes(&data));
+                TypedArray::<u8>::new(ctx, tag.as_ref().to_vec())
+            },
+        )?,
+    )?;
+    native.set(
+        "hmacVerify",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'js>, alg: String, key: String, signature: String, data: String| {
+                let alg = hmac_algorithm(&alg).ok_or_else(|| {
+                    Exception::throw_dom(
+                        &ctx,
+                        "NotSupportedError",
+                        &format!("HMAC: unsupported hash {alg}"),
+                    )
+                })?;
+                let key = ring::hmac::Key::new(alg, &latin1_bytes(&key));
+                // Constant time (ring).
+                Ok::<_, JsError>(
+                    ring::hmac::verify(&key, &latin1_bytes(&data), &latin1_bytes(&signature))
+                        .is_ok(),
+                )
+            },
+        )?,
     )?;
     native.set(
         "urlParse",

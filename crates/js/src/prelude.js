@@ -301,6 +301,91 @@
       return h;
     },
   };
+  // crypto.subtle: digest (SHA-1/256/384/512) and HMAC keys (raw import,
+  // generate, export, sign, verify). Other algorithms are NotSupportedError.
+  function hashName(h) {
+    const n = String(typeof h === "object" && h !== null ? h.name : h).toUpperCase();
+    const map = { "SHA-1": "SHA-1", "SHA-256": "SHA-256", "SHA-384": "SHA-384", "SHA-512": "SHA-512", SHA1: "SHA-1", SHA256: "SHA-256", SHA384: "SHA-384", SHA512: "SHA-512" };
+    if (!map[n]) throw new DOMException(`Unrecognized hash: ${n}`, "NotSupportedError");
+    return map[n];
+  }
+  function algoName(a) {
+    return String(typeof a === "object" && a !== null ? a.name : a).toUpperCase();
+  }
+  function sourceBytes(data, what) {
+    const u8 = bytesOf(data);
+    if (!u8) throw new TypeError(`${what}: expected a BufferSource`);
+    return u8;
+  }
+  const HMAC_BLOCK = { "SHA-1": 512, "SHA-256": 512, "SHA-384": 1024, "SHA-512": 1024 };
+  const KEY_SECRET = Symbol("key");
+  class CryptoKey {
+    constructor(key) {
+      if (key !== KEY_SECRET) throw new TypeError("Illegal constructor");
+    }
+  }
+  function hmacKey(raw, hash, extractable, usages) {
+    const key = new CryptoKey(KEY_SECRET);
+    Object.defineProperties(key, {
+      type: { value: "secret", enumerable: true },
+      extractable: { value: !!extractable, enumerable: true },
+      algorithm: { value: { name: "HMAC", hash: { name: hash }, length: raw.length * 8 }, enumerable: true },
+      usages: { value: [...usages], enumerable: true },
+    });
+    Object.defineProperty(key, KEY_SECRET, { value: raw.slice() });
+    return key;
+  }
+  function checkHmacKey(key, usage) {
+    if (!(key instanceof CryptoKey) || key.algorithm.name !== "HMAC") {
+      throw new DOMException("The key is not an HMAC key", "InvalidAccessError");
+    }
+    if (!key.usages.includes(usage)) throw new DOMException(`The key does not allow ${usage}`, "InvalidAccessError");
+  }
+  const subtle = {
+    async digest(algorithm, data) {
+      return native.digest(hashName(algorithm), latin1(sourceBytes(data, "digest"))).buffer;
+    },
+    async importKey(format, keyData, algorithm, extractable, usages) {
+      if (algoName(algorithm) !== "HMAC") throw new DOMException(`importKey: unsupported algorithm ${algoName(algorithm)}`, "NotSupportedError");
+      if (format !== "raw") throw new DOMException(`importKey: unsupported format ${format}`, "NotSupportedError");
+      const raw = sourceBytes(keyData, "importKey");
+      if (raw.length === 0) throw new DOMException("importKey: empty HMAC key", "DataError");
+      return hmacKey(raw, hashName(algorithm.hash), extractable, usages || []);
+    },
+    async generateKey(algorithm, extractable, usages) {
+      if (algoName(algorithm) !== "HMAC") throw new DOMException(`generateKey: unsupported algorithm ${algoName(algorithm)}`, "NotSupportedError");
+      const hash = hashName(algorithm.hash);
+      const bits = algorithm.length || HMAC_BLOCK[hash];
+      return hmacKey(native.randomBytes(Math.ceil(bits / 8)), hash, extractable, usages || []);
+    },
+    async exportKey(format, key) {
+      if (format !== "raw") throw new DOMException(`exportKey: unsupported format ${format}`, "NotSupportedError");
+      if (!key.extractable) throw new DOMException("The key is not extractable", "InvalidAccessError");
+      return key[KEY_SECRET].slice().buffer;
+    },
+    async sign(algorithm, key, data) {
+      if (algoName(algorithm) !== "HMAC") throw new DOMException(`sign: unsupported algorithm ${algoName(algorithm)}`, "NotSupportedError");
+      checkHmacKey(key, "sign");
+      return native.hmacSign(key.algorithm.hash.name, latin1(key[KEY_SECRET]), latin1(sourceBytes(data, "sign"))).buffer;
+    },
+    async verify(algorithm, key, signature, data) {
+      if (algoName(algorithm) !== "HMAC") throw new DOMException(`verify: unsupported algorithm ${algoName(algorithm)}`, "NotSupportedError");
+      checkHmacKey(key, "verify");
+      return native.hmacVerify(
+        key.algorithm.hash.name,
+        latin1(key[KEY_SECRET]),
+        latin1(sourceBytes(signature, "verify")),
+        latin1(sourceBytes(data, "verify")),
+      );
+    },
+  };
+  for (const name of ["encrypt", "decrypt", "deriveBits", "deriveKey", "wrapKey", "unwrapKey"]) {
+    subtle[name] = async () => {
+      throw new DOMException(`crypto.subtle.${name} is not supported`, "NotSupportedError");
+    };
+  }
+  cryptoObject.subtle = subtle;
+  define("CryptoKey", CryptoKey);
   define("crypto", cryptoObject);
 
   // ---------------------------------------------------------------- timers

@@ -507,3 +507,50 @@ fn globals_of_the_prelude_are_not_enumerable_and_natives_are_hidden() {
         json!(["function", "function", "object", "function", "function"])
     );
 }
+
+#[test]
+fn crypto_subtle_digest_and_hmac() {
+    let v = js(r#"
+        const hex = (buf) => [...new Uint8Array(buf)].map((b) => b.toString(16).padStart(2, "0")).join("");
+        const enc = new TextEncoder();
+        const out = {
+            sha256: hex(await crypto.subtle.digest("SHA-256", enc.encode("abc"))),
+            sha1: hex(await crypto.subtle.digest({ name: "SHA-1" }, enc.encode("abc"))),
+            sha512: hex(await crypto.subtle.digest("SHA-512", new Uint8Array(0))),
+        };
+        // RFC 4231, test case 2.
+        const key = await crypto.subtle.importKey("raw", enc.encode("Jefe"), { name: "HMAC", hash: "SHA-256" }, false, ["sign", "verify"]);
+        const data = enc.encode("what do ya want for nothing?");
+        const sig = await crypto.subtle.sign("HMAC", key, data);
+        out.hmac = hex(sig);
+        out.verify = [await crypto.subtle.verify("HMAC", key, sig, data), await crypto.subtle.verify("HMAC", key, sig, enc.encode("other"))];
+        out.key = [key instanceof CryptoKey, key.type, key.algorithm.name, key.algorithm.hash.name, key.extractable];
+        try { await crypto.subtle.exportKey("raw", key); } catch (e) { out.export = e.name; }
+        const gen = await crypto.subtle.generateKey({ name: "HMAC", hash: "SHA-512" }, true, ["sign"]);
+        out.generated = (await crypto.subtle.exportKey("raw", gen)).byteLength;
+        try { await crypto.subtle.verify("HMAC", gen, sig, data); } catch (e) { out.usage = e.name; }
+        try { await crypto.subtle.digest("MD5", data); } catch (e) { out.md5 = e.name; }
+        try { await crypto.subtle.encrypt({ name: "AES-GCM" }, key, data); } catch (e) { out.encrypt = e.name; }
+        return out;
+    "#);
+    assert_eq!(
+        v["sha256"],
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(v["sha1"], "a9993e364706816aba3e25717850c26c9cd0d89d");
+    assert_eq!(
+        v["sha512"],
+        "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e"
+    );
+    assert_eq!(
+        v["hmac"],
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    );
+    assert_eq!(v["verify"], json!([true, false]));
+    assert_eq!(v["key"], json!([true, "secret", "HMAC", "SHA-256", false]));
+    assert_eq!(v["export"], "InvalidAccessError");
+    assert_eq!(v["generated"], 128);
+    assert_eq!(v["usage"], "InvalidAccessError");
+    assert_eq!(v["md5"], "NotSupportedError");
+    assert_eq!(v["encrypt"], "NotSupportedError");
+}
