@@ -126,6 +126,26 @@ enum Broken {
     Read(String),
 }
 
+/// One invocation waiting for a worker.
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    /// How many were waiting before this one.
+    before: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let before = count.fetch_add(1, Ordering::SeqCst);
+        Waiting { count, before }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Pool {
     pub(crate) fn new(cfg: PoolConfig, metrics: &Metrics) -> Arc<Self> {
         let m = PoolMetrics {
@@ -170,14 +190,16 @@ impl Pool {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.cfg.queue {
-                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                // Counted out on drop: also when the caller goes away
+                // while waiting.
+                let waiting = Waiting::enter(&self.waiting);
+                if waiting.before >= self.cfg.queue {
                     return Err(RunError::Busy);
                 }
                 let waited =
                     tokio::time::timeout(self.cfg.queue_wait, self.slots.clone().acquire_owned())
                         .await;
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                drop(waiting);
                 match waited {
                     Ok(Ok(p)) => p,
                     _ => return Err(RunError::Busy),

@@ -365,6 +365,18 @@ async fn wall_limit_queue_and_tenant_cap() {
     let (status, body) = waiting.await.expect("join");
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "function_pool_busy");
+    // A caller that goes away while waiting leaves the queue: the next one
+    // may wait again (rather than finding the queue full).
+    let abandoned = tokio::time::timeout(Duration::from_millis(50), f.post("open")).await;
+    assert!(abandoned.is_err(), "still waiting when abandoned");
+    let probe = Instant::now();
+    let (status, body) = f.post("open").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        probe.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        probe.elapsed()
+    );
 
     let (status, body) = first.await.expect("join");
     assert_eq!(status, 504, "{body}");
@@ -378,7 +390,7 @@ async fn wall_limit_queue_and_tenant_cap() {
     let metrics = f.metrics().await;
     for needle in [
         "madbase_function_worker_restarts_total{reason=\"wall_limit\"} 1",
-        "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"pool_busy\"} 2",
+        "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"pool_busy\"} 3",
         "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"wall_limit\"} 1",
         "madbase_function_workers_busy 0",
     ] {
