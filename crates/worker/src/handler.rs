@@ -1737,10 +1737,12 @@ async fn update_or_delete(
 }
 
 /// The media type of an rpc body (`Content-Type`): JSON arguments unless
-/// it is `text/plain`, `text/xml` or `application/octet-stream`.
+/// it is a form, `text/plain`, `text/xml` or `application/octet-stream`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyMedia {
     Json,
+    /// `application/x-www-form-urlencoded` arguments.
+    Form,
     Text,
     Xml,
     Bytes,
@@ -1757,6 +1759,8 @@ fn body_media(headers: &HeaderMap) -> BodyMedia {
         BodyMedia::Xml
     } else if m.eq_ignore_ascii_case("application/octet-stream") {
         BodyMedia::Bytes
+    } else if m.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        BodyMedia::Form
     } else {
         BodyMedia::Json
     }
@@ -1809,7 +1813,7 @@ async fn rpc_inner(
             return Err(Error::api(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "PGRST101",
-                "For functions, only GET and POST verbs are allowed",
+                format!("Cannot use the {method} method on RPC"),
             ));
         }
     };
@@ -1831,10 +1835,11 @@ async fn rpc_inner(
     } else {
         BodyMedia::Json
     };
-    let raw_media = media != BodyMedia::Json;
+    let raw_media = matches!(media, BodyMedia::Text | BodyMedia::Xml | BodyMedia::Bytes);
     let raw_types: &[&str] = match media {
         _ if single_object => &["json", "jsonb"],
         BodyMedia::Json => &["json", "jsonb"],
+        BodyMedia::Form => &[],
         BodyMedia::Text => &["text"],
         BodyMedia::Xml => &["xml"],
         BodyMedia::Bytes => &["bytea"],
@@ -1852,7 +1857,20 @@ async fn rpc_inner(
         None
     };
     // Argument names and values.
-    let body_obj = if post && !single_object && !raw_media {
+    // `application/x-www-form-urlencoded`: the pairs are the arguments
+    // (as JSON strings, read as each parameter's type), as PostgREST.
+    let form_json = if post && !single_object && media == BodyMedia::Form {
+        let mut o = serde_json::Map::new();
+        for (k, v) in form_urlencoded::parse(body) {
+            o.insert(k.into_owned(), Value::String(v.into_owned()));
+        }
+        Some(Value::Object(o))
+    } else {
+        None
+    };
+    let body_obj = if let Some(Value::Object(o)) = &form_json {
+        Some(o.clone())
+    } else if post && !single_object && !raw_media {
         if body.iter().all(u8::is_ascii_whitespace) {
             Some(serde_json::Map::new())
         } else {
@@ -1878,7 +1896,7 @@ async fn rpc_inner(
             BodyMedia::Text => "a single unnamed text parameter",
             BodyMedia::Xml => "a single unnamed xml parameter",
             BodyMedia::Bytes => "a single unnamed bytea parameter",
-            BodyMedia::Json => "a single json/jsonb parameter",
+            BodyMedia::Json | BodyMedia::Form => "a single json/jsonb parameter",
         };
         Error::api(
             StatusCode::NOT_FOUND,
@@ -1940,10 +1958,11 @@ async fn rpc_inner(
         plan::push(&mut from, ")");
     } else {
         if post && !given.is_empty() {
-            plan::add_arg(
-                &mut from,
-                Arg::Text(String::from_utf8_lossy(body).into_owned()),
-            );
+            let args = match &form_json {
+                Some(v) => v.to_string(),
+                None => String::from_utf8_lossy(body).into_owned(),
+            };
+            plan::add_arg(&mut from, Arg::Text(args));
         }
         plan::call(&mut from, &f, &given, |sql, a| {
             if post {

@@ -130,6 +130,35 @@ async fn overloads() {
         ok(s.get("/rpc/films_of?d=2&select=id&id=eq.3")).await,
         json!([{"id": 3}])
     );
+    // Form bodies: the pairs are the arguments.
+    assert_eq!(
+        ok(s.req(Method::POST, "/rpc/pick")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("a=1&b=x%20y"))
+        .await,
+        json!("ab")
+    );
+    assert_eq!(
+        ok(s.req(Method::POST, "/rpc/add")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("a=2&b=40"))
+        .await,
+        json!(42)
+    );
+    // Only GET, HEAD and POST (PostgREST's PGRST101 wording).
+    let got = call(s.req(Method::PATCH, "/rpc/pick")).await;
+    assert_eq!(
+        (got.0.as_u16(), got.1),
+        (
+            405,
+            json!({
+                "code": "PGRST101",
+                "message": "Cannot use the PATCH method on RPC",
+                "details": null,
+                "hint": null,
+            })
+        )
+    );
     // Defaults: every subset of optional parameters.
     assert_eq!(ok(s.get("/rpc/defaults_only")).await, json!(12));
     assert_eq!(ok(s.get("/rpc/defaults_only?y=5")).await, json!(15));
