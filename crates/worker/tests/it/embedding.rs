@@ -13,7 +13,7 @@ use crate::helpers::*;
 /// technical specs, nominations), a self-referencing table, views over
 /// public and private tables.
 const FILMS: &str = r#"
-CREATE TABLE directors (id int PRIMARY KEY, first_name text, last_name text);
+CREATE TABLE directors (id int PRIMARY KEY, first_name text, last_name text, meta jsonb);
 CREATE TABLE films (id int PRIMARY KEY, director_id int REFERENCES directors(id), title text, year int, rating numeric, language text);
 CREATE TABLE actors (id int PRIMARY KEY, first_name text, last_name text);
 CREATE TABLE roles (film_id int REFERENCES films(id), actor_id int REFERENCES actors(id), character text, PRIMARY KEY (film_id, actor_id));
@@ -33,7 +33,9 @@ CREATE FUNCTION full_name(directors) RETURNS text LANGUAGE sql STABLE AS $$ SELE
 CREATE FUNCTION directed(directors) RETURNS SETOF films LANGUAGE sql STABLE AS $$ SELECT * FROM films WHERE director_id = $1.id $$;
 CREATE FUNCTION maker(films) RETURNS SETOF directors ROWS 1 LANGUAGE sql STABLE AS $$ SELECT * FROM directors WHERE id = $1.director_id $$;
 
-INSERT INTO directors VALUES (1, 'Christopher', 'Nolan'), (2, 'Denis', 'Villeneuve');
+INSERT INTO directors VALUES
+  (1, 'Christopher', 'Nolan', '{"born": 1970, "awards": ["oscar", "bafta"]}'),
+  (2, 'Denis', 'Villeneuve', '{"born": 1967}');
 INSERT INTO films VALUES
   (1, 1, 'Inception', 2010, 8.8, 'en'),
   (2, 1, 'Interstellar', 2014, 8.7, 'en'),
@@ -559,4 +561,46 @@ async fn computed_fields_and_relationships() {
     .await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(v, json!([{"full_name": "Greta Gerwig", "directed": []}]));
+}
+
+/// API → Tables and Views → JSON columns, renames and casts, inside
+/// embeddings: JSON paths in `select`, embedded filters and related orders.
+#[tokio::test]
+async fn json_paths_renames_and_casts_in_embeds() {
+    let s = films_stack(&[]).await;
+    assert_eq!(
+        ok(
+            &s,
+            "/films?select=name:title,year::text,directors(born:meta->>born,meta->awards->0,surname:last_name)&id=eq.1"
+        )
+        .await,
+        json!([{"name": "Inception", "year": "2010", "directors": {"born": "1970", "0": "oscar", "surname": "Nolan"}}])
+    );
+    assert_eq!(
+        ok(
+            &s,
+            "/films?select=title,directors!inner(last_name)&directors.meta->born=eq.1967&order=id"
+        )
+        .await,
+        json!([
+            {"title": "Dune", "directors": {"last_name": "Villeneuve"}},
+            {"title": "Arrival", "directors": {"last_name": "Villeneuve"}},
+        ])
+    );
+    assert_eq!(
+        ok(&s, "/directors?select=last_name&order=meta->>born.desc").await,
+        json!([{"last_name": "Nolan"}, {"last_name": "Villeneuve"}])
+    );
+    assert_eq!(
+        ok(
+            &s,
+            "/films?select=id,directors(id)&order=directors(meta->>born).asc,id.desc&limit=3"
+        )
+        .await,
+        json!([
+            {"id": 4, "directors": {"id": 2}},
+            {"id": 3, "directors": {"id": 2}},
+            {"id": 5, "directors": {"id": 1}},
+        ])
+    );
 }
