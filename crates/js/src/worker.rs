@@ -19,6 +19,16 @@ use crate::protocol::{
 
 /// Default number of cached runtimes per worker.
 pub const DEFAULT_RUNTIMES: usize = 32;
+/// The limits a spare runtime's prelude is evaluated under; an invocation
+/// sets its own before any tenant code runs.
+const SPARE_LIMITS: protocol::Limits = protocol::Limits {
+    cpu_ms: 10_000,
+    memory_bytes: 0,
+    max_response_bytes: 0,
+    max_fetches: 0,
+    max_fetch_bytes: 0,
+};
+
 /// Default idle time after which a cached runtime is dropped.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 
@@ -74,6 +84,9 @@ pub struct Worker {
     config: WorkerConfig,
     runtimes: HashMap<FunctionKey, Cached>,
     net: Net,
+    /// A fresh runtime with the prelude evaluated, made between invocations
+    /// so a cold start only evaluates the module. Never used by any key yet.
+    spare: Option<FnRuntime>,
 }
 
 impl Default for Worker {
@@ -88,6 +101,7 @@ impl Worker {
             config,
             runtimes: HashMap::new(),
             net: Net::new(),
+            spare: None,
         }
     }
 
@@ -99,6 +113,14 @@ impl Worker {
     /// Whether the runtime of `key` is cached.
     pub fn holds(&self, key: &FunctionKey) -> bool {
         self.runtimes.contains_key(key)
+    }
+
+    /// Makes the spare runtime if there is none (between invocations: the
+    /// next cold start then skips the prelude).
+    pub fn prepare(&mut self) {
+        if self.spare.is_none() {
+            self.spare = FnRuntime::new(&SPARE_LIMITS, self.config.test_hooks).ok();
+        }
     }
 
     /// Drops runtimes unused for longer than the idle time.
@@ -151,7 +173,10 @@ impl Worker {
                 };
                 self.evict_lru();
                 let started = Instant::now();
-                let created = FnRuntime::new(&limits, self.config.test_hooks);
+                let created = match self.spare.take() {
+                    Some(spare) => Ok(spare),
+                    None => FnRuntime::new(&limits, self.config.test_hooks),
+                };
                 setup = started.elapsed();
                 let mut runtime = match created {
                     Ok(r) => r,
@@ -282,6 +307,7 @@ pub fn run_loop<R: Read, W: Write>(
     while let Some((ToWorker::Invoke(invoke), body)) = protocol::read_frame::<ToWorker, _>(input)? {
         let (reply, body) = worker.handle(invoke, body);
         write_reply(output, reply, &body)?;
+        worker.prepare();
     }
     Ok(())
 }
@@ -322,6 +348,7 @@ pub fn run_stdio() -> Result<(), protocol::FrameError> {
     let config = WorkerConfig::from_env();
     let idle = config.idle;
     let mut worker = Worker::new(config);
+    worker.prepare();
     let (tx, rx) = std::sync::mpsc::sync_channel::<
         Result<Option<(ToWorker, Vec<u8>)>, protocol::FrameError>,
     >(1);
@@ -346,6 +373,7 @@ pub fn run_stdio() -> Result<(), protocol::FrameError> {
                 if let Err(e) = write_reply(&mut stdout, reply, &body) {
                     break Err(e);
                 }
+                worker.prepare();
             }
             Ok(Ok(None)) => break Ok(()),
             Ok(Err(e)) => break Err(e),

@@ -341,3 +341,43 @@ fn response_too_large() {
     assert_eq!(failed(&reply).0, FunctionError::ResponseTooLarge);
     assert!(body.is_empty());
 }
+
+#[test]
+fn a_prepared_spare_runtime_serves_a_cold_start_with_the_invocations_limits() {
+    let mut w = worker();
+    w.prepare();
+    let (reply, body) = run(
+        &mut w,
+        "globalThis.mark = 'a'; Deno.serve(() => new Response(String(globalThis.mark)));",
+    );
+    assert!(reply.cold);
+    assert_eq!(ok(&reply, &body), (200, "a".to_owned()));
+    // The next spare is fresh: nothing of key a's runtime in it.
+    w.prepare();
+    let (reply, body) = run_with(
+        &mut w,
+        invoke(
+            key("t2", "f", 1),
+            Some("Deno.serve(() => new Response(typeof globalThis.mark));"),
+        ),
+        Vec::new(),
+    );
+    assert_eq!(ok(&reply, &body), (200, "undefined".to_owned()));
+    // The spare was made without limits; the invocation's apply.
+    w.prepare();
+    let mut inv = invoke(
+        key("t3", "spin", 1),
+        Some("Deno.serve(() => { for (;;) {} });"),
+    );
+    inv.limits.cpu_ms = 50;
+    let (reply, _) = run_with(&mut w, inv, Vec::new());
+    assert_eq!(failed(&reply).0, FunctionError::CpuLimit);
+    w.prepare();
+    let mut inv = invoke(
+        key("t4", "bomb", 1),
+        Some("Deno.serve(() => { const a = []; for (;;) a.push(new Array(100000).fill(1)); });"),
+    );
+    inv.limits.memory_bytes = 16 * 1024 * 1024;
+    let (reply, _) = run_with(&mut w, inv, Vec::new());
+    assert_eq!(failed(&reply).0, FunctionError::MemoryLimit);
+}

@@ -309,3 +309,18 @@ fn https_goes_through_rustls() {
     assert!(text.starts_with("TypeError: fetch failed"), "{text}");
     assert!(text.contains("tls"), "{text}");
 }
+
+#[test]
+fn a_fetched_response_can_be_returned_as_is() {
+    let addr = server();
+    let src = format!(
+        r#"Deno.serve(() => fetch("http://{addr}/echo", {{ method: "POST", body: "through" }}));"#
+    );
+    let mut w = worker();
+    let (reply, body) = run_with(
+        &mut w,
+        fetch_invoke("proxy", &src, &["127.0.0.1"]),
+        Vec::new(),
+    );
+    assert_eq!(ok(&reply, &body), (201, "POST  through".to_owned()));
+}
