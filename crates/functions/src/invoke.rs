@@ -242,11 +242,14 @@ fn url_host(url: &str) -> Option<String> {
     uri.authority().map(|a| a.as_str().to_owned())
 }
 
-/// Headers a function does not see: hop-by-hop ones and the platform's own.
+/// Headers a function does not see: hop-by-hop ones, the platform's own,
+/// and `host` (the functions service's internal address: the request's URL
+/// carries the public host; `x-forwarded-host` the client's).
 fn forwarded_header(name: &HeaderName) -> bool {
     !matches!(
         name.as_str(),
-        "connection"
+        "host"
+            | "connection"
             | "keep-alive"
             | "proxy-authenticate"
             | "proxy-authorization"
@@ -755,6 +758,7 @@ mod tests {
         h.insert("x-madbase-tenant", HeaderValue::from_static("acme"));
         h.insert("connection", HeaderValue::from_static("keep-alive"));
         h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("host", HeaderValue::from_static("127.0.0.1:8003"));
         let kept: Vec<String> = request_headers(&h).into_iter().map(|(k, _)| k).collect();
         assert_eq!(kept, ["authorization", "x-custom"]);
         assert!(answered_header("content-type"));

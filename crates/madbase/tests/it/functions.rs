@@ -199,6 +199,8 @@ Deno.serve(async (req) => {
     auth: req.headers.get("authorization"),
     custom: req.headers.get("x-custom"),
     internal: req.headers.get("x-madbase-tenant"),
+    host: req.headers.get("host"),
+    forwarded_host: req.headers.get("x-forwarded-host"),
   }), { status: 201, headers: { "content-type": "application/json", "x-fn": "yes" } });
 });
 "#;
@@ -274,6 +276,12 @@ async fn functions_deploy_invoke_redeploy_delete_through_the_proxy() {
         Value::Null,
         "X-Madbase-* never reach a function"
     );
+    assert_eq!(
+        body["host"],
+        Value::Null,
+        "the internal Host is not passed on"
+    );
+    assert_eq!(body["forwarded_host"], stack.proxy.api.to_string());
 
     // console.* → JSON log lines of the functions service.
     let line = stack.functions.wait_for_line(|v| {
