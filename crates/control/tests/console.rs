@@ -30,8 +30,16 @@ struct Session {
     csrf: String,
 }
 
+/// Control with the console; `{admin}` in an `extra` value is its admin URL.
 async fn console(extra: &[(&str, &str)]) -> Console {
     let db = madbase_testkit::postgres().expect("postgres");
+    let listeners = Listeners::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("bind");
+    let admin_url = format!("http://{}", listeners.admin_addr());
     let mut vars: HashMap<String, String> = [
         ("JWT_SECRET", JWT_SECRET.to_owned()),
         ("DATABASE_URL", db.url.clone()),
@@ -43,16 +51,10 @@ async fn console(extra: &[(&str, &str)]) -> Console {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     for (k, v) in extra {
-        vars.insert((*k).to_owned(), (*v).to_owned());
+        vars.insert((*k).to_owned(), v.replace("{admin}", &admin_url));
     }
     let config = madbase_control::Config::from_env(&Env::new(vars)).expect("config");
     let app = madbase_control::app(&config).await.expect("control");
-    let listeners = Listeners::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .await
-    .expect("bind");
     let url = format!("http://{}", listeners.api_addr());
     let stop = CancellationToken::new();
     let server = tokio::spawn(listeners.serve(app, stop.clone(), Duration::from_secs(1)));
@@ -404,6 +406,39 @@ async fn idle_sessions_expire() {
         (StatusCode::SEE_OTHER, "/console/signin".to_owned())
     );
     c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_asks_the_configured_services() {
+    let c = console(&[(
+        "MADBASE_CONSOLE_SERVICES",
+        "control={admin}, gone=http://127.0.0.1:9",
+    )])
+    .await;
+    let s = c.sign_in().await;
+    let (status, html) = c.get(Some(&s), "/console/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("<td>control /ready</td>"), "{html}");
+    assert!(html.contains("200 OK in"), "{html}");
+    assert!(html.contains("<td>gone /ready</td>"), "{html}");
+    assert_eq!(html.matches("badge ok").count(), 3, "{html}");
+    assert_eq!(html.matches("badge error").count(), 1, "{html}");
+    c.stop().await;
+    let bad = madbase_control::console::ConsoleConfig::from_env(&Env::new(HashMap::from([(
+        "MADBASE_CONSOLE_SERVICES".to_owned(),
+        "worker:9002".to_owned(),
+    )])));
+    assert!(bad.is_err());
+    let short = madbase_control::console::ConsoleConfig::from_env(&Env::new(HashMap::from([(
+        "MADBASE_CONSOLE_PASSWORD".to_owned(),
+        "short".to_owned(),
+    )])));
+    assert!(
+        short
+            .expect_err("too short")
+            .problem
+            .contains("at least 12")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -180,9 +180,11 @@ const steps = [
   ['platform health', async () => {
     await page.getByRole('link', { name: 'Health', exact: true }).click()
     await page.waitForURL(/\/console\/health$/)
-    expect((await page.locator('.badge.ok').count()) === 2, 'two ready checks')
+    const ok = await page.locator('.badge.ok').count()
+    const failing = await page.locator('.badge.error').count()
+    expect(ok === 6 && failing === 0, `${ok} ready, ${failing} failing (want 6 and 0)`)
     await shot('health')
-    return 'control database and tenant cluster ready'
+    return 'control database, tenant cluster and the four services ready'
   }],
   ['dark mode and a phone screen', async () => {
     await page.emulateMedia({ colorScheme: 'dark' })

@@ -199,6 +199,13 @@ async fn check(bin: &Path, work: &Path, npm_dir: &Path, chromium: &str) -> Resul
         .env("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres"))
         .env("MADBASE_CORS_ORIGINS", &page_origin)
         .env("MADBASE_CONSOLE_PASSWORD", CONSOLE_PASSWORD)
+        .env(
+            "MADBASE_CONSOLE_SERVICES",
+            urls.iter()
+                .map(|(service, (_, admin))| format!("{}={admin}", service.to_lowercase()))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
         .env("MADBASE_LOG", "info")
         .env("MADBASE_DRAIN_SECONDS", "2");
     let log = logs.join("madbase.log");

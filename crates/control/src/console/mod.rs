@@ -57,6 +57,9 @@ pub struct ConsoleConfig {
     pub idle: Duration,
     /// How long a failed sign-in waits before it is answered (500 ms).
     pub failure_delay: Duration,
+    /// `MADBASE_CONSOLE_SERVICES`: `name=http://admin-host:port,…`, the
+    /// admin listeners whose `/ready` the health page shows.
+    pub services: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for ConsoleConfig {
@@ -109,8 +112,37 @@ impl ConsoleConfig {
                 Duration::from_secs(12 * 3600),
             )?,
             failure_delay: Duration::from_millis(500),
+            services: services(env)?,
         })
     }
+}
+
+/// `MADBASE_CONSOLE_SERVICES=proxy=http://127.0.0.1:9000,worker=…`.
+fn services<S: Source>(env: &Env<S>) -> Result<Vec<(String, String)>, ConfigError> {
+    const VAR: &str = "MADBASE_CONSOLE_SERVICES";
+    let Some(raw) = env.raw(VAR) else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (name, url) = item.split_once('=').ok_or_else(|| ConfigError {
+                var: VAR.to_owned(),
+                problem: format!("{item:?} is not name=http://host:port"),
+            })?;
+            let url = url.trim().trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || name.trim().is_empty()
+            {
+                return Err(ConfigError {
+                    var: VAR.to_owned(),
+                    problem: format!("{item:?} is not name=http://host:port"),
+                });
+            }
+            Ok((name.trim().to_owned(), url.to_owned()))
+        })
+        .collect()
 }
 
 /// State of the console handlers.
@@ -119,6 +151,7 @@ pub(crate) struct Console {
     app: AppState,
     sessions: Arc<Sessions>,
     config: Arc<ConsoleConfig>,
+    http: reqwest::Client,
 }
 
 /// The console's routes (all under `/console`).
@@ -127,6 +160,11 @@ pub(crate) fn router(app: AppState, config: &ConsoleConfig) -> Router {
         app,
         sessions: Arc::new(Sessions::new(config.idle)),
         config: Arc::new(config.clone()),
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .unwrap_or_default(),
     };
     let t = "/console/tenants/{id}";
     let signed_in = Router::new()

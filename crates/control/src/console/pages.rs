@@ -785,13 +785,34 @@ pub(crate) async fn health(State(c): State<Console>, Extension(ctx): Extension<C
             Err(e) => (false, e.to_string()),
         }
     }
+    async fn ready(http: &reqwest::Client, url: &str) -> (bool, String) {
+        let started = Instant::now();
+        match http.get(format!("{url}/ready")).send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                let body: String = body.chars().take(300).collect();
+                (
+                    status.is_success(),
+                    format!("{status} in {} ms: {body}", started.elapsed().as_millis()),
+                )
+            }
+            Err(e) => (false, format!("{url}/ready: {e}")),
+        }
+    }
     let control_db = probe(&c.app.db).await;
     let cluster = probe(&c.app.admin).await;
     let tenants = store::count(&c.app.db).await.ok();
-    let checks = [
-        ("control database (DATABASE_URL)", control_db),
-        ("tenant cluster (DEFAULT_TENANT_DB_URL)", cluster),
+    let mut checks = vec![
+        ("control database (DATABASE_URL)".to_owned(), control_db),
+        ("tenant cluster (DEFAULT_TENANT_DB_URL)".to_owned(), cluster),
     ];
+    let others = futures_util::future::join_all(c.config.services.iter().map(|(name, url)| {
+        let http = &c.http;
+        async move { (format!("{name} /ready"), ready(http, url).await) }
+    }))
+    .await;
+    checks.extend(others);
     let main = html! {
         h1 { "Platform health" }
         div.scroll {
@@ -814,10 +835,11 @@ pub(crate) async fn health(State(c): State<Console>, Extension(ctx): Extension<C
             dt { "Control pool" } dd { (c.app.db.size()) " open, " (c.app.db.num_idle()) " idle" }
         }
         p.note {
-            "These are control's own readiness checks (its " code { "/ready" } "). "
-            "Control is not told where the proxy, worker and functions services' admin ports are, so their "
-            code { "/ready" } ", request rates, p99 latencies and error ratios are not shown here: "
-            "see their " code { "/metrics" } " in Grafana (the madbase dashboards)."
+            "The first two are control's own readiness checks (its " code { "/ready" } "); "
+            "the services named in " code { "MADBASE_CONSOLE_SERVICES" } " (name=admin URL, …) are asked for their "
+            code { "/ready" } @if c.config.services.is_empty() { " (none is set)" } ". "
+            "Request rates, p99 latencies and error ratios are not shown here: see the services' "
+            code { "/metrics" } " in Grafana (the madbase dashboards)."
         }
     };
     page(&ctx, "Health", main)
