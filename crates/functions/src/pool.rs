@@ -53,16 +53,26 @@ pub(crate) struct PoolConfig {
 /// costs one `NeedSource` round trip).
 const REMEMBERED_KEYS: usize = 256;
 
-/// Variables a worker does not inherit: the platform's secrets (a worker
-/// runs tenants' code).
-const WITHHELD_VARS: [&str; 6] = [
-    "JWT_SECRET",
-    "MADBASE_MASTER_KEY",
-    "DATABASE_URL",
-    "DEFAULT_TENANT_DB_URL",
-    "JWT_SECRET_FILE",
-    "MADBASE_MASTER_KEY_FILE",
-];
+/// Whether a worker (which runs tenants' code) must not inherit this
+/// variable of the service's environment: the platform's secrets
+/// (`JWT_SECRET`, `MADBASE_MASTER_KEY`, the console password, database
+/// URLs, OTLP headers) and anything else named like a secret.
+fn withheld(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    [
+        "SECRET",
+        "PASSWORD",
+        "KEY",
+        "TOKEN",
+        "CREDENTIAL",
+        "DATABASE_URL",
+        "DB_URL",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    ]
+    .iter()
+    .any(|part| upper.contains(part))
+}
 
 /// Why an invocation got no answer from a worker.
 #[derive(Debug, thiserror::Error)]
@@ -349,8 +359,10 @@ impl Pool {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        for var in WITHHELD_VARS {
-            cmd.env_remove(var);
+        for (var, _) in std::env::vars_os() {
+            if withheld(&var.to_string_lossy()) {
+                cmd.env_remove(var);
+            }
         }
         let mut child = cmd
             .spawn()
@@ -459,5 +471,36 @@ impl Worker {
             )));
         }
         Ok(Answer { reply, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::withheld;
+
+    #[test]
+    fn platform_secrets_are_withheld_from_workers() {
+        for name in [
+            "JWT_SECRET",
+            "MADBASE_MASTER_KEY",
+            "MADBASE_MASTER_KEY_FILE",
+            "DATABASE_URL",
+            "DEFAULT_TENANT_DB_URL",
+            "MADBASE_CONSOLE_PASSWORD",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "AWS_SECRET_ACCESS_KEY",
+            "GITHUB_TOKEN",
+        ] {
+            assert!(withheld(name), "{name}");
+        }
+        for name in [
+            "PATH",
+            "MADBASE_FUNCTIONS_TEST_HOOKS",
+            "MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER",
+            "MADBASE_LOG",
+            "RUST_BACKTRACE",
+        ] {
+            assert!(!withheld(name), "{name}");
+        }
     }
 }
