@@ -245,9 +245,10 @@ impl<'a> Planner<'a> {
         let mut node = self.level(source, &select, alias, &[], query)?;
         // Conditions etc. on paths that name no embedding.
         let known = |path: &[String]| path.is_empty() || node_has_path(&node, path);
+        let missing = |path: &[String]| not_embedded(missing_embed(&node, path).unwrap_or(path));
         for (path, _) in &query.conds {
             if !known(path) {
-                return Err(not_embedded(path));
+                return Err(missing(path));
             }
         }
         for path in query
@@ -258,7 +259,7 @@ impl<'a> Planner<'a> {
             .chain(query.offsets.iter().map(|(p, _)| p))
         {
             if !known(path) {
-                return Err(not_embedded(path));
+                return Err(missing(path));
             }
         }
         node.alias = "t0".to_owned();
@@ -572,27 +573,29 @@ impl<'a> Planner<'a> {
 }
 
 fn node_has_path(node: &Node, path: &[String]) -> bool {
-    match path.split_first() {
-        None => true,
-        Some((head, rest)) => node
-            .embeds
-            .iter()
-            .any(|e| &e.key == head && node_has_path(&e.node, rest)),
+    missing_embed(node, path).is_none()
+}
+
+/// The first name of `path` that is not embedded (PostgREST names it in PGRST108).
+fn missing_embed<'p>(node: &Node, path: &'p [String]) -> Option<&'p [String]> {
+    let (head, rest) = path.split_first()?;
+    match node.embeds.iter().find(|e| &e.key == head) {
+        Some(e) => missing_embed(&e.node, rest),
+        None => Some(std::slice::from_ref(head)),
     }
 }
 
+/// PGRST108 for the first resource of `path` (the first that is not
+/// embedded when planned, see [`missing_embed`]).
 fn not_embedded(path: &[String]) -> Error {
+    let name = path.first().map_or("", String::as_str);
     Error::api(
         StatusCode::BAD_REQUEST,
         "PGRST108",
-        format!(
-            "'{}' is not an embedded resource in this request",
-            path.join(".")
-        ),
+        format!("'{name}' is not an embedded resource in this request"),
     )
     .hint(format!(
-        "Verify that '{}' is included in the 'select' query parameter.",
-        path.join(".")
+        "Verify that '{name}' is included in the 'select' query parameter."
     ))
 }
 

@@ -395,6 +395,15 @@ async fn filters_orders_and_empty_embeds() {
         400,
         "PGRST108",
     );
+    // The first resource of the path that is not embedded is named.
+    let (st, v) = call(s.get("/directors?select=id,films(id)&films.actors.limit=1")).await;
+    assert_eq!(
+        (st.as_u16(), &v["message"]),
+        (
+            400,
+            &json!("'actors' is not an embedded resource in this request")
+        )
+    );
 }
 
 /// Resource Embedding → spread embedded resources (`...rel(cols)`, to-one).
