@@ -53,7 +53,7 @@ use crate::images::{self, HostImage, User};
 use crate::podman::Podman;
 use crate::push::{self, Credentials, PushArgs};
 use crate::registry::TestRegistry;
-use crate::util::{root, step};
+use crate::util::{random_bytes, random_hex, root, step};
 
 /// The override file, relative to the workspace root.
 pub const OVERRIDE_FILE: &str = "deploy/compose.e2e.yaml";
@@ -303,7 +303,7 @@ fn run_steps(steps: &mut Steps, stack: &mut Option<Stack>) -> Result<()> {
         "a metric scraped: vmagent -> VictoriaMetrics has the proxy's http_requests_total",
         || metric_scraped(&podman, &containers, &deadline),
     );
-    let request_id = format!("e2e-{}-{}", std::process::id(), hex(&random_bytes(8)?));
+    let request_id = format!("e2e-{}-{}", std::process::id(), random_hex(8)?);
     steps.run(
         "X-Request-Id comes back and is in the worker's logs",
         || request_id_check(&api, stack, &containers, &request_id),
@@ -776,20 +776,10 @@ impl Secrets {
         Ok(Secrets {
             jwt: b64.encode(random_bytes(48)?),
             master_key: b64.encode(random_bytes(32)?),
-            postgres_password: hex(&random_bytes(32)?),
+            postgres_password: random_hex(32)?,
             grafana_password: b64.encode(random_bytes(24)?),
         })
     }
-}
-
-fn random_bytes(n: usize) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 
 use crate::image_spec::ImageSpec;
 use crate::podman::Podman;
-use crate::util::{output, root, run, step};
+use crate::util::{output, random_hex, root, run, step};
 
 /// Where the archives go, relative to the workspace root.
 const OUT_DIR: &str = "target/images";
@@ -621,7 +621,7 @@ struct Layer {
 
 /// sha256 of `bytes`, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
+    hex::encode(Sha256::digest(bytes))
 }
 
 fn is_elf(path: &Path) -> bool {
@@ -963,7 +963,7 @@ fn file_sha256(path: &Path) -> Result<String> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     std::io::copy(&mut file, &mut hasher)?;
-    Ok(format!("{:x}", hasher.finalize()))
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// What `podman image inspect` reports must be what `nix/images.toml` says.
@@ -1238,13 +1238,6 @@ fn wait_healthy(podman: &Podman, container: &str) -> Result<()> {
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// `bytes` random bytes from /dev/urandom, lowercase hex.
-pub fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn is_root() -> bool {

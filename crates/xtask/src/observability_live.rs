@@ -43,7 +43,7 @@ use serde_json::{Value, json};
 use crate::observability_config::{dashboard_queries, substitute_variables};
 use crate::otlp::{self, Spans};
 use crate::procs::{Lines, Procs, tail};
-use crate::util::{files_with_ext, root, step};
+use crate::util::{files_with_ext, random_bytes, random_hex, root, step};
 
 /// Where everything of a run goes (data dirs, logs, rewritten vmagent.yml).
 const WORK: &str = "target/observability";
@@ -305,10 +305,6 @@ fn free_addr(used: &mut BTreeSet<u16>) -> Result<SocketAddr> {
     }
 }
 
-fn random_hex() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
 async fn start_services(procs: &mut Procs, bin: &Path, work: &Path) -> Result<Stack> {
     let db = madbase_testkit::postgres().context("starting a throwaway Postgres")?;
     eprintln!("postgres: {}", db.server.url_for("postgres"));
@@ -321,11 +317,9 @@ async fn start_services(procs: &mut Procs, bin: &Path, work: &Path) -> Result<St
         addrs.insert(name, (free_addr(&mut used)?, free_addr(&mut used)?));
     }
     let api = |name: &str| addrs.get(name).map(|a| format!("http://{}", a.0));
-    let mut key = Vec::with_capacity(32);
-    key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-    key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let key = random_bytes(32)?;
     let env: Vec<(String, String)> = [
-        ("JWT_SECRET", format!("{}{}", random_hex(), random_hex())),
+        ("JWT_SECRET", random_hex(32)?),
         (
             "MADBASE_MASTER_KEY",
             base64::engine::general_purpose::STANDARD.encode(&key),
@@ -692,7 +686,7 @@ async fn make_tenant(stack: &Stack) -> Result<Tenant> {
     }
     let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let control = &stack.svcs["control"];
-    let id = format!("obs-{}", &random_hex()[..8]);
+    let id = format!("obs-{}", random_hex(4)?);
     let created = send(
         stack
             .http
@@ -815,7 +809,8 @@ async fn traffic(
     // (whatever the worker answers: they check propagation; step 3 checks
     // the status).
     step("6. the request's X-Request-Id in proxy and worker logs");
-    let rid = format!("obs-{}", random_hex());
+    // (the tenant id, itself random, should the OS have no randomness)
+    let rid = format!("obs-{}", random_hex(16).unwrap_or_else(|_| t.to_string()));
     let traced =
         send(get(&format!("/rest/v1/{TABLE}?select=id"), anon).header("x-request-id", &rid)).await;
     let trace_id = match &traced {
@@ -1020,21 +1015,21 @@ async fn one_trace(spans: &Spans, rid: &str, log_trace_id: Option<String>) -> Re
                 r.service == "madbase-proxy"
                     && otlp::str_attr(&r.span.attributes, "request_id").as_deref() == Some(rid)
             })
-            .map(|r| otlp::hex(&r.span.trace_id))
+            .map(|r| hex::encode(&r.span.trace_id))
             .or_else(|| log_trace_id.clone().filter(|t| t.len() == 32));
         if let Some(trace_id) = &trace_id {
             let of = |service: &str| -> Vec<_> {
                 all.iter()
-                    .filter(|r| r.service == service && otlp::hex(&r.span.trace_id) == *trace_id)
+                    .filter(|r| r.service == service && hex::encode(&r.span.trace_id) == *trace_id)
                     .collect()
             };
             let (proxy, worker) = (of("madbase-proxy"), of("madbase-worker"));
             if !proxy.is_empty() && !worker.is_empty() {
                 let proxy_ids: BTreeSet<String> =
-                    proxy.iter().map(|r| otlp::hex(&r.span.span_id)).collect();
+                    proxy.iter().map(|r| hex::encode(&r.span.span_id)).collect();
                 let linked = worker
                     .iter()
-                    .any(|r| proxy_ids.contains(&otlp::hex(&r.span.parent_span_id)));
+                    .any(|r| proxy_ids.contains(&hex::encode(&r.span.parent_span_id)));
                 let names = |v: &[&otlp::Received]| {
                     v.iter()
                         .map(|r| r.span.name.clone())

@@ -90,8 +90,3 @@ pub fn str_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
         }
     })
 }
-
-/// Lowercase hex of an id.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}

@@ -45,7 +45,7 @@ impl TestRegistry {
 
         let credentials = Credentials {
             user: "madbase-ci".to_owned(),
-            password: crate::images::random_hex(24)?,
+            password: crate::util::random_hex(24)?,
         };
         let htpasswd = htpasswd(&credentials)?;
         std::fs::write(base.join("htpasswd"), htpasswd)?;

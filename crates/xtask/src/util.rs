@@ -79,3 +79,15 @@ pub fn files_with_ext(dir: &str, ext: &str) -> Result<Vec<PathBuf>> {
     out.sort();
     Ok(out)
 }
+
+/// `n` random bytes from the operating system (`getrandom`).
+pub fn random_bytes(n: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
+    Ok(buf)
+}
+
+/// `n` random bytes, lowercase hex (`2 * n` characters).
+pub fn random_hex(n: usize) -> Result<String> {
+    Ok(hex::encode(random_bytes(n)?))
+}
