@@ -424,7 +424,7 @@ async fn functions_deploy_invoke_redeploy_delete_through_the_proxy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn function_limits_crashes_and_isolation() {
     let stack = Stack::start(&[
-        ("MADBASE_FUNCTIONS_CPU_MS", "500"),
+        ("MADBASE_FUNCTIONS_CPU_MS", "1500"),
         ("MADBASE_FUNCTIONS_MEMORY_MB", "32"),
         ("MADBASE_FUNCTIONS_WALL_SECONDS", "3"),
         ("MADBASE_FUNCTIONS_TENANT_CONCURRENCY", "1"),
@@ -486,18 +486,25 @@ async fn function_limits_crashes_and_isolation() {
                 .await
                 .expect("spin");
             let status = resp.status().as_u16();
-            (status, resp.json::<Value>().await.expect("json"))
+            let body = resp.json::<Value>().await.expect("json");
+            (status, body, Instant::now())
         })
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
     let (status, body, took) = stack.call(&b, "hello", json!({})).await;
+    let b_done = Instant::now();
     assert_eq!(status, 200, "{body}");
+    // Printed, not asserted against 50 ms: a loaded 2-core machine running
+    // debug builds is not a benchmark (cargo xtask bench is).
     eprintln!("tenant B answered in {took:?} while tenant A's function spun");
-    assert!(took < Duration::from_secs(2), "{took:?}");
     let (status, body, _) = stack.call(&a, "spin", json!({})).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["code"], "function_concurrency_limit");
-    let (status, body) = spin.await.expect("join");
+    let (status, body, spin_done) = spin.await.expect("join");
+    assert!(
+        b_done < spin_done,
+        "tenant B's function answered only after tenant A's loop was stopped"
+    );
     assert_eq!(status, 546, "{body}");
     assert_eq!(body["code"], "function_cpu_limit");
     assert!(body["request_id"].is_string());
