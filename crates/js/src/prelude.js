@@ -969,7 +969,7 @@
     } else if (bytesOf(body)) {
       out = { bytes: bytesOf(body).slice() };
     } else if (body instanceof ReadableStream) {
-      out = body._take();
+      out = body._source();
     } else if (typeof body === "object" && typeof body.getReader === "function") {
       throw new TypeError("Body: streaming bodies (ReadableStream) are not supported");
     } else {
@@ -987,42 +987,141 @@
     if (b === null) return "";
     return b.text !== undefined ? b.text : utf8Decode(b.bytes, false, false);
   }
-  /** A one-chunk stream over a body, enough for `getReader().read()` loops. */
+  // Streams: a body read through `getReader()` is one chunk; a stream the
+  // function makes (`new ReadableStream({ start, pull })`) is buffered: its
+  // chunks are collected when the body is read or the response is sent.
   class ReadableStream {
-    #body;
+    #body = null;
+    #user = false;
     #locked = false;
-    constructor(source) {
-      if (source !== undefined && !(source && source[HEADERS_GUARD])) {
-        throw new TypeError("ReadableStream: constructing streams is not supported");
+    #queue = [];
+    #closed = false;
+    #errored = false;
+    #error = undefined;
+    #wake = null;
+    #pull = null;
+    #cancel = null;
+    #started = null;
+    constructor(source, strategy) {
+      void strategy;
+      if (source && source[HEADERS_GUARD]) {
+        this.#body = source.body;
+        return;
       }
-      this.#body = source ? source.body : null;
+      source = source || {};
+      this.#user = true;
+      const controller = {
+        enqueue: (chunk) => {
+          if (this.#closed) throw new TypeError("ReadableStream: enqueue after close");
+          this.#queue.push(chunk);
+          this.#notify();
+        },
+        close: () => {
+          this.#closed = true;
+          this.#notify();
+        },
+        error: (e) => {
+          this.#errored = true;
+          this.#error = e;
+          this.#notify();
+        },
+        get desiredSize() {
+          return 1;
+        },
+      };
+      this.#pull = typeof source.pull === "function" ? () => source.pull(controller) : null;
+      this.#cancel = typeof source.cancel === "function" ? (r) => source.cancel(r) : null;
+      const started = typeof source.start === "function" ? source.start(controller) : undefined;
+      this.#started = Promise.resolve(started).catch((e) => controller.error(e));
+    }
+    #notify() {
+      const wake = this.#wake;
+      this.#wake = null;
+      if (wake) wake();
     }
     get locked() {
       return this.#locked;
     }
-    _take() {
+    _lock() {
       if (this.#locked) throw new TypeError("ReadableStream is locked");
       this.#locked = true;
+    }
+    /** What a Request or Response made from this stream holds as its body. */
+    _source() {
+      if (this.#user) {
+        if (this.#locked) throw new TypeError("ReadableStream is locked");
+        return { stream: this };
+      }
+      this._lock();
       return this.#body;
     }
+    async _next() {
+      if (!this.#user) {
+        if (this.#closed || this.#body === null) return { done: true, value: undefined };
+        this.#closed = true;
+        return { done: false, value: bodyBytes(this.#body) };
+      }
+      await this.#started;
+      for (;;) {
+        if (this.#queue.length > 0) return { done: false, value: this.#queue.shift() };
+        if (this.#errored) throw this.#error;
+        if (this.#closed) return { done: true, value: undefined };
+        if (this.#pull !== null) {
+          await this.#pull();
+          if (this.#queue.length > 0 || this.#closed || this.#errored) continue;
+        }
+        await new Promise((resolve) => {
+          this.#wake = resolve;
+        });
+      }
+    }
+    /** All chunks (Uint8Array or string) as one Uint8Array. */
+    async _readAll() {
+      const parts = [];
+      let total = 0;
+      for (;;) {
+        const { done, value } = await this._next();
+        if (done) break;
+        const bytes = typeof value === "string" ? utf8Encode(value) : bytesOf(value);
+        if (!bytes) throw new TypeError("ReadableStream: a body chunk must be a Uint8Array or a string");
+        parts.push(bytes);
+        total += bytes.length;
+      }
+      const out = new Uint8Array(total);
+      let at = 0;
+      for (const p of parts) {
+        out.set(p, at);
+        at += p.length;
+      }
+      return out;
+    }
     getReader() {
-      const body = this._take();
-      let done = body === null;
+      this._lock();
+      let released = false;
       return {
-        read: async () => {
-          if (done) return { done: true, value: undefined };
-          done = true;
-          return { done: false, value: bodyBytes(body) };
+        read: () => (released ? Promise.reject(new TypeError("reader released")) : this._next()),
+        releaseLock: () => {
+          released = true;
+          this.#locked = false;
         },
-        releaseLock() {},
-        cancel: async () => {
-          done = true;
-        },
+        cancel: async (reason) => this.cancel(reason, true),
         closed: Promise.resolve(),
       };
     }
-    async cancel() {
-      this.#locked = true;
+    async cancel(reason, fromReader) {
+      if (this.#locked && !fromReader) throw new TypeError("ReadableStream is locked");
+      this.#closed = true;
+      this.#queue = [];
+      if (this.#cancel !== null) await this.#cancel(reason);
+    }
+    tee() {
+      throw new TypeError("ReadableStream.tee() is not supported");
+    }
+    pipeTo() {
+      return Promise.reject(new TypeError("ReadableStream.pipeTo() is not supported"));
+    }
+    pipeThrough() {
+      throw new TypeError("ReadableStream.pipeThrough() is not supported");
     }
     async *[Symbol.asyncIterator]() {
       const r = this.getReader();
@@ -1032,6 +1131,10 @@
         yield value;
       }
     }
+  }
+  async function materialize(b) {
+    if (b === null || b.stream === undefined) return b;
+    return { bytes: await b.stream._readAll() };
   }
   define("ReadableStream", ReadableStream);
 
@@ -1043,6 +1146,7 @@
     get body() {
       const s = this[BODY];
       if (s.body === null) return null;
+      if (s.body.stream !== undefined) return s.body.stream;
       if (s.stream === null) {
         s.stream = new ReadableStream({ [HEADERS_GUARD]: true, body: s.body });
       }
@@ -1050,26 +1154,28 @@
     }
     get bodyUsed() {
       const s = this[BODY];
+      if (s.body !== null && s.body.stream !== undefined) return s.used || s.body.stream.locked;
       return s.used || (s.stream !== null && s.stream.locked);
     }
     _consume() {
       const s = this[BODY];
       if (this.bodyUsed) throw new TypeError("Body is unusable: body has already been read");
       s.used = true;
+      if (s.body !== null && s.body.stream !== undefined) s.body.stream._lock();
       return s.body;
     }
     async text() {
-      return bodyText(this._consume());
+      return bodyText(await materialize(this._consume()));
     }
     async json() {
-      return JSON.parse(bodyText(this._consume()));
+      return JSON.parse(bodyText(await materialize(this._consume())));
     }
     async arrayBuffer() {
-      const b = bodyBytes(this._consume());
+      const b = bodyBytes(await materialize(this._consume()));
       return b.buffer.byteLength === b.byteLength ? b.buffer : b.slice().buffer;
     }
     async bytes() {
-      return bodyBytes(this._consume()).slice();
+      return bodyBytes(await materialize(this._consume())).slice();
     }
     async formData() {
       throw new TypeError("Body.formData() is not supported");
@@ -1159,6 +1265,7 @@
     }
     clone() {
       if (this.bodyUsed) throw new TypeError("Request.clone: body has already been read");
+      if (this[BODY].body !== null && this[BODY].body.stream !== undefined) throw new TypeError("Request.clone: a stream body cannot be cloned");
       const r = new Request(this.#url, { method: this.#method, headers: this.#headers, signal: this.#signal, redirect: this.#redirect });
       r[BODY].body = this[BODY].body;
       return r;
@@ -1251,6 +1358,7 @@
     }
     clone() {
       if (this.bodyUsed) throw new TypeError("Response.clone: body has already been read");
+      if (this[BODY].body !== null && this[BODY].body.stream !== undefined) throw new TypeError("Response.clone: a stream body cannot be cloned");
       return Response._make({
         status: this.#status,
         statusText: this.#statusText,
@@ -1266,16 +1374,17 @@
 
   // ------------------------------------------------------------- fetch
   const pendingFetches = new Map(); // id -> { resolve, reject, signal, onAbort }
-  function fetch(input, init) {
+  async function fetch(input, init) {
+    const req = new Request(input, init);
+    // A stream the function made is sent buffered.
+    const body = await materialize(req[BODY].body);
     return new Promise((resolve, reject) => {
-      const req = new Request(input, init);
       const signal = req.signal;
       if (signal.aborted) throw signal.reason;
       const protocol = req.url.slice(0, req.url.indexOf(":") + 1);
       if (protocol !== "http:" && protocol !== "https:") {
         throw new TypeError(`fetch: scheme '${protocol}' is not supported`);
       }
-      const body = req[BODY].body;
       const started = native.fetchStart(
         req.method,
         req.url,
@@ -1414,7 +1523,7 @@
         if (res.type === "error" || res.status < 200) {
           return { kind: "bad_response", message: "the handler returned a network error (Response.error())" };
         }
-        const b = res._consume();
+        const b = await materialize(res._consume());
         return {
           kind: "response",
           status: res.status,

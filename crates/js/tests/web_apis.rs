@@ -554,3 +554,59 @@ fn crypto_subtle_digest_and_hmac() {
     assert_eq!(v["md5"], "NotSupportedError");
     assert_eq!(v["encrypt"], "NotSupportedError");
 }
+
+#[test]
+fn readable_streams_made_by_the_function_are_buffered() {
+    let v = js(r#"
+        const enc = new TextEncoder();
+        const s = new ReadableStream({
+            start(c) { c.enqueue(enc.encode("a")); setTimeout(() => { c.enqueue("b"); c.close(); }, 5); },
+        });
+        const r = new Response(s);
+        const out = { used: r.bodyUsed, same: r.body === s, text: await r.text(), after: r.bodyUsed };
+        let n = 0;
+        const pulled = new ReadableStream({ pull(c) { if (++n > 3) c.close(); else c.enqueue(enc.encode(String(n))); } });
+        const chunks = [];
+        for await (const chunk of pulled) chunks.push(new TextDecoder().decode(chunk));
+        out.pulled = chunks;
+        const failing = new ReadableStream({ start(c) { c.error(new RangeError("broken")); } });
+        try { await new Response(failing).text(); } catch (e) { out.failing = e.name; }
+        const locked = new ReadableStream({ start(c) { c.close(); } });
+        locked.getReader();
+        try { new Response(locked); } catch (e) { out.locked = e.name; }
+        return out;
+    "#);
+    assert_eq!(v["used"], false);
+    assert_eq!(v["same"], true);
+    assert_eq!(v["text"], "ab");
+    assert_eq!(v["after"], true);
+    assert_eq!(v["pulled"], json!(["1", "2", "3"]));
+    assert_eq!(v["failing"], "RangeError");
+    assert_eq!(v["locked"], "TypeError");
+}
+
+#[test]
+fn a_streamed_response_is_sent_whole() {
+    let mut w = worker();
+    let (reply, body) = run(
+        &mut w,
+        r#"Deno.serve(() => {
+            const enc = new TextEncoder();
+            let i = 0;
+            const body = new ReadableStream({
+                start(c) {
+                    const t = setInterval(() => {
+                        c.enqueue(enc.encode(`data: ${++i}\n\n`));
+                        if (i === 3) { clearInterval(t); c.close(); }
+                    }, 1);
+                },
+            });
+            return new Response(body, { headers: { "content-type": "text/event-stream" } });
+        });"#,
+    );
+    assert_eq!(
+        ok(&reply, &body),
+        (200, "data: 1\n\ndata: 2\n\ndata: 3\n\n".to_owned())
+    );
+    assert_eq!(header(&reply, "content-type"), Some("text/event-stream"));
+}
