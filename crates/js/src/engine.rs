@@ -772,7 +772,10 @@ impl FnRuntime {
                     "the handler's promise never settled (no timer or fetch pending)".to_owned(),
                 ));
             }
-            let wait = (next > 0.0).then(|| Duration::from_secs_f64(next / 1000.0));
+            // At most a day per wait (the host's wall limit ends it sooner).
+            let wait = (next > 0.0)
+                .then(|| Duration::try_from_secs_f64(next.min(86_400_000.0) / 1000.0).ok())
+                .flatten();
             if let Some((id, result)) = net.wait(wait) {
                 self.meter.start();
                 let r = self.deliver(id, result);

@@ -394,8 +394,9 @@
   let timerSeq = 0;
   function addTimer(fn, delay, args, repeat) {
     const id = nextTimerId++;
-    let ms = Number(delay);
-    if (!(ms >= 0) || !Number.isFinite(ms)) ms = 0;
+    // WebIDL `long`: ToInt32 (2 ** 31 wraps negative), then negative → 0.
+    let ms = Number(delay) | 0;
+    if (ms < 0) ms = 0;
     if (typeof fn !== "function") {
       const code = String(fn);
       fn = () => {

@@ -610,3 +610,17 @@ fn a_streamed_response_is_sent_whole() {
     );
     assert_eq!(header(&reply, "content-type"), Some("text/event-stream"));
 }
+
+#[test]
+fn timer_delays_convert_like_webidl_long() {
+    // 2 ** 31 wraps to a negative long, hence 0; huge and NaN delays too.
+    let v = js(r#"
+        const order = [];
+        setTimeout(() => order.push("wrapped"), 2 ** 31);
+        setTimeout(() => order.push("nan"), NaN);
+        setTimeout(() => order.push("huge"), 1e300);
+        await new Promise((r) => setTimeout(r, 20));
+        return order;
+    "#);
+    assert_eq!(v, json!(["wrapped", "nan", "huge"]));
+}
