@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::plan::{self, Arg, Planner, Shape, Source, Sql};
 use crate::pool::TenantDb;
 use crate::query::{self, Query, SelectItem};
-use crate::schema::{Schema, Table};
+use crate::schema::{Function, Schema, Table};
 
 const JSON: &str = "application/json; charset=utf-8";
 const OBJECT: &str = "application/vnd.pgrst.object+json; charset=utf-8";
@@ -1844,18 +1844,19 @@ async fn rpc_inner(
         BodyMedia::Xml => &["xml"],
         BodyMedia::Bytes => &["bytea"],
     };
-    let raw_fn = if post {
+    let raw_fns: Vec<&Arc<Function>> = if post {
         candidates
             .iter()
-            .find(|f| {
+            .filter(|f| {
                 f.args.len() == 1
                     && raw_types.contains(&f.args[0].ty.as_str())
                     && (single_object || f.args[0].name.is_empty())
             })
-            .cloned()
+            .collect()
     } else {
-        None
+        Vec::new()
     };
+    let raw_fn = raw_fns.first().map(|f| Arc::clone(f));
     // Argument names and values.
     // `application/x-www-form-urlencoded`: the pairs are the arguments
     // (as JSON strings, read as each parameter's type), as PostgREST.
@@ -1923,6 +1924,10 @@ async fn rpc_inner(
     };
     let (f, raw) = match (picked, raw_fn) {
         (Some(f), _) => (f, false),
+        // Several functions could take the body: PGRST203.
+        (None, Some(_)) if raw_fns.len() > 1 => {
+            return Err(plan::ambiguous_functions(&raw_fns));
+        }
         (None, Some(f)) => (f, true),
         (None, None) => return Err(no_single()),
     };

@@ -1539,9 +1539,14 @@ pub fn pick_function(
         return Ok(first.clone());
     }
     // More than one overload accepts these names: PostgREST's 300 PGRST203.
-    let all = candidates
+    let all: Vec<&Arc<Function>> = candidates.iter().filter(matches).collect();
+    Err(ambiguous_functions(&all))
+}
+
+/// PGRST203: more than one function fits the request.
+pub fn ambiguous_functions(fns: &[&Arc<Function>]) -> Error {
+    let all = fns
         .iter()
-        .filter(matches)
         .map(|f| {
             let params = f
                 .args
@@ -1553,12 +1558,12 @@ pub fn pick_function(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    Err(Error::api(
+    Error::api(
         StatusCode::MULTIPLE_CHOICES,
         "PGRST203",
         format!("Could not choose the best candidate function between: {all}"),
     )
-    .hint("Try renaming the parameters or the function itself in the database so function overloading can be resolved"))
+    .hint("Try renaming the parameters or the function itself in the database so function overloading can be resolved")
 }
 
 /// PGRST202 with PostgREST's message, details and "Perhaps you meant" hint

@@ -398,6 +398,20 @@ impl Schema {
                 .insert(t.name.clone(), Arc::new(t));
         }
         let rels = relationships(&tables, &raw.fks, &raw.views, computed_rels);
+        // Overloads in PostgREST's order (by their parameters' names and types).
+        for by_name in functions.values_mut() {
+            for v in by_name.values_mut() {
+                v.sort_by(|a, b| {
+                    let key = |f: &Function| -> Vec<(String, String)> {
+                        f.args
+                            .iter()
+                            .map(|x| (x.name.clone(), x.ty.clone()))
+                            .collect()
+                    };
+                    key(a).cmp(&key(b))
+                });
+            }
+        }
         Schema {
             tables,
             rels,

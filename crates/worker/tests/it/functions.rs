@@ -18,6 +18,8 @@ CREATE FUNCTION nominated() RETURNS SETOF nominated_films LANGUAGE sql STABLE AS
 CREATE FUNCTION pick(a int) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'a' $$;
 CREATE FUNCTION pick(b text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'b' $$;
 CREATE FUNCTION pick(a int, b text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'ab' $$;
+CREATE FUNCTION twice(json) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'json' $$;
+CREATE FUNCTION twice(jsonb) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'jsonb' $$;
 CREATE FUNCTION defaults_only(x int DEFAULT 1, y int DEFAULT 2) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT x * 10 + y $$;
 "#;
 
@@ -87,6 +89,18 @@ async fn raw_bodies() {
         &call(post("whoami", "text/plain").body("x")).await,
         404,
         "PGRST202",
+    );
+    // Two functions that could take the body: PGRST203.
+    let got = call(s.req(Method::POST, "/rpc/twice").json(&json!([1]))).await;
+    assert_eq!(got.0, 300, "{}", got.1);
+    assert_eq!(
+        (&got.1["code"], &got.1["message"]),
+        (
+            &json!("PGRST203"),
+            &json!(
+                "Could not choose the best candidate function between: public.twice( => json), public.twice( => jsonb)"
+            )
+        )
     );
     // Functions whose parameters all have defaults still may.
     assert_eq!(
