@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
@@ -1071,7 +1071,7 @@ async fn one_trace(spans: &Spans, rid: &str, log_trace_id: Option<String>) -> Re
 
 /// The value of a Grafana variable in this check: every builtin, `service`
 /// (`.*`: every job), `tenant` (the tenant of the traffic).
-fn variable_value(name: &str, tenant: &str, now_ms: u128) -> Option<String> {
+fn variable_value(name: &str, tenant: &str, now_ms: i64) -> Option<String> {
     let v = match name {
         "service" => ".*".to_owned(),
         "tenant" => tenant.to_owned(),
@@ -1123,10 +1123,7 @@ async fn vm_query(http: &reqwest::Client, vm: &str, expr: &str) -> Result<usize>
 }
 
 async fn dashboards(stack: &Stack, tenant: &str) -> Result<String> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let files = files_with_ext(DASHBOARD_DIR, ".json")?;
     if files.is_empty() {
         bail!("no dashboard in {DASHBOARD_DIR}");
