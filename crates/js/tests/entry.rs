@@ -381,3 +381,29 @@ fn a_prepared_spare_runtime_serves_a_cold_start_with_the_invocations_limits() {
     let (reply, _) = run_with(&mut w, inv, Vec::new());
     assert_eq!(failed(&reply).0, FunctionError::MemoryLimit);
 }
+
+#[test]
+fn repeated_response_headers_stay_separate() {
+    let mut w = worker();
+    let (reply, body) = run(
+        &mut w,
+        r#"Deno.serve(() => {
+            const h = new Headers();
+            h.append("Set-Cookie", "a=1; Path=/");
+            h.append("Set-Cookie", "b=2; Path=/");
+            h.append("Vary", "Origin");
+            return new Response("ok", { headers: h });
+        });"#,
+    );
+    assert_eq!(ok(&reply, &body).0, 200);
+    let Outcome::Response { headers, .. } = &reply.outcome else {
+        panic!("not a response");
+    };
+    let cookies: Vec<&str> = headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, ["a=1; Path=/", "b=2; Path=/"]);
+    assert_eq!(header(&reply, "vary"), Some("Origin"));
+}
