@@ -88,6 +88,7 @@ pub(crate) struct Invoker {
     code: CodeCache,
     pool: Arc<Pool>,
     public_url: String,
+    proxy_url: String,
     fetch_allow: Vec<String>,
     limits: Limits,
     max_request_bytes: usize,
@@ -133,14 +134,19 @@ impl Invoker {
             cpu.clone(),
         );
         let mut fetch_allow = config.fetch_allow.clone();
-        if let Some(host) = url_host(&config.public_url) {
-            fetch_allow.insert(0, host);
+        for url in [&config.proxy_url, &config.public_url] {
+            if let Some(host) = url_host(url)
+                && !fetch_allow.contains(&host)
+            {
+                fetch_allow.insert(0, host);
+            }
         }
         Arc::new(Invoker {
             tenants,
             code,
             pool,
             public_url: config.public_url.clone(),
+            proxy_url: config.proxy_url.clone(),
             fetch_allow,
             limits: Limits {
                 cpu_ms: config.cpu_ms,
@@ -482,12 +488,13 @@ async fn prepare(
     };
 
     let keys = inv.keys(&info);
-    let supabase_url = format!("{}/t/{tenant}", inv.public_url);
+    let public = format!("{}/t/{tenant}", inv.public_url);
     let path = parts.uri.path();
     let url = match parts.uri.query() {
-        Some(q) => format!("{supabase_url}{path}?{q}"),
-        None => format!("{supabase_url}{path}"),
+        Some(q) => format!("{public}{path}?{q}"),
+        None => format!("{public}{path}"),
     };
+    let supabase_url = format!("{}/t/{tenant}", inv.proxy_url);
     let mut env: Vec<(String, String)> = code
         .env
         .iter()

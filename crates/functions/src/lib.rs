@@ -26,7 +26,8 @@ use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, c
 /// | variable | default | meaning |
 /// |---|---|---|
 /// | `MADBASE_CONTROL_URL` | `http://127.0.0.1:8001` | control (functions' code, secrets, tenants) |
-/// | `MADBASE_PUBLIC_URL` | `http://127.0.0.1:8000` | the proxy as clients reach it: `SUPABASE_URL` is `<this>/t/<tenant>` |
+/// | `MADBASE_PUBLIC_URL` | `http://127.0.0.1:8000` | the proxy as clients reach it: a function's `request.url` is `<this>/t/<tenant>/functions/v1/…` |
+/// | `MADBASE_FUNCTIONS_PROXY_URL` | `MADBASE_PUBLIC_URL` | the proxy as functions reach it (e.g. `http://proxy:8000` in compose): `SUPABASE_URL` is `<this>/t/<tenant>` |
 /// | `MADBASE_FUNCTIONS_WORKERS` | available parallelism | worker processes (at most; started on demand) |
 /// | `MADBASE_FUNCTIONS_WORKER_CMD` | this executable + `functions-worker` | the worker command (program and arguments separated by spaces) |
 /// | `MADBASE_FUNCTIONS_QUEUE` | 64 | invocations that may wait for a free worker (0: none); beyond: 503 `function_pool_busy` |
@@ -39,7 +40,7 @@ use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, c
 /// | `MADBASE_FUNCTIONS_MAX_RESPONSE_BYTES` | 6 MiB | response body; beyond: 500 `function_response_too_large` |
 /// | `MADBASE_FUNCTIONS_MAX_FETCHES` | 50 | `fetch` calls per invocation |
 /// | `MADBASE_FUNCTIONS_MAX_FETCH_BYTES` | 10 MiB | largest `fetch` response body |
-/// | `MADBASE_FUNCTIONS_FETCH_ALLOW` | (none) | comma list of hosts/CIDRs `fetch` may reach although private (the host of `MADBASE_PUBLIC_URL` always is) |
+/// | `MADBASE_FUNCTIONS_FETCH_ALLOW` | (none) | comma list of hosts/CIDRs `fetch` may reach although private (the hosts of `MADBASE_PUBLIC_URL` and `MADBASE_FUNCTIONS_PROXY_URL` always are) |
 /// | `MADBASE_FUNCTIONS_CODE_CACHE_SECONDS` | 2 | how long a function's code and secrets are cached |
 /// | `MADBASE_FUNCTIONS_TEST_HOOKS` | unset | `1`: workers (which inherit it) offer test-only hooks such as `__madbaseTestCrash()`; never in production |
 #[derive(Clone)]
@@ -51,6 +52,8 @@ pub struct Config {
     pub control_url: String,
     /// `MADBASE_PUBLIC_URL`, default `http://127.0.0.1:8000`.
     pub public_url: String,
+    /// `MADBASE_FUNCTIONS_PROXY_URL`, default `public_url`.
+    pub proxy_url: String,
     /// `MADBASE_FUNCTIONS_WORKER_CMD`: program and arguments.
     pub worker_command: Vec<OsString>,
     /// `MADBASE_FUNCTIONS_WORKERS`.
@@ -87,6 +90,7 @@ impl std::fmt::Debug for Config {
             .field("common", &self.common)
             .field("control_url", &self.control_url)
             .field("public_url", &self.public_url)
+            .field("proxy_url", &self.proxy_url)
             .field("worker_command", &self.worker_command)
             .field("workers", &self.workers)
             .finish_non_exhaustive()
@@ -131,11 +135,13 @@ impl Config {
                     .collect()
             })
             .unwrap_or_default();
+        let public_url = env.url("MADBASE_PUBLIC_URL", "http://127.0.0.1:8000")?;
         Ok(Config {
             common: CommonConfig::from_env(Service::Functions, env)?,
             jwt_secret: secrets::jwt_secret(env)?,
             control_url: env.url("MADBASE_CONTROL_URL", "http://127.0.0.1:8001")?,
-            public_url: env.url("MADBASE_PUBLIC_URL", "http://127.0.0.1:8000")?,
+            public_url: public_url.clone(),
+            proxy_url: env.url("MADBASE_FUNCTIONS_PROXY_URL", &public_url)?,
             worker_command,
             workers: size(count("MADBASE_FUNCTIONS_WORKERS", parallelism)?),
             queue: size(count("MADBASE_FUNCTIONS_QUEUE", 64)?),

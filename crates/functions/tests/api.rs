@@ -34,6 +34,7 @@ async fn test_health_endpoint_functions() {
 fn configuration_defaults_and_errors() {
     let c = config(&[]);
     assert_eq!(c.public_url, "http://127.0.0.1:8000");
+    assert_eq!(c.proxy_url, c.public_url);
     assert_eq!(c.wall, Duration::from_secs(150));
     assert_eq!(c.cpu_ms, 2000);
     assert_eq!(c.memory_bytes, 256 << 20);
@@ -53,7 +54,11 @@ fn configuration_defaults_and_errors() {
             "10.0.0.0/8, api.internal ,",
         ),
         ("MADBASE_FUNCTIONS_QUEUE", "0"),
+        ("MADBASE_PUBLIC_URL", "https://api.example.com/"),
+        ("MADBASE_FUNCTIONS_PROXY_URL", "http://proxy:8000"),
     ]);
+    assert_eq!(c.public_url, "https://api.example.com");
+    assert_eq!(c.proxy_url, "http://proxy:8000");
     assert_eq!(
         c.worker_command,
         ["/bin/madbase", "functions-worker", "--x"].map(std::ffi::OsString::from)
@@ -66,6 +71,7 @@ fn configuration_defaults_and_errors() {
         ("MADBASE_FUNCTIONS_CPU_MS", "-1"),
         ("MADBASE_FUNCTIONS_WALL_SECONDS", "soon"),
         ("MADBASE_PUBLIC_URL", "ftp://x"),
+        ("MADBASE_FUNCTIONS_PROXY_URL", "proxy:8000"),
     ] {
         let err =
             madbase_functions::Config::from_env(&madbase_testkit::service::env(&[(var, value)]))

@@ -66,6 +66,7 @@ impl Stack {
         fn_env.extend(env(&[
             ("MADBASE_CONTROL_URL", &control_url),
             ("MADBASE_PUBLIC_URL", &public_url),
+            ("MADBASE_FUNCTIONS_PROXY_URL", &public_url),
             ("MADBASE_FUNCTIONS_WORKERS", "3"),
             ("MADBASE_FUNCTIONS_CODE_CACHE_SECONDS", "0.5"),
         ]));
@@ -235,7 +236,9 @@ Deno.serve(async () => {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn functions_deploy_invoke_redeploy_delete_through_the_proxy() {
-    let stack = Stack::start(&[]);
+    // Clients know the platform by a public name; functions reach the proxy
+    // on loopback (as `http://proxy:8000` in compose).
+    let stack = Stack::start(&[("MADBASE_PUBLIC_URL", "https://api.example.test")]);
     let t = stack.tenant("fne2e").await;
     let deployed = stack.deploy(&t, "hello", "", HELLO).await;
     assert_eq!(deployed["version"], 1);
@@ -265,8 +268,8 @@ async fn functions_deploy_invoke_redeploy_delete_through_the_proxy() {
     assert_eq!(
         body["url"],
         format!(
-            "http://{}/t/{}/functions/v1/hello/sub/path?q=42",
-            stack.proxy.api, t.id
+            "https://api.example.test/t/{}/functions/v1/hello/sub/path?q=42",
+            t.id
         )
     );
     assert_eq!(body["auth"], format!("Bearer {}", t.anon_key));
