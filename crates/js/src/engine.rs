@@ -28,6 +28,8 @@ const PRELUDE: &str = include_str!("prelude.js");
 const STACK_LIMIT: usize = 1024 * 1024;
 /// `console.*` output kept per invocation (the reply's header is bounded).
 const MAX_LOG_BYTES: usize = 1024 * 1024;
+/// Unhandled rejections tracked per invocation at most.
+const MAX_REJECTIONS: usize = 100;
 /// One log line is cut to this many bytes.
 const MAX_LOG_LINE: usize = 16 * 1024;
 
@@ -101,6 +103,10 @@ struct Shared {
     log_bytes: Cell<usize>,
     log_dropped: Cell<usize>,
     fetch: RefCell<FetchQueue>,
+    /// Promises rejected with no handler yet (reported at the end of the
+    /// invocation unless one is attached meanwhile). Cleared before the
+    /// runtime is dropped.
+    rejections: RefCell<Vec<(Persistent<Value<'static>>, String)>>,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +137,13 @@ impl Shared {
     }
 
     fn take_logs(&self) -> Vec<LogLine> {
+        let rejections = std::mem::take(&mut *self.rejections.borrow_mut());
+        for (_, message) in rejections {
+            self.log(
+                "error".to_owned(),
+                format!("Uncaught (in promise) {message}"),
+            );
+        }
         let mut logs = std::mem::take(&mut *self.logs.borrow_mut());
         let dropped = self.log_dropped.replace(0);
         if dropped > 0 {
@@ -152,6 +165,13 @@ pub(crate) struct FnRuntime {
     rt: Runtime,
     shared: Rc<Shared>,
     meter: Rc<Meter>,
+}
+
+impl Drop for FnRuntime {
+    fn drop(&mut self) {
+        // Persistent values must not outlive the runtime.
+        self.shared.rejections.borrow_mut().clear();
+    }
 }
 
 impl std::fmt::Debug for FnRuntime {
@@ -499,6 +519,25 @@ impl FnRuntime {
         rt.set_interrupt_handler(Some(Box::new(move || m.interrupt())));
         let ctx = Context::full(&rt).map_err(|e| Failure::Engine(format!("context: {e}")))?;
         let shared = Rc::new(Shared::default());
+        let s = shared.clone();
+        rt.set_host_promise_rejection_tracker(Some(Box::new(
+            move |ctx: Ctx<'_>, promise: Value<'_>, reason: Value<'_>, handled: bool| {
+                if handled {
+                    s.rejections.borrow_mut().retain(|(p, _)| {
+                        p.clone()
+                            .restore(&ctx)
+                            .map_or(true, |p: Value<'_>| p != promise)
+                    });
+                } else {
+                    // Described before borrowing: describing may run JavaScript.
+                    let message = describe(&reason);
+                    let mut rejections = s.rejections.borrow_mut();
+                    if rejections.len() < MAX_REJECTIONS {
+                        rejections.push((Persistent::save(&ctx, promise), message));
+                    }
+                }
+            },
+        )));
         meter.reset(Duration::from_millis(limits.cpu_ms.max(1)));
         meter.start();
         let internal = ctx.with(|ctx| -> Result<_, Failure> {

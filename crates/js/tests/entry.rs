@@ -407,3 +407,32 @@ fn repeated_response_headers_stay_separate() {
     assert_eq!(cookies, ["a=1; Path=/", "b=2; Path=/"]);
     assert_eq!(header(&reply, "vary"), Some("Origin"));
 }
+
+#[test]
+fn unhandled_rejections_are_logged_handled_ones_are_not() {
+    let mut w = worker();
+    let (reply, body) = run(
+        &mut w,
+        r#"Deno.serve(async () => {
+            Promise.reject(new RangeError("lost"));
+            const later = Promise.reject(new Error("handled later"));
+            await null;
+            later.catch(() => {});
+            async function fails() { throw new TypeError("awaited"); }
+            try { await fails(); } catch {}
+            return new Response("ok");
+        });"#,
+    );
+    assert_eq!(ok(&reply, &body), (200, "ok".to_owned()));
+    let errors: Vec<&str> = reply
+        .logs
+        .iter()
+        .filter(|l| l.level == "error")
+        .map(|l| l.message.as_str())
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("Uncaught (in promise) RangeError: lost"),
+        "{errors:?}"
+    );
+}
