@@ -33,6 +33,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 /// How the pool runs.
 #[derive(Debug, Clone)]
@@ -217,13 +218,18 @@ impl Pool {
             }
         };
         let pool = self.clone();
-        let task = tokio::spawn(async move {
-            let _permit = permit;
-            pool.metrics.busy.inc();
-            let result = pool.exchange(invoke, source, body).await;
-            pool.metrics.busy.dec();
-            result
-        });
+        // The invocation's span goes along: the pool's log lines keep the
+        // request ID, tenant and function.
+        let task = tokio::spawn(
+            async move {
+                let _permit = permit;
+                pool.metrics.busy.inc();
+                let result = pool.exchange(invoke, source, body).await;
+                pool.metrics.busy.dec();
+                result
+            }
+            .instrument(tracing::Span::current()),
+        );
         task.await.unwrap_or_else(|e| {
             Err(RunError::Crashed(format!(
                 "the invocation task failed: {e}"

@@ -528,6 +528,12 @@ async fn function_limits_crashes_and_isolation() {
     let (status, body, _) = stack.call(&a, "crash", json!({})).await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["code"], "function_crashed");
+    let rid = body["request_id"].as_str().expect("request id").to_owned();
+    let line = stack.functions.wait_for_line(|v| {
+        v["message"] == "a worker failed during an invocation" && v["request_id"] == rid.as_str()
+    });
+    assert_eq!(line["tenant"], a.id.as_str());
+    assert_eq!(line["level"], "ERROR");
     for _ in 0..4 {
         let (status, body, _) = stack.call(&b, "hello", json!({})).await;
         assert_eq!(status, 200, "{body}");
