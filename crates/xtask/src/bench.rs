@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{output, root, run, step};
+use crate::util::{http_client, output, root, run, step};
 
 pub(crate) const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -66,14 +66,12 @@ pub(crate) fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Polls `GET url` until it answers a success, for up to 60 s.
 pub(crate) fn wait_http(url: &str) -> Result<()> {
+    let http = http_client(Duration::from_secs(2))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let ok = Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", url])
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
+        if http.get(url).send().is_ok_and(|a| a.status().is_success()) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -81,13 +79,20 @@ pub(crate) fn wait_http(url: &str) -> Result<()> {
     bail!("{url} did not answer within 60 s")
 }
 
-fn curl_json(args: &[&str]) -> Result<serde_json::Value> {
-    let text = output(
-        Command::new("curl")
-            .arg("-sS")
-            .arg("--fail-with-body")
-            .args(args),
-    )?;
+/// `POST url` of `body` with `Authorization: Bearer <token>`; the JSON answer
+/// of a success.
+fn post_json(url: &str, token: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+    let answer = http_client(Duration::from_secs(60))?
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .with_context(|| format!("POST {url}"))?;
+    let status = answer.status();
+    let text = answer.text()?;
+    if !status.is_success() {
+        bail!("POST {url}: {status} {text}");
+    }
     serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))
 }
 
@@ -315,8 +320,8 @@ fn pin_postgres(server: &madbase_testkit::PgServer, cpu: &str) -> Result<()> {
 pub(crate) struct BenchControl {
     _proc: Proc,
     pub(crate) url: String,
-    /// `Authorization: Bearer <admin token>`.
-    pub(crate) auth: String,
+    /// The admin token (`Authorization: Bearer` of control's admin API).
+    pub(crate) token: String,
     pub(crate) anon: String,
     /// The throwaway database control runs on (its server holds the tenant's).
     pub(crate) db: madbase_testkit::TestDb,
@@ -351,23 +356,17 @@ pub(crate) fn control_with_tenant(bin: &Path, work: &Path, tenant: &str) -> Resu
             .args(["token", "admin"])
             .env("JWT_SECRET", SECRET),
     )?;
-    let auth = format!("Authorization: Bearer {}", admin.trim());
-    let created = curl_json(&[
-        "-X",
-        "POST",
+    let token = admin.trim().to_owned();
+    let created = post_json(
         &format!("{url}/v1/tenants"),
-        "-H",
-        &auth,
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &serde_json::json!({ "id": tenant }).to_string(),
-    ])?;
+        &token,
+        &serde_json::json!({ "id": tenant }),
+    )?;
     let anon = created["anon_key"].as_str().context("anon key")?.to_owned();
     Ok(BenchControl {
         _proc: proc,
         url,
-        auth,
+        token,
         anon,
         db,
     })
@@ -385,9 +384,9 @@ pub fn worker() -> Result<()> {
 
     // Postgres, control (CPU1, consulted once thanks to the cache), a tenant.
     let control = control_with_tenant(&bin, &work, "bench")?;
-    let (control_url, auth, anon) = (
+    let (control_url, token, anon) = (
         control.url.clone(),
-        control.auth.clone(),
+        control.token.clone(),
         control.anon.clone(),
     );
     let fixture = format!(
@@ -397,17 +396,11 @@ pub fn worker() -> Result<()> {
          CREATE TABLE bench_log (id bigserial PRIMARY KEY, name text NOT NULL, price numeric NOT NULL); \
          ANALYZE bench_items"
     );
-    curl_json(&[
-        "-X",
-        "POST",
+    post_json(
         &format!("{control_url}/v1/tenants/bench/sql"),
-        "-H",
-        &auth,
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &serde_json::json!({ "query": fixture }).to_string(),
-    ])?;
+        &token,
+        &serde_json::json!({ "query": fixture }),
+    )?;
 
     // The worker on CPU0 with one Tokio thread.
     let worker_port = free_port()?;
@@ -435,15 +428,13 @@ pub fn worker() -> Result<()> {
     let worker_pid = worker.0.id();
     let worker_url = format!("http://127.0.0.1:{worker_port}");
     wait_http(&format!("{worker_url}/health"))?;
-    let probe = output(Command::new("curl").args([
-        "-sS",
-        "--fail-with-body",
-        &format!("{worker_url}/rest/v1/bench_items?id=eq.1"),
-        "-H",
-        &format!("apikey: {anon}"),
-        "-H",
-        "X-Madbase-Tenant: bench",
-    ]))?;
+    let probe = http_client(Duration::from_secs(10))?
+        .get(format!("{worker_url}/rest/v1/bench_items?id=eq.1"))
+        .header("apikey", &anon)
+        .header("X-Madbase-Tenant", "bench")
+        .send()
+        .context("GET /rest/v1/bench_items from the worker")?
+        .text()?;
     if !probe.contains("\"id\":1") {
         bail!("unexpected answer from the worker: {probe}");
     }

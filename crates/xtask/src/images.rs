@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 
 use crate::image_spec::ImageSpec;
 use crate::podman::Podman;
-use crate::util::{output, random_hex, root, run, step};
+use crate::util::{http_client, output, random_hex, root, run, step};
 
 /// Where the archives go, relative to the workspace root.
 const OUT_DIR: &str = "target/images";
@@ -1178,19 +1178,18 @@ fn run_and_probe(
     Ok(())
 }
 
-/// `GET <path>` on 127.0.0.1:`port` (HTTP/1.0); the body of a 200 answer.
+/// `GET http://127.0.0.1:<port><path>`; the body of a 200 answer.
 fn http_get(port: u16, path: &str) -> Result<String> {
-    use std::io::Write as _;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
-        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let answer = http_client(Duration::from_secs(5))?
+        .get(&url)
+        .send()
+        .with_context(|| format!("GET {url}"))?;
+    let status = answer.status();
+    let body = answer.text()?;
     ensure!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "GET 127.0.0.1:{port}{path}: {head}"
+        status == reqwest::StatusCode::OK,
+        "GET {url}: {status} {body}"
     );
     Ok(body.trim().to_owned())
 }

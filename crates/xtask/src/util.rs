@@ -91,3 +91,12 @@ pub fn random_bytes(n: usize) -> Result<Vec<u8>> {
 pub fn random_hex(n: usize) -> Result<String> {
     Ok(hex::encode(random_bytes(n)?))
 }
+
+/// A blocking HTTP client for the tasks' probes of local services: no proxy
+/// from the environment (everything is on 127.0.0.1), `timeout` per request.
+pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::blocking::Client> {
+    Ok(reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()?)
+}
