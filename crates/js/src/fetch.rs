@@ -57,11 +57,17 @@ pub(crate) struct Policy {
 
 impl Policy {
     /// From `Invoke.fetch_allow`: host names (any case, optional `:port`
-    /// ignored), IP addresses and CIDRs.
+    /// ignored), IP addresses (IPv6 with or without brackets), CIDRs, or
+    /// URLs (their host).
     pub(crate) fn new(allow: &[String]) -> Self {
         let mut policy = Policy::default();
         for entry in allow {
-            let entry = entry.trim();
+            let from_url = entry
+                .contains("://")
+                .then(|| url::Url::parse(entry.trim()).ok())
+                .flatten()
+                .and_then(|u| u.host_str().map(str::to_owned));
+            let entry = from_url.as_deref().unwrap_or(entry).trim();
             if let Ok(net) = entry.parse::<IpNet>() {
                 policy.nets.push(net);
             } else if let Ok(ip) = entry.parse::<IpAddr>() {
@@ -69,13 +75,20 @@ impl Policy {
             } else if let Ok(addr) = entry.parse::<SocketAddr>() {
                 policy.nets.push(IpNet::from(addr.ip()));
             } else {
-                let host = entry
-                    .trim_start_matches('[')
+                let unbracketed = entry.trim_start_matches('[');
+                let host = unbracketed
                     .rsplit_once(':')
-                    .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-                    .map_or(entry, |(h, _)| h);
+                    .filter(|(h, port)| {
+                        // A port follows a name, an IPv4 address or `]`.
+                        (!h.contains(':') || h.ends_with(']'))
+                            && port.chars().all(|c| c.is_ascii_digit())
+                    })
+                    .map_or(unbracketed, |(h, _)| h);
                 let host = host.trim_end_matches(']').trim_end_matches('.');
-                policy.hosts.push(host.to_ascii_lowercase());
+                match host.parse::<IpAddr>() {
+                    Ok(ip) => policy.nets.push(IpNet::from(ip)),
+                    Err(_) => policy.hosts.push(host.to_ascii_lowercase()),
+                }
             }
         }
         policy
@@ -558,6 +571,16 @@ mod tests {
         assert!(!p.ip_allowed(ip("192.168.0.1")));
         assert!(p.host_allowed("proxy.internal"));
         assert!(!p.host_allowed("other.internal"));
+
+        let p = Policy::new(&[
+            "http://Gateway.Local:8000/base".into(),
+            "[::1]:8080".into(),
+            "[fd00::1]".into(),
+        ]);
+        assert!(p.host_allowed("gateway.local"));
+        assert!(p.ip_allowed(ip("::1")));
+        assert!(p.ip_allowed(ip("fd00::1")));
+        assert!(!p.ip_allowed(ip("fd00::2")));
     }
 
     #[test]
