@@ -152,6 +152,32 @@
   ]) {
     consoleObject[method] = (...args) => native.log(level, wellFormed(format(args)));
   }
+  consoleObject.dir = (v) => native.log("info", wellFormed(inspect(v, 1, [])));
+  consoleObject.table = consoleObject.log;
+  const timers_ = new Map();
+  const counts = new Map();
+  consoleObject.time = (label = "default") => timers_.set(String(label), performance.now());
+  function timeLog(label) {
+    const start = timers_.get(label);
+    if (start === undefined) return native.log("warn", wellFormed(`Timer '${label}' does not exist`));
+    native.log("info", wellFormed(`${label}: ${(performance.now() - start).toFixed(3)}ms`));
+  }
+  consoleObject.timeLog = (label = "default") => timeLog(String(label));
+  consoleObject.timeEnd = (label = "default") => {
+    timeLog(String(label));
+    timers_.delete(String(label));
+  };
+  consoleObject.count = (label = "default") => {
+    label = String(label);
+    const n = (counts.get(label) || 0) + 1;
+    counts.set(label, n);
+    native.log("info", wellFormed(`${label}: ${n}`));
+  };
+  consoleObject.countReset = (label = "default") => counts.delete(String(label));
+  consoleObject.group = consoleObject.groupCollapsed = (...args) => {
+    if (args.length) consoleObject.log(...args);
+  };
+  consoleObject.groupEnd = () => {};
   consoleObject.assert = (cond, ...args) => {
     if (!cond) native.log("error", wellFormed(`Assertion failed${args.length ? ": " + format(args) : ""}`));
   };
@@ -199,6 +225,8 @@
   class TextDecoder {
     #fatal;
     #ignoreBOM;
+    #pending = new Uint8Array(0);
+    #started = false;
     constructor(label = "utf-8", options = {}) {
       const l = String(label).trim().toLowerCase();
       if (l !== "utf-8" && l !== "utf8" && l !== "unicode-1-1-utf-8") {
@@ -217,11 +245,33 @@
       return this.#ignoreBOM;
     }
     decode(input, options) {
-      if (input === undefined) return "";
-      const u8 = bytesOf(input);
+      const stream = !!(options && options.stream);
+      let u8 = input === undefined ? new Uint8Array(0) : bytesOf(input);
       if (!u8) throw new TypeError("TextDecoder.decode: input must be a BufferSource");
-      if (options && options.stream) throw new TypeError("TextDecoder: streaming decode is not supported");
-      return utf8Decode(u8, this.#fatal, this.#ignoreBOM);
+      if (this.#pending.length > 0) {
+        const joined = new Uint8Array(this.#pending.length + u8.length);
+        joined.set(this.#pending);
+        joined.set(u8, this.#pending.length);
+        u8 = joined;
+        this.#pending = new Uint8Array(0);
+      }
+      let cut = u8.length;
+      if (stream) {
+        // Keep an incomplete UTF-8 sequence at the end for the next call.
+        let i = u8.length - 1;
+        while (i >= 0 && u8.length - i <= 3 && (u8[i] & 0xc0) === 0x80) i--;
+        if (i >= 0) {
+          const lead = u8[i];
+          const need = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
+          if (need > u8.length - i) cut = i;
+        }
+        this.#pending = u8.slice(cut);
+      }
+      // A BOM is only stripped at the start of a stream.
+      const out = utf8Decode(u8.subarray(0, cut), this.#fatal, this.#ignoreBOM || this.#started);
+      if (cut > 0) this.#started = true;
+      if (!stream) this.#started = false;
+      return out;
     }
   }
   define("TextEncoder", TextEncoder);
@@ -1316,8 +1366,9 @@
     static json(data, init = {}) {
       const text = JSON.stringify(data);
       if (text === undefined) throw new TypeError("Response.json: the data is not JSON serializable");
+      const own = new Headers(init && init.headers).has("content-type");
       const r = new Response(text, init);
-      r.#headers.set("content-type", "application/json");
+      if (!own) r.#headers.set("content-type", "application/json");
       return r;
     }
     static error() {
@@ -1469,6 +1520,8 @@
     },
   };
   define("Deno", Deno);
+  define("self", g);
+  define("navigator", { userAgent: "madbase-functions", language: "en-US", languages: ["en-US"], hardwareConcurrency: 1 });
   define("EdgeRuntime", { waitUntil() {} });
 
   internal.setEnv = (flat) => {

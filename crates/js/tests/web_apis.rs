@@ -624,3 +624,44 @@ fn timer_delays_convert_like_webidl_long() {
     "#);
     assert_eq!(v, json!(["wrapped", "nan", "huge"]));
 }
+
+#[test]
+fn text_decoder_streams_across_chunks() {
+    let v = js(r#"
+        const bytes = new TextEncoder().encode("\uFEFFé€😀!");
+        const d = new TextDecoder();
+        let out = "";
+        for (const b of bytes) out += d.decode(new Uint8Array([b]), { stream: true });
+        out += d.decode();
+        const cut = new TextDecoder();
+        const truncated = cut.decode(new Uint8Array([0x61, 0xE2, 0x82]), { stream: true }) + "|" + cut.decode();
+        return { out, truncated };
+    "#);
+    assert_eq!(v["out"], "é€😀!");
+    assert_eq!(v["truncated"], "a|\u{FFFD}");
+}
+
+#[test]
+fn small_globals_and_console_helpers() {
+    let mut w = worker();
+    let (reply, body) = run(
+        &mut w,
+        r#"Deno.serve(() => {
+            console.count(); console.count(); console.time("t"); console.timeEnd("t"); console.dir({ a: 1 });
+            const own = Response.json({}, { headers: { "content-type": "application/vnd.api+json" } });
+            return Response.json({ self: self === globalThis, ua: navigator.userAgent, ct: own.headers.get("content-type") });
+        });"#,
+    );
+    let v: Value = serde_json::from_str(&ok(&reply, &body).1).expect("json");
+    assert_eq!(v["self"], true);
+    assert_eq!(v["ua"], "madbase-functions");
+    assert_eq!(v["ct"], "application/vnd.api+json");
+    let lines: Vec<&str> = reply.logs.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(lines[0], "default: 1");
+    assert_eq!(lines[1], "default: 2");
+    assert!(
+        lines[2].starts_with("t: ") && lines[2].ends_with("ms"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[3], "{ a: 1 }");
+}
