@@ -1005,6 +1005,217 @@
     return h;
   }
 
+  // ------------------------------------------------- Blob, File, FormData
+  function latin1Bytes(s) {
+    const out = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i) & 0xff;
+    return out;
+  }
+  function concatBytes(parts) {
+    let total = 0;
+    for (const p of parts) total += p.length;
+    const out = new Uint8Array(total);
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  }
+  const BLOB_BYTES = Symbol("blob");
+  class Blob {
+    constructor(parts = [], options = {}) {
+      if (typeof parts !== "object" || parts === null || typeof parts[Symbol.iterator] !== "function") {
+        throw new TypeError("Blob: the parts must be an iterable");
+      }
+      const chunks = [];
+      for (const p of parts) {
+        if (p instanceof Blob) chunks.push(p[BLOB_BYTES]);
+        else if (bytesOf(p)) chunks.push(bytesOf(p).slice());
+        else chunks.push(utf8Encode(String(p)));
+      }
+      const type = options && options.type !== undefined ? String(options.type) : "";
+      Object.defineProperty(this, BLOB_BYTES, { value: concatBytes(chunks) });
+      Object.defineProperty(this, "_type", { value: /^[\x20-\x7e]*$/.test(type) ? type.toLowerCase() : "" });
+    }
+    get size() {
+      return this[BLOB_BYTES].length;
+    }
+    get type() {
+      return this._type;
+    }
+    async text() {
+      return utf8Decode(this[BLOB_BYTES], false, false);
+    }
+    async arrayBuffer() {
+      return this[BLOB_BYTES].slice().buffer;
+    }
+    async bytes() {
+      return this[BLOB_BYTES].slice();
+    }
+    slice(start = 0, end = this.size, type = "") {
+      const n = this.size;
+      const rel = (x) => (x < 0 ? Math.max(n + x, 0) : Math.min(x, n));
+      return new Blob([this[BLOB_BYTES].subarray(rel(start), Math.max(rel(start), rel(end)))], { type });
+    }
+    stream() {
+      const bytes = this[BLOB_BYTES];
+      return new ReadableStream({
+        start(c) {
+          c.enqueue(bytes.slice());
+          c.close();
+        },
+      });
+    }
+  }
+  class File extends Blob {
+    #name;
+    #lastModified;
+    constructor(parts, name, options = {}) {
+      if (arguments.length < 2) throw new TypeError("File: 2 arguments required");
+      super(parts, options);
+      this.#name = String(name);
+      this.#lastModified = options && options.lastModified !== undefined ? Number(options.lastModified) : Date.now();
+    }
+    get name() {
+      return this.#name;
+    }
+    get lastModified() {
+      return this.#lastModified;
+    }
+  }
+  define("Blob", Blob);
+  define("File", File);
+
+  function formEntry(name, value, filename) {
+    name = wellFormed(name);
+    if (value instanceof Blob) {
+      if (!(value instanceof File) || filename !== undefined) {
+        value = new File([value], filename !== undefined ? String(filename) : value instanceof File ? value.name : "blob", {
+          type: value.type,
+        });
+      }
+      return [name, value];
+    }
+    return [name, wellFormed(value)];
+  }
+  class FormData {
+    #list = [];
+    constructor(form) {
+      if (form !== undefined) throw new TypeError("FormData: a form element is not supported");
+    }
+    append(name, value, filename) {
+      this.#list.push(formEntry(name, value, filename));
+    }
+    set(name, value, filename) {
+      const entry = formEntry(name, value, filename);
+      const i = this.#list.findIndex(([k]) => k === entry[0]);
+      if (i < 0) this.#list.push(entry);
+      else {
+        this.#list[i] = entry;
+        this.#list = this.#list.filter(([k], j) => j <= i || k !== entry[0]);
+      }
+    }
+    get(name) {
+      const e = this.#list.find(([k]) => k === String(name));
+      return e ? e[1] : null;
+    }
+    getAll(name) {
+      return this.#list.filter(([k]) => k === String(name)).map(([, v]) => v);
+    }
+    has(name) {
+      return this.#list.some(([k]) => k === String(name));
+    }
+    delete(name) {
+      this.#list = this.#list.filter(([k]) => k !== String(name));
+    }
+    forEach(callback, thisArg) {
+      for (const [k, v] of this.#list.slice()) callback.call(thisArg, v, k, this);
+    }
+    *entries() {
+      for (const [k, v] of this.#list.slice()) yield [k, v];
+    }
+    *keys() {
+      for (const [k] of this.entries()) yield k;
+    }
+    *values() {
+      for (const [, v] of this.entries()) yield v;
+    }
+    [Symbol.iterator]() {
+      return this.entries();
+    }
+  }
+  define("FormData", FormData);
+
+  function quoteFormName(s) {
+    return s.replace(/\r\n|\r|\n/g, "\r\n").replace(/\n/g, "%0A").replace(/\r/g, "%0D").replace(/"/g, "%22");
+  }
+  /** multipart/form-data encoding of a FormData: [bytes, boundary]. */
+  function encodeMultipart(form) {
+    const rnd = native.randomBytes(12);
+    let boundary = "----madbaseFormBoundary";
+    for (const b of rnd) boundary += (b % 36).toString(36);
+    const parts = [];
+    for (const [name, value] of form) {
+      let head = `--${boundary}\r\nContent-Disposition: form-data; name="${quoteFormName(name)}"`;
+      if (value instanceof File) {
+        head += `; filename="${quoteFormName(value.name)}"\r\nContent-Type: ${value.type || "application/octet-stream"}\r\n\r\n`;
+        parts.push(utf8Encode(head), value[BLOB_BYTES], utf8Encode("\r\n"));
+      } else {
+        parts.push(utf8Encode(`${head}\r\n\r\n${value.replace(/\r(?!\n)|(?<!\r)\n/g, "\r\n")}\r\n`));
+      }
+    }
+    parts.push(utf8Encode(`--${boundary}--\r\n`));
+    return [concatBytes(parts), boundary];
+  }
+  function headerParam(value, param) {
+    const m = new RegExp(`;\\s*${param}\\*?=\\s*(?:"((?:[^"\\\\]|\\\\.)*)"|([^;\\s]*))`, "i").exec(value);
+    if (!m) return null;
+    return m[1] !== undefined ? m[1].replace(/\\(.)/g, "$1") : m[2];
+  }
+  /** A FormData from a body with its content type (urlencoded or multipart). */
+  function parseForm(bytes, contentType) {
+    const ct = (contentType || "").toLowerCase();
+    const form = new FormData();
+    if (ct.startsWith("application/x-www-form-urlencoded")) {
+      for (const [k, v] of new URLSearchParams(utf8Decode(bytes, false, false))) form.append(k, v);
+      return form;
+    }
+    if (!ct.startsWith("multipart/form-data")) {
+      throw new TypeError(`Body.formData: unsupported content type '${contentType}'`);
+    }
+    const boundary = headerParam(contentType, "boundary");
+    if (!boundary) throw new TypeError("Body.formData: multipart body without a boundary");
+    const text = latin1(bytes);
+    const delimiter = `--${boundary}`;
+    let at = text.indexOf(delimiter);
+    if (at < 0) throw new TypeError("Body.formData: no multipart boundary in the body");
+    for (;;) {
+      at += delimiter.length;
+      if (text.startsWith("--", at)) break;
+      const headEnd = text.indexOf("\r\n\r\n", at);
+      const next = text.indexOf(`\r\n${delimiter}`, headEnd < 0 ? at : headEnd);
+      if (headEnd < 0 || next < 0) throw new TypeError("Body.formData: malformed multipart body");
+      const headers = {};
+      for (const line of text.slice(at, headEnd).split("\r\n")) {
+        const colon = line.indexOf(":");
+        if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+      }
+      const disposition = utf8Decode(latin1Bytes(headers["content-disposition"] || ""), false, false);
+      const name = headerParam(disposition, "name");
+      if (name === null) throw new TypeError("Body.formData: a part without a name");
+      const filename = headerParam(disposition, "filename");
+      const content = latin1Bytes(text.slice(headEnd + 4, next));
+      if (filename !== null) {
+        form.append(name, new File([content], filename, { type: headers["content-type"] || "" }));
+      } else {
+        form.append(name, utf8Decode(content, false, false));
+      }
+      at = next + 2;
+    }
+    return form;
+  }
+
   // -------------------------------------------------------------- bodies
   // A body is null, { text } (a string, kept as is) or { bytes } (a Uint8Array).
   function extractBody(body, headers) {
@@ -1019,6 +1230,13 @@
       contentType = "application/x-www-form-urlencoded;charset=UTF-8";
     } else if (bytesOf(body)) {
       out = { bytes: bytesOf(body).slice() };
+    } else if (body instanceof Blob) {
+      out = { bytes: body[BLOB_BYTES].slice() };
+      if (body.type !== "") contentType = body.type;
+    } else if (body instanceof FormData) {
+      const [bytes, boundary] = encodeMultipart(body);
+      out = { bytes };
+      contentType = `multipart/form-data; boundary=${boundary}`;
     } else if (body instanceof ReadableStream) {
       out = body._source();
     } else if (typeof body === "object" && typeof body.getReader === "function") {
@@ -1229,10 +1447,12 @@
       return bodyBytes(await materialize(this._consume())).slice();
     }
     async formData() {
-      throw new TypeError("Body.formData() is not supported");
+      const ct = this.headers.get("content-type");
+      return parseForm(bodyBytes(await materialize(this._consume())), ct);
     }
     async blob() {
-      throw new TypeError("Body.blob() is not supported");
+      const ct = this.headers.get("content-type") || "";
+      return new Blob([bodyBytes(await materialize(this._consume()))], { type: ct });
     }
   }
 

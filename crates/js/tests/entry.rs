@@ -436,3 +436,31 @@ fn unhandled_rejections_are_logged_handled_ones_are_not() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn an_incoming_multipart_upload_is_parsed() {
+    let mut w = worker();
+    let mut inv = invoke(
+        key("t1", "upload", 1),
+        Some(
+            r#"Deno.serve(async (req) => {
+                const form = await req.formData();
+                const file = form.get("file");
+                return Response.json({ title: form.get("title"), name: file.name, type: file.type, size: file.size, text: await file.text() });
+            });"#,
+        ),
+    );
+    inv.method = "POST".to_owned();
+    inv.headers = vec![(
+        "content-type".to_owned(),
+        "multipart/form-data; boundary=XyZ".to_owned(),
+    )];
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nMy file\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"notes.txt\"\r\nContent-Type: text/plain\r\n\r\nline 1\r\nline 2\r\n--XyZ--\r\n";
+    let (reply, out) = run_with(&mut w, inv, body.as_bytes().to_vec());
+    let v: serde_json::Value = serde_json::from_str(&ok(&reply, &out).1).expect("json");
+    assert_eq!(v["title"], "My file");
+    assert_eq!(v["name"], "notes.txt");
+    assert_eq!(v["type"], "text/plain");
+    assert_eq!(v["size"], 14);
+    assert_eq!(v["text"], "line 1\r\nline 2");
+}

@@ -665,3 +665,76 @@ fn small_globals_and_console_helpers() {
     );
     assert_eq!(lines[3], "{ a: 1 }");
 }
+
+#[test]
+fn blob_and_file() {
+    let v = js(r#"
+        const b = new Blob(["héllo", new Uint8Array([32]), new Blob(["world"])], { type: "Text/Plain" });
+        const f = new File([b], "greeting.txt", { type: "text/plain", lastModified: 5 });
+        const r = new Response(b);
+        return {
+            size: b.size, type: b.type, text: await b.text(), slice: await b.slice(-5).text(), neg: await b.slice(1, 3).text(),
+            bytes: [...(await b.slice(0, 2).bytes())], file: [f.name, f.lastModified, f.size, f instanceof Blob],
+            ct: r.headers.get("content-type"), fromResponse: await (await new Response("abc").blob()).text(),
+            stream: await new Response(b.stream()).text(),
+        };
+    "#);
+    assert_eq!(v["size"], 12);
+    assert_eq!(v["type"], "text/plain");
+    assert_eq!(v["text"], "héllo world");
+    assert_eq!(v["slice"], "world");
+    assert_eq!(v["neg"], "é");
+    assert_eq!(v["bytes"], json!([104, 195]));
+    assert_eq!(v["file"], json!(["greeting.txt", 5, 12, true]));
+    assert_eq!(v["ct"], "text/plain");
+    assert_eq!(v["fromResponse"], "abc");
+    assert_eq!(v["stream"], "héllo world");
+}
+
+#[test]
+fn form_data_round_trips_through_multipart_and_urlencoded() {
+    let v = js(r#"
+        const fd = new FormData();
+        fd.append("name", "Ada \"L\"\nline");
+        fd.append("tags", "a");
+        fd.append("tags", "b");
+        fd.append("upload", new Blob([new Uint8Array([0, 255, 13, 10, 45, 45])], { type: "application/octet-stream" }), "data.bin");
+        fd.set("single", "1");
+        const req = new Request("https://example.com/", { method: "POST", body: fd });
+        const ct = req.headers.get("content-type");
+        const back = await req.formData();
+        const file = back.get("upload");
+        const urlencoded = await new Response("a=1&b=x+y&a=2", { headers: { "content-type": "application/x-www-form-urlencoded" } }).formData();
+        let bad;
+        try { await new Response("x").formData(); } catch (e) { bad = e.name; }
+        return {
+            multipart: ct.startsWith("multipart/form-data; boundary="),
+            name: back.get("name"), tags: back.getAll("tags"), single: back.get("single"),
+            file: [file instanceof File, file.name, file.type, [...(await file.bytes())]],
+            keys: [...back.keys()], urlencoded: [...urlencoded], bad,
+        };
+    "#);
+    assert_eq!(v["multipart"], true);
+    // Values are sent as they are, with newlines normalised to CRLF.
+    assert_eq!(v["name"], "Ada \"L\"\r\nline");
+    assert_eq!(v["tags"], json!(["a", "b"]));
+    assert_eq!(v["single"], "1");
+    assert_eq!(
+        v["file"],
+        json!([
+            true,
+            "data.bin",
+            "application/octet-stream",
+            [0, 255, 13, 10, 45, 45]
+        ])
+    );
+    assert_eq!(
+        v["keys"],
+        json!(["name", "tags", "tags", "upload", "single"])
+    );
+    assert_eq!(
+        v["urlencoded"],
+        json!([["a", "1"], ["b", "x y"], ["a", "2"]])
+    );
+    assert_eq!(v["bad"], "TypeError");
+}
