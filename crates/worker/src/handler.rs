@@ -21,6 +21,7 @@ use crate::conns::{Conn, DbError};
 use crate::error::Error;
 use crate::plan::{self, Arg, Planner, Shape, Source, Sql};
 use crate::pool::TenantDb;
+use crate::prefer::{Prefer, Reported, Resolution, Return};
 use crate::query::{self, Query, SelectItem};
 use crate::schema::{Function, Schema, Table};
 
@@ -95,251 +96,6 @@ fn push_json_str(out: &mut String, s: &str) {
         out.push_str(s);
         out.push('"');
     }
-}
-
-/// `Prefer: resolution=…`
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resolution {
-    Merge,
-    Ignore,
-}
-
-/// `Prefer: return=…`
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Return {
-    Representation,
-    Minimal,
-    HeadersOnly,
-}
-
-/// The `Prefer` header as PostgREST 12 reads it (RFC 7240): items split on
-/// commas, the first of each kind wins, anything else is an invalid
-/// preference (an error with `handling=strict`, ignored otherwise).
-#[derive(Debug, Default, Clone)]
-struct Prefer {
-    resolution: Option<Resolution>,
-    ret: Option<Return>,
-    /// `params=single-object`: a POST rpc passes the body as one json argument.
-    single_object: bool,
-    /// `count=exact|planned|estimated` as written.
-    count: Option<&'static str>,
-    /// `tx=commit` (false) / `tx=rollback` (true).
-    rollback: Option<bool>,
-    /// `missing=default` (true) / `missing=null` (false).
-    missing_default: Option<bool>,
-    /// `handling=strict` (true) / `handling=lenient` (false).
-    strict: Option<bool>,
-    max_affected: Option<i64>,
-    /// `timezone=…`: the first one's value (used when Postgres knows it).
-    timezone: Option<String>,
-    /// Every `timezone=` item (all invalid when the first is unknown).
-    timezone_items: Vec<String>,
-    invalid: Vec<String>,
-    /// Some preference was understood.
-    known: bool,
-}
-
-/// Which preferences a response reports in `Preference-Applied`.
-#[derive(Debug, Clone, Copy, Default)]
-struct Reported {
-    /// `params=single-object` (rpc).
-    params: bool,
-    resolution: bool,
-    missing: bool,
-    ret: bool,
-    max_affected: bool,
-}
-
-impl Prefer {
-    fn counts(&self) -> bool {
-        self.count.is_some()
-    }
-
-    /// How the count is computed: (exact count in the statement, its cap,
-    /// EXPLAIN too), per PostgREST: planned asks the planner; estimated
-    /// counts exactly up to max rows + 1 and asks the planner as well.
-    fn count_plan(&self, max_rows: Option<i64>) -> (bool, Option<i64>, bool) {
-        match self.count {
-            None => (false, None, false),
-            Some("count=planned") => (false, None, true),
-            Some("count=estimated") => (true, max_rows.map(|m| m.saturating_add(1)), true),
-            Some(_) => (true, None, false),
-        }
-    }
-
-    /// The total a response reports, from the exact count and the plan.
-    fn settle_count(&self, out: &mut Outcome, max_rows: Option<i64>) {
-        match self.count {
-            Some("count=planned") => out.total = out.planned,
-            Some("count=estimated") => {
-                if let Some(exact) = out.total
-                    && max_rows.is_none_or(|m| exact > m)
-                {
-                    out.total = Some(out.planned.map_or(exact, |p| p.max(exact)));
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn representation(&self) -> bool {
-        self.ret == Some(Return::Representation)
-    }
-
-    fn rollback(&self) -> bool {
-        self.rollback == Some(true)
-    }
-
-    /// `max-affected=n`, which applies only with `handling=strict`.
-    fn max_affected(&self) -> Option<i64> {
-        self.max_affected.filter(|_| self.strict == Some(true))
-    }
-
-    /// Keeps `timezone=` when Postgres knows the zone (`pg_timezone_names`);
-    /// otherwise every `timezone=` item is an invalid preference.
-    fn resolve_timezone(&mut self, schema: &Schema) {
-        if let Some(tz) = &self.timezone
-            && !schema.timezones.contains(tz)
-        {
-            self.timezone = None;
-            self.invalid.append(&mut self.timezone_items);
-        }
-    }
-
-    /// PGRST122 when there are invalid preferences and `handling=strict`.
-    fn check(&self) -> Result<(), Error> {
-        if self.strict == Some(true) && !self.invalid.is_empty() {
-            return Err(Error::api(
-                StatusCode::BAD_REQUEST,
-                "PGRST122",
-                "Invalid preferences given with handling=strict",
-            )
-            .details(format!("Invalid preferences: {}", self.invalid.join(", "))));
-        }
-        Ok(())
-    }
-
-    /// `Preference-Applied`, in PostgREST's order.
-    fn applied(&self, r: Reported) -> Option<HeaderValue> {
-        if !self.known {
-            // No preference was understood (the common case): nothing to report.
-            return None;
-        }
-        let mut items: [Option<&str>; 9] = [None; 9];
-        let tz = self.timezone.as_ref().map(|t| format!("timezone={t}"));
-        items[7] = tz.as_deref();
-        if r.resolution {
-            items[0] = self.resolution.map(|x| match x {
-                Resolution::Merge => "resolution=merge-duplicates",
-                Resolution::Ignore => "resolution=ignore-duplicates",
-            });
-        }
-        if r.missing {
-            items[1] = self
-                .missing_default
-                .map(|d| if d { "missing=default" } else { "missing=null" });
-        }
-        if r.ret {
-            items[2] = self.ret.map(|x| match x {
-                Return::Representation => "return=representation",
-                Return::Minimal => "return=minimal",
-                Return::HeadersOnly => "return=headers-only",
-            });
-        }
-        if r.params && self.single_object {
-            items[3] = Some("params=single-object");
-        }
-        items[4] = self.count;
-        items[5] = self
-            .rollback
-            .map(|rb| if rb { "tx=rollback" } else { "tx=commit" });
-        items[6] = self.strict.map(|st| {
-            if st {
-                "handling=strict"
-            } else {
-                "handling=lenient"
-            }
-        });
-        let max = if r.max_affected {
-            self.max_affected().map(|n| format!("max-affected={n}"))
-        } else {
-            None
-        };
-        items[8] = max.as_deref();
-        let mut out = String::new();
-        for item in items.iter().flatten() {
-            if !out.is_empty() {
-                out.push_str(", ");
-            }
-            out.push_str(item);
-        }
-        if out.is_empty() {
-            return None;
-        }
-        HeaderValue::from_str(&out).ok()
-    }
-}
-
-fn prefer(headers: &HeaderMap) -> Prefer {
-    let mut p = Prefer::default();
-    for v in headers.get_all("prefer") {
-        let Ok(v) = v.to_str() else { continue };
-        for item in v.split(',') {
-            let item = item.trim();
-            let known = match item {
-                "resolution=merge-duplicates" => set(&mut p.resolution, Resolution::Merge),
-                "resolution=ignore-duplicates" => set(&mut p.resolution, Resolution::Ignore),
-                "return=representation" => set(&mut p.ret, Return::Representation),
-                "return=minimal" => set(&mut p.ret, Return::Minimal),
-                "return=headers-only" => set(&mut p.ret, Return::HeadersOnly),
-                "params=single-object" => {
-                    p.single_object = true;
-                    true
-                }
-                "count=exact" => set(&mut p.count, "count=exact"),
-                "count=planned" => set(&mut p.count, "count=planned"),
-                "count=estimated" => set(&mut p.count, "count=estimated"),
-                "tx=commit" => set(&mut p.rollback, false),
-                "tx=rollback" => set(&mut p.rollback, true),
-                "missing=default" => set(&mut p.missing_default, true),
-                "missing=null" => set(&mut p.missing_default, false),
-                "handling=strict" => set(&mut p.strict, true),
-                "handling=lenient" => set(&mut p.strict, false),
-                _ if item.starts_with("timezone=") => {
-                    if p.timezone.is_none() {
-                        p.timezone = Some(item["timezone=".len()..].to_owned());
-                    }
-                    p.timezone_items.push(item.to_owned());
-                    true
-                }
-                _ => match item.strip_prefix("max-affected=") {
-                    // Like PostgREST: any `max-affected=` item is not
-                    // invalid; the first that is a number is used.
-                    Some(n) => {
-                        if p.max_affected.is_none() {
-                            p.max_affected = n.parse().ok();
-                        }
-                        true
-                    }
-                    None => false,
-                },
-            };
-            if known {
-                p.known = true;
-            } else {
-                p.invalid.push(item.to_owned());
-            }
-        }
-    }
-    p
-}
-
-/// Sets a preference unless one of its kind came first; always "known".
-fn set<T>(slot: &mut Option<T>, v: T) -> bool {
-    if slot.is_none() {
-        *slot = Some(v);
-    }
-    true
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -525,12 +281,11 @@ async fn context(
     };
     let media = media(headers)?;
     let singular = media.singular();
-    let prefer = prefer(headers);
+    let mut prefer = Prefer::from_headers(headers);
     let db = st.pools.get(&tenant);
     let schema = load_schema(st, &db, role == "anon").await?;
-    let mut prefer = prefer;
     if prefer.timezone.is_some() {
-        prefer.resolve_timezone(&schema);
+        prefer.resolve_timezone(|tz| schema.timezones.contains(tz));
     }
     Ok(Ctx {
         db,
@@ -1205,7 +960,7 @@ async fn read(
         Checks::single(ctx.singular),
     )
     .await?;
-    ctx.prefer.settle_count(&mut out, st.max_rows);
+    out.total = ctx.prefer.settle_count(out.total, out.planned, st.max_rows);
     let resp = read_response(ctx, rng.0, out, head);
     Ok(with_applied(resp, &ctx.prefer, Reported::default()))
 }
@@ -1587,7 +1342,7 @@ async fn insert(
             ));
         }
     }
-    let merge = resolution == Some(Resolution::Merge);
+    let merge = resolution == Some(Resolution::MergeDuplicates);
     let mut sql = Sql::default();
     plan::push(&mut sql, "INSERT INTO ");
     plan::push_qualified(&mut sql, &table.schema, &table.name);
@@ -1613,7 +1368,7 @@ async fn insert(
             body,
             is_array,
             false,
-            ctx.prefer.missing_default == Some(true),
+            ctx.prefer.missing_default(),
         );
         plan::push(&mut sql, " _");
         if merge {
@@ -1630,7 +1385,7 @@ async fn insert(
             .collect::<Vec<_>>()
             .join(", ");
         plan::push(&mut sql, &format!(" ON CONFLICT ({list}) "));
-        if res == Resolution::Merge && !cols.is_empty() {
+        if res == Resolution::MergeDuplicates && !cols.is_empty() {
             // Every sent column, the key included (a key-only body still
             // returns the row), as PostgREST.
             let updates: Vec<String> = cols
@@ -1714,7 +1469,7 @@ async fn update_or_delete(
             body,
             false,
             true,
-            ctx.prefer.missing_default == Some(true),
+            ctx.prefer.missing_default(),
         );
         plan::push(&mut sql, ") _r");
     } else {
@@ -1782,7 +1537,7 @@ pub async fn rpc(
                 params: true,
                 ..Reported::default()
             };
-            with_applied(r, &prefer(&headers), reported)
+            with_applied(r, &Prefer::from_headers(&headers), reported)
         }
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -1827,7 +1582,7 @@ async fn rpc_inner(
     // A function taking the whole body as one json/jsonb argument:
     // `Prefer: params=single-object` (any name) or, as a fallback when no
     // function matches the body's keys, one unnamed parameter (PostgREST).
-    let single_object = post && ctx.prefer.single_object;
+    let single_object = post && ctx.prefer.single_object();
     // The body's media type: JSON arguments, or the raw body for a function
     // of one unnamed text / xml / bytea parameter (PostgREST's findProc).
     let media = if post {
@@ -2021,7 +1776,7 @@ async fn rpc_inner(
             rng,
         )?;
         let mut out = execute(st, &ctx, sql, explain, read_only, Kind::Rows, checks).await?;
-        ctx.prefer.settle_count(&mut out, st.max_rows);
+        out.total = ctx.prefer.settle_count(out.total, out.planned, st.max_rows);
         if !f.returns_set && !ctx.singular {
             let body = if out.body.is_empty() {
                 Bytes::from_static(b"null")
@@ -2094,72 +1849,6 @@ async fn rpc_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn prefs(values: &[&str]) -> Prefer {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append("prefer", HeaderValue::from_str(v).expect("ascii"));
-        }
-        prefer(&h)
-    }
-
-    #[test]
-    fn prefer_reads_like_postgrest() {
-        let p = prefs(&[
-            "count=exact, tx=rollback,return=minimal",
-            "count=planned, x=1, handling=strict",
-            "max-affected=7",
-        ]);
-        assert_eq!(p.count, Some("count=exact"));
-        assert_eq!(p.invalid, ["x=1"]);
-        assert_eq!(p.max_affected(), Some(7));
-        assert!(p.check().is_err());
-        let all = Reported {
-            params: true,
-            resolution: true,
-            missing: true,
-            ret: true,
-            max_affected: true,
-        };
-        assert_eq!(
-            p.applied(all).expect("some"),
-            "return=minimal, count=exact, tx=rollback, handling=strict, max-affected=7"
-        );
-        // max-affected without handling=strict is neither used nor reported.
-        let p = prefs(&["max-affected=7"]);
-        assert_eq!((p.max_affected(), p.applied(all)), (None, None));
-        assert!(prefs(&["nope"]).check().is_ok());
-    }
-
-    #[test]
-    fn estimated_counts() {
-        let p = prefs(&["count=estimated"]);
-        assert_eq!(p.count_plan(Some(25)), (true, Some(26), true));
-        assert_eq!(p.count_plan(None), (true, None, true));
-        let out = |total, planned| Outcome {
-            total: Some(total),
-            page: 0,
-            body: Bytes::new(),
-            inserted: None,
-            planned: Some(planned),
-        };
-        // Under max rows: the exact count.
-        let mut o = out(10, 500);
-        p.settle_count(&mut o, Some(25));
-        assert_eq!(o.total, Some(10));
-        // Over it: the larger of the two.
-        let mut o = out(26, 500);
-        p.settle_count(&mut o, Some(25));
-        assert_eq!(o.total, Some(500));
-        let mut o = out(26, 3);
-        p.settle_count(&mut o, Some(25));
-        assert_eq!(o.total, Some(26));
-        let p = prefs(&["count=planned"]);
-        assert_eq!(p.count_plan(Some(25)), (false, None, true));
-        let mut o = out(0, 42);
-        p.settle_count(&mut o, None);
-        assert_eq!(o.total, Some(42));
-    }
 
     #[test]
     fn headers_json_keeps_the_last_value_and_escapes() {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod handler;
 pub mod plan;
 pub mod pool;
+pub mod prefer;
 pub mod query;
 pub mod schema;
 
