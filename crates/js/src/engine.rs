@@ -752,19 +752,16 @@ impl FnRuntime {
         })
     }
 
-    /// Calls an internal function returning a number (metered).
+    /// Calls an internal function returning a number.
     fn call_number(&self, name: &str) -> Result<f64, Failure> {
-        self.meter.start();
-        let r = self.ctx.with(|ctx| {
+        self.ctx.with(|ctx| {
             let run = || -> rquickjs::Result<f64> {
                 let internal = self.internal.clone().restore(&ctx)?;
                 let f: Function = internal.get(name)?;
                 f.call(())
             };
             run().map_err(|e| Self::caught(&ctx, e, &self.meter))
-        });
-        self.meter.stop();
-        r
+        })
     }
 
     /// Runs jobs, timers and fetches until `promise` settles.
@@ -773,11 +770,22 @@ impl FnRuntime {
         promise: &Persistent<Promise<'static>>,
         net: &mut Net,
     ) -> Result<(), Failure> {
+        // Everything but waiting for a timer or a sub-request is the
+        // invocation's CPU (the loop's own work too, so a chain of empty
+        // timers cannot spin for free).
+        self.meter.start();
+        let result = self.event_loop(promise, net);
+        self.meter.stop();
+        result
+    }
+
+    fn event_loop(
+        &mut self,
+        promise: &Persistent<Promise<'static>>,
+        net: &mut Net,
+    ) -> Result<(), Failure> {
         loop {
-            self.meter.start();
-            let jobs = self.drain_jobs();
-            self.meter.stop();
-            jobs?;
+            self.drain_jobs()?;
             let state = self.ctx.with(|ctx| {
                 promise
                     .clone()
@@ -800,10 +808,7 @@ impl FnRuntime {
             }
             let next = self.call_number("nextTimer")?;
             if next == 0.0 {
-                self.meter.start();
-                let r = self.call_internal_unmetered("runTimer");
-                self.meter.stop();
-                r?;
+                self.call_internal("runTimer", ())?;
                 continue;
             }
             if next < 0.0 && !net.pending() {
@@ -815,17 +820,13 @@ impl FnRuntime {
             let wait = (next > 0.0)
                 .then(|| Duration::try_from_secs_f64(next.min(86_400_000.0) / 1000.0).ok())
                 .flatten();
-            if let Some((id, result)) = net.wait(wait) {
-                self.meter.start();
-                let r = self.deliver(id, result);
-                self.meter.stop();
-                r?;
+            self.meter.stop();
+            let done = net.wait(wait);
+            self.meter.start();
+            if let Some((id, result)) = done {
+                self.deliver(id, result)?;
             }
         }
-    }
-
-    fn call_internal_unmetered(&self, name: &str) -> Result<(), Failure> {
-        self.call_internal(name, ())
     }
 
     /// Hands a finished sub-request to the prelude's `fetch` promise.

@@ -154,3 +154,27 @@ fn deep_recursion_is_an_exception_not_a_crash() {
         "{message}"
     );
 }
+
+#[test]
+fn endless_microtasks_and_timer_chains_hit_the_cpu_limit() {
+    for (name, src) in [
+        ("micro", "Deno.serve(async () => { for (;;) await null; });"),
+        (
+            "chain",
+            "Deno.serve(() => new Promise(() => { const tick = () => setTimeout(tick, 0); tick(); }));",
+        ),
+    ] {
+        let mut w = worker();
+        w.prepare();
+        let mut inv = invoke(key("a", name, 1), Some(src));
+        inv.limits.cpu_ms = 100;
+        let started = Instant::now();
+        let (reply, _) = run_with(&mut w, inv, Vec::new());
+        let took = started.elapsed();
+        assert_eq!(failed(&reply).0, FunctionError::CpuLimit, "{name}");
+        assert!(
+            took < Duration::from_millis(100 + 900),
+            "{name} took {took:?}"
+        );
+    }
+}
