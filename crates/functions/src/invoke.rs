@@ -47,7 +47,7 @@ use tracing::Instrument as _;
 
 use crate::Config;
 use crate::code::{CodeCache, FunctionCode};
-use crate::pool::{Pool, RunError};
+use crate::pool::{Answer, Pool, RunError};
 
 /// The status Supabase answers for a function over its resource limits
 /// (`WORKER_LIMIT`); madbase uses it for the CPU limit.
@@ -554,20 +554,65 @@ fn valid_function_name(name: &str) -> bool {
 /// Runs the function and maps its outcome.
 async fn run(inv: &Arc<Invoker>, tenant: &str, ready: Ready, start: Instant) -> Response {
     let Ready {
-        code, invoke, body, ..
+        code,
+        invoke,
+        body,
+        _admitted,
     } = ready;
-    let function = code.name.clone();
     let source = code.source.clone();
-    let result = inv.pool.run(invoke, source, body).await;
+    // Recorded where the invocation ends (the pool's task), so an
+    // invocation whose client went away is still logged and counted.
+    let recorder = {
+        let (inv, tenant, code) = (inv.clone(), tenant.to_owned(), code.clone());
+        move |result: &Result<Answer, RunError>| {
+            record(&inv, &tenant, &code, result, start);
+            drop(_admitted);
+        }
+    };
+    match inv.pool.run(invoke, source, body, Box::new(recorder)).await {
+        Ok(answer) => respond(inv, answer.reply, answer.body),
+        Err(RunError::Busy) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "function_pool_busy",
+            "every function worker is busy; retry shortly",
+        )
+        .into_response(),
+        Err(RunError::WallLimit) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "function_wall_limit",
+            "the function did not answer within its wall-clock limit",
+        )
+        .into_response(),
+        Err(RunError::Crashed(_)) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "function_crashed",
+            "the function's worker process failed while running it",
+        )
+        .into_response(),
+        Err(RunError::Spawn(_)) => {
+            ApiError::unavailable("cannot start a function worker").into_response()
+        }
+    }
+}
+
+/// An ended invocation: its console lines, cold start, CPU time and outcome
+/// (on the span and in `madbase_function_invocations_total`).
+fn record(
+    inv: &Invoker,
+    tenant: &str,
+    code: &FunctionCode,
+    result: &Result<Answer, RunError>,
+    start: Instant,
+) {
     let span = tracing::Span::current();
-    let (outcome, response) = match result {
+    match result {
         Ok(answer) => {
-            let reply = answer.reply;
+            let reply = &answer.reply;
             span.record("cold", reply.cold);
-            log_console(&reply, tenant, &code);
+            log_console(reply, tenant, code);
             let labels = FunctionLabels {
                 tenant: tenant.to_owned(),
-                function: function.clone(),
+                function: code.name.clone(),
             };
             if reply.cold {
                 inv.cold_starts.get_or_create(&labels).inc();
@@ -575,49 +620,49 @@ async fn run(inv: &Arc<Invoker>, tenant: &str, ready: Ready, start: Instant) -> 
             inv.cpu
                 .get_or_create(&labels)
                 .inc_by(reply.cpu_us as f64 / 1e6);
-            respond(inv, reply, answer.body)
         }
-        Err(RunError::Busy) => (
-            "pool_busy",
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "function_pool_busy",
-                "every function worker is busy; retry shortly",
-            )
-            .into_response(),
-        ),
-        Err(RunError::WallLimit) => (
-            "wall_limit",
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "function_wall_limit",
-                "the function did not answer within its wall-clock limit",
-            )
-            .into_response(),
-        ),
         Err(RunError::Crashed(detail)) => {
-            tracing::error!(function = %function, error = %detail, "the function's worker failed");
-            (
-                "crashed",
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "function_crashed",
-                    "the function's worker process failed while running it",
-                )
-                .into_response(),
-            )
+            tracing::error!(function = %code.name, error = %detail, "the function's worker failed");
         }
         Err(RunError::Spawn(detail)) => {
             tracing::error!(error = %detail, "cannot start a function worker");
-            (
-                "unavailable",
-                ApiError::unavailable("cannot start a function worker").into_response(),
-            )
         }
-    };
+        Err(RunError::Busy | RunError::WallLimit) => {}
+    }
+    let outcome = outcome_of(inv.limits.max_response_bytes, result);
     span.record("outcome", outcome);
-    inv.count(tenant, Some(&function), outcome, start);
-    response
+    inv.count(tenant, Some(&code.name), outcome, start);
+}
+
+/// The outcome label of an ended invocation (what [`respond`] answers).
+fn outcome_of(max_response_bytes: u64, result: &Result<Answer, RunError>) -> &'static str {
+    match result {
+        Ok(answer) => match &answer.reply.outcome {
+            Outcome::Response { status, .. } => {
+                if answer.body.len() as u64 > max_response_bytes {
+                    "response_too_large"
+                } else if StatusCode::from_u16(*status).is_err() {
+                    "bad_response"
+                } else {
+                    "ok"
+                }
+            }
+            Outcome::NeedSource => "crashed",
+            Outcome::Error { error, .. } => match error {
+                FunctionError::CpuLimit => "cpu_limit",
+                FunctionError::MemoryLimit => "memory_limit",
+                FunctionError::Exception => "error",
+                FunctionError::NoHandler => "no_handler",
+                FunctionError::BadResponse => "bad_response",
+                FunctionError::ResponseTooLarge => "response_too_large",
+                FunctionError::FetchLimit => "fetch_limit",
+            },
+        },
+        Err(RunError::Busy) => "pool_busy",
+        Err(RunError::WallLimit) => "wall_limit",
+        Err(RunError::Crashed(_)) => "crashed",
+        Err(RunError::Spawn(_)) => "unavailable",
+    }
 }
 
 /// One log line per `console.*` call, with the function and its version
@@ -653,31 +698,25 @@ fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
     .into_response()
 }
 
-/// The HTTP answer for a worker's reply, and its outcome label.
-fn respond(inv: &Invoker, reply: Reply, body: Vec<u8>) -> (&'static str, Response) {
+/// The HTTP answer for a worker's reply.
+fn respond(inv: &Invoker, reply: Reply, body: Vec<u8>) -> Response {
     match reply.outcome {
         Outcome::Response { status, headers } => {
             if body.len() as u64 > inv.limits.max_response_bytes {
-                return (
-                    "response_too_large",
-                    error(
-                        500,
-                        "function_response_too_large",
-                        format!(
-                            "the function's response body is larger than {} bytes",
-                            inv.limits.max_response_bytes
-                        ),
+                return error(
+                    500,
+                    "function_response_too_large",
+                    format!(
+                        "the function's response body is larger than {} bytes",
+                        inv.limits.max_response_bytes
                     ),
                 );
             }
             let Ok(status) = StatusCode::from_u16(status) else {
-                return (
-                    "bad_response",
-                    error(
-                        500,
-                        "function_bad_response",
-                        format!("the function answered an invalid status {status}"),
-                    ),
+                return error(
+                    500,
+                    "function_bad_response",
+                    format!("the function answered an invalid status {status}"),
                 );
             };
             let mut response = Response::new(Body::from(body));
@@ -695,51 +734,35 @@ fn respond(inv: &Invoker, reply: Reply, body: Vec<u8>) -> (&'static str, Respons
                     out.append(n, v);
                 }
             }
-            ("ok", response)
+            response
         }
-        Outcome::NeedSource => (
-            "crashed",
-            error(
-                500,
-                "function_crashed",
-                "the function's worker did not accept its source",
-            ),
+        Outcome::NeedSource => error(
+            500,
+            "function_crashed",
+            "the function's worker did not accept its source",
         ),
         Outcome::Error { error: e, message } => match e {
-            FunctionError::CpuLimit => (
-                "cpu_limit",
-                error(
-                    WORKER_LIMIT,
-                    "function_cpu_limit",
-                    format!(
-                        "the function exceeded its CPU time limit of {} ms",
-                        inv.limits.cpu_ms
-                    ),
+            FunctionError::CpuLimit => error(
+                WORKER_LIMIT,
+                "function_cpu_limit",
+                format!(
+                    "the function exceeded its CPU time limit of {} ms",
+                    inv.limits.cpu_ms
                 ),
             ),
-            FunctionError::MemoryLimit => (
-                "memory_limit",
-                error(
-                    500,
-                    "function_memory_limit",
-                    format!(
-                        "the function exceeded its memory limit of {} MiB",
-                        inv.limits.memory_bytes / (1024 * 1024)
-                    ),
+            FunctionError::MemoryLimit => error(
+                500,
+                "function_memory_limit",
+                format!(
+                    "the function exceeded its memory limit of {} MiB",
+                    inv.limits.memory_bytes / (1024 * 1024)
                 ),
             ),
-            FunctionError::Exception => ("error", error(500, "function_error", message)),
-            FunctionError::NoHandler => ("no_handler", error(500, "function_no_handler", message)),
-            FunctionError::BadResponse => {
-                ("bad_response", error(500, "function_bad_response", message))
-            }
-            FunctionError::ResponseTooLarge => (
-                "response_too_large",
-                error(500, "function_response_too_large", message),
-            ),
-            FunctionError::FetchLimit => {
-                ("fetch_limit", error(500, "function_fetch_limit", message))
-            }
+            FunctionError::Exception => error(500, "function_error", message),
+            FunctionError::NoHandler => error(500, "function_no_handler", message),
+            FunctionError::BadResponse => error(500, "function_bad_response", message),
+            FunctionError::ResponseTooLarge => error(500, "function_response_too_large", message),
+            FunctionError::FetchLimit => error(500, "function_fetch_limit", message),
         },
     }
 }

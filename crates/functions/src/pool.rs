@@ -88,6 +88,9 @@ pub(crate) enum RunError {
     Spawn(String),
 }
 
+/// Called once with an invocation's result.
+pub(crate) type OnDone = Box<dyn FnOnce(&Result<Answer, RunError>) + Send>;
+
 /// A worker's answer: the reply and its body.
 #[derive(Debug)]
 pub(crate) struct Answer {
@@ -192,11 +195,14 @@ impl Pool {
 
     /// Runs one invocation (`invoke.source` is set by the pool when the
     /// chosen worker needs it) and returns the worker's reply.
+    /// `on_done` sees the result where the invocation ends (the exchange's
+    /// own task, which goes on when the caller goes away).
     pub(crate) async fn run(
         self: &Arc<Self>,
         invoke: Invoke,
         source: Arc<str>,
         body: bytes::Bytes,
+        on_done: OnDone,
     ) -> Result<Answer, RunError> {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -205,7 +211,9 @@ impl Pool {
                 // while waiting.
                 let waiting = Waiting::enter(&self.waiting);
                 if waiting.before >= self.cfg.queue {
-                    return Err(RunError::Busy);
+                    let busy = Err(RunError::Busy);
+                    on_done(&busy);
+                    return busy;
                 }
                 let waited =
                     tokio::time::timeout(self.cfg.queue_wait, self.slots.clone().acquire_owned())
@@ -213,7 +221,11 @@ impl Pool {
                 drop(waiting);
                 match waited {
                     Ok(Ok(p)) => p,
-                    _ => return Err(RunError::Busy),
+                    _ => {
+                        let busy = Err(RunError::Busy);
+                        on_done(&busy);
+                        return busy;
+                    }
                 }
             }
         };
@@ -226,6 +238,7 @@ impl Pool {
                 pool.metrics.busy.inc();
                 let result = pool.exchange(invoke, source, body).await;
                 pool.metrics.busy.dec();
+                on_done(&result);
                 result
             }
             .instrument(tracing::Span::current()),

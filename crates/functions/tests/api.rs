@@ -432,4 +432,18 @@ async fn a_tenant_over_its_concurrency_cap_gets_429() {
     // The slots are free again.
     let (status, _) = f.post("open").await;
     assert_eq!(status, 504);
+
+    // An invocation whose caller went away runs to its end and is counted.
+    let abandoned = tokio::time::timeout(Duration::from_millis(200), f.post("open")).await;
+    assert!(abandoned.is_err());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let needle = "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"wall_limit\"} 4";
+    loop {
+        let metrics = f.metrics().await;
+        if metrics.contains(needle) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{needle} in\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
