@@ -14,11 +14,12 @@
 //! rounds' ratios.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::procs::{GRACE, Guard};
 use crate::util::{http_client, output, root, run, step};
 
 pub(crate) const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
@@ -30,28 +31,6 @@ const CONNECTIONS: u32 = 16;
 const ROWS: u32 = 10_000;
 /// Through-proxy throughput against direct (issue 5).
 const PROXIED_TARGET: f64 = 0.8;
-
-/// Kills its process on drop.
-pub(crate) struct Proc(pub(crate) Child);
-
-impl Drop for Proc {
-    /// SIGTERM first (an nginx master then stops its workers; SIGKILL would
-    /// orphan them), SIGKILL after 5 s.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Cargo's target directory (`CARGO_TARGET_DIR` when set).
 pub(crate) fn target_dir() -> PathBuf {
@@ -318,7 +297,7 @@ fn pin_postgres(server: &madbase_testkit::PgServer, cpu: &str) -> Result<()> {
 
 /// Control, running on CPU1 against a throwaway Postgres, with one tenant.
 pub(crate) struct BenchControl {
-    _proc: Proc,
+    _proc: Guard,
     pub(crate) url: String,
     /// The admin token (`Authorization: Bearer` of control's admin API).
     pub(crate) token: String,
@@ -348,7 +327,7 @@ pub(crate) fn control_with_tenant(bin: &Path, work: &Path, tenant: &str) -> Resu
         )
         .stdout(std::fs::File::create(work.join("control.log"))?)
         .stderr(Stdio::inherit());
-    let proc = Proc(control_cmd.spawn().context("starting control")?);
+    let proc = Guard::spawn(&mut control_cmd, GRACE).context("starting control")?;
     let url = format!("http://127.0.0.1:{control_port}");
     wait_http(&format!("{url}/health"))?;
     let admin = output(
@@ -424,8 +403,8 @@ pub fn worker() -> Result<()> {
         )
         .stdout(std::fs::File::create(work.join("worker.log"))?)
         .stderr(Stdio::inherit());
-    let worker = Proc(worker_cmd.spawn().context("starting the worker")?);
-    let worker_pid = worker.0.id();
+    let worker = Guard::spawn(&mut worker_cmd, GRACE).context("starting the worker")?;
+    let worker_pid = worker.id();
     let worker_url = format!("http://127.0.0.1:{worker_port}");
     wait_http(&format!("{worker_url}/health"))?;
     let probe = http_client(Duration::from_secs(10))?

@@ -19,9 +19,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{
-    Proc, SECRET, control_with_tenant, cpu_seconds, free_port, target_dir, wait_http,
-};
+use crate::bench::{SECRET, control_with_tenant, cpu_seconds, free_port, target_dir, wait_http};
+use crate::procs::{GRACE, Guard};
 use crate::util::{run, step};
 
 const RUN_SECONDS: u32 = 8;
@@ -113,15 +112,18 @@ fn nginx_conf(dir: &Path, body: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn start_nginx(conf: &Path, cpu: &str) -> Result<Proc> {
-    let child = Command::new("taskset")
-        .args(["-c", cpu, "nginx", "-c"])
-        .arg(conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting nginx (apt: nginx)")?;
-    Ok(Proc(child))
+/// nginx (master and worker) on `cpu`; SIGTERM at the end lets the master
+/// stop its worker.
+fn start_nginx(conf: &Path, cpu: &str) -> Result<Guard> {
+    Guard::spawn(
+        Command::new("taskset")
+            .args(["-c", cpu, "nginx", "-c"])
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+        GRACE,
+    )
+    .context("starting nginx (apt: nginx)")
 }
 
 /// Runs the proxy benchmark and prints the comparison.
@@ -190,18 +192,19 @@ pub fn proxy() -> Result<()> {
     let mut floors = Vec::new();
     for mode in ["pooled", "per-connection"] {
         let port = free_port()?;
-        let child = Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(&floor_bin)
-            .arg(mode)
-            .env("TOKIO_WORKER_THREADS", "1")
-            .env("LISTEN", format!("127.0.0.1:{port}"))
-            .env("UPSTREAM", format!("127.0.0.1:{upstream_port}"))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting bench_floor")?;
+        let proc = Guard::spawn(
+            Command::new("taskset")
+                .args(["-c", "0"])
+                .arg(&floor_bin)
+                .arg(mode)
+                .env("TOKIO_WORKER_THREADS", "1")
+                .env("LISTEN", format!("127.0.0.1:{port}"))
+                .env("UPSTREAM", format!("127.0.0.1:{upstream_port}"))
+                .stderr(Stdio::inherit()),
+            GRACE,
+        )
+        .context("starting bench_floor")?;
         let url = format!("http://127.0.0.1:{port}/rest/v1/items");
-        let proc = Proc(child);
         wait_http(&url)?;
         floors.push((mode, proc, url));
     }
@@ -209,11 +212,11 @@ pub fn proxy() -> Result<()> {
     // Every peer, in the order measured in each round.
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/t/pbench/rest/v1/items");
     let mut peers: Vec<(String, u32, String)> = vec![
-        ("madbase proxy".into(), proxy.0.id(), proxy_url),
-        ("nginx".into(), nginx.0.id(), nginx_url),
+        ("madbase proxy".into(), proxy.id(), proxy_url),
+        ("nginx".into(), nginx.id(), nginx_url),
     ];
     for (mode, proc, url) in &floors {
-        peers.push((format!("hyper floor, {mode}"), proc.0.id(), url.clone()));
+        peers.push((format!("hyper floor, {mode}"), proc.id(), url.clone()));
     }
 
     // Warm-up, then the rounds: each peer once per round, in turn.
@@ -271,7 +274,7 @@ pub(crate) fn start_proxy(
     work: &Path,
     control_url: &str,
     worker_url: &str,
-) -> Result<(Proc, u16)> {
+) -> Result<(Guard, u16)> {
     let port = free_port()?;
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "0"])
@@ -289,7 +292,7 @@ pub(crate) fn start_proxy(
         .env("MADBASE_RATE_LIMIT_RPS", "1000000")
         .stdout(std::fs::File::create(work.join("proxy.log"))?)
         .stderr(Stdio::inherit());
-    let proxy = Proc(cmd.spawn().context("starting the proxy")?);
+    let proxy = Guard::spawn(&mut cmd, GRACE).context("starting the proxy")?;
     wait_http(&format!("http://127.0.0.1:{port}/health"))?;
     Ok((proxy, port))
 }

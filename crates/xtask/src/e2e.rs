@@ -38,7 +38,7 @@
 //! podman-compose 1.6.0 (pip), all installed by `bash .ci/run`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -51,6 +51,7 @@ use serde_json::{Value, json};
 use crate::image_spec::ImageSpec;
 use crate::images::{self, HostImage, User};
 use crate::podman::Podman;
+use crate::procs::{GRACE, Guard};
 use crate::push::{self, Credentials, PushArgs};
 use crate::registry::TestRegistry;
 use crate::util::{random_bytes, random_hex, root, step};
@@ -446,17 +447,31 @@ impl Deadline {
 /// Runs `cmd` with its output captured, killing its process group after
 /// `timeout`.
 fn bounded_output(cmd: &mut Command, timeout: Duration) -> Result<Output> {
-    use std::os::unix::process::CommandExt as _;
+    bounded_with_input(cmd, None, timeout)
+}
+
+/// [`bounded_output`] with `input` written to the command's stdin.
+fn bounded_with_input(cmd: &mut Command, input: Option<&str>, timeout: Duration) -> Result<Output> {
     let shown = shown(cmd);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot start {shown} (`bash .ci/run` installs every tool)"))?;
-    let mut out = child.stdout.take().context("no stdout")?;
-    let mut err = child.stderr.take().context("no stderr")?;
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    let mut child = Guard::spawn(
+        cmd.stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        GRACE,
+    )
+    .with_context(|| format!("cannot start {shown} (`bash .ci/run` installs every tool)"))?;
+    let mut out = child.child().stdout.take().context("no stdout")?;
+    let mut err = child.child().stderr.take().context("no stderr")?;
+    let writer = child.child().stdin.take().map(|mut stdin| {
+        let input = input.unwrap_or_default().to_owned();
+        // Dropping stdin at the end closes it.
+        std::thread::spawn(move || stdin.write_all(input.as_bytes()))
+    });
     let out_reader = std::thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = out.read_to_end(&mut buf);
@@ -468,6 +483,9 @@ fn bounded_output(cmd: &mut Command, timeout: Duration) -> Result<Output> {
         buf
     });
     let status = wait_bounded(&mut child, timeout, &shown)?;
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
     Ok(Output {
@@ -495,13 +513,9 @@ fn bounded_ok(cmd: &mut Command, timeout: Duration) -> Result<String> {
 /// Runs `cmd` with its output shown, bounded by `timeout`; fails on a
 /// non-zero exit.
 fn bounded_run(cmd: &mut Command, timeout: Duration) -> Result<()> {
-    use std::os::unix::process::CommandExt as _;
     let shown = shown(cmd);
     eprintln!("+ {shown}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
+    let mut child = Guard::spawn(cmd.stdin(Stdio::null()), GRACE)
         .with_context(|| format!("cannot start {shown} (`bash .ci/run` installs every tool)"))?;
     let status = wait_bounded(&mut child, timeout, &shown)?;
     ensure!(status.success(), "{shown} failed with {status}");
@@ -518,24 +532,20 @@ fn shown(cmd: &Command) -> String {
         .join(" ")
 }
 
+/// Waits for `child`; after `timeout`, kills its process group (what it
+/// started too: podman-compose runs podman) and fails.
 fn wait_bounded(
-    child: &mut std::process::Child,
+    child: &mut Guard,
     timeout: Duration,
     shown: &str,
 ) -> Result<std::process::ExitStatus> {
     let start = Instant::now();
     loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait()?);
         }
         if start.elapsed() > timeout {
-            // The child leads its own process group: end it and what it
-            // started (podman-compose runs podman).
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", child.id())])
-                .status();
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
             bail!("{shown} did not finish within {}s", timeout.as_secs());
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -1483,28 +1493,8 @@ fn storage_files(dir: &Path) -> Result<BTreeMap<String, u64>> {
 
 /// Runs `cmd` with `input` on its stdin, bounded to a minute.
 fn piped(cmd: &mut Command, input: &str) -> Result<()> {
-    use std::io::Write as _;
     let shown = shown(cmd);
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {shown}"))?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(input.as_bytes())?;
-    let start = Instant::now();
-    while child.try_wait()?.is_none() {
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            bail!("{shown} did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output()?;
+    let out = bounded_with_input(cmd, Some(input), Duration::from_secs(60))?;
     ensure!(
         out.status.success(),
         "{shown}: {}",

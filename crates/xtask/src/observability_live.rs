@@ -98,6 +98,8 @@ const SPAN_WAIT: Duration = Duration::from_secs(15);
 /// `cargo xtask observability`.
 pub fn run() -> Result<()> {
     let started = Instant::now();
+    // SIGINT/SIGTERM end the check below, which stops every child.
+    crate::procs::task_handles_signals();
     let bin = build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,11 +8,12 @@
 use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
+use crate::procs::{GRACE, Guard};
 use crate::push::Credentials;
 
 /// A running test registry.
@@ -25,7 +26,8 @@ pub struct TestRegistry {
     pub cert_dir: PathBuf,
     pub credentials: Credentials,
     storage: PathBuf,
-    child: Child,
+    /// Stopped (its process group) on drop.
+    child: Guard,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -66,14 +68,16 @@ impl TestRegistry {
         let config_path = base.join("config.yml");
         std::fs::write(&config_path, config_text)?;
         let log = base.join("registry.log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::create(base.join("registry.err"))?)
-            .spawn()
-            .context("cannot start docker-registry (apt install docker-registry; `bash .ci/run` installs it)")?;
+        let child = Guard::spawn(
+            Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&log)?)
+                .stderr(std::fs::File::create(base.join("registry.err"))?),
+            GRACE,
+        )
+        .context("cannot start docker-registry (apt install docker-registry; `bash .ci/run` installs it)")?;
         let mut registry = TestRegistry {
             host,
             cert_dir,
@@ -123,13 +127,6 @@ impl TestRegistry {
             std::fs::read_to_string(&err).unwrap_or_default(),
             std::fs::read_to_string(&self.log).unwrap_or_default()
         )
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
