@@ -554,6 +554,10 @@ impl FnRuntime {
             }
         });
         meter.stop();
+        if internal.is_err() {
+            // Nothing the runtime owns may outlive it (see `Drop`).
+            shared.rejections.borrow_mut().clear();
+        }
         let internal = internal?;
         Ok(FnRuntime {
             internal,

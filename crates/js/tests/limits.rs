@@ -178,3 +178,33 @@ fn endless_microtasks_and_timer_chains_hit_the_cpu_limit() {
         );
     }
 }
+
+#[test]
+fn a_memory_limit_too_small_for_the_prelude_is_a_memory_limit() {
+    let mut w = worker();
+    let mut inv = invoke(
+        key("a", "tiny", 1),
+        Some("Deno.serve(() => new Response('x'));"),
+    );
+    inv.limits.memory_bytes = 128 * 1024;
+    let (reply, _) = run_with(&mut w, inv, Vec::new());
+    assert_eq!(failed(&reply).0, FunctionError::MemoryLimit);
+    // Through a spare runtime (made without a limit) as well.
+    w.prepare();
+    let mut inv = invoke(
+        key("a", "tiny2", 1),
+        Some("Deno.serve(() => new Response('x'));"),
+    );
+    inv.limits.memory_bytes = 128 * 1024;
+    let (reply, _) = run_with(&mut w, inv, Vec::new());
+    assert_eq!(failed(&reply).0, FunctionError::MemoryLimit);
+    let (reply, body) = run_with(
+        &mut w,
+        invoke(
+            key("b", "ok", 1),
+            Some("Deno.serve(() => new Response('fine'));"),
+        ),
+        Vec::new(),
+    );
+    assert_eq!(ok(&reply, &body), (200, "fine".to_owned()));
+}
