@@ -364,19 +364,24 @@ async fn prepare(
             ApiError::unavailable("the control plane is unreachable"),
         )
     };
+    let tenant_not_found = || {
+        (
+            "tenant_not_found",
+            None,
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "tenant_not_found",
+                format!("no tenant {tenant:?}"),
+            ),
+        )
+    };
+    // Only a tenant id's shape goes into control's URLs.
+    if !madbase_platform::tenants::is_valid_id(tenant) {
+        return Err(tenant_not_found());
+    }
     let mut info = match inv.tenants.get(tenant).await {
         Ok(Some(info)) => info,
-        Ok(None) => {
-            return Err((
-                "tenant_not_found",
-                None,
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "tenant_not_found",
-                    format!("no tenant {tenant:?}"),
-                ),
-            ));
-        }
+        Ok(None) => return Err(tenant_not_found()),
         Err(e) => {
             let (_, function, err) = unavailable(&e);
             return Err(("tenant_unavailable", function, err));

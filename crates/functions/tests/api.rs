@@ -236,13 +236,16 @@ async fn lookups_jwt_and_body_limits_come_before_any_worker() {
         assert_eq!(status, 404, "{name}: {body}");
         assert_eq!(body["code"], "function_not_found");
     }
-    let (status, body) = f
-        .call(
-            http::Request::post("/functions/v1/open").header("x-madbase-tenant", "other"),
-            Body::empty(),
-        )
-        .await;
-    assert_eq!(status, 404, "{body}");
+    for other in ["other", "acme/functions/open", "x"] {
+        let (status, body) = f
+            .call(
+                http::Request::post("/functions/v1/open").header("x-madbase-tenant", other),
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(status, 404, "{other}: {body}");
+        assert_eq!(body["code"], "tenant_not_found");
+    }
 
     // verify_jwt on: no bearer, a bad one, another tenant's.
     let (status, body) = f.post("locked").await;
@@ -302,7 +305,7 @@ async fn lookups_jwt_and_body_limits_come_before_any_worker() {
     assert!(!metrics.contains("Bad.Name"));
     assert!(
         metrics.contains(
-            "madbase_function_invocations_total{tenant=\"unknown\",function=\"unknown\",outcome=\"tenant_not_found\"} 1"
+            "madbase_function_invocations_total{tenant=\"unknown\",function=\"unknown\",outcome=\"tenant_not_found\"} 3"
         ),
         "{metrics}"
     );
