@@ -1742,7 +1742,16 @@
   define("Deno", Deno);
   define("self", g);
   define("navigator", { userAgent: "madbase-functions", language: "en-US", languages: ["en-US"], hardwareConcurrency: 1 });
-  define("EdgeRuntime", { waitUntil() {} });
+  // Background work: the invocation's reply waits for it (there is no
+  // "after the response" in a worker that runs one invocation at a time).
+  let background = [];
+  define("EdgeRuntime", {
+    waitUntil(promise) {
+      background.push(
+        Promise.resolve(promise).catch((e) => consoleObject.error("Uncaught (in waitUntil)", e)),
+      );
+    },
+  });
 
   internal.setEnv = (flat) => {
     env = {};
@@ -1787,7 +1796,7 @@
       return Promise.resolve(failure(e));
     }
     const info = { remoteAddr: { transport: "tcp", hostname: "0.0.0.0", port: 0 }, completed: Promise.resolve() };
-    return (async () => {
+    const outcome = (async () => {
       try {
         const res = await handler(req, info);
         if (!(res instanceof Response)) {
@@ -1809,6 +1818,14 @@
         return failure(e);
       }
     })();
+    return outcome.then(async (result) => {
+      while (background.length > 0) {
+        const pending = background;
+        background = [];
+        await Promise.all(pending);
+      }
+      return result;
+    });
   };
 
   if (native.testCrash) define("__madbaseTestCrash", () => native.testCrash());

@@ -464,3 +464,28 @@ fn an_incoming_multipart_upload_is_parsed() {
     assert_eq!(v["size"], 14);
     assert_eq!(v["text"], "line 1\r\nline 2");
 }
+
+#[test]
+fn wait_until_work_finishes_before_the_reply() {
+    let mut w = worker();
+    let src = r#"
+        let done = 0;
+        Deno.serve(() => {
+            EdgeRuntime.waitUntil(new Promise((r) => setTimeout(() => { done++; console.log("background"); r(); }, 20)));
+            EdgeRuntime.waitUntil(Promise.reject(new Error("bg failed")));
+            return new Response(String(done));
+        });
+    "#;
+    let (reply, body) = run(&mut w, src);
+    assert_eq!(ok(&reply, &body), (200, "0".to_owned()));
+    let messages: Vec<&str> = reply.logs.iter().map(|l| l.message.as_str()).collect();
+    assert!(messages.contains(&"background"), "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("Uncaught (in waitUntil) Error: bg failed")),
+        "{messages:?}"
+    );
+    let (reply, body) = run(&mut w, src);
+    assert_eq!(ok(&reply, &body), (200, "1".to_owned()));
+}
