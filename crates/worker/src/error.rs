@@ -7,22 +7,153 @@ use madbase_platform::ApiError;
 use crate::conns::DbError;
 use crate::query::ParseError;
 
+/// Every error the worker answers with itself, in one table: its code
+/// (PostgREST's `PGRST…`, PostgreSQL's SQLSTATE where PostgREST answers
+/// one before any query, or the platform's tenancy codes) and its status.
+/// Errors Postgres raises keep their own SQLSTATE (see `db_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// PGRST000 (503): the database connection failed, or broke during `COMMIT`.
+    Connection,
+    /// PGRST003 (504): no pooled connection in time.
+    PoolTimeout,
+    /// PGRST100 (400): a malformed query string.
+    QueryString,
+    /// PGRST101 (405): a method rpc does not take.
+    RpcMethod,
+    /// PGRST102 (400): a malformed body.
+    InvalidBody,
+    /// PGRST103 (416): `Range`/`limit`/`offset` beyond what there is.
+    RangeNotSatisfiable,
+    /// PGRST106 (406): `Accept-Profile`/`Content-Profile` names an unexposed schema.
+    SchemaNotExposed,
+    /// PGRST107 (406): no media type of `Accept` is produced.
+    NotAcceptable,
+    /// PGRST108 (400): a filter, order or limit names an embed not selected.
+    NotEmbedded,
+    /// PGRST116 (406): a singular response did not get exactly one row.
+    NotSingular,
+    /// PGRST117 (405): a method tables do not take.
+    UnsupportedMethod,
+    /// PGRST118 (400): ordering by a to-many embed.
+    RelatedOrder,
+    /// PGRST119 (400): spreading a to-many embed.
+    Spread,
+    /// PGRST122 (400): invalid preferences with `handling=strict`.
+    InvalidPreferences,
+    /// PGRST123 (400): aggregates in `select` while they are disabled.
+    AggregatesDisabled,
+    /// PGRST124 (400): more rows affected than `max-affected`.
+    MaxAffected,
+    /// PGRST200 (400): no relationship for an embed.
+    NoRelationship,
+    /// PGRST201 (300): several relationships fit an embed.
+    AmbiguousRelationship,
+    /// PGRST202 (404): no function fits the rpc.
+    FunctionNotFound,
+    /// PGRST203 (300): several functions fit the rpc.
+    AmbiguousFunction,
+    /// PGRST204 (400): a written column the table does not have.
+    ColumnNotFound,
+    /// PGRST205 (404): no such table or view.
+    TableNotFound,
+    /// PGRST301 (401): a refused JWT.
+    Jwt,
+    /// 42703 (400): an unknown column, found while planning (PostgREST
+    /// answers PostgreSQL's code).
+    UndefinedColumn,
+    /// `tenant_required` (400): no `X-Madbase-Tenant`.
+    TenantRequired,
+    /// `tenant_not_found` (404).
+    TenantNotFound,
+    /// `unavailable` (503): control could not be asked about the tenant.
+    ControlUnavailable,
+}
+
+impl Code {
+    /// The table: code and status of each error.
+    const fn entry(self) -> (&'static str, StatusCode) {
+        match self {
+            Code::Connection => ("PGRST000", StatusCode::SERVICE_UNAVAILABLE),
+            Code::PoolTimeout => ("PGRST003", StatusCode::GATEWAY_TIMEOUT),
+            Code::QueryString => ("PGRST100", StatusCode::BAD_REQUEST),
+            Code::RpcMethod => ("PGRST101", StatusCode::METHOD_NOT_ALLOWED),
+            Code::InvalidBody => ("PGRST102", StatusCode::BAD_REQUEST),
+            Code::RangeNotSatisfiable => ("PGRST103", StatusCode::RANGE_NOT_SATISFIABLE),
+            Code::SchemaNotExposed => ("PGRST106", StatusCode::NOT_ACCEPTABLE),
+            Code::NotAcceptable => ("PGRST107", StatusCode::NOT_ACCEPTABLE),
+            Code::NotEmbedded => ("PGRST108", StatusCode::BAD_REQUEST),
+            Code::NotSingular => ("PGRST116", StatusCode::NOT_ACCEPTABLE),
+            Code::UnsupportedMethod => ("PGRST117", StatusCode::METHOD_NOT_ALLOWED),
+            Code::RelatedOrder => ("PGRST118", StatusCode::BAD_REQUEST),
+            Code::Spread => ("PGRST119", StatusCode::BAD_REQUEST),
+            Code::InvalidPreferences => ("PGRST122", StatusCode::BAD_REQUEST),
+            Code::AggregatesDisabled => ("PGRST123", StatusCode::BAD_REQUEST),
+            Code::MaxAffected => ("PGRST124", StatusCode::BAD_REQUEST),
+            Code::NoRelationship => ("PGRST200", StatusCode::BAD_REQUEST),
+            Code::AmbiguousRelationship => ("PGRST201", StatusCode::MULTIPLE_CHOICES),
+            Code::FunctionNotFound => ("PGRST202", StatusCode::NOT_FOUND),
+            Code::AmbiguousFunction => ("PGRST203", StatusCode::MULTIPLE_CHOICES),
+            Code::ColumnNotFound => ("PGRST204", StatusCode::BAD_REQUEST),
+            Code::TableNotFound => ("PGRST205", StatusCode::NOT_FOUND),
+            Code::Jwt => ("PGRST301", StatusCode::UNAUTHORIZED),
+            Code::UndefinedColumn => ("42703", StatusCode::BAD_REQUEST),
+            Code::TenantRequired => ("tenant_required", StatusCode::BAD_REQUEST),
+            Code::TenantNotFound => ("tenant_not_found", StatusCode::NOT_FOUND),
+            Code::ControlUnavailable => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+        }
+    }
+
+    /// The code as the body's `code` says it.
+    pub const fn as_str(self) -> &'static str {
+        self.entry().0
+    }
+
+    pub const fn status(self) -> StatusCode {
+        self.entry().1
+    }
+
+    fn api(self, message: impl Into<String>) -> ApiError {
+        ApiError::new(self.status(), self.as_str(), message)
+    }
+}
+
+/// One of the worker's own errors: its code, message, details and hint.
+#[derive(Debug)]
+pub struct Api {
+    pub code: Code,
+    pub message: String,
+    pub details: Details,
+    pub hint: Option<String>,
+}
+
+/// An error's `details`: text, or JSON (PGRST201 lists the candidate
+/// relationships).
+#[derive(Debug)]
+pub enum Details {
+    None,
+    Text(String),
+    Json(serde_json::Value),
+}
+
+impl std::fmt::Display for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.code.status().as_u16(),
+            self.code.as_str(),
+            self.message
+        )
+    }
+}
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A fully formed API error.
+    /// One of the worker's own errors (see [`Code`]).
     #[error("{0}")]
-    Api(Box<ApiError>),
-    /// An API error whose `details` is JSON rather than a string (PGRST201
-    /// lists the candidate relationships).
-    #[error("{api}")]
-    Detailed {
-        api: Box<ApiError>,
-        details: serde_json::Value,
-    },
-    /// PGRST205.
-    #[error("table not found: {0}")]
-    TableNotFound(String),
+    Api(Box<Api>),
     /// A Postgres error; `anon` says whether the request had no user (42501 → 401).
     #[error("database: {source}")]
     Db { source: DbError, anon: bool },
@@ -32,48 +163,46 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn api(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        Error::Api(Box::new(ApiError::new(status, code, message)))
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Error::Api(Box::new(Api {
+            code,
+            message: message.into(),
+            details: Details::None,
+            hint: None,
+        }))
     }
 
-    pub fn hint(self, hint: impl Into<String>) -> Self {
-        match self {
-            Error::Api(e) => Error::Api(Box::new(e.hint(hint))),
-            Error::Detailed { api, details } => Error::Detailed {
-                api: Box::new(api.hint(hint)),
-                details,
-            },
-            other => other,
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        if let Error::Api(a) = &mut self {
+            a.hint = Some(hint.into());
         }
+        self
     }
 
-    pub fn details(self, details: impl Into<String>) -> Self {
-        match self {
-            Error::Api(e) => Error::Api(Box::new(e.details(details))),
-            other => other,
+    pub fn details(mut self, details: impl Into<String>) -> Self {
+        if let Error::Api(a) = &mut self {
+            a.details = Details::Text(details.into());
         }
+        self
+    }
+
+    /// `details` as JSON rather than a string.
+    pub fn json_details(mut self, details: serde_json::Value) -> Self {
+        if let Error::Api(a) = &mut self {
+            a.details = Details::Json(details);
+        }
+        self
     }
 
     /// PGRST100: a malformed query string.
     pub fn query(e: ParseError) -> Self {
-        Error::api(StatusCode::BAD_REQUEST, "PGRST100", e.message).details(e.details)
+        Error::new(Code::QueryString, e.message).details(e.details)
     }
 
-    /// PGRST102: a malformed body.
-    pub fn body(message: impl Into<String>) -> Self {
-        Error::api(StatusCode::BAD_REQUEST, "PGRST102", message)
-    }
-
-    /// PGRST301: a refused JWT.
-    pub fn jwt(message: impl Into<String>) -> Self {
-        Error::api(StatusCode::UNAUTHORIZED, "PGRST301", message)
-    }
-
-    /// The code of an API error (`PGRST…`).
-    pub fn code(&self) -> Option<&str> {
+    /// The code of one of the worker's own errors.
+    pub fn code(&self) -> Option<Code> {
         match self {
-            Error::Api(e) => Some(&e.code),
-            Error::Detailed { api, .. } => Some(&api.code),
+            Error::Api(a) => Some(a.code),
             _ => None,
         }
     }
@@ -89,20 +218,6 @@ impl Error {
     /// The connection broke (worth one retry on a fresh connection).
     pub fn is_broken_connection(&self) -> bool {
         matches!(self, Error::Db { source, .. } if source.is_broken_connection())
-    }
-
-    pub fn into_api(self) -> ApiError {
-        match self {
-            Error::Api(e) => *e,
-            Error::Detailed { api, details } => api.details(details.to_string()),
-            Error::TableNotFound(name) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "PGRST205",
-                format!("Could not find the table '{name}' in the schema cache"),
-            ),
-            Error::Db { source, anon } => db_error(&source, anon),
-            Error::Internal(msg) => ApiError::internal(&anyhow::anyhow!(msg)),
-        }
     }
 }
 
@@ -138,11 +253,9 @@ fn db_error(e: &DbError, anon: bool) -> ApiError {
         return err;
     }
     match e {
-        DbError::PoolTimedOut => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "PGRST003",
-            "Timed out acquiring connection from connection pool.",
-        ),
+        DbError::PoolTimedOut => {
+            Code::PoolTimeout.api("Timed out acquiring connection from connection pool.")
+        }
         DbError::PoolClosed => unavailable(e),
         DbError::Postgres(_) if e.is_broken_connection() => unavailable(e),
         other => ApiError::internal(&anyhow::anyhow!("{other}")),
@@ -151,11 +264,7 @@ fn db_error(e: &DbError, anon: bool) -> ApiError {
 
 fn unavailable(e: &DbError) -> ApiError {
     tracing::warn!(error = %e, "database connection failed");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "PGRST000",
-        "Database client error. Retrying the connection.",
-    )
+    Code::Connection.api("Database client error. Retrying the connection.")
 }
 
 /// PostgREST's error body: exactly `code`, `details`, `hint` and `message`
@@ -164,14 +273,14 @@ fn unavailable(e: &DbError) -> ApiError {
 #[derive(serde::Serialize)]
 struct Body<'a> {
     code: &'a str,
-    details: Details<'a>,
+    details: BodyDetails<'a>,
     hint: Option<&'a str>,
     message: &'a str,
 }
 
 #[derive(serde::Serialize)]
 #[serde(untagged)]
-enum Details<'a> {
+enum BodyDetails<'a> {
     Text(Option<&'a str>),
     Json(&'a serde_json::Value),
 }
@@ -180,40 +289,120 @@ const JSON_UTF8: &str = "application/json; charset=utf-8";
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let (api, json) = match self {
-            Error::Detailed { api, details } => (*api, Some(details)),
-            other => (other.into_api(), None),
-        };
-        let body = Body {
-            code: &api.code,
-            details: match &json {
-                Some(v) => Details::Json(v),
-                None => Details::Text(api.details.as_deref()),
-            },
-            hint: api.hint.as_deref(),
-            message: &api.message,
-        };
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut resp = Response::new(axum::body::Body::from(bytes));
-        *resp.status_mut() = api.status;
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(JSON_UTF8),
-        );
-        if api.status == StatusCode::UNAUTHORIZED {
-            // PostgREST: a refused token names the error; otherwise a token is required.
-            let value = if api.code == "PGRST301" {
-                let described = serde_json::to_string(&api.message).unwrap_or_default();
-                http::HeaderValue::from_str(&format!(
-                    "Bearer error=\"invalid_token\", error_description={described}"
-                ))
-                .unwrap_or(http::HeaderValue::from_static("Bearer"))
-            } else {
-                http::HeaderValue::from_static("Bearer")
-            };
-            resp.headers_mut()
-                .insert(http::header::WWW_AUTHENTICATE, value);
+        match self {
+            Error::Api(a) => {
+                let details = match &a.details {
+                    Details::None => BodyDetails::Text(None),
+                    Details::Text(t) => BodyDetails::Text(Some(t)),
+                    Details::Json(v) => BodyDetails::Json(v),
+                };
+                reply(
+                    a.code.status(),
+                    a.code.as_str(),
+                    details,
+                    a.hint.as_deref(),
+                    &a.message,
+                )
+            }
+            Error::Db { source, anon } => {
+                let api = db_error(&source, anon);
+                api_reply(&api)
+            }
+            Error::Internal(msg) => api_reply(&ApiError::internal(&anyhow::anyhow!(msg))),
         }
-        resp
+    }
+}
+
+fn api_reply(api: &ApiError) -> Response {
+    reply(
+        api.status,
+        &api.code,
+        BodyDetails::Text(api.details.as_deref()),
+        api.hint.as_deref(),
+        &api.message,
+    )
+}
+
+fn reply(
+    status: StatusCode,
+    code: &str,
+    details: BodyDetails<'_>,
+    hint: Option<&str>,
+    message: &str,
+) -> Response {
+    let body = Body {
+        code,
+        details,
+        hint,
+        message,
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = Response::new(axum::body::Body::from(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(JSON_UTF8),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        // PostgREST: a refused token names the error; otherwise a token is required.
+        let value = if code == Code::Jwt.as_str() {
+            let described = serde_json::to_string(message).unwrap_or_default();
+            http::HeaderValue::from_str(&format!(
+                "Bearer error=\"invalid_token\", error_description={described}"
+            ))
+            .unwrap_or(http::HeaderValue::from_static("Bearer"))
+        } else {
+            http::HeaderValue::from_static("Bearer")
+        };
+        resp.headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, value);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(e: Error) -> (StatusCode, serde_json::Value, Option<String>) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let auth = resp
+            .headers()
+            .get(http::header::WWW_AUTHENTICATE)
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        let v = serde_json::from_slice(&bytes).unwrap_or_default();
+        (status, v, auth)
+    }
+
+    #[tokio::test]
+    async fn bodies_carry_code_message_details_hint() {
+        let (status, v, auth) = body(
+            Error::new(Code::AmbiguousRelationship, "m")
+                .hint("h")
+                .json_details(serde_json::json!([{"a": 1}])),
+        )
+        .await;
+        assert_eq!(status, StatusCode::MULTIPLE_CHOICES);
+        assert_eq!(
+            v,
+            serde_json::json!({"code": "PGRST201", "details": [{"a": 1}], "hint": "h", "message": "m"})
+        );
+        assert_eq!(auth, None);
+        let (status, v, auth) = body(Error::new(Code::Jwt, "JWT expired")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            v,
+            serde_json::json!({"code": "PGRST301", "details": null, "hint": null, "message": "JWT expired"})
+        );
+        assert_eq!(
+            auth.as_deref(),
+            Some(r#"Bearer error="invalid_token", error_description="JWT expired""#)
+        );
+        let (status, _, auth) = body(Error::new(Code::MaxAffected, "x").details("d")).await;
+        assert_eq!((status, auth), (StatusCode::BAD_REQUEST, None));
     }
 }

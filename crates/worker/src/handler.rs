@@ -18,7 +18,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use crate::AppState;
 use crate::conns::{Conn, DbError};
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::plan::{self, Arg, Planner, Shape, Source, Sql};
 use crate::pool::TenantDb;
 use crate::prefer::{Prefer, Reported, Resolution, Return};
@@ -169,9 +169,8 @@ fn media(headers: &HeaderMap) -> Result<Media, Error> {
             return Ok(Media::Array);
         }
     }
-    Err(Error::api(
-        StatusCode::NOT_ACCEPTABLE,
-        "PGRST107",
+    Err(Error::new(
+        Code::NotAcceptable,
         format!("None of these media types are available: {accept}"),
     ))
 }
@@ -182,9 +181,8 @@ async fn authenticate(
     headers: &HeaderMap,
 ) -> Result<(Arc<TenantInfo>, Arc<jwt::VerifiedClaims>), Error> {
     let Some(id) = header(headers, "x-madbase-tenant").map(str::trim) else {
-        return Err(Error::api(
-            StatusCode::BAD_REQUEST,
-            "tenant_required",
+        return Err(Error::new(
+            Code::TenantRequired,
             "the X-Madbase-Tenant header is missing",
         )
         .hint("Send requests through the proxy, or set X-Madbase-Tenant."));
@@ -194,13 +192,7 @@ async fn authenticate(
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     tracing::Span::current().record("tenant", id);
-    let not_found = || {
-        Error::api(
-            StatusCode::NOT_FOUND,
-            "tenant_not_found",
-            format!("no tenant {id:?}"),
-        )
-    };
+    let not_found = || Error::new(Code::TenantNotFound, format!("no tenant {id:?}"));
     if !valid_id {
         return Err(not_found());
     }
@@ -221,10 +213,10 @@ async fn authenticate(
             let claims = st
                 .verified
                 .verify(&fresh.jwt_secret, id, token)
-                .map_err(|e| Error::jwt(jwt_message(&e)))?;
+                .map_err(|e| Error::new(Code::Jwt, jwt_message(&e)))?;
             Ok((fresh, claims))
         }
-        Err(e) => Err(Error::jwt(jwt_message(&e))),
+        Err(e) => Err(Error::new(Code::Jwt, jwt_message(&e))),
     }
 }
 
@@ -232,11 +224,7 @@ async fn authenticate(
 async fn lookup(st: &AppState, id: &str) -> Result<Option<Arc<TenantInfo>>, Error> {
     st.tenants.get(id).await.map_err(|e| {
         tracing::warn!(error = %e, "tenant lookup failed");
-        Error::api(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the control plane is unreachable",
-        )
+        Error::new(Code::ControlUnavailable, "the control plane is unreachable")
     })
 }
 
@@ -269,9 +257,8 @@ async fn context(
         None => st.schemas[0].clone(),
         Some(p) if st.schemas.iter().any(|s| s == p.trim()) => p.trim().to_owned(),
         Some(_) => {
-            return Err(Error::api(
-                StatusCode::NOT_ACCEPTABLE,
-                "PGRST106",
+            return Err(Error::new(
+                Code::SchemaNotExposed,
                 format!(
                     "The schema must be one of the following: {}",
                     st.schemas.join(", ")
@@ -425,9 +412,8 @@ impl Checks {
         if let Some(n) = self.max_affected
             && o.page > n
         {
-            return Err(Error::api(
-                StatusCode::BAD_REQUEST,
-                "PGRST124",
+            return Err(Error::new(
+                Code::MaxAffected,
                 "Query result exceeds max-affected preference constraint",
             )
             .details(format!("The query affects {} rows", o.page)));
@@ -444,7 +430,7 @@ async fn run_tx(job: &TxJob) -> Result<Outcome, Error> {
     match &result {
         // A broken connection, or one whose COMMIT outcome is unknown, is closed.
         Err(e) if e.is_broken_connection() => drop(lease),
-        Err(Error::Api(a)) if a.code == "PGRST000" => drop(lease),
+        Err(Error::Api(a)) if a.code == Code::Connection => drop(lease),
         // Otherwise it is reused: every path below ends the transaction.
         _ => lease.release(),
     }
@@ -612,9 +598,8 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
             // The write may or may not be committed: never retried.
             job.span
                 .in_scope(|| tracing::warn!(error = %e, "COMMIT failed"));
-            Err(Error::api(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "PGRST000",
+            Err(Error::new(
+                Code::Connection,
                 "The connection was lost during COMMIT; the write may or may not have been applied.",
             ))
         }
@@ -735,9 +720,8 @@ impl<'a> tokio_postgres::types::FromSql<'a> for Text<'a> {
 }
 
 fn not_single(n: i64) -> Error {
-    Error::api(
-        StatusCode::NOT_ACCEPTABLE,
-        "PGRST116",
+    Error::new(
+        Code::NotSingular,
         "JSON object requested, multiple (or no) rows returned",
     )
     .details(format!("The result contains {n} rows"))
@@ -787,12 +771,10 @@ fn top_range(
         } else {
             "Limit should be greater than or equal to zero."
         };
-        return Err(Error::api(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "PGRST103",
-            "Requested range not satisfiable",
-        )
-        .details(details));
+        return Err(
+            Error::new(Code::RangeNotSatisfiable, "Requested range not satisfiable")
+                .details(details),
+        );
     }
     let clamp = |n: i128| i64::try_from(n).unwrap_or(i64::MAX);
     Ok((clamp(lower), upper.map(|u| clamp(u - lower + 1))))
@@ -901,9 +883,8 @@ async fn table_inner(
         *method,
         Method::GET | Method::HEAD | Method::POST | Method::PATCH | Method::DELETE
     ) {
-        return Err(Error::api(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "PGRST117",
+        return Err(Error::new(
+            Code::UnsupportedMethod,
             format!("Unsupported HTTP method: {method}"),
         ));
     }
@@ -972,15 +953,11 @@ fn read_response(ctx: &Ctx, offset: i64, out: Outcome, head: bool) -> Response {
     let crange = content_range(offset, out.page, out.total);
     if let Some(total) = out.total {
         if offset > total {
-            let mut resp = Error::api(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "PGRST103",
-                "Requested range not satisfiable",
-            )
-            .details(format!(
-                "An offset of {offset} was requested, but there are only {total} rows."
-            ))
-            .into_response();
+            let mut resp = Error::new(Code::RangeNotSatisfiable, "Requested range not satisfiable")
+                .details(format!(
+                    "An offset of {offset} was requested, but there are only {total} rows."
+                ))
+                .into_response();
             if let Ok(v) = HeaderValue::from_str(&crange) {
                 resp.headers_mut()
                     .insert(HeaderName::from_static("content-range"), v);
@@ -1003,10 +980,10 @@ fn body_columns(
     allow_array: bool,
 ) -> Result<(Vec<String>, bool, usize), Error> {
     let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::body("Empty or invalid json"));
+        return Err(Error::new(Code::InvalidBody, "Empty or invalid json"));
     } else {
         serde_json::from_slice(body)
-            .map_err(|e| Error::body(format!("Empty or invalid json: {e}")))?
+            .map_err(|e| Error::new(Code::InvalidBody, format!("Empty or invalid json: {e}")))?
     };
     let (objects, is_array): (Vec<&serde_json::Map<String, Value>>, bool) = match &v {
         Value::Object(o) => (vec![o], false),
@@ -1014,14 +991,16 @@ fn body_columns(
             items
                 .iter()
                 .map(|i| {
-                    i.as_object()
-                        .ok_or_else(|| Error::body("All items of the array must be objects"))
+                    i.as_object().ok_or_else(|| {
+                        Error::new(Code::InvalidBody, "All items of the array must be objects")
+                    })
                 })
                 .collect::<Result<_, _>>()?,
             true,
         ),
         _ => {
-            return Err(Error::body(
+            return Err(Error::new(
+                Code::InvalidBody,
                 "The body must be a JSON object or an array of objects",
             ));
         }
@@ -1036,7 +1015,7 @@ fn body_columns(
                     .iter()
                     .any(|o| o.len() != keys.len() || !keys.iter().all(|k| o.contains_key(k)))
                 {
-                    return Err(Error::body("All object keys must match"));
+                    return Err(Error::new(Code::InvalidBody, "All object keys must match"));
                 }
                 keys
             }
@@ -1044,9 +1023,8 @@ fn body_columns(
     };
     for c in &cols {
         if table.column(c).is_none() {
-            return Err(Error::api(
-                StatusCode::BAD_REQUEST,
-                "PGRST204",
+            return Err(Error::new(
+                Code::ColumnNotFound,
                 format!(
                     "Could not find the '{c}' column of '{}' in the schema cache",
                     table.name
@@ -1335,9 +1313,8 @@ async fn insert(
     let checked = resolution.is_some() || q.on_conflict.is_some();
     for c in target.iter().filter(|_| checked) {
         if table.column(c).is_none() {
-            return Err(Error::api(
-                StatusCode::BAD_REQUEST,
-                "42703",
+            return Err(Error::new(
+                Code::UndefinedColumn,
                 format!("column {}.{c} does not exist", table.name),
             ));
         }
@@ -1565,9 +1542,8 @@ async fn rpc_inner(
         Method::POST => true,
         Method::GET | Method::HEAD => false,
         _ => {
-            return Err(Error::api(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "PGRST101",
+            return Err(Error::new(
+                Code::RpcMethod,
                 format!("Cannot use the {method} method on RPC"),
             ));
         }
@@ -1633,8 +1609,18 @@ async fn rpc_inner(
             match serde_json::from_slice::<Value>(body) {
                 Ok(Value::Object(o)) => Some(o),
                 Ok(_) if raw_fn.is_some() => None,
-                Ok(_) => return Err(Error::body("The function arguments must be a JSON object")),
-                Err(e) => return Err(Error::body(format!("Empty or invalid json: {e}"))),
+                Ok(_) => {
+                    return Err(Error::new(
+                        Code::InvalidBody,
+                        "The function arguments must be a JSON object",
+                    ));
+                }
+                Err(e) => {
+                    return Err(Error::new(
+                        Code::InvalidBody,
+                        format!("Empty or invalid json: {e}"),
+                    ));
+                }
             }
         }
     } else {
@@ -1654,9 +1640,7 @@ async fn rpc_inner(
             BodyMedia::Bytes => "a single unnamed bytea parameter",
             BodyMedia::Json | BodyMedia::Form => "a single json/jsonb parameter",
         };
-        Error::api(
-            StatusCode::NOT_FOUND,
-            "PGRST202",
+        Error::new(Code::FunctionNotFound,
             format!(
                 "Could not find the function {}.{name} in the schema cache",
                 ctx.db_schema
@@ -1673,7 +1657,9 @@ async fn rpc_inner(
         match plan::pick_function(&ctx.schema, &ctx.db_schema, name, &given, post, raw_media) {
             Ok(f) => Some(f),
             Err(_) if raw_fn.is_some() => None,
-            Err(e) if e.code() == Some("PGRST202") && raw_media => return Err(no_single()),
+            Err(e) if e.code() == Some(Code::FunctionNotFound) && raw_media => {
+                return Err(no_single());
+            }
             Err(e) => return Err(e),
         }
     };

@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use http::StatusCode;
-
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::query::{Agg, Cond, Embed, Field, Filter, Op, OrderTerm, Quantified, Query, SelectItem};
 use crate::schema::{Card, Column, Function, QName, Relationship, Schema, Table};
 
@@ -204,9 +202,8 @@ pub struct Shape {
 }
 
 fn column_missing(table: &str, col: &str) -> Error {
-    Error::api(
-        StatusCode::BAD_REQUEST,
-        "42703",
+    Error::new(
+        Code::UndefinedColumn,
         format!("column {table}.{col} does not exist"),
     )
 }
@@ -233,7 +230,15 @@ impl<'a> Planner<'a> {
         self.schema
             .table(self.db_schema, name)
             .cloned()
-            .ok_or_else(|| Error::TableNotFound(format!("{}.{name}", self.db_schema)))
+            .ok_or_else(|| {
+                Error::new(
+                    Code::TableNotFound,
+                    format!(
+                        "Could not find the table '{}.{name}' in the schema cache",
+                        self.db_schema
+                    ),
+                )
+            })
     }
 
     /// Builds the tree of nodes for `query` over `source`.
@@ -284,9 +289,8 @@ impl<'a> Planner<'a> {
                 }
                 SelectItem::Column { field, agg, .. } => {
                     if agg.is_some() && !self.aggregates {
-                        return Err(Error::api(
-                            StatusCode::BAD_REQUEST,
-                            "PGRST123",
+                        return Err(Error::new(
+                            Code::AggregatesDisabled,
                             "Use of aggregate functions is not allowed",
                         ));
                     }
@@ -345,9 +349,8 @@ impl<'a> Planner<'a> {
                         .find(|e| &e.key == r)
                         .ok_or_else(|| not_embedded(std::slice::from_ref(r)))?;
                     if !e.rel.to_one() {
-                        return Err(Error::api(
-                            StatusCode::BAD_REQUEST,
-                            "PGRST118",
+                        return Err(Error::new(
+                            Code::RelatedOrder,
                             format!("A related order on '{r}' is not possible"),
                         )
                         .details(format!(
@@ -386,9 +389,8 @@ impl<'a> Planner<'a> {
             .cloned()
             .ok_or_else(|| self.no_relationship(&origin.name, e))?;
         if e.spread && !rel.to_one() {
-            return Err(Error::api(
-                StatusCode::BAD_REQUEST,
-                "PGRST119",
+            return Err(Error::new(
+                Code::Spread,
                 format!("A spread operation on '{}' is not possible", e.name),
             )
             .details(format!(
@@ -589,9 +591,8 @@ fn missing_embed<'p>(node: &Node, path: &'p [String]) -> Option<&'p [String]> {
 /// embedded when planned, see [`missing_embed`]).
 fn not_embedded(path: &[String]) -> Error {
     let name = path.first().map_or("", String::as_str);
-    Error::api(
-        StatusCode::BAD_REQUEST,
-        "PGRST108",
+    Error::new(
+        Code::NotEmbedded,
         format!("'{name}' is not an embedded resource in this request"),
     )
     .hint(format!(
@@ -685,9 +686,7 @@ impl Planner<'_> {
             .as_ref()
             .map(|h| format!("' using the hint '{h}"))
             .unwrap_or_default();
-        let err = Error::api(
-            StatusCode::BAD_REQUEST,
-            "PGRST200",
+        let err = Error::new(Code::NoRelationship,
             format!(
                 "Could not find a relationship between '{parent}' and '{child}' in the schema cache"
             ),
@@ -762,23 +761,18 @@ fn ambiguous(parent: &str, e: &Embed, rels: &[&Relationship]) -> Error {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    Error::Detailed {
-        api: Box::new(
-            madbase_platform::ApiError::new(
-                StatusCode::MULTIPLE_CHOICES,
-                "PGRST201",
-                format!(
-                    "Could not embed because more than one relationship was found for '{parent}' and '{}'",
-                    e.name
-                ),
-            )
-            .hint(format!(
-                "Try changing '{}' to one of the following: {hint}. Find the desired relationship in the 'details' key.",
-                e.name
-            )),
+    Error::new(
+        Code::AmbiguousRelationship,
+        format!(
+            "Could not embed because more than one relationship was found for '{parent}' and '{}'",
+            e.name
         ),
-        details: serde_json::Value::Array(details),
-    }
+    )
+    .hint(format!(
+        "Try changing '{}' to one of the following: {hint}. Find the desired relationship in the 'details' key.",
+        e.name
+    ))
+    .json_details(serde_json::Value::Array(details))
 }
 
 fn from_clause(source: &Source, from: &str) -> String {
@@ -1558,9 +1552,7 @@ pub fn ambiguous_functions(fns: &[&Arc<Function>]) -> Error {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    Error::api(
-        StatusCode::MULTIPLE_CHOICES,
-        "PGRST203",
+    Error::new(Code::AmbiguousFunction,
         format!("Could not choose the best candidate function between: {all}"),
     )
     .hint("Try renaming the parameters or the function itself in the database so function overloading can be resolved")
@@ -1615,9 +1607,7 @@ fn no_function(
         fuzzy(&format!("({list})"), &refs, true)
             .map(|l| format!("Perhaps you meant to call the function {func}{l}"))
     };
-    let err = Error::api(
-        StatusCode::NOT_FOUND,
-        "PGRST202",
+    let err = Error::new(Code::FunctionNotFound,
         format!("Could not find the function {func}{in_message} in the schema cache"),
     )
     .details(format!(

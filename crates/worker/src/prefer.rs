@@ -7,7 +7,7 @@
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 
 /// `return=…`: what a write answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,9 +302,8 @@ impl Prefer {
     /// PGRST122 when there are invalid preferences and `handling=strict`.
     pub fn check(&self) -> Result<(), Error> {
         if self.handling == Some(Handling::Strict) && !self.invalid.is_empty() {
-            return Err(Error::api(
-                http::StatusCode::BAD_REQUEST,
-                "PGRST122",
+            return Err(Error::new(
+                Code::InvalidPreferences,
                 "Invalid preferences given with handling=strict",
             )
             .details(format!("Invalid preferences: {}", self.invalid.join(", "))));
