@@ -15,15 +15,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::bench_common::{
+    SECRET, control_with_tenant, cpu_seconds, free_port, post_json, start_proxy, target_dir,
+    wait_http,
+};
 use crate::procs::{GRACE, Guard};
-use crate::util::{http_client, output, root, run, step};
+use crate::util::{http_client, run, step};
 
-pub(crate) const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
-const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const RUN_SECONDS: u32 = 8;
 /// Rounds measured (each side once per round, in turn).
 const ROUNDS: usize = 5;
@@ -31,49 +33,6 @@ const CONNECTIONS: u32 = 16;
 const ROWS: u32 = 10_000;
 /// Through-proxy throughput against direct (issue 5).
 const PROXIED_TARGET: f64 = 0.8;
-
-/// Cargo's target directory (`CARGO_TARGET_DIR` when set).
-pub(crate) fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
-}
-
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Polls `GET url` until it answers a success, for up to 60 s.
-pub(crate) fn wait_http(url: &str) -> Result<()> {
-    let http = http_client(Duration::from_secs(2))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if http.get(url).send().is_ok_and(|a| a.status().is_success()) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{url} did not answer within 60 s")
-}
-
-/// `POST url` of `body` with `Authorization: Bearer <token>`; the JSON answer
-/// of a success.
-fn post_json(url: &str, token: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
-    let answer = http_client(Duration::from_secs(60))?
-        .post(url)
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .with_context(|| format!("POST {url}"))?;
-    let status = answer.status();
-    let text = answer.text()?;
-    if !status.is_success() {
-        bail!("POST {url}: {status} {text}");
-    }
-    serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))
-}
 
 /// One workload: the HTTP request (as a wrk Lua script) and the SQL.
 struct Workload {
@@ -162,19 +121,6 @@ fn pgbench_script(w: &Workload, whole: bool) -> String {
         path = w.path,
         stmt = w.statement,
     )
-}
-
-/// CPU seconds (user + system) a process has used, from /proc.
-pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("stat format")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: f64 = fields.get(11).context("utime")?.parse()?;
-    let stime: f64 = fields.get(12).context("stime")?.parse()?;
-    Ok((utime + stime) / 100.0) // USER_HZ
 }
 
 fn wrk(url: &str, script: &Path, seconds: u32) -> Result<f64> {
@@ -272,85 +218,6 @@ fn pg_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// Pins the Postgres server (postmaster and its processes; backends forked
-/// later inherit it) to `cpu`: it is a server like the others, and its
-/// backends must not borrow the load generator's core.
-fn pin_postgres(server: &madbase_testkit::PgServer, cpu: &str) -> Result<()> {
-    let data = server.psql("postgres", "SHOW data_directory")?;
-    let pidfile = std::fs::read_to_string(Path::new(&data).join("postmaster.pid"))
-        .context("reading postmaster.pid")?;
-    let postmaster = pidfile
-        .lines()
-        .next()
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .context("postmaster.pid has no pid")?
-        .to_owned();
-    let children = output(Command::new("pgrep").args(["-P", &postmaster]))?;
-    for pid in std::iter::once(postmaster.as_str()).chain(children.lines().map(str::trim)) {
-        run(Command::new("taskset")
-            .args(["-apc", cpu, pid])
-            .stdout(Stdio::null()))?;
-    }
-    Ok(())
-}
-
-/// Control, running on CPU1 against a throwaway Postgres, with one tenant.
-pub(crate) struct BenchControl {
-    _proc: Guard,
-    pub(crate) url: String,
-    /// The admin token (`Authorization: Bearer` of control's admin API).
-    pub(crate) token: String,
-    pub(crate) anon: String,
-    /// The throwaway database control runs on (its server holds the tenant's).
-    pub(crate) db: madbase_testkit::TestDb,
-}
-
-/// Starts control (logging to `work/control.log`) and creates `tenant`.
-pub(crate) fn control_with_tenant(bin: &Path, work: &Path, tenant: &str) -> Result<BenchControl> {
-    let db = madbase_testkit::postgres()?;
-    pin_postgres(&db.server, "0")?;
-    let control_port = free_port()?;
-    let mut control_cmd = Command::new("taskset");
-    control_cmd
-        .args(["-c", "1"])
-        .arg(bin)
-        .arg("control")
-        .env("JWT_SECRET", SECRET)
-        .env("MADBASE_MASTER_KEY", MASTER_KEY)
-        .env("DATABASE_URL", &db.url)
-        .env("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres"))
-        .env("MADBASE_LISTEN", format!("127.0.0.1:{control_port}"))
-        .env(
-            "MADBASE_ADMIN_LISTEN",
-            format!("127.0.0.1:{}", free_port()?),
-        )
-        .stdout(std::fs::File::create(work.join("control.log"))?)
-        .stderr(Stdio::inherit());
-    let proc = Guard::spawn(&mut control_cmd, GRACE).context("starting control")?;
-    let url = format!("http://127.0.0.1:{control_port}");
-    wait_http(&format!("{url}/health"))?;
-    let admin = output(
-        Command::new(bin)
-            .args(["token", "admin"])
-            .env("JWT_SECRET", SECRET),
-    )?;
-    let token = admin.trim().to_owned();
-    let created = post_json(
-        &format!("{url}/v1/tenants"),
-        &token,
-        &serde_json::json!({ "id": tenant }),
-    )?;
-    let anon = created["anon_key"].as_str().context("anon key")?.to_owned();
-    Ok(BenchControl {
-        _proc: proc,
-        url,
-        token,
-        anon,
-        db,
-    })
-}
-
 /// Runs the worker benchmark and prints the comparison.
 pub fn worker() -> Result<()> {
     step("bench: worker vs pgbench");
@@ -419,8 +286,7 @@ pub fn worker() -> Result<()> {
     }
 
     // The same requests through the proxy (on CPU0 too).
-    let (_proxy, proxy_port) =
-        crate::bench_proxy::start_proxy(&bin, &work, &control_url, &worker_url)?;
+    let (_proxy, proxy_port) = start_proxy(&bin, &work, &control_url, &worker_url)?;
     let proxy_url = format!("http://127.0.0.1:{proxy_port}/t/bench");
     let via_proxy = workloads(&anon, "/t/bench");
 

@@ -19,7 +19,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{SECRET, control_with_tenant, cpu_seconds, free_port, target_dir, wait_http};
+use crate::bench_common::{
+    control_with_tenant, cpu_seconds, free_port, start_proxy, target_dir, wait_http,
+};
 use crate::procs::{GRACE, Guard};
 use crate::util::{run, step};
 
@@ -265,34 +267,4 @@ pub fn proxy() -> Result<()> {
 fn median_f(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// The proxy on CPU0 with one Tokio thread (logging to `work/proxy.log`),
-/// in front of `worker_url`; returns it and its port once healthy.
-pub(crate) fn start_proxy(
-    bin: &Path,
-    work: &Path,
-    control_url: &str,
-    worker_url: &str,
-) -> Result<(Guard, u16)> {
-    let port = free_port()?;
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "0"])
-        .arg(bin)
-        .arg("proxy")
-        .env("TOKIO_WORKER_THREADS", "1")
-        .env("JWT_SECRET", SECRET)
-        .env("MADBASE_CONTROL_URL", control_url)
-        .env("MADBASE_WORKER_URL", worker_url)
-        .env("MADBASE_LISTEN", format!("127.0.0.1:{port}"))
-        .env(
-            "MADBASE_ADMIN_LISTEN",
-            format!("127.0.0.1:{}", free_port()?),
-        )
-        .env("MADBASE_RATE_LIMIT_RPS", "1000000")
-        .stdout(std::fs::File::create(work.join("proxy.log"))?)
-        .stderr(Stdio::inherit());
-    let proxy = Guard::spawn(&mut cmd, GRACE).context("starting the proxy")?;
-    wait_http(&format!("http://127.0.0.1:{port}/health"))?;
-    Ok((proxy, port))
 }

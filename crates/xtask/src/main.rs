@@ -4,6 +4,7 @@
 //! task here is a step of it that can also be run on its own.
 
 mod bench;
+mod bench_common;
 mod bench_proxy;
 mod browser;
 mod checks;
