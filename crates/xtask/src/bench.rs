@@ -20,11 +20,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 
 use crate::bench_common::{
-    SECRET, control_with_tenant, cpu_seconds, free_port, post_json, start_proxy, target_dir,
-    wait_http,
+    SECRET, control_with_tenant, cpu_seconds, post_json, start_proxy, target_dir, wait_http,
 };
 use crate::procs::{GRACE, Guard};
-use crate::util::{http_client, run, step};
+use crate::util::{free_port, http_client, run, step};
 
 const RUN_SECONDS: u32 = 8;
 /// Rounds measured (each side once per round, in turn).

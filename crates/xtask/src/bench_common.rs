@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::procs::{GRACE, Guard};
-use crate::util::{http_client, output, root, run};
+use crate::util::{free_port, http_client, output, root, run};
 
 /// The services' `JWT_SECRET`.
 pub(crate) const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
@@ -22,13 +22,6 @@ pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))
-}
-
-/// A free port on 127.0.0.1.
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Polls `GET url` until it answers a success, for up to 60 s.

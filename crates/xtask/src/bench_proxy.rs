@@ -19,11 +19,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench_common::{
-    control_with_tenant, cpu_seconds, free_port, start_proxy, target_dir, wait_http,
-};
+use crate::bench_common::{control_with_tenant, cpu_seconds, start_proxy, target_dir, wait_http};
 use crate::procs::{GRACE, Guard};
-use crate::util::{run, step};
+use crate::util::{free_port, run, step};
 
 const RUN_SECONDS: u32 = 8;
 /// Rounds measured (each peer once per round); medians are reported.

@@ -54,7 +54,7 @@ use crate::podman::Podman;
 use crate::procs::{GRACE, Guard};
 use crate::push::{self, Credentials, PushArgs};
 use crate::registry::TestRegistry;
-use crate::util::{random_bytes, random_hex, root, step};
+use crate::util::{free_port, random_bytes, random_hex, root, step};
 
 /// The override file, relative to the workspace root.
 pub const OVERRIDE_FILE: &str = "deploy/compose.e2e.yaml";
@@ -759,10 +759,9 @@ fn pick_ports() -> Result<Ports> {
             control: 8001,
         });
     }
-    let any = || -> Result<u16> { Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
     let ports = Ports {
-        proxy: any()?,
-        control: any()?,
+        proxy: free_port()?,
+        control: free_port()?,
     };
     eprintln!(
         "8000 or 8001 is taken on 127.0.0.1: proxy on {}, control on {} (MADBASE_PROXY_PORT, MADBASE_CONTROL_PORT)",

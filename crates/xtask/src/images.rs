@@ -26,7 +26,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufWriter, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -37,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::image_spec::ImageSpec;
 use crate::podman::Podman;
-use crate::util::{http_client, output, random_hex, root, run, step};
+use crate::util::{free_port, http_client, output, random_hex, root, run, step};
 
 /// Where the archives go, relative to the workspace root.
 const OUT_DIR: &str = "target/images";
@@ -1220,10 +1219,6 @@ fn wait_healthy(podman: &Podman, container: &str) -> Result<()> {
     }
     let _ = podman.command().args(["logs", container]).status();
     bail!("{container} never became healthy")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn is_root() -> bool {

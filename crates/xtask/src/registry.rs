@@ -6,7 +6,7 @@
 //! is killed on drop.
 
 use std::io::Write as _;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ impl TestRegistry {
             .prefix("madbase-registry-")
             .tempdir()?;
         let base = dir.path();
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = crate::util::free_port()?;
         let host = format!("127.0.0.1:{port}");
 
         let cert_dir = base.join("certs");

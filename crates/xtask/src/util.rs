@@ -80,6 +80,13 @@ pub fn files_with_ext(dir: &str, ext: &str) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// A port free on 127.0.0.1 (the kernel's pick; free when asked).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// `n` random bytes from the operating system (`getrandom`).
 pub fn random_bytes(n: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; n];
