@@ -47,8 +47,9 @@ impl Config {
         }
     }
 
-    async fn app(&self) -> anyhow::Result<ServiceApp> {
+    async fn app(&self, local: &madbase_proxy::Local) -> anyhow::Result<ServiceApp> {
         match self {
+            Config::Proxy(c) if c.in_process => madbase_proxy::app_with_local(c, local.clone()),
             Config::Proxy(c) => madbase_proxy::app(c),
             Config::Control(c) => madbase_control::app(c).await,
             Config::Worker(c) => madbase_worker::app(c),
@@ -138,13 +139,32 @@ pub(crate) async fn serve(
                 .with_limits(common.conn_limits),
         );
     }
+    // The proxy last: it gets the routers of the worker and the functions
+    // service running beside it, to call them in-process.
+    let mut apps: Vec<Option<ServiceApp>> = Vec::new();
+    let mut local = madbase_proxy::Local::default();
+    for config in configs.iter().filter(|c| c.service() != Service::Proxy) {
+        let app = config.app(&local).await?;
+        let router = madbase_platform::server::api_router_with(&app, config.common().conn_limits);
+        match config.service() {
+            Service::Worker => local.worker = Some(router),
+            Service::Functions => local.functions = Some(router),
+            _ => {}
+        }
+        apps.push(Some(app));
+    }
+    let mut others = apps.into_iter();
     let mut bound = Vec::new();
     for (config, listeners) in configs.iter().zip(listeners) {
-        bound.push((
-            config.app().await?,
-            listeners,
-            config.common().drain_timeout,
-        ));
+        let app = if config.service() == Service::Proxy {
+            config.app(&local).await?
+        } else {
+            others
+                .next()
+                .flatten()
+                .ok_or_else(|| anyhow::anyhow!("{} was not built", config.service().name()))?
+        };
+        bound.push((app, listeners, config.common().drain_timeout));
     }
     let shutdown = CancellationToken::new();
     madbase_platform::server::cancel_on_signal(shutdown.clone());

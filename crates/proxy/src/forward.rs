@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -12,11 +13,12 @@ use http::header::{
     TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
-use http_body_util::Limited;
+use http_body_util::{BodyExt as _, Limited};
 use hyper::client::conn::http1;
 use madbase_platform::server::ConnectionState;
 use madbase_platform::{ApiError, client};
 use tower::Service as _;
+use tower::ServiceExt as _;
 
 use crate::{AppState, Upstream};
 use crate::{cors, keys};
@@ -333,6 +335,9 @@ async fn forward(
     };
     let start = Instant::now();
     let name = upstream.name();
+    if let Some(router) = &state.local[upstream.index()] {
+        return in_process(state, upstream, router, upstream_req, timeout, max).await;
+    }
     let conn = (parts.version <= http::Version::HTTP_11)
         .then(|| parts.extensions.get::<ConnectionState>())
         .flatten();
@@ -346,6 +351,68 @@ async fn forward(
             Response::from_parts(parts, Body::new(body))
         }
         Ok(Err(e)) => upstream_failure(state, name, &e, max),
+        Err(_) => {
+            state.metrics.upstream_error(name, "timeout");
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!(
+                    "the {name} service did not answer within {} s",
+                    secs(timeout)
+                ),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Hands `req` to `router`, the upstream's own router in this process:
+/// the body is read first (within the same limit the HTTP path enforces
+/// while streaming), then the request goes in origin form with the
+/// upstream's `Host`, as it would on the wire.
+async fn in_process(
+    state: &AppState,
+    upstream: Upstream,
+    router: &Router,
+    req: http::Request<Body>,
+    timeout: Duration,
+    max: u64,
+) -> Response {
+    let name = upstream.name();
+    let start = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return too_large(max);
+                }
+                source = s.source();
+            }
+            return ApiError::bad_request(format!("the request body could not be read: {e}"))
+                .into_response();
+        }
+    };
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or(Uri::from_static("/"), |p| Uri::from(p.clone()));
+    if let Some(host) = &state.hosts[upstream.index()] {
+        parts.headers.insert(HOST, host.clone());
+    }
+    let req = http::Request::from_parts(parts, Body::from(bytes));
+    match tokio::time::timeout(timeout, router.clone().oneshot(req)).await {
+        Ok(Ok(resp)) => {
+            state
+                .metrics
+                .upstream(name, resp.status().as_u16(), start.elapsed());
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body)
+        }
+        Ok(Err(never)) => match never {},
         Err(_) => {
             state.metrics.upstream_error(name, "timeout");
             ApiError::new(

@@ -62,6 +62,11 @@ pub struct Config {
     /// API, comma-separated (default `*`, any); a tenant's settings in
     /// control override it.
     pub cors_origins: Vec<String>,
+    /// `MADBASE_PROXY_IN_PROCESS` (default true): when the worker or the
+    /// functions service runs in the proxy's process (`madbase dev`,
+    /// `madbase serve --all`), hand requests to it in-process instead of
+    /// over HTTP (see [`Local`]). `false` keeps the HTTP hop.
+    pub in_process: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -75,6 +80,7 @@ impl std::fmt::Debug for Config {
             .field("rate_limit", &self.rate_limit)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("cors_origins", &self.cors_origins)
+            .field("in_process", &self.in_process)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +124,9 @@ impl Config {
         let trusted_proxies = trusted_proxies(env.raw("MADBASE_TRUSTED_PROXIES").as_deref())?;
         let cors_origins = cors_origins(env.raw("MADBASE_CORS_ORIGINS").as_deref())?;
         Ok(Config {
+            in_process: env
+                .parse::<bool>("MADBASE_PROXY_IN_PROCESS", "true or false")?
+                .unwrap_or(true),
             cors_origins,
             common: CommonConfig::from_env(Service::Proxy, env)?,
             trusted_proxies,
@@ -220,12 +229,33 @@ pub(crate) struct State {
     pub(crate) limiter: Option<DefaultKeyedRateLimiter<String>>,
     pub(crate) metrics: metrics::ProxyMetrics,
     pub(crate) cors: cors::Cors,
+    /// The worker's and the functions service's routers when they run in
+    /// this process (see [`Local`]).
+    pub(crate) local: [Option<Router>; 2],
+}
+
+/// Upstreams served by this same process (`madbase dev`, `madbase serve
+/// --all`): the proxy hands a request to their routers directly — a tower
+/// `Service` call with the same headers, limits, timeouts and metrics, and
+/// the upstream's own pipeline (request ID, span, metrics, log line) — with
+/// no HTTP serialisation and no loopback socket.
+#[derive(Debug, Clone, Default)]
+pub struct Local {
+    /// The worker's API router with its pipeline (`api_router_with`).
+    pub worker: Option<Router>,
+    /// The functions service's API router with its pipeline.
+    pub functions: Option<Router>,
 }
 
 pub(crate) type AppState = Arc<State>;
 
 /// Builds the proxy: routes, readiness checks, metrics.
 pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
+    app_with_local(config, Local::default())
+}
+
+/// The proxy handing requests for `local`'s upstreams to them in-process.
+pub fn app_with_local(config: &Config, local: Local) -> anyhow::Result<ServiceApp> {
     let metrics = Metrics::new();
     let tenants = TenantClient::new(&config.control_url, &config.jwt_secret, &metrics)
         .with_ttl(config.tenant_ttl, config.tenant_negative_ttl);
@@ -252,6 +282,7 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         limiter,
         metrics: metrics::ProxyMetrics::new(&metrics),
         cors: cors::Cors::new(&config.cors_origins),
+        local: [local.worker, local.functions],
     });
     let api = Router::new()
         .route("/t/{tenant}/rest/v1", any(forward::by_path))

@@ -19,6 +19,15 @@ const ALICE: &str = "00000000-0000-4000-8000-00000000000a";
 const BOB: &str = "00000000-0000-4000-8000-00000000000b";
 const DOMAIN: &str = "madbase.test";
 
+/// How the proxy reaches the worker: over HTTP (separate services), or by
+/// calling the worker's router in-process (`madbase dev`, `serve --all`).
+/// The tests that run both ways assert the same answers.
+#[derive(Debug, Clone, Copy)]
+enum Hop {
+    Http,
+    InProcess,
+}
+
 /// Notes: anon sees the public ones, a user also their own, service_role
 /// (BYPASSRLS) all four. `seen()` returns what the worker set for the
 /// request; `slow()` takes three seconds.
@@ -58,6 +67,15 @@ struct Stack {
 impl Stack {
     /// The stack with extra proxy and worker configuration.
     async fn start(proxy_env: &[(&str, &str)], worker_env: &[(&str, &str)]) -> Stack {
+        Stack::start_mode(proxy_env, worker_env, Hop::Http).await
+    }
+
+    /// The stack, the proxy reaching the worker as `hop` says.
+    async fn start_mode(
+        proxy_env: &[(&str, &str)],
+        worker_env: &[(&str, &str)],
+        hop: Hop,
+    ) -> Stack {
         telemetry();
         let db = madbase_testkit::postgres().expect("postgres");
         let control_cfg =
@@ -69,7 +87,15 @@ impl Stack {
         let mut vars = vec![("MADBASE_CONTROL_URL", control_url.as_str())];
         vars.extend_from_slice(worker_env);
         let worker_cfg = madbase_worker::Config::from_env(&env(&vars)).expect("worker config");
-        let worker = Served::start(madbase_worker::app(&worker_cfg).expect("worker")).await;
+        let worker_app = madbase_worker::app(&worker_cfg).expect("worker");
+        let local = match hop {
+            Hop::Http => madbase_proxy::Local::default(),
+            Hop::InProcess => madbase_proxy::Local {
+                worker: Some(madbase_platform::server::api_router(&worker_app)),
+                functions: None,
+            },
+        };
+        let worker = Served::start(worker_app).await;
         let worker_url = worker.url();
 
         let mut vars = vec![
@@ -79,7 +105,8 @@ impl Stack {
         ];
         vars.extend_from_slice(proxy_env);
         let proxy_cfg = madbase_proxy::Config::from_env(&env(&vars)).expect("proxy config");
-        let proxy = Served::start(madbase_proxy::app(&proxy_cfg).expect("proxy")).await;
+        let proxy =
+            Served::start(madbase_proxy::app_with_local(&proxy_cfg, local).expect("proxy")).await;
 
         let http = reqwest::Client::new();
         let tenant = Tenant::create(&http, &control_url, "rw").await;
@@ -233,7 +260,16 @@ impl Reply {
 /// paths are 404 JSON.
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_by_key_and_routing() {
-    let s = Stack::with_defaults().await;
+    rows_by_key_and_routing_over(Hop::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_by_key_and_routing_in_process() {
+    rows_by_key_and_routing_over(Hop::InProcess).await;
+}
+
+async fn rows_by_key_and_routing_over(hop: Hop) {
+    let s = Stack::start_mode(&[], &[], hop).await;
     let (anon, service) = (&s.tenant.anon_key, &s.tenant.service_key);
     Reply::of(s.get(NOTES, anon))
         .await
@@ -314,7 +350,16 @@ async fn rows_by_key_and_routing() {
 /// worker); good keys reach the worker, which applies their role.
 #[tokio::test(flavor = "multi_thread")]
 async fn api_keys_are_checked_on_the_real_path() {
-    let s = Stack::with_defaults().await;
+    api_keys_are_checked_on_the_real_path_over(Hop::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_keys_are_checked_on_the_real_path_in_process() {
+    api_keys_are_checked_on_the_real_path_over(Hop::InProcess).await;
+}
+
+async fn api_keys_are_checked_on_the_real_path_over(hop: Hop) {
+    let s = Stack::start_mode(&[], &[], hop).await;
     let (anon, service) = (s.tenant.anon_key.as_str(), s.tenant.service_key.as_str());
     let alice = s.tenant.user_token(ALICE);
     let bearer = |t: &str| format!("Bearer {t}");
@@ -421,7 +466,16 @@ async fn api_keys_are_checked_on_the_real_path() {
 /// request id and trace id carried through.
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_sees_clean_headers_and_the_same_ids() {
-    let s = Stack::with_defaults().await;
+    worker_sees_clean_headers_and_the_same_ids_over(Hop::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_sees_clean_headers_and_the_same_ids_in_process() {
+    worker_sees_clean_headers_and_the_same_ids_over(Hop::InProcess).await;
+}
+
+async fn worker_sees_clean_headers_and_the_same_ids_over(hop: Hop) {
+    let s = Stack::start_mode(&[], &[], hop).await;
     let request_id = unique_id("rw-req");
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
@@ -533,9 +587,19 @@ async fn stopped_worker_gives_502() {
 /// gives up at its 1 s route timeout with 504 and keeps serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_worker_gives_504() {
-    let s = Stack::start(
+    slow_worker_gives_504_over(Hop::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_worker_gives_504_in_process() {
+    slow_worker_gives_504_over(Hop::InProcess).await;
+}
+
+async fn slow_worker_gives_504_over(hop: Hop) {
+    let s = Stack::start_mode(
         &[("MADBASE_REST_TIMEOUT_SECONDS", "1")],
         &[("MADBASE_WORKER_STATEMENT_TIMEOUT_MS", "10000")],
+        hop,
     )
     .await;
     let anon = &s.tenant.anon_key;
@@ -562,7 +626,16 @@ async fn slow_worker_gives_504() {
 /// streamed, and never inserted; a body under it reaches the worker.
 #[tokio::test(flavor = "multi_thread")]
 async fn large_bodies_give_413() {
-    let s = Stack::start(&[("MADBASE_MAX_BODY_BYTES", "1024")], &[]).await;
+    large_bodies_give_413_over(Hop::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_bodies_give_413_in_process() {
+    large_bodies_give_413_over(Hop::InProcess).await;
+}
+
+async fn large_bodies_give_413_over(hop: Hop) {
+    let s = Stack::start_mode(&[("MADBASE_MAX_BODY_BYTES", "1024")], &[], hop).await;
     let service = &s.tenant.service_key;
     let note = |id: i64, len: usize| {
         json!({"id": id, "owner": ALICE, "body": "x".repeat(len), "public": true}).to_string()
