@@ -60,15 +60,8 @@ pub(crate) fn post_json(
 
 /// CPU seconds (user + system) a process has used, from /proc.
 pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("stat format")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: f64 = fields.get(11).context("utime")?.parse()?;
-    let stime: f64 = fields.get(12).context("stime")?.parse()?;
-    Ok((utime + stime) / 100.0) // USER_HZ
+    let stat = procfs::process::Process::new(i32::try_from(pid)?)?.stat()?;
+    Ok((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 /// Pins the Postgres server (postmaster and its processes; backends forked
@@ -178,4 +171,19 @@ pub(crate) fn start_proxy(
     let proxy = Guard::spawn(&mut cmd, GRACE).context("starting the proxy")?;
     wait_http(&format!("http://127.0.0.1:{port}/health"))?;
     Ok((proxy, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_reads_this_process() {
+        let busy = Instant::now();
+        while busy.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(busy.elapsed());
+        }
+        let cpu = cpu_seconds(std::process::id()).expect("/proc/<pid>/stat");
+        assert!(cpu > 0.0 && cpu < 3600.0, "{cpu}");
+    }
 }

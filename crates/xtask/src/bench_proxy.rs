@@ -30,12 +30,13 @@ const ROUNDS: usize = 5;
 /// Sum of CPU seconds of a process and its children (nginx master + worker).
 fn tree_cpu_seconds(pid: u32) -> Result<f64> {
     let mut total = cpu_seconds(pid)?;
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    for child in children.split_whitespace() {
-        if let Ok(c) = child.parse::<u32>() {
-            total += tree_cpu_seconds(c).unwrap_or(0.0);
-        }
+    let id = i32::try_from(pid)?;
+    let children = procfs::process::Process::new(id)
+        .and_then(|p| p.task_from_tid(id))
+        .and_then(|t| t.children())
+        .unwrap_or_default();
+    for child in children {
+        total += tree_cpu_seconds(child).unwrap_or(0.0);
     }
     Ok(total)
 }

@@ -202,23 +202,12 @@ fn forwarder() {
 /// Whether a process of group `pgid` is still there (a zombie counts: its
 /// parent, xtask, has not reaped it).
 fn group_alive(pgid: u32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    let Ok(all) = procfs::process::all_processes() else {
         return false;
     };
-    dir.filter_map(Result::ok).any(|e| {
-        std::fs::read_to_string(e.path().join("stat"))
-            .ok()
-            .and_then(|stat| {
-                let after = stat
-                    .rsplit_once(')')?
-                    .1
-                    .split_whitespace()
-                    .nth(2)?
-                    .to_owned();
-                after.parse::<u32>().ok()
-            })
-            == Some(pgid)
-    })
+    all.filter_map(Result::ok)
+        .filter_map(|p| p.stat().ok())
+        .any(|stat| u32::try_from(stat.pgrp) == Ok(pgid))
 }
 
 /// The stdout lines of a child, kept in memory (and written to its log file).
@@ -405,15 +394,11 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             // Gone, or a zombie waiting for init.
-            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            match procfs::process::Process::new(i32::try_from(pid).expect("pid"))
+                .and_then(|p| p.stat())
+            {
                 Err(_) => return true,
-                Ok(stat)
-                    if stat
-                        .rsplit_once(')')
-                        .is_some_and(|(_, r)| r.starts_with(" Z")) =>
-                {
-                    return true;
-                }
+                Ok(stat) if stat.state == 'Z' => return true,
                 Ok(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
