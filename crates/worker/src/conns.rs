@@ -17,15 +17,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, Statement};
 
+use crate::sql;
+
 /// Data statements kept prepared per connection.
 const STATEMENT_CACHE: usize = 256;
-
-/// What the request's transaction sets before its statement: the role, the
-/// JWT claims, method, path and headers, and the statement timeout.
-const SET_CONFIG: &str = "SELECT set_config('role', $1, true), \
-     set_config('request.jwt.claims', $2, true), set_config('request.method', $3, true), \
-     set_config('request.path', $4, true), set_config('request.headers', $5, true), \
-     set_config('statement_timeout', $6, true)";
 
 /// Why no connection (or no result) could be had.
 #[derive(Debug, thiserror::Error)]
@@ -142,11 +137,11 @@ impl Conn {
             }
         });
         let (begin, begin_read_only, set_config, commit, rollback) = tokio::try_join!(
-            client.prepare("BEGIN"),
-            client.prepare("BEGIN READ ONLY"),
-            client.prepare_typed(SET_CONFIG, &[Type::TEXT; 6]),
-            client.prepare("COMMIT"),
-            client.prepare("ROLLBACK"),
+            client.prepare(sql::BEGIN),
+            client.prepare(sql::BEGIN_READ_ONLY),
+            client.prepare_typed(sql::SET_CONFIG, &[Type::TEXT; 6]),
+            client.prepare(sql::COMMIT),
+            client.prepare(sql::ROLLBACK),
         )?;
         Ok(Conn {
             client,

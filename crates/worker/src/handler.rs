@@ -19,11 +19,12 @@ use tokio_postgres::types::{ToSql, Type};
 use crate::AppState;
 use crate::conns::{Conn, DbError};
 use crate::error::{Code, Error};
-use crate::plan::{self, Arg, Planner, Shape, Source, Sql};
 use crate::pool::TenantDb;
 use crate::prefer::{Prefer, Reported, Resolution, Return};
 use crate::query::{self, Query, SelectItem};
 use crate::schema::{Function, Schema, Table};
+use crate::sql::plan::{self, Planner, Shape, Source};
+use crate::sql::{self, Arg, Sql};
 
 const JSON: &str = "application/json; charset=utf-8";
 const OBJECT: &str = "application/vnd.pgrst.object+json; charset=utf-8";
@@ -465,8 +466,8 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
     };
     let sql = &job.sql;
     job.span
-        .in_scope(|| tracing::debug!(sql = %sql.text, "query"));
-    let params: Vec<&(dyn ToSql + Sync)> = sql.args.iter().map(Arg::as_sql).collect();
+        .in_scope(|| tracing::debug!(sql = %sql.text(), "query"));
+    let params: Vec<&(dyn ToSql + Sync)> = sql.args().iter().map(Arg::as_sql).collect();
     let set = &*job.settings;
     let timeout: &str = &job.timeout;
     let settings: [&(dyn ToSql + Sync); 6] = [
@@ -482,8 +483,8 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
     } else {
         conn.begin.clone()
     };
-    let types: Vec<Type> = sql.args.iter().map(Arg::pg_type).collect();
-    let cached = conn.cached(&sql.text, &types);
+    let types: Vec<Type> = sql.args().iter().map(Arg::pg_type).collect();
+    let cached = conn.cached(sql.text(), &types);
     // A statement new to this connection is prepared inside the transaction,
     // so BEGIN and set_config have gone out already.
     let in_transaction = cached.is_none();
@@ -495,11 +496,11 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
                 c.execute(&begin, &[]),
                 c.execute(&conn.set_config, &settings),
                 Box::pin(set_timezone(c, set)),
-                c.prepare_typed(&sql.text, &types),
+                c.prepare_typed(sql.text(), &types),
             );
             match b.and(s).and(z).and(p) {
                 Ok(p) => {
-                    conn.keep(&sql.text, p.clone());
+                    conn.keep(sql.text(), p.clone());
                     p
                 }
                 Err(e) => return Err(rollback(job, conn, pg(e)).await),
@@ -552,8 +553,8 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
             Box::pin(async {
                 let e = job.explain.as_ref()?;
                 let params: Vec<(&(dyn ToSql + Sync), Type)> =
-                    e.args.iter().map(|a| (a.as_sql(), a.pg_type())).collect();
-                Some(c.query_typed(&e.text, &params).await)
+                    e.args().iter().map(|a| (a.as_sql(), a.pg_type())).collect();
+                Some(c.query_typed(e.text(), &params).await)
             }),
             commit_f(),
         )
@@ -581,7 +582,7 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
         // `Prefer: tx=rollback`: deferred constraints are checked first (a
         // violation fails the request as it would have on COMMIT), then
         // everything is undone.
-        return match c.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").await {
+        return match c.batch_execute(sql::SET_CONSTRAINTS_IMMEDIATE).await {
             Ok(()) => match c.execute(&conn.rollback, &[]).await {
                 Ok(_) => Ok(out),
                 Err(e) => Err(pg(e)),
@@ -616,10 +617,7 @@ async fn set_timezone(
         None => Ok(0),
         // Unprepared, in one message batch, so it stays in pipeline order.
         Some(tz) => c
-            .query_typed(
-                "SELECT set_config('timezone', $1, true)",
-                &[(tz, Type::TEXT)],
-            )
+            .query_typed(sql::SET_TIMEZONE, &[(tz, Type::TEXT)])
             .await
             .map(|_| 1),
     }
@@ -1049,9 +1047,6 @@ struct Write {
     reported: Reported,
 }
 
-/// The inserted-row count an upsert left in `pgrst.inserted`.
-const INSERTED: &str = ", nullif(current_setting('pgrst.inserted', true), '')::int8";
-
 /// Written rows: the response per `Prefer: return`.
 async fn write_and_respond(
     st: &AppState,
@@ -1098,13 +1093,7 @@ async fn write_and_respond(
     };
     if !representation && !location {
         let out = if w.merge {
-            let sql = Sql {
-                text: format!(
-                    "WITH pgrst_source AS ({} RETURNING 1) SELECT NULL::bigint, pg_catalog.count(*), ''{INSERTED} FROM pgrst_source",
-                    stmt.text
-                ),
-                args: stmt.args,
-            };
+            let sql = sql::write::count_merged(stmt);
             execute(st, ctx, sql, None, false, Kind::Rows, w.checks).await?
         } else {
             execute(st, ctx, stmt, None, false, Kind::Affected, w.checks).await?
@@ -1112,10 +1101,7 @@ async fn write_and_respond(
         return finish(respond(status_of(&out), JSON, Some(crange_of(&out)), None));
     }
     // Representation: the written rows through the select (embeds included).
-    let mut cte = Sql {
-        text: format!("WITH pgrst_source AS ({} RETURNING \"t0\".*)", stmt.text),
-        args: stmt.args,
-    };
+    let cte = sql::write::returning_all(stmt);
     let select = if location {
         Some(table.pk.iter().map(|c| SelectItem::column(c)).collect())
     } else {
@@ -1163,7 +1149,6 @@ async fn write_and_respond(
         None,
         (0, None),
     )?;
-    cte.text.clear();
     let out = execute(st, ctx, sql, None, false, Kind::Rows, w.checks).await?;
     let status = status_of(&out);
     if location {
@@ -1198,107 +1183,6 @@ fn location_of(table: &Table, body: &[u8]) -> Option<String> {
     Some(format!("/{}?{}", table.name, q.finish()))
 }
 
-/// `'name'` as an SQL string literal (names from the catalog).
-fn sql_literal(out: &mut String, s: &str) {
-    out.push('\'');
-    out.push_str(&s.replace('\'', "''"));
-    out.push('\'');
-}
-
-/// The body's rows as a record set of the table's type. With
-/// `Prefer: missing=default`, each object is first merged over an object of
-/// the listed columns' defaults (evaluated per row, like PostgREST's
-/// `jsonb_build_object(defaults) || row`), so a missing key takes its
-/// column's DEFAULT and an explicit `null` stays NULL.
-fn push_body_rows(
-    sql: &mut Sql,
-    table: &Table,
-    cols: &[String],
-    body: &Bytes,
-    is_array: bool,
-    single_row: bool,
-    missing_default: bool,
-) {
-    let defaults: Vec<(&str, &str)> = if missing_default {
-        cols.iter()
-            .filter_map(|c| {
-                let col = table.column(c)?;
-                Some((col.name.as_str(), col.default.as_deref()?))
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let text = Arg::Text(String::from_utf8_lossy(body).into_owned());
-    let func = if single_row {
-        "populate_record"
-    } else {
-        "populate_recordset"
-    };
-    if defaults.is_empty() {
-        plan::push(sql, "json_");
-        plan::push(sql, func);
-        plan::push(sql, "(NULL::");
-        plan::push_qualified(sql, &table.schema, &table.name);
-        plan::push(sql, ", ");
-        if is_array || single_row {
-            plan::bind(sql, text);
-            plan::push(sql, "::json)");
-        } else {
-            plan::push(sql, "json_build_array(");
-            plan::bind(sql, text);
-            plan::push(sql, "::json))");
-        }
-        return;
-    }
-    let mut obj = String::from("jsonb_build_object(");
-    for (i, (name, expr)) in defaults.iter().enumerate() {
-        if i > 0 {
-            obj.push_str(", ");
-        }
-        sql_literal(&mut obj, name);
-        obj.push_str(", ");
-        obj.push('(');
-        obj.push_str(expr);
-        obj.push(')');
-    }
-    obj.push(')');
-    plan::push(sql, "jsonb_");
-    plan::push(sql, func);
-    plan::push(sql, "(NULL::");
-    plan::push_qualified(sql, &table.schema, &table.name);
-    if single_row {
-        plan::push(sql, ", ");
-        plan::push(sql, &obj);
-        plan::push(sql, " || ");
-        plan::bind(sql, text);
-        plan::push(sql, "::jsonb)");
-        return;
-    }
-    plan::push(sql, ", (SELECT jsonb_agg(");
-    plan::push(sql, &obj);
-    plan::push(sql, " || _e) FROM jsonb_array_elements(");
-    if is_array {
-        plan::bind(sql, text);
-        plan::push(sql, "::jsonb");
-    } else {
-        plan::push(sql, "jsonb_build_array(");
-        plan::bind(sql, text);
-        plan::push(sql, "::jsonb)");
-    }
-    plan::push(sql, ") _e))");
-}
-
-/// Counts a row in `pgrst.inserted` (+1 for every row offered to INSERT,
-/// -1 for every row ON CONFLICT updates), as PostgREST does.
-fn inserted_counter(add: bool) -> &'static str {
-    if add {
-        "set_config('pgrst.inserted', (coalesce(nullif(current_setting('pgrst.inserted', true), '')::int, 0) + 1)::text, true) <> '0'"
-    } else {
-        "set_config('pgrst.inserted', (coalesce(nullif(current_setting('pgrst.inserted', true), '')::int, 0) - 1)::text, true) <> '-1'"
-    }
-}
-
 async fn insert(
     st: &AppState,
     ctx: &Ctx,
@@ -1320,64 +1204,14 @@ async fn insert(
         }
     }
     let merge = resolution == Some(Resolution::MergeDuplicates);
-    let mut sql = Sql::default();
-    plan::push(&mut sql, "INSERT INTO ");
-    plan::push_qualified(&mut sql, &table.schema, &table.name);
-    plan::push(&mut sql, " AS \"t0\"");
-    if is_array && n == 0 {
-        // Nothing to insert: a statement that writes no row.
-        plan::push(&mut sql, " SELECT * FROM ");
-        plan::push_qualified(&mut sql, &table.schema, &table.name);
-        plan::push(&mut sql, " WHERE false");
-    } else if cols.is_empty() {
-        plan::push(&mut sql, " DEFAULT VALUES");
-    } else {
-        let list = cols
-            .iter()
-            .map(|c| plan::ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
-        plan::push(&mut sql, &format!(" ({list}) SELECT {list} FROM "));
-        push_body_rows(
-            &mut sql,
-            table,
-            &cols,
-            body,
-            is_array,
-            false,
-            ctx.prefer.missing_default(),
-        );
-        plan::push(&mut sql, " _");
-        if merge {
-            plan::push(&mut sql, " WHERE ");
-            plan::push(&mut sql, inserted_counter(true));
-        }
-    }
-    if let Some(res) = resolution
-        && !target.is_empty()
-    {
-        let list = target
-            .iter()
-            .map(|c| plan::ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
-        plan::push(&mut sql, &format!(" ON CONFLICT ({list}) "));
-        if res == Resolution::MergeDuplicates && !cols.is_empty() {
-            // Every sent column, the key included (a key-only body still
-            // returns the row), as PostgREST.
-            let updates: Vec<String> = cols
-                .iter()
-                .map(|c| format!("{} = EXCLUDED.{}", plan::ident(c), plan::ident(c)))
-                .collect();
-            plan::push(
-                &mut sql,
-                &format!("DO UPDATE SET {} WHERE ", updates.join(", ")),
-            );
-            plan::push(&mut sql, inserted_counter(false));
-        } else {
-            plan::push(&mut sql, "DO NOTHING");
-        }
-    }
+    let rows = sql::write::Rows {
+        body,
+        cols: &cols,
+        is_array,
+        len: n,
+        missing_default: ctx.prefer.missing_default(),
+    };
+    let sql = sql::write::insert(table, rows, resolution, target);
     let w = Write {
         created: true,
         delete: false,
@@ -1402,7 +1236,6 @@ async fn update_or_delete(
     body: &Bytes,
     update: bool,
 ) -> Result<Response, Error> {
-    let mut sql = Sql::default();
     let mut planner = Planner::new(&ctx.schema, &ctx.db_schema).with_aggregates(st.aggregates);
     let reported = Reported {
         params: false,
@@ -1411,7 +1244,7 @@ async fn update_or_delete(
         ret: true,
         max_affected: true,
     };
-    if update {
+    let mut sql = if update {
         let (cols, _, _) = body_columns(table, q, body, false)?;
         if cols.is_empty() {
             // Nothing to change.
@@ -1428,32 +1261,17 @@ async fn update_or_delete(
             }
             return Ok(resp);
         }
-        plan::push(&mut sql, "UPDATE ");
-        plan::push_qualified(&mut sql, &table.schema, &table.name);
-        let sets = cols
-            .iter()
-            .map(|c| format!("{} = _r.{}", plan::ident(c), plan::ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        plan::push(
-            &mut sql,
-            &format!(" AS \"t0\" SET {sets} FROM (SELECT * FROM "),
-        );
-        push_body_rows(
-            &mut sql,
-            table,
-            &cols,
+        let rows = sql::write::Rows {
             body,
-            false,
-            true,
-            ctx.prefer.missing_default(),
-        );
-        plan::push(&mut sql, ") _r");
+            cols: &cols,
+            is_array: false,
+            len: 1,
+            missing_default: ctx.prefer.missing_default(),
+        };
+        sql::write::update(table, rows)
     } else {
-        plan::push(&mut sql, "DELETE FROM ");
-        plan::push_qualified(&mut sql, &table.schema, &table.name);
-        plan::push(&mut sql, " AS \"t0\"");
-    }
+        sql::write::delete(table)
+    };
     plan::write_conditions(&mut planner, table, q, &mut sql)?;
     let w = Write {
         created: false,
@@ -1674,62 +1492,16 @@ async fn rpc_inner(
     };
     ctx.prefer.check()?;
     let read_only = !post || f.volatility != "v";
-    let mut from = Sql::default();
-    if raw {
-        // `"schema"."fn"($1::json)`: the body as the one argument (json,
-        // jsonb, text, xml, or bytes for bytea).
-        plan::push_qualified(&mut from, &f.schema, &f.name);
-        plan::push(&mut from, "(");
-        let ty = f.args[0].ty.as_str();
-        if ty == "bytea" {
-            plan::bind(&mut from, Arg::Bytes(body.to_vec()));
-        } else {
-            plan::bind(
-                &mut from,
-                Arg::Text(String::from_utf8_lossy(body).into_owned()),
-            );
-        }
-        plan::push(&mut from, "::");
-        // One of the fixed type names above.
-        plan::push(
-            &mut from,
-            match ty {
-                "jsonb" => "jsonb",
-                "text" => "text",
-                "xml" => "xml",
-                "bytea" => "bytea",
-                _ => "json",
-            },
-        );
-        plan::push(&mut from, ")");
+    let from = if raw {
+        sql::rpc::call_raw(&f, body)
+    } else if post {
+        sql::rpc::call_json(&f, &given, || match &form_json {
+            Some(v) => v.to_string(),
+            None => String::from_utf8_lossy(body).into_owned(),
+        })
     } else {
-        if post && !given.is_empty() {
-            let args = match &form_json {
-                Some(v) => v.to_string(),
-                None => String::from_utf8_lossy(body).into_owned(),
-            };
-            plan::add_arg(&mut from, Arg::Text(args));
-        }
-        plan::call(&mut from, &f, &given, |sql, a| {
-            if post {
-                plan::push(sql, "(SELECT _a.");
-                plan::push_ident(sql, &a.name);
-                plan::push(sql, " FROM json_to_record($1::json) AS _a(");
-                plan::push_ident(sql, &a.name);
-                plan::push(sql, " ");
-                plan::push(sql, &a.ty);
-                plan::push(sql, "))");
-            } else {
-                let v = q
-                    .args
-                    .iter()
-                    .rev()
-                    .find(|(k, _)| k == &a.name)
-                    .map_or("", |(_, v)| v.as_str());
-                plan::text_arg(sql, v, &a.ty);
-            }
-        });
-    }
+        sql::rpc::call_query(&f, &given, &q.args)
+    };
     let head = *method == Method::HEAD;
     let checks = Checks {
         single: ctx.singular,
@@ -1780,13 +1552,8 @@ async fn rpc_inner(
         return Ok(read_response(&ctx, rng.0, out, head));
     }
     // Scalar results.
-    let mut sql = Sql {
-        text: String::new(),
-        args: from.args.clone(),
-    };
     if f.returns_void {
-        plan::push(&mut sql, "SELECT ");
-        plan::push(&mut sql, &from.text);
+        let sql = sql::rpc::select_void(from);
         let _ = execute(
             st,
             &ctx,
@@ -1804,21 +1571,11 @@ async fn rpc_inner(
             None,
         ));
     }
-    if f.returns_set {
-        plan::push(
-            &mut sql,
-            "SELECT NULL::bigint, pg_catalog.count(*), coalesce(json_agg(_s.v), '[]')::text FROM ",
-        );
-        plan::push(&mut sql, &from.text);
-        plan::push(&mut sql, " AS _s(v)");
+    let sql = if f.returns_set {
+        sql::rpc::select_scalars(from)
     } else {
-        plan::push(
-            &mut sql,
-            "SELECT NULL::bigint, 1::bigint, coalesce(to_json(",
-        );
-        plan::push(&mut sql, &from.text);
-        plan::push(&mut sql, ")::text, 'null')");
-    }
+        sql::rpc::select_scalar(from)
+    };
     let checks = Checks {
         single: false,
         ..checks

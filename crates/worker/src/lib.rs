@@ -10,11 +10,11 @@
 pub mod conns;
 pub mod error;
 pub mod handler;
-pub mod plan;
 pub mod pool;
 pub mod prefer;
 pub mod query;
 pub mod schema;
+pub mod sql;
 
 use std::time::Duration;
 

@@ -330,7 +330,7 @@ async fn listen_once(
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = target.config().connect(tokio_postgres::NoTls).await?;
     listening.store(true, Ordering::Relaxed);
-    let subscribe = client.batch_execute("LISTEN pgrst");
+    let subscribe = client.batch_execute(crate::sql::LISTEN);
     tokio::pin!(subscribe);
     let mut subscribed = false;
     loop {

@@ -5,101 +5,10 @@
 
 use std::sync::Arc;
 
+use super::{Arg, INSERTED, Sql, ident, push_qualified, qualified};
 use crate::error::{Code, Error};
 use crate::query::{Agg, Cond, Embed, Field, Filter, Op, OrderTerm, Quantified, Query, SelectItem};
 use crate::schema::{Card, Column, Function, QName, Relationship, Schema, Table};
-
-/// A bound value.
-#[derive(Debug, Clone)]
-pub enum Arg {
-    Text(String),
-    TextArray(Vec<String>),
-    Int(i64),
-    Bytes(Vec<u8>),
-}
-
-impl Arg {
-    /// The Postgres type the parameter is bound as.
-    pub fn pg_type(&self) -> tokio_postgres::types::Type {
-        use tokio_postgres::types::Type;
-        match self {
-            Arg::Text(_) => Type::TEXT,
-            Arg::TextArray(_) => Type::TEXT_ARRAY,
-            Arg::Int(_) => Type::INT8,
-            Arg::Bytes(_) => Type::BYTEA,
-        }
-    }
-
-    /// The parameter for tokio-postgres.
-    pub fn as_sql(&self) -> &(dyn tokio_postgres::types::ToSql + Sync) {
-        match self {
-            Arg::Text(s) => s,
-            Arg::TextArray(v) => v,
-            Arg::Int(i) => i,
-            Arg::Bytes(b) => b,
-        }
-    }
-}
-
-/// SQL text with its parameters.
-#[derive(Debug, Default)]
-pub struct Sql {
-    pub text: String,
-    pub args: Vec<Arg>,
-}
-
-impl Sql {
-    fn push(&mut self, s: &str) {
-        self.text.push_str(s);
-    }
-
-    fn bind(&mut self, arg: Arg) {
-        self.args.push(arg);
-        self.text.push('$');
-        write_number(&mut self.text, self.args.len());
-    }
-
-    fn ident(&mut self, name: &str) {
-        write_ident(&mut self.text, name);
-    }
-}
-
-/// Appends `n` in decimal.
-fn write_number(out: &mut String, n: usize) {
-    use std::fmt::Write as _;
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{n}");
-}
-
-/// Appends `"name"` with embedded quotes doubled.
-fn write_ident(out: &mut String, name: &str) {
-    out.reserve(name.len() + 2);
-    out.push('"');
-    let mut parts = name.split('"');
-    if let Some(first) = parts.next() {
-        out.push_str(first);
-    }
-    for part in parts {
-        out.push_str("\"\"");
-        out.push_str(part);
-    }
-    out.push('"');
-}
-
-/// `"name"` with embedded quotes doubled.
-pub fn ident(name: &str) -> String {
-    let mut out = String::new();
-    write_ident(&mut out, name);
-    out
-}
-
-fn qualified(schema: &str, name: &str) -> String {
-    let mut out = String::with_capacity(schema.len() + name.len() + 5);
-    write_ident(&mut out, schema);
-    out.push('.');
-    write_ident(&mut out, name);
-    out
-}
 
 /// What rows a read comes from.
 #[derive(Debug, Clone)]
@@ -552,7 +461,7 @@ impl<'a> Planner<'a> {
             sql.push(", coalesce(json_agg(_s), '[]')::text");
         }
         if shape.inserted {
-            sql.push(", nullif(current_setting('pgrst.inserted', true), '')::int8");
+            sql.push(INSERTED);
         }
         sql.push(" FROM (");
         write_select(&mut sql, &node, &from_clause, None)?;
@@ -1620,7 +1529,7 @@ fn no_function(
 }
 
 /// `"schema"."fn"("a" := <expr>, ...)` where each value comes from `value_sql`.
-pub fn call(
+pub(super) fn call(
     sql: &mut Sql,
     f: &Function,
     given: &[String],
@@ -1642,51 +1551,6 @@ pub fn call(
 }
 
 /// Writes `CAST($n AS type)` for a query-string argument.
-pub fn text_arg(sql: &mut Sql, value: &str, ty: &str) {
+pub(super) fn text_arg(sql: &mut Sql, value: &str, ty: &str) {
     cast_param(sql, value, Some(ty));
-}
-
-/// Pushes raw planner-made SQL (fixed words and quoted identifiers only).
-pub fn push(sql: &mut Sql, s: &str) {
-    sql.push(s);
-}
-
-/// Binds a parameter.
-pub fn bind(sql: &mut Sql, arg: Arg) {
-    sql.bind(arg);
-}
-
-/// Adds a parameter without writing its placeholder (the caller writes `$n`).
-pub fn add_arg(sql: &mut Sql, arg: Arg) {
-    sql.args.push(arg);
-}
-
-/// Writes a quoted identifier.
-pub fn push_ident(sql: &mut Sql, name: &str) {
-    sql.ident(name);
-}
-
-/// `"schema"."table"`.
-pub fn push_qualified(sql: &mut Sql, schema: &str, name: &str) {
-    sql.ident(schema);
-    sql.push(".");
-    sql.ident(name);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identifiers_are_quoted_with_quotes_doubled() {
-        assert_eq!(ident("items"), r#""items""#);
-        assert_eq!(ident(r#"we"ird""#), r#""we""ird""""#);
-        assert_eq!(ident(""), r#""""#);
-        assert_eq!(qualified("public", r#"a"b"#), r#""public"."a""b""#);
-        let mut sql = Sql::default();
-        push_qualified(&mut sql, "s", "t");
-        sql.bind(Arg::Int(1));
-        sql.bind(Arg::Int(2));
-        assert_eq!(sql.text, r#""s"."t"$1$2"#);
-    }
 }
