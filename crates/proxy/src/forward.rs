@@ -178,11 +178,13 @@ async fn authorize_and_forward(
     req: Request,
 ) -> Response {
     // The tenant, and its key check (a refused signature re-reads the tenant
-    // once: its keys may have been rotated since it was cached). A
-    // function's `OPTIONS` (a browser's preflight, which never carries a
-    // key) reaches the function unchecked, as on Supabase: functions answer
-    // CORS themselves.
-    let key_free = upstream == Upstream::Functions && req.method() == http::Method::OPTIONS;
+    // once: its keys may have been rotated since it was cached). Functions
+    // are reached without a key check here, as on Supabase (its gateway has
+    // no key-auth on /functions/v1): the functions service verifies the
+    // caller's JWT when the function has `verify_jwt` (the default) and
+    // lets anyone in when it does not; a browser's preflight, which never
+    // carries a key, reaches the function, which answers CORS itself.
+    let key_free = upstream == Upstream::Functions;
     let mut retried = false;
     loop {
         let info = match state.tenants.get(tenant).await {

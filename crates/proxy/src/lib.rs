@@ -45,7 +45,8 @@ pub struct Config {
     /// `MADBASE_UPSTREAM_CONNECT_TIMEOUT_SECONDS`, default 2.
     pub connect_timeout: Duration,
     /// `MADBASE_REST_TIMEOUT_SECONDS` (default 30) and
-    /// `MADBASE_FUNCTIONS_TIMEOUT_SECONDS` (default 150): time to the upstream's
+    /// `MADBASE_FUNCTIONS_TIMEOUT_SECONDS` (default 155, past the functions
+    /// service's 150 s wall limit so its 504 arrives first): time to the upstream's
     /// response head.
     pub rest_timeout: Duration,
     pub functions_timeout: Duration,
@@ -146,7 +147,7 @@ impl Config {
             rest_timeout: env.seconds("MADBASE_REST_TIMEOUT_SECONDS", Duration::from_secs(30))?,
             functions_timeout: env.seconds(
                 "MADBASE_FUNCTIONS_TIMEOUT_SECONDS",
-                Duration::from_secs(150),
+                Duration::from_secs(155),
             )?,
             tenant_ttl: env.seconds("MADBASE_TENANT_CACHE_SECONDS", Duration::from_secs(30))?,
             tenant_negative_ttl: env.seconds(

@@ -368,6 +368,21 @@ async fn functions_deploy_invoke_redeploy_delete_through_the_proxy() {
         .expect("open");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.expect("text"), "none");
+    // Without any key at all (as on Supabase: the gateway does not check
+    // keys for functions; verify_jwt is the function's own choice).
+    let resp = http()
+        .post(stack.fn_url(&t, "open"))
+        .send()
+        .await
+        .expect("open, no key");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("text"), "none");
+    let resp = http()
+        .post(stack.fn_url(&t, "hello"))
+        .send()
+        .await
+        .expect("verify_jwt, no key");
+    assert_eq!(resp.status(), 401);
 
     // A function reading its tenant's /rest/v1 through the proxy with fetch
     // and the service key.
