@@ -179,6 +179,29 @@ mod tests {
         assert_eq!(bearer("bearer  abc "), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
     }
+
+    #[test]
+    fn tenant_token_with_unreadable_exp_or_nbf_is_refused() {
+        for claims in [
+            serde_json::json!({"role": "anon", "exp": "never"}),
+            serde_json::json!({"role": "anon", "nbf": [1]}),
+            serde_json::json!({"role": "anon", "exp": null}),
+        ] {
+            let token = sign(SECRET.as_bytes(), &claims);
+            assert!(
+                matches!(
+                    verify_tenant_token(SECRET, "t", &token),
+                    Err(JwtError::Malformed(_))
+                ),
+                "{claims}"
+            );
+        }
+        let ok = sign(
+            SECRET.as_bytes(),
+            &serde_json::json!({"role": "anon", "exp": now() + 60}),
+        );
+        assert!(verify_tenant_token(SECRET, "t", &ok).is_ok());
+    }
 }
 
 /// Roles a tenant token may carry.
@@ -227,6 +250,15 @@ pub fn verify_tenant_token(
         Some(role) if API_ROLES.contains(&role) => {}
         Some(role) => return Err(JwtError::Malformed(format!("role {role:?} is not allowed"))),
         None => return Err(JwtError::Malformed("the token has no role".to_owned())),
+    }
+    // The JWT library skips an `exp`/`nbf` it cannot read as a number:
+    // such a token would never expire. Refuse it, as PostgREST does.
+    for claim in ["exp", "nbf"] {
+        if claims.get(claim).is_some_and(|v| !v.is_number()) {
+            return Err(JwtError::Malformed(format!(
+                "the {claim} claim is not a number"
+            )));
+        }
     }
     if let Some(r) = claims.get("ref")
         && r.as_str() != Some(tenant)

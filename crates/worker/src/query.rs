@@ -304,6 +304,12 @@ fn parse_names(value: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// How deep parentheses may nest in `select`, logic trees and filter
+/// values: the parsers and the SQL writer recurse once per level, and a
+/// request nesting thousands of levels overflowed the worker's stack
+/// (aborting the process).
+pub const MAX_NESTING: i32 = 64;
+
 /// Splits on commas outside parentheses and double quotes.
 fn split_top(s: &str) -> Result<Vec<&str>> {
     let mut out = Vec::new();
@@ -319,7 +325,15 @@ fn split_top(s: &str) -> Result<Vec<&str>> {
         match ch {
             '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
-            '(' if !quoted => depth += 1,
+            '(' if !quoted => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(perr(
+                        "\"parentheses nested too deep\"",
+                        format!("more than {MAX_NESTING} levels"),
+                    ));
+                }
+            }
             ')' if !quoted => {
                 depth -= 1;
                 if depth < 0 {
@@ -825,6 +839,10 @@ mod tests {
         }
         assert!(parse_select("a::evil; drop").is_err());
         assert!(parse_select("a(b").is_err());
+        let deep = |n: usize| format!("{}x{}", "a(".repeat(n), ")".repeat(n));
+        assert!(parse_select(&deep(MAX_NESTING as usize)).is_ok());
+        assert!(parse_select(&deep(MAX_NESTING as usize + 1)).is_err());
+        assert!(parse_select(&deep(100_000)).is_err());
         assert!(parse_select("a\"b").is_err());
     }
 

@@ -160,6 +160,20 @@ impl Running {
         }
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill_hard(&self) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(rc, 0, "kill SIGKILL");
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let pid = i32::try_from(self.child.id()).expect("pid");

@@ -2,9 +2,13 @@
 //! binary as a child process and talks HTTP to it on loopback.
 
 mod dev;
+mod faults;
 mod functions;
 mod helpers;
+mod hostile;
 
 mod images;
 mod lifecycle;
+mod soak;
+mod stack;
 mod telemetry;
