@@ -6,7 +6,7 @@
 //! statements (`BEGIN`, the `set_config` call, `COMMIT`, `ROLLBACK`) made
 //! when it opens, and a bounded cache of the data statements, so that a
 //! request's whole transaction goes out as one pipelined batch (see
-//! `handler::run_on`).
+//! `tx::run_on`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -1,20 +1,30 @@
 //! madbase worker: the PostgREST-compatible data API over each tenant's database.
 //!
-//! `/rest/v1/<table>` and `/rest/v1/rpc/<function>` (see [`handler`]): the
-//! tenant comes from `X-Madbase-Tenant` (set by the proxy), the JWT is
-//! verified with the tenant's secret, and every request runs in one
-//! transaction as the JWT's role on the tenant's pool ([`pool`]), with SQL
-//! planned from the query string ([`query`], [`plan`]) against the tenant's
-//! schema cache ([`schema`]). Response JSON is built by Postgres.
+//! `/rest/v1/<table>` and `/rest/v1/rpc/<function>` (`routes`): the
+//! tenant comes from `X-Madbase-Tenant` (set by the proxy) and the JWT is
+//! verified with the tenant's secret (`auth`); every request runs in one
+//! transaction (`tx`) as the JWT's role on the tenant's pool ([`pool`]),
+//! with SQL built only in [`sql`] from the query string ([`query`]), the
+//! `Prefer` header ([`prefer`]) and the tenant's schema cache ([`schema`]).
+//! Response JSON is built by Postgres; errors are [`error::Code`]s.
 
+mod auth;
 pub mod conns;
+mod context;
 pub mod error;
-pub mod handler;
 pub mod pool;
 pub mod prefer;
 pub mod query;
+mod read;
+mod request;
+mod response;
+mod routes;
+mod rpc;
 pub mod schema;
 pub mod sql;
+mod state;
+mod tx;
+mod write;
 
 use std::time::Duration;
 
@@ -25,6 +35,7 @@ use madbase_platform::tenants::TenantClient;
 use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, client, secrets};
 
 use crate::pool::{PoolConfig, Pools};
+pub use crate::state::{AppState, Shared};
 
 /// The worker service's configuration, from the environment.
 #[derive(Clone)]
@@ -147,26 +158,6 @@ impl Config {
     }
 }
 
-/// Shared state of the API handlers, behind one `Arc` (axum clones the
-/// state for every request).
-pub type AppState = std::sync::Arc<Shared>;
-
-/// What [`AppState`] points at.
-#[derive(Debug)]
-pub struct Shared {
-    pub tenants: TenantClient,
-    /// Tenant JWTs already verified (see `jwt::VerifiedTokens`).
-    pub verified: std::sync::Arc<madbase_platform::jwt::VerifiedTokens>,
-    pub pools: Pools,
-    pub statement_timeout_ms: std::sync::Arc<str>,
-    /// The claims of a request without a token: `{"role":"anon"}`.
-    pub anon_claims: std::sync::Arc<madbase_platform::jwt::VerifiedClaims>,
-    pub max_rows: Option<i64>,
-    pub schemas: std::sync::Arc<Vec<String>>,
-    /// Aggregate functions in `select` are allowed.
-    pub aggregates: bool,
-}
-
 /// Builds the worker service: routes, readiness checks, metrics. Must be
 /// called inside a Tokio runtime when pools should be closed when idle.
 pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
@@ -210,8 +201,8 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         aggregates: config.db_aggregates_enabled,
     });
     let api = Router::new()
-        .route("/rest/v1/rpc/{function}", any(handler::rpc))
-        .route("/rest/v1/{table}", any(handler::table))
+        .route("/rest/v1/rpc/{function}", any(routes::rpc))
+        .route("/rest/v1/{table}", any(routes::table))
         .with_state(state);
     Ok(ServiceApp {
         service: Service::Worker,

@@ -115,9 +115,25 @@ async function allowed() {
     return `count ${count}`
   })
 
-  // functions.invoke: functions are a stub in madbase (function_not_found);
-  // to be added here once functions run.
-  results.push({ name: 'functions.invoke', ok: true, skipped: true, detail: 'skipped: functions are not built yet' })
+  // functions.invoke: a cross-origin POST (the function answers the
+  // preflight and sets CORS itself, as Supabase's examples do); supabase-js
+  // sends the anon key as the bearer JWT the function's verify_jwt checks.
+  await step('functions.invoke', async () => {
+    const { data, error } = await db.functions.invoke('greet', { body: { name: 'browser' } })
+    check(!error, `error ${error && error.message} ${error && error.context && error.context.status}`)
+    same(data, { message: 'Hello browser!', authorized: true }, 'data')
+    return data.message
+  })
+
+  await step("functions.invoke: the function's 400 is a FunctionsHttpError", async () => {
+    const { data, error } = await db.functions.invoke('greet', { body: {} })
+    same(data, null, 'data')
+    check(error, 'an error')
+    same(error.name, 'FunctionsHttpError', 'error name')
+    same(error.context.status, 400, 'status')
+    same(await error.context.json(), { error: 'name is required' }, 'body')
+    return `${error.name} ${error.context.status}`
+  })
 }
 
 async function blocked() {

@@ -1,0 +1,90 @@
+//! Reads of a table or view (GET, HEAD), and the response of any read
+//! (rpc results too): 200, 206 or 416 by PostgREST's rules.
+
+use std::sync::Arc;
+
+use axum::response::{IntoResponse, Response};
+use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::context::Ctx;
+use crate::error::{Code, Error};
+use crate::prefer::Reported;
+use crate::query::Query;
+use crate::request::top_range;
+use crate::response::{Media, content_range, respond, with_applied};
+use crate::schema::Table;
+use crate::sql::Sql;
+use crate::sql::plan::{Planner, Shape, Source};
+use crate::state::AppState;
+use crate::tx::{Checks, Kind, Outcome, execute};
+
+pub(crate) async fn read(
+    st: &AppState,
+    ctx: &Ctx,
+    table: &Arc<Table>,
+    q: &Query,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, Error> {
+    let rng = top_range(headers, q, !head)?;
+    let (count, count_cap, explain) = ctx.prefer.count_plan(st.max_rows);
+    let shape = Shape {
+        count,
+        singular: ctx.singular,
+        strip_nulls: matches!(ctx.media, Media::ArrayStripped | Media::ObjectStripped),
+        csv: ctx.media == Media::Csv,
+        no_body: head,
+        inserted: false,
+        count_cap,
+        explain,
+    };
+    let mut planner = Planner::new(&ctx.schema, &ctx.db_schema).with_aggregates(st.aggregates);
+    let (sql, explain) = planner.read_counted(
+        Source::Table(table.clone()),
+        &Sql::default(),
+        q,
+        shape,
+        st.max_rows,
+        rng,
+    )?;
+    let mut out = execute(
+        st,
+        ctx,
+        sql,
+        explain,
+        true,
+        Kind::Rows,
+        Checks::single(ctx.singular),
+    )
+    .await?;
+    out.total = ctx.prefer.settle_count(out.total, out.planned, st.max_rows);
+    let resp = read_response(ctx, rng.0, out, head);
+    Ok(with_applied(resp, &ctx.prefer, Reported::default()))
+}
+
+/// The response of a read: 200, or with a count 206 when the page is not
+/// everything and 416 when the offset is beyond the end (PostgREST's rules).
+pub(crate) fn read_response(ctx: &Ctx, offset: i64, out: Outcome, head: bool) -> Response {
+    let mut status = StatusCode::OK;
+    let crange = content_range(offset, out.page, out.total);
+    if let Some(total) = out.total {
+        if offset > total {
+            let mut resp = Error::new(Code::RangeNotSatisfiable, "Requested range not satisfiable")
+                .details(format!(
+                    "An offset of {offset} was requested, but there are only {total} rows."
+                ))
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&crange) {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static("content-range"), v);
+            }
+            return resp;
+        }
+        if out.page < total {
+            status = StatusCode::PARTIAL_CONTENT;
+        }
+    }
+    let ctype = ctx.media.content_type();
+    respond(status, ctype, Some(crange), (!head).then_some(out.body))
+}

@@ -1,0 +1,85 @@
+//! The HTTP entry points of `/rest/v1`: `/{table}` (GET, HEAD, POST,
+//! PATCH, DELETE) and `/rpc/{function}` (GET, HEAD, POST).
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method, Uri};
+
+use crate::context::{context, lookup_table};
+use crate::error::{Code, Error};
+use crate::prefer::{Prefer, Reported};
+use crate::read::read;
+use crate::request::parse_query;
+use crate::response::with_applied;
+use crate::state::AppState;
+use crate::write::{insert, update_or_delete};
+
+/// `/rest/v1/{table}`
+pub async fn table(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match table_inner(&st, &name, &method, &uri, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn table_inner(
+    st: &AppState,
+    name: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, Error> {
+    if !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::POST | Method::PATCH | Method::DELETE
+    ) {
+        return Err(Error::new(
+            Code::UnsupportedMethod,
+            format!("Unsupported HTTP method: {method}"),
+        ));
+    }
+    let q = parse_query(uri, &|_| false)?;
+    let mut ctx = context(st, method, uri, headers).await?;
+    let table = lookup_table(st, &mut ctx, name).await?;
+    // After the resource is known (PostgREST plans it first).
+    ctx.prefer.check()?;
+    match *method {
+        Method::GET | Method::HEAD => {
+            read(st, &ctx, &table, &q, headers, *method == Method::HEAD).await
+        }
+        Method::POST => insert(st, &ctx, &table, &q, body).await,
+        _ => update_or_delete(st, &ctx, &table, &q, body, *method == Method::PATCH).await,
+    }
+}
+
+/// `/rest/v1/rpc/{function}`
+pub async fn rpc(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match crate::rpc::call(&st, &name, &method, &uri, &headers, &body).await {
+        Ok(r) if headers.contains_key("prefer") => {
+            let reported = Reported {
+                max_affected: true,
+                params: true,
+                ..Reported::default()
+            };
+            with_applied(r, &Prefer::from_headers(&headers), reported)
+        }
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
