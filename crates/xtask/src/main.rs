@@ -22,6 +22,7 @@ mod procs;
 mod push;
 mod registry;
 mod sandbox;
+mod soak;
 mod sqlx;
 mod util;
 mod workflows;
@@ -113,6 +114,20 @@ enum Task {
         #[arg(value_enum)]
         only: Option<Bench>,
     },
+    /// Reliability (issue 24): the fault and hostile-input scenarios, the
+    /// property tests with many cases and the long mixed soak, each
+    /// recording its figures; `--report` rewrites RELIABILITY.md.
+    Soak {
+        /// Length of the mixed soak.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Regenerate RELIABILITY.md from this run's figures.
+        #[arg(long)]
+        report: bool,
+        /// Cases per property test.
+        #[arg(long, default_value_t = 20_000)]
+        proptest_cases: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -150,6 +165,11 @@ fn main() -> Result<()> {
         Task::SqlxPrepare => sqlx::regenerate(),
         Task::Observability => observability_live::run(),
         Task::Browser => browser::run_task(),
+        Task::Soak {
+            minutes,
+            report,
+            proptest_cases,
+        } => soak::run_task(minutes, report, proptest_cases),
     }
 }
 
