@@ -398,7 +398,9 @@ async fn prepare(
     let deployed = Some(code.name.clone());
     let (parts, body) = req.into_parts();
 
-    if code.verify_jwt {
+    // A browser's preflight never carries the JWT: it reaches the function,
+    // which answers CORS itself (as Supabase's edge runtime does).
+    if code.verify_jwt && parts.method != http::Method::OPTIONS {
         let token = parts
             .headers
             .get(AUTHORIZATION)
