@@ -284,6 +284,10 @@ pub async fn rotate(
 pub struct SqlBody {
     query: String,
     params: Option<Vec<Value>>,
+    /// `true`: answer `{"columns": [...], "rows": [...]}` (the columns in
+    /// the statement's order) instead of the array of rows.
+    #[serde(default)]
+    columns: bool,
 }
 
 /// `POST /v1/tenants/{id}/sql`
@@ -308,7 +312,7 @@ pub async fn run_sql(
         .username(&row.owner_role)
         .password(&password)
         .database(&row.database_name);
-    match sql::run(
+    match sql::run_with_columns(
         &options,
         &body.query,
         body.params.as_deref(),
@@ -316,7 +320,11 @@ pub async fn run_sql(
     )
     .await
     {
-        Ok(rows) => Ok(Json(Value::Array(rows))),
+        Ok(r) if body.columns => Ok(Json(serde_json::json!({
+            "columns": r.columns,
+            "rows": r.rows,
+        }))),
+        Ok(r) => Ok(Json(Value::Array(r.rows))),
         Err(SqlError::Query(e)) => Err(query_error(&e)),
         Err(SqlError::Connect(e)) => {
             tracing::error!(tenant = %id, error = %e, "cannot connect as the tenant owner");

@@ -5,6 +5,10 @@
 //! protocol: Postgres runs all its statements in one implicit transaction
 //! (all or nothing) and the last statement's rows are returned. With
 //! parameters it is one statement with bound values.
+//!
+//! The answer is a JSON array of row objects; with `"columns": true` in
+//! the request it is `{"columns": [...], "rows": [...]}`, the columns in
+//! the statement's order (an object's keys are not).
 
 use std::time::Duration;
 
@@ -41,6 +45,15 @@ pub enum SqlError {
     Unsupported { column: String, ty: String },
 }
 
+/// A result: the column names in the statement's order (JSON objects'
+/// keys are sorted; a result without rows has no columns here) and the
+/// rows as objects.
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Value>,
+}
+
 /// Runs `query` as the owner (connection options `owner`) and returns the rows.
 pub async fn run(
     owner: &PgConnectOptions,
@@ -48,6 +61,18 @@ pub async fn run(
     params: Option<&[Value]>,
     limits: Limits,
 ) -> Result<Vec<Value>, SqlError> {
+    run_with_columns(owner, query, params, limits)
+        .await
+        .map(|r| r.rows)
+}
+
+/// [`run`], with the result's column names in order.
+pub async fn run_with_columns(
+    owner: &PgConnectOptions,
+    query: &str,
+    params: Option<&[Value]>,
+    limits: Limits,
+) -> Result<Rows, SqlError> {
     let mut conn = PgConnection::connect_with(owner)
         .await
         .map_err(SqlError::Connect)?;
@@ -56,12 +81,16 @@ pub async fn run(
     result
 }
 
+fn column_names(row: &PgRow) -> Vec<String> {
+    row.columns().iter().map(|c| c.name().to_owned()).collect()
+}
+
 async fn run_on(
     conn: &mut PgConnection,
     query: &str,
     params: Option<&[Value]>,
     limits: Limits,
-) -> Result<Vec<Value>, SqlError> {
+) -> Result<Rows, SqlError> {
     let ms = limits.statement_timeout.as_millis().max(1);
     conn.execute(format!("SET statement_timeout = {ms}").as_str())
         .await
@@ -74,8 +103,8 @@ async fn run_on(
     match params {
         None => {
             // Simple protocol: text values, every statement of the script.
-            let mut last: Vec<Value> = Vec::new();
-            let mut current: Vec<Value> = Vec::new();
+            let mut last = Rows::default();
+            let mut current = Rows::default();
             let mut stream = sqlx::raw_sql(query).fetch_many(&mut *conn);
             while let Some(item) = stream.try_next().await.map_err(SqlError::Query)? {
                 match item {
@@ -85,11 +114,20 @@ async fn run_on(
                         budget.bytes = 0;
                     }
                     sqlx::Either::Right(row) => {
-                        current.push(budget.take(row_to_json(&row, Format::Text)?)?)
+                        if current.rows.is_empty() {
+                            current.columns = column_names(&row);
+                        }
+                        current
+                            .rows
+                            .push(budget.take(row_to_json(&row, Format::Text)?)?)
                     }
                 }
             }
-            Ok(if current.is_empty() { last } else { current })
+            Ok(if current.rows.is_empty() {
+                last
+            } else {
+                current
+            })
         }
         Some(params) => {
             let mut q = sqlx::query(query);
@@ -105,10 +143,14 @@ async fn run_on(
                     other => q.bind(sqlx::types::Json(other.clone())),
                 };
             }
-            let mut out = Vec::new();
+            let mut out = Rows::default();
             let mut rows = q.fetch(&mut *conn);
             while let Some(row) = rows.try_next().await.map_err(SqlError::Query)? {
-                out.push(budget.take(row_to_json(&row, Format::Binary)?)?);
+                if out.rows.is_empty() {
+                    out.columns = column_names(&row);
+                }
+                out.rows
+                    .push(budget.take(row_to_json(&row, Format::Binary)?)?);
             }
             Ok(out)
         }

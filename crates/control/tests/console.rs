@@ -46,6 +46,8 @@ async fn console(extra: &[(&str, &str)]) -> Console {
         ("DEFAULT_TENANT_DB_URL", db.server.url_for("postgres")),
         ("MADBASE_MASTER_KEY", MASTER_KEY.to_owned()),
         ("MADBASE_CONSOLE_PASSWORD", PASSWORD.to_owned()),
+        // Nothing listens there unless a test says otherwise.
+        ("MADBASE_FUNCTIONS_URL", "http://127.0.0.1:9".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -519,13 +521,52 @@ async fn every_page_and_action_works() {
                 "query",
                 "create table todos (id int primary key, task text not null, done boolean default false);\n\
                  insert into todos (id, task) values (1, 'milk'), (2, 'eggs');\n\
-                 select id, task from todos order by id",
+                 select task, id from todos order by id",
             )],
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(html.contains("2 rows in"), "{html}");
-    assert!(html.contains("<td>milk</td>"), "{html}");
+    assert!(
+        html.contains("<td>milk</td><td>1</td>"),
+        "the statement's column order: {html}"
+    );
+    assert!(
+        html.contains(r#"<th scope="col">task</th><th scope="col">id</th>"#),
+        "{html}"
+    );
+    // The SQL endpoint: rows as before, or with the columns in order.
+    let admin = jwt::platform_token(JWT_SECRET, "admin", Duration::from_secs(60));
+    let api = |body: serde_json::Value| {
+        c.http
+            .post(format!("{}/v1/tenants/{id}/sql", c.url))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    let rows: serde_json::Value =
+        api(serde_json::json!({"query": "select task, id from todos order by id"}))
+            .await
+            .expect("sql")
+            .json()
+            .await
+            .expect("json");
+    assert_eq!(
+        rows,
+        serde_json::json!([{"id": 1, "task": "milk"}, {"id": 2, "task": "eggs"}])
+    );
+    let with: serde_json::Value = api(serde_json::json!({
+        "query": "select task, id from todos where id = $1", "params": [2], "columns": true
+    }))
+    .await
+    .expect("sql")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(
+        with,
+        serde_json::json!({"columns": ["task", "id"], "rows": [{"id": 2, "task": "eggs"}]})
+    );
     let (status, html) = c
         .post(
             Some(&s),
@@ -884,5 +925,203 @@ async fn tenant_values_are_escaped() {
         .await;
     assert!(html.contains("Row saved."), "{html}");
     assert_escaped(&html, "after saving");
+    c.stop().await;
+}
+
+/// A pre-bound listener pair served once its app exists.
+async fn bind() -> Listeners {
+    Listeners::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("bind")
+}
+
+/// Polls `path` until `ready(html)` (scrapes arrive every half second).
+async fn until(c: &Console, s: &Session, path: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, html) = c.get(Some(s), path).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        if ready(&html) {
+            return html;
+        }
+        assert!(Instant::now() < deadline, "{path} never got there: {html}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Health and tenants figures from a real proxy's and control's own
+/// `/metrics` (scraped every 0.5 s here), and a function's recent
+/// invocations from a real functions service.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_tenants_and_functions_show_the_services_figures() {
+    let (proxy_l, functions_l) = (bind().await, bind().await);
+    let proxy_url = format!("http://{}", proxy_l.api_addr());
+    let functions_url = format!("http://{}", functions_l.api_addr());
+    let services = format!(
+        "control={{admin}},proxy=http://{},gone=http://127.0.0.1:9",
+        proxy_l.admin_addr()
+    );
+    let c = console(&[
+        ("MADBASE_CONSOLE_SERVICES", &services),
+        ("MADBASE_CONSOLE_SCRAPE_SECONDS", "0.5"),
+        ("MADBASE_FUNCTIONS_URL", &functions_url),
+    ])
+    .await;
+    let stop = CancellationToken::new();
+    let env = |extra: &[(&str, &str)]| {
+        let mut vars = vec![("MADBASE_CONTROL_URL", c.url.as_str())];
+        vars.extend_from_slice(extra);
+        madbase_testkit::service::env(&vars)
+    };
+    // The proxy's worker is not running: data requests answer 502.
+    let proxy = madbase_proxy::app(
+        &madbase_proxy::Config::from_env(&env(&[
+            ("MADBASE_WORKER_URL", "http://127.0.0.1:9"),
+            ("MADBASE_FUNCTIONS_URL", &functions_url),
+        ]))
+        .expect("proxy config"),
+    )
+    .expect("proxy");
+    let functions = madbase_functions::app(
+        &madbase_functions::Config::from_env(&env(&[(
+            "MADBASE_FUNCTIONS_WORKER_CMD",
+            "/bin/false",
+        )]))
+        .expect("functions config"),
+    )
+    .expect("functions");
+    let servers = [
+        tokio::spawn(proxy_l.serve(proxy, stop.clone(), Duration::from_secs(1))),
+        tokio::spawn(functions_l.serve(functions, stop.clone(), Duration::from_secs(1))),
+    ];
+
+    let s = c.sign_in().await;
+    let id = unique_id("cfig");
+    let t = format!("/console/tenants/{id}");
+    c.post_follow(&s, "/console/tenants", &[("id", &id)]).await;
+    let (_, keys) = c.get(Some(&s), &format!("{t}?reveal=keys")).await;
+    let marker = r#"id="anon-key" readonly value=""#;
+    let start = keys.find(marker).expect("anon key") + marker.len();
+    let anon = &keys[start..start + keys[start..].find('"').expect("end")];
+
+    // Health: every service's row; charts once two scrapes exist.
+    let html = until(&c, &s, "/console/health", |h| h.contains("<svg")).await;
+    for name in ["control", "proxy", "gone"] {
+        assert!(
+            html.contains(&format!(r#"<th scope="row">{name}</th>"#)),
+            "{html}"
+        );
+    }
+    assert!(
+        html.contains("failed"),
+        "the unreachable service's scrapes: {html}"
+    );
+    assert!(html.contains("keeps the last hour"), "{html}");
+
+    // Tenant traffic: three 502s (no worker) and a 401 (no key).
+    for _ in 0..3 {
+        let resp = c
+            .http
+            .get(format!("{proxy_url}/t/{id}/rest/v1/todos"))
+            .header("apikey", anon)
+            .send()
+            .await
+            .expect("proxy");
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    }
+    let resp = c
+        .http
+        .get(format!("{proxy_url}/t/{id}/rest/v1/todos"))
+        .send()
+        .await
+        .expect("proxy");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let row = |html: &str| {
+        html.find(&format!(r#"<a href="{t}">{id}</a>"#))
+            .map(|i| html[i..].split("</tr>").next().unwrap_or("").to_owned())
+    };
+    let list = until(&c, &s, "/console/tenants", |h| {
+        row(h).is_some_and(|r| r.contains("<td>4 ("))
+    })
+    .await;
+    let r = row(&list).expect("row");
+    assert!(r.contains("/min)</td><td>75.00 %</td>"), "{r}");
+    assert!(list.contains("madbase_proxy_requests_total"), "{list}");
+    let (_, overview) = c.get(Some(&s), &t).await;
+    assert!(overview.contains("75.00 % errors (5xx)"), "{overview}");
+    let html = until(&c, &s, "/console/health", |h| {
+        h.split(r#"<th scope="row">proxy</th>"#)
+            .nth(1)
+            .is_some_and(|p| {
+                p.contains("5xx error ratio over the last hour: latest")
+                    && !p.starts_with("<td><span class=\"figure\">–")
+            })
+    })
+    .await;
+    let proxy_row = html
+        .split(r#"<th scope="row">proxy</th>"#)
+        .nth(1)
+        .and_then(|p| p.split("</tr>").next())
+        .expect("proxy row")
+        .to_owned();
+    assert!(proxy_row.contains("ms</span>"), "a p99: {proxy_row}");
+    assert!(
+        proxy_row.contains("<polyline") || proxy_row.contains("<circle"),
+        "{proxy_row}"
+    );
+    assert!(
+        !proxy_row.contains("<td><span class=\"figure\">0.00 %"),
+        "{proxy_row}"
+    );
+
+    // Functions: a refused invocation (no JWT) is recorded, its message escaped.
+    c.post_follow(
+        &s,
+        &format!("{t}/functions"),
+        &[
+            ("name", "hello"),
+            ("source", "Deno.serve(() => new Response('hi'));"),
+            ("verify_jwt", "true"),
+        ],
+    )
+    .await;
+    let (_, html) = c.get(Some(&s), &format!("{t}/functions")).await;
+    assert!(html.contains("no invocations yet"), "{html}");
+    let resp = c
+        .http
+        .post(format!("{proxy_url}/t/{id}/functions/v1/hello"))
+        .header("apikey", anon)
+        .send()
+        .await
+        .expect("invoke");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let (_, html) = c.get(Some(&s), &format!("{t}/functions")).await;
+    assert!(html.contains("1 recent"), "{html}");
+    assert!(html.contains("unauthorized"), "{html}");
+    assert!(html.contains("Bearer &lt;the tenant"), "escaped: {html}");
+    assert!(!html.contains("Bearer <the"), "{html}");
+    // The record needs the internal token.
+    let direct = c
+        .http
+        .get(format!(
+            "{functions_url}/internal/v1/tenants/{id}/functions/hello/invocations"
+        ))
+        .bearer_auth(jwt::platform_token(
+            JWT_SECRET,
+            "admin",
+            Duration::from_secs(60),
+        ))
+        .send()
+        .await
+        .expect("direct");
+    assert_eq!(direct.status(), StatusCode::UNAUTHORIZED);
+
+    stop.cancel();
+    for server in servers {
+        server.await.expect("join").expect("serve");
+    }
     c.stop().await;
 }

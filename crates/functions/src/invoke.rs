@@ -47,6 +47,7 @@ use tracing::Instrument as _;
 
 use crate::Config;
 use crate::code::{CodeCache, FunctionCode};
+use crate::history::{History, Invocation};
 use crate::pool::{Answer, Pool, RunError};
 
 /// The status Supabase answers for a function over its resource limits
@@ -99,6 +100,8 @@ pub(crate) struct Invoker {
     durations: LatencyFamily<OutcomeLabels>,
     cold_starts: Family<FunctionLabels, Counter>,
     cpu: Family<FunctionLabels, Counter<f64>>,
+    /// Recent invocations of each function (for the console).
+    history: Arc<History>,
 }
 
 impl Invoker {
@@ -163,7 +166,13 @@ impl Invoker {
             durations,
             cold_starts,
             cpu,
+            history: Arc::default(),
         })
+    }
+
+    /// The record of recent invocations.
+    pub(crate) fn history(&self) -> Arc<History> {
+        self.history.clone()
     }
 
     fn count(&self, tenant: &str, function: Option<&str>, outcome: &'static str, start: Instant) {
@@ -326,6 +335,21 @@ pub(crate) async fn invoke(
                 tenant.as_str()
             };
             inv.count(label, function.as_deref(), outcome, start);
+            // A deployed function's refusal is one of its recent invocations.
+            if let Some(function) = &function {
+                inv.history.record(
+                    &tenant,
+                    function,
+                    Invocation::new(
+                        request_id::current().unwrap_or_default(),
+                        None,
+                        err.status.as_u16(),
+                        outcome,
+                        start.elapsed(),
+                    )
+                    .with_error(&err.message),
+                );
+            }
             err.into_response()
         }
     }
@@ -567,12 +591,13 @@ async fn run(inv: &Arc<Invoker>, tenant: &str, ready: Ready, start: Instant) -> 
         _admitted,
     } = ready;
     let source = code.source.clone();
+    let request_id = invoke.request_id.clone();
     // Recorded where the invocation ends (the pool's task), so an
     // invocation whose client went away is still logged and counted.
     let recorder = {
         let (inv, tenant, code) = (inv.clone(), tenant.to_owned(), code.clone());
         move |result: &Result<Answer, RunError>| {
-            record(&inv, &tenant, &code, result, start);
+            record(&inv, &tenant, &code, result, start, request_id);
             drop(_admitted);
         }
     };
@@ -610,6 +635,7 @@ fn record(
     code: &FunctionCode,
     result: &Result<Answer, RunError>,
     start: Instant,
+    request_id: String,
 ) {
     let span = tracing::Span::current();
     match result {
@@ -639,6 +665,53 @@ fn record(
     let outcome = outcome_of(inv.limits.max_response_bytes, result);
     span.record("outcome", outcome);
     inv.count(tenant, Some(&code.name), outcome, start);
+    let mut call = Invocation::new(
+        request_id,
+        Some(code.version),
+        status_of(inv.limits.max_response_bytes, result),
+        outcome,
+        start.elapsed(),
+    );
+    match result {
+        Ok(answer) => {
+            call = call.with_console(&answer.reply.logs);
+            call.cold = Some(answer.reply.cold);
+            call.cpu_ms = Some(answer.reply.cpu_us as f64 / 1000.0);
+            if let Outcome::Error { message, .. } = &answer.reply.outcome {
+                call = call.with_error(message);
+            }
+        }
+        Err(RunError::Crashed(_)) => call = call.with_error("the function's worker failed"),
+        Err(RunError::WallLimit) => call = call.with_error("wall-clock limit"),
+        Err(RunError::Busy) => call = call.with_error("every function worker was busy"),
+        Err(RunError::Spawn(_)) => call = call.with_error("cannot start a function worker"),
+    }
+    inv.history.record(tenant, &code.name, call);
+}
+
+/// The status [`respond`] (or [`run`]) answers for an ended invocation.
+fn status_of(max_response_bytes: u64, result: &Result<Answer, RunError>) -> u16 {
+    match result {
+        Ok(answer) => match &answer.reply.outcome {
+            Outcome::Response { status, .. } => {
+                if answer.body.len() as u64 > max_response_bytes
+                    || StatusCode::from_u16(*status).is_err()
+                {
+                    500
+                } else {
+                    *status
+                }
+            }
+            Outcome::Error {
+                error: FunctionError::CpuLimit,
+                ..
+            } => WORKER_LIMIT,
+            Outcome::Error { .. } | Outcome::NeedSource => 500,
+        },
+        Err(RunError::Busy | RunError::Spawn(_)) => 503,
+        Err(RunError::WallLimit) => 504,
+        Err(RunError::Crashed(_)) => 500,
+    }
 }
 
 /// The outcome label of an ended invocation (what [`respond`] answers).

@@ -7,8 +7,12 @@
 //! processes (`pool.rs`) speaking the frame protocol of
 //! `madbase_js::protocol`. Limits, the error mapping and the metrics are in
 //! `invoke.rs`; the data flow is described in ARCHITECTURE.md ("Functions").
+//! `history.rs` keeps each function's recent invocations in memory for the
+//! operator console (`GET /internal/v1/tenants/{id}/functions/{name}/invocations`,
+//! internal token).
 
 mod code;
+pub mod history;
 mod invoke;
 mod pool;
 
@@ -182,10 +186,22 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         &metrics,
     );
     let invoker = invoke::Invoker::new(config, tenants, code, pool, &metrics);
+    let internal = history::Internal {
+        history: invoker.history(),
+        jwt_secret: config.jwt_secret.clone(),
+    };
     let api = Router::new()
         .route("/functions/v1/{name}", any(invoke::invoke))
         .route("/functions/v1/{name}/{*rest}", any(invoke::invoke))
-        .with_state(invoker);
+        .with_state(invoker)
+        .merge(
+            Router::new()
+                .route(
+                    "/internal/v1/tenants/{id}/functions/{name}/invocations",
+                    axum::routing::get(history::invocations),
+                )
+                .with_state(internal),
+        );
     Ok(ServiceApp {
         service: Service::Functions,
         api,

@@ -450,3 +450,74 @@ async fn a_tenant_over_its_concurrency_cap_gets_429() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A deployed function's recent invocations (here: refusals before any
+/// worker) are kept for the console, behind the internal token.
+#[tokio::test(flavor = "multi_thread")]
+async fn recent_invocations_are_kept_for_the_console() {
+    let f = Functions::start(&[("MADBASE_FUNCTIONS_WORKER_CMD", "/nonexistent/worker")]).await;
+    let recent = |token: String| {
+        let api = f.api.clone();
+        async move {
+            let resp = api
+                .oneshot(
+                    http::Request::get("/internal/v1/tenants/acme/functions/locked/invocations")
+                        .header("authorization", format!("Bearer {token}"))
+                        .body(Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("infallible");
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).expect("json"),
+            )
+        }
+    };
+    let internal = || {
+        jwt::platform_token(
+            madbase_testkit::service::JWT_SECRET,
+            "internal",
+            Duration::from_secs(60),
+        )
+    };
+    let (status, body) = recent(internal()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["invocations"], json!([]));
+    for _ in 0..2 {
+        let (status, _) = f.post("locked").await;
+        assert_eq!(status, 401);
+    }
+    // Not a deployed function: nothing is kept.
+    assert_eq!(f.post("nope").await.0, 404);
+    let (status, body) = recent(internal()).await;
+    assert_eq!(status, 200, "{body}");
+    let calls = body["invocations"].as_array().expect("list");
+    assert_eq!(calls.len(), 2, "{body}");
+    assert_eq!(calls[0]["status"], 401);
+    assert_eq!(calls[0]["outcome"], "unauthorized");
+    assert!(
+        calls[0]["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
+    assert!(
+        calls[0]["at_ms"]
+            .as_u64()
+            .is_some_and(|t| t > 1_700_000_000_000)
+    );
+    assert!(
+        calls[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("verifies JWTs")),
+        "{body}"
+    );
+    let admin = jwt::platform_token(
+        madbase_testkit::service::JWT_SECRET,
+        "admin",
+        Duration::from_secs(60),
+    );
+    assert_eq!(recent(admin).await.0, 401);
+}

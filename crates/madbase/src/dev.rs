@@ -98,6 +98,21 @@ async fn dev(data_dir: PathBuf) -> anyhow::Result<ExitCode> {
         }
     }
 
+    // The console's health and tenants pages scrape every service's admin
+    // listener (MADBASE_CONSOLE_SERVICES in the environment wins).
+    let services: Vec<String> = Service::ALL
+        .iter()
+        .filter_map(|service| {
+            let prefix = service.name().to_ascii_uppercase();
+            let addr = overlay
+                .get(&format!("MADBASE_{prefix}_ADMIN_LISTEN"))?
+                .parse::<std::net::SocketAddr>()
+                .ok()?;
+            Some(format!("{}=http://{}", service.name(), loopback(addr)))
+        })
+        .collect();
+    vars.insert("MADBASE_CONSOLE_SERVICES".to_owned(), services.join(","));
+
     // Where clients reach the proxy (functions' SUPABASE_URL, control's rest_url).
     if let Some(listen) = overlay.get("MADBASE_PROXY_LISTEN")
         && let Ok(addr) = listen.parse::<std::net::SocketAddr>()

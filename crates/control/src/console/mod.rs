@@ -16,6 +16,7 @@
 //! code as the admin API.
 
 mod data;
+pub mod history;
 mod pages;
 pub mod session;
 
@@ -60,6 +61,12 @@ pub struct ConsoleConfig {
     /// `MADBASE_CONSOLE_SERVICES`: `name=http://admin-host:port,…`, the
     /// admin listeners whose `/ready` the health page shows.
     pub services: Vec<(String, String)>,
+    /// `MADBASE_CONSOLE_SCRAPE_SECONDS`: how often those services'
+    /// `/metrics` are scraped for the health and tenants pages (15 s).
+    pub scrape_every: Duration,
+    /// `MADBASE_FUNCTIONS_URL` (default `http://127.0.0.1:8003`): where the
+    /// functions page asks for recent invocations.
+    pub functions_url: String,
 }
 
 impl std::fmt::Debug for ConsoleConfig {
@@ -113,6 +120,18 @@ impl ConsoleConfig {
             )?,
             failure_delay: Duration::from_millis(500),
             services: services(env)?,
+            scrape_every: match env
+                .seconds("MADBASE_CONSOLE_SCRAPE_SECONDS", Duration::from_secs(15))?
+            {
+                d if d < Duration::from_millis(100) => {
+                    return Err(problem(
+                        "MADBASE_CONSOLE_SCRAPE_SECONDS",
+                        "must be at least 0.1".to_owned(),
+                    ));
+                }
+                d => d,
+            },
+            functions_url: env.url("MADBASE_FUNCTIONS_URL", "http://127.0.0.1:8003")?,
         })
     }
 }
@@ -152,19 +171,24 @@ pub(crate) struct Console {
     sessions: Arc<Sessions>,
     config: Arc<ConsoleConfig>,
     http: reqwest::Client,
+    history: Arc<history::History>,
 }
 
 /// The console's routes (all under `/console`).
 pub(crate) fn router(app: AppState, config: &ConsoleConfig) -> Router {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap_or_default();
+    let history = Arc::new(history::History::new(config.scrape_every));
+    history::start(history.clone(), config.services.clone(), http.clone());
     let console = Console {
         app,
         sessions: Arc::new(Sessions::new(config.idle)),
         config: Arc::new(config.clone()),
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(3))
-            .build()
-            .unwrap_or_default(),
+        http,
+        history,
     };
     let t = "/console/tenants/{id}";
     let signed_in = Router::new()

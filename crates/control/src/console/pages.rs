@@ -18,6 +18,7 @@ use maud::{Markup, html};
 use serde_json::{Value, json};
 use sqlx::Row as _;
 
+use super::history;
 use super::{
     Console, Ctx, Fields, Tab, api_error, error_page, page, redirect, tenant_page,
     tenant_page_status,
@@ -100,6 +101,7 @@ pub(crate) async fn tenants(State(c): State<Console>, Extension(ctx): Extension<
         tracing::warn!(error = %e, "console: database sizes");
         HashMap::new()
     });
+    let traffic = tenant_traffic(&c);
     let main = html! {
         h1 { "Tenants" }
         @if list.is_empty() {
@@ -113,7 +115,8 @@ pub(crate) async fn tenants(State(c): State<Console>, Extension(ctx): Extension<
                         th scope="col" { "Created" }
                         th scope="col" { "Status" }
                         th scope="col" { "Database size" }
-                        th scope="col" { abbr title="Request rate and error ratio of the last hour: control does not see tenant traffic (the proxy's metrics do)" { "Requests / errors" } }
+                        th scope="col" { "Requests, last hour" }
+                        th scope="col" { "Errors (5xx)" }
                     } }
                     tbody {
                         @for (id, status, created, db) in &list {
@@ -126,14 +129,20 @@ pub(crate) async fn tenants(State(c): State<Console>, Extension(ctx): Extension<
                                 td { (created.as_ref().map(when).unwrap_or_default()) }
                                 td { (status) }
                                 td { (sizes.get(db).map_or_else(|| "n/a".to_owned(), |b| size(*b))) }
-                                td { "n/a" }
+                                @match &traffic {
+                                    Some(t) => {
+                                        @let (all, errors) = t.tenants.get(id).copied().unwrap_or((0.0, 0.0));
+                                        td { (requests_per(all, t.seconds)) }
+                                        td { (opt((all > 0.0).then(|| errors / all), percent)) }
+                                    }
+                                    None => { td { "n/a" } td { "n/a" } }
+                                }
                             }
                         }
                     }
                 }
             }
-            p.note { "Request rate and error ratio are not available here: control does not see tenant traffic; the proxy's "
-                code { "http_requests_total" } " in Grafana does." }
+            (traffic_note(&c, traffic.as_ref()))
         }
         section aria-labelledby="new-tenant" {
             h2 #new-tenant { "New tenant" }
@@ -147,6 +156,67 @@ pub(crate) async fn tenants(State(c): State<Console>, Extension(ctx): Extension<
         }
     };
     page(&ctx, "Tenants", main)
+}
+
+/// Per-tenant requests over the last hour, from the proxy's
+/// `madbase_proxy_requests_total{tenant,upstream,status}` as scraped into
+/// the history (every proxy in `MADBASE_CONSOLE_SERVICES`, summed).
+struct TenantTraffic {
+    /// Seconds the samples cover (the longest of the proxies').
+    seconds: f64,
+    /// Requests and 5xx responses by tenant.
+    tenants: HashMap<String, (f64, f64)>,
+}
+
+/// `None` when no scraped service is a proxy (named `proxy…` or
+/// exposing per-tenant request counts).
+fn tenant_traffic(c: &Console) -> Option<TenantTraffic> {
+    let mut found = None::<TenantTraffic>;
+    for (name, _) in &c.config.services {
+        let samples = c.history.samples(name);
+        let has_tenants = samples
+            .iter()
+            .any(|s| s.scrape.as_ref().is_some_and(|s| !s.tenants.is_empty()));
+        if !(name.to_ascii_lowercase().starts_with("proxy") || has_tenants) {
+            continue;
+        }
+        let (seconds, tenants) = history::tenant_totals(&samples);
+        let t = found.get_or_insert(TenantTraffic {
+            seconds: 0.0,
+            tenants: HashMap::new(),
+        });
+        t.seconds = t.seconds.max(seconds);
+        for (id, (all, errors)) in tenants {
+            let e = t.tenants.entry(id).or_default();
+            e.0 += all;
+            e.1 += errors;
+        }
+    }
+    found
+}
+
+/// "120 (2.0/min)": requests and their rate over `seconds`.
+fn requests_per(all: f64, seconds: f64) -> String {
+    if seconds <= 0.0 {
+        return "– (collecting)".to_owned();
+    }
+    format!("{all:.0} ({:.1}/min)", all / seconds * 60.0)
+}
+
+fn traffic_note(c: &Console, traffic: Option<&TenantTraffic>) -> Markup {
+    html! {
+        p.note {
+            @if let Some(t) = traffic {
+                "Requests through the proxy and the share answered with a 5xx status, from the proxy's "
+                code { "madbase_proxy_requests_total" } ", scraped every "
+                (format!("{:.0}", c.history.every().as_secs_f64())) " s; the history is kept in control's memory since "
+                (when(&c.history.started())) " (" (format!("{:.0}", t.seconds / 60.0)) " min so far, at most an hour)."
+            } @else {
+                "Request rate and error ratio come from the proxy's metrics: add the proxy's admin URL to "
+                code { "MADBASE_CONSOLE_SERVICES" } " (" code { "proxy=" } " and the proxy's admin listener, port 9000 by default)."
+            }
+        }
+    }
 }
 
 /// `POST /console/tenants`
@@ -223,13 +293,24 @@ pub(crate) async fn tenant(
         None
     };
     let base = format!("/console/tenants/{id}");
+    let traffic = tenant_traffic(&c);
     let main = html! {
         dl.facts {
             dt { "Created" } dd { (when(&row.created_at)) }
             dt { "Database" } dd { code { (row.database_name) } }
             dt { "REST URL" } dd { code { (format!("{}/t/{id}/rest/v1", c.app.public_url)) } }
             dt { "Key version" } dd { (row.key_version) }
-            dt { "Requests / errors (1 h)" } dd { "n/a (not seen by control)" }
+            dt { "Requests, last hour" }
+            dd {
+                @match &traffic {
+                    Some(t) => {
+                        @let (all, errors) = t.tenants.get(&id).copied().unwrap_or((0.0, 0.0));
+                        (requests_per(all, t.seconds)) ", "
+                        (opt((all > 0.0).then(|| errors / all), percent)) " errors (5xx)"
+                    }
+                    None => { "n/a (no proxy in MADBASE_CONSOLE_SERVICES)" }
+                }
+            }
         }
         section aria-labelledby="keys" {
             h2 #keys { "API keys" }
@@ -385,6 +466,18 @@ pub(crate) async fn run_as_owner(
     query: &str,
     params: Option<&[Value]>,
 ) -> Result<Vec<Value>, SqlError> {
+    run_as_owner_with_columns(c, row, query, params)
+        .await
+        .map(|r| r.rows)
+}
+
+/// [`run_as_owner`] with the result's columns in order.
+pub(crate) async fn run_as_owner_with_columns(
+    c: &Console,
+    row: &store::TenantRow,
+    query: &str,
+    params: Option<&[Value]>,
+) -> Result<sql::Rows, SqlError> {
     let password = c
         .app
         .sealer
@@ -397,7 +490,7 @@ pub(crate) async fn run_as_owner(
         .username(&row.owner_role)
         .password(&password)
         .database(&row.database_name);
-    sql::run(&options, query, params, c.app.sql_limits).await
+    sql::run_with_columns(&options, query, params, c.app.sql_limits).await
 }
 
 /// A SQL failure as HTML, with the error's position in `query`.
@@ -435,21 +528,16 @@ pub(crate) fn sql_error(query: &str, e: &SqlError) -> Markup {
     }
 }
 
-/// Rows (JSON objects) as an HTML table; columns in the objects' order
-/// (serde_json's maps are sorted by key).
-pub(crate) fn rows_table(rows: &[Value]) -> Markup {
-    let columns: Vec<&String> = rows
-        .first()
-        .and_then(Value::as_object)
-        .map(|o| o.keys().collect())
-        .unwrap_or_default();
+/// Rows (JSON objects) as an HTML table, the columns in the statement's
+/// order.
+pub(crate) fn rows_table(columns: &[String], rows: &[Value]) -> Markup {
     html! {
         div.scroll {
             table.data {
-                thead { tr { @for c in &columns { th scope="col" { (c) } } } }
+                thead { tr { @for c in columns { th scope="col" { (c) } } } }
                 tbody {
                     @for r in rows {
-                        tr { @for c in &columns { (cell(r.get(c.as_str()))) } }
+                        tr { @for c in columns { (cell(r.get(c.as_str()))) } }
                     }
                 }
             }
@@ -484,19 +572,20 @@ pub(crate) async fn run_sql(
     let result = if query.trim().is_empty() {
         Err(None)
     } else {
-        run_as_owner(&c, &row, query, None).await.map_err(Some)
+        run_as_owner_with_columns(&c, &row, query, None)
+            .await
+            .map_err(Some)
     };
     let took = started.elapsed();
     let (status, out) = match &result {
-        Ok(rows) => (
+        Ok(sql::Rows { columns, rows }) => (
             StatusCode::OK,
             html! {
                 p.flash.ok role="status" {
                     (rows.len()) " row" @if rows.len() != 1 { "s" } " in " (took.as_millis()) " ms"
                 }
                 @if !rows.is_empty() {
-                    (rows_table(rows))
-                    p.note { "Columns are listed alphabetically (the SQL endpoint returns JSON objects)." }
+                    (rows_table(columns, rows))
                 }
             },
         ),
@@ -560,6 +649,11 @@ async fn functions_page(
         tracing::warn!(error = %e, "console: function versions");
         HashMap::new()
     });
+    let names: Vec<String> = list
+        .iter()
+        .filter_map(|f| f["name"].as_str().map(str::to_owned))
+        .collect();
+    let recent = recent_invocations(c, id, &names).await;
     let base = format!("/console/tenants/{id}/functions");
     let source = if source.is_empty() {
         "Deno.serve(async (req) => {\n  return new Response(\"hello\");\n});\n"
@@ -603,7 +697,20 @@ async fn functions_page(
                 }
             }
         }
-        p.note { "Invocations and their console lines are not shown yet: the functions service does not report them to control." }
+        @if !names.is_empty() {
+            section aria-labelledby="invocations" {
+                h2 #invocations { "Recent invocations" }
+                @for (fname, calls) in &recent {
+                    (invocations_of(fname, calls))
+                }
+                p.note {
+                    "The last " (RECENT_SHOWN) " invocations of each function and their " code { "console.*" } " lines "
+                    "(at most 20 lines of 500 characters each), as kept in the memory of the functions service at "
+                    code { (c.config.functions_url) } " (" code { "MADBASE_FUNCTIONS_URL" } "): they start when that process starts. "
+                    "Every line is also in the functions service's log (target " code { "function" } ")."
+                }
+            }
+        }
         section aria-labelledby="deploy" {
             h2 #deploy { "Deploy" }
             @if let Some(e) = &problem { (api_error(e)) }
@@ -623,6 +730,106 @@ async fn functions_page(
         }
     };
     tenant_page_status(ctx, id, Tab::Functions, "Functions", status, main)
+}
+
+/// Invocations the functions service keeps per function (its `history.rs`).
+const RECENT_SHOWN: usize = 50;
+
+/// Each function's recent invocations (newest first) from the functions
+/// service, or why they are not available.
+async fn recent_invocations(
+    c: &Console,
+    tenant: &str,
+    names: &[String],
+) -> Vec<(String, Result<Vec<Value>, String>)> {
+    let token = jwt::platform_token(
+        &c.app.jwt_secret,
+        "internal",
+        std::time::Duration::from_secs(60),
+    );
+    let base = &c.config.functions_url;
+    let asks = names.iter().take(100).map(|name| {
+        let (http, token) = (&c.http, &token);
+        async move {
+            let url = format!("{base}/internal/v1/tenants/{tenant}/functions/{name}/invocations");
+            let answer = async {
+                let resp = http
+                    .get(&url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .map_err(|e| format!("the functions service did not answer: {e}"))?;
+                let status = resp.status();
+                if !status.is_success() {
+                    return Err(format!("the functions service answered {status}"));
+                }
+                let body: Value = resp
+                    .json()
+                    .await
+                    .map_err(|e| format!("unreadable answer from the functions service: {e}"))?;
+                Ok(body["invocations"].as_array().cloned().unwrap_or_default())
+            };
+            (name.clone(), answer.await)
+        }
+    });
+    futures_util::future::join_all(asks).await
+}
+
+fn invocations_of(name: &str, calls: &Result<Vec<Value>, String>) -> Markup {
+    let at = |v: &Value| {
+        v["at_ms"]
+            .as_i64()
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default()
+    };
+    html! {
+        details.invocations open[calls.as_ref().is_ok_and(|c| !c.is_empty())] {
+            summary {
+                code { (name) } ": "
+                @match calls {
+                    Ok(c) if c.is_empty() => "no invocations yet",
+                    Ok(c) => { (c.len()) " recent" }
+                    Err(_) => "not available",
+                }
+            }
+            @match calls {
+                Err(e) => p.note { (e) },
+                Ok(calls) => {
+                    ol.invocations {
+                        @for v in calls {
+                            @let status = v["status"].as_u64().unwrap_or(0);
+                            li {
+                                span class=(if status >= 500 || status == 0 { "badge error" } else if status >= 400 { "badge" } else { "badge ok" }) { (status) }
+                                " " (v["outcome"].as_str().unwrap_or("")) " · "
+                                (at(v)) " · "
+                                (format!("{:.1}", v["duration_ms"].as_f64().unwrap_or(0.0))) " ms"
+                                @if let Some(version) = v["version"].as_i64() { " · version " (version) }
+                                @if v["cold"] == true { " · cold start" }
+                                @if let Some(rid) = v["request_id"].as_str().filter(|r| !r.is_empty()) {
+                                    " · request " code { (rid) }
+                                }
+                                @if let Some(e) = v["error"].as_str() {
+                                    p.error { (e) }
+                                }
+                                @let lines = v["console"].as_array().cloned().unwrap_or_default();
+                                @if !lines.is_empty() {
+                                    pre.console {
+                                        @for l in &lines {
+                                            (l["level"].as_str().unwrap_or("")) ": " (l["message"].as_str().unwrap_or("")) "\n"
+                                        }
+                                        @if let Some(n) = v["console_omitted"].as_u64().filter(|n| *n > 0) {
+                                            "… " (n) " more line" @if n != 1 { "s" } " not kept\n"
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `POST /console/tenants/{id}/functions`: deploys `name` from `source`.
@@ -776,7 +983,9 @@ pub(crate) async fn save_settings(
     redirect(&format!("/console/tenants/{id}/settings"))
 }
 
-/// `GET /console/health`: what control can check itself.
+/// `GET /console/health`: control's own checks, each service's `/ready`,
+/// and the request rate, p99 latency and error ratio of each service over
+/// the last hour (from [`history`]).
 pub(crate) async fn health(State(c): State<Console>, Extension(ctx): Extension<Ctx>) -> Response {
     async fn probe(pool: &sqlx::PgPool) -> (bool, String) {
         let started = Instant::now();
@@ -813,6 +1022,13 @@ pub(crate) async fn health(State(c): State<Console>, Extension(ctx): Extension<C
     }))
     .await;
     checks.extend(others);
+    let traffic: Vec<(&str, history::Figures)> = c
+        .config
+        .services
+        .iter()
+        .map(|(name, _)| (name.as_str(), history::figures(&c.history.samples(name))))
+        .collect();
+    let every = c.history.every().as_secs_f64();
     let main = html! {
         h1 { "Platform health" }
         div.scroll {
@@ -829,18 +1045,143 @@ pub(crate) async fn health(State(c): State<Console>, Extension(ctx): Extension<C
                 }
             }
         }
+        section aria-labelledby="traffic" {
+            h2 #traffic { "Traffic, last hour" }
+            @if traffic.is_empty() {
+                p { "No services to show: set " code { "MADBASE_CONSOLE_SERVICES" } " (name=admin URL, …) for control." }
+            } @else {
+                div.scroll {
+                    table.traffic {
+                        thead { tr {
+                            th scope="col" { "Service" }
+                            th scope="col" { "Requests/s" }
+                            th scope="col" { "p99 latency" }
+                            th scope="col" { "Errors (5xx)" }
+                            th scope="col" { "Samples" }
+                        } }
+                        tbody {
+                            @for (name, f) in &traffic {
+                                tr {
+                                    th scope="row" { (name) }
+                                    td {
+                                        span.figure { (opt(f.window.rate(), rate)) }
+                                        (chart(&format!("{name}: requests per second"), f, |d| d.rate(), rate))
+                                    }
+                                    td {
+                                        span.figure { (opt(f.window.quantile(0.99), latency)) }
+                                        (chart(&format!("{name}: p99 latency"), f, |d| d.quantile(0.99), latency))
+                                    }
+                                    td {
+                                        span.figure { (opt(f.window.error_ratio(), percent)) }
+                                        (chart(&format!("{name}: 5xx error ratio"), f, |d| d.error_ratio(), percent))
+                                    }
+                                    td {
+                                        (f.samples) @if f.failed > 0 { ", " (f.failed) " failed" }
+                                        @if let Some(t) = f.latest { br; span.note { "last " (t.format("%H:%M:%S UTC")) } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            p.note {
+                "Control scrapes each service's " code { "/metrics" } " every " (format!("{every:.0}")) " s and keeps the last hour "
+                "in memory: the history starts when control starts (" (when(&c.history.started())) ") and is lost when it stops. "
+                "Figures are over the whole window: the rate of " code { "http_requests_total" } ", the p99 of "
+                code { "http_request_duration_seconds" } " (interpolated in its bucket, as " code { "histogram_quantile" } ") and "
+                "the share of 5xx responses; each chart has one point per scrape interval. Longer history: the madbase Grafana dashboards."
+            }
+        }
         dl.facts {
             dt { "Control version" } dd { (env!("CARGO_PKG_VERSION")) }
             dt { "Active tenants" } dd { (tenants.map_or_else(|| "n/a".to_owned(), |n| n.to_string())) }
             dt { "Control pool" } dd { (c.app.db.size()) " open, " (c.app.db.num_idle()) " idle" }
         }
         p.note {
-            "The first two are control's own readiness checks (its " code { "/ready" } "); "
+            "The first two checks are control's own readiness checks (its " code { "/ready" } "); "
             "the services named in " code { "MADBASE_CONSOLE_SERVICES" } " (name=admin URL, …) are asked for their "
-            code { "/ready" } @if c.config.services.is_empty() { " (none is set)" } ". "
-            "Request rates, p99 latencies and error ratios are not shown here: see the services' "
-            code { "/metrics" } " in Grafana (the madbase dashboards)."
+            code { "/ready" } @if c.config.services.is_empty() { " (none is set)" } "."
         }
     };
     page(&ctx, "Health", main)
+}
+
+fn opt(v: Option<f64>, f: fn(f64) -> String) -> String {
+    v.map_or_else(|| "–".to_owned(), f)
+}
+
+fn rate(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}/s")
+    } else if v >= 1.0 {
+        format!("{v:.1}/s")
+    } else {
+        format!("{v:.3}/s")
+    }
+}
+
+fn latency(seconds: f64) -> String {
+    if seconds >= 1.0 {
+        format!("{seconds:.2} s")
+    } else {
+        format!("{:.1} ms", seconds * 1000.0)
+    }
+}
+
+fn percent(ratio: f64) -> String {
+    format!("{:.2} %", ratio * 100.0)
+}
+
+/// A small inline SVG line chart of one figure per interval over the
+/// window (no script, no external file); its text alternative is the
+/// latest and the largest value.
+fn chart(
+    label: &str,
+    f: &history::Figures,
+    value: impl Fn(&history::Delta) -> Option<f64>,
+    format: fn(f64) -> String,
+) -> Markup {
+    const W: f64 = 240.0;
+    const H: f64 = 40.0;
+    let Some((last, _)) = f.points.last() else {
+        return html! { span.note.chart-empty { "no data yet" } };
+    };
+    let start = *last - chrono::Duration::seconds(history::WINDOW.as_secs() as i64);
+    let values: Vec<(f64, f64)> = f
+        .points
+        .iter()
+        .filter_map(|(at, d)| {
+            let x = (*at - start).num_milliseconds() as f64 / 1000.0;
+            Some((x, value(d)?))
+        })
+        .collect();
+    let max = values.iter().map(|(_, v)| *v).fold(0.0_f64, f64::max);
+    let scale = if max > 0.0 { max } else { 1.0 };
+    let span = history::WINDOW.as_secs_f64();
+    let coords: Vec<(f64, f64)> = values
+        .iter()
+        .map(|(x, v)| (x / span * W, H - 2.0 - v / scale * (H - 4.0)))
+        .collect();
+    let points = coords
+        .iter()
+        .map(|(x, y)| format!("{x:.1},{y:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let alt = format!(
+        "{label} over the last hour: latest {}, highest {}",
+        opt(values.last().map(|(_, v)| *v), format),
+        format(max)
+    );
+    html! {
+        svg.chart viewBox={ "0 0 " (W) " " (H) } width=(W) height=(H) role="img" aria-label=(alt) preserveAspectRatio="none" {
+            title { (alt) }
+            line.axis x1="0" y1=(H - 1.0) x2=(W) y2=(H - 1.0) {}
+            @if let [(x, y)] = coords.as_slice() {
+                circle cx=(format!("{x:.1}")) cy=(format!("{y:.1}")) r="2" {}
+            } @else {
+                polyline points=(points) fill="none" {}
+            }
+        }
+    }
 }
