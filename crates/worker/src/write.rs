@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::response::Response;
-use http::header::HeaderName;
 use http::{HeaderValue, StatusCode};
 use serde_json::Value;
 
@@ -15,7 +14,7 @@ use crate::context::Ctx;
 use crate::error::{Code, Error};
 use crate::prefer::{Reported, Resolution, Return};
 use crate::query::{Query, SelectItem};
-use crate::response::{JSON, Media, content_range, location_of, respond};
+use crate::response::{JSON, Media, content_range, location_of, respond, with_applied};
 use crate::schema::Table;
 use crate::sql::plan::{self, Planner, Shape, Source};
 use crate::sql::{self, Sql};
@@ -135,14 +134,7 @@ async fn write_and_respond(
             content_range(0, out.page, total)
         }
     };
-    let applied = ctx.prefer.applied(w.reported);
-    let finish = |mut resp: Response| {
-        if let Some(v) = applied {
-            resp.headers_mut()
-                .insert(HeaderName::from_static("preference-applied"), v);
-        }
-        Ok(resp)
-    };
+    let finish = |resp: Response| Ok(with_applied(resp, &ctx.prefer, w.reported));
     if !representation && !location {
         let out = if w.merge {
             let sql = sql::write::count_merged(stmt);
@@ -288,12 +280,8 @@ pub(crate) async fn update_or_delete(
                 StatusCode::NO_CONTENT
             };
             let body = (status == StatusCode::OK).then(|| Bytes::from_static(b"[]"));
-            let mut resp = respond(status, JSON, Some("*/*".to_owned()), body);
-            if let Some(v) = ctx.prefer.applied(reported) {
-                resp.headers_mut()
-                    .insert(HeaderName::from_static("preference-applied"), v);
-            }
-            return Ok(resp);
+            let resp = respond(status, JSON, Some("*/*".to_owned()), body);
+            return Ok(with_applied(resp, &ctx.prefer, reported));
         }
         let rows = sql::write::Rows {
             body,
