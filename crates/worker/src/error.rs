@@ -256,7 +256,7 @@ fn db_error(e: &DbError, anon: bool) -> ApiError {
         DbError::PoolTimedOut => {
             Code::PoolTimeout.api("Timed out acquiring connection from connection pool.")
         }
-        DbError::PoolClosed => unavailable(e),
+        DbError::PoolClosed | DbError::Connect(_) => unavailable(e),
         DbError::Postgres(_) if e.is_broken_connection() => unavailable(e),
         other => ApiError::internal(&anyhow::anyhow!("{other}")),
     }
@@ -404,5 +404,44 @@ mod tests {
         );
         let (status, _, auth) = body(Error::new(Code::MaxAffected, "x").details("d")).await;
         assert_eq!((status, auth), (StatusCode::BAD_REQUEST, None));
+    }
+
+    #[test]
+    fn each_code_is_written_once() {
+        let all = [
+            Code::Connection,
+            Code::PoolTimeout,
+            Code::QueryString,
+            Code::RpcMethod,
+            Code::InvalidBody,
+            Code::RangeNotSatisfiable,
+            Code::SchemaNotExposed,
+            Code::NotAcceptable,
+            Code::NotEmbedded,
+            Code::NotSingular,
+            Code::UnsupportedMethod,
+            Code::RelatedOrder,
+            Code::Spread,
+            Code::InvalidPreferences,
+            Code::AggregatesDisabled,
+            Code::MaxAffected,
+            Code::NoRelationship,
+            Code::AmbiguousRelationship,
+            Code::FunctionNotFound,
+            Code::AmbiguousFunction,
+            Code::ColumnNotFound,
+            Code::TableNotFound,
+            Code::Jwt,
+            Code::UndefinedColumn,
+            Code::TenantRequired,
+            Code::TenantNotFound,
+            Code::ControlUnavailable,
+        ];
+        let mut codes: Vec<&str> = all.iter().map(|c| c.as_str()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+        assert_eq!(Code::TableNotFound.as_str(), "PGRST205");
+        assert_eq!(Code::TableNotFound.status(), StatusCode::NOT_FOUND);
     }
 }
