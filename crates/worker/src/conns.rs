@@ -27,6 +27,11 @@ const STATEMENT_CACHE: usize = 256;
 pub enum DbError {
     #[error("{}", pg_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// No connection could be opened (server down, restarting, refusing
+    /// connections to the database): 503 PGRST000, not the SQLSTATE's
+    /// status (`55000`, `57P03` would read as a client error).
+    #[error("connecting: {}", pg_message(.0))]
+    Connect(tokio_postgres::Error),
     #[error("timed out acquiring a connection")]
     PoolTimedOut,
     #[error("the pool is closed")]
@@ -235,7 +240,8 @@ impl Conns {
             None => {
                 let c = tokio::time::timeout_at(deadline, Conn::open(&self.target))
                     .await
-                    .map_err(|_| DbError::PoolTimedOut)??;
+                    .map_err(|_| DbError::PoolTimedOut)?
+                    .map_err(DbError::Connect)?;
                 self.open.fetch_add(1, Ordering::Relaxed);
                 c
             }

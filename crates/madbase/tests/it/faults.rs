@@ -225,3 +225,93 @@ async fn sigterm_to_control_under_load_keeps_data_path_serving() {
     // tenant caches while control drains and exits.
     sigterm_under_load("control").await;
 }
+
+/// The tenant's database becomes unavailable under load (every session
+/// terminated, new connections refused: `ALLOW_CONNECTIONS false`), then
+/// comes back. Requests fail fast with a 503 JSON error while it is gone,
+/// the worker's pool recovers by itself, and every insert acknowledged
+/// before or after is in the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_database_unavailable_fails_fast_and_recovers() {
+    let s = Stack::start(1).await;
+    let db = s.tenant_database(0);
+    let key = s.tenants[0].anon_key.clone();
+    let read = s.url(0, "/rest/v1/items?select=id&limit=5");
+    let insert = s.url(0, "/rest/v1/items");
+    let make: MakeRequest = Arc::new(move |http: &reqwest::Client, n: u64| {
+        if n.is_multiple_of(2) {
+            http.get(&read).header("apikey", &key)
+        } else {
+            http.post(&insert)
+                .header("apikey", &key)
+                .header("prefer", "return=minimal")
+                .json(&json!({ "body": format!("w{n}") }))
+        }
+    });
+    let load = Load::start(&s.http, 8, &make);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let psql = |sql: &str| s.db.server.psql("postgres", sql).expect("psql");
+    let down_at = load.started.elapsed();
+    psql(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
+    psql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}'"
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    psql(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    let back_at = load.started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcomes = load.stop().await;
+    let counts = by_status(&outcomes);
+
+    let during: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.sent > down_at + Duration::from_millis(200) && o.sent + o.took < back_at)
+        .collect();
+    let failed: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| !matches!(o.status, Ok(200 | 201)))
+        .collect();
+    assert!(!failed.is_empty(), "the outage was seen: {counts:?}");
+    for o in &failed {
+        assert_eq!(o.status, Ok(503), "at {:?}: {}", o.sent, o.body);
+        let code = o.body["code"].as_str().unwrap_or("");
+        assert!(code.starts_with("PGRST00"), "503 body: {}", o.body);
+        assert!(o.took < Duration::from_secs(1), "slow failure {:?}", o.took);
+    }
+    assert!(
+        during.iter().all(|o| o.status == Ok(503)),
+        "requests during the outage: {:?}",
+        by_status(&during.iter().map(|o| (*o).clone()).collect::<Vec<_>>())
+    );
+    let recovered = outcomes
+        .iter()
+        .filter(|o| o.sent >= back_at && matches!(o.status, Ok(200 | 201)))
+        .map(|o| o.sent + o.took)
+        .min()
+        .expect("a success after the return");
+    let recovery = recovered.saturating_sub(back_at);
+    assert!(recovery < Duration::from_secs(2), "recovery {recovery:?}");
+    for o in &outcomes {
+        assert!(
+            o.sent < back_at + Duration::from_secs(2) || matches!(o.status, Ok(200 | 201)),
+            "after recovery: {} at {:?}",
+            o.label(),
+            o.sent
+        );
+    }
+    let acked = outcomes.iter().filter(|o| o.status == Ok(201)).count() as i64;
+    let rows = s.count_rows(0, "WHERE body LIKE 'w%'");
+    assert!(rows >= acked, "rows {rows}, acknowledged {acked}");
+    let slowest_failure = failed.iter().map(|o| o.took).max().unwrap_or_default();
+    record(
+        "tenant database unavailable under load (sessions killed, connections refused 1.5 s)",
+        json!({
+            "requests": outcomes.len(),
+            "outcomes": counts,
+            "errors": failed.len(),
+            "slowest_ms": slowest_failure.as_millis() as u64,
+            "recovery_ms": recovery.as_millis() as u64,
+            "data": format!("{acked} inserts acknowledged, {rows} rows present"),
+        }),
+    );
+}
