@@ -2,8 +2,9 @@
 // in headless Chromium through playwright-core: sign in, create a tenant,
 // run SQL creating a table, see it in the table browser, add and edit a
 // row, deploy a function (and run it through the proxy when the functions
-// service answers), rotate keys, change settings, look at health, delete
-// the tenant, sign out. Saves a screenshot of each page and prints the
+// service answers, then see that invocation and its console line on the
+// functions page), rotate keys, change settings, look at health (each
+// service's /ready and its charts), delete the tenant, sign out. Saves a screenshot of each page and prints the
 // results as one JSON line: `console-results {...}`.
 //
 // Environment (set by crates/xtask/src/browser.rs):
@@ -71,6 +72,7 @@ const expect = (cond, what) => {
 
 const id = `walk-${Date.now().toString(36)}`
 let anonKey = ''
+let ran = false
 const steps = [
   ['sign in with the console password', async () => {
     await page.goto(`${control}/console/tenants`)
@@ -141,7 +143,7 @@ const steps = [
     await page.getByRole('link', { name: 'Functions', exact: true }).click()
     await page.getByLabel('Name').fill('hello')
     await page.getByLabel(/Source/).fill(
-      "Deno.serve((req) => new Response(JSON.stringify({ hello: 'console' }), { headers: { 'content-type': 'application/json' } }));")
+      "Deno.serve((req) => { console.log('walkthrough says <hi>'); return new Response(JSON.stringify({ hello: 'console' }), { headers: { 'content-type': 'application/json' } }) });")
     await page.getByLabel(/Require a valid JWT/).uncheck()
     await submit(page.getByRole('button', { name: 'Deploy' }))
     expect((await flash()).includes('Function hello deployed (version 1).'), await flash())
@@ -159,7 +161,25 @@ const steps = [
     }
     const body = await resp.json()
     expect(body.hello === 'console', JSON.stringify(body))
+    ran = true
     return '200 {"hello":"console"}'
+  }],
+  ['the invocation and its console line on the functions page', async () => {
+    if (!ran) return { skip: 'the function did not run' }
+    // Recorded when the invocation ends, which may be just after its answer.
+    let summary = ''
+    for (let i = 0; i < 10 && !summary.includes('1 recent'); i++) {
+      if (i > 0) await page.waitForTimeout(500)
+      await page.goto(`${control}/console/tenants/${id}/functions`)
+      summary = await page.locator('details.invocations summary').first().textContent()
+    }
+    expect(summary.includes('1 recent'), `summary: ${summary}`)
+    const lines = await page.locator('pre.console').first().textContent()
+    expect(lines.includes('info: walkthrough says <hi>'), `console lines: ${lines}`)
+    const badge = await page.locator('ol.invocations .badge').first().textContent()
+    expect(badge.trim() === '200', `status ${badge}`)
+    await shot('invocations')
+    return `200, "${lines.trim()}"`
   }],
   ['rotate keys', async () => {
     await page.getByRole('link', { name: 'Overview', exact: true }).click()
@@ -183,8 +203,20 @@ const steps = [
     const ok = await page.locator('.badge.ok').count()
     const failing = await page.locator('.badge.error').count()
     expect(ok === 6 && failing === 0, `${ok} ready, ${failing} failing (want 6 and 0)`)
+    // Charts need two scrapes (every 15 s from control's start).
+    const deadline = Date.now() + 45_000
+    let charts = 0
+    for (;;) {
+      charts = await page.locator('table.traffic svg.chart').count()
+      if (charts >= 12 || Date.now() > deadline) break
+      await page.waitForTimeout(2_000)
+      await page.reload()
+    }
+    expect(charts >= 12, `${charts} charts (want 3 for each of the four services)`)
+    const rates = await page.locator('table.traffic th[scope=row] + td .figure').allTextContents()
+    expect(rates.length === 4 && rates.every((r) => r.endsWith('/s')), `rates: ${rates.join(', ')}`)
     await shot('health')
-    return 'control database, tenant cluster and the four services ready'
+    return `six ready checks; ${charts} charts; requests/s ${rates.join(', ')}`
   }],
   ['dark mode and a phone screen', async () => {
     await page.emulateMedia({ colorScheme: 'dark' })
