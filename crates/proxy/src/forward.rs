@@ -163,9 +163,25 @@ async fn handle(
     }
     tracing::Span::current().record("tenant", tenant.as_str());
     let response = authorize_and_forward(&state, &tenant, upstream, prefix_len, peer, req).await;
+    // Only a tenant control knows becomes a label (bounded cardinality).
+    let label = if response.extensions().get::<UnverifiedTenant>().is_some() {
+        "unknown"
+    } else {
+        tenant.as_str()
+    };
     state
         .metrics
-        .request(&tenant, upstream.name(), response.status().as_u16());
+        .request(label, upstream.name(), response.status().as_u16());
+    response
+}
+
+/// Marks a response given before the tenant was known to exist (not
+/// found, or control unreachable): its name is not a metrics label.
+#[derive(Debug, Clone, Copy)]
+struct UnverifiedTenant;
+
+fn unverified(mut response: Response) -> Response {
+    response.extensions_mut().insert(UnverifiedTenant);
     response
 }
 
@@ -189,15 +205,17 @@ async fn authorize_and_forward(
     loop {
         let info = match state.tenants.get(tenant).await {
             Ok(Some(info)) => info,
-            Ok(None) => return tenant_not_found(tenant),
+            Ok(None) => return unverified(tenant_not_found(tenant)),
             Err(e) => {
                 tracing::warn!(error = %e, "tenant lookup failed");
-                return ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "tenant_lookup_failed",
-                    "the control plane is unreachable and this tenant is not cached",
-                )
-                .into_response();
+                return unverified(
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "tenant_lookup_failed",
+                        "the control plane is unreachable and this tenant is not cached",
+                    )
+                    .into_response(),
+                );
             }
         };
         if key_free {

@@ -321,6 +321,14 @@ async fn routing_by_path_and_host_and_header_hygiene() {
         )),
         "{text}"
     );
+    // A tenant control does not know is not a label (bounded cardinality).
+    assert!(!text.contains(r#"tenant="no-such-tenant""#), "{text}");
+    assert!(
+        text.contains(
+            r#"madbase_proxy_requests_total{tenant="unknown",upstream="worker",status="404"}"#
+        ),
+        "{text}"
+    );
     assert!(text.contains(r#"madbase_proxy_upstream_request_duration_seconds_bucket{upstream="worker",status="418""#), "{text}");
     assert!(
         text.contains(r#"route="/t/{tenant}/rest/v1/{*rest}""#),
