@@ -223,6 +223,11 @@ impl Error {
 
 /// Maps a Postgres error the way PostgREST does.
 fn db_error(e: &DbError, anon: bool) -> ApiError {
+    // The server ended the session (57P01 on a restart or a terminated
+    // backend, 08xxx): the database is unavailable, not the request wrong.
+    if e.is_broken_connection() {
+        return unavailable(e);
+    }
     if let Some(db) = e.db() {
         let code = db.code().code();
         let status = match code {

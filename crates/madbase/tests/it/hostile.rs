@@ -150,7 +150,6 @@ async fn tenants_are_isolated_and_roles_cannot_escalate() {
         &format!("SELECT v FROM {b_db}.public.secret_b"),
         "ALTER SYSTEM SET log_statement = 'all'",
         "SELECT pg_reload_conf()::text",
-        "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity LIMIT 1",
         "LOAD 'plpgsql'",
     ];
     let user = a.user_token("00000000-0000-4000-8000-00000000000a");
