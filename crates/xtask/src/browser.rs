@@ -244,7 +244,10 @@ async fn check(bin: &Path, work: &Path, npm_dir: &Path, chromium: &str) -> Resul
     let tenant = madbase_testkit::tenant::Tenant::create(&http, control, "browser").await;
     tenant.sql(&http, control, FIXTURE).await;
     let deployed = http
-        .put(format!("{control}/v1/tenants/{}/functions/greet", tenant.id))
+        .put(format!(
+            "{control}/v1/tenants/{}/functions/greet",
+            tenant.id
+        ))
         .bearer_auth(madbase_testkit::tenant::platform_token("admin"))
         .header("content-type", "application/javascript")
         .body(GREET_FUNCTION)
