@@ -299,6 +299,44 @@ async fn functions_deploy_invoke_redeploy_delete_through_the_proxy() {
         .wait_for_line(|v| v["message"] == "an error line");
     assert_eq!(line["level"], "ERROR");
     assert_eq!(line["console"], "error");
+    // ... and in the record of recent invocations the console reads (kept
+    // just after those lines are logged).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let call = loop {
+        let recent: Value = http()
+            .get(format!(
+                "http://{}/internal/v1/tenants/{}/functions/hello/invocations",
+                stack.functions.api, t.id
+            ))
+            .bearer_auth(platform_token("internal"))
+            .send()
+            .await
+            .expect("recent invocations")
+            .json()
+            .await
+            .expect("json");
+        let found = recent["invocations"].as_array().and_then(|calls| {
+            calls
+                .iter()
+                .find(|c| c["request_id"] == "fn-e2e-request-1")
+                .cloned()
+        });
+        match found {
+            Some(call) => break call,
+            None => assert!(Instant::now() < deadline, "not recorded: {recent}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(call["status"], 201, "{call}");
+    assert_eq!(call["outcome"], "ok");
+    assert_eq!(call["version"], 1);
+    assert_eq!(
+        call["console"],
+        json!([
+            {"level": "info", "message": "hello called for madbase"},
+            {"level": "error", "message": "an error line"},
+        ])
+    );
 
     // The default-export style, with a secret and the platform's variables.
     let resp = http()
