@@ -15,7 +15,7 @@ use crate::error::{Code, Error};
 use crate::pool::TenantDb;
 use crate::prefer::Prefer;
 use crate::request::header;
-use crate::response::{Media, media};
+use crate::response::{Media, Plan, media};
 use crate::schema::{Schema, Table};
 use crate::sql::plan::Planner;
 use crate::state::AppState;
@@ -28,6 +28,8 @@ pub(crate) struct Ctx {
     pub(crate) db_schema: String,
     pub(crate) singular: bool,
     pub(crate) media: Media,
+    /// `Accept: application/vnd.pgrst.plan…`: answer the statement's `EXPLAIN`.
+    pub(crate) plan: Option<Plan>,
     pub(crate) prefer: Prefer,
 }
 
@@ -120,7 +122,7 @@ pub(crate) async fn context(
             ));
         }
     };
-    let media = media(headers)?;
+    let (media, plan) = media(headers, st.plans)?;
     let singular = media.singular();
     let mut prefer = Prefer::from_headers(headers);
     let db = st.pools.get(&tenant);
@@ -142,6 +144,7 @@ pub(crate) async fn context(
         db_schema,
         singular,
         media,
+        plan,
         prefer,
     })
 }

@@ -63,6 +63,12 @@ pub struct Config {
     /// PostgREST's `db-aggregates-enabled`): aggregate functions in
     /// `select` (`count()`, `col.sum()`, …); when off they are 400 PGRST123.
     pub db_aggregates_enabled: bool,
+    /// `MADBASE_DB_PLAN_ENABLED` (`true`/`false`, default `false`, as
+    /// PostgREST's `db-plan-enabled`): `Accept:
+    /// application/vnd.pgrst.plan[+json|+text]` answers the `EXPLAIN` of the
+    /// request's statement (`for=`, `options=analyze|verbose|settings|buffers|wal`);
+    /// when off it is 406 PGRST107.
+    pub db_plan_enabled: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -78,6 +84,7 @@ impl std::fmt::Debug for Config {
             .field("pool_idle", &self.pool_idle)
             .field("schemas", &self.schemas)
             .field("db_aggregates_enabled", &self.db_aggregates_enabled)
+            .field("db_plan_enabled", &self.db_plan_enabled)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +161,9 @@ impl Config {
             db_aggregates_enabled: env
                 .parse::<bool>("MADBASE_DB_AGGREGATES_ENABLED", "true or false")?
                 .unwrap_or(false),
+            db_plan_enabled: env
+                .parse::<bool>("MADBASE_DB_PLAN_ENABLED", "true or false")?
+                .unwrap_or(false),
         })
     }
 }
@@ -199,6 +209,7 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         max_rows: config.max_rows,
         schemas: std::sync::Arc::new(config.schemas.clone()),
         aggregates: config.db_aggregates_enabled,
+        plans: config.db_plan_enabled,
     });
     let api = Router::new()
         .route("/rest/v1/rpc/{function}", any(routes::rpc))

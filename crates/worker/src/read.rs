@@ -12,7 +12,7 @@ use crate::error::{Code, Error};
 use crate::prefer::Reported;
 use crate::query::Query;
 use crate::request::top_range;
-use crate::response::{Media, content_range, respond, with_applied};
+use crate::response::{Media, Plan, content_range, respond, with_applied};
 use crate::schema::Table;
 use crate::sql::Sql;
 use crate::sql::plan::{Planner, Shape, Source};
@@ -48,6 +48,9 @@ pub(crate) async fn read(
         st.max_rows,
         rng,
     )?;
+    if let Some(plan) = &ctx.plan {
+        return plan_response(st, ctx, plan, sql, true).await;
+    }
     let mut out = execute(
         st,
         ctx,
@@ -61,6 +64,26 @@ pub(crate) async fn read(
     out.total = ctx.prefer.settle_count(out.total, out.planned, st.max_rows);
     let resp = read_response(ctx, rng.0, out, head);
     Ok(with_applied(resp, &ctx.prefer, Reported::default()))
+}
+
+/// `Accept: application/vnd.pgrst.plan…`: 200 with the `EXPLAIN` of the
+/// statement the request would run (its count's `EXPLAIN` left out), in a
+/// transaction like the statement's.
+pub(crate) async fn plan_response(
+    st: &AppState,
+    ctx: &Ctx,
+    plan: &Plan,
+    sql: Sql,
+    read_only: bool,
+) -> Result<Response, Error> {
+    let sql = crate::sql::explain(sql, plan.json, plan.options);
+    let out = execute(st, ctx, sql, None, read_only, Kind::Plan, Checks::default()).await?;
+    Ok(respond(
+        StatusCode::OK,
+        &plan.content_type(),
+        None,
+        Some(out.body),
+    ))
 }
 
 /// The response of a read: 200, or with a count 206 when the page is not

@@ -105,3 +105,158 @@ pub(crate) fn body_media(headers: &HeaderMap) -> BodyMedia {
         BodyMedia::Json
     }
 }
+
+/// `Content-Type: text/csv` on a table write.
+pub(crate) fn is_csv_body(headers: &HeaderMap) -> bool {
+    header(headers, "content-type").is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("text/csv")
+    })
+}
+
+/// A CSV body (RFC 4180: the first record names the columns, fields may be
+/// quoted with `"` and `""` inside, records end with LF or CRLF) as the
+/// JSON array of objects PostgREST 12 makes of it: every field a string
+/// (Postgres casts it to the column's type), except the unquoted or quoted
+/// text `NULL`, which is `null`; an empty field is the empty string. A
+/// record whose field count differs from the header's, or broken quoting,
+/// is 400 PGRST102. For `single` (PATCH), the first record as one object
+/// (`{}` when there is none).
+pub(crate) fn csv_to_json(body: &[u8], single: bool) -> Result<Vec<u8>, Error> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| Error::new(Code::InvalidBody, "parse error: the CSV is not UTF-8"))?;
+    let mut records = parse_csv(text)?.into_iter();
+    let header = records.next().unwrap_or_default();
+    let mut rows = Vec::new();
+    for r in records {
+        if r.len() != header.len() {
+            return Err(Error::new(
+                Code::InvalidBody,
+                "All lines must have same number of fields",
+            ));
+        }
+        let obj: serde_json::Map<String, serde_json::Value> = header
+            .iter()
+            .zip(r)
+            .map(|(k, v)| {
+                let v = if v == "NULL" {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::Value::String(v)
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        rows.push(serde_json::Value::Object(obj));
+    }
+    let v = if single {
+        rows.into_iter()
+            .next()
+            .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()))
+    } else {
+        serde_json::Value::Array(rows)
+    };
+    serde_json::to_vec(&v).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// The records of a CSV text (a final line break is optional; blank
+/// trailing lines are ignored).
+fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, Error> {
+    let bad = |m: &str| Error::new(Code::InvalidBody, format!("parse error: {m}"));
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    let mut field = String::new();
+    let mut chars = text.chars().peekable();
+    // Whether the current record has any content yet (a field or a comma).
+    let mut started = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if field.is_empty() => {
+                started = true;
+                loop {
+                    match chars.next() {
+                        None => return Err(bad("unterminated quoted field")),
+                        Some('"') if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            field.push('"');
+                        }
+                        Some('"') => break,
+                        Some(ch) => field.push(ch),
+                    }
+                }
+                match chars.peek() {
+                    None | Some(',' | '\n' | '\r') => {}
+                    Some(_) => return Err(bad("characters after a closing quote")),
+                }
+            }
+            '"' => return Err(bad("a quote inside an unquoted field")),
+            ',' => {
+                started = true;
+                record.push(std::mem::take(&mut field));
+            }
+            '\r' | '\n' => {
+                if c == '\r' && chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                if started || !field.is_empty() {
+                    record.push(std::mem::take(&mut field));
+                    records.push(std::mem::take(&mut record));
+                }
+                started = false;
+            }
+            ch => {
+                started = true;
+                field.push(ch);
+            }
+        }
+    }
+    if started || !field.is_empty() {
+        record.push(field);
+        records.push(record);
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::*;
+
+    fn json(body: &str, single: bool) -> serde_json::Value {
+        serde_json::from_slice(&csv_to_json(body.as_bytes(), single).expect(body)).expect(body)
+    }
+
+    #[test]
+    fn csv_bodies_are_json_objects_of_strings() {
+        assert_eq!(
+            json(
+                "id,name,note\r\n1,\"a, \"\"b\"\"\",NULL\n2,,\"NULL\"\n",
+                false
+            ),
+            serde_json::json!([
+                {"id": "1", "name": "a, \"b\"", "note": null},
+                {"id": "2", "name": "", "note": null},
+            ])
+        );
+        assert_eq!(json("id,name", false), serde_json::json!([]));
+        assert_eq!(json("name\nx", true), serde_json::json!({"name": "x"}));
+        assert_eq!(json("name\n", true), serde_json::json!({}));
+        assert_eq!(
+            json("a,b\n\"multi\nline\",2", false),
+            serde_json::json!([{"a": "multi\nline", "b": "2"}])
+        );
+    }
+
+    #[test]
+    fn malformed_csv_is_pgrst102() {
+        for body in ["a,b\n1", "a,b\n1,2,3", "a\n\"open", "a\nx\"y", "a\n\"x\"y"] {
+            let e = csv_to_json(body.as_bytes(), false).expect_err(body);
+            assert!(
+                matches!(&e, Error::Api(a) if a.code == Code::InvalidBody),
+                "{body}: {e}"
+            );
+        }
+    }
+}

@@ -52,42 +52,222 @@ impl Media {
     }
 }
 
-/// `Accept`: the first media type the data API produces (JSON arrays, one
-/// object with `vnd.pgrst.object`, `nulls=stripped` variants, CSV); else 406.
-pub(crate) fn media(headers: &HeaderMap) -> Result<Media, Error> {
-    let Some(accept) = header(headers, "accept") else {
-        return Ok(Media::Array);
+/// `Accept: application/vnd.pgrst.plan[+json|+text]`: the `EXPLAIN` of the
+/// request's statement instead of its result (when `MADBASE_DB_PLAN_ENABLED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// `+json` (`FORMAT JSON`), else `FORMAT TEXT`.
+    pub(crate) json: bool,
+    /// The media type the explained statement produces (`for=`, default JSON).
+    pub(crate) media: Media,
+    /// `options=` (`|`-separated), in PostgREST's order.
+    pub(crate) options: PlanOptions,
+}
+
+/// `options=analyze|verbose|settings|buffers|wal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct PlanOptions {
+    pub(crate) analyze: bool,
+    pub(crate) verbose: bool,
+    pub(crate) settings: bool,
+    pub(crate) buffers: bool,
+    pub(crate) wal: bool,
+}
+
+impl PlanOptions {
+    /// The options set, as PostgREST names them, in its order.
+    pub(crate) fn names(self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.analyze, "analyze"),
+            (self.verbose, "verbose"),
+            (self.settings, "settings"),
+            (self.buffers, "buffers"),
+            (self.wal, "wal"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+    }
+}
+
+impl Media {
+    /// The media type's name, as PostgREST writes it in a plan's `for=`.
+    fn mime(self) -> &'static str {
+        match self {
+            Media::Array => "application/json",
+            Media::ArrayStripped => "application/vnd.pgrst.array+json;nulls=stripped",
+            Media::Object => "application/vnd.pgrst.object+json",
+            Media::ObjectStripped => "application/vnd.pgrst.object+json;nulls=stripped",
+            Media::Csv => "text/csv",
+        }
+    }
+}
+
+impl Plan {
+    /// `application/vnd.pgrst.plan+json; for="application/json"; options=analyze; charset=utf-8`,
+    /// as PostgREST answers.
+    pub(crate) fn content_type(&self) -> String {
+        let mut s = format!(
+            "application/vnd.pgrst.plan+{}; for=\"{}\"",
+            if self.json { "json" } else { "text" },
+            self.media.mime()
+        );
+        let mut options = self.options.names().peekable();
+        if options.peek().is_some() {
+            s.push_str("; options=");
+            s.push_str(&options.collect::<Vec<_>>().join("|"));
+        }
+        s.push_str("; charset=utf-8");
+        s
+    }
+}
+
+/// One media range of `Accept`, as a [`Media`] the data API produces.
+fn media_of(m: &str, params: &[&str]) -> Option<Media> {
+    let is = |s: &str| m.eq_ignore_ascii_case(s);
+    let stripped = params
+        .iter()
+        .any(|p| p.trim().eq_ignore_ascii_case("nulls=stripped"));
+    if is("application/vnd.pgrst.object+json") || is("application/vnd.pgrst.object") {
+        return Some(if stripped {
+            Media::ObjectStripped
+        } else {
+            Media::Object
+        });
+    }
+    if is("application/vnd.pgrst.array+json") || is("application/vnd.pgrst.array") {
+        return Some(if stripped {
+            Media::ArrayStripped
+        } else {
+            Media::Array
+        });
+    }
+    if is("text/csv") {
+        return Some(Media::Csv);
+    }
+    if m.is_empty() || is("*/*") || is("application/*") || is("application/json") {
+        return Some(Media::Array);
+    }
+    None
+}
+
+/// The parameters of a media range (`;`-separated; a quoted value may hold
+/// `;`), names lowercased, quotes removed.
+fn media_params(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find(';') {
+        rest = &rest[i + 1..];
+        let (name, after) = match rest.find('=') {
+            Some(eq) => (&rest[..eq], &rest[eq + 1..]),
+            None => break,
+        };
+        let after = after.trim_start();
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            match quoted.find('"') {
+                Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                None => (quoted, ""),
+            }
+        } else {
+            let end = after.find(';').unwrap_or(after.len());
+            (after[..end].trim(), &after[end..])
+        };
+        out.push((name.trim().to_ascii_lowercase(), value.to_owned()));
+        rest = next;
+    }
+    out
+}
+
+/// A plan media type (`application/vnd.pgrst.plan`, `+text`, `+json`) with
+/// its `for=` and `options=`; `None` for any other media type, and for a
+/// plan `for` a media type the data API does not produce.
+fn plan_of(item: &str) -> Option<Result<Plan, ()>> {
+    let m = item.split(';').next().unwrap_or("").trim();
+    let json = if m.eq_ignore_ascii_case("application/vnd.pgrst.plan+json") {
+        true
+    } else if m.eq_ignore_ascii_case("application/vnd.pgrst.plan")
+        || m.eq_ignore_ascii_case("application/vnd.pgrst.plan+text")
+    {
+        false
+    } else {
+        return None;
     };
-    for item in accept.split(',') {
+    let params = media_params(item);
+    let get = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let media = match get("for") {
+        None => Media::Array,
+        Some(f) => {
+            let mut parts = f.split(';');
+            let fm = parts.next().unwrap_or("").trim();
+            let rest: Vec<&str> = parts.collect();
+            match media_of(fm, &rest) {
+                Some(m) if !fm.is_empty() => m,
+                _ => return Some(Err(())),
+            }
+        }
+    };
+    let mut options = PlanOptions::default();
+    for o in get("options").unwrap_or("").split('|') {
+        match o.trim() {
+            "analyze" => options.analyze = true,
+            "verbose" => options.verbose = true,
+            "settings" => options.settings = true,
+            "buffers" => options.buffers = true,
+            "wal" => options.wal = true,
+            _ => {}
+        }
+    }
+    Some(Ok(Plan {
+        json,
+        media,
+        options,
+    }))
+}
+
+/// `Accept`: the first media type the data API produces (JSON arrays, one
+/// object with `vnd.pgrst.object`, `nulls=stripped` variants, CSV, and with
+/// `plans` the `vnd.pgrst.plan` types); else 406.
+pub(crate) fn media(headers: &HeaderMap, plans: bool) -> Result<(Media, Option<Plan>), Error> {
+    let Some(accept) = header(headers, "accept") else {
+        return Ok((Media::Array, None));
+    };
+    for item in split_accept(accept) {
+        if let Some(plan) = plan_of(item) {
+            match plan {
+                Ok(p) if plans => return Ok((p.media, Some(p))),
+                _ => continue,
+            }
+        }
         let mut parts = item.split(';');
         let m = parts.next().unwrap_or("").trim();
-        let is = |s: &str| m.eq_ignore_ascii_case(s);
-        let mut stripped = || parts.any(|p| p.trim().eq_ignore_ascii_case("nulls=stripped"));
-        if is("application/vnd.pgrst.object+json") || is("application/vnd.pgrst.object") {
-            return Ok(if stripped() {
-                Media::ObjectStripped
-            } else {
-                Media::Object
-            });
-        }
-        if is("application/vnd.pgrst.array+json") || is("application/vnd.pgrst.array") {
-            return Ok(if stripped() {
-                Media::ArrayStripped
-            } else {
-                Media::Array
-            });
-        }
-        if is("text/csv") {
-            return Ok(Media::Csv);
-        }
-        if m.is_empty() || is("*/*") || is("application/*") || is("application/json") {
-            return Ok(Media::Array);
+        let params: Vec<&str> = parts.collect();
+        if let Some(media) = media_of(m, &params) {
+            return Ok((media, None));
         }
     }
     Err(Error::new(
         Code::NotAcceptable,
         format!("None of these media types are available: {accept}"),
     ))
+}
+
+/// The media ranges of `Accept` (split at commas outside quotes: a plan's
+/// `for="…"` is quoted).
+fn split_accept(accept: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut start = 0;
+    let mut items = Vec::new();
+    for (i, c) in accept.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                items.push(&accept[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&accept[start..]);
+    items.into_iter()
 }
 
 pub(crate) fn content_range(offset: i64, page: i64, total: Option<i64>) -> String {

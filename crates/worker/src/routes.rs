@@ -10,7 +10,7 @@ use crate::context::{context, lookup_table};
 use crate::error::{Code, Error};
 use crate::prefer::{Prefer, Reported};
 use crate::read::read;
-use crate::request::parse_query;
+use crate::request::{csv_to_json, is_csv_body, parse_query};
 use crate::response::with_applied;
 use crate::state::AppState;
 use crate::write::{insert, update_or_delete};
@@ -52,6 +52,14 @@ async fn table_inner(
     let table = lookup_table(st, &mut ctx, name).await?;
     // After the resource is known (PostgREST plans it first).
     ctx.prefer.check()?;
+    // A CSV body becomes the JSON PostgREST makes of it.
+    let csv;
+    let body = if matches!(*method, Method::POST | Method::PATCH) && is_csv_body(headers) {
+        csv = Bytes::from(csv_to_json(body, *method == Method::PATCH)?);
+        &csv
+    } else {
+        body
+    };
     match *method {
         Method::GET | Method::HEAD => {
             read(st, &ctx, &table, &q, headers, *method == Method::HEAD).await

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::context::context;
 use crate::error::{Code, Error};
-use crate::read::read_response;
+use crate::read::{plan_response, read_response};
 use crate::request::{BodyMedia, body_media, parse_query, top_range};
 use crate::response::{JSON, Media, content_range, respond};
 use crate::schema::Function;
@@ -205,6 +205,9 @@ pub(crate) async fn call(
             if f.returns_set { st.max_rows } else { None },
             rng,
         )?;
+        if let Some(plan) = &ctx.plan {
+            return plan_response(st, &ctx, plan, sql, read_only).await;
+        }
         let mut out = execute(st, &ctx, sql, explain, read_only, Kind::Rows, checks).await?;
         out.total = ctx.prefer.settle_count(out.total, out.planned, st.max_rows);
         if !f.returns_set && !ctx.singular {
@@ -226,6 +229,9 @@ pub(crate) async fn call(
     // Scalar results.
     if f.returns_void {
         let sql = sql::rpc::select_void(from);
+        if let Some(plan) = &ctx.plan {
+            return plan_response(st, &ctx, plan, sql, read_only).await;
+        }
         let _ = execute(
             st,
             &ctx,
@@ -252,6 +258,9 @@ pub(crate) async fn call(
         single: false,
         ..checks
     };
+    if let Some(plan) = &ctx.plan {
+        return plan_response(st, &ctx, plan, sql, read_only).await;
+    }
     let out = execute(st, &ctx, sql, None, read_only, Kind::Rows, checks).await?;
     Ok(respond(
         StatusCode::OK,

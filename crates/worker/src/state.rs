@@ -23,4 +23,6 @@ pub struct Shared {
     pub schemas: std::sync::Arc<Vec<String>>,
     /// Aggregate functions in `select` are allowed.
     pub aggregates: bool,
+    /// `Accept: application/vnd.pgrst.plan…` is answered (`MADBASE_DB_PLAN_ENABLED`).
+    pub plans: bool,
 }

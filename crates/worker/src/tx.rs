@@ -34,6 +34,8 @@ pub(crate) enum Kind {
     Rows,
     /// Rows affected only.
     Affected,
+    /// An `EXPLAIN`'s rows, one line each (its body).
+    Plan,
 }
 
 /// Runs `sql` in one transaction as the request's role; retried once on a
@@ -165,6 +167,7 @@ async fn run_tx(job: &TxJob) -> Result<Outcome, Error> {
 enum Got {
     Row(tokio_postgres::Row),
     Affected(u64),
+    Plan(Vec<tokio_postgres::Row>),
 }
 
 /// One request's transaction, pipelined: `BEGIN`, `set_config` and the
@@ -247,6 +250,7 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
         match job.kind {
             Kind::Rows => c.query_one(&statement, &params).await.map(Got::Row),
             Kind::Affected => c.execute(&statement, &params).await.map(Got::Affected),
+            Kind::Plan => c.query(&statement, &params).await.map(Got::Plan),
         }
     };
     // A read's COMMIT goes with it; a write's waits (see above).
@@ -410,6 +414,21 @@ fn outcome_of(got: Got) -> Result<Outcome, tokio_postgres::Error> {
             },
             planned: None,
         },
+        Got::Plan(rows) => {
+            // Each row a line, each followed by a newline (as PostgREST).
+            let mut body = Vec::new();
+            for row in &rows {
+                body.extend_from_slice(row.try_get::<_, Raw<'_>>(0)?.0);
+                body.push(b'\n');
+            }
+            Outcome {
+                total: None,
+                page: i64::try_from(rows.len()).unwrap_or(i64::MAX),
+                body: Bytes::from(body),
+                inserted: None,
+                planned: None,
+            }
+        }
         Got::Affected(n) => Outcome {
             total: None,
             page: i64::try_from(n).unwrap_or(i64::MAX),

@@ -14,6 +14,7 @@ use crate::context::Ctx;
 use crate::error::{Code, Error};
 use crate::prefer::{Reported, Resolution, Return};
 use crate::query::{Query, SelectItem};
+use crate::read::plan_response;
 use crate::response::{JSON, Media, content_range, location_of, respond, with_applied};
 use crate::schema::Table;
 use crate::sql::plan::{self, Planner, Shape, Source};
@@ -136,6 +137,14 @@ async fn write_and_respond(
     };
     let finish = |resp: Response| Ok(with_applied(resp, &ctx.prefer, w.reported));
     if !representation && !location {
+        if let Some(plan) = &ctx.plan {
+            let sql = if w.merge {
+                sql::write::count_merged(stmt)
+            } else {
+                stmt
+            };
+            return plan_response(st, ctx, plan, sql, false).await;
+        }
         let out = if w.merge {
             let sql = sql::write::count_merged(stmt);
             execute(st, ctx, sql, None, false, Kind::Rows, w.checks).await?
@@ -193,6 +202,9 @@ async fn write_and_respond(
         None,
         (0, None),
     )?;
+    if let Some(plan) = &ctx.plan {
+        return plan_response(st, ctx, plan, sql, false).await;
+    }
     let out = execute(st, ctx, sql, None, false, Kind::Rows, w.checks).await?;
     let status = status_of(&out);
     if location {

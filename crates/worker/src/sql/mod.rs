@@ -109,6 +109,28 @@ impl Sql {
     }
 }
 
+/// `EXPLAIN (FORMAT JSON|TEXT[, ANALYZE, VERBOSE, SETTINGS, BUFFERS, WAL])`
+/// of a statement (`Accept: application/vnd.pgrst.plan…`), its parameters
+/// unchanged, as PostgREST's `explainF`.
+pub(crate) fn explain(stmt: Sql, json: bool, options: crate::response::PlanOptions) -> Sql {
+    let mut text = String::with_capacity(stmt.text.len() + 64);
+    text.push_str(if json {
+        "EXPLAIN (FORMAT JSON"
+    } else {
+        "EXPLAIN (FORMAT TEXT"
+    });
+    for name in options.names() {
+        text.push_str(", ");
+        text.push_str(&name.to_ascii_uppercase());
+    }
+    text.push_str(") ");
+    text.push_str(&stmt.text);
+    Sql {
+        text,
+        args: stmt.args,
+    }
+}
+
 /// Appends `n` in decimal.
 fn write_number(out: &mut String, n: usize) {
     use std::fmt::Write as _;

@@ -8,6 +8,7 @@ mod embedding;
 mod engine;
 mod functions;
 mod helpers;
+mod media;
 mod postgrest;
 mod reads;
 mod rpc;
