@@ -251,11 +251,13 @@ async fn tenant_database_unavailable_fails_fast_and_recovers() {
     let load = Load::start(&s.http, 8, &make);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let psql = |sql: &str| s.db.server.psql("postgres", sql).expect("psql");
-    let down_at = load.started.elapsed();
     psql(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
     psql(&format!(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}'"
     ));
+    // Gone from here on (sessions still open before the terminate may
+    // have served requests).
+    let down_at = load.started.elapsed();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     psql(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
     let back_at = load.started.elapsed();
