@@ -92,7 +92,8 @@ fn filter() -> impl Strategy<Value = String> {
     ];
     (ident(), any::<bool>(), op, "[a-zA-Z0-9]{1,12}").prop_map(|(c, not, op, v)| {
         let v = if op == "is" { "null".to_owned() } else { v };
-        format!("{c}={}{op}.{v}", if not { "not." } else { "" })
+        // `c_` keeps clear of the reserved keys (select, order, or, and, ...).
+        format!("c_{c}={}{op}.{v}", if not { "not." } else { "" })
     })
 }
 
