@@ -362,27 +362,9 @@ async fn forward(
         .then(|| parts.extensions.get::<ConnectionState>())
         .flatten();
     match tokio::time::timeout(timeout, send(state, upstream, conn, upstream_req)).await {
-        Ok(Ok(resp)) => {
-            state
-                .metrics
-                .upstream(name, resp.status().as_u16(), start.elapsed());
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::new(body))
-        }
+        Ok(Ok(resp)) => answered(state, name, start, resp.map(Body::new)),
         Ok(Err(e)) => upstream_failure(state, name, &e, max),
-        Err(_) => {
-            state.metrics.upstream_error(name, "timeout");
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                format!(
-                    "the {name} service did not answer within {} s",
-                    secs(timeout)
-                ),
-            )
-            .into_response()
-        }
+        Err(_) => timed_out(state, name, timeout),
     }
 }
 
@@ -424,28 +406,34 @@ async fn in_process(
     }
     let req = http::Request::from_parts(parts, Body::from(bytes));
     match tokio::time::timeout(timeout, router.clone().oneshot(req)).await {
-        Ok(Ok(resp)) => {
-            state
-                .metrics
-                .upstream(name, resp.status().as_u16(), start.elapsed());
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body)
-        }
+        Ok(Ok(resp)) => answered(state, name, start, resp),
         Ok(Err(never)) => match never {},
-        Err(_) => {
-            state.metrics.upstream_error(name, "timeout");
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                format!(
-                    "the {name} service did not answer within {} s",
-                    secs(timeout)
-                ),
-            )
-            .into_response()
-        }
+        Err(_) => timed_out(state, name, timeout),
     }
+}
+
+/// The upstream's answer, counted, without hop-by-hop headers (both paths).
+fn answered(state: &AppState, name: &'static str, start: Instant, resp: Response) -> Response {
+    state
+        .metrics
+        .upstream(name, resp.status().as_u16(), start.elapsed());
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body)
+}
+
+/// 504: the upstream did not answer within `timeout` (both paths).
+fn timed_out(state: &AppState, name: &'static str, timeout: Duration) -> Response {
+    state.metrics.upstream_error(name, "timeout");
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream_timeout",
+        format!(
+            "the {name} service did not answer within {} s",
+            secs(timeout)
+        ),
+    )
+    .into_response()
 }
 
 /// What a client connection keeps of its upstream connection between its
