@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use madbase_platform::{client, jwt};
+use madbase_platform::client;
 use serde::Deserialize;
 
 /// A deployed function's current version, as control serves it.
@@ -127,27 +127,14 @@ impl CodeCache {
         tenant: &str,
         name: &str,
     ) -> Result<Option<Arc<FunctionCode>>, LookupError> {
-        let token = jwt::platform_token(&self.jwt_secret, "internal", Duration::from_secs(300));
-        let url = format!(
-            "{}/internal/v1/tenants/{tenant}/functions/{name}",
-            self.control_url
-        );
-        let resp = self
-            .http
-            .get(&url)
-            .headers(client::propagation_headers())
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|e| LookupError(client::describe(&e)))?;
-        match resp.status() {
-            s if s.is_success() => resp
-                .json::<FunctionCode>()
-                .await
-                .map(|c| Some(Arc::new(c)))
-                .map_err(|e| LookupError(format!("bad answer from control: {e}"))),
-            reqwest::StatusCode::NOT_FOUND => Ok(None),
-            s => Err(LookupError(format!("control answered {s}"))),
-        }
+        madbase_platform::tenants::internal_get(
+            &self.http,
+            &self.control_url,
+            &self.jwt_secret,
+            &format!("tenants/{tenant}/functions/{name}"),
+        )
+        .await
+        .map(|c| c.map(Arc::new))
+        .map_err(|e| LookupError(e.0))
     }
 }

@@ -395,25 +395,43 @@ impl TenantClient {
     }
 
     async fn fetch(&self, id: &str) -> Result<Option<Arc<TenantInfo>>, LookupError> {
-        let token = jwt::platform_token(&self.jwt_secret, "internal", Duration::from_secs(300));
-        let url = format!("{}/internal/v1/tenants/{id}", self.control_url);
-        let resp = self
-            .http
-            .get(&url)
-            .headers(client::propagation_headers())
-            .bearer_auth(token)
-            .send()
+        internal_get(
+            &self.http,
+            &self.control_url,
+            &self.jwt_secret,
+            &format!("tenants/{id}"),
+        )
+        .await
+        .map(|t| t.map(Arc::new))
+    }
+}
+
+/// `GET <control_url>/internal/v1/<path>` with an internal token: the JSON
+/// answer, `None` on 404, an error otherwise (the one way services ask
+/// control about a tenant or its functions).
+pub async fn internal_get<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    control_url: &str,
+    jwt_secret: &str,
+    path: &str,
+) -> Result<Option<T>, LookupError> {
+    let token = jwt::platform_token(jwt_secret, "internal", Duration::from_secs(300));
+    let url = format!("{control_url}/internal/v1/{path}");
+    let resp = http
+        .get(&url)
+        .headers(client::propagation_headers())
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| LookupError(client::describe(&e)))?;
+    match resp.status() {
+        s if s.is_success() => resp
+            .json::<T>()
             .await
-            .map_err(|e| LookupError(client::describe(&e)))?;
-        match resp.status() {
-            s if s.is_success() => resp
-                .json::<TenantInfo>()
-                .await
-                .map(|t| Some(Arc::new(t)))
-                .map_err(|e| LookupError(format!("bad answer from control: {e}"))),
-            reqwest::StatusCode::NOT_FOUND => Ok(None),
-            s => Err(LookupError(format!("control answered {s}"))),
-        }
+            .map(Some)
+            .map_err(|e| LookupError(format!("bad answer from control: {e}"))),
+        reqwest::StatusCode::NOT_FOUND => Ok(None),
+        s => Err(LookupError(format!("control answered {s}"))),
     }
 }
 
