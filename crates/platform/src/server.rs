@@ -4,7 +4,8 @@
 //! Pipeline, outermost first: drop an invalid `X-Request-Id` → tower-http
 //! sets one when missing → tower-http copies it to the response → [`observe`]
 //! (request span continuing the incoming `traceparent`, request scope,
-//! the request-head size check with its 431 JSON, metrics, one log line) →
+//! the request-head size check with its 431 JSON, the 400 JSON for a path
+//! that is not UTF-8 once percent-decoded, metrics, one log line) →
 //! the route.
 
 use std::net::SocketAddr;
@@ -185,6 +186,37 @@ fn head_size(req: &Request) -> usize {
         + LINE_END
 }
 
+/// 400 JSON for a path whose percent-decoded bytes are not UTF-8. Every
+/// route parameter is text (axum's `Path` would refuse such a path with
+/// its own plain-text 400), so the request is refused here, as JSON with
+/// the request ID like every other error. A path without `%` is a `str`
+/// already and costs one scan.
+fn path_not_utf8(req: &Request) -> Option<Response> {
+    let path = req.uri().path().as_bytes();
+    if !path.contains(&b'%') {
+        return None;
+    }
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    let mut decoded = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%'
+            && let (Some(high), Some(low)) = (hex(path.get(i + 1)), hex(path.get(i + 2)))
+        {
+            // Two hex digits: at most 0xff.
+            decoded.push(u8::try_from(high * 16 + low).unwrap_or(u8::MAX));
+            i += 3;
+        } else {
+            decoded.push(path[i]);
+            i += 1;
+        }
+    }
+    std::str::from_utf8(&decoded).is_err().then(|| {
+        error::ApiError::bad_request("the request path is not valid UTF-8 once percent-decoded")
+            .into_response()
+    })
+}
+
 const TRACEPARENT: &str = "traceparent";
 
 /// The request span (continuing an incoming `traceparent`), the request
@@ -228,7 +260,7 @@ async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Respo
 
     let max_header_bytes = obs.max_header_bytes;
     let handled = async move {
-        match head_too_large(&req, max_header_bytes) {
+        match head_too_large(&req, max_header_bytes).or_else(|| path_not_utf8(&req)) {
             Some(refused) => refused,
             None => next.run(req).await,
         }

@@ -107,6 +107,11 @@ async fn errors_are_json_with_the_request_id() {
     for (path, status, code) in [
         ("/fail", 400, "bad_request"),
         ("/missing/route", 404, "not_found"),
+        // Not UTF-8 once percent-decoded: axum's `Path` would answer a
+        // plain-text 400; the pipeline answers JSON first.
+        ("/items/%FF", 400, "bad_request"),
+        ("/items/a%C3%28b", 400, "bad_request"),
+        ("/missing/%E2%82", 400, "bad_request"),
     ] {
         let (got, headers, body) = call(
             &router,
@@ -124,6 +129,11 @@ async fn errors_are_json_with_the_request_id() {
         assert_eq!(v["request_id"], "err-1");
         assert!(v["message"].is_string());
         assert!(v.get("details").is_some() && v.get("hint").is_some());
+    }
+    // Valid UTF-8 percent-encoded, and a lone `%`, reach the route.
+    for path in ["/items/%C3%A9t%C3%A9", "/items/100%", "/items/%zz"] {
+        let (got, _, body) = call(&router, get_req(path).body(Body::empty()).expect("req")).await;
+        assert_eq!((got.as_u16(), body.as_str()), (200, "item"), "{path}");
     }
 }
 
