@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use madbase_platform::ApiError;
 use madbase_platform::extract::Json as JsonBody;
-use madbase_platform::jwt;
-use madbase_platform::tenants::TenantInfo;
+use madbase_tenancy::TenantInfo;
+use madbase_tenancy::jwt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::postgres::PgConnectOptions;
@@ -445,7 +445,7 @@ pub async fn patch_settings(
     };
     let origins = origins
         .map(|list| {
-            madbase_platform::tenants::normalize_cors_origins(&list).map_err(|problem| {
+            madbase_tenancy::normalize_cors_origins(&list).map_err(|problem| {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_cors_origins", problem)
             })
         })

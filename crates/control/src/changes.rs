@@ -13,7 +13,7 @@
 //! - `{"type":"ping"}`: every [`PING_EVERY`], so a subscriber can tell a
 //!   quiet feed from a dead one.
 //!
-//! The services' side is `madbase_platform::tenants::TenantClient`.
+//! The services' side is `madbase_tenancy::TenantClient`.
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -52,7 +52,7 @@ pub const RESERVED: [&str; 16] = [
 
 /// Why an id is not acceptable, or `None`.
 pub fn invalid_id(id: &str) -> Option<String> {
-    if !madbase_platform::tenants::is_valid_id(id) {
+    if !madbase_tenancy::is_valid_id(id) {
         return Some(
             "id must match ^[a-z][a-z0-9-]{2,39}$ (3 to 40 lowercase letters, digits or hyphens, starting with a letter)"
                 .to_owned(),

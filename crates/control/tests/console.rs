@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use madbase_platform::config::Env;
-use madbase_platform::{CancellationToken, Listeners, jwt};
+use madbase_platform::{CancellationToken, Listeners};
+use madbase_tenancy::jwt;
 use madbase_testkit::TestDb;
 use madbase_testkit::service::{JWT_SECRET, MASTER_KEY, unique_id};
 use reqwest::StatusCode;

@@ -1,4 +1,4 @@
-//! The services' tenant cache (`madbase_platform::tenants::TenantClient`)
+//! The services' tenant cache (`madbase_tenancy::TenantClient`)
 //! against a real control on loopback and a real Postgres: single-flight
 //! loads, and the change feed (`GET /internal/v1/changes`) dropping entries
 //! the moment control commits a change — far inside the cache's TTL.
@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use madbase_platform::Metrics;
-use madbase_platform::tenants::{Invalidation, TenantClient};
 use madbase_platform::{CancellationToken, Listeners};
+use madbase_tenancy::{Invalidation, TenantClient};
 use madbase_testkit::TestDb;
 use madbase_testkit::service::{JWT_SECRET, Served, control_env, telemetry};
 use madbase_testkit::tenant::{Tenant, platform_token};

@@ -127,7 +127,7 @@ impl CodeCache {
         tenant: &str,
         name: &str,
     ) -> Result<Option<Arc<FunctionCode>>, LookupError> {
-        madbase_platform::tenants::internal_get(
+        madbase_tenancy::internal_get(
             &self.http,
             &self.control_url,
             &self.jwt_secret,

@@ -20,7 +20,8 @@ use axum::extract::{Path, State};
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use madbase_js::protocol::LogLine;
-use madbase_platform::{ApiError, jwt};
+use madbase_platform::ApiError;
+use madbase_tenancy::jwt;
 use serde::Serialize;
 
 /// Invocations kept per function.

@@ -38,8 +38,9 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use madbase_js::protocol::{FunctionError, FunctionKey, Invoke, Limits, Outcome, Reply};
 use madbase_platform::metrics::{LatencyFamily, latency_family};
-use madbase_platform::tenants::{TenantClient, TenantInfo};
-use madbase_platform::{ApiError, Metrics, jwt, request_id};
+use madbase_platform::{ApiError, Metrics, request_id};
+use madbase_tenancy::jwt;
+use madbase_tenancy::{TenantClient, TenantInfo};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -400,7 +401,7 @@ async fn prepare(
         )
     };
     // Only a tenant id's shape goes into control's URLs.
-    if !madbase_platform::tenants::is_valid_id(tenant) {
+    if !madbase_tenancy::is_valid_id(tenant) {
         return Err(tenant_not_found());
     }
     let mut info = match inv.tenants.get(tenant).await {

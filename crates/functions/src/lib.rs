@@ -22,8 +22,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::any;
 use madbase_platform::config::{ConfigError, Env, Source};
-use madbase_platform::tenants::TenantClient;
 use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, client, secrets};
+use madbase_tenancy::TenantClient;
 
 /// The functions service's configuration, from the environment.
 ///

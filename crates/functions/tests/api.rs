@@ -11,8 +11,8 @@ use axum::body::Body;
 use axum::extract::Path;
 use axum::routing::get;
 use http_body_util::BodyExt as _;
-use madbase_platform::jwt;
 use madbase_platform::server::{admin_router, api_router};
+use madbase_tenancy::jwt;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use madbase_platform::config::{Env, Source};
-use madbase_platform::{Service, jwt, pgbin};
+use madbase_platform::{Service, pgbin};
+use madbase_tenancy::jwt;
 use serde_json::{Value, json};
 
 use crate::run::{self, Config};

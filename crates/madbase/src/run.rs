@@ -259,7 +259,7 @@ pub fn token(role: &str, ttl: Duration) -> ExitCode {
         Ok(secret) => {
             println!(
                 "{}",
-                madbase_platform::jwt::platform_token(&secret, role, ttl)
+                madbase_tenancy::jwt::platform_token(&secret, role, ttl)
             );
             ExitCode::SUCCESS
         }

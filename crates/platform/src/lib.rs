@@ -9,7 +9,6 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod health;
-pub mod jwt;
 pub mod metrics;
 pub mod pgbin;
 pub mod request_id;
@@ -18,7 +17,6 @@ pub mod server;
 pub mod service;
 pub mod tasks;
 pub mod telemetry;
-pub mod tenants;
 
 pub use config::{CommonConfig, ConfigError, Env};
 pub use error::ApiError;

@@ -132,9 +132,7 @@ where
     Fut: Future<Output = Response>,
 {
     let info = match tenant {
-        Some(t) if madbase_platform::tenants::is_valid_id(t) => {
-            state.tenants.get(t).await.ok().flatten()
-        }
+        Some(t) if madbase_tenancy::is_valid_id(t) => state.tenants.get(t).await.ok().flatten(),
         _ => None,
     };
     let policy = state

@@ -158,7 +158,7 @@ async fn handle(
     } else {
         return ApiError::not_found("no route matches this path").into_response();
     };
-    if !madbase_platform::tenants::is_valid_id(&tenant) {
+    if !madbase_tenancy::is_valid_id(&tenant) {
         return tenant_not_found(&tenant);
     }
     tracing::Span::current().record("tenant", tenant.as_str());

@@ -4,7 +4,7 @@
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
-use madbase_platform::jwt::{self, JwtError};
+use madbase_tenancy::jwt::{self, JwtError};
 
 /// Why a request's key was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +63,7 @@ mod tests {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use http::HeaderValue;
-    use madbase_platform::jwt;
+    use madbase_tenancy::jwt;
 
     use super::*;
 

@@ -20,8 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use madbase_platform::config::{ConfigError, Env, Source};
-use madbase_platform::tenants::TenantClient;
 use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, client, secrets};
+use madbase_tenancy::TenantClient;
 
 /// The proxy's configuration, from the environment.
 #[derive(Clone)]
@@ -184,7 +184,7 @@ fn cors_origins(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect();
-    madbase_platform::tenants::normalize_cors_origins(&list).map_err(|problem| ConfigError {
+    madbase_tenancy::normalize_cors_origins(&list).map_err(|problem| ConfigError {
         var: "MADBASE_CORS_ORIGINS".into(),
         problem,
     })
@@ -218,7 +218,7 @@ impl Upstream {
 pub(crate) struct State {
     pub(crate) config: Config,
     pub(crate) tenants: TenantClient,
-    pub(crate) verified: madbase_platform::jwt::VerifiedTokens,
+    pub(crate) verified: madbase_tenancy::jwt::VerifiedTokens,
     /// Upstream connections of HTTP/2 client connections, and the retry of
     /// a request a client connection's own upstream connection could not
     /// send (see `forward::send`).

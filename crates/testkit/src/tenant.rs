@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use madbase_platform::jwt;
+use madbase_tenancy::jwt;
 use serde_json::{Value, json};
 
 use crate::service::{JWT_SECRET, unique_id};

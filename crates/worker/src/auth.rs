@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use http::HeaderMap;
-use madbase_platform::jwt::{self, JwtError};
-use madbase_platform::tenants::TenantInfo;
+use madbase_tenancy::TenantInfo;
+use madbase_tenancy::jwt::{self, JwtError};
 
 use crate::error::{Code, Error};
 use crate::request::header;

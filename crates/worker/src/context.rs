@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, Uri};
-use madbase_platform::jwt;
 use madbase_platform::telemetry;
+use madbase_tenancy::jwt;
 use serde_json::Value;
 
 use crate::auth::authenticate;

@@ -31,8 +31,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::any;
 use madbase_platform::config::{ConfigError, Env, Source};
-use madbase_platform::tenants::TenantClient;
 use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, client, secrets};
+use madbase_tenancy::TenantClient;
 
 use crate::pool::{PoolConfig, Pools};
 pub use crate::state::{AppState, Shared};
@@ -201,7 +201,7 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         verified: Default::default(),
         pools,
         statement_timeout_ms: config.statement_timeout.as_millis().to_string().into(),
-        anon_claims: std::sync::Arc::new(madbase_platform::jwt::VerifiedClaims::new(
+        anon_claims: std::sync::Arc::new(madbase_tenancy::jwt::VerifiedClaims::new(
             [("role".to_owned(), serde_json::Value::from("anon"))]
                 .into_iter()
                 .collect(),

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::util::{root, run, step};
 
-/// The property tests in crates/{worker,platform}/tests/prop.rs.
+/// The property tests in crates/{worker,tenancy}/tests/prop.rs.
 const PROPERTIES: u64 = 8;
 
 /// The fast scenarios, as a nextest filter.
@@ -42,7 +42,7 @@ pub fn run_task(minutes: f64, report: bool, proptest_cases: u32) -> Result<()> {
         "-p",
         "madbase-worker",
         "-p",
-        "madbase-platform",
+        "madbase-tenancy",
         "-E",
         "binary(prop)",
     ])

@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use madbase_platform::config::{ConfigError, Env, Source};
-use madbase_platform::jwt;
+use madbase_tenancy::jwt;
 use maud::{DOCTYPE, Markup, html};
 
 use crate::AppState;

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use madbase_platform::ApiError;
 use madbase_platform::extract::Json as JsonBody;
-use madbase_platform::jwt;
+use madbase_tenancy::jwt;
 use maud::{Markup, html};
 use serde_json::{Value, json};
 use sqlx::Row as _;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use madbase_platform::jwt;
+use madbase_tenancy::jwt;
 use serde_json::{Value, json};
 
 use crate::stack::{Stack, record, rss_kib};

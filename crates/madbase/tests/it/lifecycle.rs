@@ -210,9 +210,8 @@ fn token_prints_an_admin_token() {
     );
     assert!(out.status.success());
     let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let claims =
-        madbase_platform::jwt::verify_platform(crate::helpers::JWT_SECRET, &token, "admin")
-            .expect("valid admin token");
+    let claims = madbase_tenancy::jwt::verify_platform(crate::helpers::JWT_SECRET, &token, "admin")
+        .expect("valid admin token");
     assert_eq!(claims.exp - claims.iat, 7200);
     let bad = output_within(
         Command::new(BIN)

@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use http::Method;
-use madbase_platform::jwt;
+use madbase_tenancy::jwt;
 use serde_json::json;
 
 use crate::helpers::*;

@@ -18,8 +18,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Metrics;
-use crate::{client, jwt};
+use madbase_platform::client;
+use madbase_platform::metrics::Metrics;
+
+use crate::jwt;
 
 /// What services need to know about a tenant. Served by control's internal
 /// API only; never logged.
@@ -391,7 +393,9 @@ impl TenantClient {
         };
         let _guard = runtime.enter();
         let follower = Arc::new(follower);
-        crate::tasks::supervise("tenant-change-feed", move || Arc::clone(&follower).run());
+        madbase_platform::tasks::supervise("tenant-change-feed", move || {
+            Arc::clone(&follower).run()
+        });
     }
 
     async fn fetch(&self, id: &str) -> Result<Option<Arc<TenantInfo>>, LookupError> {

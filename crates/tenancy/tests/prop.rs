@@ -2,7 +2,7 @@
 //! tenant token check never panic on any input, and refuse everything not
 //! signed with the tenant's secret.
 
-use madbase_platform::jwt;
+use madbase_tenancy::jwt;
 use proptest::prelude::*;
 
 const SECRET: &str = "prop-secret-prop-secret-prop-secret!";
