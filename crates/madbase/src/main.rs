@@ -39,6 +39,14 @@ enum Command {
     Worker,
     /// Tenant functions (:8003, admin :9003).
     Functions,
+    /// Several services in one process, for single-machine deployments.
+    Serve {
+        /// Proxy, control, worker and functions, each on its own listeners
+        /// (MADBASE_<SERVICE>_LISTEN, MADBASE_<SERVICE>_ADMIN_LISTEN); the
+        /// proxy hands requests to the worker and functions in-process.
+        #[arg(long, required = true)]
+        all: bool,
+    },
     /// Runs tenant JavaScript for the functions service: frames on
     /// stdin/stdout, log on stderr (started by `madbase functions`).
     FunctionsWorker,
@@ -83,6 +91,7 @@ fn main() -> ExitCode {
         Command::Control => run::services(&[Service::Control]),
         Command::Worker => run::services(&[Service::Worker]),
         Command::Functions => run::services(&[Service::Functions]),
+        Command::Serve { all: _ } => run::all(),
         Command::FunctionsWorker => match madbase_js::worker::run_stdio() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -76,6 +76,11 @@ pub fn services(services: &[Service]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    run_configs(name, configs)
+}
+
+/// Serves `configs` on a new runtime until SIGTERM/SIGINT.
+fn run_configs(name: &str, configs: Vec<Config>) -> ExitCode {
     let runtime = match service_runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -95,6 +100,93 @@ pub fn services(services: &[Service]) -> ExitCode {
             eprintln!("madbase {name}: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `madbase serve --all`: proxy, control, worker and functions in one
+/// process (single-machine deployments), the proxy handing requests to the
+/// worker and the functions service in-process (unless
+/// `MADBASE_PROXY_IN_PROCESS=false`). Each service listens at
+/// `MADBASE_<SERVICE>_LISTEN` / `MADBASE_<SERVICE>_ADMIN_LISTEN` (default:
+/// its own ports on all interfaces; a global `MADBASE_LISTEN` cannot apply
+/// to four services and is refused), and finds the others at
+/// `MADBASE_<SERVICE>_URL`, by default their listen addresses on loopback.
+/// Every other variable is shared, as when the services run apart.
+pub fn all() -> ExitCode {
+    let configs = match all_configs(&Env::process()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("madbase serve: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    run_configs("all", configs)
+}
+
+/// The four services' configurations for `madbase serve --all`.
+pub(crate) fn all_configs<S: Source>(env: &Env<S>) -> Result<Vec<Config>, ConfigError> {
+    for var in ["MADBASE_LISTEN", "MADBASE_ADMIN_LISTEN"] {
+        if env.raw(var).is_some() {
+            return Err(ConfigError {
+                var: var.to_owned(),
+                problem: "cannot apply to four services: set MADBASE_PROXY_LISTEN, \
+                          MADBASE_CONTROL_LISTEN, … (and _ADMIN_LISTEN) instead"
+                    .to_owned(),
+            });
+        }
+    }
+    let mut listen = Vec::new();
+    for service in Service::ALL {
+        let prefix = service.name().to_ascii_uppercase();
+        let api = env.socket_addr(
+            &format!("MADBASE_{prefix}_LISTEN"),
+            service.default_listen(),
+        )?;
+        let admin = env.socket_addr(
+            &format!("MADBASE_{prefix}_ADMIN_LISTEN"),
+            service.default_admin_listen(),
+        )?;
+        listen.push((service, api, admin));
+    }
+    let mut configs = Vec::new();
+    for &(service, api, admin) in &listen {
+        let mut own = std::collections::HashMap::new();
+        own.insert("MADBASE_LISTEN".to_owned(), api.to_string());
+        own.insert("MADBASE_ADMIN_LISTEN".to_owned(), admin.to_string());
+        for &(other, other_api, _) in &listen {
+            let var = format!("MADBASE_{}_URL", other.name().to_ascii_uppercase());
+            if env.raw(&var).is_none() {
+                own.insert(var, format!("http://{}", loopback(other_api)));
+            }
+        }
+        configs.push(Config::read(service, &Env::new(Layered { own, env }))?);
+    }
+    Ok(configs)
+}
+
+/// One service's variables of `madbase serve --all`: its own first, then
+/// the shared environment.
+struct Layered<'a, S> {
+    own: std::collections::HashMap<String, String>,
+    env: &'a Env<S>,
+}
+
+impl<S: Source> Source for Layered<'_, S> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.own.get(name).cloned().or_else(|| self.env.raw(name))
+    }
+}
+
+/// A listen address as a client reaches it (0.0.0.0 → 127.0.0.1, :: → ::1).
+fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
     }
 }
 

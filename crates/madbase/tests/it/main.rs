@@ -9,6 +9,7 @@ mod hostile;
 
 mod images;
 mod lifecycle;
+mod serve_all;
 mod soak;
 mod stack;
 mod telemetry;
