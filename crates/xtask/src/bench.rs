@@ -1,41 +1,61 @@
 #![allow(clippy::print_stdout)] // a benchmark report is the output
-//! `cargo xtask bench` (worker part): the worker (release build) against
-//! `pgbench` running the identical SQL on the same tenant database.
+//! `cargo xtask bench worker`: the worker (release build) against `pgbench`
+//! on the same tenant database, in the same run.
 //!
 //! Three workloads: a single-row GET by primary key, a 100-row GET and a
 //! single-row insert. The worker runs on CPU0 with one Tokio worker thread,
-//! Postgres on CPU0 too, `wrk` and `pgbench` on CPU1. For each
-//! workload pgbench runs (`-M prepared`, same number of connections) two
-//! custom scripts: the worker's whole per-request transaction (`BEGIN`,
-//! `set_config` of role, claims and request facts, the statement the worker
-//! plans, `COMMIT`), which is the "identical SQL" the ratio target is about,
-//! and the bare statement alone, for reference. After a warm-up each side
-//! runs five times, in turn (a round); a ratio is the median of the five
-//! rounds' ratios.
+//! Postgres on CPU0 too, `wrk` and `pgbench` on CPU1. For each workload
+//! pgbench (`-M prepared`, same number of connections) runs two scripts:
+//!
+//! - (a) the worker's SQL with the worker's round trips: `BEGIN [READ
+//!   ONLY]`, the `set_config` call (role, the key's claims, method, path,
+//!   headers, statement timeout), the statement the worker plans and, for a
+//!   read, `COMMIT`, all in one pipeline (`\startpipeline`/`\endpipeline`);
+//!   a write's `COMMIT` waits for its statement's answer, as the worker's
+//!   does, so it is a second round trip. (The worker ends each message with
+//!   its own Sync inside the one write to the socket; pgbench sends one Sync
+//!   for the pipeline.)
+//! - (b) the bare data statement alone: the limit.
+//!
+//! Then a PostgREST-like mixed workload (filters, `in`, `or`, order,
+//! embedding both ways, an RPC) at [`MIXED_CONNECTIONS`] connections with
+//! its p50/p99 latency, and the three workloads through the proxy.
+//!
+//! With `--baseline <madbase binary>` a second worker (that build, against
+//! the same control and database) runs every workload in the same rounds,
+//! right after this build's worker: the before/after of a change.
+//!
+//! After a warm-up each side runs once per round, in turn; a ratio is the
+//! median of the rounds' ratios. The figures go to `target/bench/worker.json`
+//! and BENCHMARKS.md (see [`crate::bench_common`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use base64::Engine as _;
 
 use crate::bench_common::{
-    SECRET, control_with_tenant, cpu_seconds, post_json, start_proxy, target_dir, wait_http,
+    Figure, Plan, Report, SECRET, Table, Target, control_with_tenant, cpu_seconds, post_json,
+    start_proxy, target_dir, wait_http,
 };
 use crate::procs::{GRACE, Guard};
 use crate::util::{free_port, http_client, run, step};
 
-const RUN_SECONDS: u32 = 8;
-/// Rounds measured (each side once per round, in turn).
-const ROUNDS: usize = 5;
 const CONNECTIONS: u32 = 16;
+/// Connections of the mixed workload.
+const MIXED_CONNECTIONS: u32 = 64;
 const ROWS: u32 = 10_000;
 /// Through-proxy throughput against direct (issue 5).
 const PROXIED_TARGET: f64 = 0.8;
+/// (a): the worker against pgbench running its SQL and round trips.
+const SAME_SQL_TARGET: f64 = 0.8;
 
 /// One workload: the HTTP request (as a wrk Lua script) and the SQL.
 struct Workload {
     name: &'static str,
+    /// Target of the ratio to the bare statement, (b).
     target: f64,
     lua: String,
     /// The statement the worker plans for the request (pgbench syntax).
@@ -43,6 +63,9 @@ struct Workload {
     read_only: bool,
     method: &'static str,
     path: &'static str,
+    /// The request headers the worker sees besides `apikey`, the tenant and
+    /// `host` (for `request.headers`).
+    extra_headers: &'static str,
 }
 
 const SINGLE: &str = "SELECT NULL::bigint, pg_catalog.count(_s), coalesce(json_agg(_s), '[]')::text \
@@ -53,11 +76,13 @@ ORDER BY \"t0\".\"id\" ASC LIMIT 100) _s;";
 const INSERT: &str = "INSERT INTO \"public\".\"bench_log\" AS \"t0\" (\"name\", \"price\") SELECT \"name\", \"price\" \
 FROM json_populate_recordset(NULL::\"public\".\"bench_log\", json_build_array('{\"name\":\"bench\",\"price\":1.5}'::text::json)) _;";
 
+fn headers_lua(anon: &str) -> String {
+    format!("wrk.headers[\"apikey\"] = \"{anon}\"\nwrk.headers[\"X-Madbase-Tenant\"] = \"bench\"\n")
+}
+
 /// The workloads; `prefix` goes before `/rest/v1` (`/t/<tenant>` through the proxy).
 fn workloads(anon: &str, prefix: &str) -> Vec<Workload> {
-    let headers = format!(
-        "wrk.headers[\"apikey\"] = \"{anon}\"\nwrk.headers[\"X-Madbase-Tenant\"] = \"bench\"\n"
-    );
+    let headers = headers_lua(anon);
     vec![
         Workload {
             name: "single-row GET",
@@ -69,6 +94,7 @@ fn workloads(anon: &str, prefix: &str) -> Vec<Workload> {
             read_only: true,
             method: "GET",
             path: "/rest/v1/bench_items",
+            extra_headers: "",
         },
         Workload {
             name: "100-row GET",
@@ -81,6 +107,7 @@ fn workloads(anon: &str, prefix: &str) -> Vec<Workload> {
             read_only: true,
             method: "GET",
             path: "/rest/v1/bench_items",
+            extra_headers: "",
         },
         Workload {
             name: "insert",
@@ -92,12 +119,61 @@ fn workloads(anon: &str, prefix: &str) -> Vec<Workload> {
             read_only: false,
             method: "POST",
             path: "/rest/v1/bench_log",
+            extra_headers: ",\"content-type\":\"application/json\",\"content-length\":\"29\"",
         },
     ]
 }
 
-/// The pgbench script: the worker's whole transaction, or the statement alone.
-fn pgbench_script(w: &Workload, whole: bool) -> String {
+/// The mixed workload's requests (Lua expressions of a random id `r`):
+/// what a PostgREST client sends besides the plain reads above.
+const MIXED: [&str; 8] = [
+    // filters, order, limit
+    "\"/rest/v1/bench_items?select=id,name,price&price=gt.\" .. r .. \"&name=like.item*&order=price.desc,id&limit=10\"",
+    // in
+    "\"/rest/v1/bench_items?select=id,name&id=in.(\" .. r .. \",\" .. (r + 7) .. \",\" .. (r + 13) .. \")\"",
+    // or, order, limit
+    "\"/rest/v1/bench_items?or=(id.eq.\" .. r .. \",price.lt.3)&order=id.desc&limit=5\"",
+    // many-to-one embed
+    "\"/rest/v1/bench_orders?select=id,qty,bench_items(name,price)&item_id=eq.\" .. r",
+    // one-to-many embed
+    "\"/rest/v1/bench_items?select=id,name,bench_orders(id,qty)&id=eq.\" .. r",
+    // RPC (GET, a stable SQL function)
+    "\"/rest/v1/rpc/bench_price?item=\" .. r",
+    // a range with an exact count
+    "\"/rest/v1/bench_orders?select=id,item_id&item_id=lt.\" .. r .. \"&order=id&limit=20\"",
+    // single object
+    "\"/rest/v1/bench_items?id=eq.\" .. r",
+];
+
+fn mixed_lua(anon: &str) -> String {
+    let paths: Vec<String> = MIXED
+        .iter()
+        .map(|p| format!("  function(r) return {p} end"))
+        .collect();
+    format!(
+        "{headers}local paths = {{\n{paths}\n}}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  \
+         local r = math.random(1, {max})\n  return wrk.format(\"GET\", paths[(i % #paths) + 1](r))\nend\n",
+        headers = headers_lua(anon),
+        paths = paths.join(",\n"),
+        max = ROWS - 20,
+    )
+}
+
+/// The anon key's claims, as the worker passes them to `set_config`.
+fn claims_of(key: &str) -> Result<String> {
+    let payload = key.split('.').nth(1).context("the anon key is not a JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
+    Ok(String::from_utf8(bytes)?)
+}
+
+/// SQL text as a single-quoted literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The pgbench script: (a) the worker's SQL and round trips, or (b) the
+/// statement alone.
+fn pgbench_script(w: &Workload, whole: bool, claims: &str, anon: &str, host: &str) -> String {
     let random = match w.name {
         "100-row GET" => format!("\\set id random(1, {})\n", ROWS - 100),
         _ => format!("\\set id random(1, {ROWS})\n"),
@@ -105,27 +181,78 @@ fn pgbench_script(w: &Workload, whole: bool) -> String {
     if !whole {
         return format!("{random}{}\n", w.statement);
     }
-    format!(
-        "{random}{begin}\nSELECT set_config('role', 'anon', true), \
-         set_config('request.jwt.claims', '{{\"role\":\"anon\",\"iss\":\"madbase\",\"ref\":\"bench\"}}', true), \
+    let headers = format!(
+        "{{\"host\":\"{host}\",\"apikey\":\"{anon}\",\"x-madbase-tenant\":\"bench\"{}}}",
+        w.extra_headers
+    );
+    let set = format!(
+        "SELECT set_config('role', 'anon', true), set_config('request.jwt.claims', {claims}, true), \
          set_config('request.method', '{method}', true), set_config('request.path', '{path}', true), \
-         set_config('request.headers', '{{\"host\":\"127.0.0.1\",\"apikey\":\"...\",\"x-madbase-tenant\":\"bench\"}}', true), \
-         set_config('statement_timeout', '10000', true);\n{stmt}\nCOMMIT;\n",
-        begin = if w.read_only {
-            "BEGIN READ ONLY;"
-        } else {
-            "BEGIN;"
-        },
+         set_config('request.headers', {headers}, true), set_config('statement_timeout', '10000', true);",
+        claims = literal(claims),
         method = w.method,
         path = w.path,
-        stmt = w.statement,
-    )
+        headers = literal(&headers),
+    );
+    if w.read_only {
+        format!(
+            "{random}\\startpipeline\nBEGIN READ ONLY;\n{set}\n{stmt}\nCOMMIT;\n\\endpipeline\n",
+            stmt = w.statement
+        )
+    } else {
+        format!(
+            "{random}\\startpipeline\nBEGIN;\n{set}\n{stmt}\n\\endpipeline\nCOMMIT;\n",
+            stmt = w.statement
+        )
+    }
 }
 
-fn wrk(url: &str, script: &Path, seconds: u32) -> Result<f64> {
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy)]
+struct Wrk {
+    rps: f64,
+    /// Latency percentiles (`--latency`), in milliseconds.
+    p50: f64,
+    p99: f64,
+}
+
+/// A wrk duration ("812.00us", "1.23ms", "2.01s") in milliseconds.
+fn millis(v: &str) -> Option<f64> {
+    let (number, factor) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+fn wrk_output(text: &str) -> Result<Wrk> {
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk output: Requests/sec in\n{text}"))?;
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p))
+            .and_then(|v| millis(v.trim()))
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Wrk {
+        rps,
+        p50: percentile("50%"),
+        p99: percentile("99%"),
+    })
+}
+
+fn wrk(url: &str, script: &Path, seconds: u32, connections: u32) -> Result<Wrk> {
     let out = Command::new("taskset")
-        .args(["-c", "1", "wrk", "-t1"])
-        .arg(format!("-c{CONNECTIONS}"))
+        .args(["-c", "1", "wrk", "-t1", "--latency"])
+        .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
         .arg("-s")
         .arg(script)
@@ -139,10 +266,7 @@ fn wrk(url: &str, script: &Path, seconds: u32) -> Result<f64> {
     if text.contains("Non-2xx") {
         bail!("the worker answered errors:\n{text}");
     }
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("wrk output: Requests/sec in\n{text}"))
+    wrk_output(&text)
 }
 
 fn pgbench(bin: &Path, url: &str, script: &Path, seconds: u32) -> Result<f64> {
@@ -156,7 +280,7 @@ fn pgbench(bin: &Path, url: &str, script: &Path, seconds: u32) -> Result<f64> {
         .arg(script)
         .arg(url)
         .output()
-        .context("running pgbench (apt: postgresql-contrib / postgresql-15)")?;
+        .context("running pgbench (apt: postgresql-client-15)")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
@@ -174,31 +298,12 @@ fn pgbench(bin: &Path, url: &str, script: &Path, seconds: u32) -> Result<f64> {
 /// One workload's measurements, one entry per round.
 #[derive(Default)]
 struct Rounds {
-    name: &'static str,
-    target: f64,
     ours: Vec<f64>,
+    baseline: Vec<f64>,
     proxied: Vec<f64>,
     same_sql: Vec<f64>,
     statement: Vec<f64>,
     cpu: Vec<f64>,
-}
-
-/// Each round's `a / b` (runs of the same round sit next to each other in
-/// time, so the machine's drift cancels out of their ratio).
-fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
-    a.iter().zip(b).map(|(x, y)| x / y).collect()
-}
-
-fn listed(v: &[f64]) -> String {
-    v.iter()
-        .map(|r| format!("{r:.2}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn pg_tool(name: &str) -> PathBuf {
@@ -217,15 +322,86 @@ fn pg_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// Runs the worker benchmark and prints the comparison.
-pub fn worker() -> Result<()> {
+/// A worker (`bin`) on CPU0 with one Tokio thread; returns it and its URL
+/// once it answers a single-row GET.
+fn start_worker(
+    bin: &Path,
+    work: &Path,
+    log: &str,
+    control_url: &str,
+    anon: &str,
+) -> Result<(Guard, String)> {
+    let port = free_port()?;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"])
+        .arg(bin)
+        .arg("worker")
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("JWT_SECRET", SECRET)
+        .env("MADBASE_CONTROL_URL", control_url)
+        // One more than the load: the pool also holds the LISTEN connection.
+        .env(
+            "MADBASE_WORKER_POOL_MAX_PER_TENANT",
+            (CONNECTIONS + 1).to_string(),
+        )
+        .env("MADBASE_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "MADBASE_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()?),
+        )
+        .stdout(std::fs::File::create(work.join(log))?)
+        .stderr(Stdio::inherit());
+    let worker = Guard::spawn(&mut cmd, GRACE)
+        .with_context(|| format!("starting the worker {}", bin.display()))?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{url}/health"))?;
+    let probe = http_client(Duration::from_secs(10))?
+        .get(format!("{url}/rest/v1/bench_items?id=eq.1"))
+        .header("apikey", anon)
+        .header("X-Madbase-Tenant", "bench")
+        .send()
+        .context("GET /rest/v1/bench_items from the worker")?
+        .text()?;
+    if !probe.contains("\"id\":1") {
+        bail!("unexpected answer from the worker: {probe}");
+    }
+    Ok((worker, url))
+}
+
+/// A second build to compare with, from `--baseline`.
+pub struct Baseline {
+    pub bin: PathBuf,
+    /// How it is named in the report (e.g. its commit).
+    pub label: String,
+}
+
+/// Runs the worker benchmark, writes its report.
+pub fn worker(plan: Plan, baseline: Option<Baseline>) -> Result<()> {
     step("bench: worker vs pgbench");
     run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
     let target = target_dir();
     let bin = target.join("release/madbase");
-    let work = target.join("bench/worker");
+    let work = target.join(if plan.smoke {
+        "bench/worker-smoke"
+    } else {
+        "bench/worker"
+    });
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
+    let mut report = Report::start(
+        "worker",
+        plan,
+        &format!(
+            "The worker on CPU0 with one Tokio thread (`TOKIO_WORKER_THREADS=1`), Postgres \
+             pinned to CPU0 too; `wrk -t1` and `pgbench -M prepared -j1` on CPU1; \
+             {CONNECTIONS} connections; {ROWS} rows. (a) is pgbench running the worker's SQL \
+             with its round trips (`BEGIN`, `set_config`, the statement and, for reads, \
+             `COMMIT` in one `\\startpipeline` … `\\endpipeline`; a write's `COMMIT` after its \
+             statement's answer, as the worker sends them); (b) is pgbench running the bare \
+             data statement, the limit. A ratio is the median of the rounds' ratios (the runs \
+             of one round sit next to each other in time); every round's ratio is listed."
+        ),
+    );
 
     // Postgres, control (CPU1, consulted once thanks to the cache), a tenant.
     let control = control_with_tenant(&bin, &work, "bench")?;
@@ -239,7 +415,13 @@ pub fn worker() -> Result<()> {
          created_at timestamptz NOT NULL DEFAULT '2026-01-01'); \
          INSERT INTO bench_items (id, name, price) SELECT g, 'item ' || g, g * 1.5 FROM generate_series(1, {ROWS}) g; \
          CREATE TABLE bench_log (id bigserial PRIMARY KEY, name text NOT NULL, price numeric NOT NULL); \
-         ANALYZE bench_items"
+         CREATE TABLE bench_orders (id int PRIMARY KEY, item_id int NOT NULL REFERENCES bench_items, qty int NOT NULL); \
+         INSERT INTO bench_orders SELECT g, 1 + (g * 7919) % {ROWS}, 1 + g % 5 FROM generate_series(1, {orders}) g; \
+         CREATE INDEX ON bench_orders (item_id); \
+         CREATE FUNCTION bench_price(item int) RETURNS numeric LANGUAGE sql STABLE \
+         AS 'SELECT price FROM bench_items WHERE id = item'; \
+         ANALYZE bench_items; ANALYZE bench_orders",
+        orders = 2 * ROWS,
     );
     post_json(
         &format!("{control_url}/v1/tenants/bench/sql"),
@@ -247,51 +429,29 @@ pub fn worker() -> Result<()> {
         &serde_json::json!({ "query": fixture }),
     )?;
 
-    // The worker on CPU0 with one Tokio thread.
-    let worker_port = free_port()?;
-    let mut worker_cmd = Command::new("taskset");
-    worker_cmd
-        .args(["-c", "0"])
-        .arg(&bin)
-        .arg("worker")
-        .env("TOKIO_WORKER_THREADS", "1")
-        .env("JWT_SECRET", SECRET)
-        .env("MADBASE_CONTROL_URL", &control_url)
-        // One more than the load: the pool also holds the LISTEN connection.
-        .env(
-            "MADBASE_WORKER_POOL_MAX_PER_TENANT",
-            (CONNECTIONS + 1).to_string(),
-        )
-        .env("MADBASE_LISTEN", format!("127.0.0.1:{worker_port}"))
-        .env(
-            "MADBASE_ADMIN_LISTEN",
-            format!("127.0.0.1:{}", free_port()?),
-        )
-        .stdout(std::fs::File::create(work.join("worker.log"))?)
-        .stderr(Stdio::inherit());
-    let worker = Guard::spawn(&mut worker_cmd, GRACE).context("starting the worker")?;
+    let (worker, worker_url) = start_worker(&bin, &work, "worker.log", &control_url, &anon)?;
     let worker_pid = worker.id();
-    let worker_url = format!("http://127.0.0.1:{worker_port}");
-    wait_http(&format!("{worker_url}/health"))?;
-    let probe = http_client(Duration::from_secs(10))?
-        .get(format!("{worker_url}/rest/v1/bench_items?id=eq.1"))
-        .header("apikey", &anon)
-        .header("X-Madbase-Tenant", "bench")
-        .send()
-        .context("GET /rest/v1/bench_items from the worker")?
-        .text()?;
-    if !probe.contains("\"id\":1") {
-        bail!("unexpected answer from the worker: {probe}");
-    }
+    let old = match &baseline {
+        Some(b) => Some(start_worker(
+            &b.bin,
+            &work,
+            "baseline.log",
+            &control_url,
+            &anon,
+        )?),
+        None => None,
+    };
 
     // The same requests through the proxy (on CPU0 too).
     let (_proxy, proxy_port) = start_proxy(&bin, &work, &control_url, &worker_url)?;
     let proxy_url = format!("http://127.0.0.1:{proxy_port}/t/bench");
     let via_proxy = workloads(&anon, "/t/bench");
 
+    let claims = claims_of(&anon)?;
+    let host = worker_url.trim_start_matches("http://").to_owned();
     let pgbench_bin = pg_tool("pgbench");
     let tenant_db = control.db.server.url_for("tenant_bench");
-    let mut report: Vec<Rounds> = Vec::new();
+    let mut measured: Vec<(Workload, Rounds)> = Vec::new();
     for (w, p) in workloads(&anon, "").into_iter().zip(via_proxy) {
         let slug = w.name.replace(' ', "_");
         let lua = work.join(format!("{slug}.lua"));
@@ -300,103 +460,217 @@ pub fn worker() -> Result<()> {
         std::fs::write(&proxied_lua, &p.lua)?;
         let proxied_url = format!("{proxy_url}{}", w.path);
         let whole = work.join(format!("{slug}.sql"));
-        std::fs::write(&whole, pgbench_script(&w, true))?;
+        std::fs::write(&whole, pgbench_script(&w, true, &claims, &anon, &host))?;
         let bare = work.join(format!("{slug}-statement.sql"));
-        std::fs::write(&bare, pgbench_script(&w, false))?;
+        std::fs::write(&bare, pgbench_script(&w, false, &claims, &anon, &host))?;
         // The GET scripts set their own path; the insert posts to this URL.
         let url = format!("{worker_url}{}", w.path);
+        let old_url = old.as_ref().map(|(_, u)| format!("{u}{}", w.path));
         // Warm-up.
-        wrk(&url, &lua, 2)?;
-        wrk(&proxied_url, &proxied_lua, 2)?;
-        pgbench(&pgbench_bin, &tenant_db, &whole, 2)?;
-        pgbench(&pgbench_bin, &tenant_db, &bare, 2)?;
-        let mut r = Rounds {
-            name: w.name,
-            target: w.target,
-            ..Rounds::default()
-        };
-        for _ in 0..ROUNDS {
-            let before = cpu_seconds(worker_pid)?;
-            let rps = wrk(&url, &lua, RUN_SECONDS)?;
-            r.cpu
-                .push((cpu_seconds(worker_pid)? - before) / (rps * f64::from(RUN_SECONDS)));
-            r.ours.push(rps);
-            r.proxied
-                .push(wrk(&proxied_url, &proxied_lua, RUN_SECONDS)?);
-            r.same_sql
-                .push(pgbench(&pgbench_bin, &tenant_db, &whole, RUN_SECONDS)?);
-            r.statement
-                .push(pgbench(&pgbench_bin, &tenant_db, &bare, RUN_SECONDS)?);
+        wrk(&url, &lua, plan.warmup, CONNECTIONS)?;
+        if let Some(u) = &old_url {
+            wrk(u, &lua, plan.warmup, CONNECTIONS)?;
         }
-        report.push(r);
+        wrk(&proxied_url, &proxied_lua, plan.warmup, CONNECTIONS)?;
+        pgbench(&pgbench_bin, &tenant_db, &whole, plan.warmup)?;
+        pgbench(&pgbench_bin, &tenant_db, &bare, plan.warmup)?;
+        let mut r = Rounds::default();
+        for _ in 0..plan.rounds {
+            let before = cpu_seconds(worker_pid)?;
+            let rps = wrk(&url, &lua, plan.seconds, CONNECTIONS)?.rps;
+            r.cpu
+                .push((cpu_seconds(worker_pid)? - before) / (rps * f64::from(plan.seconds)));
+            r.ours.push(rps);
+            if let Some(u) = &old_url {
+                r.baseline
+                    .push(wrk(u, &lua, plan.seconds, CONNECTIONS)?.rps);
+            }
+            r.proxied
+                .push(wrk(&proxied_url, &proxied_lua, plan.seconds, CONNECTIONS)?.rps);
+            r.same_sql
+                .push(pgbench(&pgbench_bin, &tenant_db, &whole, plan.seconds)?);
+            r.statement
+                .push(pgbench(&pgbench_bin, &tenant_db, &bare, plan.seconds)?);
+        }
+        measured.push((w, r));
     }
 
-    println!(
-        "\nworker benchmark ({ROUNDS} rounds × {RUN_SECONDS} s; worker on CPU0 with TOKIO_WORKER_THREADS=1; \
-         wrk -t1 -c{CONNECTIONS} and pgbench -M prepared -j1 -c{CONNECTIONS} on CPU1; \
-         medians; a ratio is the median of each round's ratio)"
-    );
-    println!(
-        "{:<16} {:>10} {:>16} {:>8} {:>8} {:>16} {:>8} {:>14}  ratio per round",
-        "workload",
-        "worker/s",
-        "pgbench same/s",
-        "ratio",
-        "target",
-        "pgbench stmt/s",
-        "ratio",
-        "worker CPU µs",
-    );
-    let mut missed = Vec::new();
-    for r in &report {
-        let ratios = ratios(&r.ours, &r.same_sql);
-        let ratio = median(ratios.clone());
-        println!(
-            "{:<16} {:>10.0} {:>16.0} {:>7.2}× {:>7.1}× {:>16.0} {:>7.2}× {:>14.1}  {}",
-            r.name,
-            median(r.ours.clone()),
-            median(r.same_sql.clone()),
-            ratio,
-            r.target,
-            median(r.statement.clone()),
-            median(self::ratios(&r.ours, &r.statement)),
-            median(r.cpu.clone()) * 1e6,
-            listed(&ratios),
-        );
-        if ratio < r.target {
-            missed.push(r.name.to_owned());
+    // The mixed workload at 64 connections (and the baseline's, in turn).
+    let mixed = work.join("mixed.lua");
+    std::fs::write(&mixed, mixed_lua(&anon))?;
+    let mixed_url = format!("{worker_url}/rest/v1/");
+    let old_mixed_url = old.as_ref().map(|(_, u)| format!("{u}/rest/v1/"));
+    wrk(&mixed_url, &mixed, plan.warmup, MIXED_CONNECTIONS)?;
+    if let Some(u) = &old_mixed_url {
+        wrk(u, &mixed, plan.warmup, MIXED_CONNECTIONS)?;
+    }
+    let (mut ours_mixed, mut old_mixed) = (Vec::new(), Vec::new());
+    for _ in 0..plan.rounds {
+        ours_mixed.push(wrk(&mixed_url, &mixed, plan.seconds, MIXED_CONNECTIONS)?);
+        if let Some(u) = &old_mixed_url {
+            old_mixed.push(wrk(u, &mixed, plan.seconds, MIXED_CONNECTIONS)?);
         }
     }
-    println!(
-        "ratio = worker requests/s ÷ pgbench transactions/s; \"same\" runs the worker's whole transaction, \
-         \"stmt\" only its statement"
+
+    // The report.
+    let mut t = Table::new(
+        "worker",
+        "",
+        &[
+            "workload",
+            "worker req/s",
+            "(a) pgbench, worker's SQL pipelined, tx/s",
+            "ratio (a)",
+            "target",
+            "rounds",
+            "(b) pgbench, statement only, tx/s",
+            "ratio (b)",
+            "target",
+            "rounds",
+            "worker CPU µs/req",
+        ],
     );
-    println!(
-        "\nthe same requests through the proxy (proxy on CPU0 too, TOKIO_WORKER_THREADS=1): \
-         tenant lookup, key check, rate limit, metrics, request id, log line"
+    for (w, r) in &measured {
+        let a = Figure::ratio(&r.ours, &r.same_sql).target(Target::AtLeast(SAME_SQL_TARGET));
+        let b = Figure::ratio(&r.ours, &r.statement).target(Target::AtLeast(w.target));
+        t.row(vec![
+            w.name.into(),
+            Figure::median(r.ours.clone(), "", 0).into(),
+            Figure::median(r.same_sql.clone(), "", 0).into(),
+            a.clone().into(),
+            a.target_shown().into(),
+            a.rounds_shown().into(),
+            Figure::median(r.statement.clone(), "", 0).into(),
+            b.clone().into(),
+            b.target_shown().into(),
+            b.rounds_shown().into(),
+            Figure::median(r.cpu.iter().map(|c| c * 1e6).collect(), "", 1).into(),
+        ]);
+    }
+    report.tables.push(t);
+
+    let mut t = Table::new(
+        "mixed",
+        &format!(
+            "PostgREST-like mixed workload: `wrk -t1 -c{MIXED_CONNECTIONS} --latency`, \
+             the requests in turn: filters with order and limit, `in`, `or`, a many-to-one \
+             and a one-to-many embed, an RPC (GET, a stable SQL function), a range of an \
+             embedded table's rows, a single row."
+        ),
+        &["worker", "req/s", "p50 ms", "p99 ms", "rounds (req/s)"],
     );
-    println!(
-        "{:<16} {:>10} {:>12} {:>8} {:>8}  ratio per round",
-        "workload", "direct/s", "via proxy/s", "ratio", "target"
-    );
-    for r in &report {
-        let ratios = ratios(&r.proxied, &r.ours);
-        let ratio = median(ratios.clone());
-        println!(
-            "{:<16} {:>10.0} {:>12.0} {:>7.2}× {:>7.1}×  {}",
-            r.name,
-            median(r.ours.clone()),
-            median(r.proxied.clone()),
-            ratio,
-            PROXIED_TARGET,
-            listed(&ratios),
+    let mut mixed_row = |label: String, runs: &[Wrk]| {
+        let rps = Figure::median(runs.iter().map(|w| w.rps).collect(), "", 0);
+        t.row(vec![
+            label.into(),
+            rps.clone().into(),
+            Figure::median(runs.iter().map(|w| w.p50).collect(), "", 2).into(),
+            Figure::median(runs.iter().map(|w| w.p99).collect(), "", 2).into(),
+            rps.rounds_shown().into(),
+        ]);
+    };
+    mixed_row("this build".to_owned(), &ours_mixed);
+    if let Some(b) = &baseline {
+        mixed_row(b.label.clone(), &old_mixed);
+    }
+    report.tables.push(t);
+
+    if let Some(b) = &baseline {
+        let mut t = Table::new(
+            "baseline",
+            &format!(
+                "This build against {} (`--baseline`: the same harness, the two workers \
+                 in turn in every round):",
+                b.label
+            ),
+            &[
+                "workload",
+                "this build req/s",
+                "baseline req/s",
+                "ratio",
+                "rounds",
+            ],
         );
-        if ratio < PROXIED_TARGET {
-            missed.push(format!("{} via proxy", r.name));
+        for (w, r) in &measured {
+            let ratio = Figure::ratio(&r.ours, &r.baseline);
+            t.row(vec![
+                w.name.into(),
+                Figure::median(r.ours.clone(), "", 0).into(),
+                Figure::median(r.baseline.clone(), "", 0).into(),
+                ratio.clone().into(),
+                ratio.rounds_shown().into(),
+            ]);
         }
+        let (a, o): (Vec<f64>, Vec<f64>) = (
+            ours_mixed.iter().map(|w| w.rps).collect(),
+            old_mixed.iter().map(|w| w.rps).collect(),
+        );
+        let ratio = Figure::ratio(&a, &o);
+        t.row(vec![
+            format!("mixed, {MIXED_CONNECTIONS} connections").into(),
+            Figure::median(a, "", 0).into(),
+            Figure::median(o, "", 0).into(),
+            ratio.clone().into(),
+            ratio.rounds_shown().into(),
+        ]);
+        report.tables.push(t);
     }
-    if !missed.is_empty() {
-        println!("below target: {}", missed.join(", "));
+
+    let mut t = Table::new(
+        "proxied",
+        "The same requests through the proxy (proxy on CPU0 too, `TOKIO_WORKER_THREADS=1`): \
+         tenant lookup, key check, rate limit, metrics, request id, log line.",
+        &[
+            "workload",
+            "direct req/s",
+            "via proxy req/s",
+            "ratio",
+            "target",
+            "rounds",
+        ],
+    );
+    for (w, r) in &measured {
+        let ratio = Figure::ratio(&r.proxied, &r.ours).target(Target::AtLeast(PROXIED_TARGET));
+        t.row(vec![
+            w.name.into(),
+            Figure::median(r.ours.clone(), "", 0).into(),
+            Figure::median(r.proxied.clone(), "", 0).into(),
+            ratio.clone().into(),
+            ratio.target_shown().into(),
+            ratio.rounds_shown().into(),
+        ]);
     }
+    report.tables.push(t);
+    drop(old);
+    drop(worker);
+    report.write()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_latency_and_rate_are_read() {
+        let text = "Running 1s test @ http://127.0.0.1:1/\n  1 threads and 64 connections\n\
+                    Thread Stats   Avg      Stdev     Max   +/- Stdev\n\
+                    Latency     1.50ms  300.00us   5.00ms   90.00%\n\
+                    Latency Distribution\n     50%  812.00us\n     75%    1.20ms\n\
+                    90%    2.00ms\n     99%    1.05s\n\
+                    1000 requests in 1.00s, 100.00KB read\nRequests/sec:   1000.50\n";
+        let w = wrk_output(text).expect("parsed");
+        assert_eq!(w.rps, 1000.5);
+        assert!((w.p50 - 0.812).abs() < 1e-9);
+        assert!((w.p99 - 1050.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn pipelined_script_sends_the_write_commit_after_its_statement() {
+        let w = workloads("k", "").pop().expect("insert");
+        let s = pgbench_script(&w, true, "{\"role\":\"anon\"}", "k", "h:1");
+        assert!(s.contains("\\startpipeline\nBEGIN;\n"), "{s}");
+        assert!(s.ends_with("\\endpipeline\nCOMMIT;\n"), "{s}");
+        assert!(s.contains("'{\"role\":\"anon\"}'"), "{s}");
+    }
 }

@@ -142,7 +142,7 @@ pub fn tracked() -> Result<Vec<String>> {
 // `cargo xtask ci`.
 
 /// The runners `cargo xtask ci` knows, by the `xtask` name of a check.
-pub const RUNNERS: [&str; 11] = [
+pub const RUNNERS: [&str; 12] = [
     "sandbox",
     "lint-workflows",
     "flake",
@@ -154,6 +154,7 @@ pub const RUNNERS: [&str; 11] = [
     "e2e",
     "browser",
     "fresh-machine",
+    "bench-smoke",
 ];
 
 fn run_runner(name: &str) -> Result<()> {
@@ -169,6 +170,7 @@ fn run_runner(name: &str) -> Result<()> {
         "e2e" => crate::e2e::run(),
         "browser" => crate::browser::run_task(),
         "fresh-machine" => crate::fresh::run_task(),
+        "bench-smoke" => crate::bench_smoke(),
         other => bail!("{FILE}: no runner {other:?} in cargo xtask (known: {RUNNERS:?})"),
     }
 }

@@ -113,6 +113,17 @@ enum Task {
         /// Only this benchmark (default: all).
         #[arg(value_enum)]
         only: Option<Bench>,
+        /// 1 s per measurement, one round, no BENCHMARKS.md: that the
+        /// harness works (run by `cargo xtask ci`).
+        #[arg(long)]
+        smoke: bool,
+        /// The worker benchmark also measures this `madbase` binary (another
+        /// build) in the same rounds: before/after.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
+        /// The baseline's name in the report (e.g. its commit).
+        #[arg(long, default_value = "baseline")]
+        baseline_label: String,
     },
     /// Reliability (issue 24): the fault and hostile-input scenarios, the
     /// property tests with many cases and the long mixed soak, each
@@ -136,16 +147,41 @@ enum Bench {
     Worker,
 }
 
+/// `cargo xtask bench`: `only` one benchmark or all of them (also the
+/// `bench-smoke` check of `cargo xtask ci`, with a smoke plan).
+fn bench(
+    only: Option<Bench>,
+    plan: bench_common::Plan,
+    baseline: Option<bench::Baseline>,
+) -> Result<()> {
+    let all_or = |b: Bench| only.is_none_or(|o| o == b);
+    if all_or(Bench::Proxy) && !plan.smoke {
+        bench_proxy::proxy()?;
+    }
+    if all_or(Bench::Worker) {
+        bench::worker(plan, baseline)?;
+    }
+    Ok(())
+}
+
+/// The `bench-smoke` check: every benchmark, 1 s per measurement.
+pub(crate) fn bench_smoke() -> Result<()> {
+    bench(None, bench_common::Plan::new(true), None)
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Bench { only } => {
-            if only != Some(Bench::Worker) {
-                bench_proxy::proxy()?;
-            }
-            if only != Some(Bench::Proxy) {
-                bench::worker()?;
-            }
-            Ok(())
+        Task::Bench {
+            only,
+            smoke,
+            baseline,
+            baseline_label,
+        } => {
+            let baseline = baseline.map(|bin| bench::Baseline {
+                bin,
+                label: baseline_label,
+            });
+            bench(only, bench_common::Plan::new(smoke), baseline)
         }
         Task::Ci => ci(),
         Task::Lint => lint(),
