@@ -116,15 +116,17 @@ async fn listen(
                     notifications.inc();
                     let _ = tx.send(Change::Tenant(n.payload().to_owned()));
                 }
-                // The connection was lost; the next try_recv reconnects and
-                // re-LISTENs, and what was notified meanwhile is gone.
+                // The connection was lost: what is notified until LISTEN
+                // is back is gone, so subscribers resync once it is back
+                // (above), not now: while the database is down a reload
+                // would only wait for it, and their cached entries are
+                // still good (issue 24: a Postgres restart under load).
                 Ok(None) => {
                     tracing::warn!("tenant change feed: connection lost; reconnecting");
-                    let _ = tx.send(Change::Resync);
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "tenant change feed: listener failed; restarting");
-                    let _ = tx.send(Change::Resync);
                     tokio::time::sleep(backoff).await;
                     break;
                 }

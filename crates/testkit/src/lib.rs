@@ -13,7 +13,7 @@
 
 mod pg;
 
-pub use pg::{PgServer, TestDb, postgres};
+pub use pg::{Cluster, PgServer, TestDb, postgres};
 
 pub mod service;
 pub mod tenant;

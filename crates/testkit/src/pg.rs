@@ -225,6 +225,45 @@ fn template(bin: &Path, user: Option<(u32, u32)>, root: &Path) -> Result<PathBuf
 static CHILD: Mutex<Option<Child>> = Mutex::new(None);
 
 fn start_cluster() -> Result<PgServer> {
+    let Prepared { bin, user, data } = prepare_data_dir(&format!("data-{}", std::process::id()))?;
+    let (tx, rx) = std::sync::mpsc::channel::<Result<u16>>();
+    let (bin2, data2) = (bin.clone(), data.clone());
+    std::thread::Builder::new()
+        .name("testpg-keeper".into())
+        .spawn(move || {
+            let result = spawn_postgres(&bin2, &data2, user, None, &[]).map(|(port, child)| {
+                *CHILD
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(child);
+                port
+            });
+            let failed = result.is_err();
+            let _ = tx.send(result);
+            if !failed {
+                loop {
+                    std::thread::park();
+                }
+            }
+        })
+        .context("spawning the cluster keeper thread")?;
+    let port = rx.recv().context("cluster keeper thread died")??;
+    Ok(PgServer {
+        base: format!("postgres://postgres@127.0.0.1:{port}"),
+        query: String::new(),
+        bin_dir: Some(bin),
+    })
+}
+
+/// The binaries' directory, the user Postgres runs as, a data directory.
+struct Prepared {
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+    data: PathBuf,
+}
+
+/// A copy of the template cluster in `<work root>/<name>`, owned by the
+/// user Postgres runs as.
+fn prepare_data_dir(name: &str) -> Result<Prepared> {
     let bin = find_bin_dir()?;
     let user = run_as()?;
     let root = work_root();
@@ -246,7 +285,7 @@ fn start_cluster() -> Result<PgServer> {
     }
     cleanup_stale(&root);
     let template = template(&bin, user, &root)?;
-    let data = root.join(format!("data-{}", std::process::id()));
+    let data = root.join(name);
     let _ = std::fs::remove_dir_all(&data);
     let status = Command::new("cp")
         .arg("-a")
@@ -259,13 +298,169 @@ fn start_cluster() -> Result<PgServer> {
     }
     let _ = std::fs::remove_file(data.join(".complete"));
     chown_tree(&data, user)?;
+    Ok(Prepared { bin, user, data })
+}
 
-    let (tx, rx) = std::sync::mpsc::channel::<Result<u16>>();
-    let (bin2, data2) = (bin.clone(), data.clone());
+/// A cluster of one test's own, which the test may stop and start (the
+/// shared one of [`postgres`] must stay up for every other test of the
+/// process). Always started from the binaries here, even when
+/// `DATABASE_URL` names a server. Stopped and removed on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The server, for databases and `psql`.
+    pub server: PgServer,
+    /// Its data directory.
+    pub data: PathBuf,
+    port: u16,
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+    settings: Vec<String>,
+    child: Option<Child>,
+}
+
+static PRIVATE: AtomicU32 = AtomicU32::new(0);
+
+impl Cluster {
+    /// A new cluster, with `settings` (`name=value`) added to the test
+    /// settings (e.g. `synchronous_commit=on` for a durability check).
+    pub fn start(settings: &[&str]) -> Result<Cluster> {
+        let name = format!(
+            "private-{}-{}",
+            std::process::id(),
+            PRIVATE.fetch_add(1, Ordering::Relaxed)
+        );
+        Self::start_in(prepare_data_dir(&name)?, settings)
+    }
+
+    /// A cluster on a copy of the template placed at `data` by the caller
+    /// (e.g. on a size-limited file system), which must be empty or absent.
+    pub fn start_at(data: &Path, settings: &[&str]) -> Result<Cluster> {
+        let Prepared {
+            bin,
+            user,
+            data: template_copy,
+        } = prepare_data_dir(&format!(
+            "private-{}-{}",
+            std::process::id(),
+            PRIVATE.fetch_add(1, Ordering::Relaxed)
+        ))?;
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(template_copy.join("."))
+            .arg(data)
+            .status()
+            .context("copying the template cluster")?;
+        let _ = std::fs::remove_dir_all(&template_copy);
+        if !status.success() {
+            bail!("cp -a into {} failed", data.display());
+        }
+        chown_tree(data, user)?;
+        Self::start_in(
+            Prepared {
+                bin,
+                user,
+                data: data.to_owned(),
+            },
+            settings,
+        )
+    }
+
+    fn start_in(Prepared { bin, user, data }: Prepared, settings: &[&str]) -> Result<Cluster> {
+        let settings: Vec<String> = settings.iter().map(|s| (*s).to_owned()).collect();
+        let (port, child) = keep(&bin, &data, user, None, &settings)?;
+        Ok(Cluster {
+            server: PgServer {
+                base: format!("postgres://postgres@127.0.0.1:{port}"),
+                query: String::new(),
+                bin_dir: Some(bin.clone()),
+            },
+            data,
+            port,
+            bin,
+            user,
+            settings,
+            child: Some(child),
+        })
+    }
+
+    /// The TCP port it listens on (the same after a restart).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `pg_ctl stop --mode <mode>` (`smart`, `fast` or `immediate`),
+    /// waiting until the server is gone.
+    pub fn stop(&mut self, mode: &str) -> Result<()> {
+        let out = command(self.bin.join("pg_ctl"), self.user)
+            .arg("stop")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", mode, "-w", "-t", "30"])
+            .output()
+            .context("running pg_ctl stop")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl stop -m {mode} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port and data directory
+    /// (crash recovery after an immediate stop), waiting until it accepts
+    /// connections.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("the cluster is running");
+        }
+        let (_, child) = keep(
+            &self.bin,
+            &self.data,
+            self.user,
+            Some(self.port),
+            &self.settings,
+        )?;
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGINT: fast shutdown.
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGINT);
+                }
+            }
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// Starts Postgres from a thread that never exits (the parent-death
+/// signal fires when the spawning thread dies).
+fn keep(
+    bin: &Path,
+    data: &Path,
+    user: Option<(u32, u32)>,
+    port: Option<u16>,
+    settings: &[String],
+) -> Result<(u16, Child)> {
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(u16, Child)>>();
+    let (bin, data, settings) = (bin.to_owned(), data.to_owned(), settings.to_vec());
     std::thread::Builder::new()
         .name("testpg-keeper".into())
         .spawn(move || {
-            let result = spawn_postgres(&bin2, &data2, user);
+            let result = spawn_postgres(&bin, &data, user, port, &settings);
             let failed = result.is_err();
             let _ = tx.send(result);
             if !failed {
@@ -275,18 +470,24 @@ fn start_cluster() -> Result<PgServer> {
             }
         })
         .context("spawning the cluster keeper thread")?;
-    let port = rx.recv().context("cluster keeper thread died")??;
-    Ok(PgServer {
-        base: format!("postgres://postgres@127.0.0.1:{port}"),
-        query: String::new(),
-        bin_dir: Some(bin),
-    })
+    rx.recv().context("cluster keeper thread died")?
 }
 
-fn spawn_postgres(bin: &Path, data: &Path, user: Option<(u32, u32)>) -> Result<u16> {
+/// Postgres on `port` (else a free one), with the test settings and
+/// `extra` ones, once it accepts connections.
+fn spawn_postgres(
+    bin: &Path,
+    data: &Path,
+    user: Option<(u32, u32)>,
+    port: Option<u16>,
+    extra: &[String],
+) -> Result<(u16, Child)> {
     let mut last_error = String::new();
     for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = match port {
+            Some(p) => p,
+            None => TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+        };
         let mut child = command(bin.join("postgres"), user)
             .arg("-D")
             .arg(data)
@@ -306,6 +507,7 @@ fn spawn_postgres(bin: &Path, data: &Path, user: Option<(u32, u32)>) -> Result<u
                 "-c",
                 "shared_buffers=32MB",
             ])
+            .args(extra.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -329,10 +531,7 @@ fn spawn_postgres(bin: &Path, data: &Path, user: Option<(u32, u32)>) -> Result<u
                         let _ = s.read_to_end(&mut sink);
                     });
                 }
-                *CHILD
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(child);
-                return Ok(port);
+                return Ok((port, child));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -373,6 +572,10 @@ fn cleanup_stale(root: &Path) {
         let pid = name
             .strip_prefix("data-")
             .or_else(|| name.strip_prefix("staging-"))
+            .or_else(|| {
+                name.strip_prefix("private-")
+                    .and_then(|p| p.split('-').next())
+            })
             .and_then(|p| p.parse::<i32>().ok());
         if let Some(pid) = pid
             && !Path::new(&format!("/proc/{pid}")).exists()
