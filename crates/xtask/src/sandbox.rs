@@ -17,7 +17,8 @@
 //! - **an unprivileged build user** (`nobody`, like Nix's `nixbld` users)
 //!   whose `HOME` is `/homeless-shelter`, which does not exist and cannot be
 //!   created, as in Nix;
-//! - `SQLX_OFFLINE=true`, `CARGO_HOME` offline against a vendored copy of
+//! - `SQLX_OFFLINE=true`, `CARGO_BUILD_INCREMENTAL=false` (crane's
+//!   default), `CARGO_HOME` offline against a vendored copy of
 //!   the registry (`cargo vendor`, cached while `Cargo.lock` is unchanged);
 //! - Postgres, for the checks that need it, started by the same script
 //!   `nix/checks.nix` runs: a unix socket in the build directory only.
@@ -404,6 +405,9 @@ fn replay(plan: &Plan) -> Result<bool> {
         ("CARGO_HOME".into(), cargo_home.display().to_string()),
         ("CARGO_TARGET_DIR".into(), target.display().to_string()),
         ("CARGO_NET_OFFLINE".into(), "true".into()),
+        // As crane's builds (configureCargoCommonVarsHook): no incremental
+        // cache, which would only grow the shared target directory.
+        ("CARGO_BUILD_INCREMENTAL".into(), "false".into()),
         ("SQLX_OFFLINE".into(), "true".into()),
         ("LANG".into(), "C.UTF-8".into()),
         ("TERM".into(), "dumb".into()),
