@@ -358,10 +358,13 @@ pub struct InternalFunction {
     source: String,
     /// The tenant's function secrets, opened.
     env: std::collections::BTreeMap<String, String>,
+    /// The tenant's overrides of the functions service's limits.
+    limits: crate::function_limits::FunctionLimits,
 }
 
 /// `GET /internal/v1/tenants/{id}/functions/{name}`: the current version's
-/// source and metadata, with the tenant's secrets as `env`; 404
+/// source and metadata, with the tenant's secrets as `env` and its limit
+/// overrides as `limits`; 404
 /// `function_not_found` (or `tenant_not_found`) when absent.
 pub async fn internal_get(
     State(state): State<AppState>,
@@ -384,6 +387,9 @@ pub async fn internal_get(
     .ok_or_else(|| function_not_found(&id, &name))?;
     let get = |e: sqlx::Error| db_error("get function", &e);
     let env = crate::function_secrets::opened(&state, &id).await?;
+    let limits = crate::function_limits::load(&state.db, &id)
+        .await
+        .map_err(|e| db_error("get function limits", &e))?;
     Ok(Json(InternalFunction {
         name: row.try_get("name").map_err(get)?,
         version: row.try_get("version").map_err(get)?,
@@ -391,6 +397,7 @@ pub async fn internal_get(
         verify_jwt: row.try_get("verify_jwt").map_err(get)?,
         source: row.try_get("source").map_err(get)?,
         env,
+        limits,
     }))
 }
 

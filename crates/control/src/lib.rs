@@ -8,6 +8,7 @@ mod api;
 mod changes;
 pub mod console;
 pub mod crypto;
+mod function_limits;
 mod function_secrets;
 mod functions;
 mod interrupted;
@@ -253,6 +254,12 @@ pub async fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         .route(
             "/v1/tenants/{id}/secrets/{name}",
             axum::routing::delete(function_secrets::delete_one),
+        )
+        .route(
+            "/v1/tenants/{id}/function-limits",
+            get(function_limits::get)
+                .put(function_limits::put)
+                .delete(function_limits::delete),
         )
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), "admin"),

@@ -47,7 +47,7 @@ use prometheus_client::metrics::family::Family;
 use tracing::Instrument as _;
 
 use crate::Config;
-use crate::code::{CodeCache, FunctionCode};
+use crate::code::{CodeCache, FunctionCode, LimitOverrides};
 use crate::history::{History, Invocation};
 use crate::pool::{Answer, Pool, RunError};
 
@@ -93,6 +93,8 @@ pub(crate) struct Invoker {
     proxy_url: String,
     fetch_allow: Vec<String>,
     limits: Limits,
+    /// `MADBASE_FUNCTIONS_WALL_SECONDS` (a tenant may override it).
+    wall: std::time::Duration,
     max_request_bytes: usize,
     tenant_concurrency: usize,
     running: Mutex<HashMap<String, usize>>,
@@ -159,6 +161,7 @@ impl Invoker {
                 max_fetches: config.max_fetches,
                 max_fetch_bytes: config.max_fetch_bytes,
             },
+            wall: config.wall,
             max_request_bytes: config.max_request_bytes,
             tenant_concurrency: config.tenant_concurrency,
             running: Mutex::default(),
@@ -212,14 +215,35 @@ impl Invoker {
         minted
     }
 
-    /// Takes one of the tenant's concurrent invocations, `None` at the cap.
-    fn admit(self: &Arc<Self>, tenant: &str) -> Option<Admitted> {
+    /// The limits of one invocation: the service's, with the tenant's
+    /// overrides from control; and the tenant's concurrency cap.
+    fn limits_for(&self, overrides: &LimitOverrides) -> (Limits, std::time::Duration, usize) {
+        let mut limits = self.limits;
+        if let Some(ms) = overrides.cpu_ms {
+            limits.cpu_ms = ms;
+        }
+        if let Some(mb) = overrides.memory_mb {
+            limits.memory_bytes = mb.saturating_mul(1024 * 1024);
+        }
+        let wall = overrides
+            .wall_seconds
+            .map_or(self.wall, std::time::Duration::from_secs);
+        let cap = overrides
+            .max_concurrent
+            .map_or(self.tenant_concurrency, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            });
+        (limits, wall, cap)
+    }
+
+    /// Takes one of the tenant's concurrent invocations, `None` at `cap`.
+    fn admit(self: &Arc<Self>, tenant: &str, cap: usize) -> Option<Admitted> {
         let mut running = self
             .running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = running.entry(tenant.to_owned()).or_default();
-        if *n >= self.tenant_concurrency {
+        if *n >= cap {
             return None;
         }
         *n += 1;
@@ -361,6 +385,8 @@ struct Ready {
     code: Arc<FunctionCode>,
     invoke: Invoke,
     body: Bytes,
+    /// The invocation's wall time (the service's or the tenant's).
+    wall: std::time::Duration,
     _admitted: Admitted,
 }
 
@@ -464,17 +490,15 @@ async fn prepare(
         }
     }
 
-    let Some(admitted) = inv.admit(tenant) else {
+    let (limits, wall, cap) = inv.limits_for(&code.limits);
+    let Some(admitted) = inv.admit(tenant, cap) else {
         return Err((
             "concurrency_limit",
             deployed,
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "function_concurrency_limit",
-                format!(
-                    "tenant {tenant:?} already runs {} function invocations at once",
-                    inv.tenant_concurrency
-                ),
+                format!("tenant {tenant:?} already runs {cap} function invocations at once"),
             ),
         ));
     };
@@ -549,13 +573,14 @@ async fn prepare(
         method: parts.method.as_str().to_owned(),
         url,
         headers,
-        limits: inv.limits,
+        limits,
         fetch_allow: inv.fetch_allow.clone(),
     };
     Ok(Ready {
         code,
         invoke,
         body,
+        wall,
         _admitted: admitted,
     })
 }
@@ -589,8 +614,10 @@ async fn run(inv: &Arc<Invoker>, tenant: &str, ready: Ready, start: Instant) -> 
         code,
         invoke,
         body,
+        wall,
         _admitted,
     } = ready;
+    let limits = invoke.limits;
     let source = code.source.clone();
     let request_id = invoke.request_id.clone();
     // Recorded where the invocation ends (the pool's task), so an
@@ -602,8 +629,12 @@ async fn run(inv: &Arc<Invoker>, tenant: &str, ready: Ready, start: Instant) -> 
             drop(_admitted);
         }
     };
-    match inv.pool.run(invoke, source, body, Box::new(recorder)).await {
-        Ok(answer) => respond(inv, answer.reply, answer.body),
+    match inv
+        .pool
+        .run(invoke, source, body, wall, Box::new(recorder))
+        .await
+    {
+        Ok(answer) => respond(&limits, answer.reply, answer.body),
         Err(RunError::Busy) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "function_pool_busy",
@@ -780,16 +811,16 @@ fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
 }
 
 /// The HTTP answer for a worker's reply.
-fn respond(inv: &Invoker, reply: Reply, body: Vec<u8>) -> Response {
+fn respond(limits: &Limits, reply: Reply, body: Vec<u8>) -> Response {
     match reply.outcome {
         Outcome::Response { status, headers } => {
-            if body.len() as u64 > inv.limits.max_response_bytes {
+            if body.len() as u64 > limits.max_response_bytes {
                 return error(
                     500,
                     "function_response_too_large",
                     format!(
                         "the function's response body is larger than {} bytes",
-                        inv.limits.max_response_bytes
+                        limits.max_response_bytes
                     ),
                 );
             }
@@ -828,7 +859,7 @@ fn respond(inv: &Invoker, reply: Reply, body: Vec<u8>) -> Response {
                 "function_cpu_limit",
                 format!(
                     "the function exceeded its CPU time limit of {} ms",
-                    inv.limits.cpu_ms
+                    limits.cpu_ms
                 ),
             ),
             FunctionError::MemoryLimit => error(
@@ -836,7 +867,7 @@ fn respond(inv: &Invoker, reply: Reply, body: Vec<u8>) -> Response {
                 "function_memory_limit",
                 format!(
                     "the function exceeded its memory limit of {} MiB",
-                    inv.limits.memory_bytes / (1024 * 1024)
+                    limits.memory_bytes / (1024 * 1024)
                 ),
             ),
             FunctionError::Exception => error(500, "function_error", message),

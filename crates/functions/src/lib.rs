@@ -45,7 +45,7 @@ use madbase_tenancy::TenantClient;
 /// | `MADBASE_FUNCTIONS_MAX_FETCHES` | 50 | `fetch` calls per invocation |
 /// | `MADBASE_FUNCTIONS_MAX_FETCH_BYTES` | 10 MiB | largest `fetch` response body |
 /// | `MADBASE_FUNCTIONS_FETCH_ALLOW` | (none) | comma list of hosts/CIDRs `fetch` may reach although private (the hosts of `MADBASE_PUBLIC_URL` and `MADBASE_FUNCTIONS_PROXY_URL` always are) |
-/// | `MADBASE_FUNCTIONS_CODE_CACHE_SECONDS` | 2 | how long a function's code and secrets are cached |
+/// | `MADBASE_FUNCTIONS_CODE_CACHE_SECONDS` | 2 | how long a function's code and secrets are cached at most (control's change feed drops them at once on a deploy, delete or secret change; this bounds how long a change goes unseen while the feed is down) |
 /// | `MADBASE_FUNCTIONS_TEST_HOOKS` | unset | `1`: workers (which inherit it) offer test-only hooks such as `__madbaseTestCrash()`; never in production |
 #[derive(Clone)]
 pub struct Config {
@@ -174,14 +174,18 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
     let http = client::internal_client();
     let metrics = Metrics::new();
     let tenants = TenantClient::new(&config.control_url, &config.jwt_secret, &metrics);
-    let code = code::CodeCache::new(&config.control_url, &config.jwt_secret, config.code_ttl);
+    let code = code::CodeCache::new(
+        &config.control_url,
+        &config.jwt_secret,
+        config.code_ttl,
+        &tenants,
+    );
     let pool = pool::Pool::new(
         pool::PoolConfig {
             command: config.worker_command.clone(),
             size: config.workers,
             queue: config.queue,
             queue_wait: config.queue_wait,
-            wall: config.wall,
         },
         &metrics,
     );

@@ -46,8 +46,6 @@ pub(crate) struct PoolConfig {
     pub queue: usize,
     /// Longest wait for a worker.
     pub queue_wait: Duration,
-    /// Wall time of one invocation.
-    pub wall: Duration,
 }
 
 /// Keys a worker is believed to hold (the worker evicts on its own; a miss
@@ -194,7 +192,8 @@ impl Pool {
     }
 
     /// Runs one invocation (`invoke.source` is set by the pool when the
-    /// chosen worker needs it) and returns the worker's reply.
+    /// chosen worker needs it) within `wall` (its worker is killed beyond)
+    /// and returns the worker's reply.
     /// `on_done` sees the result where the invocation ends (the exchange's
     /// own task, which goes on when the caller goes away).
     pub(crate) async fn run(
@@ -202,6 +201,7 @@ impl Pool {
         invoke: Invoke,
         source: Arc<str>,
         body: bytes::Bytes,
+        wall: Duration,
         on_done: OnDone,
     ) -> Result<Answer, RunError> {
         let permit = match self.slots.clone().try_acquire_owned() {
@@ -236,7 +236,7 @@ impl Pool {
             async move {
                 let _permit = permit;
                 pool.metrics.busy.inc();
-                let result = pool.exchange(invoke, source, body).await;
+                let result = pool.exchange(invoke, source, body, wall).await;
                 pool.metrics.busy.dec();
                 on_done(&result);
                 result
@@ -256,6 +256,7 @@ impl Pool {
         mut invoke: Invoke,
         source: Arc<str>,
         body: bytes::Bytes,
+        wall: Duration,
     ) -> Result<Answer, RunError> {
         invoke.id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let key = invoke.key.clone();
@@ -269,8 +270,7 @@ impl Pool {
                 Some(w) => (w, false),
                 None => (self.spawn()?, true),
             };
-            let outcome =
-                tokio::time::timeout(self.cfg.wall, worker.call(&mut msg, &source, &body)).await;
+            let outcome = tokio::time::timeout(wall, worker.call(&mut msg, &source, &body)).await;
             match outcome {
                 Ok(Ok(answer)) => {
                     self.give_back(worker);
@@ -290,7 +290,7 @@ impl Pool {
                 Err(_) => {
                     tracing::warn!(
                         worker = worker.id,
-                        wall_seconds = self.cfg.wall.as_secs_f64(),
+                        wall_seconds = wall.as_secs_f64(),
                         "an invocation exceeded the wall limit: killing its worker"
                     );
                     self.retire(worker, "wall_limit").await;

@@ -1,23 +1,21 @@
-//! The functions service's routers, driven without a socket, against a
-//! stub of control's internal API on loopback. Worker processes here are
-//! stand-ins (`cat`, which echoes frames it should answer; `sleep`, which
-//! never answers) for the pool's failure paths; the real
-//! `madbase functions-worker` runs in the madbase crate's end-to-end tests
-//! (`crates/madbase/tests/it/functions.rs`).
+//! The functions service's routers, driven without a socket, against the
+//! real control service (in-process on loopback, on a testkit Postgres):
+//! tenants are created, functions deployed and limits set through its
+//! admin API. Worker processes here are stand-ins (`cat`, which echoes
+//! frames it should answer; `sleep`, which never answers) for the pool's
+//! failure paths; the real `madbase functions-worker` runs in the madbase
+//! crate's end-to-end tests (`crates/madbase/tests/it/functions.rs`).
 
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::Path;
-use axum::routing::get;
 use http_body_util::BodyExt as _;
 use madbase_platform::server::{admin_router, api_router};
 use madbase_tenancy::jwt;
+use madbase_testkit::service::{Served, control_env, telemetry};
+use madbase_testkit::tenant::{Tenant, platform_token};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
-
-const TENANT: &str = "acme";
-const TENANT_SECRET: &str = "acme-tenant-secret-acme-tenant-secret-0123";
 
 fn config(extra: &[(&str, &str)]) -> madbase_functions::Config {
     madbase_functions::Config::from_env(&madbase_testkit::service::env(extra))
@@ -80,78 +78,94 @@ fn configuration_defaults_and_errors() {
     }
 }
 
-/// A stand-in for control's internal API: tenant `acme`; functions
-/// `open` (verify_jwt off) and `locked` (on).
-async fn stub_control() -> String {
-    let tenant = json!({
-        "id": TENANT,
-        "jwt_secret": TENANT_SECRET,
-        "key_version": 1,
-        "database": "acme_db",
-        "db_host": "127.0.0.1",
-        "db_port": 5432,
-        "authenticator_user": "acme_authenticator",
-        "authenticator_password": "x",
-    });
-    let app = axum::Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route(
-            "/internal/v1/tenants/{id}",
-            get(move |Path(id): Path<String>| {
-                let tenant = tenant.clone();
-                async move {
-                    if id == TENANT {
-                        Ok(axum::Json(tenant))
-                    } else {
-                        Err(http::StatusCode::NOT_FOUND)
-                    }
-                }
-            }),
-        )
-        .route(
-            "/internal/v1/tenants/{id}/functions/{name}",
-            get(|Path((id, name)): Path<(String, String)>| async move {
-                if id != TENANT || !["open", "locked"].contains(&name.as_str()) {
-                    return Err(http::StatusCode::NOT_FOUND);
-                }
-                Ok(axum::Json(json!({
-                    "name": name,
-                    "version": 3,
-                    "sha256": "0".repeat(64),
-                    "verify_jwt": name == "locked",
-                    "source": "Deno.serve(() => new Response('hi'));",
-                    "env": {"A_SECRET": "x"},
-                })))
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
-
+/// The functions service's routers in front of a real control with one
+/// tenant, which has the functions `open` (verify_jwt off) and `locked`
+/// (on) and the secret `A_SECRET`.
 struct Functions {
     api: axum::Router,
     admin: axum::Router,
+    control: Served,
+    http: reqwest::Client,
+    tenant: Tenant,
+    _db: madbase_testkit::TestDb,
 }
 
 impl Functions {
     async fn start(extra: &[(&str, &str)]) -> Functions {
-        let control = stub_control().await;
-        let mut vars = vec![("MADBASE_CONTROL_URL", control.as_str())];
+        telemetry();
+        let db = madbase_testkit::postgres().expect("postgres");
+        let control_cfg =
+            madbase_control::Config::from_env(&control_env(&db, &[])).expect("control config");
+        let control =
+            Served::start(madbase_control::app(&control_cfg).await.expect("control")).await;
+        let http = reqwest::Client::new();
+        let tenant = Tenant::create(&http, &control.url(), "acme").await;
+        let control_url = control.url();
+        let mut vars = vec![("MADBASE_CONTROL_URL", control_url.as_str())];
         vars.extend_from_slice(extra);
         let app = madbase_functions::app(&config(&vars)).expect("app");
-        Functions {
+        let f = Functions {
             api: api_router(&app),
             admin: admin_router(&app),
-        }
+            control,
+            http,
+            tenant,
+            _db: db,
+        };
+        f.deploy("open", "?verify_jwt=false").await;
+        f.deploy("locked", "").await;
+        let resp = f
+            .http
+            .put(f.control_url("secrets"))
+            .bearer_auth(platform_token("admin"))
+            .json(&json!({"A_SECRET": "x"}))
+            .send()
+            .await
+            .expect("secrets");
+        assert_eq!(resp.status(), 200);
+        f
+    }
+
+    /// `<control>/v1/tenants/<tenant>/<path>`
+    fn control_url(&self, path: &str) -> String {
+        format!(
+            "{}/v1/tenants/{}/{path}",
+            self.control.url(),
+            self.tenant.id
+        )
+    }
+
+    /// Deploys a small function as `name` through control.
+    async fn deploy(&self, name: &str, query: &str) {
+        let resp = self
+            .http
+            .put(format!(
+                "{}{query}",
+                self.control_url(&format!("functions/{name}"))
+            ))
+            .bearer_auth(platform_token("admin"))
+            .body("Deno.serve(() => new Response('hi'));")
+            .send()
+            .await
+            .expect("deploy");
+        assert!(
+            resp.status().is_success(),
+            "deploy {name}: {}",
+            resp.status()
+        );
+    }
+
+    /// A `madbase_function_invocations_total` line of this tenant.
+    fn counted(&self, function: &str, outcome: &str, n: u32) -> String {
+        format!(
+            "madbase_function_invocations_total{{tenant=\"{}\",function=\"{function}\",outcome=\"{outcome}\"}} {n}",
+            self.tenant.id
+        )
     }
 
     async fn call(&self, req: http::request::Builder, body: Body) -> (u16, Value) {
         let req = req
-            .header("x-madbase-tenant", TENANT)
+            .header("x-madbase-tenant", &self.tenant.id)
             .body(body)
             .expect("request");
         let resp = self.api.clone().oneshot(req).await.expect("infallible");
@@ -189,7 +203,13 @@ impl Functions {
 
 #[tokio::test]
 async fn invocations_need_a_tenant_and_control() {
-    let app = madbase_functions::app(&config(&[])).expect("app");
+    // Control's address: a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let control_url = format!("http://{closed}");
+    let app =
+        madbase_functions::app(&config(&[("MADBASE_CONTROL_URL", &control_url)])).expect("app");
     let api = api_router(&app);
     let call = |req: http::Request<Body>| {
         let api = api.clone();
@@ -236,7 +256,8 @@ async fn lookups_jwt_and_body_limits_come_before_any_worker() {
         assert_eq!(status, 404, "{name}: {body}");
         assert_eq!(body["code"], "function_not_found");
     }
-    for other in ["other", "acme/functions/open", "x"] {
+    let nested = format!("{}/functions/open", f.tenant.id);
+    for other in ["other", nested.as_str(), "x"] {
         let (status, body) = f
             .call(
                 http::Request::post("/functions/v1/open").header("x-madbase-tenant", other),
@@ -251,7 +272,11 @@ async fn lookups_jwt_and_body_limits_come_before_any_worker() {
     let (status, body) = f.post("locked").await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["code"], "missing_authorization");
-    let other = jwt::api_key("another-secret-another-secret-another", TENANT, "anon");
+    let other = jwt::api_key(
+        "another-secret-another-secret-another",
+        &f.tenant.id,
+        "anon",
+    );
     for token in ["garbage", other.as_str()] {
         let (status, body) = f
             .call(
@@ -264,7 +289,7 @@ async fn lookups_jwt_and_body_limits_come_before_any_worker() {
         assert_eq!(body["code"], "invalid_jwt");
     }
     // A valid key passes the check and reaches the (missing) worker.
-    let key = jwt::api_key(TENANT_SECRET, TENANT, "anon");
+    let key = jwt::api_key(&f.tenant.jwt_secret, &f.tenant.id, "anon");
     let (status, body) = f
         .call(
             http::Request::post("/functions/v1/locked")
@@ -296,11 +321,11 @@ async fn lookups_jwt_and_body_limits_come_before_any_worker() {
 
     let metrics = f.metrics().await;
     for needle in [
-        "madbase_function_invocations_total{tenant=\"acme\",function=\"unknown\",outcome=\"not_found\"} 2",
-        "madbase_function_invocations_total{tenant=\"acme\",function=\"locked\",outcome=\"unauthorized\"} 3",
-        "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"request_too_large\"} 2",
+        f.counted("unknown", "not_found", 2),
+        f.counted("locked", "unauthorized", 3),
+        f.counted("open", "request_too_large", 2),
     ] {
-        assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+        assert!(metrics.contains(&needle), "{needle} in\n{metrics}");
     }
     assert!(!metrics.contains("Bad.Name"));
     assert!(
@@ -328,9 +353,7 @@ async fn a_worker_that_breaks_the_protocol_fails_only_its_invocation() {
         "{metrics}"
     );
     assert!(
-        metrics.contains(
-            "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"crashed\"} 2"
-        ),
+        metrics.contains(&f.counted("open", "crashed", 2)),
         "{metrics}"
     );
 }
@@ -398,12 +421,12 @@ async fn wall_limit_queue_and_tenant_cap() {
 
     let metrics = f.metrics().await;
     for needle in [
-        "madbase_function_worker_restarts_total{reason=\"wall_limit\"} 1",
-        "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"pool_busy\"} 3",
-        "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"wall_limit\"} 1",
-        "madbase_function_workers_busy 0",
+        "madbase_function_worker_restarts_total{reason=\"wall_limit\"} 1".to_owned(),
+        f.counted("open", "pool_busy", 3),
+        f.counted("open", "wall_limit", 1),
+        "madbase_function_workers_busy 0".to_owned(),
     ] {
-        assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+        assert!(metrics.contains(&needle), "{needle} in\n{metrics}");
     }
 }
 
@@ -440,10 +463,10 @@ async fn a_tenant_over_its_concurrency_cap_gets_429() {
     let abandoned = tokio::time::timeout(Duration::from_millis(200), f.post("open")).await;
     assert!(abandoned.is_err());
     let deadline = Instant::now() + Duration::from_secs(5);
-    let needle = "madbase_function_invocations_total{tenant=\"acme\",function=\"open\",outcome=\"wall_limit\"} 4";
+    let needle = f.counted("open", "wall_limit", 4);
     loop {
         let metrics = f.metrics().await;
-        if metrics.contains(needle) {
+        if metrics.contains(&needle) {
             break;
         }
         assert!(Instant::now() < deadline, "{needle} in\n{metrics}");
@@ -458,10 +481,14 @@ async fn recent_invocations_are_kept_for_the_console() {
     let f = Functions::start(&[("MADBASE_FUNCTIONS_WORKER_CMD", "/nonexistent/worker")]).await;
     let recent = |token: String| {
         let api = f.api.clone();
+        let uri = format!(
+            "/internal/v1/tenants/{}/functions/locked/invocations",
+            f.tenant.id
+        );
         async move {
             let resp = api
                 .oneshot(
-                    http::Request::get("/internal/v1/tenants/acme/functions/locked/invocations")
+                    http::Request::get(uri)
                         .header("authorization", format!("Bearer {token}"))
                         .body(Body::empty())
                         .expect("request"),
@@ -520,4 +547,92 @@ async fn recent_invocations_are_kept_for_the_console() {
         Duration::from_secs(60),
     );
     assert_eq!(recent(admin).await.0, 401);
+}
+
+/// A redeploy and a delete reach the functions service through control's
+/// change feed: with an hour-long code cache, nothing else could show them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_code_cache_follows_controls_change_feed() {
+    let f = Functions::start(&[
+        ("MADBASE_FUNCTIONS_WORKER_CMD", "/nonexistent/worker"),
+        ("MADBASE_FUNCTIONS_CODE_CACHE_SECONDS", "3600"),
+    ])
+    .await;
+    // Cached: `locked` verifies JWTs; `open` reaches the (missing) worker.
+    let (status, body) = f.post("locked").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = f.post("open").await;
+    assert_eq!(status, 503, "{body}");
+
+    f.deploy("locked", "?verify_jwt=false").await;
+    let resp = f
+        .http
+        .delete(f.control_url("functions/open"))
+        .bearer_auth(platform_token("admin"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (locked, _) = f.post("locked").await;
+        let (open, body) = f.post("open").await;
+        if locked == 503 && open == 404 {
+            assert_eq!(body["code"], "function_not_found");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 10 s: locked {locked}, open {open} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A tenant's limit overrides, set in control, apply to its invocations:
+/// a concurrency cap of 1 where the service allows 20, and a 1 s wall time
+/// where the service allows 30 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_limit_overrides_apply_to_its_invocations() {
+    let f = std::sync::Arc::new(
+        Functions::start(&[
+            ("MADBASE_FUNCTIONS_WORKER_CMD", "sleep 60"),
+            ("MADBASE_FUNCTIONS_WORKERS", "4"),
+            ("MADBASE_FUNCTIONS_WALL_SECONDS", "30"),
+            ("MADBASE_FUNCTIONS_TENANT_CONCURRENCY", "20"),
+        ])
+        .await,
+    );
+    let resp = f
+        .http
+        .put(f.control_url("function-limits"))
+        .bearer_auth(platform_token("admin"))
+        .json(&json!({"max_concurrent": 1, "wall_seconds": 1}))
+        .send()
+        .await
+        .expect("limits");
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    let first = {
+        let f = f.clone();
+        tokio::spawn(async move { f.post("open").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = f.post("open").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "function_concurrency_limit");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already runs 1 function")),
+        "{body}"
+    );
+    let (status, body) = first.await.expect("join");
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["code"], "function_wall_limit");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the tenant's 1 s wall time, not the service's 30 s: {:?}",
+        started.elapsed()
+    );
 }

@@ -648,3 +648,282 @@ async fn a_worker_that_dropped_a_runtime_is_sent_the_source_again() {
         assert!(metrics.contains(&needle), "{needle} in\n{metrics}");
     }
 }
+
+impl Stack {
+    /// `PUT`/`GET`/`DELETE /v1/tenants/{id}/function-limits` (admin token):
+    /// status and JSON body (`Null` for none).
+    async fn limits(
+        &self,
+        tenant: &Tenant,
+        method: reqwest::Method,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = http()
+            .request(
+                method,
+                format!(
+                    "{}/v1/tenants/{}/function-limits",
+                    self.control_url(),
+                    tenant.id
+                ),
+            )
+            .bearer_auth(platform_token("admin"));
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        let resp = req.send().await.expect("function limits");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+/// Busy for 400 ms of CPU time, then answers which tenant it ran for.
+const BUSY: &str = r#"
+Deno.serve(() => {
+  const start = Date.now();
+  while (Date.now() - start < 400) {}
+  return Response.json({ busy: "done", secret: Deno.env.get("FEED_SECRET") ?? null });
+});
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_and_tenant_limits_reach_the_functions_service_through_the_change_feed() {
+    // An hour-long code cache: only control's change feed can make a
+    // redeploy, a delete, a secret or a limit visible within the test.
+    let stack = Stack::start(&[
+        ("MADBASE_FUNCTIONS_CODE_CACHE_SECONDS", "3600"),
+        ("MADBASE_FUNCTIONS_CPU_MS", "2000"),
+    ]);
+    let a = stack.tenant("fnfeeda").await;
+    let b = stack.tenant("fnfeedb").await;
+    stack
+        .deploy(
+            &a,
+            "v",
+            "",
+            "Deno.serve(() => Response.json({ version: 1 }));",
+        )
+        .await;
+    let (status, body, _) = stack.call(&a, "v", json!({})).await;
+    assert_eq!((status, &body), (200, &json!({"version": 1})));
+
+    // Redeploy and delete are seen although the cached entry is fresh.
+    stack
+        .deploy(
+            &a,
+            "v",
+            "",
+            "Deno.serve(() => Response.json({ version: 2 }));",
+        )
+        .await;
+    eventually(&stack, &a, "v", |s, b| s == 200 && b["version"] == 2).await;
+    let resp = http()
+        .delete(format!(
+            "{}/v1/tenants/{}/functions/v",
+            stack.control_url(),
+            a.id
+        ))
+        .bearer_auth(platform_token("admin"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), 204);
+    let (_, body) = eventually(&stack, &a, "v", |s, _| s == 404).await;
+    assert_eq!(body["code"], "function_not_found");
+
+    // The default CPU limit (2 s) lets 400 ms of work through, in both tenants.
+    for t in [&a, &b] {
+        stack.deploy(t, "busy", "", BUSY).await;
+        let (status, body, _) = stack.call(t, "busy", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["secret"], Value::Null);
+    }
+    // A secret set after the code was cached is seen.
+    let resp = http()
+        .put(format!(
+            "{}/v1/tenants/{}/secrets",
+            stack.control_url(),
+            a.id
+        ))
+        .bearer_auth(platform_token("admin"))
+        .json(&json!({"FEED_SECRET": "s1"}))
+        .send()
+        .await
+        .expect("secrets");
+    assert_eq!(resp.status(), 200);
+    eventually(&stack, &a, "busy", |s, b| s == 200 && b["secret"] == "s1").await;
+
+    // Tenant A's limits, through control's admin API. Bad input is a JSON error.
+    for (body, code) in [
+        (r#"{"cpu_ms": 0}"#, "invalid_function_limits"),
+        (r#"{"max_concurrent": 100001}"#, "invalid_function_limits"),
+        (r#"{"cpu_ms": 50, "memory": 5}"#, "invalid_json"),
+        (r#"{"cpu_ms": "fast"}"#, "invalid_json"),
+        ("not json", "invalid_json"),
+    ] {
+        let (status, answer) = stack.limits(&a, reqwest::Method::PUT, Some(body)).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["code"], code, "{body}: {answer}");
+        assert!(answer["message"].is_string(), "{answer}");
+    }
+    let (status, answer) = stack.limits(&a, reqwest::Method::GET, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer,
+        json!({"cpu_ms": null, "wall_seconds": null, "memory_mb": null, "max_concurrent": null})
+    );
+    let (status, answer) = stack
+        .limits(
+            &a,
+            reqwest::Method::PUT,
+            Some(r#"{"cpu_ms": 100, "wall_seconds": 30}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["cpu_ms"], 100);
+    assert_eq!(answer["memory_mb"], Value::Null);
+    let (status, answer) = stack.limits(&a, reqwest::Method::GET, None).await;
+    assert_eq!((status, answer["cpu_ms"].clone()), (200, json!(100)));
+
+    // A's invocation now stops at 100 ms of CPU: 546 function_cpu_limit,
+    // where the default passed; B is unaffected.
+    let (status, body) = eventually(&stack, &a, "busy", |s, _| s != 200).await;
+    assert_eq!(status, 546, "{body}");
+    assert_eq!(body["code"], "function_cpu_limit");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("100 ms")),
+        "{body}"
+    );
+    let (status, body, _) = stack.call(&b, "busy", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A lower wall time: a function waiting 3 s is cut at 1 s with 504.
+    stack
+        .deploy(
+            &a,
+            "wait",
+            "",
+            "Deno.serve(async () => { await new Promise((r) => setTimeout(r, 3000)); return new Response('late'); });",
+        )
+        .await;
+    let (status, _) = stack
+        .limits(
+            &a,
+            reqwest::Method::PUT,
+            Some(r#"{"cpu_ms": 100, "wall_seconds": 1}"#),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = eventually(&stack, &a, "wait", |s, _| s != 200).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["code"], "function_wall_limit");
+
+    // Back to the defaults: A's work passes again.
+    let (status, _) = stack.limits(&a, reqwest::Method::DELETE, None).await;
+    assert_eq!(status, 204);
+    eventually(&stack, &a, "busy", |s, _| s == 200).await;
+    let ghost = Tenant {
+        id: "fnfeed-no-such-tenant".to_owned(),
+        ..a.clone()
+    };
+    let (status, answer) = stack.limits(&ghost, reqwest::Method::GET, None).await;
+    assert_eq!(status, 404);
+    assert_eq!(answer["code"], "tenant_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_tenants_function_answers_within_50_ms_while_runaway_functions_run() {
+    // Three workers: tenant A's infinite loop and allocation bomb hold two
+    // (each until its limit stops it), tenant B's function gets the third.
+    let stack = Stack::start(&[
+        ("MADBASE_FUNCTIONS_WORKERS", "3"),
+        ("MADBASE_FUNCTIONS_CPU_MS", "3000"),
+        ("MADBASE_FUNCTIONS_MEMORY_MB", "1024"),
+    ]);
+    let a = stack.tenant("fnrunaway").await;
+    let b = stack.tenant("fnbystand").await;
+    stack
+        .deploy(&a, "spin", "", "Deno.serve(() => { while (true) {} });")
+        .await;
+    stack
+        .deploy(
+            &a,
+            "bomb",
+            "",
+            "Deno.serve(() => { const keep = []; while (true) { keep.push(new Array(100000).fill(keep.length)); } });",
+        )
+        .await;
+    stack
+        .deploy(
+            &b,
+            "hello",
+            "",
+            "Deno.serve(() => Response.json({ b: true }));",
+        )
+        .await;
+    for _ in 0..3 {
+        let (status, body, _) = stack.call(&b, "hello", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let runaway = |name: &'static str| {
+        let url = stack.fn_url(&a, name);
+        let key = a.anon_key.clone();
+        tokio::spawn(async move {
+            let resp = http()
+                .post(url)
+                .header("apikey", &key)
+                .bearer_auth(&key)
+                .send()
+                .await
+                .expect("runaway");
+            let status = resp.status().as_u16();
+            let body = resp.json::<Value>().await.expect("json");
+            (status, body, Instant::now())
+        })
+    };
+    let spin = runaway("spin");
+    let bomb = runaway("bomb");
+    // Both are running once the workers are busy with them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stack
+        .metrics()
+        .await
+        .contains("madbase_function_workers_busy 2")
+    {
+        assert!(Instant::now() < deadline, "the runaways never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut took = Vec::new();
+    for _ in 0..7 {
+        let (status, body, t) = stack.call(&b, "hello", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        took.push(t);
+    }
+    let b_done = Instant::now();
+    let (spin_status, spin_body, spin_done) = spin.await.expect("join");
+    let (bomb_status, bomb_body, bomb_done) = bomb.await.expect("join");
+    assert!(
+        b_done < spin_done,
+        "tenant B's calls ended only after tenant A's loop was stopped"
+    );
+    assert_eq!(spin_status, 546, "{spin_body}");
+    assert_eq!(spin_body["code"], "function_cpu_limit");
+    assert_eq!(bomb_status, 500, "{bomb_body}");
+    assert_eq!(bomb_body["code"], "function_memory_limit");
+    took.sort();
+    eprintln!(
+        "tenant B while A's runaways ran: {took:?} (bomb ended after B: {})",
+        b_done < bomb_done
+    );
+    assert!(
+        took[took.len() / 2] <= Duration::from_millis(50),
+        "tenant B's median answer took {:?} while tenant A's runaways ran: {took:?}",
+        took[took.len() / 2]
+    );
+}
