@@ -34,13 +34,13 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use madbase_js::protocol::{FunctionError, FunctionKey, Invoke, Limits, Outcome, Reply};
 use madbase_platform::metrics::{LatencyFamily, latency_family};
 use madbase_platform::{ApiError, Metrics, request_id};
 use madbase_tenancy::jwt;
-use madbase_tenancy::{TenantClient, TenantInfo};
+use madbase_tenancy::{Failure, Surface, Tenancy, TenantClient, TenantInfo};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -86,7 +86,8 @@ struct MintedKeys {
 /// State of the invocation routes.
 #[derive(Debug)]
 pub(crate) struct Invoker {
-    tenants: TenantClient,
+    /// Who is calling: the tenant client and the verified-key cache.
+    tenancy: Tenancy,
     code: CodeCache,
     pool: Arc<Pool>,
     public_url: String,
@@ -148,7 +149,7 @@ impl Invoker {
             }
         }
         Arc::new(Invoker {
-            tenants,
+            tenancy: Tenancy::new(tenants),
             code,
             pool,
             public_url: config.public_url.clone(),
@@ -415,29 +416,18 @@ async fn prepare(
             ApiError::unavailable("the control plane is unreachable"),
         )
     };
-    let tenant_not_found = || {
-        (
-            "tenant_not_found",
-            None,
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "tenant_not_found",
-                format!("no tenant {tenant:?}"),
-            ),
-        )
+    // The tenancy contract's refusals, answered from its table.
+    let refused = |r: madbase_tenancy::Refusal, function: Option<String>| {
+        let outcome = match r.failure() {
+            Failure::NoTenant | Failure::UnknownTenant => "tenant_not_found",
+            Failure::ControlUnreachable => "tenant_unavailable",
+            Failure::MissingKey | Failure::InvalidKey | Failure::ExpiredKey => "unauthorized",
+        };
+        (outcome, function, r.api_error(Surface::Functions))
     };
     // Only a tenant id's shape goes into control's URLs.
-    if !madbase_tenancy::is_valid_id(tenant) {
-        return Err(tenant_not_found());
-    }
-    let mut info = match inv.tenants.get(tenant).await {
-        Ok(Some(info)) => info,
-        Ok(None) => return Err(tenant_not_found()),
-        Err(e) => {
-            let (_, function, err) = unavailable(&e);
-            return Err(("tenant_unavailable", function, err));
-        }
-    };
+    let found = (inv.tenancy.tenant(tenant).await).map_err(|r| refused(r, None))?;
+    let mut info = found.info.clone();
     if !valid_function_name(name) {
         return Err(("not_found", None, function_not_found(tenant, name)));
     }
@@ -451,43 +441,14 @@ async fn prepare(
 
     // A browser's preflight never carries the JWT: it reaches the function,
     // which answers CORS itself (as Supabase's edge runtime does).
+    // (The tenancy contract re-reads the tenant once on a bad signature:
+    // its keys may have been rotated since it was cached.)
     if code.verify_jwt && parts.method != http::Method::OPTIONS {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(jwt::bearer);
-        let Some(token) = token else {
-            return Err((
-                "unauthorized",
-                deployed,
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "missing_authorization",
-                    "this function verifies JWTs: send Authorization: Bearer <the tenant's key or a user's JWT>",
-                ),
-            ));
-        };
-        let mut verified = jwt::verify_tenant_token(&info.jwt_secret, tenant, token);
-        if matches!(verified, Err(jwt::JwtError::BadSignature)) {
-            // The tenant's keys may have been rotated since it was cached.
-            inv.tenants.invalidate(tenant);
-            if let Ok(Some(fresh)) = inv.tenants.get(tenant).await {
-                info = fresh;
-                verified = jwt::verify_tenant_token(&info.jwt_secret, tenant, token);
-            }
-        }
-        if let Err(e) = verified {
-            return Err((
-                "unauthorized",
-                deployed,
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_jwt",
-                    format!("invalid JWT in Authorization: {e}"),
-                ),
-            ));
-        }
+        let caller = (inv.tenancy)
+            .caller(found, &parts.headers, Surface::Functions)
+            .await
+            .map_err(|r| refused(r, deployed.clone()))?;
+        info = caller.tenant.info;
     }
 
     let (limits, wall, cap) = inv.limits_for(&code.limits);

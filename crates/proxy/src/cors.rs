@@ -132,7 +132,9 @@ where
     Fut: Future<Output = Response>,
 {
     let info = match tenant {
-        Some(t) if madbase_tenancy::is_valid_id(t) => state.tenants.get(t).await.ok().flatten(),
+        Some(t) if madbase_tenancy::is_valid_id(t) => {
+            state.tenancy.tenants().get(t).await.ok().flatten()
+        }
         _ => None,
     };
     let policy = state

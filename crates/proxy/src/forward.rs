@@ -17,11 +17,12 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper::client::conn::http1;
 use madbase_platform::server::ConnectionState;
 use madbase_platform::{ApiError, client};
+use madbase_tenancy::{Failure, Refusal, Surface};
 use tower::Service as _;
 use tower::ServiceExt as _;
 
+use crate::cors;
 use crate::{AppState, Upstream};
-use crate::{cors, keys};
 
 /// The header carrying the tenant to upstreams; only the proxy sets it.
 pub const TENANT_HEADER: &str = "x-madbase-tenant";
@@ -84,9 +85,10 @@ async fn by_host_tenant(
     req: Request,
 ) -> Response {
     let Some(tenant) = tenant else {
+        let (status, code) = Failure::NoTenant.answer(Surface::Gateway);
         return ApiError::new(
-            StatusCode::NOT_FOUND,
-            "tenant_not_found",
+            status,
+            code,
             format!(
                 "no tenant in this request: use <tenant>.{} or the path prefix /t/<tenant>/",
                 state.config.domain
@@ -128,12 +130,9 @@ fn request_host(req: &Request) -> Option<String> {
 }
 
 fn tenant_not_found(tenant: &str) -> Response {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "tenant_not_found",
-        format!("no tenant {tenant:?}"),
-    )
-    .into_response()
+    Refusal::UnknownTenant(tenant.to_owned())
+        .api_error(Surface::Gateway)
+        .into_response()
 }
 
 /// The request path without the tenant prefix: the path the upstream sees.
@@ -193,49 +192,28 @@ async fn authorize_and_forward(
     peer: SocketAddr,
     req: Request,
 ) -> Response {
-    // The tenant, and its key check (a refused signature re-reads the tenant
-    // once: its keys may have been rotated since it was cached). Functions
+    // The tenant, and its key check (the tenancy contract: a refused
+    // signature re-reads the tenant once, its keys may have been rotated
+    // since it was cached). Functions
     // are reached without a key check here, as on Supabase (its gateway has
     // no key-auth on /functions/v1): the functions service verifies the
     // caller's JWT when the function has `verify_jwt` (the default) and
     // lets anyone in when it does not; a browser's preflight, which never
     // carries a key, reaches the function, which answers CORS itself.
-    let key_free = upstream == Upstream::Functions;
-    let mut retried = false;
-    loop {
-        let info = match state.tenants.get(tenant).await {
-            Ok(Some(info)) => info,
-            Ok(None) => return unverified(tenant_not_found(tenant)),
-            Err(e) => {
-                tracing::warn!(error = %e, "tenant lookup failed");
-                return unverified(
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "tenant_lookup_failed",
-                        "the control plane is unreachable and this tenant is not cached",
-                    )
-                    .into_response(),
-                );
-            }
+    let checked = if upstream == Upstream::Functions {
+        state.tenancy.tenant(tenant).await.map(drop)
+    } else {
+        (state.tenancy)
+            .authenticate(tenant, req.headers(), Surface::Gateway)
+            .await
+            .map(drop)
+    };
+    if let Err(refusal) = checked {
+        let response = refusal.api_error(Surface::Gateway).into_response();
+        return match refusal.failure() {
+            Failure::UnknownTenant | Failure::ControlUnreachable => unverified(response),
+            _ => response,
         };
-        if key_free {
-            break;
-        }
-        match keys::check(&state.verified, req.headers(), tenant, &info.jwt_secret) {
-            Ok(()) => break,
-            Err(e) if e.maybe_stale_secret() && !retried => {
-                retried = true;
-                state.tenants.invalidate(tenant);
-            }
-            Err(e) => {
-                let code = if e == keys::KeyError::Missing {
-                    "missing_api_key"
-                } else {
-                    "invalid_api_key"
-                };
-                return ApiError::new(StatusCode::UNAUTHORIZED, code, e.message()).into_response();
-            }
-        }
     }
 
     if let Some(limiter) = &state.limiter

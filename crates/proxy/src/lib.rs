@@ -6,7 +6,6 @@
 
 mod cors;
 mod forward;
-mod keys;
 mod metrics;
 
 use std::num::NonZeroU32;
@@ -21,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use madbase_platform::config::{ConfigError, Env, Source};
 use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, client, secrets};
-use madbase_tenancy::TenantClient;
+use madbase_tenancy::{Tenancy, TenantClient};
 
 /// The proxy's configuration, from the environment.
 #[derive(Clone)]
@@ -217,8 +216,8 @@ impl Upstream {
 /// Everything the forwarding handler needs.
 pub(crate) struct State {
     pub(crate) config: Config,
-    pub(crate) tenants: TenantClient,
-    pub(crate) verified: madbase_tenancy::jwt::VerifiedTokens,
+    /// Who is calling: the tenant client and the verified-key cache.
+    pub(crate) tenancy: Tenancy,
     /// Upstream connections of HTTP/2 client connections, and the retry of
     /// a request a client connection's own upstream connection could not
     /// send (see `forward::send`).
@@ -272,8 +271,7 @@ pub fn app_with_local(config: &Config, local: Local) -> anyhow::Result<ServiceAp
         .map(|(rps, burst)| RateLimiter::keyed(Quota::per_second(rps).allow_burst(burst)));
     let state: AppState = Arc::new(State {
         config: config.clone(),
-        tenants,
-        verified: Default::default(),
+        tenancy: Tenancy::new(tenants),
         http,
         connector,
         hosts: [

@@ -12,6 +12,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::Role;
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
@@ -204,8 +206,12 @@ mod tests {
     }
 }
 
-/// Roles a tenant token may carry.
-pub const API_ROLES: [&str; 3] = ["anon", "authenticated", "service_role"];
+/// Roles a tenant token may carry (the names of [`Role::ALL`]).
+pub const API_ROLES: [&str; 3] = [
+    Role::Anon.as_str(),
+    Role::Authenticated.as_str(),
+    Role::ServiceRole.as_str(),
+];
 
 /// A tenant API key (`anon` / `service_role`, issued by control).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -274,18 +280,42 @@ pub fn verify_tenant_token(
 pub type Claims = serde_json::Map<String, serde_json::Value>;
 
 /// Verified claims with their JSON text (what the worker hands Postgres as
-/// `request.jwt.claims`), serialised once per token, not per request.
+/// `request.jwt.claims`), serialised once per token, not per request, and
+/// the role they name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifiedClaims {
+    /// Every claim of the token.
     pub claims: Claims,
+    /// `claims` as JSON text.
     pub json: String,
+    /// The `role` claim ([`verify_tenant_token`] refuses any other).
+    pub role: Role,
 }
 
 impl VerifiedClaims {
+    /// `claims` (already verified) with their JSON text; a missing or
+    /// unknown `role` counts as `anon`.
     pub fn new(claims: Claims) -> Self {
         // A map of JSON values always serialises.
         let json = serde_json::to_string(&claims).unwrap_or_default();
-        Self { claims, json }
+        let role = claims
+            .get("role")
+            .and_then(serde_json::Value::as_str)
+            .and_then(Role::parse)
+            .unwrap_or(Role::Anon);
+        Self { claims, json, role }
+    }
+
+    /// The claims of a request without a token: `{"role":"anon"}`.
+    pub fn anon() -> Self {
+        Self::new(
+            [(
+                "role".to_owned(),
+                serde_json::Value::from(Role::Anon.as_str()),
+            )]
+            .into_iter()
+            .collect(),
+        )
     }
 }
 

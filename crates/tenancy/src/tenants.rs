@@ -57,16 +57,6 @@ impl std::fmt::Debug for TenantInfo {
     }
 }
 
-/// True when `id` has the shape of a tenant id: `^[a-z][a-z0-9-]{2,39}$`.
-pub fn is_valid_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    (3..=40).contains(&bytes.len())
-        && bytes[0].is_ascii_lowercase()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-}
-
 /// At most this many CORS origins per list.
 pub const MAX_CORS_ORIGINS: usize = 100;
 

@@ -35,20 +35,16 @@ impl Tenant {
             .expect("create tenant");
         assert_eq!(resp.status(), 201, "creating tenant {id}");
         let created: Value = resp.json().await.expect("json");
-        let info: Value = http
-            .get(format!("{control_url}/internal/v1/tenants/{id}"))
-            .bearer_auth(platform_token("internal"))
-            .send()
-            .await
-            .expect("internal lookup")
-            .json()
-            .await
-            .expect("json");
+        let info: madbase_tenancy::TenantInfo =
+            madbase_tenancy::internal_get(http, control_url, JWT_SECRET, &format!("tenants/{id}"))
+                .await
+                .expect("internal lookup")
+                .expect("the tenant just created");
         let text = |v: &Value, field: &str| v[field].as_str().expect(field).to_owned();
         Tenant {
             anon_key: text(&created, "anon_key"),
             service_key: text(&created, "service_role_key"),
-            jwt_secret: text(&info, "jwt_secret"),
+            jwt_secret: info.jwt_secret,
             id,
         }
     }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use http::{HeaderMap, Method, Uri};
 use madbase_platform::telemetry;
 use madbase_tenancy::jwt;
-use serde_json::Value;
 
 use crate::auth::authenticate;
 use crate::error::{Code, Error};
@@ -43,7 +42,8 @@ impl Ctx {
 /// with the transaction's task (and its retry) without copying.
 #[derive(Debug)]
 pub(crate) struct Settings {
-    pub(crate) role: String,
+    /// The role's name (`madbase_tenancy::Role`).
+    pub(crate) role: &'static str,
     pub(crate) claims: Arc<jwt::VerifiedClaims>,
     pub(crate) method: String,
     pub(crate) path: String,
@@ -98,12 +98,8 @@ pub(crate) async fn context(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Ctx, Error> {
-    let (tenant, claims) = authenticate(st, headers).await?;
-    let role = claims
-        .get("role")
-        .and_then(Value::as_str)
-        .unwrap_or("anon")
-        .to_owned();
+    let caller = authenticate(st, headers).await?;
+    let role = caller.role().as_str();
     let profile_header = if matches!(*method, Method::GET | Method::HEAD) {
         "accept-profile"
     } else {
@@ -125,7 +121,7 @@ pub(crate) async fn context(
     let (media, plan) = media(headers, st.plans)?;
     let singular = media.singular();
     let mut prefer = Prefer::from_headers(headers);
-    let db = st.pools.get(&tenant);
+    let db = st.pools.get(&caller.tenant.info);
     let schema = load_schema(st, &db, role == "anon").await?;
     if prefer.timezone.is_some() {
         prefer.resolve_timezone(|tz| schema.timezones.contains(tz));
@@ -135,7 +131,7 @@ pub(crate) async fn context(
         schema,
         settings: Arc::new(Settings {
             role,
-            claims,
+            claims: caller.claims,
             method: method.as_str().to_owned(),
             path: uri.path().to_owned(),
             headers: headers_json(headers),
@@ -182,6 +178,7 @@ pub(crate) async fn lookup_table(
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
+    use serde_json::Value;
 
     use super::*;
 

@@ -3,6 +3,7 @@
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use madbase_platform::ApiError;
+use madbase_tenancy::{Failure, Surface};
 
 use crate::conns::DbError;
 use crate::query::ParseError;
@@ -96,11 +97,11 @@ impl Code {
             Code::AmbiguousFunction => ("PGRST203", StatusCode::MULTIPLE_CHOICES),
             Code::ColumnNotFound => ("PGRST204", StatusCode::BAD_REQUEST),
             Code::TableNotFound => ("PGRST205", StatusCode::NOT_FOUND),
-            Code::Jwt => ("PGRST301", StatusCode::UNAUTHORIZED),
+            Code::Jwt => tenancy(Failure::InvalidKey),
             Code::UndefinedColumn => ("42703", StatusCode::BAD_REQUEST),
-            Code::TenantRequired => ("tenant_required", StatusCode::BAD_REQUEST),
-            Code::TenantNotFound => ("tenant_not_found", StatusCode::NOT_FOUND),
-            Code::ControlUnavailable => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            Code::TenantRequired => tenancy(Failure::NoTenant),
+            Code::TenantNotFound => tenancy(Failure::UnknownTenant),
+            Code::ControlUnavailable => tenancy(Failure::ControlUnreachable),
         }
     }
 
@@ -116,6 +117,13 @@ impl Code {
     fn api(self, message: impl Into<String>) -> ApiError {
         ApiError::new(self.status(), self.as_str(), message)
     }
+}
+
+/// A refusal's code and status on the data API, from the tenancy table
+/// (`madbase_tenancy::Failure::answer`), which every service answers from.
+const fn tenancy(failure: Failure) -> (&'static str, StatusCode) {
+    let (status, code) = failure.answer(Surface::DataApi);
+    (code, status)
 }
 
 /// One of the worker's own errors: its code, message, details and hint.

@@ -32,7 +32,7 @@ use axum::Router;
 use axum::routing::any;
 use madbase_platform::config::{ConfigError, Env, Source};
 use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, client, secrets};
-use madbase_tenancy::TenantClient;
+use madbase_tenancy::{Tenancy, TenantClient};
 
 use crate::pool::{PoolConfig, Pools};
 pub use crate::state::{AppState, Shared};
@@ -197,15 +197,9 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         });
     }
     let state = std::sync::Arc::new(Shared {
-        tenants,
-        verified: Default::default(),
+        tenancy: Tenancy::new(tenants),
         pools,
         statement_timeout_ms: config.statement_timeout.as_millis().to_string().into(),
-        anon_claims: std::sync::Arc::new(madbase_tenancy::jwt::VerifiedClaims::new(
-            [("role".to_owned(), serde_json::Value::from("anon"))]
-                .into_iter()
-                .collect(),
-        )),
         max_rows: config.max_rows,
         schemas: std::sync::Arc::new(config.schemas.clone()),
         aggregates: config.db_aggregates_enabled,

@@ -1,7 +1,7 @@
 //! What every request handler shares: the tenants, the pools and the
 //! limits, built by [`crate::app`].
 
-use madbase_tenancy::TenantClient;
+use madbase_tenancy::Tenancy;
 
 use crate::pool::Pools;
 
@@ -12,13 +12,10 @@ pub type AppState = std::sync::Arc<Shared>;
 /// What [`AppState`] points at.
 #[derive(Debug)]
 pub struct Shared {
-    pub tenants: TenantClient,
-    /// Tenant JWTs already verified (see `jwt::VerifiedTokens`).
-    pub verified: std::sync::Arc<madbase_tenancy::jwt::VerifiedTokens>,
+    /// Who is calling: the tenant client and the verified-key cache.
+    pub tenancy: Tenancy,
     pub pools: Pools,
     pub statement_timeout_ms: std::sync::Arc<str>,
-    /// The claims of a request without a token: `{"role":"anon"}`.
-    pub anon_claims: std::sync::Arc<madbase_tenancy::jwt::VerifiedClaims>,
     pub max_rows: Option<i64>,
     pub schemas: std::sync::Arc<Vec<String>>,
     /// Aggregate functions in `select` are allowed.
