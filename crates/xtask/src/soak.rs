@@ -1,7 +1,8 @@
 //! `cargo xtask soak [--minutes N] [--report]`: the reliability scenarios
 //! of issue 24 with their figures. The fast ones (worker killed, SIGTERM
-//! drains, tenant isolation, JWT and query corpora, limits: the
-//! `faults::` and `hostile::` tests of `crates/madbase/tests/it`, which
+//! drains, control and Postgres stopped, slow clients, disk full, tenant
+//! isolation, JWT and query corpora, limits: the `faults::`, `outages::`,
+//! `slow::`, `disk::` and `hostile::` tests of `crates/madbase/tests/it`, which
 //! the nextest check also runs in `cargo xtask ci`), the property tests
 //! with many cases, then the long mixed soak (`soak::`, ignored in the
 //! fast runs) for `--minutes` (default 10). Each scenario appends one
@@ -21,7 +22,7 @@ use crate::util::{root, run, step};
 const PROPERTIES: u64 = 8;
 
 /// The fast scenarios, as a nextest filter.
-const FAST: &str = "test(/^(faults|hostile)::/)";
+const FAST: &str = "test(/^(faults|hostile|outages|slow|disk)::/)";
 
 pub fn run_task(minutes: f64, report: bool, proptest_cases: u32) -> Result<()> {
     let dir = root().join("target/reliability");

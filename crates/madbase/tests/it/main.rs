@@ -9,7 +9,9 @@ mod hostile;
 
 mod images;
 mod lifecycle;
+mod outages;
 mod serve_all;
+mod slow;
 mod soak;
 mod stack;
 mod telemetry;

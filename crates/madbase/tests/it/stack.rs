@@ -39,6 +39,7 @@ pub struct Stack {
     pub worker: Running,
     pub proxy: Running,
     pub worker_env: Vec<(String, String)>,
+    pub control_env: Vec<(String, String)>,
     pub tenants: Vec<Tenant>,
     pub http: reqwest::Client,
 }
@@ -62,7 +63,22 @@ impl Stack {
     /// Control, worker (on a fixed port, so it can be restarted there) and
     /// proxy, with `tenants` tenants holding [`FIXTURE`].
     pub async fn start(tenants: usize) -> Stack {
-        let db = madbase_testkit::postgres().expect("postgres");
+        Stack::start_on(madbase_testkit::postgres().expect("postgres"), tenants).await
+    }
+
+    /// [`Stack::start`] with control's database `db` (and the tenants on
+    /// its server).
+    pub async fn start_on(db: madbase_testkit::TestDb, tenants: usize) -> Stack {
+        Stack::start_with(db, tenants, &[]).await
+    }
+
+    /// [`Stack::start_on`] with `proxy_env` added to the proxy's environment.
+    pub async fn start_with(
+        db: madbase_testkit::TestDb,
+        tenants: usize,
+        proxy_env: &[(&str, &str)],
+    ) -> Stack {
+        let extra_proxy_env = owned(proxy_env);
         let drain = DRAIN.as_secs().to_string();
         let common = [
             ("JWT_SECRET", JWT_SECRET),
@@ -72,8 +88,10 @@ impl Stack {
         ];
         let mut control_env = owned(&common);
         let cluster = db.server.url_for("postgres");
+        // A fixed port, so control can be restarted there.
+        let control_listen = format!("127.0.0.1:{}", free_port());
         control_env.extend(owned(&[
-            ("MADBASE_LISTEN", "127.0.0.1:0"),
+            ("MADBASE_LISTEN", control_listen.as_str()),
             ("DATABASE_URL", db.url.as_str()),
             ("DEFAULT_TENANT_DB_URL", cluster.as_str()),
             ("MADBASE_MASTER_KEY", MASTER_KEY),
@@ -100,6 +118,7 @@ impl Stack {
             ("MADBASE_REST_TIMEOUT_SECONDS", rest_timeout.as_str()),
             ("MADBASE_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "1"),
         ]));
+        proxy_env.extend(extra_proxy_env);
         let proxy = start("proxy", &proxy_env);
 
         let http = reqwest::Client::builder()
@@ -118,6 +137,7 @@ impl Stack {
             worker,
             proxy,
             worker_env,
+            control_env,
             tenants: made,
             http,
         }
@@ -126,6 +146,11 @@ impl Stack {
     /// Starts the worker again on its port.
     pub fn restart_worker(&mut self) {
         self.worker = start("worker", &self.worker_env);
+    }
+
+    /// Starts control again on its port, with its environment.
+    pub fn restart_control(&mut self) {
+        self.control = start("control", &self.control_env);
     }
 
     /// `path` of tenant `i` through the proxy.
