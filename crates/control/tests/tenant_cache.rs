@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use madbase_platform::Metrics;
 use madbase_platform::{CancellationToken, Listeners};
-use madbase_tenancy::{Invalidation, TenantClient};
+use madbase_tenancy::{Failure, Invalidation, Role, Surface, Tenancy, TenantClient};
 use madbase_testkit::TestDb;
 use madbase_testkit::service::{JWT_SECRET, Served, control_env, telemetry};
 use madbase_testkit::tenant::{Tenant, platform_token};
@@ -280,4 +280,69 @@ async fn the_change_feed_drops_changed_tenants_at_once() {
     );
     stop.cancel();
     served.await.expect("join").expect("serve");
+}
+
+/// The verified-key cache of the tenancy contract (`Tenancy`) drops a
+/// tenant's keys when the feed announces a change to it: after a rotation
+/// (one-hour TTLs, so nothing else would) the tenant's verified key is out
+/// of the cache within 1 s, another tenant's stays, and the old key is
+/// refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_drops_the_tenants_verified_keys() {
+    let db = madbase_testkit::postgres().expect("postgres");
+    let control = start_control(&db).await;
+    let url = control.url();
+    let http = reqwest::Client::new();
+    let rotated = Tenant::create(&http, &url, "vk").await;
+    let kept = Tenant::create(&http, &url, "vk").await;
+    let metrics = Metrics::new();
+    let client = TenantClient::new(&url, JWT_SECRET, &metrics)
+        .with_ttl(Duration::from_secs(3600), Duration::from_secs(3600));
+    let tenancy = Tenancy::new(client);
+    let apikey = |key: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert("apikey", key.parse().expect("header value"));
+        h
+    };
+    for t in [&rotated, &kept] {
+        let caller = tenancy
+            .authenticate(&t.id, &apikey(&t.anon_key), Surface::Gateway)
+            .await
+            .expect("a valid key");
+        assert_eq!(caller.role(), Role::Anon);
+    }
+    assert_eq!(tenancy.verified().len(), 2);
+    wait_for(&metrics, "madbase_tenant_change_feed_up", 1.0).await;
+
+    let start = Instant::now();
+    let resp = http
+        .post(format!("{url}/v1/tenants/{}/keys/rotate", rotated.id))
+        .bearer_auth(platform_token("admin"))
+        .send()
+        .await
+        .expect("rotate");
+    assert_eq!(resp.status(), 200);
+    while tenancy.verified().len() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the rotated tenant's key still cached after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    eprintln!(
+        "rotated tenant's verified key dropped after {:?}",
+        start.elapsed()
+    );
+    let refused = tenancy
+        .authenticate(&rotated.id, &apikey(&rotated.anon_key), Surface::Gateway)
+        .await
+        .expect_err("the old key");
+    assert_eq!(refused.failure(), Failure::InvalidKey);
+    // The other tenant's key is still verified from the cache.
+    tenancy
+        .authenticate(&kept.id, &apikey(&kept.anon_key), Surface::Gateway)
+        .await
+        .expect("the other tenant's key");
+    assert_eq!(tenancy.verified().len(), 1);
+    control.stop().await;
 }

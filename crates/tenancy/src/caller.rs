@@ -8,13 +8,14 @@
 //! PostgREST-style codes). The rows of the table are the [`Failure`]s.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, StatusCode};
 use madbase_platform::ApiError;
 
 use crate::jwt::{self, JwtError, VerifiedClaims, VerifiedTokens};
-use crate::tenants::{LookupError, TenantClient, TenantInfo};
+use crate::tenants::{Invalidation, LookupError, TenantClient, TenantInfo};
 use crate::{Role, TenantId};
 
 /// The service a request reached: which headers carry its key, and how a
@@ -270,6 +271,8 @@ pub struct Tenancy {
     tenants: TenantClient,
     verified: Arc<VerifiedTokens>,
     anon: Arc<VerifiedClaims>,
+    /// Set once the task dropping revoked keys runs.
+    watching: Arc<AtomicBool>,
 }
 
 impl Tenancy {
@@ -279,7 +282,45 @@ impl Tenancy {
             tenants,
             verified: Arc::default(),
             anon: Arc::new(VerifiedClaims::anon()),
+            watching: Arc::default(),
         }
+    }
+
+    /// Starts dropping verified keys as control's change feed announces
+    /// changes (once per contract and its clones; needs a Tokio runtime,
+    /// else waits for the next call): a rotated key or a deleted tenant's
+    /// key is out of the cache as soon as the feed says so, not only
+    /// refused by the secret check after the tenant reloads.
+    fn watch_revocations(&self) {
+        if self.watching.load(Ordering::Relaxed)
+            || tokio::runtime::Handle::try_current().is_err()
+            || self.watching.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let changes = Arc::new(tokio::sync::Mutex::new(self.tenants.subscribe()));
+        let verified = Arc::downgrade(&self.verified);
+        madbase_platform::tasks::supervise("verified-key-revocation", move || {
+            let (changes, verified) = (changes.clone(), verified.clone());
+            async move {
+                let mut changes = changes.lock().await;
+                loop {
+                    let change = changes.recv().await;
+                    let Some(verified) = verified.upgrade() else {
+                        return Ok(());
+                    };
+                    match change {
+                        Ok(Invalidation::Tenant(id)) => verified.forget_tenant(&id),
+                        Ok(Invalidation::All)
+                        | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            verified.clear();
+                        }
+                        // The tenant client is gone.
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                    }
+                }
+            }
+        });
     }
 
     /// The tenant client (for what else a service asks of it, e.g. a
@@ -296,6 +337,7 @@ impl Tenancy {
     /// The tenant named `id`: refused when the id is malformed or unknown,
     /// or when control is unreachable and the tenant is not cached.
     pub async fn tenant(&self, id: &str) -> Result<Tenant, Refusal> {
+        self.watch_revocations();
         let Some(valid) = TenantId::parse(id) else {
             return Err(Refusal::UnknownTenant(id.to_owned()));
         };

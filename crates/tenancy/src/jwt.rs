@@ -327,12 +327,15 @@ impl std::ops::Deref for VerifiedClaims {
     }
 }
 
-/// Tenant tokens already verified, so that a client sending the same key or
-/// JWT again costs a lookup instead of a signature check and two JSON
-/// decodes. An entry is only used for the same tenant, with the very secret
-/// that verified it, and while its `nbf`/`exp` still hold (no leeway, as in
-/// [`verify`]); refused tokens are never kept; the cache starts over at
-/// [`VerifiedTokens::MAX`].
+/// Tenant tokens already verified, keyed by the token's text, so that a
+/// client sending the same key or JWT again costs a lookup instead of a
+/// signature check (HMAC-SHA256) and two JSON decodes. An entry is only
+/// used for the same tenant, with the very secret that verified it, and
+/// while its `nbf`/`exp` still hold (no leeway, as in [`verify`]); refused
+/// tokens are never kept; the cache starts over at [`VerifiedTokens::MAX`].
+/// [`crate::Tenancy`] drops a tenant's entries when control's change feed
+/// announces a change to it ([`VerifiedTokens::forget_tenant`]), and all of
+/// them after a gap in the feed.
 #[derive(Debug, Default)]
 pub struct VerifiedTokens {
     /// By token: a hit is a lookup by `&str`, no allocation per request.
@@ -390,6 +393,17 @@ impl VerifiedTokens {
     /// Entries held.
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Drops every token verified for `tenant` (its keys were rotated, it
+    /// was deleted, or its settings changed: control's change feed).
+    pub fn forget_tenant(&self, tenant: &str) {
+        self.lock().retain(|_, v| v.tenant != tenant);
+    }
+
+    /// Drops every entry (the change feed may have missed changes).
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 
     pub fn is_empty(&self) -> bool {
