@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_common;
+mod bench_functions;
 mod bench_proxy;
 mod browser;
 mod checks;
@@ -108,7 +109,8 @@ enum Task {
     JsCompat,
     /// Benchmarks (not tests): the proxy against nginx in front of the same
     /// upstream, the worker against pgbench; ratios against the peer
-    /// measured in the same run.
+    /// measured in the same run. `functions`: warm and cold invocations
+    /// through the proxy, against the targets.
     Bench {
         /// Only this benchmark (default: all).
         #[arg(value_enum)]
@@ -145,6 +147,7 @@ enum Task {
 enum Bench {
     Proxy,
     Worker,
+    Functions,
 }
 
 /// `cargo xtask bench`: `only` one benchmark or all of them (also the
@@ -160,6 +163,9 @@ fn bench(
     }
     if all_or(Bench::Worker) {
         bench::worker(plan, baseline)?;
+    }
+    if all_or(Bench::Functions) {
+        bench_functions::functions(plan)?;
     }
     Ok(())
 }

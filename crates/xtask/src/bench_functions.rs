@@ -1,0 +1,520 @@
+#![allow(clippy::print_stdout)] // a benchmark report is the output
+//! `cargo xtask bench functions`: functions (issue 21) through the proxy.
+//!
+//! Control (CPU1) on a throwaway Postgres with one tenant; the functions
+//! service, its `madbase functions-worker` processes and the proxy on CPU0
+//! (`TOKIO_WORKER_THREADS=1`; the service then starts one worker, as
+//! `available_parallelism` under `taskset -c 0` is 1); `wrk` and this
+//! process (the cold-start client) on CPU1.
+//!
+//! - Warm: `hello` (verify_jwt on, a JSON body in, JSON out), `wrk -c1
+//!   --latency` for p50/p99 through the proxy, then `wrk -c16` for
+//!   invocations per second; the functions side's CPU per invocation is the
+//!   CPU time of the functions service and its workers (the process tree)
+//!   over the run's invocations.
+//! - Cold: the first invocation after a deploy, for a small function and a
+//!   generated ~200 KiB bundle: deploy a new version, wait for the change
+//!   feed to reach the functions service, one timed call. Each is checked
+//!   cold (and of the new version) in the functions service's record of
+//!   recent invocations, which also gives the service's own time for it
+//!   and the worker's CPU time.
+//!
+//! Each figure is the median of the rounds (a round: every measurement
+//! once, in turn); a cold round's figure is itself the median of
+//! [`COLD_PER_ROUND`] cold starts.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::bench_common::{
+    Figure, Plan, Report, SECRET, Table, Target, control_with_tenant, cpu_seconds,
+    start_proxy_with, target_dir, wait_http,
+};
+use crate::procs::{GRACE, Guard};
+use crate::util::{free_port, http_client, output, run, step};
+
+const TENANT: &str = "fbench";
+/// Cold starts measured per round (the round's figure is their median).
+const COLD_PER_ROUND: usize = 5;
+/// wrk connections of the throughput run.
+const CONNECTIONS: u32 = 16;
+
+/// The warm function: Supabase's `hello` example.
+const HELLO: &str = r#"Deno.serve(async (req) => {
+  const { name } = await req.json();
+  return new Response(JSON.stringify({ message: `Hello ${name}!` }), {
+    headers: { "Content-Type": "application/json" },
+  });
+});
+"#;
+
+/// A bundle of about `bytes` bytes, as a bundler emits one: many small
+/// functions and tables, a registry of them, and a handler using a few.
+/// `tag` makes each deploy a new version.
+fn bundle(bytes: usize, tag: usize) -> String {
+    let mut src = format!("// generated bundle {tag}\n\"use strict\";\n");
+    let mut i = 0;
+    // Each block is about 470 bytes, plus 12 in the registry below.
+    while src.len() + 12 * i + 600 < bytes {
+        src.push_str(&format!(
+            "const table_{i} = [{a}, {b}, {c}, {d}, {e}, {f}, {g}, {h}];\n\
+             const messages_{i} = {{ ok: \"module {i} ok\", fail: \"module {i} failed\", retry: \"module {i} retry\" }};\n\
+             function helper_{i}(x) {{\n  let s = 0;\n  for (const v of table_{i}) s += (v * x) % {m};\n  \
+             return s > {i} ? messages_{i}.ok : messages_{i}.fail;\n}}\n\
+             class Model_{i} {{\n  constructor(id) {{ this.id = id; this.kind = \"model_{i}\"; }}\n  \
+             describe() {{ return `${{this.kind}}#${{this.id}}: ${{helper_{i}(this.id)}}`; }}\n}}\n",
+            a = i * 7 % 101,
+            b = i * 13 % 103,
+            c = i * 17 % 107,
+            d = i * 19 % 109,
+            e = i * 23 % 113,
+            f = i * 29 % 127,
+            g = i * 31 % 131,
+            h = i * 37 % 137,
+            m = i % 97 + 3,
+        ));
+        i += 1;
+    }
+    src.push_str("const registry = [");
+    for j in 0..i {
+        src.push_str(&format!("Model_{j}, "));
+    }
+    src.push_str(
+        "];\nDeno.serve(async (req) => Response.json({ models: registry.length, \
+         first: new registry[7](3).describe() }));\n",
+    );
+    src
+}
+
+/// What wrk reported for one run.
+#[derive(Debug, Clone, Copy)]
+struct WrkRun {
+    requests: f64,
+    rps: f64,
+    /// Seconds.
+    p50: f64,
+    p99: f64,
+    /// CPU seconds of the functions service's process tree per request.
+    cpu_per_request: f64,
+}
+
+/// `1.23ms`, `456.00us`, `1.10s` → seconds.
+fn wrk_duration(v: &str) -> Option<f64> {
+    let v = v.trim();
+    let (number, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+/// The figures of wrk's output (with `--latency`).
+fn parse_wrk(text: &str) -> Result<(f64, f64, f64, f64)> {
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .with_context(|| format!("wrk output: requests in\n{text}"))?
+        .parse()?;
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk output: Requests/sec in\n{text}"))?;
+    let percentile = |p: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(p))
+            .and_then(wrk_duration)
+            .with_context(|| format!("wrk output: the {p} latency in\n{text}"))
+    };
+    Ok((requests, rps, percentile("50%")?, percentile("99%")?))
+}
+
+/// CPU seconds of `pid` and every process below it (the functions service
+/// and its workers), children of any of its threads.
+fn tree_cpu_seconds(pid: u32) -> Result<f64> {
+    let mut total = cpu_seconds(pid)?;
+    let process = procfs::process::Process::new(i32::try_from(pid)?)?;
+    for task in process.tasks()?.flatten() {
+        for child in task.children().unwrap_or_default() {
+            total += tree_cpu_seconds(child).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
+/// One wrk run on CPU1 with the invocation script, measuring `pid`'s tree.
+fn wrk(url: &str, script: &Path, connections: u32, seconds: u32, pid: u32) -> Result<WrkRun> {
+    let before = tree_cpu_seconds(pid)?;
+    let out = Command::new("taskset")
+        .args(["-c", "1", "wrk", "-t1", "--latency"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("-s")
+        .arg(script)
+        .arg(url)
+        .output()
+        .context("running wrk (apt: wrk)")?;
+    let after = tree_cpu_seconds(pid)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    if text.contains("Non-2xx") {
+        bail!("the function answered errors:\n{text}");
+    }
+    let (requests, rps, p50, p99) = parse_wrk(&text)?;
+    Ok(WrkRun {
+        requests,
+        rps,
+        p50,
+        p99,
+        cpu_per_request: (after - before) / requests.max(1.0),
+    })
+}
+
+/// The running stack and what talking to it takes.
+struct Stack {
+    control_url: String,
+    admin: String,
+    anon: String,
+    internal: String,
+    proxy_url: String,
+    functions_url: String,
+}
+
+impl Stack {
+    /// `PUT` the function's source; its new version.
+    fn deploy(&self, name: &str, source: &str) -> Result<i64> {
+        let url = format!("{}/v1/tenants/{TENANT}/functions/{name}", self.control_url);
+        let answer = http_client(Duration::from_secs(60))?
+            .put(&url)
+            .bearer_auth(&self.admin)
+            .header("content-type", "application/javascript")
+            .body(source.to_owned())
+            .send()
+            .with_context(|| format!("PUT {url}"))?;
+        let status = answer.status();
+        let text = answer.text()?;
+        if !status.is_success() {
+            bail!("deploying {name}: {status} {text}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        v["version"].as_i64().context("deploy answer: version")
+    }
+
+    /// One invocation through the proxy: status and the client's time.
+    fn invoke(&self, http: &reqwest::blocking::Client, name: &str) -> Result<(u16, Duration)> {
+        let started = Instant::now();
+        let answer = http
+            .post(format!("{}/functions/v1/{name}", self.proxy_url))
+            .header("apikey", &self.anon)
+            .bearer_auth(&self.anon)
+            .header("content-type", "application/json")
+            .body("{\"name\":\"bench\"}")
+            .send()?;
+        let status = answer.status().as_u16();
+        answer.bytes()?;
+        Ok((status, started.elapsed()))
+    }
+
+    /// The newest invocation of `name` in the functions service's record.
+    fn newest(&self, name: &str) -> Result<serde_json::Value> {
+        let v: serde_json::Value = http_client(Duration::from_secs(10))?
+            .get(format!(
+                "{}/internal/v1/tenants/{TENANT}/functions/{name}/invocations",
+                self.functions_url
+            ))
+            .bearer_auth(&self.internal)
+            .send()?
+            .json()?;
+        Ok(v["invocations"][0].clone())
+    }
+}
+
+/// One cold start: its time through the proxy, in the functions service,
+/// and the worker's CPU time, in seconds.
+#[derive(Debug, Clone, Copy)]
+struct Cold {
+    client: f64,
+    service: f64,
+    cpu: f64,
+}
+
+/// Deploys a new version of `name` and calls it once the change feed has
+/// had time to reach the functions service; retried (not counted) when the
+/// call was not the new version's cold start.
+fn cold_start(
+    stack: &Stack,
+    http: &reqwest::blocking::Client,
+    name: &str,
+    source: &str,
+) -> Result<Cold> {
+    let version = stack.deploy(name, source)?;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(300));
+        let (status, took) = stack.invoke(http, name)?;
+        if status != 200 {
+            bail!("{name} answered {status}");
+        }
+        let newest = stack.newest(name)?;
+        if newest["version"].as_i64() == Some(version) && newest["cold"] == true {
+            return Ok(Cold {
+                client: took.as_secs_f64(),
+                service: newest["duration_ms"].as_f64().context("duration_ms")? / 1e3,
+                cpu: newest["cpu_ms"].as_f64().context("cpu_ms")? / 1e3,
+            });
+        }
+    }
+    bail!("no cold start of {name} version {version} was seen")
+}
+
+/// Runs the functions benchmark and writes its report.
+pub fn functions(plan: Plan) -> Result<()> {
+    step("bench: functions");
+    run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
+    let target = target_dir();
+    let bin = target.join("release/madbase");
+    let work = target.join("bench/functions");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let mut report = Report::start(
+        "functions",
+        plan,
+        "Control on CPU1 (consulted on a cache miss), the functions service \
+         (TOKIO_WORKER_THREADS=1, hence one `madbase functions-worker`) and the \
+         proxy (TOKIO_WORKER_THREADS=1) on CPU0, `wrk -t1` and the cold-start \
+         client on CPU1. Warm: Supabase's `hello` (verify_jwt on, JSON in and \
+         out) through the proxy, a warm-up, then per round `wrk -c1 --latency` \
+         (latency, CPU) and `wrk -c16` (invocations/s, CPU); CPU is the \
+         functions service's process tree (service + worker) over the run's \
+         invocations. Cold: per round, 5 times, deploy a new version and call \
+         it once (checked cold and of the new version in the service's record \
+         of invocations): the client's time through the proxy, the functions \
+         service's time (control lookup of the code, compile and run in the \
+         worker) and the worker's CPU.",
+    );
+
+    let control = control_with_tenant(&bin, &work, TENANT)?;
+    // This process makes the cold-start calls: it is load, so CPU1.
+    run(Command::new("taskset")
+        .args(["-apc", "1", &std::process::id().to_string()])
+        .stdout(Stdio::null()))?;
+    let internal = output(
+        Command::new(&bin)
+            .args(["token", "internal"])
+            .env("JWT_SECRET", SECRET),
+    )?
+    .trim()
+    .to_owned();
+
+    let fn_port = free_port()?;
+    let functions_url = format!("http://127.0.0.1:{fn_port}");
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"])
+        .arg(&bin)
+        .arg("functions")
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("JWT_SECRET", SECRET)
+        .env("MADBASE_CONTROL_URL", &control.url)
+        .env("MADBASE_LISTEN", format!("127.0.0.1:{fn_port}"))
+        .env(
+            "MADBASE_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()?),
+        )
+        .stdout(std::fs::File::create(work.join("functions.log"))?)
+        .stderr(Stdio::inherit());
+    let functions = Guard::spawn(&mut cmd, GRACE).context("starting the functions service")?;
+    wait_http(&format!("{functions_url}/health"))?;
+    let (_proxy, port) = start_proxy_with(
+        &bin,
+        &work,
+        &control.url,
+        &[("MADBASE_FUNCTIONS_URL", functions_url.clone())],
+    )?;
+    let stack = Stack {
+        control_url: control.url.clone(),
+        admin: control.token.clone(),
+        anon: control.anon.clone(),
+        internal,
+        proxy_url: format!("http://127.0.0.1:{port}/t/{TENANT}"),
+        functions_url,
+    };
+
+    stack.deploy("hello", HELLO)?;
+    let http = http_client(Duration::from_secs(30))?;
+    let (status, _) = stack.invoke(&http, "hello")?;
+    if status != 200 {
+        bail!("hello answered {status}");
+    }
+    let lua = work.join("hello.lua");
+    std::fs::write(
+        &lua,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{{\"name\":\"bench\"}}'\n\
+             wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             wrk.headers[\"apikey\"] = \"{anon}\"\nwrk.headers[\"Authorization\"] = \"Bearer {anon}\"\n",
+            anon = stack.anon
+        ),
+    )?;
+    let hello_url = format!("{}/functions/v1/hello", stack.proxy_url);
+    let pid = functions.id();
+    wrk(&hello_url, &lua, 1, plan.warmup, pid)?;
+    wrk(&hello_url, &lua, CONNECTIONS, plan.warmup, pid)?;
+
+    let small = |tag: usize| {
+        format!("// version {tag}\nDeno.serve(async (req) => Response.json({{ small: true }}));\n")
+    };
+    let bundle_bytes = bundle(200 * 1024, 0).len();
+    let (mut latency_runs, mut load_runs) = (Vec::new(), Vec::new());
+    let (mut cold_small, mut cold_bundle) = (Vec::<Vec<Cold>>::new(), Vec::<Vec<Cold>>::new());
+    let mut tag = 0;
+    for _ in 0..plan.rounds {
+        latency_runs.push(wrk(&hello_url, &lua, 1, plan.seconds, pid)?);
+        load_runs.push(wrk(&hello_url, &lua, CONNECTIONS, plan.seconds, pid)?);
+        let (mut s, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..COLD_PER_ROUND {
+            tag += 1;
+            s.push(cold_start(&stack, &http, "small", &small(tag))?);
+            b.push(cold_start(
+                &stack,
+                &http,
+                "bundle",
+                &bundle(200 * 1024, tag),
+            )?);
+        }
+        cold_small.push(s);
+        cold_bundle.push(b);
+    }
+
+    let us = |v: f64| v * 1e6;
+    let ms = |v: f64| v * 1e3;
+    let mut warm = Table::new(
+        "warm",
+        "Warm `hello` through the proxy",
+        &[
+            "load",
+            "invocations/s",
+            "p50",
+            "p99",
+            "functions CPU µs/invocation",
+        ],
+    );
+    let per = |runs: &[WrkRun], f: fn(&WrkRun) -> f64, scale: &dyn Fn(f64) -> f64| -> Vec<f64> {
+        runs.iter().map(|r| scale(f(r))).collect()
+    };
+    let id = |v: f64| v;
+    warm.row(vec![
+        "wrk -c1".into(),
+        Figure::median(per(&latency_runs, |r| r.rps, &id), "", 0).into(),
+        Figure::median(per(&latency_runs, |r| r.p50, &us), " µs", 0)
+            .target(Target::AtMost(1000.0))
+            .into(),
+        Figure::median(per(&latency_runs, |r| r.p99, &us), " µs", 0).into(),
+        Figure::median(per(&latency_runs, |r| r.cpu_per_request, &us), " µs", 1)
+            .target(Target::AtMost(150.0))
+            .into(),
+    ]);
+    warm.row(vec![
+        format!("wrk -c{CONNECTIONS}").into(),
+        Figure::median(per(&load_runs, |r| r.rps, &id), "", 0).into(),
+        Figure::median(per(&load_runs, |r| r.p50, &us), " µs", 0).into(),
+        Figure::median(per(&load_runs, |r| r.p99, &us), " µs", 0).into(),
+        Figure::median(per(&load_runs, |r| r.cpu_per_request, &us), " µs", 1)
+            .target(Target::AtMost(150.0))
+            .into(),
+    ]);
+    warm.notes.push(format!(
+        "Requests per run: {}.",
+        latency_runs
+            .iter()
+            .chain(&load_runs)
+            .map(|r| format!("{:.0}", r.requests))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    report.tables.push(warm);
+
+    let mut cold = Table::new(
+        "cold",
+        "Cold start: the first invocation after a deploy",
+        &[
+            "function",
+            "through the proxy",
+            "in the functions service",
+            "worker CPU",
+        ],
+    );
+    let round_medians = |rounds: &[Vec<Cold>], f: fn(&Cold) -> f64| -> Vec<f64> {
+        rounds
+            .iter()
+            .map(|r| crate::bench_common::median(&r.iter().map(|c| ms(f(c))).collect::<Vec<_>>()))
+            .collect()
+    };
+    for (name, rounds, target) in [
+        ("small".to_owned(), &cold_small, 2.0),
+        (
+            format!("bundle ({:.0} KiB)", bundle_bytes as f64 / 1024.0),
+            &cold_bundle,
+            5.0,
+        ),
+    ] {
+        cold.row(vec![
+            name.into(),
+            Figure::median(round_medians(rounds, |c| c.client), " ms", 2)
+                .target(Target::AtMost(target))
+                .into(),
+            Figure::median(round_medians(rounds, |c| c.service), " ms", 2).into(),
+            Figure::median(round_medians(rounds, |c| c.cpu), " ms", 2).into(),
+        ]);
+    }
+    cold.notes.push(
+        "Targets (issue 21): warm ≤ 150 µs functions CPU per invocation and ≤ 1 ms p50 \
+         through the proxy; cold ≤ 2 ms (small) and ≤ 5 ms (bundle), first call after \
+         the deploy through the proxy."
+            .to_owned(),
+    );
+    report.tables.push(cold);
+    report.write()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_latency_output_is_read() {
+        let text = "Running 1s test @ http://x\n  1 threads and 1 connections\n\
+            Thread Stats   Avg      Stdev     Max   +/- Stdev\n\
+            Latency   412.00us  100.00us   2.00ms   90.00%\n\
+            Latency Distribution\n     50%  398.00us\n     75%  420.00us\n     90%  450.00us\n     99%    1.20ms\n\
+            2400 requests in 1.00s, 300.00KB read\nRequests/sec:   2399.50\nTransfer/sec:    300.00KB\n";
+        let (requests, rps, p50, p99) = parse_wrk(text).expect("parsed");
+        assert_eq!(requests, 2400.0);
+        assert_eq!(rps, 2399.5);
+        assert!((p50 - 398e-6).abs() < 1e-9);
+        assert!((p99 - 1.2e-3).abs() < 1e-9);
+        assert_eq!(wrk_duration("1.50s"), Some(1.5));
+        assert_eq!(wrk_duration("x"), None);
+    }
+
+    #[test]
+    fn the_bundle_has_the_size_asked_for() {
+        let b = bundle(200 * 1024, 1);
+        assert!(b.len().abs_diff(200 * 1024) < 1024, "{}", b.len());
+        assert_ne!(b, bundle(200 * 1024, 2));
+        assert!(b.contains("Deno.serve"));
+    }
+}
