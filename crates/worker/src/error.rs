@@ -14,8 +14,12 @@ use crate::query::ParseError;
 /// Errors Postgres raises keep their own SQLSTATE (see `db_error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
-    /// PGRST000 (503): the database connection failed, or broke during `COMMIT`.
+    /// PGRST000 (503): no connection to the database could be opened
+    /// (server down, restarting, refusing connections).
     Connection,
+    /// PGRST001 (503): the connection broke under a request (the server
+    /// ended the session, or went away, possibly during `COMMIT`).
+    ClientError,
     /// PGRST003 (504): no pooled connection in time.
     PoolTimeout,
     /// PGRST100 (400): a malformed query string.
@@ -76,6 +80,7 @@ impl Code {
     const fn entry(self) -> (&'static str, StatusCode) {
         match self {
             Code::Connection => ("PGRST000", StatusCode::SERVICE_UNAVAILABLE),
+            Code::ClientError => ("PGRST001", StatusCode::SERVICE_UNAVAILABLE),
             Code::PoolTimeout => ("PGRST003", StatusCode::GATEWAY_TIMEOUT),
             Code::QueryString => ("PGRST100", StatusCode::BAD_REQUEST),
             Code::RpcMethod => ("PGRST101", StatusCode::METHOD_NOT_ALLOWED),
@@ -234,7 +239,7 @@ fn db_error(e: &DbError, anon: bool) -> ApiError {
     // The server ended the session (57P01 on a restart or a terminated
     // backend, 08xxx): the database is unavailable, not the request wrong.
     if e.is_broken_connection() {
-        return unavailable(e);
+        return broken(e);
     }
     if let Some(db) = e.db() {
         let code = db.code().code();
@@ -270,14 +275,26 @@ fn db_error(e: &DbError, anon: bool) -> ApiError {
             Code::PoolTimeout.api("Timed out acquiring connection from connection pool.")
         }
         DbError::PoolClosed | DbError::Connect(_) => unavailable(e),
-        DbError::Postgres(_) if e.is_broken_connection() => unavailable(e),
+        DbError::Postgres(_) if e.is_broken_connection() => broken(e),
         other => ApiError::internal(&anyhow::anyhow!("{other}")),
     }
 }
 
+/// PostgREST's PGRST000: no connection could be opened; the details say
+/// why (libpq's message there, the server's or the socket's here).
 fn unavailable(e: &DbError) -> ApiError {
     tracing::warn!(error = %e, "database connection failed");
-    Code::Connection.api("Database client error. Retrying the connection.")
+    Code::Connection
+        .api("Database connection error. Retrying the connection.")
+        .details(e.to_string())
+}
+
+/// PostgREST's PGRST001: the connection broke under the request.
+fn broken(e: &DbError) -> ApiError {
+    tracing::warn!(error = %e, "database connection broken");
+    Code::ClientError
+        .api("Database client error. Retrying the connection.")
+        .details(e.to_string())
 }
 
 /// PostgREST's error body: exactly `code`, `details`, `hint` and `message`
@@ -423,6 +440,7 @@ mod tests {
     fn each_code_is_written_once() {
         let all = [
             Code::Connection,
+            Code::ClientError,
             Code::PoolTimeout,
             Code::QueryString,
             Code::RpcMethod,

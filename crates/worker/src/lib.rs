@@ -205,6 +205,19 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         aggregates: config.db_aggregates_enabled,
         plans: config.db_plan_enabled,
     });
+    // The tenant databases' servers, as the pools' LISTEN connections
+    // see them (no connection of its own, no query per probe).
+    let pools = state.pools.clone();
+    let database = ReadyCheck::new("database", move || {
+        let down = pools.unreachable_servers();
+        async move {
+            if down.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("unreachable: {}", down.join(", ")))
+            }
+        }
+    });
     let api = Router::new()
         .route("/rest/v1/rpc/{function}", any(routes::rpc))
         .route("/rest/v1/{table}", any(routes::table))
@@ -212,7 +225,10 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
     Ok(ServiceApp {
         service: Service::Worker,
         api,
-        ready: vec![ReadyCheck::http("control", http, &config.control_url)],
+        ready: vec![
+            ReadyCheck::http("control", http, &config.control_url),
+            database,
+        ],
         metrics,
     })
 }

@@ -72,6 +72,10 @@ pub struct TenantDb {
     pub conns: Arc<Conns>,
     /// The `LISTEN` connection is open.
     listening: Arc<AtomicBool>,
+    /// Its last connection ended, or failed without the server answering
+    /// (or answering that it is starting or shutting down): the server is
+    /// unreachable, for `/ready`.
+    unreachable: Arc<AtomicBool>,
     target: Target,
     last_used: AtomicU64,
     stale: Arc<AtomicBool>,
@@ -211,10 +215,12 @@ impl Pools {
         );
         let stale = Arc::new(AtomicBool::new(false));
         let listening = Arc::new(AtomicBool::new(false));
+        let unreachable = Arc::new(AtomicBool::new(false));
         let db = Arc::new(TenantDb {
             id: tenant.id.clone(),
             conns,
             listening: listening.clone(),
+            unreachable: unreachable.clone(),
             target: target.clone(),
             last_used: AtomicU64::new(self.now()),
             stale: stale.clone(),
@@ -225,7 +231,13 @@ impl Pools {
         let handle = {
             let (id, target, stale, listening) = (tenant.id.clone(), target, stale, listening);
             madbase_platform::tasks::supervise("schema-listener", move || {
-                let listen = listen(id.clone(), target.clone(), stale.clone(), listening.clone());
+                let listen = listen(
+                    id.clone(),
+                    target.clone(),
+                    stale.clone(),
+                    listening.clone(),
+                    unreachable.clone(),
+                );
                 async move {
                     listen.await;
                     Ok(())
@@ -291,6 +303,30 @@ impl Pools {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The database servers (`host:port`) the open pools use of which
+    /// every pool lost its `LISTEN` connection and cannot open it again:
+    /// what `/ready` reports. A server no pool uses yet is not known.
+    pub fn unreachable_servers(&self) -> Vec<String> {
+        let mut servers: HashMap<String, bool> = HashMap::new();
+        for db in self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+        {
+            let down = db.unreachable.load(Ordering::Relaxed);
+            *servers
+                .entry(format!("{}:{}", db.target.host, db.target.port))
+                .or_insert(true) &= down;
+        }
+        let mut down: Vec<String> = servers
+            .into_iter()
+            .filter_map(|(server, down)| down.then_some(server))
+            .collect();
+        down.sort();
+        down
+    }
 }
 
 fn close(db: Arc<TenantDb>) {
@@ -307,11 +343,22 @@ async fn listen(
     target: Target,
     stale: Arc<AtomicBool>,
     listening: Arc<AtomicBool>,
+    unreachable: Arc<AtomicBool>,
 ) {
     loop {
-        let ended = listen_once(&target, &stale, &listening).await;
+        let ended = listen_once(&target, &stale, &listening, &unreachable).await;
         listening.store(false, Ordering::Relaxed);
         stale.store(true, Ordering::Release);
+        // The server answered with an error of the request (a dropped
+        // database, a changed password): it is up.
+        let down = match &ended {
+            Ok(()) => true,
+            Err(e) => e.as_db_error().is_none_or(|d| {
+                let c = d.code().code();
+                c.starts_with("08") || c.starts_with("57P")
+            }),
+        };
+        unreachable.store(down, Ordering::Relaxed);
         match ended {
             Ok(()) => tracing::debug!(tenant = %tenant, "LISTEN connection closed; reconnecting"),
             Err(e) => {
@@ -327,9 +374,11 @@ async fn listen_once(
     target: &Target,
     stale: &AtomicBool,
     listening: &AtomicBool,
+    unreachable: &AtomicBool,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = target.config().connect(tokio_postgres::NoTls).await?;
     listening.store(true, Ordering::Relaxed);
+    unreachable.store(false, Ordering::Relaxed);
     let subscribe = client.batch_execute(crate::sql::LISTEN);
     tokio::pin!(subscribe);
     let mut subscribed = false;

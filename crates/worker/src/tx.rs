@@ -156,7 +156,7 @@ async fn run_tx(job: &TxJob) -> Result<Outcome, Error> {
     match &result {
         // A broken connection, or one whose COMMIT outcome is unknown, is closed.
         Err(e) if e.is_broken_connection() => drop(lease),
-        Err(Error::Api(a)) if a.code == Code::Connection => drop(lease),
+        Err(Error::Api(a)) if a.code == Code::ClientError => drop(lease),
         // Otherwise it is reused: every path below ends the transaction.
         _ => lease.release(),
     }
@@ -327,7 +327,7 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
             job.span
                 .in_scope(|| tracing::warn!(error = %e, "COMMIT failed"));
             Err(Error::new(
-                Code::Connection,
+                Code::ClientError,
                 "The connection was lost during COMMIT; the write may or may not have been applied.",
             ))
         }
