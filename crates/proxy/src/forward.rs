@@ -14,6 +14,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Body as _;
 use hyper::client::conn::http1;
 use madbase_platform::server::ConnectionState;
 use madbase_platform::{ApiError, client};
@@ -164,9 +165,9 @@ async fn handle(
     let response = authorize_and_forward(&state, &tenant, upstream, prefix_len, peer, req).await;
     // Only a tenant control knows becomes a label (bounded cardinality).
     let label = if response.extensions().get::<UnverifiedTenant>().is_some() {
-        "unknown"
+        "unknown".to_owned()
     } else {
-        tenant.as_str()
+        tenant
     };
     state
         .metrics
@@ -184,9 +185,12 @@ fn unverified(mut response: Response) -> Response {
     response
 }
 
+/// `tenant` as the handler's `String`: the rate limiter is keyed by
+/// `String`, and borrowing it saves a copy per request.
+#[allow(clippy::ptr_arg)]
 async fn authorize_and_forward(
     state: &AppState,
-    tenant: &str,
+    tenant: &String,
     upstream: Upstream,
     prefix_len: usize,
     peer: SocketAddr,
@@ -217,7 +221,7 @@ async fn authorize_and_forward(
     }
 
     if let Some(limiter) = &state.limiter
-        && let Err(not_until) = limiter.check_key(&tenant.to_owned())
+        && let Err(not_until) = limiter.check_key(tenant)
     {
         state.metrics.rate_limited(tenant);
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
@@ -259,36 +263,31 @@ async fn forward(
     if declared.is_some_and(|n| n > max) {
         return too_large(max);
     }
-    let base = match upstream {
-        Upstream::Worker => &state.config.worker_url,
-        Upstream::Functions => &state.config.functions_url,
-    };
-    let path = upstream_path(&parts.uri, prefix_len);
-    let target = match parts.uri.query() {
-        Some(q) => format!("{base}{path}?{q}"),
-        None => format!("{base}{path}"),
-    };
-    let Ok(uri) = target.parse::<Uri>() else {
+    let base = &state.upstreams[upstream.index()];
+    let Some(path_and_query) = base.path_and_query(&parts.uri, prefix_len) else {
         return ApiError::bad_request("the request path cannot be forwarded").into_response();
     };
 
-    let original_host = parts.headers.get(HOST).cloned();
-    let mut headers = forward_headers(&parts.headers);
+    // The client's header map, edited in place (no copy of its headers).
+    let mut headers = parts.headers;
+    let original_host = headers.remove(HOST);
+    strip_forwarded(&mut headers);
+    headers.reserve(ADDED_HEADERS);
+    if let Some(host) = &base.host {
+        headers.insert(HOST, host.clone());
+    }
     headers.insert(
         TENANT,
         HeaderValue::from_str(tenant).unwrap_or(HeaderValue::from_static("")),
     );
     let mut xff = String::with_capacity(64);
-    if let Some(prior) = parts
-        .headers
-        .get(X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(prior) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         xff.push_str(prior);
         xff.push_str(", ");
     }
     push_ip(&mut xff, peer.ip());
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // The string's buffer becomes the value's (no second copy).
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     // A trusted proxy in front (a TLS terminator) says what the client
@@ -298,34 +297,36 @@ async fn forward(
         .trusted_proxies
         .iter()
         .any(|net| net.contains(&peer.ip()));
-    let from_trusted =
-        |name: HeaderName| trusted.then(|| parts.headers.get(name).cloned()).flatten();
-    let proto = from_trusted(X_FORWARDED_PROTO).unwrap_or(HeaderValue::from_static("http"));
-    headers.insert(X_FORWARDED_PROTO, proto);
-    match from_trusted(X_FORWARDED_HOST).or(original_host) {
-        Some(host) => {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
+    if !trusted || !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !trusted || !headers.contains_key(X_FORWARDED_HOST) {
+        match original_host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host);
+            }
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
         }
     }
     client::inject(&mut headers);
 
-    let mut builder = http::Request::builder()
-        .method(parts.method)
-        .uri(uri)
-        .version(http::Version::HTTP_11);
-    if let Some(h) = builder.headers_mut() {
-        *h = headers;
-    }
-    let limited = Body::new(Limited::new(
-        body,
-        usize::try_from(max).unwrap_or(usize::MAX),
-    ));
-    let Ok(upstream_req) = builder.body(limited) else {
-        return ApiError::bad_request("the request cannot be forwarded").into_response();
+    // An empty body (a GET) goes as it is: no limit to enforce, no box.
+    let body = if body.is_end_stream() {
+        body
+    } else {
+        Body::new(Limited::new(
+            body,
+            usize::try_from(max).unwrap_or(usize::MAX),
+        ))
     };
+    // In origin form, as written on an upstream connection; the pooled
+    // client gets the absolute form (`send`).
+    let mut upstream_req = http::Request::new(body);
+    *upstream_req.method_mut() = parts.method;
+    *upstream_req.uri_mut() = Uri::from(path_and_query);
+    *upstream_req.headers_mut() = headers;
 
     let timeout = match upstream {
         Upstream::Worker => state.config.rest_timeout,
@@ -340,16 +341,76 @@ async fn forward(
         .then(|| parts.extensions.get::<ConnectionState>())
         .flatten();
     match tokio::time::timeout(timeout, send(state, upstream, conn, upstream_req)).await {
-        Ok(Ok(resp)) => answered(state, name, start, resp.map(Body::new)),
+        Ok(Ok(resp)) => answered(state, upstream, start, resp.map(Body::new)),
         Ok(Err(e)) => upstream_failure(state, name, &e, max),
         Err(_) => timed_out(state, name, timeout),
     }
 }
 
-/// Hands `req` to `router`, the upstream's own router in this process:
-/// the body is read first (within the same limit the HTTP path enforces
-/// while streaming), then the request goes in origin form with the
-/// upstream's `Host`, as it would on the wire.
+/// Where requests for one upstream go, parsed once from its URL.
+#[derive(Debug, Clone)]
+pub(crate) struct UpstreamBase {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// The URL's path without its trailing `/` (usually empty).
+    path: String,
+    /// The `Host` header of requests to it: its host, and its port unless
+    /// the scheme's default.
+    host: Option<HeaderValue>,
+}
+
+impl UpstreamBase {
+    /// `None` when `url` has no scheme or authority (the configuration
+    /// validates URLs, so only for a URL it would refuse).
+    pub(crate) fn new(url: &str) -> Option<UpstreamBase> {
+        let uri = url.parse::<Uri>().ok()?;
+        Some(UpstreamBase {
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+            path: uri.path().trim_end_matches('/').to_owned(),
+            host: host_header(url),
+        })
+    }
+
+    /// The upstream's path and query for a request to `uri` whose first
+    /// `prefix_len` bytes of path are the tenant prefix. Without a prefix
+    /// and base path the request's own (a reference count, no copy).
+    fn path_and_query(&self, uri: &Uri, prefix_len: usize) -> Option<http::uri::PathAndQuery> {
+        if prefix_len == 0 && self.path.is_empty() {
+            return Some(
+                uri.path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            );
+        }
+        let path = upstream_path(uri, prefix_len);
+        let mut target = String::with_capacity(
+            self.path.len() + path.len() + 1 + uri.query().map_or(0, str::len),
+        );
+        target.push_str(&self.path);
+        target.push_str(path);
+        if let Some(q) = uri.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(target)).ok()
+    }
+
+    /// The absolute URI of an origin-form `uri` (for the pooled client and
+    /// the connector).
+    fn absolute(&self, uri: &Uri) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = uri.path_and_query().cloned();
+        Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+    }
+}
+
+/// Hands `req` (origin form, the upstream's `Host`, as it would go on the
+/// wire) to `router`, the upstream's own router in this process: the body
+/// is read first, within the same limit the HTTP path enforces while
+/// streaming.
 async fn in_process(
     state: &AppState,
     upstream: Upstream,
@@ -360,7 +421,7 @@ async fn in_process(
 ) -> Response {
     let name = upstream.name();
     let start = Instant::now();
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let bytes = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
@@ -375,26 +436,19 @@ async fn in_process(
                 .into_response();
         }
     };
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .map_or(Uri::from_static("/"), |p| Uri::from(p.clone()));
-    if let Some(host) = &state.hosts[upstream.index()] {
-        parts.headers.insert(HOST, host.clone());
-    }
     let req = http::Request::from_parts(parts, Body::from(bytes));
     match tokio::time::timeout(timeout, router.clone().oneshot(req)).await {
-        Ok(Ok(resp)) => answered(state, name, start, resp),
+        Ok(Ok(resp)) => answered(state, upstream, start, resp),
         Ok(Err(never)) => match never {},
         Err(_) => timed_out(state, name, timeout),
     }
 }
 
 /// The upstream's answer, counted, without hop-by-hop headers (both paths).
-fn answered(state: &AppState, name: &'static str, start: Instant, resp: Response) -> Response {
+fn answered(state: &AppState, upstream: Upstream, start: Instant, resp: Response) -> Response {
     state
         .metrics
-        .upstream(name, resp.status().as_u16(), start.elapsed());
+        .upstream(upstream, resp.status().as_u16(), start.elapsed());
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body)
@@ -456,7 +510,7 @@ impl std::fmt::Display for SendError {
     }
 }
 
-/// Sends `req` to `upstream`. An HTTP/1 client connection (`conn`) gets an
+/// Sends `req` (origin form) to `upstream`. An HTTP/1 client connection (`conn`) gets an
 /// upstream connection of its own, kept between its requests (which come
 /// one at a time): no pool checkout per request, nor a task to return the
 /// connection to the pool. HTTP/2 client connections (concurrent requests)
@@ -468,7 +522,9 @@ async fn send(
     conn: Option<&ConnectionState>,
     mut req: http::Request<Body>,
 ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+    let base = &state.upstreams[upstream.index()];
     let Some(conn) = conn else {
+        *req.uri_mut() = base.absolute(req.uri());
         return state.http.request(req).await.map_err(SendError::Pooled);
     };
     let kept = conn
@@ -479,19 +535,10 @@ async fn send(
         // an error when the upstream has closed the connection.
         Some(mut sender) => match sender.ready().await {
             Ok(()) => sender,
-            Err(_) => open(state, req.uri()).await?,
+            Err(_) => open(state, base).await?,
         },
-        None => open(state, req.uri()).await?,
+        None => open(state, base).await?,
     };
-    // On its own connection the request goes in origin form, with the
-    // upstream's Host (as the pooled client writes them).
-    let target = req.uri().clone();
-    if let Some(host) = &state.hosts[upstream.index()] {
-        req.headers_mut().insert(HOST, host.clone());
-    }
-    *req.uri_mut() = target
-        .path_and_query()
-        .map_or(Uri::from_static("/"), |p| Uri::from(p.clone()));
     match sender.try_send_request(req).await {
         Ok(resp) => {
             conn.put(OwnUpstream { upstream, sender });
@@ -499,7 +546,7 @@ async fn send(
         }
         Err(mut e) => match e.take_message() {
             Some(mut req) => {
-                *req.uri_mut() = target;
+                *req.uri_mut() = base.absolute(req.uri());
                 state.http.request(req).await.map_err(SendError::Pooled)
             }
             None => Err(SendError::Own(e.into_error())),
@@ -509,7 +556,7 @@ async fn send(
 
 /// The `Host` of requests to the upstream at `url`: its host, and its port
 /// unless the scheme's default.
-pub(crate) fn host_header(url: &str) -> Option<HeaderValue> {
+fn host_header(url: &str) -> Option<HeaderValue> {
     let uri = url.parse::<Uri>().ok()?;
     let authority = uri.authority()?;
     let default_port = match uri.scheme_str() {
@@ -524,12 +571,15 @@ pub(crate) fn host_header(url: &str) -> Option<HeaderValue> {
     }
 }
 
-/// Opens an upstream connection to the authority of `uri`.
-async fn open(state: &AppState, uri: &Uri) -> Result<http1::SendRequest<Body>, SendError> {
+/// Opens a connection to `upstream`.
+async fn open(
+    state: &AppState,
+    upstream: &UpstreamBase,
+) -> Result<http1::SendRequest<Body>, SendError> {
     let io = state
         .connector
         .clone()
-        .call(uri.clone())
+        .call(upstream.absolute(&Uri::from_static("/")))
         .await
         .map_err(|e| SendError::Connect(e.into()))?;
     let (sender, connection) = http1::handshake(io).await.map_err(SendError::Own)?;
@@ -611,25 +661,28 @@ fn push_ip(out: &mut String, ip: std::net::IpAddr) {
 }
 
 /// Headers the proxy adds to a forwarded request (room is made for them
-/// up front, so adding them does not grow the map).
+/// at once, so adding them grows the map at most once).
 const ADDED_HEADERS: usize = 8;
 
-/// The client's headers minus hop-by-hop ones (and those its `Connection`
-/// header lists), `Host`, and every internal (`x-madbase-*`) header a
-/// client may have sent.
-fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
-    let listed = connection_listed(incoming);
-    let mut headers = HeaderMap::with_capacity(incoming.len() + ADDED_HEADERS);
-    for (name, value) in incoming {
-        let drop = is_hop_by_hop(name)
-            || name == HOST
-            || name.as_str().starts_with("x-madbase-")
-            || listed.iter().any(|l| l == name.as_str());
-        if !drop {
-            headers.append(name.clone(), value.clone());
-        }
+/// Removes from a client's headers what is not forwarded: hop-by-hop ones
+/// (and those its `Connection` header lists) and every internal
+/// (`x-madbase-*`) header a client may have sent. One pass over the names;
+/// most requests have none of them (and an empty `Vec` does not allocate).
+fn strip_forwarded(headers: &mut HeaderMap) {
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name) || name.as_str().starts_with("x-madbase-"))
+        .cloned()
+        .collect();
+    if found.is_empty() {
+        return;
     }
-    headers
+    for name in &connection_listed(headers) {
+        headers.remove(name.as_str());
+    }
+    for name in found {
+        headers.remove(name);
+    }
 }
 
 /// The header names a `Connection` header lists (lowercase), leaving out
@@ -732,8 +785,11 @@ mod tests {
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = forward_headers(&h);
-        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        let mut out = h;
+        strip_forwarded(&mut out);
+        out.remove(HOST);
+        let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
         assert_eq!(names, ["accept", "x-keep"]);
         let kept: Vec<&HeaderValue> = out.get_all("x-keep").iter().collect();
         assert_eq!(kept, ["1", "2"]);

@@ -224,8 +224,8 @@ pub(crate) struct State {
     pub(crate) http: Client<HttpConnector, axum::body::Body>,
     /// Opens each HTTP/1 client connection's own upstream connection.
     pub(crate) connector: HttpConnector,
-    /// The `Host` header of requests to the worker and to functions.
-    pub(crate) hosts: [Option<http::HeaderValue>; 2],
+    /// The worker's and the functions service's URLs, parsed once.
+    pub(crate) upstreams: [forward::UpstreamBase; 2],
     pub(crate) limiter: Option<DefaultKeyedRateLimiter<String>>,
     pub(crate) metrics: metrics::ProxyMetrics,
     pub(crate) cors: cors::Cors,
@@ -266,6 +266,14 @@ pub fn app_with_local(config: &Config, local: Local) -> anyhow::Result<ServiceAp
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .build(connector.clone());
+    let upstream = |url: &str| {
+        forward::UpstreamBase::new(url)
+            .ok_or_else(|| anyhow::anyhow!("{url} is not an absolute http:// URL"))
+    };
+    let upstreams = [
+        upstream(&config.worker_url)?,
+        upstream(&config.functions_url)?,
+    ];
     let limiter = config
         .rate_limit
         .map(|(rps, burst)| RateLimiter::keyed(Quota::per_second(rps).allow_burst(burst)));
@@ -274,10 +282,7 @@ pub fn app_with_local(config: &Config, local: Local) -> anyhow::Result<ServiceAp
         tenancy: Tenancy::new(tenants),
         http,
         connector,
-        hosts: [
-            forward::host_header(&config.worker_url),
-            forward::host_header(&config.functions_url),
-        ],
+        upstreams,
         limiter,
         metrics: metrics::ProxyMetrics::new(&metrics),
         cors: cors::Cors::new(&config.cors_origins),
