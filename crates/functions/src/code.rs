@@ -2,9 +2,10 @@
 //! (`GET /internal/v1/tenants/{id}/functions/{name}`), cached. Control's
 //! change feed (a deploy, a delete, a secret or a limit changed: the
 //! tenant's id, relayed by [`TenantClient::subscribe`]) makes every entry of
-//! that tenant stale at once, so the next invocation loads the new version;
-//! the short TTL only bounds how long a change can go unseen while the feed
-//! is down. One lookup per (tenant, name) at a time; when control is
+//! that tenant stale at once and has them reloaded in the background, so the
+//! next invocation runs the new version without waiting for control; the
+//! short TTL only bounds how long a change can go unseen while the feed is
+//! down. One lookup per (tenant, name) at a time; when control is
 //! unreachable the last good answer keeps being served.
 
 use std::collections::{BTreeMap, HashMap};
@@ -77,11 +78,13 @@ struct Cached {
 /// Entries kept before the cache starts over (names come from requests).
 const MAX_ENTRIES: usize = 10_000;
 
-/// What the change feed said, applied lazily: an entry fetched before its
-/// tenant's (or everyone's) last change is stale.
-#[derive(Debug)]
+/// What the change feed said: an entry fetched before its tenant's (or
+/// everyone's) last change is stale.
+#[derive(Debug, Default)]
 struct Changes {
-    feed: broadcast::Receiver<Invalidation>,
+    /// The feed, when no task follows it (no Tokio runtime at start): read
+    /// at each lookup instead.
+    feed: Option<broadcast::Receiver<Invalidation>>,
     /// The last change of each tenant announced.
     tenants: HashMap<String, Instant>,
     /// The last time everything was announced stale (a gap in the feed).
@@ -89,20 +92,26 @@ struct Changes {
 }
 
 impl Changes {
-    /// Reads what the feed announced since the last call.
+    fn tenant_changed(&mut self, id: String) {
+        if self.tenants.len() >= MAX_ENTRIES {
+            self.tenants.clear();
+            self.all = Some(Instant::now());
+        }
+        self.tenants.insert(id, Instant::now());
+    }
+
+    fn all_changed(&mut self) {
+        self.tenants.clear();
+        self.all = Some(Instant::now());
+    }
+
+    /// Reads what the feed announced since the last call (without a task).
     fn drain(&mut self) {
-        loop {
-            match self.feed.try_recv() {
-                Ok(Invalidation::Tenant(id)) => {
-                    if self.tenants.len() >= MAX_ENTRIES {
-                        self.tenants.clear();
-                        self.all = Some(Instant::now());
-                    }
-                    self.tenants.insert(id, Instant::now());
-                }
+        while let Some(feed) = self.feed.as_mut() {
+            match feed.try_recv() {
+                Ok(Invalidation::Tenant(id)) => self.tenant_changed(id),
                 Ok(Invalidation::All) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    self.tenants.clear();
-                    self.all = Some(Instant::now());
+                    self.all_changed();
                 }
                 Err(
                     broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed,
@@ -120,8 +129,18 @@ impl Changes {
 }
 
 /// The cache of functions' code.
+///
+/// A task follows the change feed: it notes each announced change at once
+/// and then reloads the tenant's cached entries, so the first invocation
+/// after a redeploy does not wait for control (an invocation that comes
+/// first loads the entry itself).
 #[derive(Debug)]
 pub(crate) struct CodeCache {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     http: reqwest::Client,
     control_url: String,
     jwt_secret: String,
@@ -138,31 +157,22 @@ impl CodeCache {
         ttl: Duration,
         tenants: &TenantClient,
     ) -> Self {
-        CodeCache {
+        let inner = Arc::new(Inner {
             http: client::internal_client(),
             control_url: control_url.trim_end_matches('/').to_owned(),
             jwt_secret: jwt_secret.to_owned(),
             ttl,
             slots: Mutex::default(),
-            changes: Mutex::new(Changes {
-                feed: tenants.subscribe(),
-                tenants: HashMap::new(),
-                all: None,
-            }),
+            changes: Mutex::default(),
+        });
+        let feed = tenants.subscribe();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(follow(Arc::downgrade(&inner), feed));
+            }
+            Err(_) => inner.changes().feed = Some(feed),
         }
-    }
-
-    /// Whether an entry fetched at `fetched` may still be used.
-    fn fresh(&self, tenant: &str, fetched: Instant) -> bool {
-        if fetched.elapsed() >= self.ttl {
-            return false;
-        }
-        let mut changes = self
-            .changes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        changes.drain();
-        !changes.outdated(tenant, fetched)
+        CodeCache { inner }
     }
 
     /// The function's current version; `None` when it (or the tenant) does
@@ -172,8 +182,9 @@ impl CodeCache {
         tenant: &str,
         name: &str,
     ) -> Result<Option<Arc<FunctionCode>>, LookupError> {
+        let inner = &self.inner;
         let slot = {
-            let mut slots = self
+            let mut slots = inner
                 .slots
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -187,12 +198,12 @@ impl CodeCache {
         };
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref()
-            && self.fresh(tenant, c.fetched)
+            && inner.fresh(tenant, c.fetched)
         {
             return Ok(c.value.clone());
         }
         let started = Instant::now();
-        match self.fetch(tenant, name).await {
+        match inner.fetch(tenant, name).await {
             Ok(value) => {
                 *cached = Some(Cached {
                     fetched: started,
@@ -208,6 +219,73 @@ impl CodeCache {
                 None => Err(e),
             },
         }
+    }
+}
+
+/// Follows the change feed until the cache is gone.
+async fn follow(inner: std::sync::Weak<Inner>, mut feed: broadcast::Receiver<Invalidation>) {
+    loop {
+        let event = feed.recv().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match event {
+            Ok(Invalidation::Tenant(id)) => {
+                inner.changes().tenant_changed(id.clone());
+                tokio::spawn(refresh(inner, id));
+            }
+            Ok(Invalidation::All) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                inner.changes().all_changed();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Reloads the cached entries of `tenant` that a change made stale.
+async fn refresh(inner: Arc<Inner>, tenant: String) {
+    let slots: Vec<(String, Slot)> = inner
+        .slots
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .filter(|((t, _), _)| *t == tenant)
+        .map(|((_, name), slot)| (name.clone(), slot.clone()))
+        .collect();
+    for (name, slot) in slots {
+        let mut cached = slot.lock().await;
+        // Never loaded, or loaded again meanwhile (by an invocation).
+        if cached
+            .as_ref()
+            .is_none_or(|c| inner.fresh(&tenant, c.fetched))
+        {
+            continue;
+        }
+        let started = Instant::now();
+        if let Ok(value) = inner.fetch(&tenant, &name).await {
+            *cached = Some(Cached {
+                fetched: started,
+                value,
+            });
+        }
+    }
+}
+
+impl Inner {
+    fn changes(&self) -> std::sync::MutexGuard<'_, Changes> {
+        self.changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether an entry fetched at `fetched` may still be used.
+    fn fresh(&self, tenant: &str, fetched: Instant) -> bool {
+        if fetched.elapsed() >= self.ttl {
+            return false;
+        }
+        let mut changes = self.changes();
+        changes.drain();
+        !changes.outdated(tenant, fetched)
     }
 
     async fn fetch(

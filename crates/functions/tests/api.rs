@@ -84,7 +84,9 @@ fn configuration_defaults_and_errors() {
 struct Functions {
     api: axum::Router,
     admin: axum::Router,
-    control: Served,
+    /// Stopped by a test that needs control gone.
+    control: Option<Served>,
+    control_base: String,
     http: reqwest::Client,
     tenant: Tenant,
     _db: madbase_testkit::TestDb,
@@ -107,7 +109,8 @@ impl Functions {
         let f = Functions {
             api: api_router(&app),
             admin: admin_router(&app),
-            control,
+            control: Some(control),
+            control_base: control_url.clone(),
             http,
             tenant,
             _db: db,
@@ -128,11 +131,7 @@ impl Functions {
 
     /// `<control>/v1/tenants/<tenant>/<path>`
     fn control_url(&self, path: &str) -> String {
-        format!(
-            "{}/v1/tenants/{}/{path}",
-            self.control.url(),
-            self.tenant.id
-        )
+        format!("{}/v1/tenants/{}/{path}", self.control_base, self.tenant.id)
     }
 
     /// Deploys a small function as `name` through control.
@@ -635,4 +634,39 @@ async fn a_tenants_limit_overrides_apply_to_its_invocations() {
         "the tenant's 1 s wall time, not the service's 30 s: {:?}",
         started.elapsed()
     );
+}
+
+/// After a redeploy the change feed has the new version loaded before any
+/// invocation asks: with control gone right after, the next invocation runs
+/// the new version (verify_jwt off), not the stale cached one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redeploy_is_loaded_before_the_next_invocation() {
+    let mut f = Functions::start(&[
+        ("MADBASE_FUNCTIONS_WORKER_CMD", "/nonexistent/worker"),
+        ("MADBASE_FUNCTIONS_CODE_CACHE_SECONDS", "3600"),
+    ])
+    .await;
+    let (status, _) = f.post("locked").await;
+    assert_eq!(status, 401);
+    let announced = |metrics: String| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("madbase_tenant_invalidations_total{reason=\"tenant\"} "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = announced(f.metrics().await);
+    f.deploy("locked", "?verify_jwt=false").await;
+    // The feed's announcement, then the reload (a few milliseconds).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while announced(f.metrics().await) <= before {
+        assert!(Instant::now() < deadline, "no change announced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.control.take().expect("control").stop().await;
+    // Reaches the (missing) worker: 503, where the old version said 401.
+    let (status, body) = f.post("locked").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "unavailable");
 }
