@@ -378,8 +378,8 @@ pub async fn internal_get(
         return Err(not_found(&id));
     };
     Ok(Json(TenantInfo {
-        jwt_secret: state.open(&row.jwt_secret_enc)?,
-        authenticator_password: state.open(&row.authenticator_password_enc)?,
+        jwt_secret: state.open(&row.jwt_secret_enc)?.into(),
+        authenticator_password: state.open(&row.authenticator_password_enc)?.into(),
         key_version: row.key_version,
         db_host: state.cluster_host(),
         db_port: state.cluster.get_port(),

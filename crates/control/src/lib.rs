@@ -25,6 +25,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use madbase_platform::config::{ConfigError, Env, Source};
+use madbase_platform::secrets::ExposeSecret as _;
 use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, secrets};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
@@ -46,9 +47,9 @@ pub struct Config {
     /// (default: `DATABASE_URL`'s server, database `postgres`).
     pub tenant_db_url: String,
     /// `JWT_SECRET`.
-    pub jwt_secret: String,
+    pub jwt_secret: secrets::SecretString,
     /// `MADBASE_MASTER_KEY`, decoded.
-    pub master_key: [u8; 32],
+    pub master_key: secrets::MasterKey,
     /// `MADBASE_PUBLIC_URL`: where clients reach the proxy (for `rest_url`),
     /// default `http://localhost:8000`.
     pub public_url: String,
@@ -179,7 +180,7 @@ pub async fn connect_and_migrate(config: &Config, wait: Duration) -> anyhow::Res
         .run(&pool)
         .await
         .context("applying the control database migrations")?;
-    check_master_key(&pool, &Sealer::new(&config.master_key)).await?;
+    check_master_key(&pool, &Sealer::new(&config.master_key.expose_secret().0)).await?;
     Ok(pool)
 }
 
@@ -218,8 +219,8 @@ pub async fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         db: db.clone(),
         admin,
         cluster,
-        sealer: Sealer::new(&config.master_key),
-        jwt_secret: config.jwt_secret.clone(),
+        sealer: Sealer::new(&config.master_key.expose_secret().0),
+        jwt_secret: config.jwt_secret.expose_secret().to_owned(),
         public_url: config.public_url.clone(),
         sql_limits: sql::Limits {
             statement_timeout: config.sql_timeout,

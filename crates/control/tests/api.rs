@@ -13,6 +13,7 @@ use axum::body::Body;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use madbase_platform::config::Env;
+use madbase_platform::secrets::ExposeSecret as _;
 use madbase_platform::server::{admin_router, api_router};
 use madbase_platform::{CancellationToken, Listeners, Metrics};
 use madbase_tenancy::jwt;
@@ -209,7 +210,7 @@ async fn create_provisions_database_roles_and_keys() {
     assert_eq!(status, 200);
     let info: TenantInfo = serde_json::from_value(info).expect("tenant info");
     let claims = jwt::verify_tenant_token(
-        &info.jwt_secret,
+        info.jwt_secret.expose_secret(),
         &id,
         created["anon_key"].as_str().expect("key"),
     )
@@ -218,7 +219,7 @@ async fn create_provisions_database_roles_and_keys() {
     assert_eq!(claims["iss"], "madbase");
     assert_eq!(claims["ref"], id.as_str());
     let service = jwt::verify_tenant_token(
-        &info.jwt_secret,
+        info.jwt_secret.expose_secret(),
         &id,
         created["service_role_key"].as_str().expect("key"),
     )
@@ -227,7 +228,7 @@ async fn create_provisions_database_roles_and_keys() {
     // A key of this tenant is not a key of another one.
     assert!(
         jwt::verify_tenant_token(
-            &info.jwt_secret,
+            info.jwt_secret.expose_secret(),
             "other-tenant",
             created["anon_key"].as_str().expect("key")
         )
@@ -258,7 +259,8 @@ async fn create_provisions_database_roles_and_keys() {
         "postgres@",
         &format!(
             "{}:{}@",
-            info.authenticator_user, info.authenticator_password
+            info.authenticator_user,
+            info.authenticator_password.expose_secret()
         ),
         1,
     );
@@ -800,7 +802,10 @@ async fn tenant_client_caches_and_serves_stale_when_control_is_down() {
     server.await.expect("join").expect("serve");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stale = client.get(&id).await.expect("stale").expect("exists");
-    assert_eq!(stale.jwt_secret, info.jwt_secret);
+    assert_eq!(
+        stale.jwt_secret.expose_secret(),
+        info.jwt_secret.expose_secret()
+    );
     assert!(
         client
             .get("no-such-tenant")

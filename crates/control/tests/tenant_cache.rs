@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use madbase_platform::Metrics;
+use madbase_platform::secrets::ExposeSecret as _;
 use madbase_platform::{CancellationToken, Listeners};
 use madbase_tenancy::{Failure, Invalidation, Role, Surface, Tenancy, TenantClient};
 use madbase_testkit::TestDb;
@@ -133,7 +134,10 @@ async fn the_change_feed_drops_changed_tenants_at_once() {
             .expect("lookup")
             .expect("exists");
         if now.key_version == first.key_version + 1 {
-            assert_ne!(now.jwt_secret, first.jwt_secret);
+            assert_ne!(
+                now.jwt_secret.expose_secret(),
+                first.jwt_secret.expose_secret()
+            );
             break;
         }
         assert!(

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use madbase_platform::client;
+use madbase_platform::secrets::SecretString;
 use madbase_tenancy::{Invalidation, TenantClient};
 use serde::Deserialize;
 use tokio::sync::broadcast;
@@ -143,7 +144,7 @@ pub(crate) struct CodeCache {
 struct Inner {
     http: reqwest::Client,
     control_url: String,
-    jwt_secret: String,
+    jwt_secret: SecretString,
     ttl: Duration,
     slots: Mutex<HashMap<(String, String), Slot>>,
     changes: Mutex<Changes>,
@@ -153,14 +154,14 @@ impl CodeCache {
     /// A cache following `tenants`' change feed.
     pub(crate) fn new(
         control_url: &str,
-        jwt_secret: &str,
+        jwt_secret: &SecretString,
         ttl: Duration,
         tenants: &TenantClient,
     ) -> Self {
         let inner = Arc::new(Inner {
             http: client::internal_client(),
             control_url: control_url.trim_end_matches('/').to_owned(),
-            jwt_secret: jwt_secret.to_owned(),
+            jwt_secret: jwt_secret.clone(),
             ttl,
             slots: Mutex::default(),
             changes: Mutex::default(),

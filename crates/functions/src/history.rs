@@ -21,6 +21,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use madbase_js::protocol::LogLine;
 use madbase_platform::ApiError;
+use madbase_platform::secrets::{ExposeSecret, SecretString};
 use madbase_tenancy::jwt;
 use serde::Serialize;
 
@@ -186,7 +187,7 @@ impl History {
 #[derive(Debug, Clone)]
 pub(crate) struct Internal {
     pub history: Arc<History>,
-    pub jwt_secret: String,
+    pub jwt_secret: SecretString,
 }
 
 #[derive(Debug, Serialize)]
@@ -205,7 +206,7 @@ pub(crate) async fn invocations(
         .and_then(|v| v.to_str().ok())
         .and_then(jwt::bearer)
         .ok_or_else(|| ApiError::unauthorized("an internal token is required"))?;
-    jwt::verify_platform(&s.jwt_secret, token, "internal")
+    jwt::verify_platform(s.jwt_secret.expose_secret(), token, "internal")
         .map_err(|e| ApiError::unauthorized(format!("invalid internal token: {e}")))?;
     Ok(Json(Answer {
         invocations: s.history.recent(&tenant, &name),

@@ -38,6 +38,7 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use madbase_js::protocol::{FunctionError, FunctionKey, Invoke, Limits, Outcome, Reply};
 use madbase_platform::metrics::{LatencyFamily, latency_family};
+use madbase_platform::secrets::{ExposeSecret as _, SecretString};
 use madbase_platform::{ApiError, Metrics, request_id};
 use madbase_tenancy::jwt;
 use madbase_tenancy::{Failure, Surface, Tenancy, TenantClient, TenantInfo};
@@ -78,7 +79,7 @@ struct OutcomeLabels {
 /// Keys minted for one tenant secret (`SUPABASE_ANON_KEY`, `…_SERVICE_ROLE_KEY`).
 #[derive(Debug, Clone)]
 struct MintedKeys {
-    secret: String,
+    secret: SecretString,
     anon: String,
     service: String,
 }
@@ -200,14 +201,14 @@ impl Invoker {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(k) = keys.get(&info.id)
-            && k.secret == info.jwt_secret
+            && k.secret.expose_secret() == info.jwt_secret.expose_secret()
         {
             return k.clone();
         }
         let minted = MintedKeys {
             secret: info.jwt_secret.clone(),
-            anon: jwt::api_key(&info.jwt_secret, &info.id, "anon"),
-            service: jwt::api_key(&info.jwt_secret, &info.id, "service_role"),
+            anon: jwt::api_key(info.jwt_secret.expose_secret(), &info.id, "anon"),
+            service: jwt::api_key(info.jwt_secret.expose_secret(), &info.id, "service_role"),
         };
         if keys.len() >= 10_000 {
             keys.clear();

@@ -22,6 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::any;
 use madbase_platform::config::{ConfigError, Env, Source};
+use madbase_platform::secrets::SecretString;
 use madbase_platform::{CommonConfig, Metrics, ReadyCheck, Service, ServiceApp, client, secrets};
 use madbase_tenancy::TenantClient;
 
@@ -51,7 +52,7 @@ use madbase_tenancy::TenantClient;
 pub struct Config {
     pub common: CommonConfig,
     /// `JWT_SECRET`: signs the internal tokens used to ask control.
-    pub jwt_secret: String,
+    pub jwt_secret: SecretString,
     /// `MADBASE_CONTROL_URL`, default `http://127.0.0.1:8001`.
     pub control_url: String,
     /// `MADBASE_PUBLIC_URL`, default `http://127.0.0.1:8000`.
@@ -173,7 +174,7 @@ impl Config {
 pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
     let http = client::internal_client();
     let metrics = Metrics::new();
-    let tenants = TenantClient::new(&config.control_url, &config.jwt_secret, &metrics);
+    let tenants = TenantClient::new(&config.control_url, config.jwt_secret.clone(), &metrics);
     let code = code::CodeCache::new(
         &config.control_url,
         &config.jwt_secret,

@@ -347,11 +347,12 @@ pub fn healthcheck(url: Option<String>, service: Option<Service>, timeout: f64) 
 /// with `JWT_SECRET`.
 #[allow(clippy::print_stdout)] // the token is the command's output
 pub fn token(role: &str, ttl: Duration) -> ExitCode {
+    use madbase_platform::secrets::ExposeSecret as _;
     match madbase_platform::secrets::jwt_secret(&Env::process()) {
         Ok(secret) => {
             println!(
                 "{}",
-                madbase_tenancy::jwt::platform_token(&secret, role, ttl)
+                madbase_tenancy::jwt::platform_token(secret.expose_secret(), role, ttl)
             );
             ExitCode::SUCCESS
         }

@@ -1,6 +1,10 @@
-//! Validation of the platform secrets shared by several services.
+//! Validation of the platform secrets shared by several services, held
+//! as `secrecy` secrets: their `Debug` prints `[REDACTED]`, and reading one
+//! takes an explicit [`ExposeSecret::expose_secret`], so a secret cannot
+//! reach a log line or an error body by accident (and is zeroed on drop).
 
 use base64::Engine as _;
+pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 
 use crate::config::{ConfigError, Env, Source, err};
 
@@ -8,16 +12,38 @@ use crate::config::{ConfigError, Env, Source, err};
 pub const MIN_JWT_SECRET_LEN: usize = 32;
 
 /// `JWT_SECRET`: signs admin and internal tokens.
-pub fn jwt_secret<S: Source>(env: &Env<S>) -> Result<String, ConfigError> {
+pub fn jwt_secret<S: Source>(env: &Env<S>) -> Result<SecretString, ConfigError> {
     env.secret(
         "JWT_SECRET",
         MIN_JWT_SECRET_LEN,
         "the platform secret that signs admin and internal tokens",
     )
+    .map(SecretString::from)
 }
 
+/// 32 key bytes, zeroed on drop (what [`MasterKey`] holds).
+#[derive(Clone)]
+pub struct KeyBytes(pub [u8; 32]);
+
+impl secrecy::zeroize::Zeroize for KeyBytes {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl secrecy::CloneableSecret for KeyBytes {}
+
+impl std::fmt::Debug for KeyBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyBytes([REDACTED])")
+    }
+}
+
+/// `MADBASE_MASTER_KEY`, decoded: its `Debug` never shows the bytes.
+pub type MasterKey = SecretBox<KeyBytes>;
+
 /// `MADBASE_MASTER_KEY`: 32 bytes, base64, encrypting tenant secrets at rest.
-pub fn master_key<S: Source>(env: &Env<S>) -> Result<[u8; 32], ConfigError> {
+pub fn master_key<S: Source>(env: &Env<S>) -> Result<MasterKey, ConfigError> {
     const VAR: &str = "MADBASE_MASTER_KEY";
     let raw = env.required(
         VAR,
@@ -26,12 +52,13 @@ pub fn master_key<S: Source>(env: &Env<S>) -> Result<[u8; 32], ConfigError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(raw.trim())
         .map_err(|e| err(VAR, format!("is not valid base64: {e}")))?;
-    bytes.try_into().map_err(|b: Vec<u8>| {
+    let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
         err(
             VAR,
             format!("decodes to {} bytes; exactly 32 are required", b.len()),
         )
-    })
+    })?;
+    Ok(SecretBox::new(Box::new(KeyBytes(key))))
 }
 
 #[cfg(test)]
@@ -47,10 +74,9 @@ mod tests {
     #[test]
     fn master_key_must_be_32_bytes_of_base64() {
         let good = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-        assert_eq!(
-            master_key(&env("MADBASE_MASTER_KEY", &good)).expect("valid"),
-            [7u8; 32]
-        );
+        let key = master_key(&env("MADBASE_MASTER_KEY", &good)).expect("valid");
+        assert_eq!(key.expose_secret().0, [7u8; 32]);
+        assert!(format!("{key:?}").contains("[REDACTED]"), "{key:?}");
         let short = base64::engine::general_purpose::STANDARD.encode([7u8; 16]);
         let e = master_key(&env("MADBASE_MASTER_KEY", &short)).expect_err("short");
         assert!(e.problem.contains("16 bytes"), "{e}");
@@ -63,6 +89,8 @@ mod tests {
     #[test]
     fn jwt_secret_has_a_minimum_length() {
         assert!(jwt_secret(&env("JWT_SECRET", "short")).is_err());
-        assert!(jwt_secret(&env("JWT_SECRET", &"x".repeat(32))).is_ok());
+        let secret = jwt_secret(&env("JWT_SECRET", &"x".repeat(32))).expect("valid");
+        assert_eq!(secret.expose_secret(), "x".repeat(32));
+        assert!(!format!("{secret:?}").contains("xxx"));
     }
 }

@@ -27,7 +27,7 @@ use madbase_tenancy::{Tenancy, TenantClient};
 pub struct Config {
     pub common: CommonConfig,
     /// `JWT_SECRET`: signs the internal tokens used to ask control about tenants.
-    pub jwt_secret: String,
+    pub jwt_secret: secrets::SecretString,
     /// `MADBASE_CONTROL_URL`, default `http://127.0.0.1:8001`.
     pub control_url: String,
     /// `MADBASE_WORKER_URL`, default `http://127.0.0.1:8002`.
@@ -257,7 +257,7 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
 /// The proxy handing requests for `local`'s upstreams to them in-process.
 pub fn app_with_local(config: &Config, local: Local) -> anyhow::Result<ServiceApp> {
     let metrics = Metrics::new();
-    let tenants = TenantClient::new(&config.control_url, &config.jwt_secret, &metrics)
+    let tenants = TenantClient::new(&config.control_url, config.jwt_secret.clone(), &metrics)
         .with_ttl(config.tenant_ttl, config.tenant_negative_ttl);
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.connect_timeout));

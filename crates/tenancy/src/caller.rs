@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, StatusCode};
 use madbase_platform::ApiError;
+use madbase_platform::secrets::ExposeSecret as _;
 
 use crate::jwt::{self, JwtError, VerifiedClaims, VerifiedTokens};
 use crate::tenants::{Invalidation, LookupError, TenantClient, TenantInfo};
@@ -402,11 +403,15 @@ impl Tenancy {
         keys: &[ApiKey<'_>],
         surface: Surface,
     ) -> Result<Arc<VerifiedClaims>, Refusal> {
-        check_keys(&self.verified, &tenant.info.jwt_secret, &tenant.id, keys).unwrap_or_else(|| {
-            match surface {
-                Surface::DataApi => Ok(self.anon.clone()),
-                Surface::Gateway | Surface::Functions => Err(Refusal::MissingKey),
-            }
+        check_keys(
+            &self.verified,
+            tenant.info.jwt_secret.expose_secret(),
+            &tenant.id,
+            keys,
+        )
+        .unwrap_or_else(|| match surface {
+            Surface::DataApi => Ok(self.anon.clone()),
+            Surface::Gateway | Surface::Functions => Err(Refusal::MissingKey),
         })
     }
 }

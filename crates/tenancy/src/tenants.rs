@@ -20,16 +20,19 @@ use serde::{Deserialize, Serialize};
 
 use madbase_platform::client;
 use madbase_platform::metrics::Metrics;
+use madbase_platform::secrets::{ExposeSecret, SecretString};
 
 use crate::jwt;
 
 /// What services need to know about a tenant. Served by control's internal
-/// API only; never logged.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// API only; never logged (its secrets are `SecretString`s, which only the
+/// internal API's JSON writes out).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct TenantInfo {
     pub id: String,
     /// The tenant's JWT secret (verifies its API keys and user JWTs).
-    pub jwt_secret: String,
+    #[serde(serialize_with = "exposed")]
+    pub jwt_secret: SecretString,
     /// Bumped by every key rotation.
     pub key_version: i32,
     /// The tenant's database name.
@@ -38,12 +41,18 @@ pub struct TenantInfo {
     pub db_host: String,
     pub db_port: u16,
     pub authenticator_user: String,
-    pub authenticator_password: String,
+    #[serde(serialize_with = "exposed")]
+    pub authenticator_password: SecretString,
     /// The browser origins the proxy allows for this tenant's data API
     /// (`["*"]`: any), set through control's tenant settings; `None`: the
     /// platform's `MADBASE_CORS_ORIGINS`.
     #[serde(default)]
     pub cors_origins: Option<Vec<String>>,
+}
+
+/// Writes a secret's text: only for control's internal API answer.
+fn exposed<S: serde::Serializer>(secret: &SecretString, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(secret.expose_secret())
 }
 
 impl std::fmt::Debug for TenantInfo {
@@ -204,7 +213,7 @@ impl Shared {
 pub struct TenantClient {
     http: reqwest::Client,
     control_url: String,
-    jwt_secret: String,
+    jwt_secret: SecretString,
     ttl: Duration,
     negative_ttl: Duration,
     shared: Arc<Shared>,
@@ -224,7 +233,7 @@ impl TenantClient {
     /// `madbase_tenant_lookups_total{outcome}`,
     /// `madbase_tenant_change_feed_up` and
     /// `madbase_tenant_invalidations_total{reason}` on `metrics`.
-    pub fn new(control_url: &str, jwt_secret: &str, metrics: &Metrics) -> Self {
+    pub fn new(control_url: &str, jwt_secret: impl Into<SecretString>, metrics: &Metrics) -> Self {
         let lookups = Family::default();
         metrics.register(
             "madbase_tenant_lookups",
@@ -245,7 +254,7 @@ impl TenantClient {
         TenantClient {
             http: client::internal_client(),
             control_url: control_url.trim_end_matches('/').to_owned(),
-            jwt_secret: jwt_secret.to_owned(),
+            jwt_secret: jwt_secret.into(),
             ttl: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(5),
             shared: Arc::default(),
@@ -406,10 +415,14 @@ impl TenantClient {
 pub async fn internal_get<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     control_url: &str,
-    jwt_secret: &str,
+    jwt_secret: &SecretString,
     path: &str,
 ) -> Result<Option<T>, LookupError> {
-    let token = jwt::platform_token(jwt_secret, "internal", Duration::from_secs(300));
+    let token = jwt::platform_token(
+        jwt_secret.expose_secret(),
+        "internal",
+        Duration::from_secs(300),
+    );
     let url = format!("{control_url}/internal/v1/{path}");
     let resp = http
         .get(&url)
@@ -438,7 +451,7 @@ const FEED_SILENCE: Duration = Duration::from_secs(30);
 struct Follower {
     shared: std::sync::Weak<Shared>,
     url: String,
-    jwt_secret: String,
+    jwt_secret: SecretString,
     metrics: FeedMetrics,
     /// Set by the first hello (a later one follows a gap).
     ever_live: AtomicBool,
@@ -478,7 +491,11 @@ impl Follower {
 
     /// Follows the feed until it ends or fails; `Ok` when it was live.
     async fn follow_once(&self, http: &reqwest::Client) -> Result<(), String> {
-        let token = jwt::platform_token(&self.jwt_secret, "internal", Duration::from_secs(300));
+        let token = jwt::platform_token(
+            self.jwt_secret.expose_secret(),
+            "internal",
+            Duration::from_secs(300),
+        );
         let mut resp = http
             .get(&self.url)
             .bearer_auth(token)
@@ -551,7 +568,52 @@ impl Follower {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_cors_origins;
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug_but_reach_the_internal_json() {
+        let info = TenantInfo {
+            id: "acme".into(),
+            jwt_secret: "tenant-jwt-secret-value".into(),
+            key_version: 1,
+            database: "t_acme".into(),
+            db_host: "db".into(),
+            db_port: 5432,
+            authenticator_user: "acme_authenticator".into(),
+            authenticator_password: "authenticator-password-value".into(),
+            cors_origins: None,
+        };
+        let client = TenantClient::new(
+            "http://control",
+            "platform-jwt-secret-value",
+            &Metrics::new(),
+        );
+        for debug in [
+            format!("{info:?}"),
+            format!("{client:?}"),
+            format!("{:?}", Arc::new(info.clone())),
+        ] {
+            for secret in [
+                "tenant-jwt-secret-value",
+                "authenticator-password-value",
+                "platform-jwt-secret-value",
+            ] {
+                assert!(!debug.contains(secret), "{debug}");
+            }
+        }
+        // Control's internal answer carries them, and services read them back.
+        let json = serde_json::to_string(&info).expect("json");
+        assert!(
+            json.contains("tenant-jwt-secret-value")
+                && json.contains("authenticator-password-value")
+        );
+        let back: TenantInfo = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back.jwt_secret.expose_secret(), "tenant-jwt-secret-value");
+        assert_eq!(
+            back.authenticator_password.expose_secret(),
+            "authenticator-password-value"
+        );
+    }
 
     #[test]
     fn cors_origin_lists() {

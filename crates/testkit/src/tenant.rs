@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use madbase_platform::secrets::ExposeSecret as _;
 use madbase_tenancy::jwt;
 use serde_json::{Value, json};
 
@@ -35,16 +36,20 @@ impl Tenant {
             .expect("create tenant");
         assert_eq!(resp.status(), 201, "creating tenant {id}");
         let created: Value = resp.json().await.expect("json");
-        let info: madbase_tenancy::TenantInfo =
-            madbase_tenancy::internal_get(http, control_url, JWT_SECRET, &format!("tenants/{id}"))
-                .await
-                .expect("internal lookup")
-                .expect("the tenant just created");
+        let info: madbase_tenancy::TenantInfo = madbase_tenancy::internal_get(
+            http,
+            control_url,
+            &JWT_SECRET.into(),
+            &format!("tenants/{id}"),
+        )
+        .await
+        .expect("internal lookup")
+        .expect("the tenant just created");
         let text = |v: &Value, field: &str| v[field].as_str().expect(field).to_owned();
         Tenant {
             anon_key: text(&created, "anon_key"),
             service_key: text(&created, "service_role_key"),
-            jwt_secret: info.jwt_secret,
+            jwt_secret: info.jwt_secret.expose_secret().to_owned(),
             id,
         }
     }

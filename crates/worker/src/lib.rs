@@ -42,7 +42,7 @@ pub use crate::state::{AppState, Shared};
 pub struct Config {
     pub common: CommonConfig,
     /// `JWT_SECRET`: signs the internal tokens used to ask control about tenants.
-    pub jwt_secret: String,
+    pub jwt_secret: secrets::SecretString,
     /// `MADBASE_CONTROL_URL`, default `http://127.0.0.1:8001`.
     pub control_url: String,
     /// `MADBASE_WORKER_STATEMENT_TIMEOUT_MS` (default 10000): per-request `statement_timeout`.
@@ -173,7 +173,7 @@ impl Config {
 pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
     let http = client::internal_client();
     let metrics = Metrics::new();
-    let tenants = TenantClient::new(&config.control_url, &config.jwt_secret, &metrics);
+    let tenants = TenantClient::new(&config.control_url, config.jwt_secret.clone(), &metrics);
     let pools = Pools::new(
         PoolConfig {
             max_per_tenant: config.pool_max_per_tenant,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use madbase_platform::Metrics;
+use madbase_platform::secrets::ExposeSecret as _;
 use madbase_tenancy::TenantInfo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -51,7 +52,7 @@ fn matches(target: &Target, t: &TenantInfo) -> bool {
         && target.port == t.db_port
         && target.database == t.database
         && target.user == t.authenticator_user
-        && target.password == t.authenticator_password
+        && target.password == *t.authenticator_password.expose_secret()
 }
 
 fn target_of(t: &TenantInfo) -> Target {
@@ -60,7 +61,7 @@ fn target_of(t: &TenantInfo) -> Target {
         port: t.db_port,
         database: t.database.clone(),
         user: t.authenticator_user.clone(),
-        password: t.authenticator_password.clone(),
+        password: t.authenticator_password.expose_secret().to_owned(),
     }
 }
 
