@@ -67,9 +67,23 @@ fn valid_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A failure of control's database for the function and secret stores, as
+/// the client sees it: out of disk space (507) or unable to write (503)
+/// said as such, anything else "unavailable"; the cause is logged.
 pub(crate) fn db_error(op: &str, e: &sqlx::Error) -> ApiError {
     tracing::error!(op, error = %e, "control database error");
-    ApiError::unavailable(format!("{op}: the control database is unavailable"))
+    let sqlstate = e.as_database_error().and_then(|d| d.code());
+    match sqlstate.as_deref() {
+        Some("53100") => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!("{op}: the control database is out of disk space; nothing was changed"),
+        ),
+        Some("58030") => ApiError::unavailable(format!(
+            "{op}: the control database cannot write to its disk; nothing was changed"
+        )),
+        _ => ApiError::unavailable(format!("{op}: the control database is unavailable")),
+    }
 }
 
 fn function_not_found(id: &str, name: &str) -> ApiError {

@@ -10,19 +10,19 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{capture_lines, madbase_command};
 
-struct Dev {
+pub(crate) struct Dev {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
 }
 
-fn start(data_dir: &Path, ports: &[(String, String)]) -> Dev {
+pub(crate) fn start(data_dir: &Path, ports: &[(String, String)]) -> Dev {
     let data_dir = data_dir.to_string_lossy();
     let mut child = madbase_command(&["dev", "--data-dir", &data_dir], ports)
         .stdout(Stdio::null())
@@ -49,11 +49,11 @@ fn start(data_dir: &Path, ports: &[(String, String)]) -> Dev {
 }
 
 impl Dev {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         self.stderr.lock().expect("lines").join("\n")
     }
 
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let pid = i32::try_from(self.child.id()).expect("pid");
         // SAFETY: kill(2) on our own child.
         #[allow(unsafe_code)]

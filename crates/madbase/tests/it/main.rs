@@ -2,6 +2,7 @@
 //! binary as a child process and talks HTTP to it on loopback.
 
 mod dev;
+mod disk;
 mod faults;
 mod functions;
 mod helpers;

@@ -13,6 +13,7 @@ mod postgrest;
 mod reads;
 mod rpc;
 mod security;
+mod sql_prop;
 mod writes;
 
 fn config() -> madbase_worker::Config {
