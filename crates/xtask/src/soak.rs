@@ -207,8 +207,6 @@ pub fn render(jsonl: &str, minutes: f64) -> Result<String> {
          - `podman stop` of the compose stack under load (the e2e checks that every \
          container exits 0 on `stop`, without load), and SIGTERM to the functions \
          service under load.\n\
-         - `madbase dev` with its data directory full or read-only (control's \
-         secret store on a full disk is covered).\n\
          - The disk-full scenario needs `mount(2)` (root): `cargo xtask soak` runs it; \
          the sandboxed nextest check of `cargo xtask ci` runs as `nobody` and skips \
          it, saying so.\n",
