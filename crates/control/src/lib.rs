@@ -76,13 +76,13 @@ impl Config {
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env(Service::Control, env)?;
         let database_url = env.required(
-            "DATABASE_URL",
+            madbase_platform::env::DATABASE_URL,
             "the control database, postgres://user:pass@host:5432/db",
         )?;
-        check_pg_url("DATABASE_URL", &database_url)?;
-        let tenant_db_url = match env.raw("DEFAULT_TENANT_DB_URL") {
+        check_pg_url(madbase_platform::env::DATABASE_URL, &database_url)?;
+        let tenant_db_url = match env.raw(madbase_platform::env::DEFAULT_TENANT_DB_URL) {
             Some(url) => {
-                check_pg_url("DEFAULT_TENANT_DB_URL", &url)?;
+                check_pg_url(madbase_platform::env::DEFAULT_TENANT_DB_URL, &url)?;
                 url
             }
             None => with_database(&database_url, "postgres"),
@@ -93,9 +93,18 @@ impl Config {
             tenant_db_url,
             jwt_secret: secrets::jwt_secret(env)?,
             master_key: secrets::master_key(env)?,
-            public_url: env.url("MADBASE_PUBLIC_URL", "http://localhost:8000")?,
-            sql_timeout: env.seconds("MADBASE_SQL_TIMEOUT_SECONDS", Duration::from_secs(30))?,
-            connect_wait: env.seconds("MADBASE_DB_CONNECT_SECONDS", Duration::from_secs(30))?,
+            public_url: env.url(
+                madbase_platform::env::MADBASE_PUBLIC_URL,
+                "http://localhost:8000",
+            )?,
+            sql_timeout: env.seconds(
+                madbase_platform::env::MADBASE_SQL_TIMEOUT_SECONDS,
+                Duration::from_secs(30),
+            )?,
+            connect_wait: env.seconds(
+                madbase_platform::env::MADBASE_DB_CONNECT_SECONDS,
+                Duration::from_secs(30),
+            )?,
             console: console::ConsoleConfig::from_env(env)?,
         })
     }

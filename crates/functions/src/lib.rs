@@ -108,21 +108,23 @@ impl Config {
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
         let count = |name: &str, default: u64| -> Result<u64, ConfigError> {
             match env.parse::<u64>(name, "a whole number")? {
-                Some(0) if name != "MADBASE_FUNCTIONS_QUEUE" => Err(ConfigError {
-                    var: name.to_owned(),
-                    problem: "must be at least 1".to_owned(),
-                }),
+                Some(0) if name != madbase_platform::env::MADBASE_FUNCTIONS_QUEUE => {
+                    Err(ConfigError {
+                        var: name.to_owned(),
+                        problem: "must be at least 1".to_owned(),
+                    })
+                }
                 Some(n) => Ok(n),
                 None => Ok(default),
             }
         };
         let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
-        let worker_command = match env.raw("MADBASE_FUNCTIONS_WORKER_CMD") {
+        let worker_command = match env.raw(madbase_platform::env::MADBASE_FUNCTIONS_WORKER_CMD) {
             Some(cmd) => cmd.split_whitespace().map(OsString::from).collect(),
             None => {
                 let exe = std::env::current_exe().map_err(|e| ConfigError {
-                    var: "MADBASE_FUNCTIONS_WORKER_CMD".to_owned(),
+                    var: madbase_platform::env::MADBASE_FUNCTIONS_WORKER_CMD.to_owned(),
                     problem: format!(
                         "is not set and this executable's path is unknown ({e}); set it to `/path/to/madbase functions-worker`"
                     ),
@@ -131,7 +133,7 @@ impl Config {
             }
         };
         let fetch_allow = env
-            .raw("MADBASE_FUNCTIONS_FETCH_ALLOW")
+            .raw(madbase_platform::env::MADBASE_FUNCTIONS_FETCH_ALLOW)
             .map(|v| {
                 v.split(',')
                     .map(str::trim)
@@ -140,29 +142,63 @@ impl Config {
                     .collect()
             })
             .unwrap_or_default();
-        let public_url = env.url("MADBASE_PUBLIC_URL", "http://127.0.0.1:8000")?;
+        let public_url = env.url(
+            madbase_platform::env::MADBASE_PUBLIC_URL,
+            "http://127.0.0.1:8000",
+        )?;
         Ok(Config {
             common: CommonConfig::from_env(Service::Functions, env)?,
             jwt_secret: secrets::jwt_secret(env)?,
-            control_url: env.url("MADBASE_CONTROL_URL", "http://127.0.0.1:8001")?,
+            control_url: env.url(
+                madbase_platform::env::MADBASE_CONTROL_URL,
+                "http://127.0.0.1:8001",
+            )?,
             public_url: public_url.clone(),
-            proxy_url: env.url("MADBASE_FUNCTIONS_PROXY_URL", &public_url)?,
+            proxy_url: env.url(
+                madbase_platform::env::MADBASE_FUNCTIONS_PROXY_URL,
+                &public_url,
+            )?,
             worker_command,
-            workers: size(count("MADBASE_FUNCTIONS_WORKERS", parallelism)?),
-            queue: size(count("MADBASE_FUNCTIONS_QUEUE", 64)?),
-            queue_wait: env.seconds("MADBASE_FUNCTIONS_QUEUE_SECONDS", Duration::from_secs(5))?,
-            tenant_concurrency: size(count("MADBASE_FUNCTIONS_TENANT_CONCURRENCY", 20)?),
-            wall: env.seconds("MADBASE_FUNCTIONS_WALL_SECONDS", Duration::from_secs(150))?,
-            cpu_ms: count("MADBASE_FUNCTIONS_CPU_MS", 2000)?,
-            memory_bytes: count("MADBASE_FUNCTIONS_MEMORY_MB", 256)?.saturating_mul(MIB),
-            max_request_bytes: size(count("MADBASE_FUNCTIONS_MAX_REQUEST_BYTES", 6 * MIB)?),
-            max_response_bytes: count("MADBASE_FUNCTIONS_MAX_RESPONSE_BYTES", 6 * MIB)?,
-            max_fetches: u32::try_from(count("MADBASE_FUNCTIONS_MAX_FETCHES", 50)?)
-                .unwrap_or(u32::MAX),
-            max_fetch_bytes: count("MADBASE_FUNCTIONS_MAX_FETCH_BYTES", 10 * MIB)?,
+            workers: size(count(
+                madbase_platform::env::MADBASE_FUNCTIONS_WORKERS,
+                parallelism,
+            )?),
+            queue: size(count(madbase_platform::env::MADBASE_FUNCTIONS_QUEUE, 64)?),
+            queue_wait: env.seconds(
+                madbase_platform::env::MADBASE_FUNCTIONS_QUEUE_SECONDS,
+                Duration::from_secs(5),
+            )?,
+            tenant_concurrency: size(count(
+                madbase_platform::env::MADBASE_FUNCTIONS_TENANT_CONCURRENCY,
+                20,
+            )?),
+            wall: env.seconds(
+                madbase_platform::env::MADBASE_FUNCTIONS_WALL_SECONDS,
+                Duration::from_secs(150),
+            )?,
+            cpu_ms: count(madbase_platform::env::MADBASE_FUNCTIONS_CPU_MS, 2000)?,
+            memory_bytes: count(madbase_platform::env::MADBASE_FUNCTIONS_MEMORY_MB, 256)?
+                .saturating_mul(MIB),
+            max_request_bytes: size(count(
+                madbase_platform::env::MADBASE_FUNCTIONS_MAX_REQUEST_BYTES,
+                6 * MIB,
+            )?),
+            max_response_bytes: count(
+                madbase_platform::env::MADBASE_FUNCTIONS_MAX_RESPONSE_BYTES,
+                6 * MIB,
+            )?,
+            max_fetches: u32::try_from(count(
+                madbase_platform::env::MADBASE_FUNCTIONS_MAX_FETCHES,
+                50,
+            )?)
+            .unwrap_or(u32::MAX),
+            max_fetch_bytes: count(
+                madbase_platform::env::MADBASE_FUNCTIONS_MAX_FETCH_BYTES,
+                10 * MIB,
+            )?,
             fetch_allow,
             code_ttl: env.seconds(
-                "MADBASE_FUNCTIONS_CODE_CACHE_SECONDS",
+                madbase_platform::env::MADBASE_FUNCTIONS_CODE_CACHE_SECONDS,
                 Duration::from_secs(2),
             )?,
         })

@@ -64,7 +64,7 @@ fn withheld(name: &str) -> bool {
         "KEY",
         "TOKEN",
         "CREDENTIAL",
-        "DATABASE_URL",
+        madbase_platform::env::DATABASE_URL,
         "DB_URL",
         "OTEL_EXPORTER_OTLP_HEADERS",
         "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
@@ -500,12 +500,12 @@ mod tests {
     #[test]
     fn platform_secrets_are_withheld_from_workers() {
         for name in [
-            "JWT_SECRET",
-            "MADBASE_MASTER_KEY",
-            "MADBASE_MASTER_KEY_FILE",
-            "DATABASE_URL",
-            "DEFAULT_TENANT_DB_URL",
-            "MADBASE_CONSOLE_PASSWORD",
+            madbase_platform::env::JWT_SECRET,
+            madbase_platform::env::MADBASE_MASTER_KEY,
+            madbase_platform::env::MADBASE_MASTER_KEY_FILE,
+            madbase_platform::env::DATABASE_URL,
+            madbase_platform::env::DEFAULT_TENANT_DB_URL,
+            madbase_platform::env::MADBASE_CONSOLE_PASSWORD,
             "OTEL_EXPORTER_OTLP_HEADERS",
             "AWS_SECRET_ACCESS_KEY",
             "GITHUB_TOKEN",
@@ -514,9 +514,9 @@ mod tests {
         }
         for name in [
             "PATH",
-            "MADBASE_FUNCTIONS_TEST_HOOKS",
-            "MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER",
-            "MADBASE_LOG",
+            madbase_platform::env::MADBASE_FUNCTIONS_TEST_HOOKS,
+            madbase_platform::env::MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER,
+            madbase_platform::env::MADBASE_LOG,
             "RUST_BACKTRACE",
         ] {
             assert!(!withheld(name), "{name}");

@@ -64,14 +64,17 @@ async fn dev(data_dir: PathBuf) -> anyhow::Result<ExitCode> {
     let data_dir = std::fs::canonicalize(&data_dir)?;
     let mut vars = HashMap::new();
     vars.insert(
-        "JWT_SECRET".to_owned(),
+        madbase_platform::env::JWT_SECRET.to_owned(),
         secret_file(&data_dir.join("jwt_secret"), 48)?,
     );
     vars.insert(
-        "MADBASE_MASTER_KEY".to_owned(),
+        madbase_platform::env::MADBASE_MASTER_KEY.to_owned(),
         secret_file(&data_dir.join("master_key"), 32)?,
     );
-    vars.insert("MADBASE_LOG_FORMAT".to_owned(), "pretty".to_owned());
+    vars.insert(
+        madbase_platform::env::MADBASE_LOG_FORMAT.to_owned(),
+        "pretty".to_owned(),
+    );
     for service in Service::ALL {
         let (api, admin) = (service.default_api_port(), service.default_admin_port());
         let prefix = service.name().to_ascii_uppercase();
@@ -112,26 +115,36 @@ async fn dev(data_dir: PathBuf) -> anyhow::Result<ExitCode> {
             Some(format!("{}=http://{}", service.name(), loopback(addr)))
         })
         .collect();
-    vars.insert("MADBASE_CONSOLE_SERVICES".to_owned(), services.join(","));
+    vars.insert(
+        madbase_platform::env::MADBASE_CONSOLE_SERVICES.to_owned(),
+        services.join(","),
+    );
 
     // Where clients reach the proxy (functions' SUPABASE_URL, control's rest_url).
-    if let Some(listen) = overlay.get("MADBASE_PROXY_LISTEN")
+    if let Some(listen) = overlay.get(madbase_platform::env::MADBASE_PROXY_LISTEN)
         && let Ok(addr) = listen.parse::<std::net::SocketAddr>()
     {
         vars.insert(
-            "MADBASE_PUBLIC_URL".to_owned(),
+            madbase_platform::env::MADBASE_PUBLIC_URL.to_owned(),
             format!("http://{}", loopback(addr)),
         );
     }
 
-    let postgres = if std::env::var_os("DATABASE_URL").is_some_and(|v| !v.is_empty()) {
-        None
-    } else {
-        let pg = Postgres::start(&data_dir).await?;
-        vars.insert("DATABASE_URL".to_owned(), pg.url("madbase"));
-        vars.insert("DEFAULT_TENANT_DB_URL".to_owned(), pg.url("postgres"));
-        Some(pg)
-    };
+    let postgres =
+        if std::env::var_os(madbase_platform::env::DATABASE_URL).is_some_and(|v| !v.is_empty()) {
+            None
+        } else {
+            let pg = Postgres::start(&data_dir).await?;
+            vars.insert(
+                madbase_platform::env::DATABASE_URL.to_owned(),
+                pg.url("madbase"),
+            );
+            vars.insert(
+                madbase_platform::env::DEFAULT_TENANT_DB_URL.to_owned(),
+                pg.url("postgres"),
+            );
+            Some(pg)
+        };
 
     let result = serve(&data_dir, vars).await;
     if let Some(pg) = postgres {
@@ -148,8 +161,8 @@ async fn serve(data_dir: &Path, vars: HashMap<String, String>) -> anyhow::Result
         let mut own = vars.clone();
         let shared = Overlay(vars.clone());
         for (var, key) in [
-            ("MADBASE_LISTEN", "LISTEN"),
-            ("MADBASE_ADMIN_LISTEN", "ADMIN_LISTEN"),
+            (madbase_platform::env::MADBASE_LISTEN, "LISTEN"),
+            (madbase_platform::env::MADBASE_ADMIN_LISTEN, "ADMIN_LISTEN"),
         ] {
             if let Some(v) = shared.get(&format!("MADBASE_{prefix}_{key}")) {
                 own.insert(var.to_owned(), v);
@@ -167,7 +180,9 @@ async fn serve(data_dir: &Path, vars: HashMap<String, String>) -> anyhow::Result
     }
     // The secret the services use: the environment's when set, as for
     // every other variable.
-    let secret = Overlay(vars.clone()).get("JWT_SECRET").unwrap_or_default();
+    let secret = Overlay(vars.clone())
+        .get(madbase_platform::env::JWT_SECRET)
+        .unwrap_or_default();
     let data_dir = data_dir.to_owned();
     let url_of = |service: Service| {
         configs
@@ -192,7 +207,9 @@ struct DevSource(Overlay);
 
 impl Source for DevSource {
     fn get(&self, name: &str) -> Option<String> {
-        if name == "MADBASE_LISTEN" || name == "MADBASE_ADMIN_LISTEN" {
+        if name == madbase_platform::env::MADBASE_LISTEN
+            || name == madbase_platform::env::MADBASE_ADMIN_LISTEN
+        {
             return self.0.0.get(name).cloned();
         }
         self.0.get(name)
@@ -279,8 +296,8 @@ async fn announce(data_dir: &Path, secret: &str, urls: &Urls) -> anyhow::Result<
          PUT {control}/v1/tenants/{DEMO}/functions/hello):\n\n{fn_curl}\n\n\
          Ctrl-C stops everything.\nmadbase dev: ready",
         dir = data_dir.display(),
-        password = if std::env::var_os("MADBASE_CONSOLE_PASSWORD").is_some()
-            || std::env::var_os("MADBASE_CONSOLE_PASSWORD_FILE").is_some()
+        password = if std::env::var_os(madbase_platform::env::MADBASE_CONSOLE_PASSWORD).is_some()
+            || std::env::var_os(madbase_platform::env::MADBASE_CONSOLE_PASSWORD_FILE).is_some()
         {
             " or MADBASE_CONSOLE_PASSWORD"
         } else {

@@ -125,7 +125,10 @@ pub fn all() -> ExitCode {
 
 /// The four services' configurations for `madbase serve --all`.
 pub(crate) fn all_configs<S: Source>(env: &Env<S>) -> Result<Vec<Config>, ConfigError> {
-    for var in ["MADBASE_LISTEN", "MADBASE_ADMIN_LISTEN"] {
+    for var in [
+        madbase_platform::env::MADBASE_LISTEN,
+        madbase_platform::env::MADBASE_ADMIN_LISTEN,
+    ] {
         if env.raw(var).is_some() {
             return Err(ConfigError {
                 var: var.to_owned(),
@@ -151,8 +154,14 @@ pub(crate) fn all_configs<S: Source>(env: &Env<S>) -> Result<Vec<Config>, Config
     let mut configs = Vec::new();
     for &(service, api, admin) in &listen {
         let mut own = std::collections::HashMap::new();
-        own.insert("MADBASE_LISTEN".to_owned(), api.to_string());
-        own.insert("MADBASE_ADMIN_LISTEN".to_owned(), admin.to_string());
+        own.insert(
+            madbase_platform::env::MADBASE_LISTEN.to_owned(),
+            api.to_string(),
+        );
+        own.insert(
+            madbase_platform::env::MADBASE_ADMIN_LISTEN.to_owned(),
+            admin.to_string(),
+        );
         for &(other, other_api, _) in &listen {
             let var = format!("MADBASE_{}_URL", other.name().to_ascii_uppercase());
             if env.raw(&var).is_none() {
@@ -294,7 +303,7 @@ pub fn healthcheck(url: Option<String>, service: Option<Service>, timeout: f64) 
             let env = Env::process();
             let default = service.map_or(9000, Service::default_admin_port);
             let port = match env.socket_addr(
-                "MADBASE_ADMIN_LISTEN",
+                madbase_platform::env::MADBASE_ADMIN_LISTEN,
                 std::net::SocketAddr::from(([127, 0, 0, 1], default)),
             ) {
                 Ok(addr) => addr.port(),
@@ -303,7 +312,11 @@ pub fn healthcheck(url: Option<String>, service: Option<Service>, timeout: f64) 
                     return ExitCode::from(2);
                 }
             };
-            if service.is_none() && env.raw("MADBASE_ADMIN_LISTEN").is_none() {
+            if service.is_none()
+                && env
+                    .raw(madbase_platform::env::MADBASE_ADMIN_LISTEN)
+                    .is_none()
+            {
                 eprintln!(
                     "madbase healthcheck: set --url, --service / MADBASE_SERVICE or MADBASE_ADMIN_LISTEN"
                 );

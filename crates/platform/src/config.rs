@@ -204,39 +204,44 @@ impl CommonConfig {
     /// Reads the shared settings for `service`.
     pub fn from_env<S: Source>(service: Service, env: &Env<S>) -> Result<Self, ConfigError> {
         let log_format = env
-            .parse::<LogFormat>("MADBASE_LOG_FORMAT", "json or pretty")?
+            .parse::<LogFormat>(crate::env::MADBASE_LOG_FORMAT, "json or pretty")?
             .unwrap_or(LogFormat::Json);
-        let log_filter = env.raw("MADBASE_LOG").unwrap_or_else(|| "info".to_owned());
+        let log_filter = env
+            .raw(crate::env::MADBASE_LOG)
+            .unwrap_or_else(|| "info".to_owned());
         tracing_subscriber::EnvFilter::try_new(&log_filter).map_err(|e| {
             err(
-                "MADBASE_LOG",
+                crate::env::MADBASE_LOG,
                 format!("{log_filter:?} is not a valid filter: {e}"),
             )
         })?;
         Ok(CommonConfig {
             service,
-            listen: env.socket_addr("MADBASE_LISTEN", service.default_listen())?,
-            admin_listen: env
-                .socket_addr("MADBASE_ADMIN_LISTEN", service.default_admin_listen())?,
+            listen: env.socket_addr(crate::env::MADBASE_LISTEN, service.default_listen())?,
+            admin_listen: env.socket_addr(
+                crate::env::MADBASE_ADMIN_LISTEN,
+                service.default_admin_listen(),
+            )?,
             log_filter,
             log_format,
-            drain_timeout: env.seconds("MADBASE_DRAIN_SECONDS", Duration::from_secs(10))?,
+            drain_timeout: env
+                .seconds(crate::env::MADBASE_DRAIN_SECONDS, Duration::from_secs(10))?,
             otel: OtelConfig::from_env(service, env)?,
             conn_limits: ConnLimits {
                 max_header_bytes: match env
-                    .parse::<usize>("MADBASE_MAX_HEADER_BYTES", "a number of bytes")?
+                    .parse::<usize>(crate::env::MADBASE_MAX_HEADER_BYTES, "a number of bytes")?
                 {
                     None => 32 * 1024,
                     Some(n) if (8192..=1 << 20).contains(&n) => n,
                     Some(n) => {
                         return Err(err(
-                            "MADBASE_MAX_HEADER_BYTES",
+                            crate::env::MADBASE_MAX_HEADER_BYTES,
                             format!("{n} is outside 8192..=1048576"),
                         ));
                     }
                 },
                 header_read_timeout: env.seconds(
-                    "MADBASE_HEADER_READ_TIMEOUT_SECONDS",
+                    crate::env::MADBASE_HEADER_READ_TIMEOUT_SECONDS,
                     Duration::from_secs(10),
                 )?,
             },
@@ -246,21 +251,22 @@ impl CommonConfig {
 
 impl OtelConfig {
     pub fn from_env<S: Source>(service: Service, env: &Env<S>) -> Result<Self, ConfigError> {
-        let (endpoint_var, endpoint) = match env.raw("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-            Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", Some(v)),
+        let (endpoint_var, endpoint) = match env.raw(crate::env::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
+        {
+            Some(v) => (crate::env::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, Some(v)),
             None => (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                env.raw("OTEL_EXPORTER_OTLP_ENDPOINT"),
+                crate::env::OTEL_EXPORTER_OTLP_ENDPOINT,
+                env.raw(crate::env::OTEL_EXPORTER_OTLP_ENDPOINT),
             ),
         };
         if let Some(e) = &endpoint {
             env.url(endpoint_var, e)?;
         }
-        let (proto_var, proto) = match env.raw("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
-            Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(v)),
+        let (proto_var, proto) = match env.raw(crate::env::OTEL_EXPORTER_OTLP_TRACES_PROTOCOL) {
+            Some(v) => (crate::env::OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, Some(v)),
             None => (
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                env.raw("OTEL_EXPORTER_OTLP_PROTOCOL"),
+                crate::env::OTEL_EXPORTER_OTLP_PROTOCOL,
+                env.raw(crate::env::OTEL_EXPORTER_OTLP_PROTOCOL),
             ),
         };
         let protocol = match proto.as_deref().map(str::trim) {
@@ -277,7 +283,7 @@ impl OtelConfig {
             endpoint,
             protocol,
             service_name: env
-                .raw("OTEL_SERVICE_NAME")
+                .raw(crate::env::OTEL_SERVICE_NAME)
                 .unwrap_or_else(|| format!("madbase-{service}")),
         })
     }
@@ -343,20 +349,26 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        let e = CommonConfig::from_env(Service::Proxy, &env(&[("MADBASE_LISTEN", "nope")]))
-            .expect_err("invalid address");
-        assert_eq!(e.var, "MADBASE_LISTEN");
-        let e = CommonConfig::from_env(Service::Proxy, &env(&[("MADBASE_LOG_FORMAT", "xml")]))
-            .expect_err("invalid format");
-        assert_eq!(e.var, "MADBASE_LOG_FORMAT");
         let e = CommonConfig::from_env(
             Service::Proxy,
-            &env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
+            &env(&[(crate::env::MADBASE_LISTEN, "nope")]),
+        )
+        .expect_err("invalid address");
+        assert_eq!(e.var, crate::env::MADBASE_LISTEN);
+        let e = CommonConfig::from_env(
+            Service::Proxy,
+            &env(&[(crate::env::MADBASE_LOG_FORMAT, "xml")]),
+        )
+        .expect_err("invalid format");
+        assert_eq!(e.var, crate::env::MADBASE_LOG_FORMAT);
+        let e = CommonConfig::from_env(
+            Service::Proxy,
+            &env(&[(crate::env::OTEL_EXPORTER_OTLP_PROTOCOL, "http/json")]),
         )
         .expect_err("unsupported protocol");
-        assert_eq!(e.var, "OTEL_EXPORTER_OTLP_PROTOCOL");
+        assert_eq!(e.var, crate::env::OTEL_EXPORTER_OTLP_PROTOCOL);
         let e = env(&[])
-            .secret("JWT_SECRET", 32, "signs tokens")
+            .secret(crate::env::JWT_SECRET, 32, "signs tokens")
             .expect_err("missing");
         assert_eq!(
             e.to_string(),

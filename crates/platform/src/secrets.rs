@@ -14,7 +14,7 @@ pub const MIN_JWT_SECRET_LEN: usize = 32;
 /// `JWT_SECRET`: signs admin and internal tokens.
 pub fn jwt_secret<S: Source>(env: &Env<S>) -> Result<SecretString, ConfigError> {
     env.secret(
-        "JWT_SECRET",
+        crate::env::JWT_SECRET,
         MIN_JWT_SECRET_LEN,
         "the platform secret that signs admin and internal tokens",
     )
@@ -44,7 +44,7 @@ pub type MasterKey = SecretBox<KeyBytes>;
 
 /// `MADBASE_MASTER_KEY`: 32 bytes, base64, encrypting tenant secrets at rest.
 pub fn master_key<S: Source>(env: &Env<S>) -> Result<MasterKey, ConfigError> {
-    const VAR: &str = "MADBASE_MASTER_KEY";
+    const VAR: &str = crate::env::MADBASE_MASTER_KEY;
     let raw = env.required(
         VAR,
         "32 random bytes, base64; encrypts tenant secrets at rest; e.g. `openssl rand -base64 32`",
@@ -74,22 +74,23 @@ mod tests {
     #[test]
     fn master_key_must_be_32_bytes_of_base64() {
         let good = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-        let key = master_key(&env("MADBASE_MASTER_KEY", &good)).expect("valid");
+        let key = master_key(&env(crate::env::MADBASE_MASTER_KEY, &good)).expect("valid");
         assert_eq!(key.expose_secret().0, [7u8; 32]);
         assert!(format!("{key:?}").contains("[REDACTED]"), "{key:?}");
         let short = base64::engine::general_purpose::STANDARD.encode([7u8; 16]);
-        let e = master_key(&env("MADBASE_MASTER_KEY", &short)).expect_err("short");
+        let e = master_key(&env(crate::env::MADBASE_MASTER_KEY, &short)).expect_err("short");
         assert!(e.problem.contains("16 bytes"), "{e}");
-        let e = master_key(&env("MADBASE_MASTER_KEY", "not base64!")).expect_err("garbage");
+        let e =
+            master_key(&env(crate::env::MADBASE_MASTER_KEY, "not base64!")).expect_err("garbage");
         assert!(e.problem.contains("base64"), "{e}");
         let e = master_key(&env("OTHER", "x")).expect_err("missing");
-        assert_eq!(e.var, "MADBASE_MASTER_KEY");
+        assert_eq!(e.var, crate::env::MADBASE_MASTER_KEY);
     }
 
     #[test]
     fn jwt_secret_has_a_minimum_length() {
-        assert!(jwt_secret(&env("JWT_SECRET", "short")).is_err());
-        let secret = jwt_secret(&env("JWT_SECRET", &"x".repeat(32))).expect("valid");
+        assert!(jwt_secret(&env(crate::env::JWT_SECRET, "short")).is_err());
+        let secret = jwt_secret(&env(crate::env::JWT_SECRET, &"x".repeat(32))).expect("valid");
         assert_eq!(secret.expose_secret(), "x".repeat(32));
         assert!(!format!("{secret:?}").contains("xxx"));
     }

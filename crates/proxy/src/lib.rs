@@ -95,7 +95,7 @@ fn non_zero(var: &str, n: u32) -> Result<NonZeroU32, ConfigError> {
 impl Config {
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
         let domain = env
-            .raw("MADBASE_DOMAIN")
+            .raw(madbase_platform::env::MADBASE_DOMAIN)
             .unwrap_or_else(|| "localhost".to_owned());
         let valid_domain = !domain.is_empty()
             && domain.split('.').all(|l| {
@@ -103,54 +103,87 @@ impl Config {
             });
         if !valid_domain {
             return Err(ConfigError {
-                var: "MADBASE_DOMAIN".into(),
+                var: madbase_platform::env::MADBASE_DOMAIN.into(),
                 problem: format!("{domain:?} is not a DNS name like api.example.com"),
             });
         }
         let rps = env
-            .parse::<u32>("MADBASE_RATE_LIMIT_RPS", "a number of requests per second")?
+            .parse::<u32>(
+                madbase_platform::env::MADBASE_RATE_LIMIT_RPS,
+                "a number of requests per second",
+            )?
             .unwrap_or(1000);
         let rate_limit = if rps == 0 {
             None
         } else {
             let burst = env
-                .parse::<u32>("MADBASE_RATE_LIMIT_BURST", "a number of requests")?
+                .parse::<u32>(
+                    madbase_platform::env::MADBASE_RATE_LIMIT_BURST,
+                    "a number of requests",
+                )?
                 .unwrap_or(rps.saturating_mul(2));
             Some((
-                non_zero("MADBASE_RATE_LIMIT_RPS", rps)?,
-                non_zero("MADBASE_RATE_LIMIT_BURST", burst)?,
+                non_zero(madbase_platform::env::MADBASE_RATE_LIMIT_RPS, rps)?,
+                non_zero(madbase_platform::env::MADBASE_RATE_LIMIT_BURST, burst)?,
             ))
         };
-        let trusted_proxies = trusted_proxies(env.raw("MADBASE_TRUSTED_PROXIES").as_deref())?;
-        let cors_origins = cors_origins(env.raw("MADBASE_CORS_ORIGINS").as_deref())?;
+        let trusted_proxies = trusted_proxies(
+            env.raw(madbase_platform::env::MADBASE_TRUSTED_PROXIES)
+                .as_deref(),
+        )?;
+        let cors_origins = cors_origins(
+            env.raw(madbase_platform::env::MADBASE_CORS_ORIGINS)
+                .as_deref(),
+        )?;
         Ok(Config {
             in_process: env
-                .parse::<bool>("MADBASE_PROXY_IN_PROCESS", "true or false")?
+                .parse::<bool>(
+                    madbase_platform::env::MADBASE_PROXY_IN_PROCESS,
+                    "true or false",
+                )?
                 .unwrap_or(true),
             cors_origins,
             common: CommonConfig::from_env(Service::Proxy, env)?,
             trusted_proxies,
             jwt_secret: secrets::jwt_secret(env)?,
-            control_url: env.url("MADBASE_CONTROL_URL", "http://127.0.0.1:8001")?,
-            worker_url: env.url("MADBASE_WORKER_URL", "http://127.0.0.1:8002")?,
-            functions_url: env.url("MADBASE_FUNCTIONS_URL", "http://127.0.0.1:8003")?,
+            control_url: env.url(
+                madbase_platform::env::MADBASE_CONTROL_URL,
+                "http://127.0.0.1:8001",
+            )?,
+            worker_url: env.url(
+                madbase_platform::env::MADBASE_WORKER_URL,
+                "http://127.0.0.1:8002",
+            )?,
+            functions_url: env.url(
+                madbase_platform::env::MADBASE_FUNCTIONS_URL,
+                "http://127.0.0.1:8003",
+            )?,
             domain: domain.to_ascii_lowercase(),
             rate_limit,
             max_body_bytes: env
-                .parse::<u64>("MADBASE_MAX_BODY_BYTES", "a number of bytes")?
+                .parse::<u64>(
+                    madbase_platform::env::MADBASE_MAX_BODY_BYTES,
+                    "a number of bytes",
+                )?
                 .unwrap_or(10 << 20),
             connect_timeout: env.seconds(
-                "MADBASE_UPSTREAM_CONNECT_TIMEOUT_SECONDS",
+                madbase_platform::env::MADBASE_UPSTREAM_CONNECT_TIMEOUT_SECONDS,
                 Duration::from_secs(2),
             )?,
-            rest_timeout: env.seconds("MADBASE_REST_TIMEOUT_SECONDS", Duration::from_secs(30))?,
+            rest_timeout: env.seconds(
+                madbase_platform::env::MADBASE_REST_TIMEOUT_SECONDS,
+                Duration::from_secs(30),
+            )?,
             functions_timeout: env.seconds(
-                "MADBASE_FUNCTIONS_TIMEOUT_SECONDS",
+                madbase_platform::env::MADBASE_FUNCTIONS_TIMEOUT_SECONDS,
                 Duration::from_secs(155),
             )?,
-            tenant_ttl: env.seconds("MADBASE_TENANT_CACHE_SECONDS", Duration::from_secs(30))?,
+            tenant_ttl: env.seconds(
+                madbase_platform::env::MADBASE_TENANT_CACHE_SECONDS,
+                Duration::from_secs(30),
+            )?,
             tenant_negative_ttl: env.seconds(
-                "MADBASE_TENANT_NEGATIVE_CACHE_SECONDS",
+                madbase_platform::env::MADBASE_TENANT_NEGATIVE_CACHE_SECONDS,
                 Duration::from_secs(5),
             )?,
         })
@@ -167,7 +200,7 @@ fn trusted_proxies(raw: Option<&str>) -> Result<Vec<ipnet::IpNet>, ConfigError> 
             s.parse::<ipnet::IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
                 .map_err(|_| ConfigError {
-                    var: "MADBASE_TRUSTED_PROXIES".into(),
+                    var: madbase_platform::env::MADBASE_TRUSTED_PROXIES.into(),
                     problem: format!("{s:?} is not an IP address or a CIDR range like 10.0.0.0/8"),
                 })
         })
@@ -184,7 +217,7 @@ fn cors_origins(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
         .filter(|s| !s.is_empty())
         .collect();
     madbase_tenancy::normalize_cors_origins(&list).map_err(|problem| ConfigError {
-        var: "MADBASE_CORS_ORIGINS".into(),
+        var: madbase_platform::env::MADBASE_CORS_ORIGINS.into(),
         problem,
     })
 }

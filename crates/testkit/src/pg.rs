@@ -83,7 +83,9 @@ pub fn postgres() -> Result<TestDb> {
 }
 
 fn server() -> Result<PgServer> {
-    if let Some(url) = std::env::var_os("DATABASE_URL").filter(|u| !u.is_empty()) {
+    if let Some(url) =
+        std::env::var_os(madbase_platform::env::DATABASE_URL).filter(|u| !u.is_empty())
+    {
         let url = url.to_string_lossy().into_owned();
         return from_url(&url);
     }

@@ -16,8 +16,8 @@ pub const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 /// Configuration variables: the test secrets plus `extra`.
 pub fn env(extra: &[(&str, &str)]) -> Env<HashMap<String, String>> {
     let mut vars: HashMap<String, String> = [
-        ("JWT_SECRET", JWT_SECRET),
-        ("MADBASE_MASTER_KEY", MASTER_KEY),
+        (madbase_platform::env::JWT_SECRET, JWT_SECRET),
+        (madbase_platform::env::MADBASE_MASTER_KEY, MASTER_KEY),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -68,8 +68,11 @@ pub fn unique_id(prefix: &str) -> String {
 pub fn control_env(db: &crate::TestDb, extra: &[(&str, &str)]) -> Env<HashMap<String, String>> {
     let tenant_cluster = db.server.url_for("postgres");
     let mut vars = vec![
-        ("DATABASE_URL", db.url.as_str()),
-        ("DEFAULT_TENANT_DB_URL", tenant_cluster.as_str()),
+        (madbase_platform::env::DATABASE_URL, db.url.as_str()),
+        (
+            madbase_platform::env::DEFAULT_TENANT_DB_URL,
+            tenant_cluster.as_str(),
+        ),
     ];
     vars.extend_from_slice(extra);
     env(&vars)

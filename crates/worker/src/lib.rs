@@ -106,11 +106,19 @@ fn positive<S: Source>(env: &Env<S>, var: &str, default: u64) -> Result<u64, Con
 
 impl Config {
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
-        let pool_max_per_tenant = positive(env, "MADBASE_WORKER_POOL_MAX_PER_TENANT", 10)?;
-        let pool_max_total = positive(env, "MADBASE_WORKER_POOL_MAX_TOTAL", 100)?;
+        let pool_max_per_tenant = positive(
+            env,
+            madbase_platform::env::MADBASE_WORKER_POOL_MAX_PER_TENANT,
+            10,
+        )?;
+        let pool_max_total = positive(
+            env,
+            madbase_platform::env::MADBASE_WORKER_POOL_MAX_TOTAL,
+            100,
+        )?;
         if pool_max_total < pool_max_per_tenant {
             return Err(bad(
-                "MADBASE_WORKER_POOL_MAX_TOTAL",
+                madbase_platform::env::MADBASE_WORKER_POOL_MAX_TOTAL,
                 format!(
                     "{pool_max_total} is less than MADBASE_WORKER_POOL_MAX_PER_TENANT ({pool_max_per_tenant})"
                 ),
@@ -118,51 +126,74 @@ impl Config {
         }
         let as_u32 =
             |var: &str, v: u64| u32::try_from(v).map_err(|_| bad(var, format!("{v} is too large")));
-        let max_rows = match env.parse::<i64>("MADBASE_WORKER_MAX_ROWS", "an integer")? {
-            None => Some(1000),
-            Some(0) => None,
-            Some(n) if n > 0 => Some(n),
-            Some(n) => {
-                return Err(bad(
-                    "MADBASE_WORKER_MAX_ROWS",
-                    format!("{n} is negative (0 means unlimited)"),
-                ));
-            }
-        };
+        let max_rows =
+            match env.parse::<i64>(madbase_platform::env::MADBASE_WORKER_MAX_ROWS, "an integer")? {
+                None => Some(1000),
+                Some(0) => None,
+                Some(n) if n > 0 => Some(n),
+                Some(n) => {
+                    return Err(bad(
+                        madbase_platform::env::MADBASE_WORKER_MAX_ROWS,
+                        format!("{n} is negative (0 means unlimited)"),
+                    ));
+                }
+            };
         let schemas: Vec<String> = env
-            .raw("MADBASE_WORKER_SCHEMAS")
+            .raw(madbase_platform::env::MADBASE_WORKER_SCHEMAS)
             .unwrap_or_else(|| "public".to_owned())
             .split(',')
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect();
         if schemas.is_empty() {
-            return Err(bad("MADBASE_WORKER_SCHEMAS", "names no schema".to_owned()));
+            return Err(bad(
+                madbase_platform::env::MADBASE_WORKER_SCHEMAS,
+                "names no schema".to_owned(),
+            ));
         }
         Ok(Config {
             common: CommonConfig::from_env(Service::Worker, env)?,
             jwt_secret: secrets::jwt_secret(env)?,
-            control_url: env.url("MADBASE_CONTROL_URL", "http://127.0.0.1:8001")?,
+            control_url: env.url(
+                madbase_platform::env::MADBASE_CONTROL_URL,
+                "http://127.0.0.1:8001",
+            )?,
             statement_timeout: Duration::from_millis(positive(
                 env,
-                "MADBASE_WORKER_STATEMENT_TIMEOUT_MS",
+                madbase_platform::env::MADBASE_WORKER_STATEMENT_TIMEOUT_MS,
                 10_000,
             )?),
             max_rows,
-            pool_max_per_tenant: as_u32("MADBASE_WORKER_POOL_MAX_PER_TENANT", pool_max_per_tenant)?,
-            pool_max_total: as_u32("MADBASE_WORKER_POOL_MAX_TOTAL", pool_max_total)?,
+            pool_max_per_tenant: as_u32(
+                madbase_platform::env::MADBASE_WORKER_POOL_MAX_PER_TENANT,
+                pool_max_per_tenant,
+            )?,
+            pool_max_total: as_u32(
+                madbase_platform::env::MADBASE_WORKER_POOL_MAX_TOTAL,
+                pool_max_total,
+            )?,
             pool_timeout: Duration::from_millis(positive(
                 env,
-                "MADBASE_WORKER_POOL_TIMEOUT_MS",
+                madbase_platform::env::MADBASE_WORKER_POOL_TIMEOUT_MS,
                 5_000,
             )?),
-            pool_idle: Duration::from_secs(positive(env, "MADBASE_WORKER_POOL_IDLE_SECONDS", 300)?),
+            pool_idle: Duration::from_secs(positive(
+                env,
+                madbase_platform::env::MADBASE_WORKER_POOL_IDLE_SECONDS,
+                300,
+            )?),
             schemas,
             db_aggregates_enabled: env
-                .parse::<bool>("MADBASE_DB_AGGREGATES_ENABLED", "true or false")?
+                .parse::<bool>(
+                    madbase_platform::env::MADBASE_DB_AGGREGATES_ENABLED,
+                    "true or false",
+                )?
                 .unwrap_or(false),
             db_plan_enabled: env
-                .parse::<bool>("MADBASE_DB_PLAN_ENABLED", "true or false")?
+                .parse::<bool>(
+                    madbase_platform::env::MADBASE_DB_PLAN_ENABLED,
+                    "true or false",
+                )?
                 .unwrap_or(false),
         })
     }

@@ -83,8 +83,8 @@ pub const MIN_PASSWORD_LEN: usize = 12;
 
 impl ConsoleConfig {
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
-        const VAR: &str = "MADBASE_CONSOLE_PASSWORD";
-        const FILE: &str = "MADBASE_CONSOLE_PASSWORD_FILE";
+        const VAR: &str = madbase_platform::env::MADBASE_CONSOLE_PASSWORD;
+        const FILE: &str = madbase_platform::env::MADBASE_CONSOLE_PASSWORD_FILE;
         let problem = |var: &str, p: String| ConfigError {
             var: var.to_owned(),
             problem: p,
@@ -115,30 +115,34 @@ impl ConsoleConfig {
         Ok(ConsoleConfig {
             password: password.map(|(_, p)| p),
             idle: env.seconds(
-                "MADBASE_CONSOLE_IDLE_SECONDS",
+                madbase_platform::env::MADBASE_CONSOLE_IDLE_SECONDS,
                 Duration::from_secs(12 * 3600),
             )?,
             failure_delay: Duration::from_millis(500),
             services: services(env)?,
-            scrape_every: match env
-                .seconds("MADBASE_CONSOLE_SCRAPE_SECONDS", Duration::from_secs(15))?
-            {
+            scrape_every: match env.seconds(
+                madbase_platform::env::MADBASE_CONSOLE_SCRAPE_SECONDS,
+                Duration::from_secs(15),
+            )? {
                 d if d < Duration::from_millis(100) => {
                     return Err(problem(
-                        "MADBASE_CONSOLE_SCRAPE_SECONDS",
+                        madbase_platform::env::MADBASE_CONSOLE_SCRAPE_SECONDS,
                         "must be at least 0.1".to_owned(),
                     ));
                 }
                 d => d,
             },
-            functions_url: env.url("MADBASE_FUNCTIONS_URL", "http://127.0.0.1:8003")?,
+            functions_url: env.url(
+                madbase_platform::env::MADBASE_FUNCTIONS_URL,
+                "http://127.0.0.1:8003",
+            )?,
         })
     }
 }
 
 /// `MADBASE_CONSOLE_SERVICES=proxy=http://127.0.0.1:9000,worker=…`.
 fn services<S: Source>(env: &Env<S>) -> Result<Vec<(String, String)>, ConfigError> {
-    const VAR: &str = "MADBASE_CONSOLE_SERVICES";
+    const VAR: &str = madbase_platform::env::MADBASE_CONSOLE_SERVICES;
     let Some(raw) = env.raw(VAR) else {
         return Ok(Vec::new());
     };
