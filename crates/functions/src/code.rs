@@ -142,6 +142,9 @@ pub(crate) struct CodeCache {
 
 #[derive(Debug)]
 struct Inner {
+    /// The tenant cache the same announcements empty (re-filled with the
+    /// code, so a redeploy's first invocation does not wait for control).
+    tenants: TenantClient,
     http: reqwest::Client,
     control_url: String,
     jwt_secret: SecretString,
@@ -159,6 +162,7 @@ impl CodeCache {
         tenants: &TenantClient,
     ) -> Self {
         let inner = Arc::new(Inner {
+            tenants: tenants.clone(),
             http: client::internal_client(),
             control_url: control_url.trim_end_matches('/').to_owned(),
             jwt_secret: jwt_secret.clone(),
@@ -243,7 +247,8 @@ async fn follow(inner: std::sync::Weak<Inner>, mut feed: broadcast::Receiver<Inv
     }
 }
 
-/// Reloads the cached entries of `tenant` that a change made stale.
+/// Reloads the cached entries of `tenant` that a change made stale, and
+/// the tenant itself (the change dropped it from the tenant cache).
 async fn refresh(inner: Arc<Inner>, tenant: String) {
     let slots: Vec<(String, Slot)> = inner
         .slots
@@ -253,6 +258,11 @@ async fn refresh(inner: Arc<Inner>, tenant: String) {
         .filter(|((t, _), _)| *t == tenant)
         .map(|((_, name), slot)| (name.clone(), slot.clone()))
         .collect();
+    if slots.is_empty() {
+        return;
+    }
+    // An error here is the next invocation's to report.
+    let _ = inner.tenants.get(&tenant).await;
     for (name, slot) in slots {
         let mut cached = slot.lock().await;
         // Never loaded, or loaded again meanwhile (by an invocation).
