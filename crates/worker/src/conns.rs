@@ -65,17 +65,21 @@ impl DbError {
     /// The connection is gone (I/O error, closed, or the server said so).
     pub fn is_broken_connection(&self) -> bool {
         match self {
-            DbError::Postgres(e) => {
-                e.is_closed()
-                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
-                    || e.as_db_error().is_some_and(|d| {
-                        let c = d.code().code();
-                        c.starts_with("08") || c == "57P01" || c == "57P02"
-                    })
-            }
+            DbError::Postgres(e) => broken(e),
             _ => false,
         }
     }
+}
+
+/// The connection `e` came from is gone (I/O error, closed, or the server
+/// said so).
+pub fn broken(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        || e.as_db_error().is_some_and(|d| {
+            let c = d.code().code();
+            c.starts_with("08") || c == "57P01" || c == "57P02"
+        })
 }
 
 /// Where and as whom connections are made.

@@ -174,11 +174,14 @@ enum Got {
 /// statement (prepared on this connection earlier) are sent together, and
 /// for a read `COMMIT` too, so a read costs one round trip. A statement not
 /// yet prepared on the connection is prepared first inside the transaction,
-/// as the request's role (one more round trip, once). A write's `COMMIT` goes
-/// out only after its statement succeeded (and, for a singular write, after
-/// its row count was checked): if the connection breaks before that, nothing
-/// was committed and the request may be retried; if it breaks during
-/// `COMMIT`, the outcome is unknown and reported so.
+/// as the request's role (one more round trip, once). A write's `COMMIT`
+/// goes with its statement too, unless something must be checked first (a
+/// singular write's row count, `max-affected`, `tx=rollback`): then it goes
+/// out only after the statement succeeded and passed. A write whose
+/// connection broke is retried only when it cannot have been committed: the
+/// connection was closed before anything was sent, or its `COMMIT` was held
+/// back and `BEGIN` never answered. Otherwise the outcome is unknown and
+/// reported so (503 `PGRST001`, never retried).
 ///
 /// A failed message aborts the transaction, so the messages after it fail
 /// too and the pipelined `COMMIT` ends it as a rollback. `BEGIN` on a pooled
@@ -234,6 +237,9 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
         }
     };
     let c = &conn.client;
+    // Closed already (the server ended the session while it was idle):
+    // every message below fails without being sent.
+    let closed_before = c.is_closed();
     let begin_f = || async {
         if in_transaction {
             return Ok(0);
@@ -253,9 +259,12 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
             Kind::Plan => c.query(&statement, &params).await.map(Got::Plan),
         }
     };
-    // A read's COMMIT goes with it; a write's waits (see above).
+    // A read's COMMIT goes with it, and so does a write's that has nothing
+    // to check first; the others' wait (see above).
+    let pipelined_commit =
+        job.read_only || !(job.rollback || job.checks.single || job.checks.max_affected.is_some());
     let commit_f = || async {
-        if !job.read_only {
+        if !pipelined_commit {
             return None;
         }
         Some(c.execute(&conn.commit, &[]).await)
@@ -286,6 +295,12 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
             commit_f(),
         )
     };
+    // A write may have been committed when its connection broke after
+    // BEGIN answered, or at any point once its COMMIT went out with it
+    // (the server may have run all four before the answers were lost);
+    // only a connection already closed before anything was sent is safe
+    // to retry.
+    let maybe_sent = !closed_before && (b.is_ok() || pipelined_commit);
     // The first failure is the cause; the ones after it follow from it.
     let got = b.and(s).and(z).and(r);
     let planned = match explained {
@@ -295,6 +310,13 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
     let got = got.and_then(|g| planned.map(|p| (g, p)));
     let single = |o: Outcome| job.checks.check(o);
     if let Some(committed) = end {
+        if !job.read_only
+            && maybe_sent
+            && (got.as_ref().err().is_some_and(crate::conns::broken)
+                || committed.as_ref().err().is_some_and(crate::conns::broken))
+        {
+            return Err(commit_lost(job, committed.err().or(got.err())));
+        }
         let got = got.map_err(pg)?;
         committed.map_err(pg)?;
         return outcome(got).map_err(pg).and_then(single);
@@ -322,16 +344,20 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
         Ok(_) => Ok(out),
         // The server refused the commit (e.g. a deferred constraint): rolled back.
         Err(e) if e.as_db_error().is_some() => Err(pg(e)),
-        Err(e) => {
-            // The write may or may not be committed: never retried.
-            job.span
-                .in_scope(|| tracing::warn!(error = %e, "COMMIT failed"));
-            Err(Error::new(
-                Code::ClientError,
-                "The connection was lost during COMMIT; the write may or may not have been applied.",
-            ))
-        }
+        Err(e) => Err(commit_lost(job, Some(e))),
     }
+}
+
+/// The connection broke while a write's COMMIT was (or may have been) on
+/// its way: the write may or may not be committed, so it is never retried.
+fn commit_lost(job: &TxJob, e: Option<tokio_postgres::Error>) -> Error {
+    job.span.in_scope(|| {
+        tracing::warn!(error = ?e.as_ref().map(ToString::to_string), "COMMIT failed");
+    });
+    Error::new(
+        Code::ClientError,
+        "The connection was lost during COMMIT; the write may or may not have been applied.",
+    )
 }
 
 /// `Prefer: timezone=`: the zone for this transaction (sent after the other

@@ -9,11 +9,11 @@
 //!
 //! - (a) the worker's SQL with the worker's round trips: `BEGIN [READ
 //!   ONLY]`, the `set_config` call (role, the key's claims, method, path,
-//!   headers, statement timeout), the statement the worker plans and, for a
-//!   read, `COMMIT`, all in one pipeline (`\startpipeline`/`\endpipeline`);
-//!   a write's `COMMIT` waits for its statement's answer, as the worker's
-//!   does, so it is a second round trip. (The worker ends each message with
-//!   its own Sync inside the one write to the socket; pgbench sends one Sync
+//!   headers, statement timeout), the statement the worker plans and
+//!   `COMMIT`, all in one pipeline (`\startpipeline`/`\endpipeline`), as the
+//!   worker sends them for these requests (a write with nothing to check
+//!   before its commit included). (The worker ends each message with its
+//!   own Sync inside the one write to the socket; pgbench 15 sends one Sync
 //!   for the pipeline.)
 //! - (b) the bare data statement alone: the limit.
 //!
@@ -21,9 +21,9 @@
 //! embedding both ways, an RPC) at [`MIXED_CONNECTIONS`] connections with
 //! its p50/p99 latency, and the three workloads through the proxy.
 //!
-//! With `--baseline <madbase binary>` a second worker (that build, against
-//! the same control and database) runs every workload in the same rounds,
-//! right after this build's worker: the before/after of a change.
+//! With `--baseline <label>=<madbase binary>` (repeatable) another build's
+//! worker (against the same control and database) runs every workload in
+//! the same rounds, right after this build's: the before/after of a change.
 //!
 //! After a warm-up each side runs once per round, in turn; a ratio is the
 //! median of the rounds' ratios. The figures go to `target/bench/worker.json`
@@ -194,17 +194,15 @@ fn pgbench_script(w: &Workload, whole: bool, claims: &str, anon: &str, host: &st
         path = w.path,
         headers = literal(&headers),
     );
-    if w.read_only {
-        format!(
-            "{random}\\startpipeline\nBEGIN READ ONLY;\n{set}\n{stmt}\nCOMMIT;\n\\endpipeline\n",
-            stmt = w.statement
-        )
+    let begin = if w.read_only {
+        "BEGIN READ ONLY;"
     } else {
-        format!(
-            "{random}\\startpipeline\nBEGIN;\n{set}\n{stmt}\n\\endpipeline\nCOMMIT;\n",
-            stmt = w.statement
-        )
-    }
+        "BEGIN;"
+    };
+    format!(
+        "{random}\\startpipeline\n{begin}\n{set}\n{stmt}\nCOMMIT;\n\\endpipeline\n",
+        stmt = w.statement
+    )
 }
 
 /// What one wrk run measured.
@@ -299,7 +297,8 @@ fn pgbench(bin: &Path, url: &str, script: &Path, seconds: u32) -> Result<f64> {
 #[derive(Default)]
 struct Rounds {
     ours: Vec<f64>,
-    baseline: Vec<f64>,
+    /// One list per baseline.
+    baselines: Vec<Vec<f64>>,
     proxied: Vec<f64>,
     same_sql: Vec<f64>,
     statement: Vec<f64>,
@@ -368,15 +367,30 @@ fn start_worker(
     Ok((worker, url))
 }
 
-/// A second build to compare with, from `--baseline`.
+/// Another build to compare with, from `--baseline <label>=<path>`.
+#[derive(Debug, Clone)]
 pub struct Baseline {
     pub bin: PathBuf,
     /// How it is named in the report (e.g. its commit).
     pub label: String,
 }
 
+impl std::str::FromStr for Baseline {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Baseline, String> {
+        let (label, bin) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected <label>=<madbase binary>"))?;
+        Ok(Baseline {
+            bin: PathBuf::from(bin),
+            label: label.to_owned(),
+        })
+    }
+}
+
 /// Runs the worker benchmark, writes its report.
-pub fn worker(plan: Plan, baseline: Option<Baseline>) -> Result<()> {
+pub fn worker(plan: Plan, baselines: &[Baseline]) -> Result<()> {
     step("bench: worker vs pgbench");
     run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
     let target = target_dir();
@@ -395,9 +409,9 @@ pub fn worker(plan: Plan, baseline: Option<Baseline>) -> Result<()> {
             "The worker on CPU0 with one Tokio thread (`TOKIO_WORKER_THREADS=1`), Postgres \
              pinned to CPU0 too; `wrk -t1` and `pgbench -M prepared -j1` on CPU1; \
              {CONNECTIONS} connections; {ROWS} rows. (a) is pgbench running the worker's SQL \
-             with its round trips (`BEGIN`, `set_config`, the statement and, for reads, \
-             `COMMIT` in one `\\startpipeline` … `\\endpipeline`; a write's `COMMIT` after its \
-             statement's answer, as the worker sends them); (b) is pgbench running the bare \
+             with its round trips (`BEGIN`, `set_config`, the statement and `COMMIT` in one \
+             `\\startpipeline` … `\\endpipeline`, as the worker sends them); (b) is pgbench \
+             running the bare \
              data statement, the limit. A ratio is the median of the rounds' ratios (the runs \
              of one round sit next to each other in time); every round's ratio is listed."
         ),
@@ -431,16 +445,16 @@ pub fn worker(plan: Plan, baseline: Option<Baseline>) -> Result<()> {
 
     let (worker, worker_url) = start_worker(&bin, &work, "worker.log", &control_url, &anon)?;
     let worker_pid = worker.id();
-    let old = match &baseline {
-        Some(b) => Some(start_worker(
+    let mut old = Vec::new();
+    for (i, b) in baselines.iter().enumerate() {
+        old.push(start_worker(
             &b.bin,
             &work,
-            "baseline.log",
+            &format!("baseline-{i}.log"),
             &control_url,
             &anon,
-        )?),
-        None => None,
-    };
+        )?);
+    }
 
     // The same requests through the proxy (on CPU0 too).
     let (_proxy, proxy_port) = start_proxy(&bin, &work, &control_url, &worker_url)?;
@@ -465,25 +479,27 @@ pub fn worker(plan: Plan, baseline: Option<Baseline>) -> Result<()> {
         std::fs::write(&bare, pgbench_script(&w, false, &claims, &anon, &host))?;
         // The GET scripts set their own path; the insert posts to this URL.
         let url = format!("{worker_url}{}", w.path);
-        let old_url = old.as_ref().map(|(_, u)| format!("{u}{}", w.path));
+        let old_urls: Vec<String> = old.iter().map(|(_, u)| format!("{u}{}", w.path)).collect();
         // Warm-up.
         wrk(&url, &lua, plan.warmup, CONNECTIONS)?;
-        if let Some(u) = &old_url {
+        for u in &old_urls {
             wrk(u, &lua, plan.warmup, CONNECTIONS)?;
         }
         wrk(&proxied_url, &proxied_lua, plan.warmup, CONNECTIONS)?;
         pgbench(&pgbench_bin, &tenant_db, &whole, plan.warmup)?;
         pgbench(&pgbench_bin, &tenant_db, &bare, plan.warmup)?;
-        let mut r = Rounds::default();
+        let mut r = Rounds {
+            baselines: vec![Vec::new(); old.len()],
+            ..Rounds::default()
+        };
         for _ in 0..plan.rounds {
             let before = cpu_seconds(worker_pid)?;
             let rps = wrk(&url, &lua, plan.seconds, CONNECTIONS)?.rps;
             r.cpu
                 .push((cpu_seconds(worker_pid)? - before) / (rps * f64::from(plan.seconds)));
             r.ours.push(rps);
-            if let Some(u) = &old_url {
-                r.baseline
-                    .push(wrk(u, &lua, plan.seconds, CONNECTIONS)?.rps);
+            for (u, runs) in old_urls.iter().zip(&mut r.baselines) {
+                runs.push(wrk(u, &lua, plan.seconds, CONNECTIONS)?.rps);
             }
             r.proxied
                 .push(wrk(&proxied_url, &proxied_lua, plan.seconds, CONNECTIONS)?.rps);
@@ -499,16 +515,17 @@ pub fn worker(plan: Plan, baseline: Option<Baseline>) -> Result<()> {
     let mixed = work.join("mixed.lua");
     std::fs::write(&mixed, mixed_lua(&anon))?;
     let mixed_url = format!("{worker_url}/rest/v1/");
-    let old_mixed_url = old.as_ref().map(|(_, u)| format!("{u}/rest/v1/"));
+    let old_mixed_urls: Vec<String> = old.iter().map(|(_, u)| format!("{u}/rest/v1/")).collect();
     wrk(&mixed_url, &mixed, plan.warmup, MIXED_CONNECTIONS)?;
-    if let Some(u) = &old_mixed_url {
+    for u in &old_mixed_urls {
         wrk(u, &mixed, plan.warmup, MIXED_CONNECTIONS)?;
     }
-    let (mut ours_mixed, mut old_mixed) = (Vec::new(), Vec::new());
+    let mut ours_mixed = Vec::new();
+    let mut old_mixed: Vec<Vec<Wrk>> = vec![Vec::new(); old.len()];
     for _ in 0..plan.rounds {
         ours_mixed.push(wrk(&mixed_url, &mixed, plan.seconds, MIXED_CONNECTIONS)?);
-        if let Some(u) = &old_mixed_url {
-            old_mixed.push(wrk(u, &mixed, plan.seconds, MIXED_CONNECTIONS)?);
+        for (u, runs) in old_mixed_urls.iter().zip(&mut old_mixed) {
+            runs.push(wrk(u, &mixed, plan.seconds, MIXED_CONNECTIONS)?);
         }
     }
 
@@ -570,14 +587,14 @@ pub fn worker(plan: Plan, baseline: Option<Baseline>) -> Result<()> {
         ]);
     };
     mixed_row("this build".to_owned(), &ours_mixed);
-    if let Some(b) = &baseline {
-        mixed_row(b.label.clone(), &old_mixed);
+    for (b, runs) in baselines.iter().zip(&old_mixed) {
+        mixed_row(b.label.clone(), runs);
     }
     report.tables.push(t);
 
-    if let Some(b) = &baseline {
+    for (i, b) in baselines.iter().enumerate() {
         let mut t = Table::new(
-            "baseline",
+            &format!("baseline-{}", b.label),
             &format!(
                 "This build against {} (`--baseline`: the same harness, the two workers \
                  in turn in every round):",
@@ -592,18 +609,18 @@ pub fn worker(plan: Plan, baseline: Option<Baseline>) -> Result<()> {
             ],
         );
         for (w, r) in &measured {
-            let ratio = Figure::ratio(&r.ours, &r.baseline);
+            let ratio = Figure::ratio(&r.ours, &r.baselines[i]);
             t.row(vec![
                 w.name.into(),
                 Figure::median(r.ours.clone(), "", 0).into(),
-                Figure::median(r.baseline.clone(), "", 0).into(),
+                Figure::median(r.baselines[i].clone(), "", 0).into(),
                 ratio.clone().into(),
                 ratio.rounds_shown().into(),
             ]);
         }
         let (a, o): (Vec<f64>, Vec<f64>) = (
             ours_mixed.iter().map(|w| w.rps).collect(),
-            old_mixed.iter().map(|w| w.rps).collect(),
+            old_mixed[i].iter().map(|w| w.rps).collect(),
         );
         let ratio = Figure::ratio(&a, &o);
         t.row(vec![
@@ -666,11 +683,11 @@ mod tests {
     }
 
     #[test]
-    fn pipelined_script_sends_the_write_commit_after_its_statement() {
+    fn pipelined_script_sends_the_whole_transaction_at_once() {
         let w = workloads("k", "").pop().expect("insert");
         let s = pgbench_script(&w, true, "{\"role\":\"anon\"}", "k", "h:1");
         assert!(s.contains("\\startpipeline\nBEGIN;\n"), "{s}");
-        assert!(s.ends_with("\\endpipeline\nCOMMIT;\n"), "{s}");
+        assert!(s.ends_with("COMMIT;\n\\endpipeline\n"), "{s}");
         assert!(s.contains("'{\"role\":\"anon\"}'"), "{s}");
     }
 }
