@@ -11,21 +11,35 @@
 //! nothing else, once with hyper-util's pooled client (as the proxy for
 //! HTTP/2 clients) and once with one upstream connection per client
 //! connection (as the proxy for HTTP/1 clients). Reported: requests
-//! per second and CPU seconds per request of each process, medians of 5
+//! per second and CPU seconds per request of each process, medians of the
 //! rounds after a warm-up, and each peer's CPU ratio to nginx.
+//!
+//! The hand-off part: a single-row GET against a real worker (Postgres
+//! pinned to CPU0 too), direct and through the proxy, once with the proxy
+//! and the worker in one `madbase serve --all` process (in-process
+//! hand-off) and once as two processes (HTTP over loopback, one upstream
+//! connection per client connection: the upstream sees exactly the
+//! client's concurrency).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench_common::{control_with_tenant, cpu_seconds, start_proxy, target_dir, wait_http};
+use crate::bench_common::{
+    BenchControl, Figure, MASTER_KEY, Plan, Report, SECRET, Table, Target, control_with_tenant,
+    cpu_seconds, post_json, start_proxy, start_proxy_with, target_dir, wait_http,
+};
 use crate::procs::{GRACE, Guard};
 use crate::util::{free_port, run, step};
 
-const RUN_SECONDS: u32 = 8;
-/// Rounds measured (each peer once per round); medians are reported.
-const ROUNDS: usize = 5;
+/// The CPU per request target against nginx (issue 23: this step ≤ 1.3×).
+const NGINX_TARGET: f64 = 1.3;
+/// Through the proxy against direct to the worker (issue 23).
+const IN_PROCESS_TARGET: f64 = 0.95;
+const HTTP_TARGET: f64 = 0.8;
+/// Client connections of the hand-off runs (as the worker benchmark).
+const HANDOFF_CONNECTIONS: u32 = 16;
 
 /// Sum of CPU seconds of a process and its children (nginx master + worker).
 fn tree_cpu_seconds(pid: u32) -> Result<f64> {
@@ -47,8 +61,20 @@ struct Sample {
     cpu_per_request: f64,
 }
 
-/// One `wrk` run against `url`, measuring the CPU of `pid` (and children).
+/// One `wrk -c32` run against `url`, measuring the CPU of `pid` (and children).
 fn wrk(url: &str, headers: &[String], pid: u32, seconds: u32) -> Result<Sample> {
+    wrk_with(url, headers, pid, seconds, 32)
+}
+
+/// One `wrk` run with `connections` against `url`, measuring the CPU of
+/// `pid` (and children).
+fn wrk_with(
+    url: &str,
+    headers: &[String],
+    pid: u32,
+    seconds: u32,
+    connections: u32,
+) -> Result<Sample> {
     let before = tree_cpu_seconds(pid)?;
     let mut cmd = Command::new("taskset");
     cmd.args([
@@ -56,7 +82,7 @@ fn wrk(url: &str, headers: &[String], pid: u32, seconds: u32) -> Result<Sample> 
         "1",
         "wrk",
         "-t1",
-        "-c32",
+        &format!("-c{connections}"),
         &format!("-d{seconds}s"),
         "--latency",
     ]);
@@ -88,11 +114,6 @@ fn wrk(url: &str, headers: &[String], pid: u32, seconds: u32) -> Result<Sample> 
         rps,
         cpu_per_request: (after - before) / requests.max(1.0),
     })
-}
-
-fn median(mut v: Vec<Sample>, key: fn(&Sample) -> f64) -> f64 {
-    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
-    key(&v[v.len() / 2])
 }
 
 fn nginx_conf(dir: &Path, body: &str) -> Result<PathBuf> {
@@ -127,14 +148,28 @@ fn start_nginx(conf: &Path, cpu: &str) -> Result<Guard> {
     .context("starting nginx (apt: nginx)")
 }
 
-/// Runs the proxy benchmark and prints the comparison.
-pub fn proxy() -> Result<()> {
+/// Runs the proxy benchmark, writes its report.
+pub fn proxy(plan: Plan) -> Result<()> {
     step("bench: proxy vs nginx");
     run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
     let bin = target_dir().join("release/madbase");
-    let work = target_dir().join("bench/proxy");
+    let work = target_dir().join(if plan.smoke {
+        "bench/proxy-smoke"
+    } else {
+        "bench/proxy"
+    });
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
+    let mut report = Report::start(
+        "proxy",
+        plan,
+        "Servers on CPU0 with one Tokio thread (`TOKIO_WORKER_THREADS=1`; nginx \
+         `worker_processes 1`), `wrk -t1` on CPU1. CPU per request is the server \
+         process's (and its children's) user + system time from /proc over the run, divided \
+         by the requests wrk counted. A ratio is the median of the rounds' ratios (the runs \
+         of one round sit next to each other in time, so the machine's drift cancels out); \
+         every round's ratio is listed.",
+    );
 
     // The shared upstream: nginx answering a small JSON body, on CPU1.
     let upstream_port = free_port()?;
@@ -222,48 +257,240 @@ pub fn proxy() -> Result<()> {
 
     // Warm-up, then the rounds: each peer once per round, in turn.
     for (_, pid, url) in &peers {
-        wrk(url, &headers, *pid, 2)?;
+        wrk(url, &headers, *pid, plan.warmup)?;
     }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); peers.len()];
-    for _ in 0..ROUNDS {
+    for _ in 0..plan.rounds {
         for (i, (_, pid, url)) in peers.iter().enumerate() {
-            samples[i].push(wrk(url, &headers, *pid, RUN_SECONDS)?);
+            samples[i].push(wrk(url, &headers, *pid, plan.seconds)?);
         }
     }
 
-    println!(
-        "\nproxy benchmark ({ROUNDS} rounds × {RUN_SECONDS} s, wrk -t1 -c32 on CPU1, servers on CPU0 \
-         with TOKIO_WORKER_THREADS=1; medians; ratios are medians of each round's ratio to nginx)"
+    let mut table = Table::new(
+        "nginx",
+        "Proxy vs nginx (`wrk -c32`; the upstream is an nginx answering a small JSON body, on CPU1):",
+        &[
+            "",
+            "req/s",
+            "CPU µs/request",
+            "CPU ratio to nginx",
+            "target",
+            "rounds",
+        ],
     );
-    println!(
-        "{:<30} {:>10} {:>16} {:>18} {:>14}",
-        "", "req/s", "CPU µs/request", "CPU ratio to nginx", "per round"
-    );
-    let nginx_runs = &samples[1];
-    for ((name, _, _), runs) in peers.iter().zip(&samples) {
-        let ratios: Vec<f64> = runs
-            .iter()
-            .zip(nginx_runs)
-            .map(|(a, b)| a.cpu_per_request / b.cpu_per_request)
-            .collect();
-        let per_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-        println!(
-            "{:<30} {:>10.0} {:>16.1} {:>17.2}× {:>14}",
-            name,
-            median(runs.clone(), |s| s.rps),
-            median(runs.clone(), |s| s.cpu_per_request) * 1e6,
-            median_f(ratios),
-            per_round.join(" ")
-        );
+    let nginx_cpu: Vec<f64> = samples[1].iter().map(|s| s.cpu_per_request).collect();
+    for (i, ((name, _, _), runs)) in peers.iter().zip(&samples).enumerate() {
+        let rps: Vec<f64> = runs.iter().map(|s| s.rps).collect();
+        let cpu: Vec<f64> = runs.iter().map(|s| s.cpu_per_request * 1e6).collect();
+        let cpu_s: Vec<f64> = runs.iter().map(|s| s.cpu_per_request).collect();
+        let mut ratio = Figure::ratio(&cpu_s, &nginx_cpu);
+        if i == 0 {
+            ratio = ratio.target(Target::AtMost(NGINX_TARGET));
+        }
+        let (target, rounds) = if i == 1 {
+            (String::new(), String::new())
+        } else {
+            (ratio.target_shown(), ratio.rounds_shown())
+        };
+        table.row(vec![
+            name.as_str().into(),
+            Figure::median(rps, "", 0).into(),
+            Figure::median(cpu, "", 1).into(),
+            ratio.into(),
+            target.into(),
+            rounds.into(),
+        ]);
     }
-    println!(
-        "target: madbase proxy ≤ 1.0× nginx's CPU per request, doing tenant lookup, key check, \
-         rate limit, metrics, request id, span and log line; the hyper floors do none of it"
+    table.notes.push(
+        "The madbase proxy does tenant lookup (cached), API key check, rate limit, metrics, \
+         request ID, span and one JSON log line (to a file, like nginx's access log); the \
+         hyper floors (`crates/proxy/examples/bench_floor.rs`) forward and do nothing else."
+            .to_owned(),
     );
+    report.tables.push(table);
+    drop(floors);
+    drop(proxy);
+    drop(nginx);
+
+    step("bench: the proxy's hand-off, in-process and over HTTP");
+    report.tables.push(handoff(&bin, &work, &control, plan)?);
+    report.write()?;
     Ok(())
 }
 
-fn median_f(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// The hand-off table: a single-row GET direct to the worker and through
+/// the proxy, in one process (`madbase serve --all`) and in two.
+fn handoff(bin: &Path, work: &Path, control: &BenchControl, plan: Plan) -> Result<Table> {
+    let work = work.join("handoff");
+    std::fs::create_dir_all(&work)?;
+    post_json(
+        &format!("{}/v1/tenants/pbench/sql", control.url),
+        &control.token,
+        &serde_json::json!({ "query":
+            "CREATE TABLE handoff_items (id int PRIMARY KEY, name text NOT NULL); \
+             INSERT INTO handoff_items SELECT g, 'item ' || g FROM generate_series(1, 1000) g; \
+             ANALYZE handoff_items" }),
+    )?;
+    let pool = (HANDOFF_CONNECTIONS + 1).to_string();
+
+    // Two processes: a worker and a proxy in front of it, over loopback HTTP.
+    let worker_port = free_port()?;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"])
+        .arg(bin)
+        .arg("worker")
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("JWT_SECRET", SECRET)
+        .env("MADBASE_CONTROL_URL", &control.url)
+        .env("MADBASE_WORKER_POOL_MAX_PER_TENANT", &pool)
+        .env("MADBASE_LISTEN", format!("127.0.0.1:{worker_port}"))
+        .env(
+            "MADBASE_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()?),
+        )
+        .stdout(std::fs::File::create(work.join("worker.log"))?)
+        .stderr(Stdio::inherit());
+    let worker = Guard::spawn(&mut cmd, GRACE).context("starting the worker")?;
+    let worker_url = format!("http://127.0.0.1:{worker_port}");
+    wait_http(&format!("{worker_url}/health"))?;
+    let (proxy, proxy_port) = start_proxy_with(
+        bin,
+        &work,
+        &control.url,
+        &[("MADBASE_WORKER_URL", worker_url.clone())],
+    )?;
+
+    // One process: `madbase serve --all`, the proxy handing off in-process.
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"])
+        .arg(bin)
+        .args(["serve", "--all"])
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("JWT_SECRET", SECRET)
+        .env("MADBASE_MASTER_KEY", MASTER_KEY)
+        .env("DATABASE_URL", &control.db.url)
+        .env(
+            "DEFAULT_TENANT_DB_URL",
+            control.db.server.url_for("postgres"),
+        )
+        .env("MADBASE_WORKER_POOL_MAX_PER_TENANT", &pool)
+        .env("MADBASE_RATE_LIMIT_RPS", "1000000")
+        .env("MADBASE_FUNCTIONS_WORKERS", "1")
+        .stdout(std::fs::File::create(work.join("all.log"))?)
+        .stderr(Stdio::inherit());
+    let mut all_ports = Vec::new();
+    for service in ["PROXY", "CONTROL", "WORKER", "FUNCTIONS"] {
+        let port = free_port()?;
+        cmd.env(
+            format!("MADBASE_{service}_LISTEN"),
+            format!("127.0.0.1:{port}"),
+        )
+        .env(
+            format!("MADBASE_{service}_ADMIN_LISTEN"),
+            format!("127.0.0.1:{}", free_port()?),
+        );
+        all_ports.push(port);
+    }
+    let all = Guard::spawn(&mut cmd, GRACE).context("starting madbase serve --all")?;
+    let (all_proxy, all_worker) = (all_ports[0], all_ports[2]);
+
+    let path = "/rest/v1/handoff_items?id=eq.5";
+    let via = |port: u16| format!("http://127.0.0.1:{port}/t/pbench{path}");
+    let direct = |port: u16| format!("http://127.0.0.1:{port}{path}");
+    let headers = vec![
+        format!("apikey: {}", control.anon),
+        "X-Madbase-Tenant: pbench".to_owned(),
+    ];
+    // (name, pid, direct url, via-proxy url, pid measured through the proxy)
+    let setups = [
+        (
+            "in-process (`madbase serve --all`)",
+            all.id(),
+            direct(all_worker),
+            via(all_proxy),
+            all.id(),
+            IN_PROCESS_TARGET,
+        ),
+        (
+            "over HTTP (worker and proxy processes)",
+            worker.id(),
+            direct(worker_port),
+            via(proxy_port),
+            proxy.id(),
+            HTTP_TARGET,
+        ),
+    ];
+    let probe = crate::util::http_client(std::time::Duration::from_secs(10))?;
+    for (name, _, d, v, _, _) in &setups {
+        for url in [d, v] {
+            let mut ok = false;
+            for _ in 0..300 {
+                let answer = probe
+                    .get(url.as_str())
+                    .header("apikey", &control.anon)
+                    .header("X-Madbase-Tenant", "pbench")
+                    .send();
+                if let Ok(a) = answer
+                    && a.status().is_success()
+                    && a.text().is_ok_and(|t| t.contains("\"id\":5"))
+                {
+                    ok = true;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if !ok {
+                bail!("{name}: {url} does not answer the row");
+            }
+        }
+    }
+
+    let c = HANDOFF_CONNECTIONS;
+    for (_, pid, d, v, via_pid, _) in &setups {
+        wrk_with(d, &headers, *pid, plan.warmup, c)?;
+        wrk_with(v, &headers, *via_pid, plan.warmup, c)?;
+    }
+    let mut rps: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    for _ in 0..plan.rounds {
+        for (i, (_, pid, d, v, via_pid, _)) in setups.iter().enumerate() {
+            rps[i][0].push(wrk_with(d, &headers, *pid, plan.seconds, c)?.rps);
+            rps[i][1].push(wrk_with(v, &headers, *via_pid, plan.seconds, c)?.rps);
+        }
+    }
+    let mut table = Table::new(
+        "handoff",
+        &format!(
+            "Through the proxy vs direct to the worker (single-row GET `{path}`, `wrk -c{c}`; \
+             worker, proxy and Postgres on CPU0):"
+        ),
+        &[
+            "hand-off",
+            "direct req/s",
+            "via proxy req/s",
+            "ratio",
+            "target",
+            "rounds",
+        ],
+    );
+    for ((name, _, _, _, _, target), [d, v]) in setups.iter().zip(&rps) {
+        let ratio = Figure::ratio(v, d).target(Target::AtLeast(*target));
+        let (t, r) = (ratio.target_shown(), ratio.rounds_shown());
+        table.row(vec![
+            (*name).into(),
+            Figure::median(d.clone(), "", 0).into(),
+            Figure::median(v.clone(), "", 0).into(),
+            ratio.into(),
+            t.into(),
+            r.into(),
+        ]);
+    }
+    table.notes.push(format!(
+        "In-process: one `madbase serve --all` process with one Tokio thread; direct is its \
+         worker's listener, through the proxy is its proxy's, which hands the request to the \
+         worker's router (`forward::in_process`). Over HTTP: a worker process and a proxy \
+         process, one Tokio thread each; the proxy gives each HTTP/1 client connection an \
+         upstream connection of its own, so the upstream keep-alive connections are exactly \
+         the client's {c}. HTTP/2 cleartext and a unix socket to the upstream were not measured."
+    ));
+    Ok(table)
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_common;
+mod bench_footprint;
 mod bench_functions;
 mod bench_proxy;
 mod browser;
@@ -110,7 +111,8 @@ enum Task {
     /// Benchmarks (not tests): the proxy against nginx in front of the same
     /// upstream, the worker against pgbench; ratios against the peer
     /// measured in the same run. `functions`: warm and cold invocations
-    /// through the proxy, against the issue's targets.
+    /// through the proxy, against the issue's targets. `footprint`: image
+    /// sizes, start to ready, idle and loaded memory.
     Bench {
         /// Only this benchmark (default: all).
         #[arg(value_enum)]
@@ -119,13 +121,10 @@ enum Task {
         /// harness works (run by `cargo xtask ci`).
         #[arg(long)]
         smoke: bool,
-        /// The worker benchmark also measures this `madbase` binary (another
-        /// build) in the same rounds: before/after.
+        /// `<label>=<madbase binary>`: the worker benchmark also measures
+        /// this other build in the same rounds (before/after); repeatable.
         #[arg(long)]
-        baseline: Option<std::path::PathBuf>,
-        /// The baseline's name in the report (e.g. its commit).
-        #[arg(long, default_value = "baseline")]
-        baseline_label: String,
+        baseline: Vec<bench::Baseline>,
     },
     /// Reliability (issue 24): the fault and hostile-input scenarios, the
     /// property tests with many cases and the long mixed soak, each
@@ -148,6 +147,7 @@ enum Bench {
     Proxy,
     Worker,
     Functions,
+    Footprint,
 }
 
 /// `cargo xtask bench`: `only` one benchmark or all of them (also the
@@ -155,24 +155,27 @@ enum Bench {
 fn bench(
     only: Option<Bench>,
     plan: bench_common::Plan,
-    baseline: Option<bench::Baseline>,
+    baselines: &[bench::Baseline],
 ) -> Result<()> {
     let all_or = |b: Bench| only.is_none_or(|o| o == b);
-    if all_or(Bench::Proxy) && !plan.smoke {
-        bench_proxy::proxy()?;
+    if all_or(Bench::Proxy) {
+        bench_proxy::proxy(plan)?;
     }
     if all_or(Bench::Worker) {
-        bench::worker(plan, baseline)?;
+        bench::worker(plan, baselines)?;
     }
     if all_or(Bench::Functions) {
         bench_functions::functions(plan)?;
+    }
+    if all_or(Bench::Footprint) {
+        bench_footprint::footprint(plan)?;
     }
     Ok(())
 }
 
 /// The `bench-smoke` check: every benchmark, 1 s per measurement.
 pub(crate) fn bench_smoke() -> Result<()> {
-    bench(None, bench_common::Plan::new(true), None)
+    bench(None, bench_common::Plan::new(true), &[])
 }
 
 fn main() -> Result<()> {
@@ -181,14 +184,7 @@ fn main() -> Result<()> {
             only,
             smoke,
             baseline,
-            baseline_label,
-        } => {
-            let baseline = baseline.map(|bin| bench::Baseline {
-                bin,
-                label: baseline_label,
-            });
-            bench(only, bench_common::Plan::new(smoke), baseline)
-        }
+        } => bench(only, bench_common::Plan::new(smoke), &baseline),
         Task::Ci => ci(),
         Task::Lint => lint(),
         Task::Test => test(),
