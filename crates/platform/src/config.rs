@@ -27,6 +27,7 @@ impl std::error::Error for ConfigError {}
 
 /// A source of variables: the process environment, or a map in tests.
 pub trait Source {
+    /// The variable's value, or None when it is not set.
     fn get(&self, name: &str) -> Option<String>;
 }
 
@@ -60,6 +61,7 @@ impl Env<ProcessEnv> {
 }
 
 impl<S: Source> Env<S> {
+    /// Typed access over `source` (a map in tests).
     pub fn new(source: S) -> Self {
         Env { source }
     }
@@ -145,7 +147,9 @@ pub(crate) fn err(var: &str, problem: impl Into<String>) -> ConfigError {
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// One JSON object per line.
     Json,
+    /// Human-readable, multi-line output for a terminal.
     Pretty,
 }
 
@@ -164,6 +168,7 @@ impl FromStr for LogFormat {
 /// Settings every service shares.
 #[derive(Debug, Clone)]
 pub struct CommonConfig {
+    /// Which service these settings are for (picks the default ports).
     pub service: Service,
     /// `MADBASE_LISTEN`: the API listener.
     pub listen: SocketAddr,
@@ -196,7 +201,9 @@ pub struct OtelConfig {
 /// The OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OtlpProtocol {
+    /// OTLP over gRPC (the default).
     Grpc,
+    /// OTLP over HTTP with protobuf bodies.
     HttpProtobuf,
 }
 
@@ -250,6 +257,7 @@ impl CommonConfig {
 }
 
 impl OtelConfig {
+    /// Reads the standard `OTEL_*` variables; the trace-specific ones win over the general ones.
     pub fn from_env<S: Source>(service: Service, env: &Env<S>) -> Result<Self, ConfigError> {
         let (endpoint_var, endpoint) = match env.raw(crate::env::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
         {

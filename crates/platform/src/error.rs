@@ -11,15 +11,21 @@ use crate::request_id;
 /// An error answered to a client.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiError {
+    /// The HTTP status answered (not part of the body).
     #[serde(skip)]
     pub status: StatusCode,
+    /// A stable machine-readable error code, e.g. `not_found`.
     pub code: String,
+    /// What went wrong, for a human.
     pub message: String,
+    /// More detail about the failure, when there is any.
     pub details: Option<String>,
+    /// A suggestion how to fix the request, when there is one.
     pub hint: Option<String>,
 }
 
 impl ApiError {
+    /// An error with `status`, `code` and `message` and no details or hint.
     pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -30,24 +36,29 @@ impl ApiError {
         }
     }
 
+    /// Sets `details`.
     pub fn details(mut self, details: impl Into<String>) -> Self {
         self.details = Some(details.into());
         self
     }
 
+    /// Sets `hint`.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
     }
 
+    /// A 404 with code `not_found`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// A 400 with code `bad_request`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// A 401 with code `unauthorized`.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }

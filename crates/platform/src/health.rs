@@ -33,6 +33,7 @@ impl std::fmt::Debug for ReadyCheck {
 }
 
 impl ReadyCheck {
+    /// A check named `name` that passes when `check` returns `Ok`; the error string says why it fails.
     pub fn new<F, Fut>(name: impl Into<String>, check: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -65,6 +66,7 @@ impl ReadyCheck {
         })
     }
 
+    /// The name `/ready` reports the check under.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -81,7 +83,9 @@ impl ReadyCheck {
 /// What the health handlers report.
 #[derive(Debug, Clone)]
 pub struct HealthState {
+    /// The service answering (named in `/health`).
     pub service: Service,
+    /// The checks `/ready` runs.
     pub checks: Arc<Vec<ReadyCheck>>,
 }
 

@@ -3,6 +3,7 @@
 //! shutdown, the JSON error body and outgoing-request propagation.
 //!
 //! Business types (tenants, keys, tables) never live here.
+#![warn(missing_docs)]
 
 pub mod client;
 pub mod config;

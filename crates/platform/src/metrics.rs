@@ -35,14 +35,14 @@ pub fn latency_family<L: Clone + std::hash::Hash + Eq>() -> LatencyFamily<L> {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     pub method: &'static str,
     pub route: String,
     pub status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
+pub(crate) struct RouteLabels {
     pub method: &'static str,
     pub route: String,
 }

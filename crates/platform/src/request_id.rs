@@ -25,8 +25,11 @@ pub struct RequestScope {
 /// A span's trace context as propagation headers.
 #[derive(Debug, Clone)]
 pub struct SpanTrace {
+    /// The span the context belongs to.
     pub span: tracing::Id,
+    /// The W3C `traceparent` header value.
     pub traceparent: HeaderValue,
+    /// The W3C `tracestate` header value, None when empty.
     pub tracestate: Option<HeaderValue>,
 }
 

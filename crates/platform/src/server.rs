@@ -44,6 +44,7 @@ use crate::telemetry;
 /// What a service contributes: its API routes, readiness checks and metrics.
 #[derive(Debug)]
 pub struct ServiceApp {
+    /// The service being served (labels logs, metrics and `/health`).
     pub service: Service,
     /// The API routes (`/health` and the 404 fallback are added).
     pub api: Router,
@@ -316,12 +317,14 @@ impl Listeners {
         self
     }
 
+    /// The bound address of the API listener (useful after binding port 0).
     pub fn api_addr(&self) -> SocketAddr {
         self.api
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// The bound address of the admin listener (useful after binding port 0).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
             .local_addr()

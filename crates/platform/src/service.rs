@@ -7,9 +7,13 @@ use std::str::FromStr;
 /// One of the four madbase services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Service {
+    /// The public edge.
     Proxy,
+    /// The control plane.
     Control,
+    /// The data API.
     Worker,
+    /// The JavaScript functions runtime.
     Functions,
 }
 

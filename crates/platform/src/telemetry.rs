@@ -52,8 +52,11 @@ pub struct TelemetryConfig {
     /// The `service` field of log lines outside any request (a request span
     /// may carry its own, as in `madbase dev` where four services share a process).
     pub service: String,
+    /// The tracing filter directive (`MADBASE_LOG`).
     pub log_filter: String,
+    /// JSON or pretty log lines (`MADBASE_LOG_FORMAT`).
     pub log_format: LogFormat,
+    /// Trace export settings.
     pub otel: OtelConfig,
 }
 
