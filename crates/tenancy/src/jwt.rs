@@ -17,14 +17,19 @@ use crate::Role;
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
+    /// The `exp` claim is in the past.
     #[error("the token has expired")]
     Expired,
+    /// The `nbf` claim is in the future.
     #[error("the token is not valid yet")]
     NotYetValid,
+    /// The HMAC does not verify with the secret.
     #[error("the token's signature does not match")]
     BadSignature,
+    /// The header names an algorithm other than HS256.
     #[error("only HS256 tokens are accepted")]
     BadAlgorithm,
+    /// The token or its claims cannot be decoded; the text says why.
     #[error("the token is malformed: {0}")]
     Malformed(String),
 }
@@ -32,9 +37,13 @@ pub enum JwtError {
 /// Claims of platform tokens (`role: admin` or `internal`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PlatformClaims {
+    /// `admin` or `internal`.
     pub role: String,
+    /// The issuer, `madbase`.
     pub iss: String,
+    /// Issued at, in seconds since the Unix epoch.
     pub iat: u64,
+    /// Expiry, in seconds since the Unix epoch.
     pub exp: u64,
 }
 
@@ -216,11 +225,16 @@ pub const API_ROLES: [&str; 3] = [
 /// A tenant API key (`anon` / `service_role`, issued by control).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ApiKeyClaims {
+    /// `anon` or `service_role`.
     pub role: String,
+    /// The issuer, `madbase`.
     pub iss: String,
+    /// The tenant id the key belongs to (the `ref` claim).
     #[serde(rename = "ref")]
     pub tenant: String,
+    /// Issued at, in seconds since the Unix epoch.
     pub iat: u64,
+    /// Expiry, in seconds since the Unix epoch.
     pub exp: u64,
 }
 
@@ -406,6 +420,7 @@ impl VerifiedTokens {
         self.lock().clear();
     }
 
+    /// True when no verified token is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

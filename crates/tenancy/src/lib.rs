@@ -7,6 +7,7 @@
 //!
 //! No other crate verifies a tenant's keys or asks control about tenants
 //! (`tests/boundary.rs` checks the sources for it).
+#![warn(missing_docs)]
 
 pub mod caller;
 pub mod id;

@@ -29,6 +29,7 @@ use crate::jwt;
 /// internal API's JSON writes out).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct TenantInfo {
+    /// The tenant id (its subdomain).
     pub id: String,
     /// The tenant's JWT secret (verifies its API keys and user JWTs).
     #[serde(serialize_with = "exposed")]
@@ -39,8 +40,11 @@ pub struct TenantInfo {
     pub database: String,
     /// Connection details of the tenant's authenticator role.
     pub db_host: String,
+    /// The port of the tenant cluster.
     pub db_port: u16,
+    /// The login of the tenant's authenticator role.
     pub authenticator_user: String,
+    /// The password of the tenant's authenticator role.
     #[serde(serialize_with = "exposed")]
     pub authenticator_password: SecretString,
     /// The browser origins the proxy allows for this tenant's data API
