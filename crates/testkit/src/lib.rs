@@ -8,7 +8,7 @@
 //!
 //! The cluster dies with the test process (parent-death signal), so no
 //! `postgres` outlives a test run even when a test panics or is killed.
-
+#![warn(missing_docs)]
 #![allow(unsafe_code)] // pre_exec: setuid + prctl between fork and exec.
 
 mod pg;

@@ -16,8 +16,11 @@ pub fn platform_token(role: &str) -> String {
 /// A tenant as control created it.
 #[derive(Debug, Clone)]
 pub struct Tenant {
+    /// The tenant id.
     pub id: String,
+    /// The tenant's `anon` API key.
     pub anon_key: String,
+    /// The tenant's `service_role` API key.
     pub service_key: String,
     /// The tenant's JWT secret (from control's internal API).
     pub jwt_secret: String,
