@@ -3,6 +3,7 @@
 //! key, rate-limits per tenant and forwards `/rest/v1/*` to the worker and
 //! `/functions/v1/*` to functions, streaming bodies both ways. Answers CORS
 //! for `/rest/v1` (`cors.rs`); `OPTIONS` to a function reaches the function.
+#![warn(missing_docs)]
 
 mod cors;
 mod forward;
@@ -25,6 +26,7 @@ use madbase_tenancy::{Tenancy, TenantClient};
 /// The proxy's configuration, from the environment.
 #[derive(Clone)]
 pub struct Config {
+    /// Listeners, logging and telemetry settings shared by every service.
     pub common: CommonConfig,
     /// `JWT_SECRET`: signs the internal tokens used to ask control about tenants.
     pub jwt_secret: secrets::SecretString,
@@ -48,6 +50,7 @@ pub struct Config {
     /// service's 150 s wall limit so its 504 arrives first): time to the upstream's
     /// response head.
     pub rest_timeout: Duration,
+    /// The same limit for `/functions/v1` (`MADBASE_FUNCTIONS_TIMEOUT_SECONDS`).
     pub functions_timeout: Duration,
     /// `MADBASE_TRUSTED_PROXIES`: addresses or CIDR ranges (comma-separated,
     /// default none) of proxies in front of this one (a TLS terminator, a load
@@ -57,6 +60,7 @@ pub struct Config {
     /// `MADBASE_TENANT_CACHE_SECONDS` (default 30) and
     /// `MADBASE_TENANT_NEGATIVE_CACHE_SECONDS` (default 5).
     pub tenant_ttl: Duration,
+    /// How long an unknown tenant stays cached as unknown (`MADBASE_TENANT_NEGATIVE_CACHE_SECONDS`).
     pub tenant_negative_ttl: Duration,
     /// `MADBASE_CORS_ORIGINS`: the browser origins allowed to call the data
     /// API, comma-separated (default `*`, any); a tenant's settings in
@@ -93,6 +97,7 @@ fn non_zero(var: &str, n: u32) -> Result<NonZeroU32, ConfigError> {
 }
 
 impl Config {
+    /// Reads and validates the proxy's variables; the first problem is the error.
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
         let domain = env
             .raw(madbase_platform::env::MADBASE_DOMAIN)
@@ -224,8 +229,10 @@ fn cors_origins(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
 
 /// An upstream service behind the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upstream {
+pub(crate) enum Upstream {
+    /// The data API (`/rest/v1`).
     Worker,
+    /// The functions service (`/functions/v1`).
     Functions,
 }
 
@@ -238,6 +245,7 @@ impl Upstream {
         }
     }
 
+    /// The upstream's name in logs and metric labels.
     pub fn name(self) -> &'static str {
         match self {
             Upstream::Worker => "worker",
