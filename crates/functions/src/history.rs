@@ -39,6 +39,7 @@ pub const MAX_LINE: usize = 500;
 pub struct Invocation {
     /// When it started, in milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// The platform request id of the call.
     pub request_id: String,
     /// The function's version (unknown when it was refused before it ran).
     pub version: Option<i64>,
@@ -46,20 +47,26 @@ pub struct Invocation {
     pub status: u16,
     /// `madbase_function_invocations_total`'s outcome label.
     pub outcome: &'static str,
+    /// Wall time from arrival to the answer, in milliseconds.
     pub duration_ms: f64,
     /// Whether the worker compiled the function (unknown when no worker ran it).
     pub cold: Option<bool>,
+    /// CPU time the worker spent, in milliseconds (unknown when no worker ran it).
     pub cpu_ms: Option<f64>,
     /// The error's message (an exception's, a limit's).
     pub error: Option<String>,
+    /// The function's `console.*` lines, at most [`MAX_LINES`], each cut to [`MAX_LINE`] characters.
     pub console: Vec<Line>,
     /// Console lines beyond [`MAX_LINES`], not kept.
     pub console_omitted: usize,
 }
 
+/// One `console.*` line of an invocation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Line {
+    /// `debug`, `info`, `warn` or `error`.
     pub level: String,
+    /// The text, cut to [`MAX_LINE`] characters.
     pub message: String,
 }
 
@@ -98,6 +105,7 @@ impl Invocation {
         }
     }
 
+    /// Keeps the first [`MAX_LINES`] of `lines` (each cut to [`MAX_LINE`]) and counts the rest.
     pub fn with_console(mut self, lines: &[LogLine]) -> Self {
         self.console = lines
             .iter()
@@ -111,6 +119,7 @@ impl Invocation {
         self
     }
 
+    /// Records `message` (cut to [`MAX_LINE`]) as the error; an empty one is ignored.
     pub fn with_error(mut self, message: &str) -> Self {
         if !message.is_empty() {
             self.error = Some(truncate(message));
@@ -138,6 +147,7 @@ pub struct History {
 }
 
 impl History {
+    /// Adds `call` to the function's recent calls, dropping its oldest past [`PER_FUNCTION`] and the least recently called function past [`MAX_FUNCTIONS`].
     pub fn record(&self, tenant: &str, function: &str, call: Invocation) {
         let mut guard = self
             .inner
@@ -174,6 +184,7 @@ impl History {
             .unwrap_or_default()
     }
 
+    /// How many functions are tracked.
     pub fn functions(&self) -> usize {
         self.inner
             .lock()

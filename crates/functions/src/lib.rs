@@ -10,6 +10,7 @@
 //! `history.rs` keeps each function's recent invocations in memory for the
 //! operator console (`GET /internal/v1/tenants/{id}/functions/{name}/invocations`,
 //! internal token).
+#![warn(missing_docs)]
 
 mod code;
 pub mod history;
@@ -50,6 +51,7 @@ use madbase_tenancy::TenantClient;
 /// | `MADBASE_FUNCTIONS_TEST_HOOKS` | unset | `1`: workers (which inherit it) offer test-only hooks such as `__madbaseTestCrash()`; never in production |
 #[derive(Clone)]
 pub struct Config {
+    /// Listeners, logging and telemetry settings shared by every service.
     pub common: CommonConfig,
     /// `JWT_SECRET`: signs the internal tokens used to ask control.
     pub jwt_secret: SecretString,
@@ -105,6 +107,7 @@ impl std::fmt::Debug for Config {
 const MIB: u64 = 1024 * 1024;
 
 impl Config {
+    /// Reads and validates the variables in the table above; the first problem is the error.
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
         let count = |name: &str, default: u64| -> Result<u64, ConfigError> {
             match env.parse::<u64>(name, "a whole number")? {
