@@ -4,6 +4,7 @@
 //! function source as an ES module without running it. A function is one
 //! self-contained module: `import` of another module fails the check (there
 //! is no module loader).
+#![warn(missing_docs)]
 
 mod engine;
 mod fetch;

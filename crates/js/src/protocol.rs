@@ -24,8 +24,11 @@ pub const MAX_BODY: u32 = 64 * 1024 * 1024;
 /// Which compiled function: one runtime per key, never shared between keys.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FunctionKey {
+    /// The tenant id.
     pub tenant: String,
+    /// The function's name.
     pub function: String,
+    /// The deployed version; a redeploy gets a new key.
     pub version: i64,
 }
 
@@ -58,6 +61,7 @@ pub enum ToWorker {
 pub struct Invoke {
     /// Echoed in the reply.
     pub id: u64,
+    /// Which compiled function to run.
     pub key: FunctionKey,
     /// The module's source; `None` when the host believes the worker holds
     /// the key already (the worker answers [`Outcome::NeedSource`] if not).
@@ -66,10 +70,13 @@ pub struct Invoke {
     pub env: Vec<(String, String)>,
     /// The platform request id (for log lines).
     pub request_id: String,
+    /// The HTTP method the function sees as `request.method`.
     pub method: String,
     /// The absolute URL the function sees as `request.url`.
     pub url: String,
+    /// The request headers the function sees.
     pub headers: Vec<(String, String)>,
+    /// The limits this invocation runs under.
     pub limits: Limits,
     /// Hosts and CIDRs `fetch` may reach even when private (SSRF guard),
     /// e.g. the platform's own proxy for `SUPABASE_URL`.
@@ -88,7 +95,9 @@ pub enum FromWorker {
 /// The answer to one invocation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reply {
+    /// The [`Invoke::id`] this answers.
     pub id: u64,
+    /// How the invocation ended.
     pub outcome: Outcome,
     /// `console.*` output of this invocation, in order.
     pub logs: Vec<LogLine>,
@@ -104,14 +113,18 @@ pub struct Reply {
 pub enum Outcome {
     /// The function answered.
     Response {
+        /// The HTTP status the function answered.
         status: u16,
+        /// The response headers, in order.
         headers: Vec<(String, String)>,
     },
     /// The worker does not hold this key: send the source.
     NeedSource,
     /// The function failed; `message` is safe to show to the caller.
     Error {
+        /// The kind of failure.
         error: FunctionError,
+        /// What went wrong, safe to show to the caller.
         message: String,
     },
 }
@@ -126,8 +139,11 @@ pub enum FunctionError {
     NoHandler,
     /// The handler's value was not a `Response`.
     BadResponse,
+    /// The invocation exceeded [`Limits::cpu_ms`].
     CpuLimit,
+    /// The runtime exceeded [`Limits::memory_bytes`].
     MemoryLimit,
+    /// The response body exceeded [`Limits::max_response_bytes`].
     ResponseTooLarge,
     /// Too many or too large sub-requests, or a blocked address.
     FetchLimit,
@@ -138,18 +154,23 @@ pub enum FunctionError {
 pub struct LogLine {
     /// `debug`, `info` (log), `warn` or `error`.
     pub level: String,
+    /// The call's arguments, formatted and joined by spaces.
     pub message: String,
 }
 
 /// A malformed or oversized frame.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// The header length exceeds [`MAX_HEADER`].
     #[error("frame header of {0} bytes exceeds the limit")]
     HeaderTooLarge(u32),
+    /// The body length exceeds [`MAX_BODY`].
     #[error("frame body of {0} bytes exceeds the limit")]
     BodyTooLarge(u32),
+    /// The header is not a valid JSON message.
     #[error("malformed frame header: {0}")]
     Json(#[from] serde_json::Error),
+    /// Reading or writing the frame failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -96,6 +96,7 @@ impl Default for Worker {
 }
 
 impl Worker {
+    /// A worker with no runtimes yet, limited by `config`.
     pub fn new(config: WorkerConfig) -> Self {
         Worker {
             config,
