@@ -3,16 +3,17 @@
 //! Owns the control database (sqlx migrations, compile-time checked queries),
 //! creates tenants' databases and roles on the tenant cluster, issues their
 //! keys and keeps their secrets encrypted at rest.
+#![warn(missing_docs)]
 
 mod api;
 mod changes;
 pub mod console;
-pub mod crypto;
+pub(crate) mod crypto;
 mod function_limits;
 mod function_secrets;
 mod functions;
 mod interrupted;
-pub mod provision;
+pub(crate) mod provision;
 pub mod sql;
 mod store;
 
@@ -40,6 +41,7 @@ use crate::crypto::Sealer;
 /// Control's configuration, from the environment.
 #[derive(Clone)]
 pub struct Config {
+    /// Listeners, logging and telemetry settings shared by every service.
     pub common: CommonConfig,
     /// `DATABASE_URL`: the control database.
     pub database_url: String,
@@ -73,6 +75,7 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
+    /// Reads and validates control's variables; the first problem is the error.
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env(Service::Control, env)?;
         let database_url = env.required(

@@ -23,26 +23,39 @@ use sqlx::{
 /// Limits of one SQL request.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// The session's `statement_timeout`.
     pub statement_timeout: Duration,
+    /// More rows than this fail with [`SqlError::TooManyRows`].
     pub max_rows: usize,
+    /// A larger JSON result fails with [`SqlError::TooLarge`].
     pub max_bytes: usize,
 }
 
 /// What went wrong, mapped to a status by the API.
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
+    /// Connecting as the owner role failed.
     #[error("{0}")]
     Connect(sqlx::Error),
+    /// Postgres refused or failed the statement.
     #[error("{0}")]
     Query(sqlx::Error),
+    /// The result has more rows than [`Limits::max_rows`].
     #[error("the result has more than {0} rows; add a LIMIT")]
     TooManyRows(usize),
+    /// The result is larger than [`Limits::max_bytes`].
     #[error("the result is larger than {0} bytes; select fewer columns or rows")]
     TooLarge(usize),
+    /// A column of a parameterised statement has a type the row decoder does not handle.
     #[error(
         "column {column:?} has type {ty}, which cannot be returned with parameters; cast it (e.g. ::text)"
     )]
-    Unsupported { column: String, ty: String },
+    Unsupported {
+        /// The column's name.
+        column: String,
+        /// The column's Postgres type name.
+        ty: String,
+    },
 }
 
 /// A result: the column names in the statement's order (JSON objects'
@@ -50,7 +63,9 @@ pub enum SqlError {
 /// rows as objects.
 #[derive(Debug, Clone, Default)]
 pub struct Rows {
+    /// The column names, in the statement's order.
     pub columns: Vec<String>,
+    /// One JSON object per row.
     pub rows: Vec<Value>,
 }
 

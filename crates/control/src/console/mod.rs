@@ -16,9 +16,9 @@
 //! code as the admin API.
 
 mod data;
-pub mod history;
+pub(crate) mod history;
 mod pages;
-pub mod session;
+pub(crate) mod session;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -82,6 +82,7 @@ impl std::fmt::Debug for ConsoleConfig {
 pub const MIN_PASSWORD_LEN: usize = 12;
 
 impl ConsoleConfig {
+    /// Reads the console's variables (the password from `MADBASE_CONSOLE_PASSWORD` or its `_FILE`, at least [`MIN_PASSWORD_LEN`] bytes).
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
         const VAR: &str = madbase_platform::env::MADBASE_CONSOLE_PASSWORD;
         const FILE: &str = madbase_platform::env::MADBASE_CONSOLE_PASSWORD_FILE;
