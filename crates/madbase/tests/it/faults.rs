@@ -147,19 +147,7 @@ async fn sigterm_under_load(which: &str) {
     let api = svc.api;
     let t0 = Instant::now();
     svc.terminate();
-    // The listener closes at once.
-    let refused_after = loop {
-        match tokio::net::TcpStream::connect(api).await {
-            Err(_) => break t0.elapsed(),
-            Ok(_) => {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(1),
-                    "{which} still accepts connections 1 s after SIGTERM"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
+    let refused_after = refused_within_1s(api, t0, which).await;
     let status = svc.wait_exit(DRAIN + Duration::from_secs(2));
     let exited_after = t0.elapsed();
     assert!(status.success(), "{which} exited with {status}");
@@ -196,6 +184,23 @@ async fn sigterm_under_load(which: &str) {
     );
 }
 
+/// How long after `t0` (the signal) `api` refused a connection: the
+/// listener closes as the drain begins, within 1 s.
+async fn refused_within_1s(api: std::net::SocketAddr, t0: Instant, which: &str) -> Duration {
+    loop {
+        match tokio::net::TcpStream::connect(api).await {
+            Err(_) => return t0.elapsed(),
+            Ok(_) => {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(1),
+                    "{which} still accepts connections 1 s after SIGTERM"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 /// Connection errors are only accepted for requests sent after the
 /// signal; the signal time is not known to the outcome, so this returns
 /// the earliest time a request was refused (the listener closed).
@@ -224,6 +229,183 @@ async fn sigterm_to_control_under_load_keeps_data_path_serving() {
     // Control is not on the data path: the load keeps succeeding from the
     // tenant caches while control drains and exits.
     sigterm_under_load("control").await;
+}
+
+/// A function that is in flight for 100 ms, then answers its input with
+/// 4 KiB of padding (a cut body cannot pass for a whole one).
+const NAP_FUNCTION: &str = r#"
+Deno.serve(async (req) => {
+  const { n } = await req.json();
+  await new Promise((r) => setTimeout(r, 100));
+  return Response.json({ n, pad: "x".repeat(4096) });
+});
+"#;
+
+/// The state of process `pid` (`R`, `S`, `Z`, …), `None` once it is gone
+/// (reaped).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// The processes whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// SIGTERM to the functions service while 8 clients invoke a 100 ms
+/// function through the proxy: its listener closes at once, every
+/// invocation it accepted (running or queued for a worker) ends with a
+/// complete 200, it exits 0 within the drain time and leaves no worker
+/// process behind. Requests after it closed get the proxy's 502 JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_to_functions_under_load_drains() {
+    let drain = DRAIN.as_secs().to_string();
+    let mut s = crate::functions::Stack::start(&[
+        ("MADBASE_DRAIN_SECONDS", drain.as_str()),
+        ("MADBASE_FUNCTIONS_WORKERS", "4"),
+    ]);
+    let t = s.tenant("fnterm").await;
+    s.deploy(&t, "nap", "", NAP_FUNCTION).await;
+    let (status, body, _) = s.call(&t, "nap", json!({ "n": 0 })).await;
+    assert_eq!((status, &body["n"]), (200, &json!(0)), "{body}");
+
+    let url = s.fn_url(&t, "nap");
+    let key = t.anon_key.clone();
+    let make: MakeRequest = Arc::new(move |http: &reqwest::Client, n: u64| {
+        http.post(&url)
+            .header("apikey", &key)
+            .bearer_auth(&key)
+            .header("x-request-id", format!("fnterm-{n}"))
+            .json(&json!({ "n": n }))
+    });
+    let http = reqwest::Client::builder()
+        .timeout(REST_TIMEOUT * 3)
+        .build()
+        .expect("client");
+    let load = Load::start(&http, 8, &make);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let pid = s.functions.pid();
+    let workers = children_of(pid);
+    assert!(!workers.is_empty(), "no worker processes under load");
+    let api = s.functions.api;
+    let t0 = Instant::now();
+    let signal_at = load.started.elapsed();
+    s.functions.terminate();
+    let refused_after = refused_within_1s(api, t0, "functions").await;
+    let status = s.functions.wait_exit(DRAIN + Duration::from_secs(2));
+    let exited_after = t0.elapsed();
+    assert!(status.success(), "functions exited with {status}");
+    // The load goes on against the proxy with the service gone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outcomes = load.stop().await;
+    let counts = by_status(&outcomes);
+
+    // No worker outlives the service (a zombie would be one nobody reaped).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let left = loop {
+        let left: Vec<(u32, Option<char>)> = workers
+            .iter()
+            .map(|&w| (w, proc_state(w)))
+            .filter(|(_, st)| st.is_some())
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(left.is_empty(), "worker processes left behind: {left:?}");
+
+    // What the service itself answered, by request id (its log lines,
+    // read after its exit: complete).
+    let answered: std::collections::HashMap<String, u64> = s
+        .functions
+        .lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "request completed")
+        .filter_map(|v| {
+            let id = v["request_id"].as_str()?;
+            id.starts_with("fnterm-")
+                .then(|| (id.to_owned(), v["status"].as_u64().unwrap_or(0)))
+        })
+        .collect();
+    let mut in_flight = 0;
+    for o in &outcomes {
+        let n = o
+            .request_id
+            .as_deref()
+            .and_then(|id| id.strip_prefix("fnterm-"))
+            .and_then(|n| n.parse::<u64>().ok());
+        match &o.status {
+            Ok(200) => {
+                // Complete: the echo and all of the padding.
+                assert_eq!(o.body["n"].as_u64(), n, "body of {:?}", o.request_id);
+                assert_eq!(o.body["pad"].as_str().map(str::len), Some(4096));
+                if o.sent < signal_at && o.sent + o.took > signal_at {
+                    in_flight += 1;
+                }
+            }
+            // The service had stopped accepting: the proxy's answer.
+            Ok(502) => assert!(
+                o.sent + o.took >= signal_at,
+                "502 before the signal: {}",
+                o.body
+            ),
+            other => panic!("{other:?} at {:?}: {}", o.sent, o.body),
+        }
+    }
+    assert_502_json(&outcomes);
+    // Every request the service accepted and answered got that answer
+    // whole; every 200 the clients saw came from it.
+    for (id, status) in &answered {
+        let o = outcomes
+            .iter()
+            .find(|o| o.request_id.as_deref() == Some(id.as_str()))
+            .unwrap_or_else(|| {
+                panic!("{id}: the service answered {status}, the client saw nothing")
+            });
+        assert_eq!(o.status, Ok(*status as u16), "{id}: {}", o.body);
+    }
+    let ok = outcomes.iter().filter(|o| o.status == Ok(200)).count();
+    assert_eq!(ok, answered.values().filter(|s| **s == 200).count());
+    assert!(in_flight > 0, "no invocation was in flight at the signal");
+    let failed = outcomes.iter().filter(|o| o.status == Ok(502)).count();
+    assert!(failed > 0, "the service's exit was not seen: {counts:?}");
+    record(
+        "SIGTERM to functions under load",
+        json!({
+            "requests": outcomes.len(),
+            "outcomes": counts,
+            "errors": 0,
+            "refused_after_ms": refused_after.as_millis() as u64,
+            "exit_after_ms": exited_after.as_millis() as u64,
+            "data": format!(
+                "{in_flight} invocations in flight at the signal, all answered 200 completely; \
+                 every invocation the service accepted answered; {} worker processes, none left; \
+                 exit 0; afterwards the proxy's 502 JSON",
+                workers.len()
+            ),
+        }),
+    );
 }
 
 /// The tenant's database becomes unavailable under load (every session

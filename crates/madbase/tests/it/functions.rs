@@ -12,11 +12,12 @@ use serde_json::{Value, json};
 
 use crate::helpers::{JWT_SECRET, MASTER_KEY, Running, start};
 
-/// The platform's processes for one test.
-struct Stack {
-    control: Running,
-    functions: Running,
-    proxy: Running,
+/// The platform's processes for one test (also `faults.rs`' SIGTERM to
+/// the functions service).
+pub(crate) struct Stack {
+    pub(crate) control: Running,
+    pub(crate) functions: Running,
+    pub(crate) proxy: Running,
     _worker: Running,
 }
 
@@ -37,7 +38,7 @@ fn free_port() -> u16 {
 impl Stack {
     /// Starts everything; `functions_env` adds to the functions service's
     /// variables.
-    fn start(functions_env: &[(&str, &str)]) -> Stack {
+    pub(crate) fn start(functions_env: &[(&str, &str)]) -> Stack {
         let db = madbase_testkit::postgres().expect("test database");
         let tenant_cluster = db.server.url_for("postgres");
         let common = [
@@ -97,12 +98,18 @@ impl Stack {
         format!("http://{}", self.control.api)
     }
 
-    async fn tenant(&self, prefix: &str) -> Tenant {
+    pub(crate) async fn tenant(&self, prefix: &str) -> Tenant {
         Tenant::create(&http(), &self.control_url(), prefix).await
     }
 
     /// Deploys `source` as `name`; `query` e.g. `?verify_jwt=false`.
-    async fn deploy(&self, tenant: &Tenant, name: &str, query: &str, source: &str) -> Value {
+    pub(crate) async fn deploy(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        query: &str,
+        source: &str,
+    ) -> Value {
         let resp = http()
             .put(format!(
                 "{}/v1/tenants/{}/functions/{name}{query}",
@@ -121,7 +128,7 @@ impl Stack {
         body
     }
 
-    fn fn_url(&self, tenant: &Tenant, path: &str) -> String {
+    pub(crate) fn fn_url(&self, tenant: &Tenant, path: &str) -> String {
         format!(
             "http://{}/t/{}/functions/v1/{path}",
             self.proxy.api, tenant.id
@@ -129,7 +136,12 @@ impl Stack {
     }
 
     /// `POST` with the tenant's anon key as apikey and bearer.
-    async fn call(&self, tenant: &Tenant, path: &str, body: Value) -> (u16, Value, Duration) {
+    pub(crate) async fn call(
+        &self,
+        tenant: &Tenant,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value, Duration) {
         let started = Instant::now();
         let resp = http()
             .post(self.fn_url(tenant, path))
