@@ -7,11 +7,12 @@
 //! with SQL built only in [`sql`] from the query string ([`query`]), the
 //! `Prefer` header ([`prefer`]) and the tenant's schema cache ([`schema`]).
 //! Response JSON is built by Postgres; errors are [`error::Code`]s.
+#![warn(missing_docs)]
 
 mod auth;
-pub mod conns;
+pub(crate) mod conns;
 mod context;
-pub mod error;
+pub(crate) mod error;
 pub mod pool;
 pub mod prefer;
 pub mod query;
@@ -20,8 +21,8 @@ mod request;
 mod response;
 mod routes;
 mod rpc;
-pub mod schema;
-pub mod sql;
+pub(crate) mod schema;
+pub(crate) mod sql;
 mod state;
 mod tx;
 mod write;
@@ -40,6 +41,7 @@ pub use crate::state::{AppState, Shared};
 /// The worker service's configuration, from the environment.
 #[derive(Clone)]
 pub struct Config {
+    /// Listeners, logging and telemetry settings shared by every service.
     pub common: CommonConfig,
     /// `JWT_SECRET`: signs the internal tokens used to ask control about tenants.
     pub jwt_secret: secrets::SecretString,
@@ -105,6 +107,7 @@ fn positive<S: Source>(env: &Env<S>, var: &str, default: u64) -> Result<u64, Con
 }
 
 impl Config {
+    /// Reads and validates the worker's variables; the first problem is the error.
     pub fn from_env<S: Source>(env: &Env<S>) -> Result<Self, ConfigError> {
         let pool_max_per_tenant = positive(
             env,

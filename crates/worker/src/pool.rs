@@ -27,16 +27,22 @@ use crate::schema::Schema;
 /// Pool settings.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
+    /// Connections one tenant's pool opens at most.
     pub max_per_tenant: u32,
+    /// Connections all pools open at most together.
     pub max_total: u32,
+    /// How long a request waits for a connection.
     pub acquire_timeout: Duration,
+    /// A pool unused this long is closed.
     pub idle_pool: Duration,
+    /// An idle connection unused this long is closed.
     pub idle_connection: Duration,
+    /// The exposed schemas the schema cache loads.
     pub schemas: Vec<String>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TenantLabel {
+pub(crate) struct TenantLabel {
     pub tenant: String,
 }
 
@@ -68,6 +74,7 @@ fn target_of(t: &TenantInfo) -> Target {
 /// One tenant's pool and schema cache.
 #[derive(Debug)]
 pub struct TenantDb {
+    /// The tenant id.
     pub id: String,
     /// The connections requests use.
     pub conns: Arc<Conns>,
@@ -140,13 +147,16 @@ impl TenantDb {
 #[derive(Debug, Clone)]
 pub struct Pools {
     inner: Arc<Mutex<HashMap<String, Arc<TenantDb>>>>,
+    /// The settings every pool uses.
     pub config: Arc<PoolConfig>,
     epoch: Instant,
     reloads: Family<TenantLabel, Counter>,
+    /// `madbase_worker_query_duration_seconds`: the time of a request's database transaction.
     pub query_duration: Histogram,
 }
 
 impl Pools {
+    /// No pools yet; registers the pool metrics on `metrics`.
     pub fn new(config: PoolConfig, metrics: &Metrics) -> Self {
         let reloads = Family::<TenantLabel, Counter>::default();
         metrics.register(
@@ -301,6 +311,7 @@ impl Pools {
             .len()
     }
 
+    /// True when no pool is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

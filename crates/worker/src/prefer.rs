@@ -12,23 +12,31 @@ use crate::error::{Code, Error};
 /// `return=…`: what a write answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Return {
+    /// No body (`return=minimal`).
     Minimal,
+    /// No body but the `Location` header (`return=headers-only`).
     HeadersOnly,
+    /// The written rows as the body (`return=representation`).
     Representation,
 }
 
 /// `count=…`: how the total of a read is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
+    /// Counted exactly (`count=exact`).
     Exact,
+    /// The planner's estimate (`count=planned`).
     Planned,
+    /// Exact up to the max-rows limit, the planner's estimate beyond (`count=estimated`).
     Estimated,
 }
 
 /// `resolution=…`: what an insert does with a conflicting row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
+    /// Update the conflicting row (`resolution=merge-duplicates`).
     MergeDuplicates,
+    /// Keep the conflicting row, skip the new one (`resolution=ignore-duplicates`).
     IgnoreDuplicates,
 }
 
@@ -44,14 +52,18 @@ pub enum Missing {
 /// `handling=…`: whether invalid preferences fail the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handling {
+    /// An invalid preference fails the request with 400 PGRST122 (`handling=strict`).
     Strict,
+    /// Invalid preferences are ignored (`handling=lenient`, the default).
     Lenient,
 }
 
 /// `tx=…`: how the request's transaction ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tx {
+    /// Commit (`tx=commit`, the default).
     Commit,
+    /// Roll back after answering (`tx=rollback`).
     Rollback,
 }
 
@@ -134,12 +146,19 @@ impl Word for Params {
 /// default, which allocates nothing.
 #[derive(Debug, Default, Clone)]
 pub struct Prefer {
+    /// `return=…`, when given.
     pub ret: Option<Return>,
+    /// `count=…`, when given.
     pub count: Option<Count>,
+    /// `resolution=…`, when given.
     pub resolution: Option<Resolution>,
+    /// `missing=…`, when given.
     pub missing: Option<Missing>,
+    /// `handling=…`, when given.
     pub handling: Option<Handling>,
+    /// `tx=…`, when given.
     pub tx: Option<Tx>,
+    /// `params=…`, when given.
     pub params: Option<Params>,
     /// `max-affected=n`: the first such item that is a number (it applies
     /// only with `handling=strict`, see [`Prefer::max_affected`]).
@@ -161,9 +180,13 @@ pub struct Prefer {
 pub struct Reported {
     /// `params=single-object` (rpc).
     pub params: bool,
+    /// `resolution=…` (inserts into a table with a primary key or `on_conflict`).
     pub resolution: bool,
+    /// `missing=…` (inserts and updates).
     pub missing: bool,
+    /// `return=…` (table writes).
     pub ret: bool,
+    /// `max-affected=n` (updates, deletes and rpc).
     pub max_affected: bool,
 }
 
@@ -230,6 +253,7 @@ impl Prefer {
         }
     }
 
+    /// True when some `count=` was given.
     pub fn counts(&self) -> bool {
         self.count.is_some()
     }
@@ -266,18 +290,22 @@ impl Prefer {
         }
     }
 
+    /// True for `return=representation`.
     pub fn representation(&self) -> bool {
         self.ret == Some(Return::Representation)
     }
 
+    /// True for `tx=rollback`.
     pub fn rollback(&self) -> bool {
         self.tx == Some(Tx::Rollback)
     }
 
+    /// True for `params=single-object`.
     pub fn single_object(&self) -> bool {
         self.params == Some(Params::SingleObject)
     }
 
+    /// True for `missing=default`.
     pub fn missing_default(&self) -> bool {
         self.missing == Some(Missing::Default)
     }

@@ -5,7 +5,9 @@
 /// A malformed query string (PGRST100).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
+    /// The error's message (the body's `message`).
     pub message: String,
+    /// Which part of the query string is wrong (the body's `details`).
     pub details: String,
 }
 
@@ -21,14 +23,18 @@ type Result<T> = std::result::Result<T, ParseError>;
 /// One step of a JSON path: `->key` or `->>key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonStep {
+    /// `->>` (the value as text) rather than `->` (as JSON).
     pub text: bool,
+    /// The object key.
     pub key: String,
 }
 
 /// A column with an optional JSON path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
+    /// The column's name.
     pub name: String,
+    /// The JSON path into the column, empty for the column itself.
     pub json: Vec<JsonStep>,
 }
 
@@ -42,16 +48,22 @@ impl Field {
 /// An item of `select=`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SelectItem {
+    /// `*`: every column.
     Star,
+    /// A column, optionally with a JSON path, cast, alias or aggregate.
     Column {
+        /// The column and its JSON path.
         field: Field,
+        /// `col::type`: the cast of the column's value.
         cast: Option<String>,
+        /// `alias:col`: the output name.
         alias: Option<String>,
         /// `col.sum()` etc.; `count()` has the field `*`.
         agg: Option<Agg>,
         /// The cast of the aggregate's result: `col.sum()::int`.
         agg_cast: Option<String>,
     },
+    /// A related resource embedded in each row.
     Embed(Embed),
 }
 
@@ -74,10 +86,15 @@ impl SelectItem {
 /// The aggregate functions of `select` (PostgREST's `db-aggregates-enabled`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Agg {
+    /// `count()`
     Count,
+    /// `col.sum()`
     Sum,
+    /// `col.avg()`
     Avg,
+    /// `col.max()`
     Max,
+    /// `col.min()`
     Min,
 }
 
@@ -108,9 +125,13 @@ impl Agg {
 /// `alias:name!hint!inner(select)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Embed {
+    /// `alias:`: the output key, instead of the name.
     pub alias: Option<String>,
+    /// The related table, or the foreign key or column naming the relationship.
     pub name: String,
+    /// `!hint`: which foreign key or column picks the relationship.
     pub hint: Option<String>,
+    /// `!inner`: rows without a match are left out of the parent.
     pub inner: bool,
     /// `...name(cols)`: the columns are the parent's.
     pub spread: bool,
@@ -119,6 +140,7 @@ pub struct Embed {
 }
 
 impl Embed {
+    /// The key the embed appears under: the alias, else the name.
     pub fn key(&self) -> &str {
         self.alias.as_deref().unwrap_or(&self.name)
     }
@@ -130,19 +152,28 @@ pub enum Op {
     /// `field op value`, the value read as the field's type (`eq`, `neq`,
     /// `gt`…, `cs`, `cd`, `ov`, `sl`, `sr`, `nxl`, `nxr`, `adj`).
     Cmp(&'static str, String),
+    /// `like` / `ilike` (true: `ILIKE`); the pattern has `*` turned into `%`.
     Like(bool, String),
+    /// `match` / `imatch` (true: `~*`, case-insensitive): a POSIX regular expression.
     Match(bool, String),
     /// `op(any)` / `op(all)`: `field op ANY|ALL(array)`; the array is a
     /// Postgres array literal, read as an array of the field's type, or of
     /// text for the pattern operators.
     Quant {
+        /// The operator applied to each element.
         op: Quantified,
+        /// `(all)` rather than `(any)`.
         all: bool,
+        /// The array literal.
         value: String,
     },
+    /// `in.(a,b)`: the listed values, unquoted.
     In(Vec<String>),
+    /// `is.null|not_null|true|false|unknown`, as the SQL words.
     Is(&'static str),
+    /// `isdistinct.value`: `IS DISTINCT FROM`.
     IsDistinct(String),
+    /// `fts`, `plfts`, `phfts`, `wfts`: the tsquery function, the optional text search configuration `(lang)` and the query.
     Fts(&'static str, Option<String>, String),
 }
 
@@ -158,18 +189,26 @@ pub enum Quantified {
 /// `field=[not.]op.value`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
+    /// The filtered column.
     pub field: Field,
+    /// `not.` came before the operator.
     pub negate: bool,
+    /// The operator and its value.
     pub op: Op,
 }
 
 /// A condition: a filter or an `and`/`or` tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cond {
+    /// One filter.
     Filter(Filter),
+    /// `or=(…)` / `and=(…)`, possibly nested.
     Tree {
+        /// `or` rather than `and`.
         or: bool,
+        /// `not.or` / `not.and`.
         negate: bool,
+        /// The conditions combined.
         items: Vec<Cond>,
     },
 }
@@ -179,8 +218,11 @@ pub enum Cond {
 pub struct OrderTerm {
     /// `order=rel(col)`: a column of a to-one embedded resource.
     pub relation: Option<String>,
+    /// The column to order by.
     pub field: Field,
+    /// `.desc` rather than ascending.
     pub desc: bool,
+    /// `.nullsfirst` (true) or `.nullslast` (false); None: Postgres' default.
     pub nulls_first: Option<bool>,
 }
 
@@ -188,12 +230,19 @@ pub struct OrderTerm {
 /// embedding path they apply to (empty for the top level).
 #[derive(Debug, Clone, Default)]
 pub struct Query {
+    /// `select=`; None: every column.
     pub select: Option<Vec<SelectItem>>,
+    /// Filters and `and`/`or` trees, each with its embedding path.
     pub conds: Vec<(Vec<String>, Cond)>,
+    /// `order=` terms, per embedding path.
     pub orders: Vec<(Vec<String>, Vec<OrderTerm>)>,
+    /// `limit=`, per embedding path.
     pub limits: Vec<(Vec<String>, i64)>,
+    /// `offset=`, per embedding path.
     pub offsets: Vec<(Vec<String>, i64)>,
+    /// `on_conflict=`: the columns an upsert conflicts on.
     pub on_conflict: Option<Vec<String>>,
+    /// `columns=`: the body keys a write uses.
     pub columns: Option<Vec<String>>,
     /// Parameters naming function arguments (GET rpc).
     pub args: Vec<(String, String)>,
