@@ -4,9 +4,9 @@
 //! tenant comes from `X-Madbase-Tenant` (set by the proxy) and the JWT is
 //! verified with the tenant's secret (`auth`); every request runs in one
 //! transaction (`tx`) as the JWT's role on the tenant's pool ([`pool`]),
-//! with SQL built only in [`sql`] from the query string ([`query`]), the
-//! `Prefer` header ([`prefer`]) and the tenant's schema cache ([`schema`]).
-//! Response JSON is built by Postgres; errors are [`error::Code`]s.
+//! with SQL built only in `sql` from the query string ([`query`]), the
+//! `Prefer` header ([`prefer`]) and the tenant's schema cache (`schema`).
+//! Response JSON is built by Postgres; errors are `error::Code`s.
 #![warn(missing_docs)]
 
 mod auth;

@@ -6,7 +6,7 @@
 //! Sign-in takes the console password (`MADBASE_CONSOLE_PASSWORD` or
 //! `MADBASE_CONSOLE_PASSWORD_FILE`) or an admin token (`madbase token
 //! admin`) and opens a server-side session kept in memory (see
-//! [`session`]) behind an `HttpOnly; SameSite=Strict; Path=/console` cookie
+//! `session`) behind an `HttpOnly; SameSite=Strict; Path=/console` cookie
 //! (`Secure` when the request came over TLS). Every POST carries the
 //! session's CSRF token (403 otherwise); a failed sign-in is answered only
 //! after [`ConsoleConfig::failure_delay`], and an address with too many
