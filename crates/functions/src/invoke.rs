@@ -530,6 +530,7 @@ async fn prepare(
             version: code.version,
         },
         source: None,
+        bytecode_len: None,
         env,
         request_id: request_id::current().unwrap_or_default(),
         method: parts.method.as_str().to_owned(),
@@ -580,7 +581,10 @@ async fn run(inv: &Arc<Invoker>, tenant: &str, ready: Ready, start: Instant) -> 
         _admitted,
     } = ready;
     let limits = invoke.limits;
-    let source = code.source.clone();
+    let source = crate::pool::Module {
+        source: code.source.clone(),
+        compiled: code.compiled.get().cloned(),
+    };
     let request_id = invoke.request_id.clone();
     // Recorded where the invocation ends (the pool's task), so an
     // invocation whose client went away is still logged and counted.

@@ -12,7 +12,10 @@
 //! Each worker remembers which [`FunctionKey`]s it has been sent the source
 //! of, so warm invocations carry no source; invocations prefer a worker that
 //! holds their key. A worker that evicted a runtime answers
-//! [`Outcome::NeedSource`] and gets the invocation again with the source.
+//! [`Outcome::NeedSource`] and gets the invocation again with the module.
+//! The module goes as the bytecode the service compiled in the background
+//! when the code was loaded ([`Module::compiled`]; a cold start then skips
+//! parsing), or as the source before that or when a worker refuses it.
 //!
 //! Exchanges run on their own task: a client that goes away does not kill
 //! the worker mid-invocation.
@@ -84,6 +87,25 @@ pub(crate) enum RunError {
     Crashed(String),
     #[error("cannot start a worker process: {0}")]
     Spawn(String),
+}
+
+/// A function's module as the pool sends it to a worker that does not hold
+/// it: its bytecode when the service has compiled it (the worker loads it
+/// instead of parsing), else (or when the worker refuses the bytecode, e.g.
+/// of another build) the source.
+#[derive(Debug, Clone)]
+pub(crate) struct Module {
+    pub source: Arc<str>,
+    /// `madbase_js::worker::compile` of the source, once compiled.
+    pub compiled: Option<Arc<[u8]>>,
+}
+
+/// How a worker was sent the module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Nothing,
+    Bytecode,
+    Source,
 }
 
 /// Called once with an invocation's result.
@@ -199,7 +221,7 @@ impl Pool {
     pub(crate) async fn run(
         self: &Arc<Self>,
         invoke: Invoke,
-        source: Arc<str>,
+        source: Module,
         body: bytes::Bytes,
         wall: Duration,
         on_done: OnDone,
@@ -254,7 +276,7 @@ impl Pool {
     async fn exchange(
         &self,
         mut invoke: Invoke,
-        source: Arc<str>,
+        source: Module,
         body: bytes::Bytes,
         wall: Duration,
     ) -> Result<Answer, RunError> {
@@ -410,38 +432,54 @@ impl Pool {
 }
 
 impl Worker {
-    /// One invocation: sends it (with the source when this worker has not
-    /// had it, or asks for it), reads the reply.
+    /// One invocation: sends it (with the module when this worker has not
+    /// had it: its bytecode if compiled, else the source), reads the reply;
+    /// a worker that asks for the module gets the source.
     async fn call(
         &mut self,
         msg: &mut ToWorker,
-        source: &Arc<str>,
+        module: &Module,
         body: &[u8],
     ) -> Result<Answer, Broken> {
         let ToWorker::Invoke(invoke) = msg;
-        let (id, mut sent_source) = (invoke.id, !self.loaded.contains(&invoke.key));
-        invoke.source = sent_source.then(|| source.to_string());
-        self.send(msg, body).await?;
+        let id = invoke.id;
+        let mut sent = if self.loaded.contains(&invoke.key) {
+            Sent::Nothing
+        } else if module.compiled.is_some() {
+            Sent::Bytecode
+        } else {
+            Sent::Source
+        };
+        self.send(msg, sent, module, body).await?;
         let mut answer = self.receive(id).await?;
-        if answer.reply.outcome == Outcome::NeedSource {
-            if sent_source {
-                return Err(Broken::Read(
-                    "the worker asked for a source it was sent".to_owned(),
-                ));
-            }
-            sent_source = true;
-            let ToWorker::Invoke(invoke) = msg;
-            invoke.source = Some(source.to_string());
+        while answer.reply.outcome == Outcome::NeedSource {
+            sent = match sent {
+                Sent::Nothing if module.compiled.is_some() => Sent::Bytecode,
+                Sent::Nothing => Sent::Source,
+                Sent::Bytecode => {
+                    tracing::warn!(
+                        worker = self.id,
+                        "the worker refused the compiled module (another build?): sending the source"
+                    );
+                    Sent::Source
+                }
+                Sent::Source => {
+                    return Err(Broken::Read(
+                        "the worker asked for a source it was sent".to_owned(),
+                    ));
+                }
+            };
             // The worker read the request; writing again cannot be an
             // idle worker's death any more.
-            self.send(msg, body)
+            self.send(msg, sent, module, body)
                 .await
                 .map_err(|e| Broken::Read(format!("{e:?}")))?;
             answer = self.receive(id).await?;
         }
         let ToWorker::Invoke(invoke) = msg;
         invoke.source = None;
-        if (sent_source || answer.reply.cold) && !self.loaded.contains(&invoke.key) {
+        invoke.bytecode_len = None;
+        if (sent != Sent::Nothing || answer.reply.cold) && !self.loaded.contains(&invoke.key) {
             if self.loaded.len() >= REMEMBERED_KEYS {
                 self.loaded.pop_front();
             }
@@ -450,8 +488,33 @@ impl Worker {
         Ok(answer)
     }
 
-    async fn send(&mut self, msg: &ToWorker, body: &[u8]) -> Result<(), Broken> {
-        let frame = protocol::encode(msg, body).map_err(|e| Broken::Write(e.to_string()))?;
+    async fn send(
+        &mut self,
+        msg: &mut ToWorker,
+        sent: Sent,
+        module: &Module,
+        body: &[u8],
+    ) -> Result<(), Broken> {
+        let ToWorker::Invoke(invoke) = msg;
+        invoke.source = (sent == Sent::Source).then(|| module.source.to_string());
+        let compiled = match (&module.compiled, sent) {
+            (Some(c), Sent::Bytecode) => Some(c),
+            _ => None,
+        };
+        invoke.bytecode_len = match compiled {
+            Some(c) => Some(u32::try_from(c.len()).map_err(|e| Broken::Write(e.to_string()))?),
+            None => None,
+        };
+        // The compiled module goes in front of the request body.
+        let joined;
+        let body = match compiled {
+            Some(c) => {
+                joined = [c, body].concat();
+                &joined[..]
+            }
+            None => body,
+        };
+        let frame = protocol::encode(&*msg, body).map_err(|e| Broken::Write(e.to_string()))?;
         self.stdin
             .write_all(&frame)
             .await

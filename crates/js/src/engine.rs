@@ -157,6 +157,81 @@ impl Shared {
     }
 }
 
+/// What a runtime evaluates: the module's source, or its bytecode as
+/// [`compile`] wrote it (the build tag already checked and removed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Code<'a> {
+    Source(&'a str),
+    Bytecode(&'a [u8]),
+}
+
+/// Reads a module's bytecode (the tag checked by [`untag`]).
+#[allow(unsafe_code)]
+fn load_bytecode<'js>(ctx: &Ctx<'js>, bytecode: &[u8]) -> rquickjs::Result<Module<'js>> {
+    // SAFETY: `Module::load` trusts its input. `bytecode` comes only from
+    // the host (the functions service, over this worker's stdin), which
+    // wrote it with `compile` of a build whose tag [`untag`] found equal
+    // to this one's: the same QuickJS wrote it. Tenants never supply it.
+    unsafe { Module::load(ctx.clone(), bytecode) }
+}
+
+/// Length of the build tag in front of a compiled module.
+const TAG_LEN: usize = 32;
+
+/// This build's tag: SHA-256 of this crate's version and the bytecode this
+/// QuickJS writes for a probe module, so bytecode of another QuickJS (or
+/// another madbase) is refused and the worker asks for the source.
+fn build_tag() -> &'static [u8; TAG_LEN] {
+    static TAG: std::sync::OnceLock<[u8; TAG_LEN]> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let probe = compile_raw(
+            "madbase:probe",
+            "export const probe = [1, 'a', 2.5, { b: null }, () => 2, class P {}];\n",
+        )
+        .unwrap_or_default();
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        d.update(env!("CARGO_PKG_VERSION").as_bytes());
+        d.update(&(usize::BITS).to_le_bytes());
+        d.update(&probe);
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(d.finish().as_ref());
+        tag
+    })
+}
+
+/// The module's bytecode without tag, in a fresh runtime with a memory limit.
+fn compile_raw(name: &str, source: &str) -> Result<Vec<u8>, String> {
+    let rt = Runtime::new().map_err(|e| format!("runtime: {e}"))?;
+    rt.set_memory_limit(crate::CHECK_MEMORY_LIMIT);
+    rt.set_max_stack_size(STACK_LIMIT);
+    let ctx = Context::full(&rt).map_err(|e| format!("context: {e}"))?;
+    ctx.with(|ctx| {
+        Module::declare(ctx.clone(), name, source)
+            .and_then(|m| m.write(rquickjs::WriteOptions::default()))
+            .map_err(|e| {
+                let caught = ctx.catch();
+                format!("{e}: {}", describe(&caught))
+            })
+    })
+}
+
+/// Compiles `source` as the module `name` (not run): this build's tag and
+/// the module's bytecode.
+pub(crate) fn compile(name: &str, source: &str) -> Result<Vec<u8>, String> {
+    let bytecode = compile_raw(name, source)?;
+    let mut out = Vec::with_capacity(TAG_LEN + bytecode.len());
+    out.extend_from_slice(build_tag());
+    out.extend_from_slice(&bytecode);
+    Ok(out)
+}
+
+/// The bytecode of a compiled module when this build wrote it.
+pub(crate) fn untag(compiled: &[u8]) -> Option<&[u8]> {
+    compiled
+        .strip_prefix(build_tag().as_slice())
+        .filter(|b| !b.is_empty())
+}
+
 /// A function's runtime. Field order matters: the persistent values must be
 /// dropped before the context and the runtime.
 pub(crate) struct FnRuntime {
@@ -611,11 +686,19 @@ impl FnRuntime {
 
     /// Evaluates the tenant's module (once per runtime) and registers its
     /// default export's `fetch` when `Deno.serve` was not called.
-    pub(crate) fn load(&mut self, name: &str, source: &str, net: &mut Net) -> Result<(), Failure> {
+    pub(crate) fn load(
+        &mut self,
+        name: &str,
+        code: Code<'_>,
+        net: &mut Net,
+    ) -> Result<(), Failure> {
         self.meter.start();
         let started = self.ctx.with(|ctx| {
             let run = || -> rquickjs::Result<(Persistent<Promise<'static>>, Persistent<Object<'static>>)> {
-                let module = Module::declare(ctx.clone(), name, source)?;
+                let module = match code {
+                    Code::Source(source) => Module::declare(ctx.clone(), name, source)?,
+                    Code::Bytecode(bytecode) => load_bytecode(&ctx, bytecode)?,
+                };
                 let (module, promise) = module.eval()?;
                 let namespace = module.namespace()?;
                 Ok((Persistent::save(&ctx, promise), Persistent::save(&ctx, namespace)))

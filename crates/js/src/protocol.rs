@@ -12,7 +12,8 @@
 //! [`FromWorker::Reply`] carrying the same `id`. When the worker does not hold
 //! the function's compiled source (by [`FunctionKey`]), it answers
 //! [`Outcome::NeedSource`] and the host sends the same invocation again with
-//! `source` set.
+//! `source` set, or with the module's bytecode (`bytecode_len`) when the
+//! host has compiled it.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +67,13 @@ pub struct Invoke {
     /// The module's source; `None` when the host believes the worker holds
     /// the key already (the worker answers [`Outcome::NeedSource`] if not).
     pub source: Option<String>,
+    /// When set (and `source` is not), the frame's body starts with this
+    /// many bytes of the module compiled by [`crate::worker::compile`] and
+    /// the request body follows: a worker of the same build loads that
+    /// instead of parsing the source; another build answers
+    /// [`Outcome::NeedSource`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytecode_len: Option<u32>,
     /// What `Deno.env.get` sees: the tenant's secrets and `SUPABASE_*`.
     pub env: Vec<(String, String)>,
     /// The platform request id (for log lines).

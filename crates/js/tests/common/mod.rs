@@ -27,6 +27,7 @@ pub fn invoke(key: FunctionKey, source: Option<&str>) -> Invoke {
         id: 1,
         key,
         source: source.map(str::to_owned),
+        bytecode_len: None,
         env: Vec::new(),
         request_id: "req-1".to_owned(),
         method: "GET".to_owned(),
