@@ -21,8 +21,11 @@
 //!    `X-Request-Id` sent comes back and is in the worker's JSON logs.
 //! 5. The images: `Healthcheck` and a non-root `User` in `podman image
 //!    inspect`, no process of any container runs as root, no `/bin/sh`.
-//! 6. `podman-compose down` (volumes kept) and `up` again: the tenant and its
-//!    rows are still there.
+//! 6. `podman-compose stop` under load ([`StopLoad`]: clients read through
+//!    the proxy until the stop returns; every answer is complete, a 200 with
+//!    the rows or a JSON 502/503 with a request id, and connections fail only
+//!    after the stop began), each container exiting 0; `down` (volumes kept)
+//!    and `up` again: the tenant and its rows are still there.
 //! 7. Tear-down, also after a failed step (and through `Drop` after a
 //!    panic): containers, pod, volumes, networks, the images loaded, the env
 //!    file; then a check that nothing is left. A run killed by a signal
@@ -42,6 +45,7 @@ use std::io::{Read, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -342,9 +346,14 @@ fn run_steps(steps: &mut Steps, stack: &mut Option<Stack>) -> Result<()> {
     }) else {
         bail!("no snapshot");
     };
+    let load = StopLoad {
+        url: format!("{}?select=id,body,public&order=id", api.notes),
+        key: tenant.anon_key.clone(),
+    };
     let Some(()) = steps.run(
-        "podman-compose stop (each container exits 0 on its stop signal), down (volumes kept)",
-        || stack.down_keep_volumes(&deadline),
+        "podman-compose stop under load (each container exits 0 on its stop signal, \
+         every answer through the proxy complete), down (volumes kept)",
+        || stack.down_keep_volumes(&deadline, &load),
     ) else {
         bail!("down failed");
     };
@@ -1060,12 +1069,14 @@ impl Stack {
     /// stop on its stop signal within the grace period (exit code 0; a
     /// SIGKILL shows as 137), then containers and network go and the named
     /// volumes stay.
-    fn down_keep_volumes(&self, deadline: &Deadline) -> Result<()> {
+    /// `load` runs through the proxy from a second before the stop until
+    /// it returns; its answers are checked after the exit codes.
+    fn down_keep_volumes(&self, deadline: &Deadline, load: &StopLoad) -> Result<()> {
         let volumes_before = self.labelled("volume")?;
-        bounded_run(
-            self.compose().args(["stop", "-t", "20"]),
-            deadline.bound(Duration::from_secs(120))?,
-        )?;
+        let stop_timeout = deadline.bound(Duration::from_secs(120))?;
+        let (stopped, shots) =
+            load.around(|| bounded_run(self.compose().args(["stop", "-t", "20"]), stop_timeout))?;
+        stopped?;
         let mut unclean = Vec::new();
         for c in self.containers()? {
             let code = bounded_ok(
@@ -1083,6 +1094,7 @@ impl Stack {
             "not stopped cleanly by their stop signal: {}",
             unclean.join(", ")
         );
+        shots.check()?;
         bounded_run(
             self.compose().args(["down", "-t", "10"]),
             deadline.bound(Duration::from_secs(120))?,
@@ -1754,6 +1766,242 @@ impl Http {
                 })
             })
             .with_context(|| format!("{method} {url}"))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Load while the stack stops (issue 24).
+
+/// Reads through the proxy while `podman-compose stop` runs: the anon key's
+/// `GET` of the notes, from [`STOP_LOAD_CLIENTS`] threads, each on a fresh
+/// connection per request.
+struct StopLoad {
+    /// The REST URL read, query included.
+    url: String,
+    /// The tenant's key (`apikey`).
+    key: String,
+}
+
+/// Clients of [`StopLoad`].
+const STOP_LOAD_CLIENTS: usize = 4;
+/// How long one request of [`StopLoad`] may take (the stop's grace period
+/// is 20 s; a request hanging beyond it is a failure).
+const STOP_LOAD_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// What one request of [`StopLoad`] got.
+#[derive(Debug)]
+struct Shot {
+    /// Sent, relative to the load's start.
+    sent: Duration,
+    /// The answer read completely, or what failed on the client's side:
+    /// `refused`, `reset`, `timeout`, `incomplete body`.
+    outcome: std::result::Result<Answer, &'static str>,
+}
+
+/// Every request of a [`StopLoad`] run, and when the stop began.
+#[derive(Debug)]
+struct Shots {
+    shots: Vec<Shot>,
+    /// The rows a read got before the load began.
+    rows: Value,
+    /// When the stop began, relative to the load's start.
+    began: Duration,
+    /// When it returned.
+    ended: Duration,
+}
+
+impl StopLoad {
+    /// Reads once (the rows every 200 must carry), starts the clients,
+    /// runs `during` a second later and stops the clients when it returns.
+    fn around<T>(&self, during: impl FnOnce() -> T) -> Result<(T, Shots)> {
+        let client = self.client()?;
+        let rows = match self.shoot(&client) {
+            Ok(a) if a.status == 200 => a.json()?,
+            other => bail!("the read before the stop: {other:?}"),
+        };
+        let stop = AtomicBool::new(false);
+        let started = Instant::now();
+        let (result, began, ended, shots) = std::thread::scope(|scope| {
+            let clients: Vec<_> = (0..STOP_LOAD_CLIENTS)
+                .map(|_| scope.spawn(|| self.run(started, &stop)))
+                .collect();
+            std::thread::sleep(Duration::from_secs(1));
+            let began = started.elapsed();
+            let result = during();
+            let ended = started.elapsed();
+            stop.store(true, Ordering::Relaxed);
+            let mut shots = Vec::new();
+            for c in clients {
+                match c.join() {
+                    Ok(Ok(mine)) => shots.extend(mine),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => bail!("a load thread panicked"),
+                }
+            }
+            Ok((result, began, ended, shots))
+        })?;
+        let mut shots = Shots {
+            shots,
+            rows,
+            began,
+            ended,
+        };
+        shots.shots.sort_by_key(|s| s.sent);
+        Ok((result, shots))
+    }
+
+    fn client(&self) -> Result<reqwest::blocking::Client> {
+        Ok(reqwest::blocking::Client::builder()
+            .timeout(STOP_LOAD_TIMEOUT)
+            .no_proxy()
+            // A refused or reset connection belongs to one request.
+            .pool_max_idle_per_host(0)
+            .build()?)
+    }
+
+    /// One client: requests one after the other until `stop`.
+    fn run(&self, started: Instant, stop: &AtomicBool) -> Result<Vec<Shot>> {
+        let client = self.client()?;
+        let mut shots = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let sent = started.elapsed();
+            let outcome = self.shoot(&client);
+            let failed = outcome.is_err();
+            shots.push(Shot { sent, outcome });
+            if failed {
+                // Refused connections come back at once: do not spin.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(shots)
+    }
+
+    fn shoot(
+        &self,
+        client: &reqwest::blocking::Client,
+    ) -> std::result::Result<Answer, &'static str> {
+        let kind = |e: &reqwest::Error| {
+            if e.is_timeout() {
+                "timeout"
+            } else if e.is_connect() {
+                "refused"
+            } else if e.is_body() || e.is_decode() {
+                "incomplete body"
+            } else {
+                "reset"
+            }
+        };
+        let resp = client
+            .get(&self.url)
+            .header("apikey", &self.key)
+            .send()
+            .map_err(|e| kind(&e))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.text().map_err(|e| kind(&e))?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+impl Shots {
+    /// Outcomes counted: the status, or the client-side failure.
+    fn counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for s in &self.shots {
+            let label = match &s.outcome {
+                Ok(a) => a.status.to_string(),
+                Err(e) => (*e).to_owned(),
+            };
+            *counts.entry(label).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Prints the counts; fails on an answer that is not complete (a 200
+    /// with other rows than before, a 502/503 without a JSON body and a
+    /// request id, any other status), a timeout or cut body, a failed
+    /// connection before the stop began, or no 200 before it.
+    fn check(&self) -> Result<()> {
+        let counts = self.counts();
+        let first_failure = self
+            .shots
+            .iter()
+            .filter(|s| s.outcome.as_ref().map_or(true, |a| a.status != 200))
+            .map(|s| s.sent)
+            .next();
+        eprintln!(
+            "load during the stop: {} requests from {STOP_LOAD_CLIENTS} clients, \
+             {} sent before the stop began at {:.1}s, stop returned at {:.1}s; \
+             outcomes {counts:?}; first non-200 sent {}",
+            self.shots.len(),
+            self.shots.iter().filter(|s| s.sent < self.began).count(),
+            self.began.as_secs_f64(),
+            self.ended.as_secs_f64(),
+            first_failure.map_or("never".to_owned(), |t| format!(
+                "{:.0} ms after the stop began",
+                t.as_secs_f64() * 1000.0 - self.began.as_secs_f64() * 1000.0
+            )),
+        );
+        let mut wrong = Vec::new();
+        for s in &self.shots {
+            let at = format!("sent at {:.3}s", s.sent.as_secs_f64());
+            match &s.outcome {
+                Ok(a) if a.status == 200 => {
+                    if a.json().ok().as_ref() != Some(&self.rows) {
+                        wrong.push(format!("{at}: a 200 with other rows: {}", a.body));
+                    }
+                }
+                Ok(a) if a.status == 502 || a.status == 503 => {
+                    let header = a
+                        .headers
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let body = a.json().ok();
+                    let id_ok = !header.is_empty()
+                        && body.as_ref().is_some_and(|b| {
+                            b.is_object()
+                                && b.get("request_id")
+                                    .is_none_or(|id| id.as_str() == Some(header))
+                        });
+                    if !id_ok {
+                        wrong.push(format!(
+                            "{at}: {} without a JSON body and a request id (x-request-id {header:?}): {}",
+                            a.status, a.body
+                        ));
+                    }
+                }
+                Ok(a) => wrong.push(format!("{at}: HTTP {}: {}", a.status, a.body)),
+                Err(e @ ("refused" | "reset")) if s.sent < self.began => {
+                    wrong.push(format!("{at}: {e} before the stop began"));
+                }
+                Err("refused" | "reset") => {}
+                Err(e) => wrong.push(format!("{at}: {e}")),
+            }
+        }
+        ensure!(
+            wrong.is_empty(),
+            "{} of {} requests during the stop went wrong: {}",
+            wrong.len(),
+            self.shots.len(),
+            wrong
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        ensure!(
+            self.shots
+                .iter()
+                .any(|s| s.sent < self.began && s.outcome.as_ref().is_ok_and(|a| a.status == 200)),
+            "no request succeeded before the stop began: {counts:?}"
+        );
+        Ok(())
     }
 }
 

@@ -204,9 +204,11 @@ pub fn render(jsonl: &str, minutes: f64) -> Result<String> {
          for random valid selects, filters, logic trees, orders and pages is run by \
          a real Postgres (`crates/worker/tests/it/sql_prop.rs`). No seed corpora, \
          no coverage guidance.\n\
-         - `podman stop` of the compose stack under load (the e2e checks that every \
-         container exits 0 on `stop`, without load), and SIGTERM to the functions \
-         service under load.\n\
+         - This report has no figures of `podman stop` of the compose stack under \
+         load: `cargo xtask e2e` checks it (reads through the proxy while \
+         `podman-compose stop` runs: every answer complete, a 200 or a JSON 502/503 \
+         with a request id, connections failing only after the stop began, every \
+         container exiting 0) and prints its counts in its own output.\n\
          - The disk-full scenario needs `mount(2)` (root): `cargo xtask soak` runs it; \
          the sandboxed nextest check of `cargo xtask ci` runs as `nobody` and skips \
          it, saying so.\n",
