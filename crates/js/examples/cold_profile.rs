@@ -77,9 +77,42 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// One cold start of the bundle from its source (as before bytecode).
+#[inline(never)]
+fn cold_from_source(w: &mut Worker, src: &str, version: i64) {
+    let (r, _) = w.handle(invoke(version, Some(src)), b"{}".to_vec());
+    assert!(r.cold);
+}
+
+/// One cold start of the bundle from the host's bytecode.
+#[inline(never)]
+fn cold_from_bytecode(w: &mut Worker, compiled: &[u8], version: i64) {
+    let mut inv = invoke(version, None);
+    inv.bytecode_len = Some(compiled.len() as u32);
+    let mut body = compiled.to_vec();
+    body.extend_from_slice(b"{}");
+    let (r, _) = w.handle(inv, body);
+    assert!(r.cold);
+}
+
 #[allow(unsafe_code)] // Module::load of bytecode this process just wrote
 fn main() {
     let big = bundle(200 * 1024);
+    // `callgrind`: 5 cold starts each way, for
+    // `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*cold_from_*'`
+    // (instruction counts of `Worker::handle` per path; the spare runtime is
+    // made outside).
+    if std::env::args().nth(1).as_deref() == Some("callgrind") {
+        let mut w = Worker::new(WorkerConfig::default());
+        let compiled = madbase_js::worker::compile("f", &big).unwrap();
+        for v in 0..5 {
+            w.prepare();
+            cold_from_source(&mut w, &big, 1000 + v);
+            w.prepare();
+            cold_from_bytecode(&mut w, &compiled, 2000 + v);
+        }
+        return;
+    }
     for (label, src) in [("small", SMALL), ("bundle", big.as_str())] {
         let (mut parse, mut eval, mut write, mut load) = (vec![], vec![], vec![], vec![]);
         for _ in 0..9 {
