@@ -37,8 +37,8 @@ use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 
 use crate::bench_common::{
-    Figure, Plan, Report, SECRET, Table, Target, control_with_tenant, cpu_seconds, post_json,
-    start_proxy, target_dir, wait_http,
+    Figure, Plan, Report, SECRET, Table, Target, Wrk, WrkRun, control_with_tenant, cpu_seconds,
+    post_json, start_proxy, target_dir, wait_http,
 };
 use crate::procs::{GRACE, Guard};
 use crate::util::{free_port, http_client, run, step};
@@ -205,66 +205,9 @@ fn pgbench_script(w: &Workload, whole: bool, claims: &str, anon: &str, host: &st
     )
 }
 
-/// What one wrk run measured.
-#[derive(Debug, Clone, Copy)]
-struct Wrk {
-    rps: f64,
-    /// Latency percentiles (`--latency`), in milliseconds.
-    p50: f64,
-    p99: f64,
-}
-
-/// A wrk duration ("812.00us", "1.23ms", "2.01s") in milliseconds.
-fn millis(v: &str) -> Option<f64> {
-    let (number, factor) = if let Some(n) = v.strip_suffix("us") {
-        (n, 1e-3)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1e3)
-    } else {
-        return None;
-    };
-    number.parse::<f64>().ok().map(|n| n * factor)
-}
-
-fn wrk_output(text: &str) -> Result<Wrk> {
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("wrk output: Requests/sec in\n{text}"))?;
-    let percentile = |p: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(p))
-            .and_then(|v| millis(v.trim()))
-            .unwrap_or(f64::NAN)
-    };
-    Ok(Wrk {
-        rps,
-        p50: percentile("50%"),
-        p99: percentile("99%"),
-    })
-}
-
-fn wrk(url: &str, script: &Path, seconds: u32, connections: u32) -> Result<Wrk> {
-    let out = Command::new("taskset")
-        .args(["-c", "1", "wrk", "-t1", "--latency"])
-        .arg(format!("-c{connections}"))
-        .arg(format!("-d{seconds}s"))
-        .arg("-s")
-        .arg(script)
-        .arg(url)
-        .output()
-        .context("running wrk (apt: wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    }
-    if text.contains("Non-2xx") {
-        bail!("the worker answered errors:\n{text}");
-    }
-    wrk_output(&text)
+/// One pinned wrk run of `script` against `url`.
+fn wrk(url: &str, script: &Path, seconds: u32, connections: u32) -> Result<WrkRun> {
+    Wrk::new(url, connections, seconds).script(script).run()
 }
 
 fn pgbench(bin: &Path, url: &str, script: &Path, seconds: u32) -> Result<f64> {
@@ -521,7 +464,7 @@ pub fn worker(plan: Plan, baselines: &[Baseline]) -> Result<()> {
         wrk(u, &mixed, plan.warmup, MIXED_CONNECTIONS)?;
     }
     let mut ours_mixed = Vec::new();
-    let mut old_mixed: Vec<Vec<Wrk>> = vec![Vec::new(); old.len()];
+    let mut old_mixed: Vec<Vec<WrkRun>> = vec![Vec::new(); old.len()];
     for _ in 0..plan.rounds {
         ours_mixed.push(wrk(&mixed_url, &mixed, plan.seconds, MIXED_CONNECTIONS)?);
         for (u, runs) in old_mixed_urls.iter().zip(&mut old_mixed) {
@@ -576,13 +519,13 @@ pub fn worker(plan: Plan, baselines: &[Baseline]) -> Result<()> {
         ),
         &["worker", "req/s", "p50 ms", "p99 ms", "rounds (req/s)"],
     );
-    let mut mixed_row = |label: String, runs: &[Wrk]| {
+    let mut mixed_row = |label: String, runs: &[WrkRun]| {
         let rps = Figure::median(runs.iter().map(|w| w.rps).collect(), "", 0);
         t.row(vec![
             label.into(),
             rps.clone().into(),
-            Figure::median(runs.iter().map(|w| w.p50).collect(), "", 2).into(),
-            Figure::median(runs.iter().map(|w| w.p99).collect(), "", 2).into(),
+            Figure::median(runs.iter().map(|w| w.p50 * 1e3).collect(), "", 2).into(),
+            Figure::median(runs.iter().map(|w| w.p99 * 1e3).collect(), "", 2).into(),
             rps.rounds_shown().into(),
         ]);
     };
@@ -667,20 +610,6 @@ pub fn worker(plan: Plan, baselines: &[Baseline]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wrk_latency_and_rate_are_read() {
-        let text = "Running 1s test @ http://127.0.0.1:1/\n  1 threads and 64 connections\n\
-                    Thread Stats   Avg      Stdev     Max   +/- Stdev\n\
-                    Latency     1.50ms  300.00us   5.00ms   90.00%\n\
-                    Latency Distribution\n     50%  812.00us\n     75%    1.20ms\n\
-                    90%    2.00ms\n     99%    1.05s\n\
-                    1000 requests in 1.00s, 100.00KB read\nRequests/sec:   1000.50\n";
-        let w = wrk_output(text).expect("parsed");
-        assert_eq!(w.rps, 1000.5);
-        assert!((w.p50 - 0.812).abs() < 1e-9);
-        assert!((w.p99 - 1050.0).abs() < 1e-9);
-    }
 
     #[test]
     fn pipelined_script_sends_the_whole_transaction_at_once() {

@@ -691,3 +691,161 @@ mod tests {
         assert!(cpu > 0.0 && cpu < 3600.0, "{cpu}");
     }
 }
+
+/// What one `wrk --latency` run measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WrkRun {
+    /// Requests completed.
+    pub requests: f64,
+    /// Requests per second.
+    pub rps: f64,
+    /// Latency percentiles, in seconds (NaN when wrk printed none).
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// One `wrk -t1 --latency` run (the benchmarks' one load generator),
+/// pinned to CPU1 unless [`Wrk::unpinned`]. A non-2xx answer fails it.
+pub(crate) struct Wrk<'a> {
+    url: &'a str,
+    connections: u32,
+    seconds: u32,
+    script: Option<&'a Path>,
+    headers: Vec<String>,
+    pinned: bool,
+}
+
+impl<'a> Wrk<'a> {
+    pub(crate) fn new(url: &'a str, connections: u32, seconds: u32) -> Self {
+        Wrk {
+            url,
+            connections,
+            seconds,
+            script: None,
+            headers: Vec::new(),
+            pinned: true,
+        }
+    }
+
+    /// A Lua script (`-s`).
+    pub(crate) fn script(mut self, script: &'a Path) -> Self {
+        self.script = Some(script);
+        self
+    }
+
+    /// Request headers (`-H "name: value"`).
+    pub(crate) fn headers<S: AsRef<str>>(mut self, headers: &[S]) -> Self {
+        self.headers = headers.iter().map(|h| h.as_ref().to_owned()).collect();
+        self
+    }
+
+    /// Not pinned: wrk runs wherever the scheduler puts it.
+    pub(crate) fn unpinned(mut self) -> Self {
+        self.pinned = false;
+        self
+    }
+
+    pub(crate) fn run(&self) -> Result<WrkRun> {
+        let mut cmd = if self.pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "1", "wrk"]);
+            c
+        } else {
+            Command::new("wrk")
+        };
+        cmd.args(["-t1", "--latency"])
+            .arg(format!("-c{}", self.connections))
+            .arg(format!("-d{}s", self.seconds));
+        if let Some(script) = self.script {
+            cmd.arg("-s").arg(script);
+        }
+        for h in &self.headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd
+            .arg(self.url)
+            .output()
+            .context("running wrk (apt: wrk)")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "wrk against {} failed: {text}{}",
+                self.url,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if text.contains("Non-2xx") {
+            bail!(
+                "non-2xx answers from {} during the benchmark:\n{text}",
+                self.url
+            );
+        }
+        parse_wrk(&text)
+    }
+}
+
+/// A wrk duration (`812.00us`, `1.23ms`, `2.01s`, `1.10m`) in seconds.
+fn wrk_seconds(v: &str) -> Option<f64> {
+    let v = v.trim();
+    let (number, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+/// The figures of wrk's output (with `--latency`).
+pub(crate) fn parse_wrk(text: &str) -> Result<WrkRun> {
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("wrk output: requests in\n{text}"))?;
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk output: Requests/sec in\n{text}"))?;
+    let percentile = |p: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(p))
+            .and_then(wrk_seconds)
+            .unwrap_or(f64::NAN)
+    };
+    Ok(WrkRun {
+        requests,
+        rps,
+        p50: percentile("50%"),
+        p99: percentile("99%"),
+    })
+}
+
+#[cfg(test)]
+mod wrk_tests {
+    use super::parse_wrk;
+
+    #[test]
+    fn wrk_latency_and_rate_are_read() {
+        let text = "Running 1s test @ http://127.0.0.1:1/\n  1 threads and 64 connections\n\
+                    Thread Stats   Avg      Stdev     Max   +/- Stdev\n\
+                    Latency     1.50ms  300.00us   5.00ms   90.00%\n\
+                    Latency Distribution\n     50%  812.00us\n     75%    1.20ms\n\
+                    90%    2.00ms\n     99%    1.05s\n\
+                    1000 requests in 1.00s, 100.00KB read\nRequests/sec:   1000.50\n";
+        let w = parse_wrk(text).expect("parsed");
+        assert_eq!(w.requests, 1000.0);
+        assert_eq!(w.rps, 1000.5);
+        assert!((w.p50 - 0.000_812).abs() < 1e-12);
+        assert!((w.p99 - 1.05).abs() < 1e-12);
+        assert!(parse_wrk("no figures").is_err());
+    }
+}

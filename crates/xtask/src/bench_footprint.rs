@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::bench_common::{
-    BenchControl, Figure, MASTER_KEY, Plan, Report, SECRET, Table, Target, control_with_tenant,
-    post_json, target_dir,
+    BenchControl, Figure, MASTER_KEY, Plan, Report, SECRET, Table, Target, Wrk,
+    control_with_tenant, post_json, target_dir,
 };
 use crate::procs::{GRACE, Guard};
 use crate::util::{free_port, http_client, run, step};
@@ -150,22 +150,11 @@ fn service_env(service: &str, control: &BenchControl) -> Vec<(String, String)> {
 
 /// One `wrk -c16` run of `seconds` with `headers` against `url`: requests per second.
 fn wrk(url: &str, headers: &[&str], seconds: u32) -> Result<f64> {
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s")]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let out = cmd.arg(url).output().context("running wrk (apt: wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || text.contains("Non-2xx") {
-        bail!("wrk against {url}: {text}");
-    }
-    text.lines()
-        .find(|l| l.starts_with("Requests/sec:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .context("wrk output: Requests/sec")?
-        .parse()
-        .context("wrk output: Requests/sec")
+    Ok(Wrk::new(url, CONNECTIONS, seconds)
+        .headers(headers)
+        .unpinned()
+        .run()?
+        .rps)
 }
 
 /// Runs the footprint benchmark, writes its report.

@@ -27,8 +27,9 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, bail};
 
 use crate::bench_common::{
-    BenchControl, Figure, MASTER_KEY, Plan, Report, SECRET, Table, Target, control_with_tenant,
-    cpu_seconds, post_json, start_proxy, start_proxy_with, target_dir, wait_http,
+    BenchControl, Figure, MASTER_KEY, Plan, Report, SECRET, Table, Target, Wrk,
+    control_with_tenant, cpu_seconds, post_json, start_proxy, start_proxy_with, target_dir,
+    wait_http,
 };
 use crate::procs::{GRACE, Guard};
 use crate::util::{free_port, run, step};
@@ -76,43 +77,11 @@ fn wrk_with(
     connections: u32,
 ) -> Result<Sample> {
     let before = tree_cpu_seconds(pid)?;
-    let mut cmd = Command::new("taskset");
-    cmd.args([
-        "-c",
-        "1",
-        "wrk",
-        "-t1",
-        &format!("-c{connections}"),
-        &format!("-d{seconds}s"),
-        "--latency",
-    ]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let out = cmd.arg(url).output().context("running wrk (apt: wrk)")?;
+    let run = Wrk::new(url, connections, seconds).headers(headers).run()?;
     let after = tree_cpu_seconds(pid)?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("wrk failed: {text}");
-    }
-    if text.contains("Non-2xx") {
-        bail!("non-2xx answers during the benchmark:\n{text}");
-    }
-    let requests: f64 = text
-        .lines()
-        .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next())
-        .context("wrk output: requests")?
-        .parse()?;
-    let rps: f64 = text
-        .lines()
-        .find(|l| l.starts_with("Requests/sec:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .context("wrk output: Requests/sec")?
-        .parse()?;
     Ok(Sample {
-        rps,
-        cpu_per_request: (after - before) / requests.max(1.0),
+        rps: run.rps,
+        cpu_per_request: (after - before) / run.requests.max(1.0),
     })
 }
 
