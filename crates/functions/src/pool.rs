@@ -443,9 +443,14 @@ impl Worker {
     ) -> Result<Answer, Broken> {
         let ToWorker::Invoke(invoke) = msg;
         let id = invoke.id;
+        // The bytecode shares the frame's body with the request's.
+        let bytecode_fits = module
+            .compiled
+            .as_ref()
+            .is_some_and(|c| c.len() + body.len() <= protocol::MAX_BODY as usize);
         let mut sent = if self.loaded.contains(&invoke.key) {
             Sent::Nothing
-        } else if module.compiled.is_some() {
+        } else if bytecode_fits {
             Sent::Bytecode
         } else {
             Sent::Source
@@ -454,7 +459,7 @@ impl Worker {
         let mut answer = self.receive(id).await?;
         while answer.reply.outcome == Outcome::NeedSource {
             sent = match sent {
-                Sent::Nothing if module.compiled.is_some() => Sent::Bytecode,
+                Sent::Nothing if bytecode_fits => Sent::Bytecode,
                 Sent::Nothing => Sent::Source,
                 Sent::Bytecode => {
                     tracing::warn!(
