@@ -175,3 +175,42 @@ fn the_runtime_cap_comes_from_the_environment() {
     drop(stdin);
     assert!(child.wait().expect("wait").success());
 }
+
+/// The pool's exchange for a compiled module: the bytecode in front of the
+/// request body; a worker that refuses it (another build's tag) asks for
+/// the module and runs the source.
+#[test]
+fn run_loop_loads_a_compiled_module_from_the_frames_body() {
+    let compiled = madbase_js::worker::compile("hello", HELLO).expect("compiles");
+    let mut foreign = compiled.clone();
+    foreign[1] ^= 0x55;
+    let mut input = Vec::new();
+    for (id, version, module) in [(20, 1, &compiled), (21, 2, &foreign)] {
+        let mut inv = invoke(key("t", "hello", version), None);
+        inv.id = id;
+        inv.method = "POST".to_owned();
+        inv.bytecode_len = Some(u32::try_from(module.len()).expect("small"));
+        let mut body = module.clone();
+        body.extend_from_slice(b"bytes");
+        input.extend(frame(inv, &body));
+    }
+    let mut again = invoke(key("t", "hello", 2), Some(HELLO));
+    again.id = 22;
+    again.method = "POST".to_owned();
+    input.extend(frame(again, b"source"));
+
+    let mut worker = Worker::new(WorkerConfig::default());
+    let mut output = Vec::new();
+    run_loop(&mut worker, &mut input.as_slice(), &mut output).expect("loop");
+    let mut out = output.as_slice();
+    let (r, body) = read_reply(&mut out).expect("reply 20");
+    assert_eq!(r.id, 20);
+    assert!(r.cold, "{r:?}");
+    assert_eq!(body, b"hi bytes");
+    let (r, _) = read_reply(&mut out).expect("reply 21");
+    assert_eq!((r.id, r.outcome), (21, Outcome::NeedSource));
+    let (r, body) = read_reply(&mut out).expect("reply 22");
+    assert_eq!(r.id, 22);
+    assert!(r.cold);
+    assert_eq!(body, b"hi source");
+}
