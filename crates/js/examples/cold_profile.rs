@@ -95,6 +95,13 @@ fn cold_from_bytecode(w: &mut Worker, compiled: &[u8], version: i64) {
     assert!(r.cold);
 }
 
+/// One warm invocation of the small function (its runtime cached).
+#[inline(never)]
+fn warm_once(w: &mut Worker) {
+    let (r, _) = w.handle(invoke(1, None), b"{\"name\":\"x\"}".to_vec());
+    assert!(!r.cold);
+}
+
 #[allow(unsafe_code)] // Module::load of bytecode this process just wrote
 fn main() {
     let big = bundle(200 * 1024);
@@ -102,6 +109,17 @@ fn main() {
     // `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*cold_from_*'`
     // (instruction counts of `Worker::handle` per path; the spare runtime is
     // made outside).
+    // `warm`: 200 warm invocations of the small function, for
+    // `--toggle-collect='*warm_once*'`.
+    if std::env::args().nth(1).as_deref() == Some("warm") {
+        let mut w = Worker::new(WorkerConfig::default());
+        let (r, _) = w.handle(invoke(1, Some(SMALL)), b"{\"name\":\"x\"}".to_vec());
+        assert!(r.cold);
+        for _ in 0..200 {
+            warm_once(&mut w);
+        }
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("callgrind") {
         let mut w = Worker::new(WorkerConfig::default());
         let compiled = madbase_js::worker::compile("f", &big).unwrap();
