@@ -526,6 +526,20 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
+/// CPU seconds of `pid` and every process below it (nginx's master and
+/// worker, the functions service and its workers), children of any of its
+/// threads.
+pub(crate) fn tree_cpu_seconds(pid: u32) -> Result<f64> {
+    let mut total = cpu_seconds(pid)?;
+    let process = procfs::process::Process::new(i32::try_from(pid)?)?;
+    for task in process.tasks()?.flatten() {
+        for child in task.children().unwrap_or_default() {
+            total += tree_cpu_seconds(child).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
 /// Pins the Postgres server (postmaster and its processes; backends forked
 /// later inherit it) to `cpu`: it is a server like the others, and its
 /// backends must not borrow the load generator's core.

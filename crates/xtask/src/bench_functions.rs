@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::bench_common::{
-    Figure, Plan, Report, SECRET, Table, Target, control_with_tenant, cpu_seconds,
-    start_proxy_with, target_dir, wait_http,
+    Figure, Plan, Report, SECRET, Table, Target, Wrk, control_with_tenant, start_proxy_with,
+    target_dir, tree_cpu_seconds, wait_http,
 };
 use crate::procs::{GRACE, Guard};
 use crate::util::{free_port, http_client, output, run, step};
@@ -89,9 +89,9 @@ fn bundle(bytes: usize, tag: usize) -> String {
     src
 }
 
-/// What wrk reported for one run.
+/// What wrk reported for one run, with the functions service's CPU.
 #[derive(Debug, Clone, Copy)]
-struct WrkRun {
+struct Run {
     requests: f64,
     rps: f64,
     /// Seconds.
@@ -101,86 +101,16 @@ struct WrkRun {
     cpu_per_request: f64,
 }
 
-/// `1.23ms`, `456.00us`, `1.10s` → seconds.
-fn wrk_duration(v: &str) -> Option<f64> {
-    let v = v.trim();
-    let (number, scale) = if let Some(n) = v.strip_suffix("us") {
-        (n, 1e-6)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = v.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        return None;
-    };
-    number.parse::<f64>().ok().map(|n| n * scale)
-}
-
-/// The figures of wrk's output (with `--latency`).
-fn parse_wrk(text: &str) -> Result<(f64, f64, f64, f64)> {
-    let requests: f64 = text
-        .lines()
-        .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next())
-        .with_context(|| format!("wrk output: requests in\n{text}"))?
-        .parse()?;
-    let rps: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("wrk output: Requests/sec in\n{text}"))?;
-    let percentile = |p: &str| {
-        text.lines()
-            .map(str::trim)
-            .find_map(|l| l.strip_prefix(p))
-            .and_then(wrk_duration)
-            .with_context(|| format!("wrk output: the {p} latency in\n{text}"))
-    };
-    Ok((requests, rps, percentile("50%")?, percentile("99%")?))
-}
-
-/// CPU seconds of `pid` and every process below it (the functions service
-/// and its workers), children of any of its threads.
-fn tree_cpu_seconds(pid: u32) -> Result<f64> {
-    let mut total = cpu_seconds(pid)?;
-    let process = procfs::process::Process::new(i32::try_from(pid)?)?;
-    for task in process.tasks()?.flatten() {
-        for child in task.children().unwrap_or_default() {
-            total += tree_cpu_seconds(child).unwrap_or(0.0);
-        }
-    }
-    Ok(total)
-}
-
-/// One wrk run on CPU1 with the invocation script, measuring `pid`'s tree.
-fn wrk(url: &str, script: &Path, connections: u32, seconds: u32, pid: u32) -> Result<WrkRun> {
+fn wrk(url: &str, script: &Path, connections: u32, seconds: u32, pid: u32) -> Result<Run> {
     let before = tree_cpu_seconds(pid)?;
-    let out = Command::new("taskset")
-        .args(["-c", "1", "wrk", "-t1", "--latency"])
-        .arg(format!("-c{connections}"))
-        .arg(format!("-d{seconds}s"))
-        .arg("-s")
-        .arg(script)
-        .arg(url)
-        .output()
-        .context("running wrk (apt: wrk)")?;
+    let w = Wrk::new(url, connections, seconds).script(script).run()?;
     let after = tree_cpu_seconds(pid)?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    }
-    if text.contains("Non-2xx") {
-        bail!("the function answered errors:\n{text}");
-    }
-    let (requests, rps, p50, p99) = parse_wrk(&text)?;
-    Ok(WrkRun {
-        requests,
-        rps,
-        p50,
-        p99,
-        cpu_per_request: (after - before) / requests.max(1.0),
+    Ok(Run {
+        requests: w.requests,
+        rps: w.rps,
+        p50: w.p50,
+        p99: w.p99,
+        cpu_per_request: (after - before) / w.requests.max(1.0),
     })
 }
 
@@ -411,7 +341,7 @@ pub fn functions(plan: Plan) -> Result<()> {
             "functions CPU µs/invocation",
         ],
     );
-    let per = |runs: &[WrkRun], f: fn(&WrkRun) -> f64, scale: &dyn Fn(f64) -> f64| -> Vec<f64> {
+    let per = |runs: &[Run], f: fn(&Run) -> f64, scale: &dyn Fn(f64) -> f64| -> Vec<f64> {
         runs.iter().map(|r| scale(f(r))).collect()
     };
     let id = |v: f64| v;
@@ -493,22 +423,6 @@ pub fn functions(plan: Plan) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wrk_latency_output_is_read() {
-        let text = "Running 1s test @ http://x\n  1 threads and 1 connections\n\
-            Thread Stats   Avg      Stdev     Max   +/- Stdev\n\
-            Latency   412.00us  100.00us   2.00ms   90.00%\n\
-            Latency Distribution\n     50%  398.00us\n     75%  420.00us\n     90%  450.00us\n     99%    1.20ms\n\
-            2400 requests in 1.00s, 300.00KB read\nRequests/sec:   2399.50\nTransfer/sec:    300.00KB\n";
-        let (requests, rps, p50, p99) = parse_wrk(text).expect("parsed");
-        assert_eq!(requests, 2400.0);
-        assert_eq!(rps, 2399.5);
-        assert!((p50 - 398e-6).abs() < 1e-9);
-        assert!((p99 - 1.2e-3).abs() < 1e-9);
-        assert_eq!(wrk_duration("1.50s"), Some(1.5));
-        assert_eq!(wrk_duration("x"), None);
-    }
 
     #[test]
     fn the_bundle_has_the_size_asked_for() {

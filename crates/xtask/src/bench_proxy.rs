@@ -28,7 +28,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::bench_common::{
     BenchControl, Figure, MASTER_KEY, Plan, Report, SECRET, Table, Target, Wrk,
-    control_with_tenant, cpu_seconds, post_json, start_proxy, start_proxy_with, target_dir,
+    control_with_tenant, post_json, start_proxy, start_proxy_with, target_dir, tree_cpu_seconds,
     wait_http,
 };
 use crate::procs::{GRACE, Guard};
@@ -41,20 +41,6 @@ const IN_PROCESS_TARGET: f64 = 0.95;
 const HTTP_TARGET: f64 = 0.8;
 /// Client connections of the hand-off runs (as the worker benchmark).
 const HANDOFF_CONNECTIONS: u32 = 16;
-
-/// Sum of CPU seconds of a process and its children (nginx master + worker).
-fn tree_cpu_seconds(pid: u32) -> Result<f64> {
-    let mut total = cpu_seconds(pid)?;
-    let id = i32::try_from(pid)?;
-    let children = procfs::process::Process::new(id)
-        .and_then(|p| p.task_from_tid(id))
-        .and_then(|t| t.children())
-        .unwrap_or_default();
-    for child in children {
-        total += tree_cpu_seconds(child).unwrap_or(0.0);
-    }
-    Ok(total)
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
