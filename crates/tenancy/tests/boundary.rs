@@ -66,6 +66,8 @@ fn found_outside(needles: &[&str], except: &[&str]) -> Vec<String> {
 #[test]
 fn only_tenancy_decodes_tokens() {
     // The JWT library, its decoding, and the tenant-token checks built on it.
+    // The fuzz harness (crates/fuzz) calls the checks to attack them; it
+    // serves no request.
     let hits = found_outside(
         &[
             "jsonwebtoken",
@@ -74,7 +76,7 @@ fn only_tenancy_decodes_tokens() {
             "VerifiedTokens",
             "check_keys(",
         ],
-        &[],
+        &["fuzz"],
     );
     assert!(
         hits.is_empty(),
