@@ -4,14 +4,15 @@
 //! isolation, JWT and query corpora, limits: the `faults::`, `outages::`,
 //! `slow::`, `disk::` and `hostile::` tests of `crates/madbase/tests/it`, which
 //! the nextest check also runs in `cargo xtask ci`), the property tests
-//! with many cases, then the long mixed soak (`soak::`, ignored in the
+//! with many cases, each fuzz target of `crates/fuzz` for 60 s (a release
+//! build of `madbase-fuzz`), then the long mixed soak (`soak::`, ignored in the
 //! fast runs) for `--minutes` (default 10). Each scenario appends one
 //! JSON line of figures to `target/reliability/figures.jsonl`;
 //! `--report` turns them into RELIABILITY.md.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -21,6 +22,9 @@ use crate::util::{root, run, step};
 /// The property tests in crates/{worker,tenancy}/tests/prop.rs and the
 /// worker's rendered-SQL property (crates/worker/tests/it/sql_prop.rs).
 const PROPERTIES: u64 = 9;
+
+/// Fuzzing time per target of `madbase-fuzz` (crates/fuzz).
+const FUZZ_SECONDS: u32 = 60;
 
 /// The fast scenarios, as a nextest filter.
 const FAST: &str = "test(/^(faults|hostile|outages|slow|disk)::/)";
@@ -65,6 +69,11 @@ pub fn run_task(minutes: f64, report: bool, proptest_cases: u32) -> Result<()> {
     text.push_str(&format!("{line}\n"));
     std::fs::write(&figures, text)?;
 
+    step(&format!(
+        "reliability: fuzz targets, {FUZZ_SECONDS} s each (crates/fuzz)"
+    ));
+    let fuzz_failures = fuzz(&figures)?;
+
     step(&format!("reliability: mixed soak, {seconds} s"));
     run(nextest(&[
         "-p",
@@ -86,7 +95,100 @@ pub fn run_task(minutes: f64, report: bool, proptest_cases: u32) -> Result<()> {
         std::fs::write(root().join("RELIABILITY.md"), md)?;
         eprintln!("wrote RELIABILITY.md");
     }
+    if fuzz_failures > 0 {
+        bail!(
+            "the fuzz targets found {fuzz_failures} failing input(s) (saved under target/fuzz/crashes; replay with the seed above)"
+        );
+    }
     Ok(())
+}
+
+/// Runs every fuzz target for [`FUZZ_SECONDS`] (release build) and appends
+/// a figures line per target; the number of failing inputs found (the
+/// figures are kept either way, the soak fails at its end).
+fn fuzz(figures: &std::path::Path) -> Result<u64> {
+    run(Command::new("cargo").args(["build", "--release", "-p", "madbase-fuzz"]))?;
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "run",
+        "-q",
+        "--release",
+        "-p",
+        "madbase-fuzz",
+        "--",
+        "--json",
+    ])
+    .args(["--seconds", &FUZZ_SECONDS.to_string()])
+    .env("RUST_BACKTRACE", "0")
+    .current_dir(root())
+    .stderr(Stdio::inherit());
+    eprintln!("+ {cmd:?}");
+    // Exits 1 when a target failed: the figures say which.
+    let out = cmd.output().context("cannot start madbase-fuzz")?;
+    let reports: Vec<Value> = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "madbase-fuzz ({}) printed no figures: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    let mut text = std::fs::read_to_string(figures).unwrap_or_default();
+    let mut failed = 0;
+    for line in fuzz_lines(&reports) {
+        failed += line["figures"]["errors"].as_u64().unwrap_or(0);
+        text.push_str(&format!("{line}\n"));
+    }
+    std::fs::write(figures, text)?;
+    if failed == 0 && !out.status.success() {
+        bail!(
+            "madbase-fuzz failed with {} and no failing input",
+            out.status
+        );
+    }
+    Ok(failed)
+}
+
+/// A figures line per target from `madbase-fuzz --json`.
+fn fuzz_lines(reports: &[Value]) -> Vec<Value> {
+    reports
+        .iter()
+        .map(|r| {
+            let failures = r["failures"].as_array().cloned().unwrap_or_default();
+            let found = failures
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}: {} (saved to {})",
+                        f["kind"].as_str().unwrap_or("?"),
+                        f["message"].as_str().unwrap_or(""),
+                        f["saved"].as_str().unwrap_or("nowhere")
+                    )
+                })
+                .collect::<Vec<_>>();
+            serde_json::json!({
+                "scenario": format!("fuzz {}", r["target"].as_str().unwrap_or("?")),
+                "figures": {
+                    "requests": r["executions"],
+                    "outcomes": {},
+                    "errors": failures.len(),
+                    "data": format!(
+                        "{} execs/s over {:.0} s; corpus {} seeds -> {} kept ({} distinct outcomes); seed {}{}",
+                        r["execs_per_sec"],
+                        r["seconds"].as_f64().unwrap_or(0.0),
+                        r["seeds"],
+                        r["corpus"],
+                        r["outcomes"],
+                        r["seed"],
+                        if found.is_empty() {
+                            "; no panic, no timeout".to_owned()
+                        } else {
+                            format!("; FOUND {}", found.join("; "))
+                        }
+                    ),
+                },
+            })
+        })
+        .collect()
 }
 
 fn nextest(args: &[&str]) -> Command {
@@ -122,9 +224,10 @@ pub fn render(jsonl: &str, minutes: f64) -> Result<String> {
         "# Reliability\n\n\
          What madbase survived, measured. Regenerated by `cargo xtask soak --report` \
          (this run: {now}, commit {commit}, soak of {minutes} min{}). The scenarios \
-         are the tests in `crates/madbase/tests/it/{{faults,hostile,soak}}.rs` and the \
-         property tests (`prop_*`) of the worker and the platform; the fast ones run in \
-         `cargo xtask ci` (nextest check). Everything runs against the real `madbase` \
+         are the tests in `crates/madbase/tests/it/{{faults,hostile,soak}}.rs`, the \
+         property tests (`prop_*`) of the worker and the platform, and the fuzz targets \
+         of `crates/fuzz` (`madbase-fuzz`, 60 s each; their seeds and 2-second runs are \
+         tests too); the fast ones run in `cargo xtask ci` (nextest check). Everything runs against the real `madbase` \
          processes and a real Postgres on loopback.\n",
         if minutes < 10.0 {
             " — shortened: the default is 10 minutes"
@@ -196,14 +299,16 @@ pub fn render(jsonl: &str, minutes: f64) -> Result<String> {
     }
     md.push_str(
         "\n## Not covered yet\n\n\
-         - `cargo fuzz`: it needs a nightly toolchain (`-Z sanitizer`), and this \
-         project builds with stable Rust only (`rust-toolchain.toml`; no other \
-         toolchain can be fetched here). The property tests above stand in: the \
-         worker's query-string, select, filter and `Prefer` grammars and JWT/key \
-         extraction never panic on arbitrary input, and the SQL the worker renders \
-         for random valid selects, filters, logic trees, orders and pages is run by \
-         a real Postgres (`crates/worker/tests/it/sql_prop.rs`). No seed corpora, \
-         no coverage guidance.\n\
+         - `cargo fuzz` (libFuzzer, coverage-guided): it needs a nightly toolchain \
+         (`-Z sanitizer`), and this project builds with stable Rust only \
+         (`rust-toolchain.toml`). The `fuzz` rows above come from `crates/fuzz` \
+         instead: mutation fuzzing of committed seed corpora on stable (bit and byte \
+         flips, ranges inserted, deleted and duplicated, splices, grammar tokens), an \
+         input kept when it reaches an outcome not seen before (a new error message or \
+         parsed shape): no coverage guidance. The property tests stand in for the \
+         grammar-aware half, and the SQL the worker renders for random valid selects, \
+         filters, logic trees, orders and pages is run by a real Postgres \
+         (`crates/worker/tests/it/sql_prop.rs`).\n\
          - This report has no figures of `podman stop` of the compose stack under \
          load: `cargo xtask e2e` checks it (reads through the proxy while \
          `podman-compose stop` runs: every answer complete, a 200 or a JSON 502/503 \
@@ -254,5 +359,28 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("shortened"));
+    }
+
+    #[test]
+    fn a_fuzz_target_becomes_a_row() {
+        let reports: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[{"target":"query","seed":42,"executions":1000,"seconds":60.0,"execs_per_sec":17,"seeds":41,"corpus":90,"outcomes":120,"failures":[]},
+                {"target":"jwt","seed":42,"executions":5,"seconds":0.1,"execs_per_sec":50.0,"seeds":39,"corpus":39,"outcomes":3,"failures":[{"kind":"panic","message":"boom","saved":"target/fuzz/crashes/jwt/00"}]}]"#,
+        )
+        .expect("json");
+        let lines: String = super::fuzz_lines(&reports)
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let md = super::render(&lines, 10.0).expect("render");
+        assert!(
+            md.contains("| fuzz query | 1000 | — | 0 |  | 17 execs/s over 60 s; corpus 41 seeds -> 90 kept (120 distinct outcomes); seed 42; no panic, no timeout |"),
+            "{md}"
+        );
+        assert!(md.contains("| fuzz jwt | 5 | — | 1 |"), "{md}");
+        assert!(
+            md.contains("FOUND panic: boom (saved to target/fuzz/crashes/jwt/00)"),
+            "{md}"
+        );
     }
 }
