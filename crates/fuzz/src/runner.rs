@@ -214,7 +214,7 @@ struct Shared {
 struct Finished {
     corpus: usize,
     outcomes: usize,
-    panic: Option<(String, Vec<u8>)>,
+    failure: Option<(FailureKind, Vec<u8>)>,
 }
 
 /// Fuzzes `target` from `seeds` for `config.duration`.
@@ -256,13 +256,9 @@ pub fn run(target: &Target, seeds: Vec<Vec<u8>>, config: &Config) -> Report {
                 Ok(done) => {
                     report.corpus = done.corpus;
                     report.outcomes = done.outcomes;
-                    if let Some((message, input)) = done.panic {
+                    if let Some((kind, input)) = done.failure {
                         let saved = save(&config.crash_dir, target.name, &input);
-                        report.failures.push(Failure {
-                            kind: FailureKind::Panic(message),
-                            input,
-                            saved,
-                        });
+                        report.failures.push(Failure { kind, input, saved });
                     }
                 }
                 Err(_) => report.failures.push(Failure {
@@ -329,7 +325,7 @@ fn work(
     let mut seen = HashSet::new();
     let mut outcomes = Outcomes::default();
     // One input: true when it reached an outcome not seen before.
-    let mut exec = |input: &[u8], seen: &mut HashSet<u64>| -> Result<bool, String> {
+    let mut exec = |input: &[u8], seen: &mut HashSet<u64>| -> Result<bool, FailureKind> {
         {
             let mut current = shared.current.lock().unwrap_or_else(|e| e.into_inner());
             current.clear();
@@ -338,10 +334,14 @@ fn work(
         let now = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
         shared.busy_since.store(now + 1, Ordering::Release);
         outcomes.seen.clear();
+        let began = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| (target.run)(input, &mut outcomes)));
+        let took = began.elapsed();
         shared.busy_since.store(0, Ordering::Release);
         shared.executions.fetch_add(1, Ordering::AcqRel);
         match result {
+            // Slow, though done before the watching thread looked.
+            Ok(()) if took > config.timeout => Err(FailureKind::Timeout(took)),
             Ok(()) => {
                 let mut new = false;
                 for o in &outcomes.seen {
@@ -349,18 +349,18 @@ fn work(
                 }
                 Ok(new)
             }
-            Err(payload) => Err(panic_message(&*payload)),
+            Err(payload) => Err(FailureKind::Panic(panic_message(&*payload))),
         }
     };
-    let finished = |corpus: &Vec<Vec<u8>>, seen: &HashSet<u64>, panic| Finished {
+    let finished = |corpus: &Vec<Vec<u8>>, seen: &HashSet<u64>, failure| Finished {
         corpus: corpus.len(),
         outcomes: seen.len(),
-        panic,
+        failure,
     };
     let mut corpus: Vec<Vec<u8>> = Vec::with_capacity(seeds.len());
     for seed in seeds {
-        if let Err(message) = exec(&seed, &mut seen) {
-            return finished(&corpus, &seen, Some((message, seed)));
+        if let Err(kind) = exec(&seed, &mut seen) {
+            return finished(&corpus, &seen, Some((kind, seed)));
         }
         corpus.push(seed);
     }
@@ -384,7 +384,7 @@ fn work(
         match exec(&input, &mut seen) {
             Ok(true) if corpus.len() < config.max_corpus => corpus.push(input.clone()),
             Ok(_) => {}
-            Err(message) => return finished(&corpus, &seen, Some((message, input))),
+            Err(kind) => return finished(&corpus, &seen, Some((kind, input))),
         }
     }
     finished(&corpus, &seen, None)

@@ -167,3 +167,33 @@ fn a_panicking_seed_fails_the_run() {
     assert_eq!(report.executions, 1);
     let _ = std::fs::remove_dir_all(scratch("seed"));
 }
+
+fn planted_slow(data: &[u8], out: &mut Outcomes) {
+    out.note(data.len());
+    if data == b"slow" {
+        std::thread::sleep(Duration::from_millis(120));
+    }
+}
+
+#[test]
+fn an_input_slower_than_the_timeout_fails() {
+    let target = Target {
+        name: "planted-slow",
+        run: planted_slow,
+        dictionary: &[],
+        max_len: 16,
+    };
+    let mut c = config(0.0, 4, "slow");
+    // Whichever sees it first: the watching thread, or the input's own
+    // clock once it returns.
+    c.timeout = Duration::from_millis(100);
+    let report = runner::run(&target, vec![b"slow".to_vec()], &c);
+    assert!(
+        matches!(
+            report.failures.first().map(|f| &f.kind),
+            Some(FailureKind::Timeout(_))
+        ),
+        "{report:?}"
+    );
+    let _ = std::fs::remove_dir_all(&c.crash_dir);
+}
