@@ -44,6 +44,9 @@ use crate::procs::{GRACE, Guard};
 use crate::util::{free_port, http_client, run, step};
 
 const CONNECTIONS: u32 = 16;
+/// The benchmark's tenant (unique among the benchmarks: see
+/// [`crate::bench_footprint::TENANT`]).
+pub(crate) const TENANT: &str = "bench";
 /// Connections of the mixed workload.
 const MIXED_CONNECTIONS: u32 = 64;
 const ROWS: u32 = 10_000;
@@ -361,7 +364,7 @@ pub fn worker(plan: Plan, baselines: &[Baseline]) -> Result<()> {
     );
 
     // Postgres, control (CPU1, consulted once thanks to the cache), a tenant.
-    let control = control_with_tenant(&bin, &work, "bench")?;
+    let control = control_with_tenant(&bin, &work, TENANT)?;
     let (control_url, token, anon) = (
         control.url.clone(),
         control.token.clone(),

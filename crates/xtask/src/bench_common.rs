@@ -847,6 +847,21 @@ pub(crate) fn parse_wrk(text: &str) -> Result<WrkRun> {
 mod wrk_tests {
     use super::parse_wrk;
 
+    /// `bench-smoke` runs every benchmark on one Postgres, where a
+    /// tenant's roles are cluster-wide: two benchmarks with one tenant
+    /// name collide (`role "tenant_…_owner" already exists`).
+    #[test]
+    fn each_benchmark_has_its_own_tenant() {
+        let names = [
+            crate::bench::TENANT,
+            crate::bench_proxy::TENANT,
+            crate::bench_functions::TENANT,
+            crate::bench_footprint::TENANT,
+        ];
+        let unique: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+    }
+
     #[test]
     fn wrk_latency_and_rate_are_read() {
         let text = "Running 1s test @ http://127.0.0.1:1/\n  1 threads and 64 connections\n\

@@ -31,6 +31,9 @@ const IDLE_RSS_TARGET_MB: f64 = 15.0;
 const READY_TARGET_MS: f64 = 50.0;
 /// Megabytes as the images report them: 10^6 bytes.
 const MB: f64 = 1_000_000.0;
+/// The benchmark's tenant (its roles are cluster-wide: unique among the
+/// benchmarks, which share one Postgres in `bench-smoke`).
+pub(crate) const TENANT: &str = "footbench";
 /// Client connections of the throughput run.
 const CONNECTIONS: u32 = 16;
 
@@ -214,9 +217,9 @@ pub fn footprint(plan: Plan) -> Result<()> {
     report.tables.push(table);
 
     // Postgres and a control (with a tenant and a table) the others ask.
-    let control = control_with_tenant(&bin, &work, "fbench")?;
+    let control = control_with_tenant(&bin, &work, TENANT)?;
     post_json(
-        &format!("{}/v1/tenants/fbench/sql", control.url),
+        &format!("{}/v1/tenants/{TENANT}/sql", control.url),
         &control.token,
         &serde_json::json!({ "query":
             "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL); \
@@ -323,7 +326,7 @@ pub fn footprint(plan: Plan) -> Result<()> {
     env.extend(vars);
     let proxy = start(&bin, &["proxy"], &env, admin, api, &work.join("proxy.log"))?;
     let url = format!(
-        "http://127.0.0.1:{}/t/fbench/rest/v1/items?id=eq.5",
+        "http://127.0.0.1:{}/t/{TENANT}/rest/v1/items?id=eq.5",
         proxy.api
     );
     wrk(&url, &headers, plan.warmup)?;
@@ -355,7 +358,7 @@ pub fn footprint(plan: Plan) -> Result<()> {
         &work.join("all.log"),
     )?;
     let url = format!(
-        "http://127.0.0.1:{}/t/fbench/rest/v1/items?id=eq.5",
+        "http://127.0.0.1:{}/t/{TENANT}/rest/v1/items?id=eq.5",
         all.api
     );
     wrk(&url, &headers, plan.warmup)?;

@@ -36,7 +36,7 @@ use crate::bench_common::{
 use crate::procs::{GRACE, Guard};
 use crate::util::{free_port, http_client, output, run, step};
 
-const TENANT: &str = "fbench";
+pub(crate) const TENANT: &str = "fbench";
 /// Cold starts measured per round (the round's figure is their median).
 const COLD_PER_ROUND: usize = 5;
 /// wrk connections of the throughput run.

@@ -39,6 +39,9 @@ const NGINX_TARGET: f64 = 1.3;
 /// Through the proxy against direct to the worker (issue 23).
 const IN_PROCESS_TARGET: f64 = 0.95;
 const HTTP_TARGET: f64 = 0.8;
+/// The benchmark's tenant (unique among the benchmarks: see
+/// [`crate::bench_footprint::TENANT`]).
+pub(crate) const TENANT: &str = "pbench";
 /// Client connections of the hand-off runs (as the worker benchmark).
 const HANDOFF_CONNECTIONS: u32 = 16;
 
@@ -157,7 +160,7 @@ pub fn proxy(plan: Plan) -> Result<()> {
     ))?;
 
     // control (on CPU1, consulted once thanks to the cache) and the proxy on CPU0.
-    let control = control_with_tenant(&bin, &work, "pbench")?;
+    let control = control_with_tenant(&bin, &work, TENANT)?;
     let (control_url, anon) = (control.url.clone(), control.anon.clone());
 
     let (proxy, proxy_port) = start_proxy(
