@@ -114,6 +114,37 @@ fn wrk(url: &str, script: &Path, connections: u32, seconds: u32, pid: u32) -> Re
     })
 }
 
+/// This process (every thread) pinned to some CPUs until dropped, then
+/// given back the CPUs it had.
+struct PinSelf {
+    mask: String,
+}
+
+impl PinSelf {
+    fn to(cpus: &str) -> Result<PinSelf> {
+        let pid = std::process::id().to_string();
+        // "pid 123's current affinity mask: 3"
+        let mask = output(Command::new("taskset").args(["-p", &pid]))?
+            .split_whitespace()
+            .last()
+            .context("taskset -p: no mask")?
+            .to_owned();
+        run(Command::new("taskset")
+            .args(["-apc", cpus, &pid])
+            .stdout(Stdio::null()))?;
+        Ok(PinSelf { mask })
+    }
+}
+
+impl Drop for PinSelf {
+    fn drop(&mut self) {
+        let _ = Command::new("taskset")
+            .args(["-ap", &self.mask, &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
 /// The running stack and what talking to it takes.
 struct Stack {
     control_url: String,
@@ -237,10 +268,9 @@ pub fn functions(plan: Plan) -> Result<()> {
     );
 
     let control = control_with_tenant(&bin, &work, TENANT)?;
-    // This process makes the cold-start calls: it is load, so CPU1.
-    run(Command::new("taskset")
-        .args(["-apc", "1", &std::process::id().to_string()])
-        .stdout(Stdio::null()))?;
+    // This process makes the cold-start calls: it is load, so CPU1 (until
+    // this benchmark ends: the next one must not inherit it).
+    let _pinned = PinSelf::to("1")?;
     let internal = output(
         Command::new(&bin)
             .args(["token", "internal"])
