@@ -39,7 +39,9 @@ pub(crate) fn top_range(
     }
     let offset = i128::from(offset);
     let upper_q = limit.map(|l| offset + i128::from(l) - 1);
-    if limit == Some(0) && offset == 0 {
+    // `limit=0` asks for no rows whatever the offset or `Range` (PostgREST's
+    // limit-zero range), never a 416.
+    if limit == Some(0) {
         return Ok((0, Some(0)));
     }
     let (lower_h, upper_h) = header.unwrap_or((0, None));
