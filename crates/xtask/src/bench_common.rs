@@ -531,13 +531,21 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
 /// threads.
 pub(crate) fn tree_cpu_seconds(pid: u32) -> Result<f64> {
     let mut total = cpu_seconds(pid)?;
-    let process = procfs::process::Process::new(i32::try_from(pid)?)?;
-    for task in process.tasks()?.flatten() {
-        for child in task.children().unwrap_or_default() {
-            total += tree_cpu_seconds(child).unwrap_or(0.0);
-        }
+    for child in children(pid)? {
+        total += tree_cpu_seconds(child).unwrap_or(0.0);
     }
     Ok(total)
+}
+
+/// The child processes of `pid`, whichever of its threads started them
+/// (`/proc/<pid>/task/<tid>/children` of every thread).
+pub(crate) fn children(pid: u32) -> Result<Vec<u32>> {
+    let process = procfs::process::Process::new(i32::try_from(pid)?)?;
+    let mut out = Vec::new();
+    for task in process.tasks()?.flatten() {
+        out.extend(task.children().unwrap_or_default());
+    }
+    Ok(out)
 }
 
 /// Pins the Postgres server (postmaster and its processes; backends forked
@@ -703,6 +711,28 @@ mod tests {
         }
         let cpu = cpu_seconds(std::process::id()).expect("/proc/<pid>/stat");
         assert!(cpu > 0.0 && cpu < 3600.0, "{cpu}");
+    }
+
+    #[test]
+    fn children_started_by_any_thread_are_found() {
+        // Started from a thread other than the main one, as a Tokio
+        // worker thread starts the functions service's workers.
+        let mut child = std::thread::spawn(|| {
+            std::process::Command::new("sleep")
+                .arg("5")
+                .spawn()
+                .expect("sleep")
+        })
+        .join()
+        .expect("thread");
+        let found = super::children(std::process::id()).expect("/proc");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            found.contains(&child.id()),
+            "{found:?} lacks {}",
+            child.id()
+        );
     }
 }
 

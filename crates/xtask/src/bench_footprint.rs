@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::bench_common::{
-    BenchControl, Figure, MASTER_KEY, Plan, Report, SECRET, Table, Target, Wrk,
+    BenchControl, Figure, MASTER_KEY, Plan, Report, SECRET, Table, Target, Wrk, children,
     control_with_tenant, post_json, target_dir,
 };
 use crate::procs::{GRACE, Guard};
@@ -94,11 +94,7 @@ fn rss(pid: u32) -> Result<(f64, f64)> {
 /// The summed VmRSS of `pid`'s child processes (the functions service's
 /// workers), in bytes, and how many there are.
 fn children_rss(pid: u32) -> Result<(f64, usize)> {
-    let id = i32::try_from(pid)?;
-    let children = procfs::process::Process::new(id)?
-        .task_from_tid(id)?
-        .children()
-        .unwrap_or_default();
+    let children = children(pid)?;
     let mut total = 0.0;
     for child in &children {
         total += rss(*child).map(|r| r.0).unwrap_or(0.0);
