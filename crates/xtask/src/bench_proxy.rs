@@ -149,14 +149,14 @@ pub fn proxy(plan: Plan) -> Result<()> {
         &format!(
             "  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n  \
              server {{ listen 127.0.0.1:{nginx_port}; keepalive_requests 100000;\n    \
-             location /t/pbench/ {{ proxy_http_version 1.1; proxy_set_header Connection \"\"; \
-             proxy_set_header X-Madbase-Tenant pbench; proxy_pass http://backend/; }} }}"
+             location /t/{TENANT}/ {{ proxy_http_version 1.1; proxy_set_header Connection \"\"; \
+             proxy_set_header X-Madbase-Tenant {TENANT}; proxy_pass http://backend/; }} }}"
         ),
     )?;
     std::fs::create_dir_all(work.join("nginx/tmp"))?;
     let nginx = start_nginx(&nginx_conf_path, "0")?;
     wait_http(&format!(
-        "http://127.0.0.1:{nginx_port}/t/pbench/rest/v1/items"
+        "http://127.0.0.1:{nginx_port}/t/{TENANT}/rest/v1/items"
     ))?;
 
     // control (on CPU1, consulted once thanks to the cache) and the proxy on CPU0.
@@ -169,7 +169,7 @@ pub fn proxy(plan: Plan) -> Result<()> {
         &control_url,
         &format!("http://127.0.0.1:{upstream_port}"),
     )?;
-    let proxy_url = format!("http://127.0.0.1:{proxy_port}/t/pbench/rest/v1/items");
+    let proxy_url = format!("http://127.0.0.1:{proxy_port}/t/{TENANT}/rest/v1/items");
     let headers = vec![format!("apikey: {anon}")];
 
     // The stack's floor: the same Tokio + hyper forwarding with nothing else.
@@ -204,7 +204,7 @@ pub fn proxy(plan: Plan) -> Result<()> {
     }
 
     // Every peer, in the order measured in each round.
-    let nginx_url = format!("http://127.0.0.1:{nginx_port}/t/pbench/rest/v1/items");
+    let nginx_url = format!("http://127.0.0.1:{nginx_port}/t/{TENANT}/rest/v1/items");
     let mut peers: Vec<(String, u32, String)> = vec![
         ("madbase proxy".into(), proxy.id(), proxy_url),
         ("nginx".into(), nginx.id(), nginx_url),
@@ -282,7 +282,7 @@ fn handoff(bin: &Path, work: &Path, control: &BenchControl, plan: Plan) -> Resul
     let work = work.join("handoff");
     std::fs::create_dir_all(&work)?;
     post_json(
-        &format!("{}/v1/tenants/pbench/sql", control.url),
+        &format!("{}/v1/tenants/{TENANT}/sql", control.url),
         &control.token,
         &serde_json::json!({ "query":
             "CREATE TABLE handoff_items (id int PRIMARY KEY, name text NOT NULL); \
@@ -353,11 +353,11 @@ fn handoff(bin: &Path, work: &Path, control: &BenchControl, plan: Plan) -> Resul
     let (all_proxy, all_worker) = (all_ports[0], all_ports[2]);
 
     let path = "/rest/v1/handoff_items?id=eq.5";
-    let via = |port: u16| format!("http://127.0.0.1:{port}/t/pbench{path}");
+    let via = |port: u16| format!("http://127.0.0.1:{port}/t/{TENANT}{path}");
     let direct = |port: u16| format!("http://127.0.0.1:{port}{path}");
     let headers = vec![
         format!("apikey: {}", control.anon),
-        "X-Madbase-Tenant: pbench".to_owned(),
+        format!("X-Madbase-Tenant: {TENANT}"),
     ];
     // (name, pid, direct url, via-proxy url, pid measured through the proxy)
     let setups = [
@@ -386,7 +386,7 @@ fn handoff(bin: &Path, work: &Path, control: &BenchControl, plan: Plan) -> Resul
                 let answer = probe
                     .get(url.as_str())
                     .header("apikey", &control.anon)
-                    .header("X-Madbase-Tenant", "pbench")
+                    .header("X-Madbase-Tenant", TENANT)
                     .send();
                 if let Ok(a) = answer
                     && a.status().is_success()
