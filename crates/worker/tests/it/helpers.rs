@@ -142,6 +142,11 @@ impl Stack {
         (other.id, other.anon_key)
     }
 
+    /// The tenant's database name (as control names it).
+    pub fn tenant_database(&self) -> String {
+        format!("tenant_{}", self.tenant.replace('-', "_"))
+    }
+
     /// The worker's metrics text.
     pub async fn metrics(&self) -> String {
         self.worker.metrics().await
