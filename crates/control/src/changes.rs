@@ -2,11 +2,17 @@
 //!
 //! A trigger on `tenants` (migration `…_tenant_change_notify.sql`) NOTIFYs
 //! `madbase_tenant_changes` with the tenant's id at every commit that
-//! touches a row. One task per control process LISTENs on that channel and
-//! relays each id to every connected service as one NDJSON line:
+//! touches a row; triggers on `functions`, `function_versions`,
+//! `function_secrets` and `function_limits` NOTIFY `madbase_function_changes`
+//! the same way (migration `…_function_change_channel.sql`). One task per
+//! control process LISTENs on both channels and relays each id to every
+//! connected service as one NDJSON line:
 //!
 //! - `{"type":"hello"}`: first line; the subscriber is live from here on;
 //! - `{"type":"tenant","id":"…"}`: drop that tenant from your cache;
+//! - `{"type":"functions","id":"…"}`: that tenant's functions, their
+//!   versions, secrets or limits changed (only the functions service's code
+//!   and env depend on them; the tenant itself is unchanged);
 //! - `{"type":"resync"}`: changes may have been missed (the listener's
 //!   database connection was re-established, or this subscriber fell
 //!   behind): drop everything;
@@ -34,8 +40,11 @@ use tokio::sync::broadcast;
 
 use crate::AppState;
 
-/// The channel the trigger notifies.
+/// The channel the `tenants` trigger notifies.
 pub const CHANNEL: &str = "madbase_tenant_changes";
+
+/// The channel the triggers on the function tables notify.
+pub const FUNCTIONS_CHANNEL: &str = "madbase_function_changes";
 
 /// A subscriber sees a line at least this often.
 pub const PING_EVERY: Duration = Duration::from_secs(10);
@@ -47,6 +56,7 @@ const BACKLOG: usize = 4096;
 #[derive(Debug, Clone)]
 enum Change {
     Tenant(String),
+    Functions(String),
     Resync,
 }
 
@@ -101,7 +111,7 @@ async fn listen(
                 continue;
             }
         };
-        if let Err(e) = listener.listen(CHANNEL).await {
+        if let Err(e) = listener.listen_all([CHANNEL, FUNCTIONS_CHANNEL]).await {
             tracing::warn!(error = %e, "tenant change feed: LISTEN failed; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -114,7 +124,12 @@ async fn listen(
             match listener.try_recv().await {
                 Ok(Some(n)) => {
                     notifications.inc();
-                    let _ = tx.send(Change::Tenant(n.payload().to_owned()));
+                    let id = n.payload().to_owned();
+                    let _ = tx.send(if n.channel() == FUNCTIONS_CHANNEL {
+                        Change::Functions(id)
+                    } else {
+                        Change::Tenant(id)
+                    });
                 }
                 // The connection was lost: what is notified until LISTEN
                 // is back is gone, so subscribers resync once it is back
@@ -138,6 +153,7 @@ async fn listen(
 fn line(change: &Change) -> Bytes {
     let value = match change {
         Change::Tenant(id) => serde_json::json!({"type": "tenant", "id": id}),
+        Change::Functions(id) => serde_json::json!({"type": "functions", "id": id}),
         Change::Resync => serde_json::json!({"type": "resync"}),
     };
     let mut bytes = value.to_string().into_bytes();

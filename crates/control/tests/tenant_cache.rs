@@ -174,8 +174,15 @@ async fn the_change_feed_drops_changed_tenants_at_once() {
     }
 
     // A function deploy and a secret change are announced to the
-    // service's own caches (the functions service drops code and env).
+    // service's own caches (the functions service drops code and env), as
+    // `functions`: the tenant itself stays cached (no lookup reaches control).
     let mut announced = client.subscribe();
+    client
+        .get(&tenant.id)
+        .await
+        .expect("lookup")
+        .expect("exists");
+    let served = lookups_served(&control).await;
     for (what, request) in [
         (
             "deploy",
@@ -198,9 +205,15 @@ async fn the_change_feed_drops_changed_tenants_at_once() {
             .await
             .unwrap_or_else(|_| panic!("{what} not announced within 1 s"))
             .expect("announcement");
-        assert_eq!(got, Invalidation::Tenant(tenant.id.clone()), "{what}");
+        assert_eq!(got, Invalidation::Functions(tenant.id.clone()), "{what}");
         // One statement may notify more than once (a row per table).
         while announced.try_recv().is_ok() {}
+        client
+            .get(&tenant.id)
+            .await
+            .expect("lookup")
+            .expect("exists");
+        assert_eq!(lookups_served(&control).await, served, "{what}");
     }
 
     // A gap: control stops; meanwhile the tenant changes behind its back

@@ -162,7 +162,9 @@ impl Changes {
     fn drain(&mut self) {
         while let Some(feed) = self.feed.as_mut() {
             match feed.try_recv() {
-                Ok(Invalidation::Tenant(id)) => self.tenant_changed(id),
+                Ok(Invalidation::Tenant(id) | Invalidation::Functions(id)) => {
+                    self.tenant_changed(id);
+                }
                 Ok(Invalidation::All) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
                     self.all_changed();
                 }
@@ -288,7 +290,7 @@ async fn follow(inner: std::sync::Weak<Inner>, mut feed: broadcast::Receiver<Inv
             return;
         };
         match event {
-            Ok(Invalidation::Tenant(id)) => {
+            Ok(Invalidation::Tenant(id) | Invalidation::Functions(id)) => {
                 inner.changes().tenant_changed(id.clone());
                 tokio::spawn(refresh(inner, id));
             }

@@ -651,7 +651,9 @@ async fn a_redeploy_is_loaded_before_the_next_invocation() {
     let announced = |metrics: String| -> u64 {
         metrics
             .lines()
-            .find_map(|l| l.strip_prefix("madbase_tenant_invalidations_total{reason=\"tenant\"} "))
+            .find_map(|l| {
+                l.strip_prefix("madbase_tenant_invalidations_total{reason=\"functions\"} ")
+            })
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0)
     };

@@ -312,6 +312,8 @@ impl Tenancy {
                     };
                     match change {
                         Ok(Invalidation::Tenant(id)) => verified.forget_tenant(&id),
+                        // Keys and secrets of the tenant are unchanged.
+                        Ok(Invalidation::Functions(_)) => {}
                         Ok(Invalidation::All)
                         | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             verified.clear();

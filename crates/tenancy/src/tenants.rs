@@ -144,9 +144,12 @@ struct Entry {
 /// What control's change feed announced (see [`TenantClient::subscribe`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalidation {
-    /// Something of this tenant changed: its keys, settings, deletion, or
-    /// (for the functions service) its functions or their secrets.
+    /// Something of this tenant changed: its keys, settings or deletion
+    /// (the client has dropped it from its cache).
     Tenant(String),
+    /// This tenant's functions, their versions, secrets or limits changed
+    /// (the tenant itself did not: it stays cached).
+    Functions(String),
     /// Changes may have been missed: drop everything derived from tenants.
     All,
 }
@@ -550,6 +553,10 @@ impl Follower {
                         shared.drop_one(&id);
                         let _ = shared.announce.send(Invalidation::Tenant(id));
                         self.invalidated("tenant");
+                    }
+                    ("functions", Some(id)) => {
+                        let _ = shared.announce.send(Invalidation::Functions(id));
+                        self.invalidated("functions");
                     }
                     _ => {}
                 }
