@@ -289,11 +289,19 @@ pub fn render(jsonl: &str, minutes: f64) -> Result<String> {
             "worker_rss_kib",
             "proxy_rss_kib",
             "control_rss_kib",
+            "functions_rss_kib",
+            "functions_workers_rss_kib",
+            "functions_workers",
             "worker_fds",
             "proxy_fds",
+            "functions_fds",
             "pg_connections",
             "p99_ms_by_window",
         ] {
+            // Reports of runs before a series existed lack it.
+            if f[key].is_null() {
+                continue;
+            }
             let _ = writeln!(md, "- `{key}`: {}", f[key]);
         }
     }

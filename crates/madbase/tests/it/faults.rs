@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::stack::{
-    DRAIN, Load, MakeRequest, Outcome, REST_TIMEOUT, Stack, by_status, p99_ms, record,
+    DRAIN, Load, MakeRequest, Outcome, REST_TIMEOUT, Stack, by_status, children_of, p99_ms, record,
 };
 
 /// The load: reads, slow RPCs (in flight when something dies) and
@@ -247,27 +247,6 @@ fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
     stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-/// The processes whose parent is `parent`, from /proc.
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// SIGTERM to the functions service while 8 clients invoke a 100 ms

@@ -1,8 +1,9 @@
 //! The mixed soak (issue 24), run by `cargo xtask soak` (ignored in the
-//! fast runs): reads, writes and RPCs across many tenants through the
-//! proxy while another tenant's keys are rotated every few seconds;
-//! every interval the RSS and open file descriptors of each process, the
-//! Postgres connections and the window's p99 are sampled. No error is
+//! fast runs): reads, writes, RPCs and edge-function invocations across
+//! many tenants through the proxy while another tenant's keys are rotated
+//! every few seconds; every interval the RSS and open file descriptors of
+//! each process (the functions service's worker processes' RSS summed),
+//! the Postgres connections and the window's p99 are sampled. No error is
 //! allowed beyond the injected ones (the rotated tenant's old key), and
 //! memory and descriptors must not keep growing.
 //!
@@ -15,7 +16,10 @@ use std::time::{Duration, Instant};
 use madbase_testkit::tenant::platform_token;
 use serde_json::{Value, json};
 
-use crate::stack::{Load, MakeRequest, Stack, by_status, open_fds, p99_ms, record, rss_kib};
+use crate::stack::{
+    Load, MakeRequest, Stack, by_status, children_of, open_fds, p99_ms, record, rss_kib,
+    rss_kib_if_alive,
+};
 
 fn var(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -31,16 +35,16 @@ async fn mixed_soak_with_key_rotations() {
     let tenants = var("MADBASE_SOAK_TENANTS", 50) as usize;
     let sample = Duration::from_secs(var("MADBASE_SOAK_SAMPLE_SECONDS", 10));
     // Tenant 0 has its keys rotated; the others carry the load.
-    let s = Stack::start(tenants + 1).await;
+    let s = Stack::start_with_functions(tenants + 1).await;
     let keys: Vec<(String, String)> = s.tenants[1..]
         .iter()
         .map(|t| (t.id.clone(), t.anon_key.clone()))
         .collect();
     let base = s.proxy.api_url("");
     let make: MakeRequest = Arc::new(move |http: &reqwest::Client, n: u64| {
-        let (id, key) = &keys[(n as usize / 4) % keys.len()];
+        let (id, key) = &keys[(n as usize / 5) % keys.len()];
         let url = |p: &str| format!("{base}/t/{id}/rest/v1/{p}");
-        match n % 4 {
+        match n % 5 {
             0 | 1 => http
                 .get(url("items?select=id,body&order=id.desc&limit=10"))
                 .header("apikey", key),
@@ -49,17 +53,24 @@ async fn mixed_soak_with_key_rotations() {
                 .header("apikey", key)
                 .header("prefer", "return=minimal")
                 .json(&json!({ "body": format!("s{n}") })),
-            _ => http
+            3 => http
                 .post(url("rpc/nap"))
                 .header("apikey", key)
                 .json(&json!({ "ms": 5 })),
+            _ => http
+                .post(format!("{base}/t/{id}/functions/v1/echo"))
+                .header("apikey", key)
+                .bearer_auth(key)
+                .json(&json!({ "n": n })),
         }
     });
     let load = Load::start(&s.http, 16, &make);
+    let functions_pid = s.functions.as_ref().expect("functions").pid();
     let pids = [
         ("control", s.control.pid()),
         ("worker", s.worker.pid()),
         ("proxy", s.proxy.pid()),
+        ("functions", functions_pid),
     ];
     let connections = || {
         s.db.server
@@ -125,6 +136,14 @@ async fn mixed_soak_with_key_rotations() {
                 point[format!("{name}_rss_kib")] = json!(rss_kib(pid));
                 point[format!("{name}_fds")] = json!(open_fds(pid));
             }
+            let workers = children_of(functions_pid);
+            point["functions_workers"] = json!(workers.len());
+            point["functions_workers_rss_kib"] = json!(
+                workers
+                    .iter()
+                    .filter_map(|&w| rss_kib_if_alive(w))
+                    .sum::<u64>()
+            );
             eprintln!("soak sample: {point}");
             samples.push(point);
         }
@@ -136,6 +155,12 @@ async fn mixed_soak_with_key_rotations() {
         .iter()
         .filter(|o| !matches!(o.status, Ok(200 | 201)))
         .count();
+    // Every function answer is the function's own (its echo of `n`).
+    let invocations = outcomes
+        .iter()
+        .filter(|o| o.body.get("authorized") == Some(&json!(true)))
+        .count();
+    assert!(invocations > 0, "no function invocation was answered");
     // p99 per sampling window.
     let mut p99s = Vec::new();
     let mut from = Duration::ZERO;
@@ -155,7 +180,9 @@ async fn mixed_soak_with_key_rotations() {
             .collect()
     };
     record(
-        &format!("mixed soak: {seconds} s, {tenants} tenants, 16 clients, key rotation every 5 s"),
+        &format!(
+            "mixed soak: {seconds} s, {tenants} tenants, 16 clients (reads, writes, RPC, functions), key rotation every 5 s"
+        ),
         json!({
             "requests": outcomes.len(),
             "outcomes": counts,
@@ -165,25 +192,39 @@ async fn mixed_soak_with_key_rotations() {
             "worker_rss_kib": series("worker_rss_kib"),
             "proxy_rss_kib": series("proxy_rss_kib"),
             "control_rss_kib": series("control_rss_kib"),
+            "functions_rss_kib": series("functions_rss_kib"),
+            "functions_workers_rss_kib": series("functions_workers_rss_kib"),
+            "functions_workers": series("functions_workers"),
             "worker_fds": series("worker_fds"),
             "proxy_fds": series("proxy_fds"),
+            "functions_fds": series("functions_fds"),
+            "function_invocations": invocations,
             "pg_connections": series("pg_connections"),
             "recovery_ms": worst_refusal.as_millis() as u64,
-            "data": format!("{rotations} rotations, each in effect within {} ms", worst_refusal.as_millis()),
+            "data": format!(
+                "{rotations} rotations, each in effect within {} ms; {invocations} function invocations",
+                worst_refusal.as_millis()
+            ),
         }),
     );
     assert_eq!(errors, 0, "errors beyond the injected faults: {counts:?}");
     // Leak check: the second half's peak stays within 25 % (plus 16 MiB
     // of warm-up slack) of the first half's, descriptors within 32.
     if samples.len() >= 4 {
-        for name in ["worker", "proxy", "control"] {
+        for name in [
+            "worker",
+            "proxy",
+            "control",
+            "functions",
+            "functions_workers",
+        ] {
             let rss = series(&format!("{name}_rss_kib"));
             let (a, b) = rss.split_at(rss.len() / 2);
             let (a, b) = (a.iter().max().copied(), b.iter().max().copied());
             let (a, b) = (a.unwrap_or(0), b.unwrap_or(0));
             assert!(b <= a + a / 4 + 16 * 1024, "{name} RSS grows: {rss:?}");
         }
-        for name in ["worker", "proxy"] {
+        for name in ["worker", "proxy", "functions"] {
             let fds = series(&format!("{name}_fds"));
             let (first, last) = (fds[0], fds[fds.len() - 1]);
             assert!(last <= first + 32, "{name} descriptors grow: {fds:?}");

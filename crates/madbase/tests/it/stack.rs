@@ -1,6 +1,7 @@
 //! The real stack as child processes for the reliability scenarios
 //! (issue 24): control on a throwaway Postgres (testkit), the worker and
-//! the proxy, each `madbase <service>` on loopback, so a scenario can kill
+//! the proxy (and, for the soak, the functions service with its worker
+//! processes), each `madbase <service>` on loopback, so a scenario can kill
 //! one with a signal. A load generator records every outcome; the
 //! figures go to `MADBASE_RELIABILITY_OUT` (one JSON line per scenario)
 //! when it is set, which `cargo xtask soak --report` turns into
@@ -33,11 +34,25 @@ INSERT INTO items (body) SELECT 'row ' || g FROM generate_series(1, 20) g;
 CREATE FUNCTION nap(ms int) RETURNS int LANGUAGE sql AS $$ SELECT ms FROM pg_sleep(ms / 1000.0) $$;
 ";
 
+/// The edge function every tenant gets when the stack runs the functions
+/// service: reads a JSON body, answers it back with the caller's role
+/// (verify_jwt on, so the tenant's key must be valid).
+pub const ECHO_FUNCTION: &str = r"
+Deno.serve(async (req) => {
+  const { n } = await req.json();
+  const auth = req.headers.get('authorization') ?? '';
+  return Response.json({ n, authorized: auth.startsWith('Bearer ') });
+});
+";
+
 pub struct Stack {
     pub db: madbase_testkit::TestDb,
     pub control: Running,
     pub worker: Running,
     pub proxy: Running,
+    /// The functions service (with `echo` deployed for every tenant), when
+    /// started by [`Stack::start_with_functions`].
+    pub functions: Option<Running>,
     pub worker_env: Vec<(String, String)>,
     pub control_env: Vec<(String, String)>,
     pub tenants: Vec<Tenant>,
@@ -78,6 +93,23 @@ impl Stack {
         tenants: usize,
         proxy_env: &[(&str, &str)],
     ) -> Stack {
+        Stack::launch(db, tenants, proxy_env, false).await
+    }
+
+    /// [`Stack::start`] plus the functions service (its worker processes
+    /// are its own executable), routed by the proxy, and [`ECHO_FUNCTION`]
+    /// deployed as `echo` for every tenant.
+    pub async fn start_with_functions(tenants: usize) -> Stack {
+        let db = madbase_testkit::postgres().expect("postgres");
+        Stack::launch(db, tenants, &[], true).await
+    }
+
+    async fn launch(
+        db: madbase_testkit::TestDb,
+        tenants: usize,
+        proxy_env: &[(&str, &str)],
+        with_functions: bool,
+    ) -> Stack {
         let extra_proxy_env = owned(proxy_env);
         let drain = DRAIN.as_secs().to_string();
         let common = [
@@ -109,10 +141,31 @@ impl Stack {
         let worker = start("worker", &worker_env);
 
         let worker_url = worker.api_url("");
+        // The functions service must know the proxy's public URL first.
+        let proxy_listen = if with_functions {
+            format!("127.0.0.1:{}", free_port())
+        } else {
+            "127.0.0.1:0".to_owned()
+        };
+        let functions = with_functions.then(|| {
+            let public_url = format!("http://{proxy_listen}");
+            let mut env = owned(&common);
+            env.extend(owned(&[
+                ("MADBASE_LISTEN", "127.0.0.1:0"),
+                ("MADBASE_CONTROL_URL", control_url.as_str()),
+                ("MADBASE_PUBLIC_URL", public_url.as_str()),
+                ("MADBASE_FUNCTIONS_PROXY_URL", public_url.as_str()),
+                ("MADBASE_FUNCTIONS_WORKERS", "2"),
+            ]));
+            start("functions", &env)
+        });
         let rest_timeout = REST_TIMEOUT.as_secs().to_string();
         let mut proxy_env = owned(&common);
+        if let Some(f) = &functions {
+            proxy_env.push(("MADBASE_FUNCTIONS_URL".into(), f.api_url("")));
+        }
         proxy_env.extend(owned(&[
-            ("MADBASE_LISTEN", "127.0.0.1:0"),
+            ("MADBASE_LISTEN", proxy_listen.as_str()),
             ("MADBASE_CONTROL_URL", control_url.as_str()),
             ("MADBASE_WORKER_URL", worker_url.as_str()),
             ("MADBASE_REST_TIMEOUT_SECONDS", rest_timeout.as_str()),
@@ -129,6 +182,17 @@ impl Stack {
         for i in 0..tenants {
             let t = Tenant::create(&http, &control_url, &format!("rel{i}")).await;
             t.sql(&http, &control_url, FIXTURE).await;
+            if with_functions {
+                let resp = http
+                    .put(format!("{control_url}/v1/tenants/{}/functions/echo", t.id))
+                    .bearer_auth(madbase_testkit::tenant::platform_token("admin"))
+                    .header("content-type", "application/javascript")
+                    .body(ECHO_FUNCTION)
+                    .send()
+                    .await
+                    .expect("deploy echo");
+                assert!(resp.status().is_success(), "deploy echo: {}", resp.status());
+            }
             made.push(t);
         }
         Stack {
@@ -136,6 +200,7 @@ impl Stack {
             control,
             worker,
             proxy,
+            functions,
             worker_env,
             control_env,
             tenants: made,
@@ -324,12 +389,16 @@ pub fn record(scenario: &str, figures: Value) {
 
 /// Resident memory of process `pid` in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    rss_kib_if_alive(pid).expect("VmRSS")
+}
+
+/// [`rss_kib`] of a process that may have exited meanwhile.
+pub fn rss_kib_if_alive(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 /// Open file descriptors of process `pid`.
@@ -337,4 +406,25 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(Iterator::count)
         .unwrap_or(0)
+}
+
+/// The processes whose parent is `parent`, from /proc.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
