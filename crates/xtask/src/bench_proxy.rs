@@ -12,7 +12,10 @@
 //! HTTP/2 clients) and once with one upstream connection per client
 //! connection (as the proxy for HTTP/1 clients). Reported: requests
 //! per second and CPU seconds per request of each process, medians of the
-//! rounds after a warm-up, and each peer's CPU ratio to nginx.
+//! rounds after a warm-up, and each peer's CPU ratio to nginx. With
+//! `--baseline <label>=<madbase binary>` another build's proxy is one more
+//! peer, and its CPU per request is compared with this build's round by
+//! round (the before/after of a change).
 //!
 //! The hand-off part: a single-row GET against a real worker (Postgres
 //! pinned to CPU0 too), direct and through the proxy, once with the proxy
@@ -107,7 +110,7 @@ fn start_nginx(conf: &Path, cpu: &str) -> Result<Guard> {
 }
 
 /// Runs the proxy benchmark, writes its report.
-pub fn proxy(plan: Plan) -> Result<()> {
+pub fn proxy(plan: Plan, baselines: &[crate::bench::Baseline]) -> Result<()> {
     step("bench: proxy vs nginx");
     run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
     let bin = target_dir().join("release/madbase");
@@ -171,6 +174,21 @@ pub fn proxy(plan: Plan) -> Result<()> {
     )?;
     let proxy_url = format!("http://127.0.0.1:{proxy_port}/t/{TENANT}/rest/v1/items");
     let headers = vec![format!("apikey: {anon}")];
+    // Other builds' proxies (`--baseline`), on the same CPU, control and upstream.
+    let mut old = Vec::new();
+    for b in baselines {
+        let dir = work.join(format!("baseline-{}", b.label));
+        std::fs::create_dir_all(&dir)?;
+        let (proc, port) = start_proxy(
+            &b.bin,
+            &dir,
+            &control_url,
+            &format!("http://127.0.0.1:{upstream_port}"),
+        )
+        .with_context(|| format!("the proxy of {}", b.bin.display()))?;
+        let url = format!("http://127.0.0.1:{port}/t/{TENANT}/rest/v1/items");
+        old.push((b.label.clone(), proc, url));
+    }
 
     // The stack's floor: the same Tokio + hyper forwarding with nothing else.
     run(Command::new("cargo").args([
@@ -211,6 +229,10 @@ pub fn proxy(plan: Plan) -> Result<()> {
     ];
     for (mode, proc, url) in &floors {
         peers.push((format!("hyper floor, {mode}"), proc.id(), url.clone()));
+    }
+    // After the floors, so the rows above keep their places.
+    for (label, proc, url) in &old {
+        peers.push((format!("madbase proxy ({label})"), proc.id(), url.clone()));
     }
 
     // Warm-up, then the rounds: each peer once per round, in turn.
@@ -266,6 +288,27 @@ pub fn proxy(plan: Plan) -> Result<()> {
             .to_owned(),
     );
     report.tables.push(table);
+    let ours: Vec<f64> = samples[0].iter().map(|s| s.cpu_per_request).collect();
+    let first_old = peers.len() - old.len();
+    for (i, (label, _, _)) in old.iter().enumerate() {
+        let mut t = Table::new(
+            &format!("baseline-{label}"),
+            &format!(
+                "This build's proxy against {label}'s (`--baseline`: measured in the same \
+                 rounds, next to each other):"
+            ),
+            &["CPU per request, this build / baseline", "rounds"],
+        );
+        let theirs: Vec<f64> = samples[first_old + i]
+            .iter()
+            .map(|s| s.cpu_per_request)
+            .collect();
+        let ratio = Figure::ratio(&ours, &theirs);
+        let rounds = ratio.rounds_shown();
+        t.row(vec![ratio.into(), rounds.into()]);
+        report.tables.push(t);
+    }
+    drop(old);
     drop(floors);
     drop(proxy);
     drop(nginx);

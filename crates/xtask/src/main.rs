@@ -121,8 +121,9 @@ enum Task {
         /// harness works (run by `cargo xtask ci`).
         #[arg(long)]
         smoke: bool,
-        /// `<label>=<madbase binary>`: the worker benchmark also measures
-        /// this other build in the same rounds (before/after); repeatable.
+        /// `<label>=<madbase binary>`: the proxy and worker benchmarks also
+        /// measure this other build in the same rounds (before/after);
+        /// repeatable.
         #[arg(long)]
         baseline: Vec<bench::Baseline>,
     },
@@ -159,7 +160,7 @@ fn bench(
 ) -> Result<()> {
     let all_or = |b: Bench| only.is_none_or(|o| o == b);
     if all_or(Bench::Proxy) {
-        bench_proxy::proxy(plan)?;
+        bench_proxy::proxy(plan, baselines)?;
     }
     if all_or(Bench::Worker) {
         bench::worker(plan, baselines)?;
