@@ -17,7 +17,8 @@
 //!   feed to reach the functions service, one timed call. Each is checked
 //!   cold (and of the new version) in the functions service's record of
 //!   recent invocations, which also gives the service's own time for it
-//!   and the worker's CPU time.
+//!   and the worker's CPU time. Its peer: a warm call after the same pause
+//!   (what waking the idle stack costs, cold start or not).
 //!
 //! Each figure is the median of the rounds (a round: every measurement
 //! once, in turn); a cold round's figure is itself the median of
@@ -39,6 +40,9 @@ use crate::util::{free_port, http_client, output, run, step};
 pub(crate) const TENANT: &str = "fbench";
 /// Cold starts measured per round (the round's figure is their median).
 const COLD_PER_ROUND: usize = 5;
+/// The pause between a deploy and its cold start (the change feed reaches
+/// the functions service well within it).
+const PAUSE: Duration = Duration::from_millis(300);
 /// wrk connections of the throughput run.
 const CONNECTIONS: u32 = 16;
 
@@ -151,6 +155,9 @@ struct Stack {
     admin: String,
     anon: String,
     internal: String,
+    /// The proxy's own URL.
+    proxy_base: String,
+    /// The tenant's URL through the proxy.
     proxy_url: String,
     functions_url: String,
 }
@@ -175,19 +182,31 @@ impl Stack {
         v["version"].as_i64().context("deploy answer: version")
     }
 
+    /// A request to the proxy's `/health` on the timed calls' connection
+    /// (made anew if it was idle too long), so a timed call after a pause
+    /// does not pay for connecting.
+    fn touch(&self, http: &Caller) -> Result<()> {
+        let request = http
+            .client
+            .get(format!("{}/health", self.proxy_base))
+            .build()?;
+        match http.time(request)? {
+            (200, _) => Ok(()),
+            (status, _) => bail!("the proxy's /health answered {status}"),
+        }
+    }
+
     /// One invocation through the proxy: status and the client's time.
-    fn invoke(&self, http: &reqwest::blocking::Client, name: &str) -> Result<(u16, Duration)> {
-        let started = Instant::now();
-        let answer = http
+    fn invoke(&self, http: &Caller, name: &str) -> Result<(u16, Duration)> {
+        let request = http
+            .client
             .post(format!("{}/functions/v1/{name}", self.proxy_url))
             .header("apikey", &self.anon)
             .bearer_auth(&self.anon)
             .header("content-type", "application/json")
             .body("{\"name\":\"bench\"}")
-            .send()?;
-        let status = answer.status().as_u16();
-        answer.bytes()?;
-        Ok((status, started.elapsed()))
+            .build()?;
+        http.time(request)
     }
 
     /// The newest invocation of `name` in the functions service's record.
@@ -204,6 +223,42 @@ impl Stack {
     }
 }
 
+/// The timed calls' client: reqwest on a current-thread runtime, so the
+/// request is written and the answer read on the calling thread (the
+/// blocking client hands each request to a thread of its own and back:
+/// two more thread wake-ups inside every timed call).
+struct Caller {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Caller {
+    fn new() -> Result<Caller> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Its idle connections are not watched between calls (the runtime
+        // runs only inside them): one the proxy closed meanwhile must not
+        // be reused, so none is kept long.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Caller { runtime, client })
+    }
+
+    /// Sends `request` and reads the whole answer: its status and the time.
+    fn time(&self, request: reqwest::Request) -> Result<(u16, Duration)> {
+        self.runtime.block_on(async {
+            let started = Instant::now();
+            let answer = self.client.execute(request).await?;
+            let status = answer.status().as_u16();
+            answer.bytes().await?;
+            Ok((status, started.elapsed()))
+        })
+    }
+}
+
 /// One cold start: its time through the proxy, in the functions service,
 /// and the worker's CPU time, in seconds.
 #[derive(Debug, Clone, Copy)]
@@ -216,15 +271,11 @@ struct Cold {
 /// Deploys a new version of `name` and calls it once the change feed has
 /// had time to reach the functions service; retried (not counted) when the
 /// call was not the new version's cold start.
-fn cold_start(
-    stack: &Stack,
-    http: &reqwest::blocking::Client,
-    name: &str,
-    source: &str,
-) -> Result<Cold> {
+fn cold_start(stack: &Stack, http: &Caller, name: &str, source: &str) -> Result<Cold> {
     let version = stack.deploy(name, source)?;
     for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(300));
+        stack.touch(http)?;
+        std::thread::sleep(PAUSE);
         let (status, took) = stack.invoke(http, name)?;
         if status != 200 {
             bail!("{name} answered {status}");
@@ -239,6 +290,27 @@ fn cold_start(
         }
     }
     bail!("no cold start of {name} version {version} was seen")
+}
+
+/// The cold start's peer: a warm invocation of `name` after the same pause
+/// (every process of the stack idle for as long as before a cold start), so
+/// the cost of waking an idle stack is not counted as the cold start's.
+fn warm_after_pause(stack: &Stack, http: &Caller, name: &str) -> Result<Cold> {
+    stack.touch(http)?;
+    std::thread::sleep(PAUSE);
+    let (status, took) = stack.invoke(http, name)?;
+    if status != 200 {
+        bail!("{name} answered {status}");
+    }
+    let newest = stack.newest(name)?;
+    if newest["cold"] != false {
+        bail!("the call of {name} after a pause was not warm: {newest}");
+    }
+    Ok(Cold {
+        client: took.as_secs_f64(),
+        service: newest["duration_ms"].as_f64().context("duration_ms")? / 1e3,
+        cpu: newest["cpu_ms"].as_f64().context("cpu_ms")? / 1e3,
+    })
 }
 
 /// Runs the functions benchmark and writes its report.
@@ -264,7 +336,10 @@ pub fn functions(plan: Plan) -> Result<()> {
          it once (checked cold and of the new version in the service's record \
          of invocations): the client's time through the proxy, the functions \
          service's time (control lookup of the code, compile and run in the \
-         worker) and the worker's CPU.",
+         worker) and the worker's CPU. Before each timed call, a `/health` \
+         request to the proxy on the same connection, then a 300 ms pause. The \
+         peer of the cold starts: the small function called again (warm) after \
+         the same pause.",
     );
 
     let control = control_with_tenant(&bin, &work, TENANT)?;
@@ -308,12 +383,13 @@ pub fn functions(plan: Plan) -> Result<()> {
         admin: control.token.clone(),
         anon: control.anon.clone(),
         internal,
+        proxy_base: format!("http://127.0.0.1:{port}"),
         proxy_url: format!("http://127.0.0.1:{port}/t/{TENANT}"),
         functions_url,
     };
 
     stack.deploy("hello", HELLO)?;
-    let http = http_client(Duration::from_secs(30))?;
+    let http = Caller::new()?;
     let (status, _) = stack.invoke(&http, "hello")?;
     if status != 200 {
         bail!("hello answered {status}");
@@ -339,14 +415,16 @@ pub fn functions(plan: Plan) -> Result<()> {
     let bundle_bytes = bundle(200 * 1024, 0).len();
     let (mut latency_runs, mut load_runs) = (Vec::new(), Vec::new());
     let (mut cold_small, mut cold_bundle) = (Vec::<Vec<Cold>>::new(), Vec::<Vec<Cold>>::new());
+    let mut paused = Vec::<Vec<Cold>>::new();
     let mut tag = 0;
     for _ in 0..plan.rounds {
         latency_runs.push(wrk(&hello_url, &lua, 1, plan.seconds, pid)?);
         load_runs.push(wrk(&hello_url, &lua, CONNECTIONS, plan.seconds, pid)?);
-        let (mut s, mut b) = (Vec::new(), Vec::new());
+        let (mut s, mut b, mut p) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..COLD_PER_ROUND {
             tag += 1;
             s.push(cold_start(&stack, &http, "small", &small(tag))?);
+            p.push(warm_after_pause(&stack, &http, "small")?);
             b.push(cold_start(
                 &stack,
                 &http,
@@ -356,6 +434,7 @@ pub fn functions(plan: Plan) -> Result<()> {
         }
         cold_small.push(s);
         cold_bundle.push(b);
+        paused.push(p);
     }
 
     let us = |v: f64| v * 1e6;
@@ -423,18 +502,26 @@ pub fn functions(plan: Plan) -> Result<()> {
             .collect()
     };
     for (name, rounds, target) in [
-        ("small".to_owned(), &cold_small, 2.0),
+        ("small".to_owned(), &cold_small, Some(2.0)),
         (
             format!("bundle ({:.0} KiB)", bundle_bytes as f64 / 1024.0),
             &cold_bundle,
-            5.0,
+            Some(5.0),
+        ),
+        (
+            "peer: small, warm, after the same pause".to_owned(),
+            &paused,
+            None,
         ),
     ] {
+        let client = Figure::median(round_medians(rounds, |c| c.client), " ms", 2);
         cold.row(vec![
             name.into(),
-            Figure::median(round_medians(rounds, |c| c.client), " ms", 2)
-                .target(Target::AtMost(target))
-                .into(),
+            match target {
+                Some(t) => client.target(Target::AtMost(t)),
+                None => client,
+            }
+            .into(),
             Figure::median(round_medians(rounds, |c| c.service), " ms", 2).into(),
             Figure::median(round_medians(rounds, |c| c.cpu), " ms", 2).into(),
         ]);
@@ -442,7 +529,9 @@ pub fn functions(plan: Plan) -> Result<()> {
     cold.notes.push(
         "Targets (issue 21): warm ≤ 150 µs functions CPU per invocation and ≤ 1 ms p50 \
          through the proxy; cold ≤ 2 ms (small) and ≤ 5 ms (bundle), first call after \
-         the deploy through the proxy."
+         the deploy through the proxy. The peer is the small function's second \
+         version called again (warm) after the same 300 ms pause as a cold start: \
+         what waking the idle stack costs without any cold start."
             .to_owned(),
     );
     report.tables.push(cold);
