@@ -531,7 +531,7 @@ async fn prepare(
         },
         source: None,
         bytecode_len: None,
-        env,
+        env: Some(env),
         request_id: request_id::current().unwrap_or_default(),
         method: parts.method.as_str().to_owned(),
         url,

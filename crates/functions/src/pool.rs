@@ -148,7 +148,18 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    loaded: VecDeque<FunctionKey>,
+    /// The keys it was sent the module of, each with a fingerprint of the
+    /// env it last sent for it (a warm invocation with the same env sends
+    /// none: the worker keeps the runtime's).
+    loaded: VecDeque<(FunctionKey, u64)>,
+}
+
+/// A fingerprint of an invocation's env (equal envs, equal fingerprints).
+fn env_fingerprint(env: Option<&[(String, String)]>) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    env.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The exchange failed: the worker cannot be trusted any more.
@@ -330,7 +341,7 @@ impl Pool {
         loop {
             let index = idle
                 .iter()
-                .position(|w| w.loaded.contains(key))
+                .position(|w| w.loaded.iter().any(|(k, _)| k == key))
                 .or_else(|| idle.len().checked_sub(1))?;
             let mut worker = idle.swap_remove(index);
             match worker.child.try_wait() {
@@ -448,14 +459,18 @@ impl Worker {
             .compiled
             .as_ref()
             .is_some_and(|c| c.len() + body.len() <= protocol::MAX_BODY as usize);
-        let mut sent = if self.loaded.contains(&invoke.key) {
+        let fingerprint = env_fingerprint(invoke.env.as_deref());
+        let held = self.loaded.iter().position(|(k, _)| *k == invoke.key);
+        let env_held = held.is_some_and(|i| self.loaded[i].1 == fingerprint);
+        let mut sent = if held.is_some() {
             Sent::Nothing
         } else if bytecode_fits {
             Sent::Bytecode
         } else {
             Sent::Source
         };
-        self.send(msg, sent, module, body).await?;
+        // The env goes with the module, and when it changed.
+        self.send(msg, sent, env_held, module, body).await?;
         let mut answer = self.receive(id).await?;
         while answer.reply.outcome == Outcome::NeedSource {
             sent = match sent {
@@ -476,7 +491,7 @@ impl Worker {
             };
             // The worker read the request; writing again cannot be an
             // idle worker's death any more.
-            self.send(msg, sent, module, body)
+            self.send(msg, sent, false, module, body)
                 .await
                 .map_err(|e| Broken::Read(format!("{e:?}")))?;
             answer = self.receive(id).await?;
@@ -484,23 +499,38 @@ impl Worker {
         let ToWorker::Invoke(invoke) = msg;
         invoke.source = None;
         invoke.bytecode_len = None;
-        if (sent != Sent::Nothing || answer.reply.cold) && !self.loaded.contains(&invoke.key) {
-            if self.loaded.len() >= REMEMBERED_KEYS {
-                self.loaded.pop_front();
+        // It now runs the key with this env (a runtime that failed its
+        // load or hit a limit is gone: its next invocation is a
+        // `NeedSource` and gets the module and the env again).
+        match self.loaded.iter().position(|(k, _)| *k == invoke.key) {
+            Some(i) => self.loaded[i].1 = fingerprint,
+            None if sent != Sent::Nothing || answer.reply.cold => {
+                if self.loaded.len() >= REMEMBERED_KEYS {
+                    self.loaded.pop_front();
+                }
+                self.loaded.push_back((invoke.key.clone(), fingerprint));
             }
-            self.loaded.push_back(invoke.key.clone());
+            None => {}
         }
         Ok(answer)
     }
 
+    /// Writes the frame; its env only when the worker may not hold it
+    /// (`env_held` false, or the module goes with it).
     async fn send(
         &mut self,
         msg: &mut ToWorker,
         sent: Sent,
+        env_held: bool,
         module: &Module,
         body: &[u8],
     ) -> Result<(), Broken> {
         let ToWorker::Invoke(invoke) = msg;
+        let withheld_env = if env_held && sent == Sent::Nothing {
+            invoke.env.take()
+        } else {
+            None
+        };
         invoke.source = (sent == Sent::Source).then(|| module.source.to_string());
         let compiled = match (&module.compiled, sent) {
             (Some(c), Sent::Bytecode) => Some(c),
@@ -519,7 +549,12 @@ impl Worker {
             }
             None => body,
         };
-        let frame = protocol::encode(&*msg, body).map_err(|e| Broken::Write(e.to_string()))?;
+        let frame = protocol::encode(&*msg, body);
+        if let Some(env) = withheld_env {
+            let ToWorker::Invoke(invoke) = msg;
+            invoke.env = Some(env);
+        }
+        let frame = frame.map_err(|e| Broken::Write(e.to_string()))?;
         self.stdin
             .write_all(&frame)
             .await

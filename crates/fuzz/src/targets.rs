@@ -612,7 +612,7 @@ fn invoke_shape(msg: &ToWorker, body: &[u8], out: &mut Outcomes) {
         "invoke",
         i.source.is_some(),
         i.bytecode_len.map(|n| n as usize <= body.len()),
-        i.env.len().min(2),
+        i.env.as_ref().map(|e| e.len().min(2)),
         i.headers.len().min(2),
         i.fetch_allow.len().min(2),
         body.is_empty(),

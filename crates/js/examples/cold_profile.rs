@@ -56,7 +56,12 @@ fn invoke(version: i64, source: Option<&str>) -> Invoke {
         },
         source: source.map(str::to_owned),
         bytecode_len: None,
-        env: vec![("SUPABASE_URL".into(), "http://x".into())],
+        // What the functions service sends: the URL and two ~190-byte keys.
+        env: Some(vec![
+            ("SUPABASE_URL".into(), "http://127.0.0.1:8000/t/t".into()),
+            ("SUPABASE_ANON_KEY".into(), "k".repeat(190)),
+            ("SUPABASE_SERVICE_ROLE_KEY".into(), "s".repeat(200)),
+        ]),
         request_id: "r".into(),
         method: "POST".into(),
         url: "http://localhost/functions/v1/f".into(),
@@ -95,10 +100,15 @@ fn cold_from_bytecode(w: &mut Worker, compiled: &[u8], version: i64) {
     assert!(r.cold);
 }
 
-/// One warm invocation of the small function (its runtime cached).
+/// One warm invocation of the small function (its runtime cached); with
+/// `env` as the host sends it when it changed, else none (unchanged).
 #[inline(never)]
-fn warm_once(w: &mut Worker) {
-    let (r, _) = w.handle(invoke(1, None), b"{\"name\":\"x\"}".to_vec());
+fn warm_once(w: &mut Worker, env: bool) {
+    let mut inv = invoke(1, None);
+    if !env {
+        inv.env = None;
+    }
+    let (r, _) = w.handle(inv, b"{\"name\":\"x\"}".to_vec());
     assert!(!r.cold);
 }
 
@@ -110,13 +120,15 @@ fn main() {
     // (instruction counts of `Worker::handle` per path; the spare runtime is
     // made outside).
     // `warm`: 200 warm invocations of the small function, for
-    // `--toggle-collect='*warm_once*'`.
+    // `--toggle-collect='*warm_once*'` (`warm env`: each sent the env, as
+    // when it changed every time).
     if std::env::args().nth(1).as_deref() == Some("warm") {
+        let env = std::env::args().nth(2).as_deref() == Some("env");
         let mut w = Worker::new(WorkerConfig::default());
         let (r, _) = w.handle(invoke(1, Some(SMALL)), b"{\"name\":\"x\"}".to_vec());
         assert!(r.cold);
         for _ in 0..200 {
-            warm_once(&mut w);
+            warm_once(&mut w, env);
         }
         return;
     }

@@ -692,7 +692,7 @@ impl FnRuntime {
     pub(crate) fn begin(
         &mut self,
         limits: &Limits,
-        env: &[(String, String)],
+        env: Option<&[(String, String)]>,
     ) -> Result<(), Failure> {
         self.rt
             .set_memory_limit(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX));
@@ -705,7 +705,11 @@ impl FnRuntime {
             q.start.clear();
             q.cancel.clear();
         }
-        self.call_internal("setEnv", (flat_clone(env),))
+        match env {
+            Some(env) => self.call_internal("setEnv", (flat_clone(env),)),
+            // Unchanged since the runtime's last invocation.
+            None => Ok(()),
+        }
     }
 
     /// Evaluates the tenant's module (once per runtime) and registers its

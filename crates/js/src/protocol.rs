@@ -75,7 +75,11 @@ pub struct Invoke {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytecode_len: Option<u32>,
     /// What `Deno.env.get` sees: the tenant's secrets and `SUPABASE_*`.
-    pub env: Vec<(String, String)>,
+    /// `None`: what the last invocation of this key in this worker saw
+    /// (the host sends it with the module and whenever it changed: most
+    /// warm invocations carry none, and the worker does not set it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<(String, String)>>,
     /// The platform request id (for log lines).
     pub request_id: String,
     /// The HTTP method the function sees as `request.method`.

@@ -221,7 +221,7 @@ impl Worker {
                     }
                 };
                 let loaded = runtime
-                    .begin(&limits, &invoke.env)
+                    .begin(&limits, Some(invoke.env.as_deref().unwrap_or_default()))
                     .and_then(|()| runtime.load(&key.function, code, &mut self.net));
                 if let Err(f) = loaded {
                     let (logs, cpu) = runtime.finish(&mut self.net);
@@ -237,7 +237,7 @@ impl Worker {
         let begun = if cold {
             Ok(())
         } else {
-            runtime.begin(&limits, &invoke.env)
+            runtime.begin(&limits, invoke.env.as_deref())
         };
         let result = begun.and_then(|()| {
             runtime.invoke(

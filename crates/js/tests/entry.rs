@@ -281,10 +281,10 @@ fn deno_env_is_the_invocations_env() {
                Deno.serve(() => Response.json({ atLoad, now: Deno.env.get("SECRET"), missing: Deno.env.get("NOPE") ?? null, all: Deno.env.toObject() }));"#,
         ),
     );
-    inv.env = vec![
+    inv.env = Some(vec![
         ("SECRET".to_owned(), "s1".to_owned()),
         ("SUPABASE_URL".to_owned(), "http://t1.localhost".to_owned()),
-    ];
+    ]);
     let (reply, body) = run_with(&mut w, inv.clone(), Vec::new());
     let v: serde_json::Value = serde_json::from_str(&ok(&reply, &body).1).expect("json");
     assert_eq!(v["atLoad"], "s1");
@@ -292,11 +292,25 @@ fn deno_env_is_the_invocations_env() {
     assert_eq!(v["missing"], serde_json::Value::Null);
     assert_eq!(v["all"]["SUPABASE_URL"], "http://t1.localhost");
     // A changed secret is seen by the next (warm) invocation.
-    inv.env = vec![("SECRET".to_owned(), "s2".to_owned())];
-    let (reply, body) = run_with(&mut w, inv, Vec::new());
+    inv.env = Some(vec![("SECRET".to_owned(), "s2".to_owned())]);
+    let (reply, body) = run_with(&mut w, inv.clone(), Vec::new());
     let v: serde_json::Value = serde_json::from_str(&ok(&reply, &body).1).expect("json");
     assert_eq!(v["now"], "s2");
     assert_eq!(v["all"]["SUPABASE_URL"], serde_json::Value::Null);
+    // No env sent: the runtime keeps what the last invocation saw.
+    inv.env = None;
+    let (reply, body) = run_with(&mut w, inv.clone(), Vec::new());
+    let v: serde_json::Value = serde_json::from_str(&ok(&reply, &body).1).expect("json");
+    assert_eq!(v["now"], "s2");
+    // Another key never sees it: a cold start without an env has none.
+    let mut other = invoke(
+        key("t2", "env", 1),
+        Some(r#"Deno.serve(() => Response.json({ now: Deno.env.get("SECRET") ?? null }));"#),
+    );
+    other.env = None;
+    let (reply, body) = run_with(&mut w, other, Vec::new());
+    let v: serde_json::Value = serde_json::from_str(&ok(&reply, &body).1).expect("json");
+    assert_eq!(v["now"], serde_json::Value::Null);
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub fn invoke(key: FunctionKey, source: Option<&str>) -> Invoke {
         key,
         source: source.map(str::to_owned),
         bytecode_len: None,
-        env: Vec::new(),
+        env: Some(Vec::new()),
         request_id: "req-1".to_owned(),
         method: "GET".to_owned(),
         url: "http://localhost:8000/functions/v1/hello".to_owned(),

@@ -767,6 +767,12 @@ async fn changes_and_tenant_limits_reach_the_functions_service_through_the_chang
         .expect("secrets");
     assert_eq!(resp.status(), 200);
     eventually(&stack, &a, "busy", |s, b| s == 200 && b["secret"] == "s1").await;
+    // Warm invocations with that env unchanged are sent none: still seen.
+    for _ in 0..2 {
+        let (status, body, _) = stack.call(&a, "busy", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["secret"], "s1", "{body}");
+    }
 
     // Tenant A's limits, through control's admin API. Bad input is a JSON error.
     for (body, code) in [
