@@ -268,25 +268,38 @@ struct Cold {
     cpu: f64,
 }
 
+impl Cold {
+    /// A call's time through the proxy, with the service's record of it.
+    fn of(took: Duration, record: &serde_json::Value) -> Result<Cold> {
+        Ok(Cold {
+            client: took.as_secs_f64(),
+            service: record["duration_ms"].as_f64().context("duration_ms")? / 1e3,
+            cpu: record["cpu_ms"].as_f64().context("cpu_ms")? / 1e3,
+        })
+    }
+}
+
+/// One call of `name` after [`PAUSE`] (a `/health` first, so the call
+/// does not connect): its time and the service's record of it.
+fn paused_call(stack: &Stack, http: &Caller, name: &str) -> Result<(Duration, serde_json::Value)> {
+    stack.touch(http)?;
+    std::thread::sleep(PAUSE);
+    let (status, took) = stack.invoke(http, name)?;
+    if status != 200 {
+        bail!("{name} answered {status}");
+    }
+    Ok((took, stack.newest(name)?))
+}
+
 /// Deploys a new version of `name` and calls it once the change feed has
 /// had time to reach the functions service; retried (not counted) when the
 /// call was not the new version's cold start.
 fn cold_start(stack: &Stack, http: &Caller, name: &str, source: &str) -> Result<Cold> {
     let version = stack.deploy(name, source)?;
     for _ in 0..20 {
-        stack.touch(http)?;
-        std::thread::sleep(PAUSE);
-        let (status, took) = stack.invoke(http, name)?;
-        if status != 200 {
-            bail!("{name} answered {status}");
-        }
-        let newest = stack.newest(name)?;
+        let (took, newest) = paused_call(stack, http, name)?;
         if newest["version"].as_i64() == Some(version) && newest["cold"] == true {
-            return Ok(Cold {
-                client: took.as_secs_f64(),
-                service: newest["duration_ms"].as_f64().context("duration_ms")? / 1e3,
-                cpu: newest["cpu_ms"].as_f64().context("cpu_ms")? / 1e3,
-            });
+            return Cold::of(took, &newest);
         }
     }
     bail!("no cold start of {name} version {version} was seen")
@@ -296,21 +309,11 @@ fn cold_start(stack: &Stack, http: &Caller, name: &str, source: &str) -> Result<
 /// (every process of the stack idle for as long as before a cold start), so
 /// the cost of waking an idle stack is not counted as the cold start's.
 fn warm_after_pause(stack: &Stack, http: &Caller, name: &str) -> Result<Cold> {
-    stack.touch(http)?;
-    std::thread::sleep(PAUSE);
-    let (status, took) = stack.invoke(http, name)?;
-    if status != 200 {
-        bail!("{name} answered {status}");
-    }
-    let newest = stack.newest(name)?;
+    let (took, newest) = paused_call(stack, http, name)?;
     if newest["cold"] != false {
         bail!("the call of {name} after a pause was not warm: {newest}");
     }
-    Ok(Cold {
-        client: took.as_secs_f64(),
-        service: newest["duration_ms"].as_f64().context("duration_ms")? / 1e3,
-        cpu: newest["cpu_ms"].as_f64().context("cpu_ms")? / 1e3,
-    })
+    Cold::of(took, &newest)
 }
 
 /// Runs the functions benchmark and writes its report.
