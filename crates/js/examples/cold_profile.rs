@@ -65,7 +65,23 @@ fn invoke(version: i64, source: Option<&str>) -> Invoke {
         request_id: "r".into(),
         method: "POST".into(),
         url: "http://localhost/functions/v1/f".into(),
-        headers: vec![("content-type".into(), "application/json".into())],
+        // What the functions service forwards of a supabase-js call
+        // through the proxy.
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("content-length".into(), "12".into()),
+            (
+                "authorization".into(),
+                format!("Bearer {}", "k".repeat(190)),
+            ),
+            ("apikey".into(), "k".repeat(190)),
+            ("x-client-info".into(), "supabase-js/2.45.4".into()),
+            ("accept".into(), "*/*".into()),
+            ("user-agent".into(), "node".into()),
+            ("x-forwarded-for".into(), "127.0.0.1".into()),
+            ("x-forwarded-proto".into(), "http".into()),
+            ("x-forwarded-host".into(), "127.0.0.1:8000".into()),
+        ],
         limits: Limits {
             cpu_ms: 10_000,
             memory_bytes: 256 << 20,
@@ -121,11 +137,12 @@ fn main() {
     // made outside).
     // `warm`: 200 warm invocations of the small function, for
     // `--toggle-collect='*warm_once*'` (`warm env`: each sent the env, as
-    // when it changed every time).
+    // when it changed every time; `PROFILE_SRC` another function's source).
     if std::env::args().nth(1).as_deref() == Some("warm") {
         let env = std::env::args().nth(2).as_deref() == Some("env");
         let mut w = Worker::new(WorkerConfig::default());
-        let (r, _) = w.handle(invoke(1, Some(SMALL)), b"{\"name\":\"x\"}".to_vec());
+        let src = std::env::var("PROFILE_SRC").unwrap_or_else(|_| SMALL.to_owned());
+        let (r, _) = w.handle(invoke(1, Some(&src)), b"{\"name\":\"x\"}".to_vec());
         assert!(r.cold);
         for _ in 0..200 {
             warm_once(&mut w, env);

@@ -7,6 +7,7 @@
 //! time spent inside the engine (the worker is single-threaded), enforced
 //! by the interrupt handler.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -765,20 +766,30 @@ impl FnRuntime {
         net: &mut Net,
     ) -> Result<Answer, Failure> {
         self.meter.start();
+        // The prelude takes these as they are (`new Request` would check
+        // them): a WHATWG URL and lower-case names with trimmed values.
+        let Some(url) = url_parse(url, None) else {
+            self.meter.stop();
+            return Err(Failure::Exception(format!(
+                "TypeError: Request: invalid URL '{url}'"
+            )));
+        };
+        let flat: Vec<Cow<'_, str>> = headers
+            .iter()
+            .filter_map(|(k, v)| incoming_header(k, v))
+            .flat_map(|(k, v)| [k, v])
+            .collect();
         let started = self.ctx.with(|ctx| {
             let run = || -> rquickjs::Result<Persistent<Promise<'static>>> {
                 let internal = self.internal.clone().restore(&ctx)?;
                 let invoke: Function = internal.get("invoke")?;
-                let flat: Vec<String> = headers
-                    .iter()
-                    .flat_map(|(k, v)| [k.clone(), v.clone()])
-                    .collect();
+                let flat: Vec<&str> = flat.iter().map(|s| &**s).collect();
                 let body = if body.is_empty() {
                     Value::new_null(ctx.clone())
                 } else {
                     TypedArray::<u8>::new(ctx.clone(), body)?.into_value()
                 };
-                let promise: Promise = invoke.call((method, url, flat, body))?;
+                let promise: Promise = invoke.call((method, url.as_str(), flat, body))?;
                 Ok(Persistent::save(&ctx, promise))
             };
             run().map_err(|e| Self::caught(&ctx, e, &self.meter))
@@ -1002,6 +1013,46 @@ impl FnRuntime {
             }
         }
     }
+}
+
+/// A request header as the prelude's `Headers` holds it (WHATWG Fetch): the
+/// name a token in lower case, the value without surrounding whitespace and
+/// with no NUL, CR, LF or character above U+00FF; `None` for one that cannot
+/// be (the host sends none such: it forwards what `http` parsed).
+fn incoming_header<'a>(name: &'a str, value: &'a str) -> Option<(Cow<'a, str>, Cow<'a, str>)> {
+    const fn tchars() -> [bool; 256] {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 128 {
+            table[b] = (b as u8).is_ascii_alphanumeric();
+            b += 1;
+        }
+        let extra = b"!#$%&'*+-.^_`|~";
+        let mut i = 0;
+        while i < extra.len() {
+            table[extra[i] as usize] = true;
+            i += 1;
+        }
+        table
+    }
+    const TCHAR: [bool; 256] = tchars();
+    if name.is_empty() || !name.bytes().all(|b| TCHAR[usize::from(b)]) {
+        return None;
+    }
+    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    };
+    let value = value.trim_matches(['\t', '\n', '\r', ' ']);
+    // Above U+00FF is a UTF-8 lead byte from 0xC4 on.
+    if value
+        .bytes()
+        .any(|b| matches!(b, 0 | b'\r' | b'\n') || b >= 0xc4)
+    {
+        return None;
+    }
+    Some((name, Cow::Borrowed(value)))
 }
 
 fn flat_clone(env: &[(String, String)]) -> Vec<String> {

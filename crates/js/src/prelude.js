@@ -898,23 +898,41 @@
 
   // ----------------------------------------------------------------- Headers
   const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+  // Names already checked, by what the function wrote (`Content-Type`) to
+  // what is stored (`content-type`): a function sets the same few names on
+  // every invocation. Bounded: a function making up names gets no cache.
+  const NAMES = new Map();
   function headerName(name) {
-    const n = String(name);
+    const n = typeof name === "string" ? name : String(name);
+    const known = NAMES.get(n);
+    if (known !== undefined) return known;
     if (!TOKEN.test(n)) throw new TypeError(`Headers: invalid header name '${n}'`);
-    return n.toLowerCase();
+    const lower = n.toLowerCase();
+    if (NAMES.size < 256) NAMES.set(n, lower);
+    return lower;
   }
+  // No NUL, CR, LF or character above U+00FF; no leading or trailing
+  // whitespace (the common case: one test).
+  const PLAIN_VALUE = /^(?:[^\0\t\n\r \u0100-\uffff](?:[^\0\n\r\u0100-\uffff]*[^\0\t\n\r \u0100-\uffff])?)?$/;
   function headerValue(value) {
-    const v = String(value).replace(/^[\t\n\r ]+|[\t\n\r ]+$/g, "");
-    if (/[\0\r\n]/.test(v) || /[^\x00-\xff]/.test(v)) throw new TypeError(`Headers: invalid header value '${v}'`);
+    let v = typeof value === "string" ? value : String(value);
+    if (PLAIN_VALUE.test(v)) return v;
+    v = v.replace(/^[\t\n\r ]+|[\t\n\r ]+$/g, "");
+    if (/[\0\r\n\u0100-\uffff]/.test(v)) throw new TypeError(`Headers: invalid header value '${v}'`);
     return v;
   }
   const HEADERS_GUARD = Symbol("guard");
+  // The list of a Headers: names (lower case) and values, alternating.
+  let headerList;
   class Headers {
     #list = [];
+    static {
+      headerList = (h) => h.#list;
+    }
     constructor(init) {
       if (init === undefined || init === null) return;
       if (init instanceof Headers) {
-        this.#list = init.#list.map(([k, v]) => [k, v]);
+        this.#list = init.#list.slice();
       } else if (typeof init === "object") {
         if (typeof init[Symbol.iterator] === "function") {
           for (const pair of init) {
@@ -929,41 +947,65 @@
         throw new TypeError("Headers: init must be an object, an iterable of pairs or Headers");
       }
     }
-    static [HEADERS_GUARD](h) {
-      return h.#list;
-    }
     append(name, value) {
-      this.#list.push([headerName(name), headerValue(value)]);
+      this.#list.push(headerName(name), headerValue(value));
     }
     delete(name) {
       const n = headerName(name);
-      this.#list = this.#list.filter(([k]) => k !== n);
+      const list = this.#list;
+      const kept = [];
+      for (let i = 0; i < list.length; i += 2) if (list[i] !== n) kept.push(list[i], list[i + 1]);
+      this.#list = kept;
     }
     get(name) {
       const n = headerName(name);
-      const values = this.#list.filter(([k]) => k === n).map(([, v]) => v);
-      return values.length === 0 ? null : values.join(", ");
+      const list = this.#list;
+      let out = null;
+      for (let i = 0; i < list.length; i += 2) {
+        if (list[i] === n) out = out === null ? list[i + 1] : `${out}, ${list[i + 1]}`;
+      }
+      return out;
     }
     getSetCookie() {
-      return this.#list.filter(([k]) => k === "set-cookie").map(([, v]) => v);
+      const list = this.#list;
+      const out = [];
+      for (let i = 0; i < list.length; i += 2) if (list[i] === "set-cookie") out.push(list[i + 1]);
+      return out;
     }
     has(name) {
       const n = headerName(name);
-      return this.#list.some(([k]) => k === n);
+      const list = this.#list;
+      for (let i = 0; i < list.length; i += 2) if (list[i] === n) return true;
+      return false;
     }
     set(name, value) {
       const n = headerName(name);
       const v = headerValue(value);
-      const i = this.#list.findIndex(([k]) => k === n);
-      if (i < 0) this.#list.push([n, v]);
-      else {
-        this.#list[i] = [n, v];
-        this.#list = this.#list.filter(([k], j) => j <= i || k !== n);
+      const list = this.#list;
+      let i = 0;
+      while (i < list.length && list[i] !== n) i += 2;
+      if (i === list.length) {
+        list.push(n, v);
+        return;
       }
+      list[i + 1] = v;
+      // Later entries of the same name go.
+      let j = i + 2;
+      for (let k = i + 2; k < list.length; k += 2) {
+        if (list[k] !== n) {
+          list[j] = list[k];
+          list[j + 1] = list[k + 1];
+          j += 2;
+        }
+      }
+      list.length = j;
     }
     // Sorted by name and combined, except set-cookie (WHATWG Fetch).
     #sorted() {
-      const names = [...new Set(this.#list.map(([k]) => k))].sort();
+      const list = this.#list;
+      const names = [];
+      for (let i = 0; i < list.length; i += 2) if (!names.includes(list[i])) names.push(list[i]);
+      names.sort();
       const out = [];
       for (const n of names) {
         if (n === "set-cookie") {
@@ -991,17 +1033,15 @@
     }
   }
   define("Headers", Headers);
-  function headerList(h) {
-    return Headers[HEADERS_GUARD](h);
-  }
+  // What Rust reads and writes: the list itself (names and values
+  // alternating; names from the host are lower case already).
   function flatHeaders(h) {
-    const out = [];
-    for (const [k, v] of headerList(h)) out.push(k, v);
-    return out;
+    return headerList(h);
   }
   function headersFromFlat(flat) {
     const h = new Headers();
-    for (let i = 0; i + 1 < flat.length; i += 2) headerList(h).push([String(flat[i]).toLowerCase(), String(flat[i + 1])]);
+    const list = headerList(h);
+    for (let i = 0; i + 1 < flat.length; i += 2) list.push(flat[i], flat[i + 1]);
     return h;
   }
 
@@ -1408,6 +1448,28 @@
   define("ReadableStream", ReadableStream);
 
   const BODY = Symbol("body");
+  // A body read as `convert` makes it, as a promise; a body the function
+  // did not give as a stream is converted at once (no `await`: the
+  // engine's job queue stays out of it).
+  function readBody(self, convert) {
+    try {
+      const b = self._consume();
+      if (b !== null && b.stream !== undefined) return materialize(b).then(convert);
+      return Promise.resolve(convert(b));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+  function jsonOf(b) {
+    return JSON.parse(bodyText(b));
+  }
+  function arrayBufferOf(b) {
+    const bytes = bodyBytes(b);
+    return bytes.buffer.byteLength === bytes.byteLength ? bytes.buffer : bytes.slice().buffer;
+  }
+  function bytesCopyOf(b) {
+    return bodyBytes(b).slice();
+  }
   class Body {
     constructor() {
       this[BODY] = { body: null, used: false, stream: null };
@@ -1433,18 +1495,17 @@
       if (s.body !== null && s.body.stream !== undefined) s.body.stream._lock();
       return s.body;
     }
-    async text() {
-      return bodyText(await materialize(this._consume()));
+    text() {
+      return readBody(this, bodyText);
     }
-    async json() {
-      return JSON.parse(bodyText(await materialize(this._consume())));
+    json() {
+      return readBody(this, jsonOf);
     }
-    async arrayBuffer() {
-      const b = bodyBytes(await materialize(this._consume()));
-      return b.buffer.byteLength === b.byteLength ? b.buffer : b.slice().buffer;
+    arrayBuffer() {
+      return readBody(this, arrayBufferOf);
     }
-    async bytes() {
-      return bodyBytes(await materialize(this._consume())).slice();
+    bytes() {
+      return readBody(this, bytesCopyOf);
     }
     async formData() {
       const ct = this.headers.get("content-type");
@@ -1458,6 +1519,8 @@
 
   // ----------------------------------------------------------- Request
   const METHOD_NORMAL = ["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"];
+  // Set by `internal.invoke` for the one `new Request` that follows.
+  let incoming = null;
   class Request extends Body {
     #url;
     #method;
@@ -1466,6 +1529,19 @@
     #redirect;
     constructor(input, init = {}) {
       super();
+      if (incoming !== null) {
+        // The invocation's request (`internal.invoke`): the host's values,
+        // checked there.
+        const p = incoming;
+        incoming = null;
+        this.#url = p.url;
+        this.#method = p.method;
+        this.#headers = p.headers;
+        this.#redirect = "follow";
+        this.#signal = null;
+        if (p.body !== null) this[BODY].body = { bytes: p.body };
+        return;
+      }
       init = init || {};
       let inner = null;
       if (input instanceof Request) {
@@ -1486,7 +1562,8 @@
       this.#headers = new Headers(init.headers !== undefined ? init.headers : inner ? inner.headers : undefined);
       this.#redirect = init.redirect !== undefined ? String(init.redirect) : inner ? inner.redirect : "follow";
       if (!["follow", "error", "manual"].includes(this.#redirect)) throw new TypeError(`Request: invalid redirect '${this.#redirect}'`);
-      this.#signal = init.signal ? init.signal : inner ? inner.signal : new AbortController().signal;
+      // Made when first asked for (most requests never are).
+      this.#signal = init.signal ? init.signal : inner ? inner.signal : null;
       let body = null;
       if (init.body !== undefined && init.body !== null) {
         body = extractBody(init.body, this.#headers);
@@ -1508,6 +1585,7 @@
       return this.#headers;
     }
     get signal() {
+      if (this.#signal === null) this.#signal = new AbortController().signal;
       return this.#signal;
     }
     get redirect() {
@@ -1574,7 +1652,7 @@
         throw new RangeError(`Response: status ${init.status} is not in the range 200 to 599`);
       }
       const statusText = init.statusText === undefined ? "" : String(init.statusText);
-      if (/[^\t\x20-\x7e\x80-\xff]/.test(statusText)) throw new TypeError("Response: invalid statusText");
+      if (statusText !== "" && /[^\t\x20-\x7e\x80-\xff]/.test(statusText)) throw new TypeError("Response: invalid statusText");
       this.#status = status;
       this.#statusText = statusText;
       this.#headers = new Headers(init.headers);
@@ -1586,9 +1664,10 @@
     static json(data, init = {}) {
       const text = JSON.stringify(data);
       if (text === undefined) throw new TypeError("Response.json: the data is not JSON serializable");
-      const own = new Headers(init && init.headers).has("content-type");
-      const r = new Response(text, init);
-      if (!own) r.#headers.set("content-type", "application/json");
+      const r = new Response(null, init);
+      if (NULL_BODY_STATUS.includes(r.#status)) throw new TypeError(`Response with null body status ${r.#status} cannot have a body`);
+      if (!r.#headers.has("content-type")) r.#headers.set("content-type", "application/json");
+      r[BODY].body = { text };
       return r;
     }
     static error() {
@@ -1785,48 +1864,54 @@
   }
   internal.failure = failure;
 
-  /** Runs the handler on one request; always resolves to an outcome object. */
+  /**
+   * Runs the handler on one request; always resolves to an outcome object.
+   * `url` is normalised (WHATWG) and `flat` holds lower-case names and
+   * their values, alternating: both checked by the host.
+   */
   internal.invoke = (method, url, flat, body) => {
     if (handler === null) return Promise.resolve({ kind: "no_handler" });
-    let req;
-    try {
-      req = new Request(url, { method, headers: headersFromFlat(flat) });
-      if (body !== null && body.length > 0) req[BODY].body = { bytes: body };
-    } catch (e) {
-      return Promise.resolve(failure(e));
-    }
-    const info = { remoteAddr: { transport: "tcp", hostname: "0.0.0.0", port: 0 }, completed: Promise.resolve() };
-    const outcome = (async () => {
+    const headers = new Headers();
+    const list = headerList(headers);
+    for (let i = 0; i + 1 < flat.length; i += 2) list.push(flat[i], flat[i + 1]);
+    incoming = { url, method, headers, body: body !== null && body.length > 0 ? body : null };
+    const req = new Request(url);
+    const info = { remoteAddr: REMOTE_ADDR, completed: COMPLETED };
+    return (async () => {
+      let result;
       try {
         const res = await handler(req, info);
         if (!(res instanceof Response)) {
           const what = res === null ? "null" : typeof res === "object" ? (res.constructor && res.constructor.name) || "object" : typeof res;
-          return { kind: "bad_response", message: `the handler returned ${what}, not a Response` };
+          result = { kind: "bad_response", message: `the handler returned ${what}, not a Response` };
+        } else if (res.type === "error" || res.status < 200) {
+          result = { kind: "bad_response", message: "the handler returned a network error (Response.error())" };
+        } else {
+          const consumed = res._consume();
+          const b = consumed !== null && consumed.stream !== undefined ? await materialize(consumed) : consumed;
+          result = {
+            kind: "response",
+            status: res.status,
+            headers: flatHeaders(res.headers),
+            text: b !== null && b.text !== undefined ? wellFormed(b.text) : null,
+            binary: b !== null && b.bytes !== undefined ? latin1(b.bytes) : null,
+          };
         }
-        if (res.type === "error" || res.status < 200) {
-          return { kind: "bad_response", message: "the handler returned a network error (Response.error())" };
-        }
-        const b = await materialize(res._consume());
-        return {
-          kind: "response",
-          status: res.status,
-          headers: flatHeaders(res.headers),
-          text: b !== null && b.text !== undefined ? wellFormed(b.text) : null,
-          binary: b !== null && b.bytes !== undefined ? latin1(b.bytes) : null,
-        };
       } catch (e) {
-        return failure(e);
+        result = failure(e);
       }
-    })();
-    return outcome.then(async (result) => {
+      // The function's `EdgeRuntime.waitUntil` work ends before the reply.
       while (background.length > 0) {
         const pending = background;
         background = [];
         await Promise.all(pending);
       }
       return result;
-    });
+    })();
   };
+  // What Deno.serve's handler gets as its second argument.
+  const REMOTE_ADDR = Object.freeze({ transport: "tcp", hostname: "0.0.0.0", port: 0 });
+  const COMPLETED = Promise.resolve();
 
   if (native.testCrash) define("__madbaseTestCrash", () => native.testCrash());
 

@@ -166,6 +166,122 @@ fn request_construction() {
     assert_eq!(v["incoming"], json!(["GET", true, false]));
 }
 
+/// The request an invocation hands the handler: its URL normalised as
+/// `new URL` would, header names in lower case with their values trimmed
+/// (one that no `Headers` could hold is not passed), the body readable
+/// once, a signal made when asked for.
+#[test]
+fn the_invocations_request() {
+    let source = r#"Deno.serve(async (req, info) => {
+        const out = { url: req.url, method: req.method, entries: [...req.headers] };
+        out.signal = [req.signal instanceof AbortSignal, req.signal === req.signal, req.signal.aborted];
+        const first = req.text();
+        out.firstIsPromise = first instanceof Promise;
+        out.body = await first;
+        const again = req.json();
+        out.againIsPromise = again instanceof Promise;
+        try { await again; out.again = "read twice"; } catch (e) { out.again = e.name; }
+        out.info = [info.remoteAddr.transport, Object.isFrozen(info.remoteAddr), info.completed instanceof Promise];
+        return Response.json(out);
+    });"#;
+    let mut w = worker();
+    let mut inv = invoke(key("t", "f", 1), Some(source));
+    inv.method = "PUT".to_owned();
+    inv.url = "HTTP://Example.COM:80/a/./b/../c?x=1#frag".to_owned();
+    inv.headers = vec![
+        ("X-Upper".to_owned(), " padded\t".to_owned()),
+        ("content-type".to_owned(), "text/plain".to_owned()),
+        ("bad name".to_owned(), "dropped".to_owned()),
+        ("x-wide".to_owned(), "\u{0100}".to_owned()),
+        ("x-latin1".to_owned(), "caf\u{e9}".to_owned()),
+    ];
+    let (reply, out) = run_with(&mut w, inv, b"{\"a\":1}".to_vec());
+    let (status, text) = ok(&reply, &out);
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["url"], "http://example.com/a/c?x=1#frag");
+    assert_eq!(v["method"], "PUT");
+    assert_eq!(
+        v["entries"],
+        json!([
+            ["content-type", "text/plain"],
+            ["x-latin1", "caf\u{e9}"],
+            ["x-upper", "padded"]
+        ])
+    );
+    assert_eq!(v["signal"], json!([true, true, false]));
+    assert_eq!(v["firstIsPromise"], true);
+    assert_eq!(v["body"], "{\"a\":1}");
+    // A second read rejects (it does not throw where it is called).
+    assert_eq!(v["againIsPromise"], true);
+    assert_eq!(v["again"], "TypeError");
+    assert_eq!(v["info"], json!(["tcp", true, true]));
+
+    // A URL no Request could have: the invocation fails as the handler's
+    // `new Request` would have.
+    let mut bad = invoke(key("t", "f", 1), None);
+    bad.url = "not a url".to_owned();
+    let (reply, _) = run_with(&mut w, bad, Vec::new());
+    let (_, message) = failed(&reply);
+    assert!(message.contains("invalid URL"), "{message}");
+}
+
+/// Headers keep names and values as Fetch says through every change; the
+/// checks of names and values are the same for a name seen before.
+#[test]
+fn headers_edits_and_checks() {
+    let v = js(r#"
+        const h = new Headers();
+        for (const [n, v] of [["A", "1"], ["b", "2"], ["a", "3"], ["C", "4"], ["A", "5"]]) h.append(n, v);
+        const out = { all: h.get("a") };
+        h.set("a", "only");
+        out.afterSet = [...h];
+        h.set("d", "new");
+        h.delete("B");
+        out.afterDelete = [...h];
+        out.trimmed = new Headers({ x: " \t v \t " }).get("x");
+        out.empty = new Headers({ x: "" }).get("x");
+        out.inner = new Headers({ x: "a \t b" }).get("x");
+        const bad = [];
+        for (const value of ["a\0b", "a\rb", "\u0100", "ok\n"]) {
+            try { new Headers({ x: value }); bad.push("accepted"); } catch (e) { bad.push(e.name); }
+        }
+        out.bad = bad;
+        // The same name twice: checked both times.
+        const names = [];
+        for (const n of ["X-Seen", "X-Seen", "bad name", "bad name"]) {
+            try { new Headers([[n, "v"]]); names.push("ok"); } catch (e) { names.push(e.name); }
+        }
+        out.names = names;
+        const r = Response.json({ a: 1 }, { status: 201, headers: { "Content-Type": "application/vnd.api+json" } });
+        out.json = [r.status, r.headers.get("content-type"), await r.json()];
+        try { Response.json({}, { status: 204 }); out.json204 = "accepted"; } catch (e) { out.json204 = e.name; }
+        return out;
+    "#);
+    assert_eq!(v["all"], "1, 3, 5");
+    assert_eq!(
+        v["afterSet"],
+        json!([["a", "only"], ["b", "2"], ["c", "4"]])
+    );
+    assert_eq!(
+        v["afterDelete"],
+        json!([["a", "only"], ["c", "4"], ["d", "new"]])
+    );
+    assert_eq!(v["trimmed"], "v");
+    assert_eq!(v["empty"], "");
+    assert_eq!(v["inner"], "a \t b");
+    assert_eq!(
+        v["bad"],
+        json!(["TypeError", "TypeError", "TypeError", "accepted"])
+    );
+    assert_eq!(v["names"], json!(["ok", "ok", "TypeError", "TypeError"]));
+    assert_eq!(
+        v["json"],
+        json!([201, "application/vnd.api+json", {"a": 1}])
+    );
+    assert_eq!(v["json204"], "TypeError");
+}
+
 #[test]
 fn url_parsing_and_setters() {
     let v = js(r#"
