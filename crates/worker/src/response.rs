@@ -223,14 +223,16 @@ fn plan_of(item: &str) -> Option<Result<Plan, ()>> {
     }))
 }
 
-/// `Accept`: the first media type the data API produces (JSON arrays, one
+/// `Accept`: of its media ranges in PostgREST's order (see
+/// [`accept_order`]), the first the data API produces (JSON arrays, one
 /// object with `vnd.pgrst.object`, `nulls=stripped` variants, CSV, and with
 /// `plans` the `vnd.pgrst.plan` types); else 406.
 pub(crate) fn media(headers: &HeaderMap, plans: bool) -> Result<(Media, Option<Plan>), Error> {
     let Some(accept) = header(headers, "accept") else {
         return Ok((Media::Array, None));
     };
-    for item in split_accept(accept) {
+    for item in accept_order(accept) {
+        let item = item.as_str();
         if let Some(plan) = plan_of(item) {
             match plan {
                 Ok(p) if plans => return Ok((p.media, Some(p))),
@@ -248,6 +250,66 @@ pub(crate) fn media(headers: &HeaderMap, plans: bool) -> Result<(Media, Option<P
         Code::NotAcceptable,
         format!("None of these media types are available: {accept}"),
     ))
+}
+
+/// The media ranges of `Accept` as PostgREST 12 weighs them (wai-extra's
+/// `parseHttpAccept`): spaces removed, each range cut at `;q=` (its
+/// parameters after `q` dropped with it), then sorted by quality, highest
+/// first (no `q`, or one that is not a number: 1), then by specificity (its
+/// `;`s minus its `*`s), ties in the header's order. `q=0` does not
+/// exclude a type: it comes last.
+fn accept_order(accept: &str) -> Vec<String> {
+    let mut items: Vec<(String, f64, i64)> = split_accept(accept)
+        .map(|item| {
+            let mut m: String = item.chars().filter(|c| *c != ' ').collect();
+            let q = match m.find(";q=") {
+                Some(at) => {
+                    let q = quality(&m[at + 3..]);
+                    m.truncate(at);
+                    q
+                }
+                None => 1.0,
+            };
+            let count = |c: char| i64::try_from(m.matches(c).count()).unwrap_or(i64::MAX);
+            let specificity = count(';') - count('*');
+            (m, q, specificity)
+        })
+        .collect();
+    // Stable: equal weights keep the header's order.
+    items.sort_by(|a, b| {
+        b.1.partial_cmp(&a.1)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(b.2.cmp(&a.2))
+    });
+    items.into_iter().map(|(m, _, _)| m).collect()
+}
+
+/// A `q` value: the number it starts with (Haskell's `reads` of a
+/// `Double`), else 1.
+fn quality(s: &str) -> f64 {
+    let s = s.split(';').next().unwrap_or("");
+    let b = s.as_bytes();
+    let digits = |from: usize| {
+        b.get(from..)
+            .map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count())
+    };
+    let mut end = usize::from(b.first() == Some(&b'-'));
+    let int = digits(end);
+    if int == 0 {
+        return 1.0;
+    }
+    end += int;
+    if b.get(end) == Some(&b'.') && digits(end + 1) > 0 {
+        end += 1 + digits(end + 1);
+    }
+    if matches!(b.get(end), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(b.get(end + 1), Some(b'-' | b'+')));
+        let exp = digits(end + 1 + sign);
+        if exp > 0 {
+            end += 1 + sign + exp;
+        }
+    }
+    s[..end].parse().unwrap_or(1.0)
 }
 
 /// The media ranges of `Accept` (split at commas outside quotes: a plan's
@@ -334,4 +396,93 @@ pub(crate) fn with_applied(mut resp: Response, prefer: &Prefer, r: Reported) -> 
             .insert(HeaderName::from_static("preference-applied"), v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> Result<(Media, Option<Plan>), Error> {
+        let mut h = HeaderMap::new();
+        h.insert("accept", HeaderValue::from_str(v).expect("ascii"));
+        media(&h, true)
+    }
+
+    #[test]
+    fn accept_is_sorted_by_quality_then_specificity() {
+        assert_eq!(
+            accept_order("text/csv;q=0.5, application/json"),
+            ["application/json", "text/csv"]
+        );
+        // Equal weights keep their order; a missing q is 1.
+        assert_eq!(
+            accept_order("text/csv, application/json"),
+            ["text/csv", "application/json"]
+        );
+        // More specific first at equal q: parameters count up, stars down.
+        assert_eq!(
+            accept_order(
+                "*/*, application/*, text/csv, application/vnd.pgrst.object+json;nulls=stripped"
+            ),
+            [
+                "application/vnd.pgrst.object+json;nulls=stripped",
+                "text/csv",
+                "application/*",
+                "*/*"
+            ]
+        );
+        // Spaces go; `;q=` and what follows it are cut.
+        assert_eq!(
+            accept_order(
+                "application/vnd.pgrst.object+json ; q=0.2; nulls=stripped, text/csv; q=0.3"
+            ),
+            ["text/csv", "application/vnd.pgrst.object+json"]
+        );
+        // q=0 comes last but stays (wai-extra does not drop it).
+        assert_eq!(
+            accept_order("text/csv;q=0, application/json;q=0.001"),
+            ["application/json", "text/csv"]
+        );
+    }
+
+    #[test]
+    fn quality_reads_the_leading_number() {
+        assert_eq!(quality("0.5"), 0.5);
+        assert_eq!(quality("1"), 1.0);
+        assert_eq!(quality("0"), 0.0);
+        assert_eq!(quality("0.25;x=y"), 0.25);
+        assert_eq!(quality("0.7abc"), 0.7);
+        assert_eq!(quality("1."), 1.0);
+        assert_eq!(quality("5e-1"), 0.5);
+        assert_eq!(quality("-1"), -1.0);
+        assert_eq!(quality(".5"), 1.0);
+        assert_eq!(quality("x"), 1.0);
+        assert_eq!(quality(""), 1.0);
+    }
+
+    #[test]
+    fn negotiation_weighs_q_values() {
+        let got = |v: &str| accept(v).map(|(m, p)| (m, p.is_some())).ok();
+        assert_eq!(
+            got("text/csv;q=0.5, application/json"),
+            Some((Media::Array, false))
+        );
+        assert_eq!(
+            got("application/json;q=0.1, text/csv"),
+            Some((Media::Csv, false))
+        );
+        // The best type the API does not produce is skipped.
+        assert_eq!(
+            got("text/xml, application/vnd.pgrst.object+json;q=0.9, text/csv;q=0.8"),
+            Some((Media::Object, false))
+        );
+        // Only q=0 types: still served.
+        assert_eq!(got("text/csv;q=0"), Some((Media::Csv, false)));
+        assert_eq!(
+            got("application/vnd.pgrst.plan+json;q=0.9, text/csv;q=0.1"),
+            Some((Media::Array, true))
+        );
+        let e = accept("text/xml;q=1, image/png;q=0.5").expect_err("406");
+        assert_eq!(e.code(), Some(Code::NotAcceptable));
+    }
 }

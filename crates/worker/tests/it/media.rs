@@ -299,3 +299,49 @@ async fn execution_plan() {
     assert_eq!(st, 200, "{v}");
     assert!(v[0]["Plan"].is_object(), "{v}");
 }
+
+/// `Accept` with q-values, weighed as PostgREST 12 does (wai-extra's
+/// `parseHttpAccept`: by quality, then specificity, then order; `q=0` is
+/// last, not excluded).
+#[tokio::test]
+async fn accept_quality_values() {
+    let s = stack_with(&[]).await;
+    let ctype = |accept: &'static str| {
+        let s = &s;
+        async move {
+            let (st, h, _) = send(s.get("/csv_t?select=id").header("Accept", accept)).await;
+            assert_eq!(st, 200, "{accept}");
+            h["content-type"].to_str().expect("ascii").to_owned()
+        }
+    };
+    let json_type = "application/json; charset=utf-8";
+    let csv_type = "text/csv; charset=utf-8";
+    // Listed first but weighed less: JSON wins (before, CSV did).
+    assert_eq!(ctype("text/csv;q=0.5, application/json").await, json_type);
+    assert_eq!(
+        ctype("application/json;q=0.4, text/csv;q=0.9").await,
+        csv_type
+    );
+    // Equal weights: the more specific, then the first.
+    assert_eq!(ctype("*/*, text/csv").await, csv_type);
+    assert_eq!(ctype("text/csv, application/json").await, csv_type);
+    assert_eq!(
+        ctype("application/json;q=0.5, application/vnd.pgrst.object+json;nulls=stripped;q=0.5")
+            .await,
+        "application/vnd.pgrst.object+json;nulls=stripped; charset=utf-8"
+    );
+    // q=0 only sorts last.
+    assert_eq!(ctype("text/csv;q=0").await, csv_type);
+    assert_eq!(
+        ctype("text/csv;q=0, application/json;q=0.1").await,
+        json_type
+    );
+    // Types the API does not produce are skipped, whatever their weight.
+    assert_eq!(ctype("text/xml;q=1, text/csv;q=0.2").await, csv_type);
+    let (st, v) = call(
+        s.get("/csv_t")
+            .header("Accept", "text/xml;q=0.9, image/png"),
+    )
+    .await;
+    assert_eq!((st.as_u16(), &v["code"]), (406, &json!("PGRST107")));
+}
