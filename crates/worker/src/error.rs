@@ -30,12 +30,24 @@ pub enum Code {
     InvalidBody,
     /// PGRST103 (416): `Range`/`limit`/`offset` beyond what there is.
     RangeNotSatisfiable,
+    /// PGRST105 (405): a PUT whose filters are not `eq` on all and only the
+    /// primary key's columns (or a table without a primary key).
+    PutFilters,
     /// PGRST106 (406): `Accept-Profile`/`Content-Profile` names an unexposed schema.
     SchemaNotExposed,
     /// PGRST107 (406): no media type of `Accept` is produced.
     NotAcceptable,
     /// PGRST108 (400): a filter, order or limit names an embed not selected.
     NotEmbedded,
+    /// PGRST109 (400): `limit`/`offset` on PATCH or DELETE without `order`.
+    LimitWithoutOrder,
+    /// PGRST110 (400): a limited PATCH or DELETE changed more rows than its
+    /// `limit` (its `order` columns are not unique).
+    ChangesOffLimits,
+    /// PGRST114 (400): `limit`/`offset` on PUT.
+    PutLimit,
+    /// PGRST115 (400): a PUT body whose primary key is not the URL's.
+    PutMatchingPk,
     /// PGRST116 (406): a singular response did not get exactly one row.
     NotSingular,
     /// PGRST117 (405): a method tables do not take.
@@ -86,9 +98,14 @@ impl Code {
             Code::RpcMethod => ("PGRST101", StatusCode::METHOD_NOT_ALLOWED),
             Code::InvalidBody => ("PGRST102", StatusCode::BAD_REQUEST),
             Code::RangeNotSatisfiable => ("PGRST103", StatusCode::RANGE_NOT_SATISFIABLE),
+            Code::PutFilters => ("PGRST105", StatusCode::METHOD_NOT_ALLOWED),
             Code::SchemaNotExposed => ("PGRST106", StatusCode::NOT_ACCEPTABLE),
             Code::NotAcceptable => ("PGRST107", StatusCode::NOT_ACCEPTABLE),
             Code::NotEmbedded => ("PGRST108", StatusCode::BAD_REQUEST),
+            Code::LimitWithoutOrder => ("PGRST109", StatusCode::BAD_REQUEST),
+            Code::ChangesOffLimits => ("PGRST110", StatusCode::BAD_REQUEST),
+            Code::PutLimit => ("PGRST114", StatusCode::BAD_REQUEST),
+            Code::PutMatchingPk => ("PGRST115", StatusCode::BAD_REQUEST),
             Code::NotSingular => ("PGRST116", StatusCode::NOT_ACCEPTABLE),
             Code::UnsupportedMethod => ("PGRST117", StatusCode::METHOD_NOT_ALLOWED),
             Code::RelatedOrder => ("PGRST118", StatusCode::BAD_REQUEST),
@@ -183,6 +200,23 @@ impl Error {
             details: Details::None,
             hint: None,
         }))
+    }
+
+    /// PGRST109: `limit`/`offset` on PATCH or DELETE without an `order`.
+    pub fn limit_without_order() -> Self {
+        Error::new(
+            Code::LimitWithoutOrder,
+            "A 'limit' was applied without an explicit 'order'",
+        )
+        .hint("Apply an 'order' using unique column(s)")
+    }
+
+    /// PGRST115: a PUT whose body does not hold the URL's key.
+    pub fn put_matching_pk() -> Self {
+        Error::new(
+            Code::PutMatchingPk,
+            "Payload values do not match URL in primary key column(s)",
+        )
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -446,9 +480,14 @@ mod tests {
             Code::RpcMethod,
             Code::InvalidBody,
             Code::RangeNotSatisfiable,
+            Code::PutFilters,
             Code::SchemaNotExposed,
             Code::NotAcceptable,
             Code::NotEmbedded,
+            Code::LimitWithoutOrder,
+            Code::ChangesOffLimits,
+            Code::PutLimit,
+            Code::PutMatchingPk,
             Code::NotSingular,
             Code::UnsupportedMethod,
             Code::RelatedOrder,

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use axum::response::{IntoResponse, Response};
-use http::header::HeaderName;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::header::{CONTENT_LOCATION, HeaderName};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 
 use crate::context::Ctx;
 use crate::error::{Code, Error};
 use crate::prefer::Reported;
 use crate::query::Query;
-use crate::request::top_range;
+use crate::request::{content_location, top_range};
 use crate::response::{Media, Plan, content_range, respond, with_applied};
 use crate::schema::Table;
 use crate::sql::Sql;
@@ -24,6 +24,7 @@ pub(crate) async fn read(
     ctx: &Ctx,
     table: &Arc<Table>,
     q: &Query,
+    uri: &Uri,
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, Error> {
@@ -62,7 +63,11 @@ pub(crate) async fn read(
     )
     .await?;
     out.total = ctx.prefer.settle_count(out.total, out.planned, st.max_rows);
-    let resp = read_response(ctx, rng.0, out, head);
+    let mut resp = read_response(ctx, rng.0, out, head);
+    // PostgREST's canonical location of a table read (also on a 416).
+    if let Ok(v) = HeaderValue::from_bytes(content_location(&table.name, uri).as_bytes()) {
+        resp.headers_mut().insert(CONTENT_LOCATION, v);
+    }
     Ok(with_applied(resp, &ctx.prefer, Reported::default()))
 }
 

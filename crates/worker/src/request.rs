@@ -67,6 +67,72 @@ pub(crate) fn top_range(
     Ok((clamp(lower), upper.map(|u| clamp(u - lower + 1))))
 }
 
+/// The rows a PUT, PATCH or DELETE is limited to, as (offset, limit);
+/// `(0, None)`: all of them. As PostgREST's `getRanges`: an empty range is
+/// 416 PGRST103, `limit`/`offset` (at any level) on PATCH/DELETE without an
+/// `order` PGRST109, and any top-level `limit`, or an `offset` other than 0,
+/// on PUT PGRST114. `Range` is not read.
+pub(crate) fn write_range(q: &Query, put: bool) -> Result<(i64, Option<i64>), Error> {
+    let range = top_range(&HeaderMap::new(), q, false)?;
+    if !put && (!q.limits.is_empty() || !q.offsets.is_empty()) && q.orders.is_empty() {
+        return Err(Error::limit_without_order());
+    }
+    if put && range != (0, None) {
+        return Err(Error::new(
+            Code::PutLimit,
+            "limit/offset querystring parameters are not allowed for PUT",
+        ));
+    }
+    Ok(range)
+}
+
+/// `Content-Location` of a table read, as PostgREST 12 writes it
+/// (`Response.hs`, its `qsCanonical`): `/table`, then, when there is a query
+/// string, `?` and its decoded pairs sorted by name (ties in their order), a
+/// repeated name once with its values joined by `,`, every byte but ASCII
+/// letters, digits and `-_.~` percent-encoded (`%2C` for a `,` in a value).
+pub(crate) fn content_location(table: &str, uri: &Uri) -> String {
+    let mut out = format!("/{table}");
+    let mut pairs: Vec<(String, String)> =
+        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+    if pairs.is_empty() {
+        return out;
+    }
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    out.push('?');
+    let mut last: Option<&str> = None;
+    for (k, v) in &pairs {
+        if last == Some(k.as_str()) {
+            out.push(',');
+        } else {
+            if last.is_some() {
+                out.push('&');
+            }
+            encode_canonical(&mut out, k);
+            out.push('=');
+            last = Some(k);
+        }
+        encode_canonical(&mut out, v);
+    }
+    out
+}
+
+/// Percent-encodes all but ASCII letters, digits and `-_.~` (uppercase hex).
+fn encode_canonical(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+}
+
 /// `Range: first-last` / `first-` (digits only) as (first, last).
 fn parse_range(v: &str) -> Option<(i128, Option<i128>)> {
     let (a, b) = v.split_once('-')?;
@@ -260,5 +326,65 @@ mod csv_tests {
                 "{body}: {e}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(q: &str) -> String {
+        let uri: Uri = format!("/rest/v1/t{q}").parse().expect("uri");
+        content_location("items", &uri)
+    }
+
+    #[test]
+    fn content_location_is_the_canonical_query() {
+        assert_eq!(location(""), "/items");
+        assert_eq!(location("?"), "/items");
+        // Sorted by name (PostgREST's spec: `/no_pk?b=eq.1&a=eq.1`).
+        assert_eq!(location("?b=eq.1&a=eq.1"), "/items?a=eq.1&b=eq.1");
+        // Repeated names once, values joined by `,`; a bare key gets `=`.
+        assert_eq!(
+            location("?id=gt.1&select=id,name&id=lt.5&d"),
+            "/items?d=&id=gt.1,lt.5&select=id%2Cname"
+        );
+        // Decoded, then encoded again: `+` is a space, UTF-8 bytes, parentheses.
+        assert_eq!(
+            location("?name=eq.a+b&or=(id.eq.1,name.eq.%C3%A9)"),
+            "/items?name=eq.a%20b&or=%28id.eq.1%2Cname.eq.%C3%A9%29"
+        );
+    }
+
+    fn range(q: &str, put: bool) -> Result<(i64, Option<i64>), Option<Code>> {
+        let q = query::parse(q, &|_| false).expect("query");
+        write_range(&q, put).map_err(|e| e.code())
+    }
+
+    #[test]
+    fn write_ranges_as_postgrest() {
+        assert_eq!(range("id=eq.1", false), Ok((0, None)));
+        assert_eq!(range("order=id&limit=2&offset=1", false), Ok((1, Some(2))));
+        // An order anywhere satisfies the check (PostgREST's `qsOrder`).
+        assert_eq!(range("limit=2", false), Err(Some(Code::LimitWithoutOrder)));
+        assert_eq!(range("offset=0", false), Err(Some(Code::LimitWithoutOrder)));
+        assert_eq!(
+            range("c.limit=1", false),
+            Err(Some(Code::LimitWithoutOrder))
+        );
+        assert_eq!(range("order=id&offset=0", false), Ok((0, None)));
+        // A negative limit is the empty range's 416, before anything else.
+        assert_eq!(
+            range("limit=-1", false),
+            Err(Some(Code::RangeNotSatisfiable))
+        );
+        assert_eq!(range("order=id&limit=0", false), Ok((0, Some(0))));
+        // PUT: any top-level limit, or an offset other than 0.
+        assert_eq!(range("id=eq.1", true), Ok((0, None)));
+        assert_eq!(range("id=eq.1&offset=0", true), Ok((0, None)));
+        assert_eq!(range("id=eq.1&limit=1", true), Err(Some(Code::PutLimit)));
+        assert_eq!(range("id=eq.1&limit=0", true), Err(Some(Code::PutLimit)));
+        assert_eq!(range("id=eq.1&offset=1", true), Err(Some(Code::PutLimit)));
+        assert_eq!(range("id=eq.1&c.limit=1", true), Ok((0, None)));
     }
 }

@@ -1,4 +1,4 @@
-//! The HTTP entry points of `/rest/v1`: `/{table}` (GET, HEAD, POST,
+//! The HTTP entry points of `/rest/v1`: `/{table}` (GET, HEAD, POST, PUT,
 //! PATCH, DELETE) and `/rpc/{function}` (GET, HEAD, POST).
 
 use axum::body::Bytes;
@@ -10,10 +10,10 @@ use crate::context::{context, lookup_table};
 use crate::error::{Code, Error};
 use crate::prefer::{Prefer, Reported};
 use crate::read::read;
-use crate::request::{csv_to_json, is_csv_body, parse_query};
+use crate::request::{csv_to_json, is_csv_body, parse_query, write_range};
 use crate::response::with_applied;
 use crate::state::AppState;
-use crate::write::{insert, update_or_delete};
+use crate::write::{insert, put, update_or_delete};
 
 /// `/rest/v1/{table}`
 pub async fn table(
@@ -38,10 +38,11 @@ async fn table_inner(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, Error> {
-    if !matches!(
+    let write = matches!(
         *method,
-        Method::GET | Method::HEAD | Method::POST | Method::PATCH | Method::DELETE
-    ) {
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if !write && !matches!(*method, Method::GET | Method::HEAD) {
         return Err(Error::new(
             Code::UnsupportedMethod,
             format!("Unsupported HTTP method: {method}"),
@@ -49,12 +50,17 @@ async fn table_inner(
     }
     let q = parse_query(uri, &|_| false)?;
     let mut ctx = context(st, method, uri, headers).await?;
+    // Checked with the request, before the resource (PostgREST's getRanges).
+    let range = match *method {
+        Method::PUT | Method::PATCH | Method::DELETE => write_range(&q, *method == Method::PUT)?,
+        _ => (0, None),
+    };
     let table = lookup_table(st, &mut ctx, name).await?;
     // After the resource is known (PostgREST plans it first).
     ctx.prefer.check()?;
     // A CSV body becomes the JSON PostgREST makes of it.
     let csv;
-    let body = if matches!(*method, Method::POST | Method::PATCH) && is_csv_body(headers) {
+    let body = if write && *method != Method::DELETE && is_csv_body(headers) {
         csv = Bytes::from(csv_to_json(body, *method == Method::PATCH)?);
         &csv
     } else {
@@ -62,10 +68,14 @@ async fn table_inner(
     };
     match *method {
         Method::GET | Method::HEAD => {
-            read(st, &ctx, &table, &q, headers, *method == Method::HEAD).await
+            read(st, &ctx, &table, &q, uri, headers, *method == Method::HEAD).await
         }
         Method::POST => insert(st, &ctx, &table, &q, body).await,
-        _ => update_or_delete(st, &ctx, &table, &q, body, *method == Method::PATCH).await,
+        Method::PUT => put(st, &ctx, &table, &q, body).await,
+        _ => {
+            let update = *method == Method::PATCH;
+            update_or_delete(st, &ctx, &table, &q, body, update, range).await
+        }
     }
 }
 

@@ -178,6 +178,7 @@ pub(crate) async fn call(
     let checks = Checks {
         single: ctx.singular,
         max_affected: ctx.prefer.max_affected(),
+        ..Checks::default()
     };
     if let Some(columns) = f.columns.clone() {
         let (count, count_cap, explain) = ctx.prefer.count_plan(st.max_rows);

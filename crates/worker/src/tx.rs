@@ -121,16 +121,27 @@ pub(crate) struct Checks {
     pub(crate) single: bool,
     /// At most this many (`Prefer: handling=strict, max-affected=n`): PGRST124.
     pub(crate) max_affected: Option<i64>,
+    /// At most this many (a limited PATCH or DELETE's `limit`): PGRST110.
+    pub(crate) max_changes: Option<i64>,
+    /// Exactly one (PUT: the body's key is the URL's): PGRST115.
+    pub(crate) put: bool,
 }
 
 impl Checks {
     pub(crate) fn single(single: bool) -> Self {
         Checks {
             single,
-            max_affected: None,
+            ..Checks::default()
         }
     }
 
+    /// Anything to check before the transaction may commit.
+    fn any(&self) -> bool {
+        self.single || self.put || self.max_affected.is_some() || self.max_changes.is_some()
+    }
+
+    /// In PostgREST's order (`Query.hs`: `failNotSingular`,
+    /// `failExceedsMaxAffectedPref`, `failsChangesOffLimits`, `failPut`).
     fn check(&self, o: Outcome) -> Result<Outcome, Error> {
         if self.single && o.page != 1 {
             return Err(not_single(o.page));
@@ -143,6 +154,21 @@ impl Checks {
                 "Query result exceeds max-affected preference constraint",
             )
             .details(format!("The query affects {} rows", o.page)));
+        }
+        if let Some(n) = self.max_changes
+            && o.page > n
+        {
+            return Err(Error::new(
+                Code::ChangesOffLimits,
+                "The maximum number of rows allowed to change was surpassed",
+            )
+            .details(format!(
+                "Results contain {} rows changed but the maximum number allowed is {n}",
+                o.page
+            )));
+        }
+        if self.put && o.page != 1 {
+            return Err(Error::put_matching_pk());
         }
         Ok(o)
     }
@@ -261,8 +287,7 @@ async fn run_on(job: &TxJob, conn: &mut Conn) -> Result<Outcome, Error> {
     };
     // A read's COMMIT goes with it, and so does a write's that has nothing
     // to check first; the others' wait (see above).
-    let pipelined_commit =
-        job.read_only || !(job.rollback || job.checks.single || job.checks.max_affected.is_some());
+    let pipelined_commit = job.read_only || !(job.rollback || job.checks.any());
     let commit_f = || async {
         if !pipelined_commit {
             return None;

@@ -1,5 +1,5 @@
-//! Writes (POST, PATCH, DELETE): the body checked against the table, the
-//! statement from [`crate::sql::write`], and the response per `Prefer:
+//! Writes (POST, PUT, PATCH, DELETE): the body checked against the table,
+//! the statement from [`crate::sql::write`], and the response per `Prefer:
 //! return` (the written rows through the read planner for
 //! `representation`, `Location` for `headers-only`).
 
@@ -13,10 +13,10 @@ use serde_json::Value;
 use crate::context::Ctx;
 use crate::error::{Code, Error};
 use crate::prefer::{Reported, Resolution, Return};
-use crate::query::{Query, SelectItem};
+use crate::query::{Cond, Op, Query, SelectItem};
 use crate::read::plan_response;
 use crate::response::{JSON, Media, content_range, location_of, respond, with_applied};
-use crate::schema::Table;
+use crate::schema::{Column, Table};
 use crate::sql::plan::{self, Planner, Shape, Source};
 use crate::sql::{self, Sql};
 use crate::state::AppState;
@@ -25,7 +25,7 @@ use crate::tx::{Checks, Kind, Outcome, execute};
 /// Parses a write body: the objects' keys (checked) and the JSON text.
 pub(crate) fn body_columns(
     table: &Table,
-    q: &Query,
+    columns: Option<&[String]>,
     body: &Bytes,
     allow_array: bool,
 ) -> Result<(Vec<String>, bool, usize), Error> {
@@ -55,8 +55,8 @@ pub(crate) fn body_columns(
             ));
         }
     };
-    let cols: Vec<String> = match &q.columns {
-        Some(c) => c.clone(),
+    let cols: Vec<String> = match columns {
+        Some(c) => c.to_vec(),
         None => match objects.first() {
             None => Vec::new(),
             Some(first) => {
@@ -95,6 +95,10 @@ struct Write {
     /// An upsert with `resolution=merge-duplicates`: the statement counts
     /// the rows it inserted in `pgrst.inserted` (201 when some were, else 200).
     merge: bool,
+    /// PUT: 204, or with `return=representation` 201 when the row was
+    /// inserted (`pgrst.inserted`) and 200 when it was updated; no
+    /// `Content-Range` (PostgREST's `MutationSingleUpsert` response).
+    put: bool,
     checks: Checks,
     reported: Reported,
 }
@@ -111,7 +115,13 @@ async fn write_and_respond(
     let representation = ctx.prefer.representation();
     let location = w.created && ctx.prefer.ret == Some(Return::HeadersOnly) && !table.pk.is_empty();
     let status_of = |out: &Outcome| {
-        if !w.created {
+        if w.put {
+            match (representation, out.inserted.unwrap_or(0) > 0) {
+                (false, _) => StatusCode::NO_CONTENT,
+                (true, true) => StatusCode::CREATED,
+                (true, false) => StatusCode::OK,
+            }
+        } else if !w.created {
             if representation {
                 StatusCode::OK
             } else {
@@ -126,13 +136,15 @@ async fn write_and_respond(
     };
     let crange_of = |out: &Outcome| {
         let total = ctx.prefer.counts().then_some(out.page);
-        if w.created || w.delete {
-            match total {
+        if w.put {
+            None
+        } else if w.created || w.delete {
+            Some(match total {
                 None => "*/*".to_owned(),
                 Some(t) => format!("*/{t}"),
-            }
+            })
         } else {
-            content_range(0, out.page, total)
+            Some(content_range(0, out.page, total))
         }
     };
     let finish = |resp: Response| Ok(with_applied(resp, &ctx.prefer, w.reported));
@@ -151,7 +163,7 @@ async fn write_and_respond(
         } else {
             execute(st, ctx, stmt, None, false, Kind::Affected, w.checks).await?
         };
-        return finish(respond(status_of(&out), JSON, Some(crange_of(&out)), None));
+        return finish(respond(status_of(&out), JSON, crange_of(&out), None));
     }
     // Representation: the written rows through the select (embeds included).
     let cte = sql::write::returning_all(stmt);
@@ -189,7 +201,7 @@ async fn write_and_respond(
         strip_nulls: matches!(ctx.media, Media::ArrayStripped | Media::ObjectStripped),
         csv: ctx.media == Media::Csv,
         no_body: false,
-        inserted: w.merge,
+        inserted: w.merge || w.put,
         count_cap: None,
         explain: false,
     };
@@ -208,7 +220,7 @@ async fn write_and_respond(
     let out = execute(st, ctx, sql, None, false, Kind::Rows, w.checks).await?;
     let status = status_of(&out);
     if location {
-        let mut resp = respond(status, JSON, Some(crange_of(&out)), None);
+        let mut resp = respond(status, JSON, crange_of(&out), None);
         if let Some(loc) = location_of(table, &out.body)
             && let Ok(v) = HeaderValue::from_str(&loc)
         {
@@ -218,7 +230,7 @@ async fn write_and_respond(
     }
     let ctype = ctx.media.content_type();
     let crange = crange_of(&out);
-    finish(respond(status, ctype, Some(crange), Some(out.body)))
+    finish(respond(status, ctype, crange, Some(out.body)))
 }
 
 pub(crate) async fn insert(
@@ -228,7 +240,7 @@ pub(crate) async fn insert(
     q: &Query,
     body: &Bytes,
 ) -> Result<Response, Error> {
-    let (cols, is_array, n) = body_columns(table, q, body, true)?;
+    let (cols, is_array, n) = body_columns(table, q.columns.as_deref(), body, true)?;
     let resolution = ctx.prefer.resolution;
     // The conflict target: on_conflict, else the primary key (none: a plain insert).
     let target: &[String] = q.on_conflict.as_deref().unwrap_or(&table.pk);
@@ -254,6 +266,7 @@ pub(crate) async fn insert(
         created: true,
         delete: false,
         merge,
+        put: false,
         checks: Checks::single(ctx.singular),
         reported: Reported {
             params: false,
@@ -266,6 +279,8 @@ pub(crate) async fn insert(
     write_and_respond(st, ctx, table, q, sql, w).await
 }
 
+/// PATCH (`update`) or DELETE; `range` = (offset, limit) of a limited
+/// one (`(0, None)`: every filtered row), see [`crate::request::write_range`].
 pub(crate) async fn update_or_delete(
     st: &AppState,
     ctx: &Ctx,
@@ -273,6 +288,7 @@ pub(crate) async fn update_or_delete(
     q: &Query,
     body: &Bytes,
     update: bool,
+    range: (i64, Option<i64>),
 ) -> Result<Response, Error> {
     let mut planner = Planner::new(&ctx.schema, &ctx.db_schema).with_aggregates(st.aggregates);
     let reported = Reported {
@@ -283,7 +299,7 @@ pub(crate) async fn update_or_delete(
         max_affected: true,
     };
     let mut sql = if update {
-        let (cols, _, _) = body_columns(table, q, body, false)?;
+        let (cols, _, _) = body_columns(table, q.columns.as_deref(), body, false)?;
         if cols.is_empty() {
             // Nothing to change.
             let status = if ctx.prefer.representation() {
@@ -306,16 +322,112 @@ pub(crate) async fn update_or_delete(
     } else {
         sql::write::delete(table)
     };
-    plan::write_conditions(&mut planner, table, q, &mut sql)?;
+    let limited = range != (0, None);
+    if limited {
+        plan::limited_write_conditions(&mut planner, table, q, &mut sql, update, range)?;
+    } else {
+        plan::write_conditions(&mut planner, table, q, &mut sql)?;
+    }
     let w = Write {
         created: false,
         delete: !update,
         merge: false,
+        put: false,
         checks: Checks {
             single: ctx.singular,
             max_affected: ctx.prefer.max_affected(),
+            // Order columns that are not unique write more rows than the
+            // limit: PGRST110, nothing changed (PostgREST).
+            max_changes: range.1.filter(|_| limited),
+            put: false,
         },
         reported,
     };
     write_and_respond(st, ctx, table, q, sql, w).await
+}
+
+/// PUT: one row inserted or replaced by its primary key. The filters must
+/// be `eq` on all and only the primary key's columns (else 405 PGRST105, also
+/// for a table without one); the body (an object, or an array: its rows
+/// with the URL's key are written) must hold the key with the URL's
+/// values, else 400 PGRST115 and nothing is written. `columns=`,
+/// `on_conflict=` and `missing=default` do not apply, as in PostgREST.
+pub(crate) async fn put(
+    st: &AppState,
+    ctx: &Ctx,
+    table: &Arc<Table>,
+    q: &Query,
+    body: &Bytes,
+) -> Result<Response, Error> {
+    let key = put_key(table, q)?;
+    let (cols, is_array, n) = body_columns(table, None, body, true)?;
+    if n == 0 || !table.pk.iter().all(|k| cols.contains(k)) {
+        // No row could carry the URL's key.
+        return Err(Error::put_matching_pk());
+    }
+    let rows = sql::write::Rows {
+        body,
+        cols: &cols,
+        is_array,
+        len: n,
+        missing_default: false,
+    };
+    let sql = sql::write::put(table, rows, &key);
+    let w = Write {
+        created: false,
+        delete: false,
+        merge: false,
+        put: true,
+        checks: Checks {
+            put: true,
+            ..Checks::default()
+        },
+        reported: Reported {
+            ret: true,
+            ..Reported::default()
+        },
+    };
+    write_and_respond(st, ctx, table, q, sql, w).await
+}
+
+/// The primary key's columns with their values in the URL: the filters
+/// must be exactly one plain `eq` per key column (repeating one is
+/// allowed; it then needs both values), no other filter, no `or`/`and`,
+/// nothing on an embedded resource (PostgREST's `MutationSingleUpsert`
+/// plan: `qsFilterFields` equal to the key's columns, all `eq`).
+fn put_key<'t>(table: &'t Table, q: &'t Query) -> Result<Vec<(&'t Column, &'t str)>, Error> {
+    let invalid = || {
+        Error::new(
+            Code::PutFilters,
+            "Filters must include all and only primary key columns with 'eq' operators",
+        )
+    };
+    let mut key = Vec::with_capacity(q.conds.len());
+    for (path, cond) in &q.conds {
+        let Cond::Filter(f) = cond else {
+            return Err(invalid());
+        };
+        let Op::Cmp("=", value) = &f.op else {
+            return Err(invalid());
+        };
+        if !path.is_empty() || f.negate || !f.field.json.is_empty() {
+            return Err(invalid());
+        }
+        let column = table
+            .pk
+            .contains(&f.field.name)
+            .then(|| table.column(&f.field.name))
+            .flatten()
+            .ok_or_else(invalid)?;
+        key.push((column, value.as_str()));
+    }
+    if table.pk.is_empty()
+        || !table
+            .pk
+            .iter()
+            .all(|k| key.iter().any(|(c, _)| &c.name == k))
+    {
+        return Err(invalid());
+    }
+    Ok(key)
 }

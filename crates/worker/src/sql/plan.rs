@@ -1177,6 +1177,36 @@ fn write_where(sql: &mut Sql, node: &Node, join: Option<(&Node, &EmbedNode)>) ->
 }
 
 fn write_order_page(sql: &mut Sql, node: &Node) -> Result<(), Error> {
+    write_order(sql, node, false)?;
+    write_page(sql, node);
+    Ok(())
+}
+
+/// ` LIMIT n OFFSET m` of a node, each when set.
+fn write_page(sql: &mut Sql, node: &Node) {
+    if let Some(l) = node.limit {
+        sql.push(" LIMIT ");
+        sql.bind(Arg::Int(l));
+    }
+    if let Some(o) = node.offset {
+        sql.push(" OFFSET ");
+        sql.bind(Arg::Int(o));
+    }
+}
+
+/// `ctid` names the row's system column (a limited write's `order=ctid`,
+/// as PostgREST lets Postgres resolve it) unless the source has a column
+/// of that name.
+fn is_ctid(node: &Node, o: &OrderTerm) -> bool {
+    o.relation.is_none()
+        && o.field.json.is_empty()
+        && o.field.name == "ctid"
+        && col(node, "ctid").is_err()
+}
+
+/// ` ORDER BY …` of a node's terms, or nothing; `ctid` allowed when
+/// `ctid` (see [`is_ctid`]).
+fn write_order(sql: &mut Sql, node: &Node, ctid: bool) -> Result<(), Error> {
     if !node.order.is_empty() {
         sql.push(" ORDER BY ");
         for (i, o) in node.order.iter().enumerate() {
@@ -1184,6 +1214,11 @@ fn write_order_page(sql: &mut Sql, node: &Node) -> Result<(), Error> {
                 sql.push(", ");
             }
             match &o.relation {
+                None if ctid && is_ctid(node, o) => {
+                    sql.ident(&node.alias);
+                    sql.push(".");
+                    sql.ident("ctid");
+                }
                 None => {
                     write_field(sql, node, &o.field)?;
                 }
@@ -1209,14 +1244,6 @@ fn write_order_page(sql: &mut Sql, node: &Node) -> Result<(), Error> {
                 None => {}
             }
         }
-    }
-    if let Some(l) = node.limit {
-        sql.push(" LIMIT ");
-        sql.bind(Arg::Int(l));
-    }
-    if let Some(o) = node.offset {
-        sql.push(" OFFSET ");
-        sql.bind(Arg::Int(o));
     }
     Ok(())
 }
@@ -1397,6 +1424,17 @@ pub fn write_conditions(
     query: &Query,
     sql: &mut Sql,
 ) -> Result<(), Error> {
+    let node = write_target(planner, table, query)?;
+    write_where(sql, &node, None)
+}
+
+/// The written table aliased `t0` with the request's filters (none may
+/// name an embedded resource: a write has none).
+fn write_target(
+    planner: &mut Planner<'_>,
+    table: &Arc<Table>,
+    query: &Query,
+) -> Result<Node, Error> {
     if let Some((path, _)) = query.conds.iter().find(|(p, _)| !p.is_empty()) {
         return Err(not_embedded(path));
     }
@@ -1405,14 +1443,89 @@ pub fn write_conditions(
         conds: query.conds.clone(),
         ..Query::default()
     };
-    let node = planner.level(
+    planner.level(
         Source::Table(table.clone()),
         &[SelectItem::Star],
         "t0".to_owned(),
         &[],
         &q,
-    )?;
-    write_where(sql, &node, None)
+    )
+}
+
+/// What follows `UPDATE … SET … FROM (body) _r` or `DELETE FROM …` of a
+/// limited write (`limit`/`offset` with `order` on PATCH/DELETE, PostgREST
+/// 12's "limited update/delete"): the first rows of the filtered ones in
+/// that order, `range` = (offset, limit), picked by a subquery and matched
+/// by the order's columns (PostgREST's `mutRangeF`; `order=ctid` matches
+/// the row's system column, for a table without a unique key). Unlike
+/// PostgREST, which matches on those columns only, the filters apply to
+/// the outer statement too, so a row outside them is never written.
+pub fn limited_write_conditions(
+    planner: &mut Planner<'_>,
+    table: &Arc<Table>,
+    query: &Query,
+    sql: &mut Sql,
+    update: bool,
+    range: (i64, Option<i64>),
+) -> Result<(), Error> {
+    let mut node = write_target(planner, table, query)?;
+    // Set here, not planned: `ctid` is no column of the cache.
+    node.order = query
+        .orders
+        .iter()
+        .filter(|(p, _)| p.is_empty())
+        .flat_map(|(_, o)| o.iter().cloned())
+        .collect();
+    node.offset = (range.0 > 0).then_some(range.0);
+    node.limit = range.1;
+    // The columns the rows are matched by: the order's, each once.
+    let mut ids: Vec<&str> = Vec::new();
+    for o in node.order.iter().filter(|o| o.relation.is_none()) {
+        let name = o.field.name.as_str();
+        if table.column(name).is_none() && !is_ctid(&node, o) {
+            return Err(column_missing(&table.name, name));
+        }
+        if !ids.contains(&name) {
+            ids.push(name);
+        }
+    }
+    if ids.is_empty() {
+        // Only embedded resources' orders: none for the rows written.
+        return Err(Error::limit_without_order());
+    }
+    sql.push(if update {
+        ", (SELECT "
+    } else {
+        " USING (SELECT "
+    });
+    let column = |sql: &mut Sql, id: &str| {
+        sql.ident(&node.alias);
+        sql.push(".");
+        sql.ident(id);
+    };
+    for (i, id) in ids.iter().enumerate() {
+        sql.push(if i > 0 { ", " } else { "" });
+        column(sql, id);
+    }
+    sql.push(" FROM ");
+    push_qualified(sql, &table.schema, &table.name);
+    sql.push(" AS ");
+    sql.ident(&node.alias);
+    write_where(sql, &node, None)?;
+    write_order(sql, &node, true)?;
+    write_page(sql, &node);
+    sql.push(") AS \"pgrst_affected_rows\" WHERE ");
+    for (i, id) in ids.iter().enumerate() {
+        sql.push(if i > 0 { " AND " } else { "" });
+        column(sql, id);
+        sql.push(" = \"pgrst_affected_rows\".");
+        sql.ident(id);
+    }
+    for c in &node.conds {
+        sql.push(" AND ");
+        write_cond(sql, &node, c)?;
+    }
+    Ok(())
 }
 
 /// The function to call for `name` with these argument names, or PGRST202.

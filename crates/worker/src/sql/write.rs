@@ -6,7 +6,7 @@
 
 use super::{Arg, INSERTED, Sql, push_idents, push_qualified};
 use crate::prefer::Resolution;
-use crate::schema::Table;
+use crate::schema::{Column, Table};
 
 /// What a body holds: its rows and their columns (all checked against
 /// the table).
@@ -34,6 +34,32 @@ pub fn insert(
     resolution: Option<Resolution>,
     target: &[String],
 ) -> Sql {
+    insert_where(table, rows, resolution, target, &[])
+}
+
+/// PUT's single-row upsert (PostgREST's `MutationSingleUpsert`): the
+/// body's rows whose primary key is the URL's (`key`: each key column with
+/// the value of its `eq` filter, read as the column's type) inserted, or
+/// merged over the existing row (`ON CONFLICT (pk) DO UPDATE` of every
+/// sent column), counted in `pgrst.inserted`. The body holds every key
+/// column (checked by the caller).
+pub fn put(table: &Table, rows: Rows<'_>, key: &[(&Column, &str)]) -> Sql {
+    insert_where(
+        table,
+        rows,
+        Some(Resolution::MergeDuplicates),
+        &table.pk,
+        key,
+    )
+}
+
+fn insert_where(
+    table: &Table,
+    rows: Rows<'_>,
+    resolution: Option<Resolution>,
+    target: &[String],
+    key: &[(&Column, &str)],
+) -> Sql {
     let merge = resolution == Some(Resolution::MergeDuplicates);
     let mut sql = Sql::default();
     sql.push("INSERT INTO ");
@@ -54,8 +80,21 @@ pub fn insert(
         sql.push(" FROM ");
         push_body_rows(&mut sql, table, rows, false);
         sql.push(" _");
+        let mut sep = " WHERE ";
+        for (col, value) in key {
+            sql.push(sep);
+            sql.push("_.");
+            sql.ident(&col.name);
+            sql.push(" = CAST(");
+            sql.bind(Arg::Text((*value).to_owned()));
+            sql.push(" AS ");
+            sql.push(&col.ty);
+            sql.push(")");
+            sep = " AND ";
+        }
         if merge {
-            sql.push(" WHERE ");
+            // After the key: only rows that will be written are counted.
+            sql.push(sep);
             sql.push(inserted_counter(true));
         }
     }

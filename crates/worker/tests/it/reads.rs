@@ -254,3 +254,38 @@ async fn pages_counts_and_singular() {
         "PGRST106",
     );
 }
+
+/// `Content-Location` of a table read (GET, HEAD, also 206/416), as
+/// PostgREST 12 (`Response.hs`, `qsCanonical`): the table and its query
+/// string sorted by name; not on rpc.
+#[tokio::test]
+async fn content_location() {
+    let s = Stack::start().await;
+    let location = |path: &'static str| {
+        let s = &s;
+        async move {
+            let (_, h, _) = send(s.get(path)).await;
+            h.get("content-location")
+                .map(|v| v.to_str().expect("ascii").to_owned())
+        }
+    };
+    assert_eq!(
+        location("/items?id=eq.1").await.as_deref(),
+        Some("/items?id=eq.1")
+    );
+    assert_eq!(location("/items").await.as_deref(), Some("/items"));
+    assert_eq!(
+        location("/items?select=id,name&order=id&id=lt.3")
+            .await
+            .as_deref(),
+        Some("/items?id=lt.3&order=id&select=id%2Cname")
+    );
+    let (st, h, _) = send(
+        s.req(http::Method::HEAD, "/items?offset=100&id=gt.0")
+            .header("Prefer", "count=exact"),
+    )
+    .await;
+    assert_eq!(st, 416);
+    assert_eq!(h["content-location"], "/items?id=gt.0&offset=100");
+    assert_eq!(location("/rpc/numbers?n=2").await, None);
+}
