@@ -100,7 +100,7 @@ pub(crate) async fn context(
 ) -> Result<Ctx, Error> {
     let caller = authenticate(st, headers).await?;
     let role = caller.role().as_str();
-    let profile_header = if matches!(*method, Method::GET | Method::HEAD) {
+    let profile_header = if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         "accept-profile"
     } else {
         "content-profile"
@@ -118,7 +118,12 @@ pub(crate) async fn context(
             ));
         }
     };
-    let (media, plan) = media(headers, st.plans)?;
+    // OPTIONS answers no body: `Accept` is not negotiated (PostgREST).
+    let (media, plan) = if *method == Method::OPTIONS {
+        (Media::Array, None)
+    } else {
+        media(headers, st.plans)?
+    };
     let singular = media.singular();
     let mut prefer = Prefer::from_headers(headers);
     let db = st.pools.get(&caller.tenant.info);

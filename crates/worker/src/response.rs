@@ -398,6 +398,16 @@ pub(crate) fn with_applied(mut resp: Response, prefer: &Prefer, r: Reported) -> 
     resp
 }
 
+/// OPTIONS: 200, `Allow: <methods>`, no body (PostgREST's `respondInfo`;
+/// its `Access-Control-Allow-Origin: *` is left to the proxy, which answers
+/// CORS for the data API).
+pub(crate) fn allow(methods: &'static str) -> Response {
+    let mut resp = Response::new(Body::empty());
+    resp.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(methods));
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

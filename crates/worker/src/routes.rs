@@ -1,5 +1,5 @@
 //! The HTTP entry points of `/rest/v1`: `/{table}` (GET, HEAD, POST, PUT,
-//! PATCH, DELETE) and `/rpc/{function}` (GET, HEAD, POST).
+//! PATCH, DELETE, OPTIONS) and `/rpc/{function}` (GET, HEAD, POST, OPTIONS).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -11,7 +11,8 @@ use crate::error::{Code, Error};
 use crate::prefer::{Prefer, Reported};
 use crate::read::read;
 use crate::request::{csv_to_json, is_csv_body, parse_query, write_range};
-use crate::response::with_applied;
+use crate::response::{allow, with_applied};
+use crate::schema::Table;
 use crate::state::AppState;
 use crate::write::{insert, put, update_or_delete};
 
@@ -42,7 +43,7 @@ async fn table_inner(
         *method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
-    if !write && !matches!(*method, Method::GET | Method::HEAD) {
+    if !write && !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Err(Error::new(
             Code::UnsupportedMethod,
             format!("Unsupported HTTP method: {method}"),
@@ -56,6 +57,9 @@ async fn table_inner(
         _ => (0, None),
     };
     let table = lookup_table(st, &mut ctx, name).await?;
+    if *method == Method::OPTIONS {
+        return Ok(allow(allowed_methods(&table)));
+    }
     // After the resource is known (PostgREST plans it first).
     ctx.prefer.check()?;
     // A CSV body becomes the JSON PostgREST makes of it.
@@ -79,6 +83,26 @@ async fn table_inner(
     }
 }
 
+/// OPTIONS on a table or view: the methods it takes (PostgREST's
+/// `RelInfoPlan`): reads always, POST when insertable, PUT when also
+/// updatable and it has a primary key, PATCH when updatable, DELETE when
+/// deletable.
+fn allowed_methods(t: &Table) -> &'static str {
+    let put = t.insertable && t.updatable && !t.pk.is_empty();
+    match (t.insertable, put, t.updatable, t.deletable) {
+        (true, true, true, true) => "OPTIONS,GET,HEAD,POST,PUT,PATCH,DELETE",
+        (true, false, true, true) => "OPTIONS,GET,HEAD,POST,PATCH,DELETE",
+        (true, true, true, false) => "OPTIONS,GET,HEAD,POST,PUT,PATCH",
+        (true, false, true, false) => "OPTIONS,GET,HEAD,POST,PATCH",
+        (true, _, false, true) => "OPTIONS,GET,HEAD,POST,DELETE",
+        (true, _, false, false) => "OPTIONS,GET,HEAD,POST",
+        (false, _, true, true) => "OPTIONS,GET,HEAD,PATCH,DELETE",
+        (false, _, true, false) => "OPTIONS,GET,HEAD,PATCH",
+        (false, _, false, true) => "OPTIONS,GET,HEAD,DELETE",
+        (false, _, false, false) => "OPTIONS,GET,HEAD",
+    }
+}
+
 /// `/rest/v1/rpc/{function}`
 pub async fn rpc(
     State(st): State<AppState>,
@@ -89,7 +113,7 @@ pub async fn rpc(
     body: Bytes,
 ) -> Response {
     match crate::rpc::call(&st, &name, &method, &uri, &headers, &body).await {
-        Ok(r) if headers.contains_key("prefer") => {
+        Ok(r) if headers.contains_key("prefer") && method != Method::OPTIONS => {
             let reported = Reported {
                 max_affected: true,
                 params: true,

@@ -9,11 +9,11 @@ use axum::response::Response;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::Value;
 
-use crate::context::context;
+use crate::context::{Ctx, context};
 use crate::error::{Code, Error};
 use crate::read::{plan_response, read_response};
 use crate::request::{BodyMedia, body_media, parse_query, top_range};
-use crate::response::{JSON, Media, content_range, respond};
+use crate::response::{JSON, Media, allow, content_range, respond};
 use crate::schema::Function;
 use crate::sql;
 use crate::sql::plan::{self, Planner, Shape, Source};
@@ -30,7 +30,7 @@ pub(crate) async fn call(
 ) -> Result<Response, Error> {
     let post = match *method {
         Method::POST => true,
-        Method::GET | Method::HEAD => false,
+        Method::GET | Method::HEAD | Method::OPTIONS => false,
         _ => {
             return Err(Error::new(
                 Code::RpcMethod,
@@ -43,6 +43,9 @@ pub(crate) async fn call(
     if candidates.is_empty() && ctx.db.stale_after_miss() {
         ctx.reload_schema(st).await?;
         candidates = ctx.schema.functions(&ctx.db_schema, name).to_vec();
+    }
+    if *method == Method::OPTIONS {
+        return options(&ctx, name, uri);
     }
     let q = parse_query(uri, &|_| !post)?;
     // A function taking the whole body as one json/jsonb argument:
@@ -269,4 +272,19 @@ pub(crate) async fn call(
         Some(content_range(0, out.page, None)),
         (!head).then_some(out.body),
     ))
+}
+
+/// OPTIONS: the methods the function takes (PostgREST's `RoutineInfoPlan`):
+/// `OPTIONS,POST` for a volatile one, else also GET and HEAD. The function
+/// is found as PostgREST 12 finds it for OPTIONS: by the query string's
+/// keys, which cannot be arguments there (a plain `a=1` is PGRST100), so a
+/// function with a required parameter is PGRST202.
+fn options(ctx: &Ctx, name: &str, uri: &Uri) -> Result<Response, Error> {
+    parse_query(uri, &|_| false)?;
+    let f = plan::pick_function(&ctx.schema, &ctx.db_schema, name, &[], false, false)?;
+    Ok(allow(if f.volatility == "v" {
+        "OPTIONS,POST"
+    } else {
+        "OPTIONS,GET,HEAD,POST"
+    }))
 }

@@ -39,6 +39,15 @@ pub struct Table {
     /// A view or materialized view.
     #[serde(default)]
     pub view: bool,
+    /// Rows can be inserted, updated, deleted: a table, or a view or
+    /// foreign table `pg_relation_is_updatable` (triggers included) says
+    /// takes them, as PostgREST's schema cache (OPTIONS' `Allow`).
+    #[serde(default)]
+    pub insertable: bool,
+    #[serde(default)]
+    pub updatable: bool,
+    #[serde(default)]
+    pub deletable: bool,
     /// Computed fields: functions of one parameter of this table's row
     /// type returning one value, as `(function schema, name and type)`.
     #[serde(skip)]

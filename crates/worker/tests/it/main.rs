@@ -10,6 +10,7 @@ mod functions;
 mod helpers;
 mod limited;
 mod media;
+mod options;
 mod postgrest;
 mod put;
 mod reads;
