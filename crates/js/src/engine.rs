@@ -257,6 +257,9 @@ pub(crate) struct FnRuntime {
     rt: Runtime,
     shared: Rc<Shared>,
     meter: Rc<Meter>,
+    /// The last invocation's URL as sent and as WHATWG-normalised (a warm
+    /// function is mostly called at the same URL).
+    last_url: Option<(String, String)>,
 }
 
 impl Drop for FnRuntime {
@@ -665,6 +668,7 @@ impl FnRuntime {
             rt,
             shared,
             meter,
+            last_url: None,
         })
     }
 
@@ -768,12 +772,16 @@ impl FnRuntime {
         self.meter.start();
         // The prelude takes these as they are (`new Request` would check
         // them): a WHATWG URL and lower-case names with trimmed values.
-        let Some(url) = url_parse(url, None) else {
-            self.meter.stop();
-            return Err(Failure::Exception(format!(
-                "TypeError: Request: invalid URL '{url}'"
-            )));
-        };
+        if self.last_url.as_ref().is_none_or(|(sent, _)| sent != url) {
+            let Some(parsed) = url_parse(url, None) else {
+                self.meter.stop();
+                return Err(Failure::Exception(format!(
+                    "TypeError: Request: invalid URL '{url}'"
+                )));
+            };
+            self.last_url = Some((url.to_owned(), parsed.into()));
+        }
+        let url = self.last_url.as_ref().map_or("", |(_, href)| href.as_str());
         let flat: Vec<Cow<'_, str>> = headers
             .iter()
             .filter_map(|(k, v)| incoming_header(k, v))
@@ -789,7 +797,7 @@ impl FnRuntime {
                 } else {
                     TypedArray::<u8>::new(ctx.clone(), body)?.into_value()
                 };
-                let promise: Promise = invoke.call((method, url.as_str(), flat, body))?;
+                let promise: Promise = invoke.call((method, url, flat, body))?;
                 Ok(Persistent::save(&ctx, promise))
             };
             run().map_err(|e| Self::caught(&ctx, e, &self.meter))
@@ -1020,36 +1028,58 @@ impl FnRuntime {
 /// with no NUL, CR, LF or character above U+00FF; `None` for one that cannot
 /// be (the host sends none such: it forwards what `http` parsed).
 fn incoming_header<'a>(name: &'a str, value: &'a str) -> Option<(Cow<'a, str>, Cow<'a, str>)> {
-    const fn tchars() -> [bool; 256] {
-        let mut table = [false; 256];
+    // Per byte: 1 a token character, 2 an upper-case letter (a token
+    // character too), 4 allowed in a value (not NUL, CR or LF, and not a
+    // UTF-8 lead byte from 0xC4 on: a character above U+00FF).
+    const fn classes() -> [u8; 256] {
+        let mut table = [0u8; 256];
         let mut b = 0;
-        while b < 128 {
-            table[b] = (b as u8).is_ascii_alphanumeric();
+        while b < 256 {
+            let byte = b as u8;
+            if byte.is_ascii_alphanumeric() {
+                table[b] |= 1;
+            }
+            if byte.is_ascii_uppercase() {
+                table[b] |= 2;
+            }
+            if !matches!(byte, 0 | b'\r' | b'\n') && byte < 0xc4 {
+                table[b] |= 4;
+            }
             b += 1;
         }
         let extra = b"!#$%&'*+-.^_`|~";
         let mut i = 0;
         while i < extra.len() {
-            table[extra[i] as usize] = true;
+            table[extra[i] as usize] |= 1;
             i += 1;
         }
         table
     }
-    const TCHAR: [bool; 256] = tchars();
-    if name.is_empty() || !name.bytes().all(|b| TCHAR[usize::from(b)]) {
+    const CLASS: [u8; 256] = classes();
+    let mut seen = 1u8;
+    let mut upper = 0u8;
+    for b in name.bytes() {
+        seen &= CLASS[usize::from(b)];
+        upper |= CLASS[usize::from(b)];
+    }
+    if name.is_empty() || seen == 0 {
         return None;
     }
-    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+    let name = if upper & 2 != 0 {
         Cow::Owned(name.to_ascii_lowercase())
     } else {
         Cow::Borrowed(name)
     };
-    let value = value.trim_matches(['\t', '\n', '\r', ' ']);
-    // Above U+00FF is a UTF-8 lead byte from 0xC4 on.
-    if value
-        .bytes()
-        .any(|b| matches!(b, 0 | b'\r' | b'\n') || b >= 0xc4)
-    {
+    let space = |b: &u8| matches!(b, b'\t' | b'\n' | b'\r' | b' ');
+    let bytes = value.as_bytes();
+    let start = bytes.iter().position(|b| !space(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !space(b))
+        .map_or(start, |i| i + 1);
+    // ASCII bytes: `start..end` are character boundaries.
+    let value = &value[start..end];
+    if !value.bytes().all(|b| CLASS[usize::from(b)] & 4 != 0) {
         return None;
     }
     Some((name, Cow::Borrowed(value)))
