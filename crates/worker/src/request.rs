@@ -92,11 +92,11 @@ pub(crate) fn write_range(q: &Query, put: bool) -> Result<(i64, Option<i64>), Er
 /// repeated name once with its values joined by `,`, every byte but ASCII
 /// letters, digits and `-_.~` percent-encoded (`%2C` for a `,` in a value).
 pub(crate) fn content_location(table: &str, uri: &Uri) -> String {
-    let mut out = format!("/{table}");
-    let mut pairs: Vec<(String, String)> =
-        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+    let query = uri.query().unwrap_or("");
+    let mut out = String::with_capacity(table.len() + query.len() * 2 + 2);
+    out.push('/');
+    out.push_str(table);
+    let mut pairs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
     if pairs.is_empty() {
         return out;
     }
@@ -104,7 +104,7 @@ pub(crate) fn content_location(table: &str, uri: &Uri) -> String {
     out.push('?');
     let mut last: Option<&str> = None;
     for (k, v) in &pairs {
-        if last == Some(k.as_str()) {
+        if last == Some(&**k) {
             out.push(',');
         } else {
             if last.is_some() {

@@ -259,6 +259,11 @@ pub(crate) fn media(headers: &HeaderMap, plans: bool) -> Result<(Media, Option<P
 /// `;`s minus its `*`s), ties in the header's order. `q=0` does not
 /// exclude a type: it comes last.
 fn accept_order(accept: &str) -> Vec<String> {
+    // One range without parameters or spaces (`*/*`, `application/json`):
+    // nothing to weigh.
+    if !accept.bytes().any(|b| matches!(b, b',' | b';' | b' ')) {
+        return vec![accept.to_owned()];
+    }
     let mut items: Vec<(String, f64, i64)> = split_accept(accept)
         .map(|item| {
             let mut m: String = item.chars().filter(|c| *c != ' ').collect();
