@@ -148,18 +148,10 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    /// The keys it was sent the module of, each with a fingerprint of the
-    /// env it last sent for it (a warm invocation with the same env sends
-    /// none: the worker keeps the runtime's).
-    loaded: VecDeque<(FunctionKey, u64)>,
-}
-
-/// A fingerprint of an invocation's env (equal envs, equal fingerprints).
-fn env_fingerprint(env: Option<&[(String, String)]>) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    env.hash(&mut hasher);
-    hasher.finish()
+    /// The keys it was sent the module of, each with the env it last sent
+    /// for it (a warm invocation with the same env sends none: the worker
+    /// keeps the runtime's). Compared, not hashed: a few hundred bytes.
+    loaded: VecDeque<(FunctionKey, Option<Vec<(String, String)>>)>,
 }
 
 /// The exchange failed: the worker cannot be trusted any more.
@@ -459,9 +451,8 @@ impl Worker {
             .compiled
             .as_ref()
             .is_some_and(|c| c.len() + body.len() <= protocol::MAX_BODY as usize);
-        let fingerprint = env_fingerprint(invoke.env.as_deref());
         let held = self.loaded.iter().position(|(k, _)| *k == invoke.key);
-        let env_held = held.is_some_and(|i| self.loaded[i].1 == fingerprint);
+        let env_held = held.is_some_and(|i| self.loaded[i].1 == invoke.env);
         let mut sent = if held.is_some() {
             Sent::Nothing
         } else if bytecode_fits {
@@ -503,12 +494,17 @@ impl Worker {
         // load or hit a limit is gone: its next invocation is a
         // `NeedSource` and gets the module and the env again).
         match self.loaded.iter().position(|(k, _)| *k == invoke.key) {
-            Some(i) => self.loaded[i].1 = fingerprint,
+            Some(i) => {
+                if self.loaded[i].1 != invoke.env {
+                    self.loaded[i].1.clone_from(&invoke.env);
+                }
+            }
             None if sent != Sent::Nothing || answer.reply.cold => {
                 if self.loaded.len() >= REMEMBERED_KEYS {
                     self.loaded.pop_front();
                 }
-                self.loaded.push_back((invoke.key.clone(), fingerprint));
+                self.loaded
+                    .push_back((invoke.key.clone(), invoke.env.clone()));
             }
             None => {}
         }
