@@ -37,8 +37,8 @@ use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 
 use crate::bench_common::{
-    Figure, Plan, Report, SECRET, Table, Target, Wrk, WrkRun, control_with_tenant, cpu_seconds,
-    post_json, start_proxy, target_dir, wait_http,
+    Baseline, Figure, Plan, Report, SECRET, Table, Target, Wrk, WrkRun, control_with_tenant,
+    cpu_seconds, post_json, start_proxy, target_dir, wait_http,
 };
 use crate::procs::{GRACE, Guard};
 use crate::util::{free_port, http_client, run, step};
@@ -311,28 +311,6 @@ fn start_worker(
         bail!("unexpected answer from the worker: {probe}");
     }
     Ok((worker, url))
-}
-
-/// Another build to compare with, from `--baseline <label>=<path>`.
-#[derive(Debug, Clone)]
-pub struct Baseline {
-    pub bin: PathBuf,
-    /// How it is named in the report (e.g. its commit).
-    pub label: String,
-}
-
-impl std::str::FromStr for Baseline {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Baseline, String> {
-        let (label, bin) = s
-            .split_once('=')
-            .ok_or_else(|| format!("{s:?}: expected <label>=<madbase binary>"))?;
-        Ok(Baseline {
-            bin: PathBuf::from(bin),
-            label: label.to_owned(),
-        })
-    }
 }
 
 /// Runs the worker benchmark, writes its report.

@@ -3,7 +3,8 @@
 //! `--smoke`), the results' JSON and BENCHMARKS.md writer ([`Report`]),
 //! medians and per-round ratios, ports, the target directory, HTTP probes,
 //! CPU time from /proc, and the madbase services they start (control with a
-//! tenant, the proxy), each a [`Guard`] ended with the benchmark.
+//! tenant, the proxy), each a [`Guard`] ended with the benchmark, and
+//! another build to measure alongside ([`Baseline`], from `--baseline`).
 //!
 //! A benchmark builds a [`Report`] of [`Table`]s whose cells are text or
 //! [`Figure`]s (a value with its unit, the per-round values it is the median
@@ -53,6 +54,28 @@ impl Plan {
                 warmup: 2,
             }
         }
+    }
+}
+
+/// Another build to compare with, from `--baseline <label>=<path>`.
+#[derive(Debug, Clone)]
+pub(crate) struct Baseline {
+    pub(crate) bin: PathBuf,
+    /// How it is named in the report (e.g. its commit).
+    pub(crate) label: String,
+}
+
+impl std::str::FromStr for Baseline {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Baseline, String> {
+        let (label, bin) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected <label>=<madbase binary>"))?;
+        Ok(Baseline {
+            bin: PathBuf::from(bin),
+            label: label.to_owned(),
+        })
     }
 }
 
@@ -890,6 +913,14 @@ mod wrk_tests {
         ];
         let unique: std::collections::BTreeSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
+    }
+
+    #[test]
+    fn baseline_is_label_equals_binary() {
+        let b: super::Baseline = "abc123=/tmp/x=y/madbase".parse().expect("parsed");
+        assert_eq!(b.label, "abc123");
+        assert_eq!(b.bin, std::path::PathBuf::from("/tmp/x=y/madbase"));
+        assert!("no-equals-sign".parse::<super::Baseline>().is_err());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, bail};
 
 use crate::bench_common::{
-    BenchControl, Figure, MASTER_KEY, Plan, Report, SECRET, Table, Target, Wrk,
+    Baseline, BenchControl, Figure, MASTER_KEY, Plan, Report, SECRET, Table, Target, Wrk,
     control_with_tenant, post_json, start_proxy, start_proxy_with, target_dir, tree_cpu_seconds,
     wait_http,
 };
@@ -110,7 +110,7 @@ fn start_nginx(conf: &Path, cpu: &str) -> Result<Guard> {
 }
 
 /// Runs the proxy benchmark, writes its report.
-pub fn proxy(plan: Plan, baselines: &[crate::bench::Baseline]) -> Result<()> {
+pub fn proxy(plan: Plan, baselines: &[Baseline]) -> Result<()> {
     step("bench: proxy vs nginx");
     run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
     let bin = target_dir().join("release/madbase");

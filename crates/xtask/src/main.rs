@@ -125,7 +125,7 @@ enum Task {
         /// measure this other build in the same rounds (before/after);
         /// repeatable.
         #[arg(long)]
-        baseline: Vec<bench::Baseline>,
+        baseline: Vec<bench_common::Baseline>,
     },
     /// Reliability (issue 24): the fault and hostile-input scenarios, the
     /// property tests with many cases and the long mixed soak, each
@@ -156,7 +156,7 @@ enum Bench {
 fn bench(
     only: Option<Bench>,
     plan: bench_common::Plan,
-    baselines: &[bench::Baseline],
+    baselines: &[bench_common::Baseline],
 ) -> Result<()> {
     let all_or = |b: Bench| only.is_none_or(|o| o == b);
     if all_or(Bench::Proxy) {
