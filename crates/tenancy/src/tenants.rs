@@ -154,10 +154,17 @@ pub enum Invalidation {
     All,
 }
 
+/// At most this many tenants (found or not) are cached per client: every
+/// well-formed unknown id becomes a "not found" entry, so without a bound a
+/// stream of made-up ids would grow the cache without end.
+pub const MAX_CACHED_TENANTS: usize = 10_000;
+
 /// What every clone of one [`TenantClient`] shares.
 #[derive(Debug)]
 struct Shared {
+    /// At most `capacity` entries (see [`Shared::store`]).
     cache: Mutex<HashMap<String, Entry>>,
+    capacity: usize,
     /// One lock per tenant being loaded: concurrent misses of one tenant
     /// wait for a single control call (single flight).
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -174,6 +181,7 @@ impl Default for Shared {
     fn default() -> Self {
         Shared {
             cache: Mutex::default(),
+            capacity: MAX_CACHED_TENANTS,
             loading: Mutex::default(),
             generation: AtomicU64::default(),
             following: AtomicBool::default(),
@@ -187,6 +195,33 @@ impl Shared {
         self.cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Caches `entry` for `id`, keeping at most `capacity` entries. When a
+    /// new id finds the cache full, "not found" entries past
+    /// `negative_ttl` go first (they serve nothing); if that frees too
+    /// little, the oldest entries are evicted ("not found" ones before
+    /// found ones, which can still be served stale) down to nine tenths of
+    /// the capacity, so a full cache is swept once per tenth of its size
+    /// rather than on every insert.
+    fn store(&self, id: &str, entry: Entry, negative_ttl: Duration) {
+        let mut cache = self.cache();
+        if cache.len() >= self.capacity && !cache.contains_key(id) {
+            cache.retain(|_, e| e.value.is_some() || e.fetched.elapsed() < negative_ttl);
+            let keep = self.capacity - self.capacity.div_ceil(10);
+            if cache.len() > keep {
+                let mut by_age: Vec<(bool, Instant, String)> = cache
+                    .iter()
+                    .map(|(k, e)| (e.value.is_some(), e.fetched, k.clone()))
+                    .collect();
+                let evict = cache.len() - keep;
+                by_age.select_nth_unstable(evict - 1);
+                for (_, _, k) in &by_age[..evict] {
+                    cache.remove(k);
+                }
+            }
+        }
+        cache.insert(id.to_owned(), entry);
     }
 
     fn drop_one(&self, id: &str) {
@@ -332,13 +367,14 @@ impl TenantClient {
                 // An invalidation while this load was in flight: the answer
                 // may predate the change; keep it only for serving stale.
                 let expired = self.shared.generation.load(Ordering::SeqCst) != generation;
-                self.shared.cache().insert(
-                    id.to_owned(),
+                self.shared.store(
+                    id,
                     Entry {
                         value: value.clone(),
                         fetched: Instant::now(),
                         expired,
                     },
+                    self.negative_ttl,
                 );
                 Ok(value)
             }
@@ -624,6 +660,126 @@ mod tests {
             back.authenticator_password.expose_secret(),
             "authenticator-password-value"
         );
+    }
+
+    fn client_with_capacity(control_url: &str, capacity: usize) -> TenantClient {
+        let mut client = TenantClient::new(control_url, "platform-secret", &Metrics::new());
+        client.shared = Arc::new(Shared {
+            capacity,
+            ..Shared::default()
+        });
+        client
+    }
+
+    fn entry(found: bool, fetched: Instant) -> Entry {
+        let value = found.then(|| {
+            Arc::new(TenantInfo {
+                id: "kept".into(),
+                jwt_secret: "s".into(),
+                key_version: 1,
+                database: "t_kept".into(),
+                db_host: "db".into(),
+                db_port: 5432,
+                authenticator_user: "kept_authenticator".into(),
+                authenticator_password: "p".into(),
+                cors_origins: None,
+            })
+        });
+        Entry {
+            value,
+            fetched,
+            expired: false,
+        }
+    }
+
+    #[test]
+    fn the_cache_stays_bounded_and_evicts_unknown_ids_first() {
+        let shared = Shared {
+            capacity: 100,
+            ..Shared::default()
+        };
+        let ttl = Duration::from_secs(5);
+        let old = Instant::now();
+        shared.store("kept", entry(true, old), ttl);
+        for i in 0..1_000 {
+            shared.store(&format!("unknown-{i}"), entry(false, Instant::now()), ttl);
+            assert!(
+                shared.cache().len() <= 100,
+                "{} entries",
+                shared.cache().len()
+            );
+        }
+        // The found tenant, though the oldest, outlived every "not found".
+        assert!(
+            shared
+                .cache()
+                .get("kept")
+                .is_some_and(|e| e.value.is_some())
+        );
+        // The most recent unknown id is still cached.
+        assert!(shared.cache().contains_key("unknown-999"));
+        // Re-storing a cached id in a full cache evicts nothing.
+        let len = shared.cache().len();
+        shared.store("unknown-999", entry(false, Instant::now()), ttl);
+        assert_eq!(shared.cache().len(), len);
+        // With only found tenants, the oldest go.
+        let full = Shared {
+            capacity: 10,
+            ..Shared::default()
+        };
+        for i in 0..10 {
+            full.store(&format!("t-{i}"), entry(true, Instant::now()), ttl);
+        }
+        full.store("newest", entry(true, Instant::now()), ttl);
+        let cache = full.cache();
+        assert!(cache.len() <= 10 && cache.contains_key("newest") && !cache.contains_key("t-0"));
+    }
+
+    /// Control answering 404 to everything, counting the requests.
+    async fn control_that_knows_no_tenant() -> (String, Arc<AtomicU64>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n @ 1..) = conn.read(&mut chunk).await {
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            let answer = "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+                            if conn.write_all(answer.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, requests)
+    }
+
+    #[tokio::test]
+    async fn many_unknown_tenants_do_not_grow_the_cache_past_its_bound() {
+        let (url, requests) = control_that_knows_no_tenant().await;
+        let client = client_with_capacity(&url, 50);
+        for i in 0..500 {
+            let id = format!("unknown-{i}");
+            assert!(client.get(&id).await.expect("control answers").is_none());
+            assert!(client.shared.cache().len() <= 50);
+        }
+        // Negative caching still works for what is kept: no control call.
+        let before = requests.load(Ordering::SeqCst);
+        assert!(client.get("unknown-499").await.expect("cached").is_none());
+        assert_eq!(requests.load(Ordering::SeqCst), before);
     }
 
     #[test]
