@@ -18,7 +18,11 @@
 //! 4. A tenant through control's admin API, a table with an RLS policy
 //!    through the tenant SQL endpoint, and CRUD through the proxy with the
 //!    anon and service_role keys (RLS enforced, anon insert refused); the
-//!    `X-Request-Id` sent comes back and is in the worker's JSON logs.
+//!    `X-Request-Id` sent comes back and is in the worker's JSON logs. A
+//!    function secret set through control's admin API reaches a deployed
+//!    function (`Deno.env.get`, invoked through the proxy), and no
+//!    credential (the stack's secrets, the tenant's keys and own secrets,
+//!    the admin token, that function secret) is in any container's logs.
 //! 5. The images: `Healthcheck` and a non-root `User` in `podman image
 //!    inspect`, no process of any container runs as root, no `/bin/sh`.
 //! 6. `podman-compose stop` under load ([`StopLoad`]: clients read through
@@ -314,6 +318,14 @@ fn run_steps(steps: &mut Steps, stack: &mut Option<Stack>) -> Result<()> {
         || request_id_check(&api, stack, &containers, &request_id),
     );
 
+    // A function secret reaches the function (and no log line, below).
+    let function_secret = format!("e2e-function-secret-{}", random_hex(24)?);
+    steps.run(
+        "a function reads its tenant's secret: PUT /v1/tenants/{id}/secrets, deploy, \
+         invoke through the proxy (200, true)",
+        || function_secret_check(&http, &control, &proxy, &admin, &tenant, &function_secret),
+    );
+
     // Credentials never reach a log line (JSON logs of every container).
     let mut credentials = vec![
         ("JWT_SECRET", secrets.jwt.clone()),
@@ -329,6 +341,11 @@ fn run_steps(steps: &mut Steps, stack: &mut Option<Stack>) -> Result<()> {
             tenant.service_role_key.clone(),
         ),
         ("the admin token", admin.clone()),
+        // Set even when the function step failed: never logged either way.
+        ("the tenant's function secret", function_secret.clone()),
+        // No console password: compose.yaml passes no
+        // MADBASE_CONSOLE_PASSWORD to control (a test below notices when it
+        // does, and this list must then have it).
     ];
     if let Some(tenant_secrets) = steps.run(
         "the tenant's own secrets (control, GET /internal/v1/tenants/{id})",
@@ -1744,14 +1761,24 @@ impl Http {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Answer> {
+        let body = body.map(|b| ("application/json", b.to_string()));
+        self.send_body(method, url, headers, body)
+    }
+
+    /// [`Http::send`] with a body of any type: `(content type, body)`.
+    fn send_body(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, String)>,
+    ) -> Result<Answer> {
         let mut req = self.client.request(method.clone(), url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        if let Some(body) = body {
-            req = req
-                .header("Content-Type", "application/json")
-                .body(body.to_string());
+        if let Some((content_type, body)) = body {
+            req = req.header("Content-Type", content_type).body(body);
         }
         self.runtime
             .block_on(async {
@@ -2057,6 +2084,91 @@ fn tenant_secrets(
             field("authenticator_password")?,
         ),
     ])
+}
+
+/// The function secret's name, and the function that reads it.
+const FUNCTION_SECRET_NAME: &str = "E2E_FUNCTION_SECRET";
+const FUNCTION_NAME: &str = "e2e-secret";
+/// Answers whether the secret is set, never its value.
+const FUNCTION_SOURCE: &str = r#"Deno.serve(() => {
+  const value = Deno.env.get("E2E_FUNCTION_SECRET");
+  return Response.json(typeof value === "string" && value.length > 0);
+});
+"#;
+/// How long the first invocation after the deploy may keep failing (the
+/// change feed reaches the functions service well within it).
+const FUNCTION_READY: Duration = Duration::from_secs(15);
+
+/// Sets a function secret (`value`) of the tenant through control's admin
+/// API, deploys [`FUNCTION_SOURCE`] and invokes it through the proxy with
+/// the anon key: 200 and `true`. The value is never printed.
+fn function_secret_check(
+    http: &Http,
+    control: &str,
+    proxy: &str,
+    admin: &str,
+    tenant: &Tenant,
+    value: &str,
+) -> Result<()> {
+    let bearer = format!("Bearer {admin}");
+    let auth = [("Authorization", bearer.as_str())];
+    let answer = http.send(
+        reqwest::Method::PUT,
+        &format!("{control}/v1/tenants/{TENANT}/secrets"),
+        &auth,
+        Some(&json!({ FUNCTION_SECRET_NAME: value })),
+    )?;
+    answer.expect("PUT /v1/tenants/{id}/secrets", &[200])?;
+    let names = answer.json()?;
+    ensure!(
+        names
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s["name"] == FUNCTION_SECRET_NAME)),
+        "the secret is not among the tenant's secrets: {names}"
+    );
+    ensure!(
+        !answer.body.contains(value),
+        "the secrets API answered the secret's value"
+    );
+
+    let answer = http.send_body(
+        reqwest::Method::PUT,
+        &format!("{control}/v1/tenants/{TENANT}/functions/{FUNCTION_NAME}"),
+        &auth,
+        Some(("application/javascript", FUNCTION_SOURCE.to_owned())),
+    )?;
+    answer.expect("PUT /v1/tenants/{id}/functions/{name}", &[200, 201])?;
+
+    let url = format!("{proxy}/t/{TENANT}/functions/v1/{FUNCTION_NAME}");
+    let bearer = format!("Bearer {}", tenant.anon_key);
+    let headers = [
+        ("apikey", tenant.anon_key.as_str()),
+        ("Authorization", bearer.as_str()),
+    ];
+    let ready = Instant::now() + FUNCTION_READY;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let answer = http.send(reqwest::Method::POST, &url, &headers, Some(&json!({})))?;
+        ensure!(
+            !answer.body.contains(value),
+            "the function's answer holds the secret's value"
+        );
+        let set = answer.status == 200 && answer.body.trim() == "true";
+        if set {
+            eprintln!("   {FUNCTION_NAME}: HTTP 200 true after {attempts} invocation(s)");
+            return Ok(());
+        }
+        if Instant::now() >= ready {
+            answer.expect(&format!("POST /functions/v1/{FUNCTION_NAME}"), &[200])?;
+            bail!(
+                "POST /functions/v1/{FUNCTION_NAME}: answered {:?}, want true (the secret \
+                 is not set in the function) after {attempts} invocations",
+                answer.body.trim()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Fails naming each credential found in a container's `podman logs`
@@ -2414,6 +2526,28 @@ fn persisted_rest(api: &Api<'_>, before: &Value) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The function reads the secret the step sets.
+    #[test]
+    fn the_function_reads_the_secret_set() {
+        assert!(FUNCTION_SOURCE.contains(&format!("Deno.env.get(\"{FUNCTION_SECRET_NAME}\")")));
+    }
+
+    /// The log grep has no console password because the stack has none:
+    /// when compose.yaml (or the override) starts passing one, the e2e must
+    /// set it in its env file and add it to the credentials it greps for.
+    #[test]
+    fn the_stack_sets_no_console_password() -> Result<()> {
+        for file in ["compose.yaml", OVERRIDE_FILE] {
+            let text = std::fs::read_to_string(root().join(file))?;
+            ensure!(
+                !text.contains("MADBASE_CONSOLE_PASSWORD"),
+                "{file} sets MADBASE_CONSOLE_PASSWORD: set it in Stack::write_env and \
+                 add it to the credentials of no_credentials_logged"
+            );
+        }
+        Ok(())
+    }
 
     /// The override names exactly the stand-in images this file builds and
     /// leaves out exactly [`LEFT_OUT`].
