@@ -227,7 +227,30 @@ impl CodeCache {
         let feed = tenants.subscribe();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(follow(Arc::downgrade(&inner), feed));
+                let _guard = runtime.enter();
+                let weak = Arc::downgrade(&inner);
+                let mut first = Some(feed);
+                madbase_platform::tasks::supervise("function-code-feed", move || {
+                    let weak = weak.clone();
+                    let feed = first.take();
+                    async move {
+                        let feed = match feed {
+                            Some(feed) => feed,
+                            // A restart after a failure: announcements may
+                            // have been missed meanwhile.
+                            None => {
+                                let Some(inner) = weak.upgrade() else {
+                                    return Ok(());
+                                };
+                                let feed = inner.tenants.subscribe();
+                                inner.changes().all_changed();
+                                feed
+                            }
+                        };
+                        follow(weak, feed).await;
+                        Ok(())
+                    }
+                });
             }
             Err(_) => inner.changes().feed = Some(feed),
         }

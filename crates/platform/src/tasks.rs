@@ -1,7 +1,8 @@
 //! Background tasks that never vanish silently.
 //!
 //! Every long-lived task a service spawns (control's change-feed listener
-//! and its sweep of interrupted operations, the tenant-cache follower) runs
+//! and its sweep of interrupted operations, the tenant-cache follower, the
+//! worker's idle-pool closer, the functions code cache's feed follower) runs
 //! under [`supervise`]: when it fails (returns an error or panics) the
 //! failure is logged at `error`, counted in
 //! `madbase_background_task_restarts_total{task}` and the task is started
@@ -10,7 +11,11 @@
 //!
 //! Per-connection driver tasks (hyper's, tokio-postgres') are not
 //! supervised: they end with their connection, and the request that used
-//! the connection sees the error.
+//! the connection sees the error. Nor are per-request tasks, or
+//! [`crate::server::cancel_on_signal`]'s wait for SIGTERM/SIGINT, which ends
+//! with the process (it cannot fail, and restarting it would be wrong
+//! after it fired). `tests/spawns.rs` lists every direct spawn with its
+//! reason and fails on a new one.
 
 use std::future::Future;
 use std::sync::LazyLock;

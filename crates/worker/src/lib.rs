@@ -202,6 +202,16 @@ impl Config {
     }
 }
 
+/// Closes idle pools every `every`, for as long as the process runs (a
+/// supervised task: a panic is logged, counted and restarted).
+async fn close_idle_pools(pools: Pools, every: Duration) -> Result<(), String> {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        pools.close_idle();
+    }
+}
+
 /// Builds the worker service: routes, readiness checks, metrics. Must be
 /// called inside a Tokio runtime when pools should be closed when idle.
 pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
@@ -219,15 +229,11 @@ pub fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         },
         &metrics,
     );
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+    if tokio::runtime::Handle::try_current().is_ok() {
         let pools = pools.clone();
         let every = (config.pool_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
-        rt.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                pools.close_idle();
-            }
+        madbase_platform::tasks::supervise("idle-pool-closer", move || {
+            close_idle_pools(pools.clone(), every)
         });
     }
     let state = std::sync::Arc::new(Shared {
