@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use madbase_platform::ApiError;
 use madbase_platform::extract::Json as JsonBody;
+use madbase_platform::secrets::ExposeSecret as _;
 use madbase_tenancy::TenantInfo;
 use madbase_tenancy::jwt;
 use serde::{Deserialize, Serialize};
@@ -36,7 +37,7 @@ pub async fn require_role(
     let Some(token) = token else {
         return ApiError::unauthorized("missing Authorization: Bearer token").into_response();
     };
-    match jwt::verify_platform(&state.jwt_secret, token, role) {
+    match jwt::verify_platform(state.jwt_secret.expose_secret(), token, role) {
         Ok(_) => next.run(req).await,
         Err(e) => ApiError::unauthorized(format!("invalid {role} token: {e}")).into_response(),
     }

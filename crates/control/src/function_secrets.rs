@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use madbase_platform::ApiError;
 use madbase_platform::extract::Json as JsonBody;
+use madbase_platform::secrets::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row as _};
 
@@ -34,19 +35,21 @@ pub struct SecretView {
 }
 
 /// `PUT` bodies: `{"NAME": "value", …}` or `[{"name": …, "value": …}, …]`
-/// (the shape of Supabase's secrets API).
+/// (the shape of Supabase's secrets API). The values are `SecretString`s:
+/// `Debug` shows the names only.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum SecretsBody {
-    Map(BTreeMap<String, String>),
+    Map(BTreeMap<String, SecretString>),
     List(Vec<NameValue>),
 }
 
+/// One secret of a list-shaped `PUT` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NameValue {
     name: String,
-    value: String,
+    value: SecretString,
 }
 
 /// `None` when `name` may name a secret, else the problem: `^[A-Z_][A-Z0-9_]*$`,
@@ -89,7 +92,7 @@ pub async fn put(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<SecretsBody>,
 ) -> Result<Json<Vec<SecretView>>, ApiError> {
-    let pairs: Vec<(String, String)> = match body {
+    let pairs: Vec<(String, SecretString)> = match body {
         SecretsBody::Map(map) => map.into_iter().collect(),
         SecretsBody::List(list) => list.into_iter().map(|nv| (nv.name, nv.value)).collect(),
     };
@@ -98,7 +101,7 @@ pub async fn put(
     }
     for (name, value) in &pairs {
         valid_name(name)?;
-        if value.len() > MAX_VALUE {
+        if value.expose_secret().len() > MAX_VALUE {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "secret_too_large",
@@ -110,7 +113,7 @@ pub async fn put(
     let sealed: Vec<(String, Vec<u8>)> = pairs
         .into_iter()
         .map(|(n, v)| {
-            let s = state.sealer.seal(v.as_bytes());
+            let s = state.sealer.seal(v.expose_secret().as_bytes());
             (n, s)
         })
         .collect();
@@ -261,7 +264,30 @@ pub async fn opened(state: &AppState, id: &str) -> Result<BTreeMap<String, Strin
 
 #[cfg(test)]
 mod tests {
-    use super::invalid_name;
+    use super::{SecretsBody, invalid_name};
+    use madbase_platform::secrets::ExposeSecret as _;
+
+    #[test]
+    fn bodies_never_show_their_values_in_debug() {
+        for json in [
+            r#"{"STRIPE_KEY": "sk_live_value_1"}"#,
+            r#"[{"name": "STRIPE_KEY", "value": "sk_live_value_1"}]"#,
+        ] {
+            let body: SecretsBody = serde_json::from_str(json).expect("a body");
+            let debug = format!("{body:?}");
+            assert!(debug.contains("STRIPE_KEY"), "{debug}");
+            assert!(!debug.contains("sk_live_value_1"), "{debug}");
+            let value = match &body {
+                SecretsBody::Map(map) => map["STRIPE_KEY"].expose_secret().to_owned(),
+                SecretsBody::List(list) => list[0].value.expose_secret().to_owned(),
+            };
+            assert_eq!(value, "sk_live_value_1");
+        }
+        assert!(
+            serde_json::from_str::<SecretsBody>(r#"[{"name": "A", "value": "v", "x": 1}]"#)
+                .is_err()
+        );
+    }
 
     #[test]
     fn names() {

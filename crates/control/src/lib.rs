@@ -43,11 +43,12 @@ use crate::crypto::Sealer;
 pub struct Config {
     /// Listeners, logging and telemetry settings shared by every service.
     pub common: CommonConfig,
-    /// `DATABASE_URL`: the control database.
-    pub database_url: String,
+    /// `DATABASE_URL`: the control database (its password inside).
+    pub database_url: secrets::SecretString,
     /// `DEFAULT_TENANT_DB_URL`: the cluster tenant databases are created on
-    /// (default: `DATABASE_URL`'s server, database `postgres`).
-    pub tenant_db_url: String,
+    /// (default: `DATABASE_URL`'s server, database `postgres`; its password
+    /// inside).
+    pub tenant_db_url: secrets::SecretString,
     /// `JWT_SECRET`.
     pub jwt_secret: secrets::SecretString,
     /// `MADBASE_MASTER_KEY`, decoded.
@@ -92,8 +93,8 @@ impl Config {
         };
         Ok(Config {
             common,
-            database_url,
-            tenant_db_url,
+            database_url: database_url.into(),
+            tenant_db_url: tenant_db_url.into(),
             jwt_secret: secrets::jwt_secret(env)?,
             master_key: secrets::master_key(env)?,
             public_url: env.url(
@@ -149,7 +150,7 @@ pub struct AppState {
     admin: PgPool,
     cluster: PgConnectOptions,
     sealer: Sealer,
-    jwt_secret: String,
+    jwt_secret: secrets::SecretString,
     public_url: String,
     sql_limits: sql::Limits,
     metrics: ControlMetrics,
@@ -167,8 +168,8 @@ impl std::fmt::Debug for AppState {
 /// Connects to the control database (retrying for up to `wait` while it
 /// starts), applies the migrations and checks the master key.
 pub async fn connect_and_migrate(config: &Config, wait: Duration) -> anyhow::Result<PgPool> {
-    let options =
-        PgConnectOptions::from_str(&config.database_url)?.application_name("madbase-control");
+    let options = PgConnectOptions::from_str(config.database_url.expose_secret())?
+        .application_name("madbase-control");
     let deadline = std::time::Instant::now() + wait;
     let pool = loop {
         match PgPoolOptions::new()
@@ -218,7 +219,7 @@ async fn check_master_key(db: &PgPool, sealer: &Sealer) -> anyhow::Result<()> {
 /// Builds the control service: migrates, checks the master key, routes.
 pub async fn app(config: &Config) -> anyhow::Result<ServiceApp> {
     let db = connect_and_migrate(config, config.connect_wait).await?;
-    let cluster = api::cluster_options(&config.tenant_db_url)?;
+    let cluster = api::cluster_options(config.tenant_db_url.expose_secret())?;
     let admin = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(5))
@@ -232,7 +233,7 @@ pub async fn app(config: &Config) -> anyhow::Result<ServiceApp> {
         admin,
         cluster,
         sealer: Sealer::new(&config.master_key.expose_secret().0),
-        jwt_secret: config.jwt_secret.expose_secret().to_owned(),
+        jwt_secret: config.jwt_secret.clone(),
         public_url: config.public_url.clone(),
         sql_limits: sql::Limits {
             statement_timeout: config.sql_timeout,

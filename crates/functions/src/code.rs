@@ -28,9 +28,10 @@ pub(crate) struct FunctionCode {
     /// Shared by every invocation (up to 1 MiB: never copied per call).
     #[serde(deserialize_with = "shared_str")]
     pub source: Arc<str>,
-    /// The tenant's function secrets.
+    /// The tenant's function secrets (read only when an invocation's
+    /// environment is built).
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, SecretString>,
     /// The tenant's overrides of the service's limits.
     #[serde(default)]
     pub limits: LimitOverrides,

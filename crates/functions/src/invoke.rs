@@ -516,7 +516,7 @@ async fn prepare(
     let mut env: Vec<(String, String)> = code
         .env
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| (k.clone(), v.expose_secret().to_owned()))
         .collect();
     env.push(("SUPABASE_URL".to_owned(), supabase_url));
     env.push(("SUPABASE_ANON_KEY".to_owned(), keys.anon));

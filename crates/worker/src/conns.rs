@@ -17,6 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, Statement};
 
+use madbase_platform::secrets::{ExposeSecret as _, SecretString};
+
 use crate::sql;
 
 /// Data statements kept prepared per connection.
@@ -89,7 +91,8 @@ pub struct Target {
     pub port: u16,
     pub database: String,
     pub user: String,
-    pub password: String,
+    /// Read only where a connection is made.
+    pub password: SecretString,
 }
 
 impl std::fmt::Debug for Target {
@@ -110,7 +113,7 @@ impl Target {
             .port(self.port)
             .dbname(&self.database)
             .user(&self.user)
-            .password(&self.password)
+            .password(self.password.expose_secret())
             .application_name("madbase-worker");
         c
     }

@@ -58,7 +58,7 @@ fn matches(target: &Target, t: &TenantInfo) -> bool {
         && target.port == t.db_port
         && target.database == t.database
         && target.user == t.authenticator_user
-        && target.password == *t.authenticator_password.expose_secret()
+        && target.password.expose_secret() == t.authenticator_password.expose_secret()
 }
 
 fn target_of(t: &TenantInfo) -> Target {
@@ -67,7 +67,7 @@ fn target_of(t: &TenantInfo) -> Target {
         port: t.db_port,
         database: t.database.clone(),
         user: t.authenticator_user.clone(),
-        password: t.authenticator_password.expose_secret().to_owned(),
+        password: t.authenticator_password.clone(),
     }
 }
 

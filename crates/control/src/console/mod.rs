@@ -32,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use madbase_platform::config::{ConfigError, Env, Source};
+use madbase_platform::secrets::{ExposeSecret as _, SecretString};
 use madbase_tenancy::jwt;
 use maud::{DOCTYPE, Markup, html};
 
@@ -53,7 +54,7 @@ const JS: &str = include_str!("assets/console.js");
 pub struct ConsoleConfig {
     /// `MADBASE_CONSOLE_PASSWORD` or the contents of
     /// `MADBASE_CONSOLE_PASSWORD_FILE`; without it only an admin token signs in.
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
     /// `MADBASE_CONSOLE_IDLE_SECONDS`: a session unused this long ends (default 12 h).
     pub idle: Duration,
     /// How long a failed sign-in waits before it is answered (500 ms).
@@ -114,7 +115,7 @@ impl ConsoleConfig {
             ));
         }
         Ok(ConsoleConfig {
-            password: password.map(|(_, p)| p),
+            password: password.map(|(_, p)| SecretString::from(p)),
             idle: env.seconds(
                 madbase_platform::env::MADBASE_CONSOLE_IDLE_SECONDS,
                 Duration::from_secs(12 * 3600),
@@ -482,10 +483,10 @@ async fn sign_in(State(console): State<Console>, req: Request) -> Response {
     let by_password = console
         .config
         .password
-        .as_deref()
-        .is_some_and(|p| same(p.as_bytes(), secret.as_bytes()));
-    let by_token =
-        !by_password && jwt::verify_platform(&console.app.jwt_secret, secret, "admin").is_ok();
+        .as_ref()
+        .is_some_and(|p| same(p.expose_secret().as_bytes(), secret.as_bytes()));
+    let by_token = !by_password
+        && jwt::verify_platform(console.app.jwt_secret.expose_secret(), secret, "admin").is_ok();
     if !(by_password || by_token) {
         console.sessions.failed(ip);
         tracing::warn!(%ip, "console sign-in failed");

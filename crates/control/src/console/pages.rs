@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use madbase_platform::ApiError;
 use madbase_platform::extract::Json as JsonBody;
+use madbase_platform::secrets::ExposeSecret as _;
 use madbase_tenancy::jwt;
 use maud::{Markup, html};
 use serde_json::{Value, json};
@@ -743,7 +744,7 @@ async fn recent_invocations(
     names: &[String],
 ) -> Vec<(String, Result<Vec<Value>, String>)> {
     let token = jwt::platform_token(
-        &c.app.jwt_secret,
+        c.app.jwt_secret.expose_secret(),
         "internal",
         std::time::Duration::from_secs(60),
     );
