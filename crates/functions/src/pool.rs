@@ -596,6 +596,30 @@ impl Worker {
 mod tests {
     use super::withheld;
 
+    /// The worker process (`madbase_js`, which does not depend on the
+    /// platform crate) reads the names `madbase_platform::env` declares.
+    #[test]
+    fn the_worker_reads_the_declared_variables() {
+        use madbase_js::worker::env as js;
+        use madbase_platform::env as platform;
+        for (read, declared) in [
+            (
+                js::MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER,
+                platform::MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER,
+            ),
+            (
+                js::MADBASE_FUNCTIONS_RUNTIME_IDLE_SECS,
+                platform::MADBASE_FUNCTIONS_RUNTIME_IDLE_SECS,
+            ),
+            (
+                js::MADBASE_FUNCTIONS_TEST_HOOKS,
+                platform::MADBASE_FUNCTIONS_TEST_HOOKS,
+            ),
+        ] {
+            assert_eq!(read, declared);
+        }
+    }
+
     #[test]
     fn platform_secrets_are_withheld_from_workers() {
         for name in [

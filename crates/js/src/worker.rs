@@ -17,6 +17,19 @@ use crate::protocol::{
     self, FromWorker, FunctionError, FunctionKey, Invoke, LogLine, Outcome, Reply, ToWorker,
 };
 
+/// The environment variables the worker process reads. This crate does not
+/// depend on the platform crate, whose `madbase_platform::env` declares
+/// every variable with its meaning; these are the same names (a test in
+/// `crates/functions/src/pool.rs` checks they are equal).
+pub mod env {
+    /// Runtimes a worker process keeps (default 32).
+    pub const MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER: &str = "MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER";
+    /// Seconds an idle runtime is kept (default 300).
+    pub const MADBASE_FUNCTIONS_RUNTIME_IDLE_SECS: &str = "MADBASE_FUNCTIONS_RUNTIME_IDLE_SECS";
+    /// `1`: the worker offers test-only hooks; never in production.
+    pub const MADBASE_FUNCTIONS_TEST_HOOKS: &str = "MADBASE_FUNCTIONS_TEST_HOOKS";
+}
+
 /// Default number of cached runtimes per worker.
 pub const DEFAULT_RUNTIMES: usize = 32;
 /// The limits a spare runtime's prelude is evaluated under; an invocation
@@ -64,14 +77,14 @@ impl WorkerConfig {
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok();
         WorkerConfig {
-            max_runtimes: var("MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER")
+            max_runtimes: var(env::MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER)
                 .and_then(|v| v.trim().parse().ok())
                 .filter(|n| *n > 0)
                 .unwrap_or(DEFAULT_RUNTIMES),
-            idle: var("MADBASE_FUNCTIONS_RUNTIME_IDLE_SECS")
+            idle: var(env::MADBASE_FUNCTIONS_RUNTIME_IDLE_SECS)
                 .and_then(|v| v.trim().parse().ok())
                 .map_or(DEFAULT_IDLE, Duration::from_secs),
-            test_hooks: var("MADBASE_FUNCTIONS_TEST_HOOKS").as_deref() == Some("1"),
+            test_hooks: var(env::MADBASE_FUNCTIONS_TEST_HOOKS).as_deref() == Some("1"),
         }
     }
 }

@@ -76,7 +76,7 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
         /// Which service's default admin port to probe.
-        #[arg(long, env = "MADBASE_SERVICE")]
+        #[arg(long, env = madbase_platform::env::MADBASE_SERVICE)]
         service: Option<Service>,
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 3.0)]

@@ -164,11 +164,15 @@ variables! {
     MADBASE_FUNCTIONS_FETCH_ALLOW,
     /// Seconds a function's code and secrets are cached at most (2).
     MADBASE_FUNCTIONS_CODE_CACHE_SECONDS,
-    /// Runtimes a worker process keeps (read by the worker process).
+    /// Runtimes a worker process keeps (read by the worker process, through
+    /// `madbase_js::worker::env`: the js crate does not depend on this one;
+    /// a test in `crates/functions` checks the names are equal).
     MADBASE_FUNCTIONS_RUNTIMES_PER_WORKER,
-    /// Seconds an idle runtime is kept (read by the worker process).
+    /// Seconds an idle runtime is kept (read by the worker process, through
+    /// `madbase_js::worker::env`).
     MADBASE_FUNCTIONS_RUNTIME_IDLE_SECS,
-    /// `1`: workers offer test-only hooks; never in production.
+    /// `1`: workers offer test-only hooks; never in production (read by the
+    /// worker process, through `madbase_js::worker::env`).
     MADBASE_FUNCTIONS_TEST_HOOKS,
 
     // Control.

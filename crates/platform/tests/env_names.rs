@@ -110,3 +110,46 @@ fn each_constant_is_its_own_name_once() {
     assert_eq!(madbase_platform::env::MADBASE_LISTEN, "MADBASE_LISTEN");
     assert_eq!(madbase_platform::env::JWT_SECRET, "JWT_SECRET");
 }
+
+/// Where the crates read a variable (`std::env::var`, clap's `env =`,
+/// `Env::required`/`raw`), its name is a constant, never a string literal:
+/// a literal could drift from the declaration. (`option_env!` needs a
+/// literal; the tools in `xtask` and `testkit` set variables for the
+/// processes they start.)
+#[test]
+fn variables_are_read_through_their_constants() {
+    let root = root();
+    let declared: BTreeSet<&str> = madbase_platform::env::ALL.iter().copied().collect();
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates"))
+        .expect("crates/")
+        .flatten()
+    {
+        let name = entry.file_name();
+        if name != "xtask" && name != "testkit" {
+            files(&entry.path().join("src"), &mut paths);
+        }
+    }
+    let mut literal = Vec::new();
+    for path in paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+    {
+        let text = std::fs::read_to_string(path).expect("readable");
+        for (number, line) in text.lines().enumerate() {
+            for read in ["env = \"", "var(\"", "var_os(\"", "required(\"", "raw(\""] {
+                for (at, _) in line.match_indices(read) {
+                    let rest = &line[at + read.len()..];
+                    let name = rest.split('"').next().unwrap_or_default();
+                    if declared.contains(name) {
+                        literal.push(format!("{}:{}: {name}", path.display(), number + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        literal.is_empty(),
+        "read by a string literal, not its madbase_platform::env constant: {literal:?}"
+    );
+}
