@@ -151,8 +151,11 @@ struct Worker {
     /// The keys it was sent the module of, each with the env it last sent
     /// for it (a warm invocation with the same env sends none: the worker
     /// keeps the runtime's). Compared, not hashed: a few hundred bytes.
-    loaded: VecDeque<(FunctionKey, Option<Vec<(String, String)>>)>,
+    loaded: VecDeque<(FunctionKey, Option<WorkerEnv>)>,
 }
+
+/// The environment an invocation sends a worker (name, value).
+type WorkerEnv = Vec<(String, String)>;
 
 /// The exchange failed: the worker cannot be trusted any more.
 #[derive(Debug)]
@@ -494,11 +497,10 @@ impl Worker {
         // load or hit a limit is gone: its next invocation is a
         // `NeedSource` and gets the module and the env again).
         match self.loaded.iter().position(|(k, _)| *k == invoke.key) {
-            Some(i) => {
-                if self.loaded[i].1 != invoke.env {
-                    self.loaded[i].1.clone_from(&invoke.env);
-                }
+            Some(i) if self.loaded[i].1 != invoke.env => {
+                self.loaded[i].1.clone_from(&invoke.env);
             }
+            Some(_) => {}
             None if sent != Sent::Nothing || answer.reply.cold => {
                 if self.loaded.len() >= REMEMBERED_KEYS {
                     self.loaded.pop_front();
