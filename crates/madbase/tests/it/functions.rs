@@ -945,3 +945,101 @@ async fn another_tenants_function_answers_within_50_ms_while_runaway_functions_r
         took[took.len() / 2]
     );
 }
+
+/// Revocation reaches the functions service too (issue 20): a function with
+/// `verify_jwt` on refuses a rotated key, and a deleted tenant's function
+/// stops answering, within 1 s of control's answer, while it is called.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_key_and_a_deleted_tenant_are_refused_by_functions_within_a_second() {
+    let stack = Stack::start(&[]);
+    let a = stack.tenant("fnrev").await;
+    stack
+        .deploy(
+            &a,
+            "hello",
+            "",
+            "Deno.serve(() => Response.json({ ok: true }));",
+        )
+        .await;
+    let call = |key: String| {
+        let url = stack.fn_url(&a, "hello");
+        async move {
+            let resp = http()
+                .post(url)
+                .header("apikey", &key)
+                .bearer_auth(&key)
+                .json(&json!({}))
+                .send()
+                .await
+                .expect("invoke");
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    // Warm: the key is verified and cached by the functions service.
+    let (status, body) = eventually(&stack, &a, "hello", |s, _| s == 200).await;
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..20 {
+        assert_eq!(call(a.anon_key.clone()).await.0, 200);
+    }
+
+    let rotated: Value = http()
+        .post(format!(
+            "{}/v1/tenants/{}/keys/rotate",
+            stack.control_url(),
+            a.id
+        ))
+        .bearer_auth(platform_token("admin"))
+        .send()
+        .await
+        .expect("rotate")
+        .json()
+        .await
+        .expect("rotate json");
+    let fresh = rotated["anon_key"].as_str().expect("anon_key").to_owned();
+    let t0 = Instant::now();
+    loop {
+        let (old, old_body) = call(a.anon_key.clone()).await;
+        let (new, _) = call(fresh.clone()).await;
+        if old == 401 && new == 200 {
+            assert_eq!(old_body["code"], "invalid_jwt", "{old_body}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the rotated key still answers {old} (the new one {new}) after {:?}",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rotation = t0.elapsed();
+
+    let resp = http()
+        .delete(format!("{}/v1/tenants/{}", stack.control_url(), a.id))
+        .bearer_auth(platform_token("admin"))
+        .send()
+        .await
+        .expect("delete");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let t0 = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = call(fresh.clone()).await;
+        if status != 200 {
+            break (status, body);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the deleted tenant's function still answers after {:?}",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let deletion = t0.elapsed();
+    assert!(matches!(status, 401 | 404), "{status} {body}");
+    assert!(body["code"].is_string(), "{body}");
+    eprintln!(
+        "functions: rotated key refused after {rotation:?}, deleted tenant refused after {deletion:?} ({status} {})",
+        body["code"]
+    );
+}
