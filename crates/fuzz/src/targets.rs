@@ -567,6 +567,7 @@ fn note_frame_err(what: &str, e: &FrameError, out: &mut Outcomes) {
             out.note((what, "json", format!("{:?}", e.classify()), head.to_owned()));
         }
         FrameError::Io(e) => out.note((what, "io", format!("{:?}", e.kind()))),
+        FrameError::Trailer(e) => out.note((what, "trailer", e.clone())),
     }
 }
 
@@ -574,7 +575,7 @@ fn note_frame_err(what: &str, e: &FrameError, out: &mut Outcomes) {
 /// encoded again and must decode to the same encoding.
 fn frames<T>(what: &str, bytes: &[u8], out: &mut Outcomes, shape: fn(&T, &[u8], &mut Outcomes))
 where
-    T: serde::Serialize + serde::de::DeserializeOwned,
+    T: protocol::Frame,
 {
     let mut cursor = std::io::Cursor::new(bytes);
     for n in 0..4 {

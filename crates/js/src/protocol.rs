@@ -5,7 +5,9 @@
 //! A frame is `[u32 BE header length][u32 BE body length][header][body]`:
 //! the header is JSON (one of [`ToWorker`] / [`FromWorker`]), the body is
 //! the raw HTTP body of the request or response it carries (empty
-//! otherwise), so bodies are never base64- or JSON-encoded.
+//! otherwise), so bodies are never base64- or JSON-encoded. An invocation's
+//! request headers follow its body as length-prefixed strings (see
+//! [`Frame`]), not in the JSON.
 //!
 //! One worker runs one invocation at a time: the host writes one
 //! [`ToWorker::Invoke`], the worker answers with exactly one
@@ -86,7 +88,10 @@ pub struct Invoke {
     pub method: String,
     /// The absolute URL the function sees as `request.url`.
     pub url: String,
-    /// The request headers the function sees.
+    /// The request headers the function sees. Framed after the body, not
+    /// in the JSON header (see [`Frame`]): most of an invocation's bytes,
+    /// and JSON escapes and unescapes every one of them.
+    #[serde(skip)]
     pub headers: Vec<(String, String)>,
     /// The limits this invocation runs under.
     pub limits: Limits,
@@ -251,6 +256,9 @@ pub enum FrameError {
     /// The header is not a valid JSON message.
     #[error("malformed frame header: {0}")]
     Json(#[from] serde_json::Error),
+    /// What follows the body is not what the message needs (see [`Frame`]).
+    #[error("malformed frame trailer: {0}")]
+    Trailer(String),
     /// Reading or writing the frame failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -269,13 +277,82 @@ pub fn parse_prefix(prefix: [u8; 8]) -> Result<(u32, u32), FrameError> {
     Ok((header, body))
 }
 
+/// A message that is framed: its JSON header, and what of it travels
+/// after the body instead (an invocation's request headers).
+pub trait Frame: Serialize + serde::de::DeserializeOwned {
+    /// Appends what goes after the body (nothing by default).
+    fn write_trailer(&self, _out: &mut Vec<u8>) {}
+    /// Takes that back off the end of `body`.
+    fn take_trailer(&mut self, _body: &mut Vec<u8>) -> Result<(), FrameError> {
+        Ok(())
+    }
+}
+
+impl Frame for FromWorker {}
+
+/// An invocation's headers follow its body: each name and value as a
+/// 4-byte big-endian length and its bytes, then the length of all that,
+/// also 4 bytes (read from the end: the body is not moved).
+impl Frame for ToWorker {
+    fn write_trailer(&self, out: &mut Vec<u8>) {
+        let ToWorker::Invoke(invoke) = self;
+        let start = out.len();
+        for (name, value) in &invoke.headers {
+            for s in [name, value] {
+                // Over MAX_BODY the frame is refused anyway.
+                out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+        let len = u32::try_from(out.len() - start).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+
+    fn take_trailer(&mut self, body: &mut Vec<u8>) -> Result<(), FrameError> {
+        let ToWorker::Invoke(invoke) = self;
+        let bad = |what: &str| FrameError::Trailer(what.to_owned());
+        let end = body
+            .len()
+            .checked_sub(4)
+            .ok_or_else(|| bad("no headers trailer"))?;
+        let len = u32::from_be_bytes([body[end], body[end + 1], body[end + 2], body[end + 3]]);
+        let start = end
+            .checked_sub(len as usize)
+            .ok_or_else(|| bad("a headers trailer longer than the body"))?;
+        let mut rest = &body[start..end];
+        let mut fields = Vec::new();
+        while !rest.is_empty() {
+            let (n, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| bad("a header cut short"))?;
+            let n = u32::from_be_bytes(*n) as usize;
+            if n > tail.len() {
+                return Err(bad("a header cut short"));
+            }
+            let (field, tail) = tail.split_at(n);
+            fields.push(
+                String::from_utf8(field.to_vec()).map_err(|_| bad("a header that is not UTF-8"))?,
+            );
+            rest = tail;
+        }
+        if fields.len() % 2 != 0 {
+            return Err(bad("a header name without its value"));
+        }
+        let mut fields = fields.into_iter();
+        let mut headers = Vec::with_capacity(fields.len() / 2);
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            headers.push((name, value));
+        }
+        invoke.headers = headers;
+        body.truncate(start);
+        Ok(())
+    }
+}
+
 /// One encoded frame, ready to write: the header serialised in place (one
-/// buffer, sized for a typical header and the body, no copy of the JSON).
-pub fn encode<T: Serialize>(header: &T, body: &[u8]) -> Result<Vec<u8>, FrameError> {
-    let body_len = u32::try_from(body.len())
-        .ok()
-        .filter(|n| *n <= MAX_BODY)
-        .ok_or(FrameError::BodyTooLarge(u32::MAX))?;
+/// buffer, sized for a typical header and the body, no copy of the JSON),
+/// the body, then the message's trailer (see [`Frame`]).
+pub fn encode<T: Frame>(header: &T, body: &[u8]) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::with_capacity(8 + 2048 + body.len());
     out.extend_from_slice(&[0; 8]);
     serde_json::to_writer(&mut out, header)?;
@@ -283,14 +360,20 @@ pub fn encode<T: Serialize>(header: &T, body: &[u8]) -> Result<Vec<u8>, FrameErr
         .ok()
         .filter(|n| *n <= MAX_HEADER)
         .ok_or(FrameError::HeaderTooLarge(u32::MAX))?;
+    let body_start = out.len();
+    out.extend_from_slice(body);
+    header.write_trailer(&mut out);
+    let body_len = u32::try_from(out.len() - body_start)
+        .ok()
+        .filter(|n| *n <= MAX_BODY)
+        .ok_or(FrameError::BodyTooLarge(u32::MAX))?;
     out[..4].copy_from_slice(&header_len.to_be_bytes());
     out[4..8].copy_from_slice(&body_len.to_be_bytes());
-    out.extend_from_slice(body);
     Ok(out)
 }
 
 /// Reads one frame (blocking): `Ok(None)` at a clean end of stream.
-pub fn read_frame<T: serde::de::DeserializeOwned, R: std::io::Read>(
+pub fn read_frame<T: Frame, R: std::io::Read>(
     reader: &mut R,
 ) -> Result<Option<(T, Vec<u8>)>, FrameError> {
     let mut prefix = [0u8; 8];
@@ -304,7 +387,9 @@ pub fn read_frame<T: serde::de::DeserializeOwned, R: std::io::Read>(
     reader.read_exact(&mut header)?;
     let mut body = vec![0u8; body_len as usize];
     reader.read_exact(&mut body)?;
-    Ok(Some((serde_json::from_slice(&header)?, body)))
+    let mut msg: T = serde_json::from_slice(&header)?;
+    msg.take_trailer(&mut body)?;
+    Ok(Some((msg, body)))
 }
 
 #[cfg(test)]
@@ -402,6 +487,77 @@ mod tests {
             "{missing:?}"
         );
         assert!(refused("[]").is_err());
+        Ok(())
+    }
+
+    /// The headers travel after the body and come off it whole; a trailer
+    /// that does not add up is refused, never read past.
+    #[test]
+    fn an_invocations_headers_trail_its_body() -> Result<(), FrameError> {
+        let mut invoke = serde_json::from_str::<ToWorker>(
+            r#"{"type":"invoke","id":1,"key":{"tenant":"t","function":"f","version":1},
+                "source":null,"request_id":"r","method":"GET","url":"http://x/",
+                "limits":{"cpu_ms":1,"memory_bytes":1,"max_response_bytes":1,"max_fetches":1,"max_fetch_bytes":1},
+                "fetch_allow":[]}"#,
+        )
+        .map_err(FrameError::Json)?;
+        let ToWorker::Invoke(i) = &mut invoke;
+        i.headers = vec![
+            ("authorization".into(), "Bearer \"x\" \\ é".into()),
+            ("empty".into(), String::new()),
+        ];
+        let bytes = encode(&invoke, b"the body")?;
+        // Not in the JSON.
+        assert!(!String::from_utf8_lossy(&bytes).contains("\"headers\""));
+        let Some((ToWorker::Invoke(back), body)) =
+            read_frame::<ToWorker, _>(&mut std::io::Cursor::new(&bytes))?
+        else {
+            panic!("no frame");
+        };
+        assert_eq!(body, b"the body");
+        let ToWorker::Invoke(sent) = &invoke;
+        assert_eq!(back.headers, sent.headers);
+
+        // The body part of a frame, trailer included, replaced by `tail`.
+        let header_len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let with_body = |tail: &[u8]| {
+            let mut f = bytes[..8 + header_len].to_vec();
+            f[4..8].copy_from_slice(&u32::try_from(tail.len()).unwrap_or(0).to_be_bytes());
+            f.extend_from_slice(tail);
+            read_frame::<ToWorker, _>(&mut std::io::Cursor::new(f))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let field = |s: &[u8]| [&u32::try_from(s.len()).unwrap_or(0).to_be_bytes()[..], s].concat();
+        let trailer = |block: &[u8]| {
+            [
+                b"body".as_slice(),
+                block,
+                &u32::try_from(block.len()).unwrap_or(0).to_be_bytes(),
+            ]
+            .concat()
+        };
+        assert_eq!(with_body(&trailer(&[])), Ok(()));
+        for (tail, why) in [
+            (b"ab".to_vec(), "no headers trailer"),
+            (
+                [b"ab".as_slice(), &99u32.to_be_bytes()].concat(),
+                "longer than the body",
+            ),
+            (trailer(&field(b"name")), "name without its value"),
+            (trailer(&[0, 0, 0, 9, b'x']), "cut short"),
+            (trailer(&[0, 0]), "cut short"),
+            (
+                trailer(&[field(b"n"), field(&[0xff, 0xfe])].concat()),
+                "not UTF-8",
+            ),
+        ] {
+            let got = with_body(&tail);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(why)),
+                "{why}: {got:?}"
+            );
+        }
         Ok(())
     }
 
