@@ -782,22 +782,28 @@ impl FnRuntime {
             self.last_url = Some((url.to_owned(), parsed.into()));
         }
         let url = self.last_url.as_ref().map_or("", |(_, href)| href.as_str());
-        let flat: Vec<Cow<'_, str>> = headers
-            .iter()
-            .filter_map(|(k, v)| incoming_header(k, v))
-            .flat_map(|(k, v)| [k, v])
-            .collect();
+        // Names and values joined by NUL (which neither holds): one string
+        // into the engine, split there.
+        let mut joined =
+            String::with_capacity(headers.iter().map(|(k, v)| k.len() + v.len() + 2).sum());
+        for (k, v) in headers.iter().filter_map(|(k, v)| incoming_header(k, v)) {
+            if !joined.is_empty() {
+                joined.push('\0');
+            }
+            joined.push_str(&k);
+            joined.push('\0');
+            joined.push_str(&v);
+        }
         let started = self.ctx.with(|ctx| {
             let run = || -> rquickjs::Result<Persistent<Promise<'static>>> {
                 let internal = self.internal.clone().restore(&ctx)?;
                 let invoke: Function = internal.get("invoke")?;
-                let flat: Vec<&str> = flat.iter().map(|s| &**s).collect();
                 let body = if body.is_empty() {
                     Value::new_null(ctx.clone())
                 } else {
                     TypedArray::<u8>::new(ctx.clone(), body)?.into_value()
                 };
-                let promise: Promise = invoke.call((method, url, flat, body))?;
+                let promise: Promise = invoke.call((method, url, joined.as_str(), body))?;
                 Ok(Persistent::save(&ctx, promise))
             };
             run().map_err(|e| Self::caught(&ctx, e, &self.meter))

@@ -244,6 +244,8 @@ pub(crate) struct Net {
     /// The current invocation's guard and body limit.
     policy: Arc<Policy>,
     max_bytes: u64,
+    /// The `fetch_allow` the guard was made from.
+    allow: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Net {
@@ -275,6 +277,7 @@ impl Net {
             clients: None,
             policy: Arc::new(Policy::default()),
             max_bytes: 0,
+            allow: None,
         }
     }
 
@@ -329,10 +332,15 @@ impl Net {
         Ok(clients)
     }
 
-    /// Sets the guard and the body limit of the invocation that starts.
-    pub(crate) fn begin(&mut self, policy: Policy, max_bytes: u64) {
+    /// Sets the guard (from `allow`, parsed again only when it differs
+    /// from the last invocation's) and the body limit of the invocation that
+    /// starts.
+    pub(crate) fn begin(&mut self, allow: &[String], max_bytes: u64) {
         self.clear();
-        self.policy = Arc::new(policy);
+        if self.allow.as_deref() != Some(allow) {
+            self.policy = Arc::new(Policy::new(allow));
+            self.allow = Some(allow.to_vec());
+        }
         self.max_bytes = max_bytes;
     }
 
@@ -520,6 +528,24 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("test address")
+    }
+
+    /// The guard is each invocation's own: parsed once for a list seen
+    /// last time, made again when the list changed.
+    #[test]
+    fn the_guard_follows_each_invocations_allow_list() {
+        let mut net = Net::new();
+        let allow = vec!["10.0.0.0/8".to_owned()];
+        net.begin(&allow, 1);
+        let first = net.policy.clone();
+        assert!(first.ip_allowed(ip("10.1.2.3")));
+        net.begin(&allow, 1);
+        assert!(Arc::ptr_eq(&first, &net.policy));
+        net.begin(&[], 1);
+        assert!(!net.policy.ip_allowed(ip("10.1.2.3")));
+        net.begin(&["192.168.0.0/16".to_owned()], 1);
+        assert!(net.policy.ip_allowed(ip("192.168.1.1")));
+        assert!(!net.policy.ip_allowed(ip("10.1.2.3")));
     }
 
     #[test]

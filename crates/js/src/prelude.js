@@ -924,10 +924,14 @@
   const HEADERS_GUARD = Symbol("guard");
   // The list of a Headers: names (lower case) and values, alternating.
   let headerList;
+  let adoptList;
   class Headers {
     #list = [];
     static {
       headerList = (h) => h.#list;
+      adoptList = (h, list) => {
+        h.#list = list;
+      };
     }
     constructor(init) {
       if (init === undefined || init === null) return;
@@ -1866,14 +1870,13 @@
 
   /**
    * Runs the handler on one request; always resolves to an outcome object.
-   * `url` is normalised (WHATWG) and `flat` holds lower-case names and
-   * their values, alternating: both checked by the host.
+   * `url` is normalised (WHATWG) and `joined` holds lower-case names and
+   * their values, alternating, joined by NUL: both checked by the host.
    */
-  internal.invoke = (method, url, flat, body) => {
+  internal.invoke = (method, url, joined, body) => {
     if (handler === null) return Promise.resolve({ kind: "no_handler" });
     const headers = new Headers();
-    const list = headerList(headers);
-    for (let i = 0; i + 1 < flat.length; i += 2) list.push(flat[i], flat[i + 1]);
+    if (joined !== "") adoptList(headers, joined.split("\0"));
     incoming = { url, method, headers, body: body !== null && body.length > 0 ? body : null };
     const req = new Request(url);
     const info = { remoteAddr: REMOTE_ADDR, completed: COMPLETED };

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::engine::{self, Answer, Code, Failure, FnRuntime};
-use crate::fetch::{Net, Policy};
+use crate::fetch::Net;
 use crate::protocol::{
     self, FromWorker, FunctionError, FunctionKey, Invoke, LogLine, Outcome, Reply, ToWorker,
 };
@@ -174,8 +174,7 @@ impl Worker {
             cpu_us: u64::try_from(cpu.as_micros()).unwrap_or(u64::MAX),
         };
         let limits = invoke.limits;
-        self.net
-            .begin(Policy::new(&invoke.fetch_allow), limits.max_fetch_bytes);
+        self.net.begin(&invoke.fetch_allow, limits.max_fetch_bytes);
         let key = invoke.key.clone();
         // The compiled module in front of the request body, if sent.
         let compiled = match invoke.bytecode_len.map(|n| n as usize) {
