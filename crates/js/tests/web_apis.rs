@@ -226,6 +226,61 @@ fn the_invocations_request() {
     assert!(message.contains("invalid URL"), "{message}");
 }
 
+/// The invocation's `Headers` are made when first read (most handlers never
+/// read them): read first through a clone, through a Request made from it,
+/// or by a body method that needs the content type, they are the same
+/// headers, one object, and later invocations get their own.
+#[test]
+fn the_invocations_headers_are_made_when_first_read() {
+    let source = r#"Deno.serve(async (req) => {
+        const mode = new URL(req.url).searchParams.get("mode");
+        const out = { mode };
+        if (mode === "clone") {
+            out.clone = [...req.clone().headers];
+        } else if (mode === "wrap") {
+            out.wrap = [...new Request(req).headers];
+        } else if (mode === "blob") {
+            out.type = (await req.blob()).type;
+        }
+        out.same = req.headers === req.headers;
+        out.own = [...req.headers];
+        req.headers.set("x-added", "1");
+        return Response.json(out);
+    });"#;
+    let mut w = worker();
+    let headers = vec![
+        ("content-type".to_owned(), "text/plain".to_owned()),
+        ("x-one".to_owned(), "1".to_owned()),
+    ];
+    let expected = json!([["content-type", "text/plain"], ["x-one", "1"]]);
+    for mode in ["clone", "wrap", "blob", "none"] {
+        let mut inv = invoke(key("t", "f", 1), Some(source));
+        inv.method = "POST".to_owned();
+        inv.url = format!("http://localhost/f?mode={mode}");
+        inv.headers = headers.clone();
+        let (reply, out) = run_with(&mut w, inv, b"x".to_vec());
+        let (status, text) = ok(&reply, &out);
+        assert_eq!(status, 200, "{mode}: {text}");
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(v["same"], true, "{mode}");
+        assert_eq!(v["own"], expected, "{mode}: {text}");
+        match mode {
+            "clone" => assert_eq!(v["clone"], expected),
+            "wrap" => assert_eq!(v["wrap"], expected),
+            "blob" => assert_eq!(v["type"], "text/plain"),
+            _ => {}
+        }
+    }
+    // No headers at all: an empty Headers, not an error.
+    let mut inv = invoke(key("t", "f", 1), Some(source));
+    inv.url = "http://localhost/f?mode=none".to_owned();
+    inv.headers = Vec::new();
+    let (reply, out) = run_with(&mut w, inv, Vec::new());
+    let (status, text) = ok(&reply, &out);
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["own"], json!([]));
+}
 /// Headers keep names and values as Fetch says through every change; the
 /// checks of names and values are the same for a name seen before.
 #[test]
