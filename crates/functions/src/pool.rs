@@ -329,33 +329,17 @@ impl Pool {
         }
     }
 
-    /// An idle worker, preferring one that holds `key`; exited ones are
-    /// dropped on the way.
+    /// An idle worker, preferring one that holds `key`. Whether it is still
+    /// alive is not asked here (a `wait4` per invocation): one that exited
+    /// while idle has its pipe closed, and the write to it fails, which
+    /// [`Pool::exchange`] answers by retiring it and trying a fresh one.
     fn take(&self, key: &FunctionKey) -> Option<Worker> {
         let mut idle = self.lock_idle();
-        loop {
-            let index = idle
-                .iter()
-                .position(|w| w.loaded.iter().any(|(k, _)| k == key))
-                .or_else(|| idle.len().checked_sub(1))?;
-            let mut worker = idle.swap_remove(index);
-            match worker.child.try_wait() {
-                Ok(None) => return Some(worker),
-                Ok(Some(status)) => {
-                    tracing::warn!(worker = worker.id, %status, "an idle worker exited");
-                    self.metrics.workers.dec();
-                    self.metrics
-                        .restarts
-                        .get_or_create(&ReasonLabels { reason: "exited" })
-                        .inc();
-                }
-                Err(e) => {
-                    tracing::warn!(worker = worker.id, error = %e, "cannot check an idle worker");
-                    self.metrics.workers.dec();
-                    drop(worker);
-                }
-            }
-        }
+        let index = idle
+            .iter()
+            .position(|w| w.loaded.iter().any(|(k, _)| k == key))
+            .or_else(|| idle.len().checked_sub(1))?;
+        Some(idle.swap_remove(index))
     }
 
     fn give_back(&self, worker: Worker) {

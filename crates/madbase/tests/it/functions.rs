@@ -661,6 +661,51 @@ async fn a_worker_that_dropped_a_runtime_is_sent_the_source_again() {
     }
 }
 
+/// A worker that dies while idle (nothing in flight) costs no invocation:
+/// its closed pipe fails the write of the next one, which then runs on a
+/// fresh worker (the service does not ask every worker whether it is alive
+/// before each invocation).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_while_idle_costs_no_invocation() {
+    let stack = Stack::start(&[("MADBASE_FUNCTIONS_WORKERS", "1")]);
+    let t = stack.tenant("fnidle").await;
+    stack
+        .deploy(
+            &t,
+            "idle",
+            "",
+            "Deno.serve(() => Response.json({ pid: 1 }));",
+        )
+        .await;
+    let (status, body, _) = stack.call(&t, "idle", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let service = stack.functions.pid();
+    let workers = crate::stack::children_of(service);
+    assert_eq!(workers.len(), 1, "one worker: {workers:?}");
+    let killed = workers[0];
+    // SIGKILL, then wait until the process is gone (a zombie until reaped).
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &killed.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{killed}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    }) {
+        assert!(Instant::now() < deadline, "worker {killed} still running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..3 {
+        let (status, body, _) = stack.call(&t, "idle", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let now = crate::stack::children_of(service);
+    assert!(!now.contains(&killed), "{now:?}");
+    let metrics = stack.metrics().await;
+    let needle = "madbase_function_worker_restarts_total{reason=\"exited\"} 1";
+    assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+}
+
 impl Stack {
     /// `PUT`/`GET`/`DELETE /v1/tenants/{id}/function-limits` (admin token):
     /// status and JSON body (`Null` for none).
