@@ -36,7 +36,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use madbase_js::protocol::{FunctionError, FunctionKey, Invoke, Limits, Outcome, Reply};
+use madbase_js::protocol::{
+    FunctionError, FunctionKey, HeaderList, Invoke, Limits, Outcome, Reply,
+};
 use madbase_platform::metrics::{LatencyFamily, latency_family};
 use madbase_platform::secrets::{ExposeSecret as _, SecretString};
 use madbase_platform::{ApiError, Metrics, request_id};
@@ -548,17 +550,21 @@ async fn prepare(
     })
 }
 
-fn request_headers(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter(|(name, _)| forwarded_header(name))
-        .filter_map(|(name, value)| {
-            value
-                .to_str()
-                .ok()
-                .map(|v| (name.as_str().to_owned(), v.to_owned()))
-        })
-        .collect()
+/// The headers the function sees, straight into the frame's encoding (no
+/// string per header).
+fn request_headers(headers: &HeaderMap) -> HeaderList {
+    let mut list = HeaderList::with_capacity(
+        headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 2)
+            .sum(),
+    );
+    for (name, value) in headers {
+        if let (true, Ok(value)) = (forwarded_header(name), value.to_str()) {
+            list.push(name.as_str(), value);
+        }
+    }
+    list
 }
 
 /// `^[a-z][a-z0-9_-]{0,62}$`, as control's deploy checks.
@@ -867,8 +873,15 @@ mod tests {
         h.insert("connection", HeaderValue::from_static("keep-alive"));
         h.insert("x-custom", HeaderValue::from_static("1"));
         h.insert("host", HeaderValue::from_static("127.0.0.1:8003"));
-        let kept: Vec<String> = request_headers(&h).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(kept, ["authorization", "x-custom"]);
+        h.insert(
+            "x-binary",
+            HeaderValue::from_bytes(b"caf\xe9").expect("obs-text"),
+        );
+        let list = request_headers(&h);
+        let kept: Vec<(&str, &str)> = list.iter().collect();
+        // Hop-by-hop, internal and non-ASCII values are not forwarded.
+        assert_eq!(kept, [("authorization", "Bearer x"), ("x-custom", "1")]);
+        assert_eq!(list.len(), 2);
         assert!(answered_header("content-type"));
         assert!(!answered_header("x-request-id"));
         assert!(!answered_header("transfer-encoding"));

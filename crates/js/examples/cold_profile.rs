@@ -67,7 +67,7 @@ fn invoke(version: i64, source: Option<&str>) -> Invoke {
         url: "http://localhost/functions/v1/f".into(),
         // What the functions service forwards of a supabase-js call
         // through the proxy.
-        headers: vec![
+        headers: <Vec<(String, String)>>::into_iter(vec![
             ("content-type".into(), "application/json".into()),
             ("content-length".into(), "12".into()),
             (
@@ -81,7 +81,8 @@ fn invoke(version: i64, source: Option<&str>) -> Invoke {
             ("x-forwarded-for".into(), "127.0.0.1".into()),
             ("x-forwarded-proto".into(), "http".into()),
             ("x-forwarded-host".into(), "127.0.0.1:8000".into()),
-        ],
+        ])
+        .collect(),
         limits: Limits {
             cpu_ms: 10_000,
             memory_bytes: 256 << 20,

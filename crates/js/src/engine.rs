@@ -765,7 +765,7 @@ impl FnRuntime {
         &mut self,
         method: &str,
         url: &str,
-        headers: &[(String, String)],
+        headers: &crate::protocol::HeaderList,
         body: Vec<u8>,
         net: &mut Net,
     ) -> Result<Answer, Failure> {
@@ -783,17 +783,29 @@ impl FnRuntime {
         }
         let url = self.last_url.as_ref().map_or("", |(_, href)| href.as_str());
         // Names and values joined by NUL (which neither holds): one string
-        // into the engine, split there.
-        let mut joined =
-            String::with_capacity(headers.iter().map(|(k, v)| k.len() + v.len() + 2).sum());
-        for (k, v) in headers.iter().filter_map(|(k, v)| incoming_header(k, v)) {
-            if !joined.is_empty() {
+        // into the engine, split there. The host's list is that string
+        // already, and is passed as it is when every header is in the form
+        // `Headers` keeps (lower-case names, trimmed values: the usual case).
+        let canonical = headers.iter().all(|(k, v)| {
+            matches!(
+                incoming_header(k, v),
+                Some((Cow::Borrowed(_), Cow::Borrowed(trimmed))) if trimmed.len() == v.len()
+            )
+        });
+        let joined: Cow<'_, str> = if canonical {
+            Cow::Borrowed(headers.joined())
+        } else {
+            let mut joined = String::with_capacity(headers.joined().len());
+            for (k, v) in headers.iter().filter_map(|(k, v)| incoming_header(k, v)) {
+                if !joined.is_empty() {
+                    joined.push('\0');
+                }
+                joined.push_str(&k);
                 joined.push('\0');
+                joined.push_str(&v);
             }
-            joined.push_str(&k);
-            joined.push('\0');
-            joined.push_str(&v);
-        }
+            Cow::Owned(joined)
+        };
         let started = self.ctx.with(|ctx| {
             let run = || -> rquickjs::Result<Persistent<Promise<'static>>> {
                 let internal = self.internal.clone().restore(&ctx)?;
@@ -803,7 +815,7 @@ impl FnRuntime {
                 } else {
                     TypedArray::<u8>::new(ctx.clone(), body)?.into_value()
                 };
-                let promise: Promise = invoke.call((method, url, joined.as_str(), body))?;
+                let promise: Promise = invoke.call((method, url, joined.as_ref(), body))?;
                 Ok(Persistent::save(&ctx, promise))
             };
             run().map_err(|e| Self::caught(&ctx, e, &self.meter))

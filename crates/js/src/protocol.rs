@@ -92,7 +92,7 @@ pub struct Invoke {
     /// in the JSON header (see [`Frame`]): most of an invocation's bytes,
     /// and JSON escapes and unescapes every one of them.
     #[serde(skip)]
-    pub headers: Vec<(String, String)>,
+    pub headers: HeaderList,
     /// The limits this invocation runs under.
     pub limits: Limits,
     /// Hosts and CIDRs `fetch` may reach even when private (SSRF guard),
@@ -193,6 +193,85 @@ pub struct Reply {
     pub cpu_us: u64,
 }
 
+/// An invocation's request headers, in order, as they travel and as the
+/// engine hands them to JavaScript: names and values alternating, joined by
+/// NUL (which neither can hold: `http` refuses it in names and values). The
+/// host builds it without a string per header; the worker checks it once
+/// (UTF-8, names paired with values) and, when every header is already in
+/// the form `Headers` keeps, passes it on as it is.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct HeaderList {
+    text: String,
+    len: usize,
+}
+
+impl HeaderList {
+    /// An empty list with room for `bytes` of names and values.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            text: String::with_capacity(bytes),
+            len: 0,
+        }
+    }
+
+    /// Adds a header at the end; one whose name is empty or whose name or
+    /// value holds a NUL (no HTTP header can) is left out, and `false`
+    /// returned.
+    pub fn push(&mut self, name: &str, value: &str) -> bool {
+        if name.is_empty() || name.contains('\0') || value.contains('\0') {
+            return false;
+        }
+        if self.len > 0 {
+            self.text.push('\0');
+        }
+        self.text.push_str(name);
+        self.text.push('\0');
+        self.text.push_str(value);
+        self.len += 1;
+        true
+    }
+
+    /// How many headers.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The names and values joined by NUL (empty when there are none).
+    pub fn joined(&self) -> &str {
+        &self.text
+    }
+
+    /// The names and values, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut parts = (self.len > 0)
+            .then(|| self.text.split('\0'))
+            .into_iter()
+            .flatten();
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for HeaderList {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let mut list = Self::default();
+        for (name, value) in iter {
+            list.push(name.as_ref(), value.as_ref());
+        }
+        list
+    }
+}
+
+impl std::fmt::Debug for HeaderList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// How an invocation ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -290,21 +369,15 @@ pub trait Frame: Serialize + serde::de::DeserializeOwned {
 
 impl Frame for FromWorker {}
 
-/// An invocation's headers follow its body: each name and value as a
-/// 4-byte big-endian length and its bytes, then the length of all that,
-/// also 4 bytes (read from the end: the body is not moved).
+/// An invocation's headers follow its body: names and values joined by NUL
+/// (see [`HeaderList`]), then their length in bytes, 4 bytes big-endian
+/// (read from the end: the body is not moved).
 impl Frame for ToWorker {
     fn write_trailer(&self, out: &mut Vec<u8>) {
         let ToWorker::Invoke(invoke) = self;
-        let start = out.len();
-        for (name, value) in &invoke.headers {
-            for s in [name, value] {
-                // Over MAX_BODY the frame is refused anyway.
-                out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
-        }
-        let len = u32::try_from(out.len() - start).unwrap_or(u32::MAX);
+        out.extend_from_slice(invoke.headers.text.as_bytes());
+        // Over MAX_BODY the frame is refused anyway.
+        let len = u32::try_from(invoke.headers.text.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&len.to_be_bytes());
     }
 
@@ -319,31 +392,23 @@ impl Frame for ToWorker {
         let start = end
             .checked_sub(len as usize)
             .ok_or_else(|| bad("a headers trailer longer than the body"))?;
-        let mut rest = &body[start..end];
-        let mut fields = Vec::new();
-        while !rest.is_empty() {
-            let (n, tail) = rest
-                .split_first_chunk::<4>()
-                .ok_or_else(|| bad("a header cut short"))?;
-            let n = u32::from_be_bytes(*n) as usize;
-            if n > tail.len() {
-                return Err(bad("a header cut short"));
+        let text = std::str::from_utf8(&body[start..end])
+            .map_err(|_| bad("headers that are not UTF-8"))?;
+        // Counted, not split (one vectorised pass); an empty name is the
+        // engine's to drop, as any header `Headers` could not hold.
+        let len = if text.is_empty() {
+            0
+        } else {
+            let parts = text.bytes().filter(|&b| b == 0).count() + 1;
+            if !parts.is_multiple_of(2) {
+                return Err(bad("a header name without its value"));
             }
-            let (field, tail) = tail.split_at(n);
-            fields.push(
-                String::from_utf8(field.to_vec()).map_err(|_| bad("a header that is not UTF-8"))?,
-            );
-            rest = tail;
-        }
-        if fields.len() % 2 != 0 {
-            return Err(bad("a header name without its value"));
-        }
-        let mut fields = fields.into_iter();
-        let mut headers = Vec::with_capacity(fields.len() / 2);
-        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-            headers.push((name, value));
-        }
-        invoke.headers = headers;
+            parts / 2
+        };
+        invoke.headers = HeaderList {
+            text: text.to_owned(),
+            len,
+        };
         body.truncate(start);
         Ok(())
     }
@@ -438,7 +503,7 @@ mod tests {
             request_id: "r".into(),
             method: "POST".into(),
             url: "http://x/".into(),
-            headers: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
+            headers: [("a", "1"), ("b", "2")].into_iter().collect(),
             limits: Limits {
                 cpu_ms: 1,
                 memory_bytes: 2,
@@ -502,10 +567,9 @@ mod tests {
         )
         .map_err(FrameError::Json)?;
         let ToWorker::Invoke(i) = &mut invoke;
-        i.headers = vec![
-            ("authorization".into(), "Bearer \"x\" \\ é".into()),
-            ("empty".into(), String::new()),
-        ];
+        i.headers = [("authorization", "Bearer \"x\" \\ é"), ("empty", "")]
+            .into_iter()
+            .collect();
         let bytes = encode(&invoke, b"the body")?;
         // Not in the JSON.
         assert!(!String::from_utf8_lossy(&bytes).contains("\"headers\""));
@@ -517,6 +581,25 @@ mod tests {
         assert_eq!(body, b"the body");
         let ToWorker::Invoke(sent) = &invoke;
         assert_eq!(back.headers, sent.headers);
+        assert_eq!(
+            back.headers.iter().collect::<Vec<_>>(),
+            [("authorization", "Bearer \"x\" \\ é"), ("empty", "")]
+        );
+        assert_eq!(back.headers.len(), 2);
+        assert_eq!(
+            back.headers.joined(),
+            "authorization\0Bearer \"x\" \\ é\0empty\0"
+        );
+
+        // What no HTTP header can be is not taken in.
+        let mut list = HeaderList::default();
+        assert!(list.iter().next().is_none());
+        assert!(list.push("a", ""));
+        assert!(!list.push("", "x"));
+        assert!(!list.push("b", "x\0y"));
+        assert!(!list.push("c\0", "x"));
+        assert_eq!(list.iter().collect::<Vec<_>>(), [("a", "")]);
+        assert_eq!((list.len(), list.joined()), (1, "a\0"));
 
         // The body part of a frame, trailer included, replaced by `tail`.
         let header_len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
@@ -528,7 +611,6 @@ mod tests {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         };
-        let field = |s: &[u8]| [&u32::try_from(s.len()).unwrap_or(0).to_be_bytes()[..], s].concat();
         let trailer = |block: &[u8]| {
             [
                 b"body".as_slice(),
@@ -538,19 +620,16 @@ mod tests {
             .concat()
         };
         assert_eq!(with_body(&trailer(&[])), Ok(()));
+        assert_eq!(with_body(&trailer(b"n\0v\0m\0")), Ok(()));
         for (tail, why) in [
             (b"ab".to_vec(), "no headers trailer"),
             (
                 [b"ab".as_slice(), &99u32.to_be_bytes()].concat(),
                 "longer than the body",
             ),
-            (trailer(&field(b"name")), "name without its value"),
-            (trailer(&[0, 0, 0, 9, b'x']), "cut short"),
-            (trailer(&[0, 0]), "cut short"),
-            (
-                trailer(&[field(b"n"), field(&[0xff, 0xfe])].concat()),
-                "not UTF-8",
-            ),
+            (trailer(b"name"), "name without its value"),
+            (trailer(b"n\0v\0m"), "name without its value"),
+            (trailer(&[b'n', 0, 0xff, 0xfe]), "not UTF-8"),
         ] {
             let got = with_body(&tail);
             assert!(

@@ -95,7 +95,9 @@ fn the_request_carries_method_url_headers_and_body() {
     inv.headers = vec![
         ("content-type".to_owned(), "application/json".to_owned()),
         ("Authorization".to_owned(), "Bearer abc".to_owned()),
-    ];
+    ]
+    .into_iter()
+    .collect();
     let (reply, body) = run_with(&mut w, inv, br#"{"name":"Functions"}"#.to_vec());
     let (status, text) = ok(&reply, &body);
     assert_eq!(status, 200, "{text}");
@@ -468,7 +470,9 @@ fn an_incoming_multipart_upload_is_parsed() {
     inv.headers = vec![(
         "content-type".to_owned(),
         "multipart/form-data; boundary=XyZ".to_owned(),
-    )];
+    )]
+    .into_iter()
+    .collect();
     let body = "--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nMy file\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"notes.txt\"\r\nContent-Type: text/plain\r\n\r\nline 1\r\nline 2\r\n--XyZ--\r\n";
     let (reply, out) = run_with(&mut w, inv, body.as_bytes().to_vec());
     let v: serde_json::Value = serde_json::from_str(&ok(&reply, &out).1).expect("json");

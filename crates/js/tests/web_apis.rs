@@ -194,7 +194,9 @@ fn the_invocations_request() {
         ("bad name".to_owned(), "dropped".to_owned()),
         ("x-wide".to_owned(), "\u{0100}".to_owned()),
         ("x-latin1".to_owned(), "caf\u{e9}".to_owned()),
-    ];
+    ]
+    .into_iter()
+    .collect();
     let (reply, out) = run_with(&mut w, inv, b"{\"a\":1}".to_vec());
     let (status, text) = ok(&reply, &out);
     assert_eq!(status, 200, "{text}");
@@ -248,16 +250,13 @@ fn the_invocations_headers_are_made_when_first_read() {
         return Response.json(out);
     });"#;
     let mut w = worker();
-    let headers = vec![
-        ("content-type".to_owned(), "text/plain".to_owned()),
-        ("x-one".to_owned(), "1".to_owned()),
-    ];
+    let headers = [("content-type", "text/plain"), ("x-one", "1")];
     let expected = json!([["content-type", "text/plain"], ["x-one", "1"]]);
     for mode in ["clone", "wrap", "blob", "none"] {
         let mut inv = invoke(key("t", "f", 1), Some(source));
         inv.method = "POST".to_owned();
         inv.url = format!("http://localhost/f?mode={mode}");
-        inv.headers = headers.clone();
+        inv.headers = headers.into_iter().collect();
         let (reply, out) = run_with(&mut w, inv, b"x".to_vec());
         let (status, text) = ok(&reply, &out);
         assert_eq!(status, 200, "{mode}: {text}");
@@ -271,10 +270,19 @@ fn the_invocations_headers_are_made_when_first_read() {
             _ => {}
         }
     }
+    // Lower-case names with a value to trim: trimmed, not passed as sent.
+    let mut inv = invoke(key("t", "f", 1), Some(source));
+    inv.url = "http://localhost/f?mode=none".to_owned();
+    inv.headers = [("x-pad", "  v\t"), ("x-ok", "w")].into_iter().collect();
+    let (reply, out) = run_with(&mut w, inv, Vec::new());
+    let (status, text) = ok(&reply, &out);
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["own"], json!([["x-ok", "w"], ["x-pad", "v"]]));
     // No headers at all: an empty Headers, not an error.
     let mut inv = invoke(key("t", "f", 1), Some(source));
     inv.url = "http://localhost/f?mode=none".to_owned();
-    inv.headers = Vec::new();
+    inv.headers = Default::default();
     let (reply, out) = run_with(&mut w, inv, Vec::new());
     let (status, text) = ok(&reply, &out);
     assert_eq!(status, 200, "{text}");

@@ -32,7 +32,7 @@ pub fn invoke(key: FunctionKey, source: Option<&str>) -> Invoke {
         request_id: "req-1".to_owned(),
         method: "GET".to_owned(),
         url: "http://localhost:8000/functions/v1/hello".to_owned(),
-        headers: Vec::new(),
+        headers: Default::default(),
         limits: limits(),
         fetch_allow: Vec::new(),
     }
