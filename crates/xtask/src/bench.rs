@@ -41,7 +41,7 @@ use crate::bench_common::{
     cpu_seconds, post_json, start_proxy, target_dir, wait_http,
 };
 use crate::procs::{GRACE, Guard};
-use crate::util::{free_port, http_client, run, step};
+use crate::util::{free_port, http_client, step};
 
 const CONNECTIONS: u32 = 16;
 /// The benchmark's tenant (unique among the benchmarks: see
@@ -316,7 +316,7 @@ fn start_worker(
 /// Runs the worker benchmark, writes its report.
 pub fn worker(plan: Plan, baselines: &[Baseline]) -> Result<()> {
     step("bench: worker vs pgbench");
-    run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
+    crate::images::cargo_release(&["-p", "madbase"])?;
     let target = target_dir();
     let bin = target.join("release/madbase");
     let work = target.join(if plan.smoke {

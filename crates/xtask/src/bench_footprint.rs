@@ -23,7 +23,7 @@ use crate::bench_common::{
     control_with_tenant, post_json, target_dir,
 };
 use crate::procs::{GRACE, Guard};
-use crate::util::{free_port, http_client, run, step};
+use crate::util::{free_port, http_client, step};
 
 /// Issue 23's targets.
 const IMAGE_TARGET_MB: f64 = 15.0;
@@ -162,7 +162,7 @@ pub fn footprint(plan: Plan) -> Result<()> {
     // A smoke run (the `bench-smoke` check) builds no images: `strip` and
     // `ldd` are not among that check's tools.
     let images = if plan.smoke {
-        run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
+        crate::images::cargo_release(&["-p", "madbase"])?;
         Vec::new()
     } else {
         crate::images::build()?

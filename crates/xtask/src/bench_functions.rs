@@ -319,7 +319,7 @@ fn warm_after_pause(stack: &Stack, http: &Caller, name: &str) -> Result<Cold> {
 /// Runs the functions benchmark and writes its report.
 pub fn functions(plan: Plan) -> Result<()> {
     step("bench: functions");
-    run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
+    crate::images::cargo_release(&["-p", "madbase"])?;
     let target = target_dir();
     let bin = target.join("release/madbase");
     let work = target.join("bench/functions");

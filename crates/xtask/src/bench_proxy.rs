@@ -35,7 +35,7 @@ use crate::bench_common::{
     wait_http,
 };
 use crate::procs::{GRACE, Guard};
-use crate::util::{free_port, run, step};
+use crate::util::{free_port, step};
 
 /// The CPU per request target against nginx (issue 23: this step ≤ 1.3×).
 const NGINX_TARGET: f64 = 1.3;
@@ -112,7 +112,7 @@ fn start_nginx(conf: &Path, cpu: &str) -> Result<Guard> {
 /// Runs the proxy benchmark, writes its report.
 pub fn proxy(plan: Plan, baselines: &[Baseline]) -> Result<()> {
     step("bench: proxy vs nginx");
-    run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "madbase"]))?;
+    crate::images::cargo_release(&["-p", "madbase"])?;
     let bin = target_dir().join("release/madbase");
     let work = target_dir().join(if plan.smoke {
         "bench/proxy-smoke"
@@ -191,15 +191,7 @@ pub fn proxy(plan: Plan, baselines: &[Baseline]) -> Result<()> {
     }
 
     // The stack's floor: the same Tokio + hyper forwarding with nothing else.
-    run(Command::new("cargo").args([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "madbase-proxy",
-        "--example",
-        "bench_floor",
-    ]))?;
+    crate::images::cargo_release(&["-p", "madbase-proxy", "--example", "bench_floor"])?;
     let floor_bin = target_dir().join("release/examples/bench_floor");
     let mut floors = Vec::new();
     for mode in ["pooled", "per-connection"] {

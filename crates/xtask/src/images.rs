@@ -148,6 +148,23 @@ fn build_binary(spec: &ImageSpec, source: &SourceInfo) -> Result<PathBuf> {
     Ok(stripped)
 }
 
+/// `cargo build --release --locked <args>` with `MADBASE_REVISION` set as
+/// for the images. Every release build of the tree goes through here: the
+/// revision is compiled into `madbase-platform` (`option_env!`), so a build
+/// without it (or with another) rebuilds every crate above it and links
+/// the binary again (fat LTO: minutes), and the next build with it again.
+pub fn cargo_release(args: &[&str]) -> Result<()> {
+    run(Command::new("cargo")
+        .args(["build", "--release", "--locked"])
+        .args(args)
+        .env("MADBASE_REVISION", revision()?))
+}
+
+/// The `MADBASE_REVISION` of release builds (see [`cargo_release`]).
+pub fn revision() -> Result<String> {
+    Ok(SourceInfo::read()?.revision)
+}
+
 /// `cargo build --release --locked -p madbase`; the binary's path.
 fn release_build(spec: &ImageSpec, source: &SourceInfo) -> Result<PathBuf> {
     step("cargo build --release");

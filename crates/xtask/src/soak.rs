@@ -107,7 +107,7 @@ pub fn run_task(minutes: f64, report: bool, proptest_cases: u32) -> Result<()> {
 /// a figures line per target; the number of failing inputs found (the
 /// figures are kept either way, the soak fails at its end).
 fn fuzz(figures: &std::path::Path) -> Result<u64> {
-    run(Command::new("cargo").args(["build", "--release", "-p", "madbase-fuzz"]))?;
+    crate::images::cargo_release(&["-p", "madbase-fuzz"])?;
     let mut cmd = Command::new("cargo");
     cmd.args([
         "run",
@@ -120,6 +120,8 @@ fn fuzz(figures: &std::path::Path) -> Result<u64> {
     ])
     .args(["--seconds", &FUZZ_SECONDS.to_string()])
     .env("RUST_BACKTRACE", "0")
+    // As built just above: `cargo run` would build again otherwise.
+    .env("MADBASE_REVISION", crate::images::revision()?)
     .current_dir(root())
     .stderr(Stdio::inherit());
     eprintln!("+ {cmd:?}");
