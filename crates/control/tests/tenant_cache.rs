@@ -12,7 +12,7 @@ use madbase_platform::{CancellationToken, Listeners};
 use madbase_tenancy::{Failure, Invalidation, Role, Surface, Tenancy, TenantClient};
 use madbase_testkit::TestDb;
 use madbase_testkit::service::{JWT_SECRET, Served, control_env, telemetry};
-use madbase_testkit::tenant::{Tenant, platform_token};
+use madbase_testkit::tenant::{Tenant, platform_token, rotate_keys};
 
 async fn start_control(db: &TestDb) -> Served {
     telemetry();
@@ -120,13 +120,7 @@ async fn the_change_feed_drops_changed_tenants_at_once() {
 
     // Rotation: a new secret and key version.
     let start = Instant::now();
-    let resp = http
-        .post(format!("{url}/v1/tenants/{}/keys/rotate", tenant.id))
-        .bearer_auth(platform_token("admin"))
-        .send()
-        .await
-        .expect("rotate");
-    assert_eq!(resp.status(), 200);
+    rotate_keys(&http, &url, &tenant.id).await;
     loop {
         let now = client
             .get(&tenant.id)
@@ -332,13 +326,7 @@ async fn a_rotation_drops_the_tenants_verified_keys() {
     wait_for(&metrics, "madbase_tenant_change_feed_up", 1.0).await;
 
     let start = Instant::now();
-    let resp = http
-        .post(format!("{url}/v1/tenants/{}/keys/rotate", rotated.id))
-        .bearer_auth(platform_token("admin"))
-        .send()
-        .await
-        .expect("rotate");
-    assert_eq!(resp.status(), 200);
+    rotate_keys(&http, &url, &rotated.id).await;
     while tenancy.verified().len() != 1 {
         assert!(
             start.elapsed() < Duration::from_secs(1),

@@ -801,20 +801,7 @@ async fn revoked_keys_are_refused_within_a_second_under_load() {
 
     // Rotation: the old key stops working everywhere.
     let start = Instant::now();
-    let rotated: Value = s
-        .http
-        .post(format!("{control_url}/v1/tenants/{id}/keys/rotate"))
-        .bearer_auth(madbase_testkit::tenant::platform_token("admin"))
-        .send()
-        .await
-        .expect("rotate")
-        .json()
-        .await
-        .expect("rotate json");
-    let new_anon = rotated["anon_key"]
-        .as_str()
-        .expect("new anon key")
-        .to_owned();
+    let new_anon = madbase_testkit::tenant::rotate_keys(&s.http, &control_url, &id).await;
     let proxy_refused = until_status(|| s.get(NOTES, &old_anon), 401).await;
     let worker_refused = until_status(|| on_worker(&old_anon), 401).await;
     let rotation = start.elapsed();

@@ -26,6 +26,21 @@ pub struct Tenant {
     pub jwt_secret: String,
 }
 
+/// Rotates tenant `id`'s keys through control at `control_url` (admin
+/// token); asserts it succeeded and returns the new anon key.
+pub async fn rotate_keys(http: &reqwest::Client, control_url: &str, id: &str) -> String {
+    let resp = http
+        .post(format!("{control_url}/v1/tenants/{id}/keys/rotate"))
+        .bearer_auth(platform_token("admin"))
+        .send()
+        .await
+        .expect("rotate");
+    let status = resp.status();
+    let body: Value = resp.json().await.expect("rotate json");
+    assert_eq!(status, 200, "rotating {id}: {body}");
+    body["anon_key"].as_str().expect("anon_key").to_owned()
+}
+
 impl Tenant {
     /// Creates a tenant `<prefix>-<unique>` through control at `control_url`.
     pub async fn create(http: &reqwest::Client, control_url: &str, prefix: &str) -> Tenant {

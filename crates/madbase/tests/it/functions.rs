@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use madbase_testkit::tenant::{Tenant, platform_token};
+use madbase_testkit::tenant::{Tenant, platform_token, rotate_keys};
 use serde_json::{Value, json};
 
 use crate::helpers::{JWT_SECRET, MASTER_KEY, Running, start};
@@ -1029,20 +1029,7 @@ async fn a_rotated_key_and_a_deleted_tenant_are_refused_by_functions_within_a_se
         assert_eq!(call(a.anon_key.clone()).await.0, 200);
     }
 
-    let rotated: Value = http()
-        .post(format!(
-            "{}/v1/tenants/{}/keys/rotate",
-            stack.control_url(),
-            a.id
-        ))
-        .bearer_auth(platform_token("admin"))
-        .send()
-        .await
-        .expect("rotate")
-        .json()
-        .await
-        .expect("rotate json");
-    let fresh = rotated["anon_key"].as_str().expect("anon_key").to_owned();
+    let fresh = rotate_keys(&http(), &stack.control_url(), &a.id).await;
     let t0 = Instant::now();
     loop {
         let (old, old_body) = call(a.anon_key.clone()).await;

@@ -74,17 +74,7 @@ async fn control_stopped_services_serve_from_cache_and_follow_changes_after() {
         }
     }
     let mut replica = crate::helpers::start("control", &replica_env);
-    let rotated: serde_json::Value = s
-        .http
-        .post(replica.api_url(&format!("/v1/tenants/{}/keys/rotate", t.id)))
-        .bearer_auth(madbase_testkit::tenant::platform_token("admin"))
-        .send()
-        .await
-        .expect("rotate")
-        .json()
-        .await
-        .expect("rotate json");
-    let fresh = rotated["anon_key"].as_str().expect("anon_key").to_owned();
+    let fresh = madbase_testkit::tenant::rotate_keys(&s.http, &replica.api_url(""), &t.id).await;
     replica.terminate();
     replica.wait_exit(DRAIN + Duration::from_secs(2));
     tokio::time::sleep(Duration::from_millis(500)).await;

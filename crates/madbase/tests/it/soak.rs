@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use madbase_testkit::tenant::platform_token;
+use madbase_testkit::tenant::rotate_keys;
 use serde_json::{Value, json};
 
 use crate::stack::{
@@ -92,17 +92,7 @@ async fn mixed_soak_with_key_rotations() {
         let now = Instant::now();
         if now >= next_rotation {
             next_rotation = now + Duration::from_secs(5);
-            let resp: Value = s
-                .http
-                .post(format!("{control}/v1/tenants/{}/keys/rotate", rotated.id))
-                .bearer_auth(platform_token("admin"))
-                .send()
-                .await
-                .expect("rotate")
-                .json()
-                .await
-                .expect("rotate json");
-            let fresh = resp["anon_key"].as_str().expect("anon_key").to_owned();
+            let fresh = rotate_keys(&s.http, &control, &rotated.id).await;
             let t0 = Instant::now();
             // The old key is refused and the new one accepted within 1 s.
             loop {

@@ -5,7 +5,7 @@
 use http::{HeaderMap, Method, StatusCode};
 use madbase_testkit::TestDb;
 use madbase_testkit::service::{Served, control_env, env};
-use madbase_testkit::tenant::{Tenant, platform_token};
+use madbase_testkit::tenant::Tenant;
 use serde_json::Value;
 
 pub use madbase_testkit::service::JWT_SECRET as SECRET;
@@ -85,10 +85,6 @@ pub struct Stack {
     pub http: reqwest::Client,
     owner: Tenant,
     worker: Served,
-}
-
-pub fn admin_token() -> String {
-    platform_token("admin")
 }
 
 impl Stack {

@@ -148,20 +148,7 @@ async fn tenants_tokens_roles_and_rls() {
     // (a signature failure refreshes the cached tenant).
     let (_, before) = call(s.get("/items?id=eq.1")).await;
     assert_eq!(before[0]["id"], 1);
-    let rotated: serde_json::Value = s
-        .http
-        .post(format!(
-            "{}/v1/tenants/{}/keys/rotate",
-            s.control_url, s.tenant
-        ))
-        .bearer_auth(admin_token())
-        .send()
-        .await
-        .expect("rotate")
-        .json()
-        .await
-        .expect("json");
-    let new_anon = rotated["anon_key"].as_str().expect("key");
+    let new_anon = &madbase_testkit::tenant::rotate_keys(&s.http, &s.control_url, &s.tenant).await;
     let (st, v) = call(
         s.http
             .get(format!("{url}?id=eq.1"))
