@@ -154,10 +154,14 @@ fn build_binary(spec: &ImageSpec, source: &SourceInfo) -> Result<PathBuf> {
 /// without it (or with another) rebuilds every crate above it and links
 /// the binary again (fat LTO: minutes), and the next build with it again.
 pub fn cargo_release(args: &[&str]) -> Result<()> {
+    cargo_release_at(&revision()?, args)
+}
+
+fn cargo_release_at(revision: &str, args: &[&str]) -> Result<()> {
     run(Command::new("cargo")
         .args(["build", "--release", "--locked"])
         .args(args)
-        .env("MADBASE_REVISION", revision()?))
+        .env("MADBASE_REVISION", revision))
 }
 
 /// The `MADBASE_REVISION` of release builds (see [`cargo_release`]).
@@ -169,9 +173,7 @@ pub fn revision() -> Result<String> {
 fn release_build(spec: &ImageSpec, source: &SourceInfo) -> Result<PathBuf> {
     step("cargo build --release");
     // The package and the binary share the name (`binary` in the toml).
-    run(Command::new("cargo")
-        .args(["build", "--release", "--locked", "-p", &spec.binary])
-        .env("MADBASE_REVISION", &source.revision))?;
+    cargo_release_at(&source.revision, &["-p", &spec.binary])?;
     let metadata =
         output(Command::new("cargo").args(["metadata", "--format-version", "1", "--no-deps"]))?;
     let metadata: serde_json::Value =
