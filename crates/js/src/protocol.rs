@@ -202,7 +202,6 @@ pub struct Reply {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct HeaderList {
     text: String,
-    len: usize,
 }
 
 impl HeaderList {
@@ -210,7 +209,6 @@ impl HeaderList {
     pub fn with_capacity(bytes: usize) -> Self {
         Self {
             text: String::with_capacity(bytes),
-            len: 0,
         }
     }
 
@@ -221,24 +219,24 @@ impl HeaderList {
         if name.is_empty() || name.contains('\0') || value.contains('\0') {
             return false;
         }
-        if self.len > 0 {
+        if !self.text.is_empty() {
             self.text.push('\0');
         }
         self.text.push_str(name);
         self.text.push('\0');
         self.text.push_str(value);
-        self.len += 1;
         true
     }
 
     /// How many headers.
     pub fn len(&self) -> usize {
-        self.len
+        // One separator inside each header and one between two headers.
+        self.text.bytes().filter(|&b| b == 0).count().div_ceil(2)
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.text.is_empty()
     }
 
     /// The names and values joined by NUL (empty when there are none).
@@ -248,7 +246,7 @@ impl HeaderList {
 
     /// The names and values, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut parts = (self.len > 0)
+        let mut parts = (!self.text.is_empty())
             .then(|| self.text.split('\0'))
             .into_iter()
             .flatten();
@@ -394,20 +392,14 @@ impl Frame for ToWorker {
             .ok_or_else(|| bad("a headers trailer longer than the body"))?;
         let text = std::str::from_utf8(&body[start..end])
             .map_err(|_| bad("headers that are not UTF-8"))?;
-        // Counted, not split (one vectorised pass); an empty name is the
+        // Names pair with values when the separators are odd in number:
+        // counted, not split (one vectorised pass). An empty name is the
         // engine's to drop, as any header `Headers` could not hold.
-        let len = if text.is_empty() {
-            0
-        } else {
-            let parts = text.bytes().filter(|&b| b == 0).count() + 1;
-            if !parts.is_multiple_of(2) {
-                return Err(bad("a header name without its value"));
-            }
-            parts / 2
-        };
+        if !text.is_empty() && text.bytes().filter(|&b| b == 0).count().is_multiple_of(2) {
+            return Err(bad("a header name without its value"));
+        }
         invoke.headers = HeaderList {
             text: text.to_owned(),
-            len,
         };
         body.truncate(start);
         Ok(())
