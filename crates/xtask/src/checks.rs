@@ -165,7 +165,7 @@ fn run_runner(name: &str) -> Result<()> {
         "check-config" => crate::observability_config::check(),
         "check-compose" => crate::compose::check(),
         "js-compat" => crate::js_compat(),
-        "images" => crate::images::build().map(drop),
+        "images" => crate::images::build_and_lock(false),
         "observability" => crate::observability_live::run(),
         "e2e" => crate::e2e::run(),
         "browser" => crate::browser::run_task(),

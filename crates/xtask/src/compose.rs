@@ -9,7 +9,8 @@
 //!    resolved):
 //!    - every `image:` has an exact tag: no `latest`, no tagless image, no
 //!      variable; the madbase services use `<registry>/<service>:<version>`
-//!      from `nix/images.toml` and `Cargo.toml`;
+//!      from `nix/images.toml` and `Cargo.toml`, pinned to the digest
+//!      `nix/images.lock` records (`@sha256:…`);
 //!    - every service has a `healthcheck` (`CMD` form, not disabled; the
 //!      madbase ones run `/bin/madbase healthcheck`) and
 //!      `restart: unless-stopped`;
@@ -25,7 +26,7 @@
 //! `python3` with PyYAML, all installed by `bash .ci/run`.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -60,9 +61,40 @@ const PUBLISHED: [(&str, u16, &str); 3] = [
 /// The health check of the madbase images.
 const MADBASE_HEALTHCHECK: [&str; 3] = ["CMD", "/bin/madbase", "healthcheck"];
 
-/// Checks the workspace's `compose.yaml`.
+/// The override that runs the madbase services on the Nix-built images.
+pub const NIX_OVERRIDE: &str = "deploy/compose.nix.yaml";
+
+/// Checks the workspace's `compose.yaml`, and `deploy/compose.nix.yaml`.
 pub fn check() -> Result<()> {
-    check_file(&root().join(COMPOSE_FILE))
+    check_file(&root().join(COMPOSE_FILE))?;
+    step(&format!("{NIX_OVERRIDE}: the madbase images by tag"));
+    let doc = yaml_to_json(&root().join(NIX_OVERRIDE))?;
+    let problems = nix_override(&doc, &ImageSpec::load()?, &workspace_version()?);
+    if !problems.is_empty() {
+        bail!("{NIX_OVERRIDE}:\n  {}", problems.join("\n  "));
+    }
+    eprintln!("ok: the four services, each `<registry>/<service>:<version>`");
+    Ok(())
+}
+
+/// `deploy/compose.nix.yaml` names exactly the madbase services, each by
+/// `<registry>/<service>:<version>` and nothing else.
+fn nix_override(doc: &Value, spec: &ImageSpec, version: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(services) = doc.get("services").and_then(Value::as_object) else {
+        return vec!["no `services`".to_owned()];
+    };
+    for name in spec.services.keys() {
+        let want = serde_json::json!({ "image": format!("{}:{version}", spec.image_name(name)) });
+        match services.get(name) {
+            Some(got) if *got == want => {}
+            got => problems.push(format!("{name}: {got:?}, want {want}")),
+        }
+    }
+    for name in services.keys().filter(|n| !spec.services.contains_key(*n)) {
+        problems.push(format!("{name}: not a madbase service"));
+    }
+    problems
 }
 
 /// Checks the compose file at `path` (relative paths in it are resolved
@@ -93,7 +125,8 @@ pub fn check_file(path: &Path) -> Result<()> {
     let spec = ImageSpec::load()?;
     let version = workspace_version()?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let problems = rules(&doc, &text, &spec, &version, base);
+    let mut problems = rules(&doc, &text, &spec, &version, base);
+    problems.extend(pins(&doc, &crate::image_lock::load()?));
     if problems.is_empty() {
         eprintln!("ok: images pinned, health checks, restart policies, ports, secrets, volumes");
     } else {
@@ -218,6 +251,29 @@ fn rules(doc: &Value, text: &str, spec: &ImageSpec, version: &str, base: &Path) 
     problems
 }
 
+/// Every image of `nix/images.lock` runs by its locked digest:
+/// `image: <registry>/<service>:<version>@sha256:…`.
+fn pins(doc: &Value, lock: &crate::image_lock::Lock) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, locked) in lock {
+        let image = doc
+            .get("services")
+            .and_then(|s| s.get(name))
+            .and_then(|s| s.get("image"))
+            .and_then(Value::as_str);
+        let want = locked.pinned();
+        if image != Some(want.as_str()) {
+            problems.push(format!(
+                "{name}: image `{}`, but {} locks `{want}` (`{}` pins it)",
+                image.unwrap_or_default(),
+                crate::image_lock::LOCK_FILE,
+                crate::image_lock::RELOCK
+            ));
+        }
+    }
+    problems
+}
+
 /// `name[:tag][@digest]` → the tag, if any (a registry port is not a tag).
 fn image_tag(image: &str) -> Option<&str> {
     let without_digest = image.split('@').next().unwrap_or(image);
@@ -254,7 +310,7 @@ fn check_image(
     }
     if madbase {
         let want = format!("{}:{version}", spec.image_name(name));
-        if image != want {
+        if image.split('@').next() != Some(want.as_str()) {
             problems.push(format!("{name}: image `{image}`, want `{want}`"));
         }
     }
@@ -481,10 +537,6 @@ fn yaml_to_json(path: &Path) -> Result<Value> {
 }
 
 /// The path given on the command line, or the workspace's compose file.
-pub fn path_arg(file: Option<PathBuf>) -> PathBuf {
-    file.unwrap_or_else(|| root().join(COMPOSE_FILE))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,6 +625,43 @@ admin_port = 9000
         let mut doc = good();
         edit(&mut doc);
         problems(&doc, TEXT).join("\n")
+    }
+
+    #[test]
+    fn the_nix_override_names_the_madbase_images_by_tag() {
+        let spec = ImageSpec::parse(SPEC).expect("spec");
+        let mut doc = serde_json::json!({"services": {}});
+        for name in spec.services.keys() {
+            doc["services"][name] =
+                serde_json::json!({"image": format!("{}:0.1.0", spec.image_name(name))});
+        }
+        assert_eq!(nix_override(&doc, &spec, "0.1.0"), Vec::<String>::new());
+        let e = nix_override(&doc, &spec, "0.2.0").join("\n");
+        assert!(e.contains("proxy:") && e.contains(":0.2.0"), "{e}");
+        doc["services"]["grafana"] = serde_json::json!({"image": "x:1"});
+        let e = nix_override(&doc, &spec, "0.1.0").join("\n");
+        assert!(e.contains("grafana: not a madbase service"), "{e}");
+    }
+
+    #[test]
+    fn madbase_images_must_run_by_the_locked_digest() {
+        let locked = crate::image_lock::Locked {
+            image: "git.madapes.com/madbase/proxy:0.1.0".to_owned(),
+            source: "src-0".to_owned(),
+            id: "sha256:1".to_owned(),
+            digest: "sha256:2".to_owned(),
+            registry_digest: "sha256:3".to_owned(),
+        };
+        let lock = [("proxy".to_owned(), locked)].into_iter().collect();
+        let mut doc = good();
+        let e = pins(&doc, &lock).join("\n");
+        assert!(
+            e.contains("proxy: image `git.madapes.com/madbase/proxy:0.1.0`, but nix/images.lock locks `git.madapes.com/madbase/proxy:0.1.0@sha256:2`"),
+            "{e}"
+        );
+        doc["services"]["proxy"]["image"] = "git.madapes.com/madbase/proxy:0.1.0@sha256:2".into();
+        assert_eq!(pins(&doc, &lock), Vec::<String>::new());
+        assert_eq!(problems(&doc, TEXT), Vec::<String>::new());
     }
 
     #[test]

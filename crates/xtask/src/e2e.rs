@@ -7,6 +7,11 @@
 //!    machine ([`images::host_image`]: Debian's Postgres 15,
 //!    VictoriaMetrics, vmagent, vmalert and Alertmanager, each with GNU wget
 //!    for the health checks compose.yaml gives them), all `podman load`ed.
+//!    The madbase archives are loaded as a user would (`podman load -i`):
+//!    podman's digest for each must be `nix/images.lock`'s, and podman must
+//!    find the `image@digest` references `compose.yaml` runs. Then the
+//!    registry round trip (`cargo xtask push`; the pushed digests must be
+//!    the lock's `registry_digest`), and the stack runs from the registry.
 //! 2. `podman-compose -p madbase-e2e-<pid> -f compose.yaml -f
 //!    deploy/compose.e2e.yaml up -d`, with generated secrets in an env file
 //!    and the proxy and control on 127.0.0.1:8000/8001 (free ports instead
@@ -56,6 +61,7 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::image_lock;
 use crate::image_spec::ImageSpec;
 use crate::images::{self, HostImage, User};
 use crate::podman::Podman;
@@ -230,6 +236,11 @@ fn run_steps(steps: &mut Steps, stack: &mut Option<Stack>) -> Result<()> {
     let Some(()) = steps.run("podman load (the stand-ins)", || stack.load(&stand_ins)) else {
         bail!("cannot load the images");
     };
+    steps.run(
+        "podman load (the madbase images): podman's digests are nix/images.lock's, \
+         compose.yaml's image@digest lines resolve",
+        || load_locked(stack, &madbase_images),
+    );
 
     // The production path: the madbase images go through a real registry and
     // the stack runs them by digest.
@@ -1299,6 +1310,51 @@ impl Drop for Stack {
 // ---------------------------------------------------------------------------
 // The registry round trip.
 
+/// Loads the madbase archives as a user would (`podman load -i`) and checks
+/// that podman records the digests `nix/images.lock` holds and finds each
+/// image by the reference `compose.yaml` runs it as.
+fn load_locked(stack: &mut Stack, built: &[images::BuiltImage]) -> Result<()> {
+    let lock = image_lock::load()?;
+    let archives: Vec<(String, PathBuf)> = built
+        .iter()
+        .map(|image| (image.reference.clone(), image.archive.clone()))
+        .collect();
+    stack.load(&archives)?;
+    for image in built {
+        let locked = lock
+            .get(&image.service)
+            .with_context(|| format!("{} is not in {}", image.service, image_lock::LOCK_FILE))?;
+        let digest = bounded_ok(
+            stack.podman.command().args([
+                "image",
+                "inspect",
+                "--format",
+                "{{.Digest}}",
+                &image.reference,
+            ]),
+            Duration::from_secs(30),
+        )?;
+        ensure!(
+            digest.trim() == locked.digest,
+            "{}: podman recorded {}, {} says {}",
+            image.reference,
+            digest.trim(),
+            image_lock::LOCK_FILE,
+            locked.digest
+        );
+        bounded_ok(
+            stack
+                .podman
+                .command()
+                .args(["image", "exists", &locked.pinned()]),
+            Duration::from_secs(30),
+        )
+        .with_context(|| format!("podman does not find {}", locked.pinned()))?;
+        eprintln!("ok: {}", locked.pinned());
+    }
+    Ok(())
+}
+
 /// Pushes the built images to `registry` with `cargo xtask push` (wrong
 /// credentials first), checks digests and idempotence, pulls every image by
 /// digest and leaves the compose override pinning them for [`Stack::up`].
@@ -1339,7 +1395,7 @@ fn registry_round_trip(
         },
     )?;
     let release = steps.run(
-        "cargo xtask push: the registry's manifests are the built images' (digests equal)",
+        "cargo xtask push: the registry's manifests are the built images' and the lock's (digests equal)",
         || {
             let release = push::push(&args, &registry.credentials)?;
             for image in &built {
@@ -1374,8 +1430,17 @@ fn registry_round_trip(
                         pushed.digest
                     );
                 }
+                let locked = &image_lock::load()?[&image.service];
+                ensure!(
+                    pushed.digest == locked.registry_digest,
+                    "{}: pushed as {}, {} says {}",
+                    image.service,
+                    pushed.digest,
+                    image_lock::LOCK_FILE,
+                    locked.registry_digest
+                );
                 eprintln!(
-                    "ok: {} {} = local manifest, tags {:?}",
+                    "ok: {} {} = local manifest = the lock's registry_digest, tags {:?}",
                     image.service, pushed.digest, pushed.tags
                 );
             }

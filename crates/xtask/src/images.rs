@@ -17,8 +17,11 @@
 //!
 //! The image config is the one `nix/images.nix` sets (entrypoint, numeric
 //! user, exposed ports, environment, health check, OCI labels), created at
-//! the commit time of `HEAD`, and every file in the layer is owned by 0:0
-//! with that time as mtime: the same inputs give the same digest.
+//! [`EPOCH`], and every file in the layer is owned by 0:0 with that time as
+//! mtime. The revision (binary and label) is [`source_id`], a hash of the
+//! source files, and the release build keeps this machine's paths out of
+//! the binary ([`release_env`]): the same inputs give the same digest in
+//! any clone, which `nix/images.lock` records (`crate::image_lock`).
 //!
 //! `images-check` proves it with podman (see [`check`]) and assembles a
 //! Postgres image from this machine's Postgres 15 with [`host_image`], the
@@ -62,12 +65,28 @@ pub struct BuiltImage {
     pub diff_ids: Vec<String>,
     /// Uncompressed size of the layers in bytes.
     pub size: u64,
+    /// Each layer as the archive holds it: (size, sha256 hex).
+    pub layers: Vec<(u64, String)>,
+    /// The size of the image config in bytes.
+    pub config_size: u64,
     /// Every path in the image, without the leading `/`.
     pub paths: Vec<String>,
 }
 
-/// `cargo xtask images`: builds the release binary and writes the four
-/// service images.
+/// `cargo xtask images [--lock]` and the `images` check of `cargo xtask
+/// ci`: builds the four images, then writes `nix/images.lock` and pins
+/// `compose.yaml` (`lock`), or fails when they are not the locked ones.
+pub fn build_and_lock(lock: bool) -> Result<()> {
+    let images = build()?;
+    let source = revision()?;
+    if lock {
+        crate::image_lock::write(&images, &source)
+    } else {
+        crate::image_lock::check(&images, &source)
+    }
+}
+
+/// Builds the release binary and writes the four service images.
 pub fn build() -> Result<Vec<BuiltImage>> {
     let spec = ImageSpec::load()?;
     let source = SourceInfo::read()?;
@@ -77,34 +96,27 @@ pub fn build() -> Result<Vec<BuiltImage>> {
     Ok(images)
 }
 
-/// The commit the images are built from.
+/// What the images are built from, as far as it is not a file on this
+/// machine: the source and the version.
 #[derive(Debug, Clone)]
 struct SourceInfo {
-    /// `git rev-parse HEAD`, with `-dirty` when tracked files have changed
-    /// (the flake's `self.rev or self.dirtyRev`).
+    /// [`source_id`]: the build's `MADBASE_REVISION` and the images'
+    /// `org.opencontainers.image.revision` label.
     revision: String,
-    /// The commit time of `HEAD` (seconds since the epoch): the image
-    /// creation time and the mtime of every file.
-    epoch: u64,
     /// `[workspace.package] version` of `Cargo.toml`.
     version: String,
 }
 
+/// The creation time of every image and the mtime of every file in it: one
+/// second after the epoch, as nixpkgs' `dockerTools` has it. With the
+/// revision a content hash too, an image is a function of its inputs (the
+/// source files, this machine's libraries and toolchain), not of the commit
+/// or the hour it was built in; that is what lets `nix/images.lock` be
+/// committed in the same commit as the change it locks.
+const EPOCH: u64 = 1;
+
 impl SourceInfo {
     fn read() -> Result<Self> {
-        let rev = output(Command::new("git").args(["rev-parse", "HEAD"]))?
-            .trim()
-            .to_owned();
-        let clean = Command::new("git")
-            .args(["diff", "--quiet", "HEAD", "--"])
-            .current_dir(root())
-            .status()
-            .context("running git diff")?
-            .success();
-        let epoch = output(Command::new("git").args(["log", "-1", "--format=%ct", "HEAD"]))?
-            .trim()
-            .parse()
-            .context("git log --format=%ct is not a number")?;
         let cargo = std::fs::read_to_string(root().join("Cargo.toml"))?;
         let cargo: toml::Value = toml::from_str(&cargo).context("Cargo.toml")?;
         let version = cargo
@@ -115,15 +127,34 @@ impl SourceInfo {
             .context("Cargo.toml has no [workspace.package] version")?
             .to_owned();
         Ok(SourceInfo {
-            revision: if clean { rev } else { format!("{rev}-dirty") },
-            epoch,
+            revision: source_id()?,
             version,
         })
     }
 
     fn created(&self) -> String {
-        rfc3339(self.epoch)
+        rfc3339(EPOCH)
     }
+}
+
+/// `src-` and 40 hex digits of a sha256 over the files of the `cargo`
+/// fileset of `nix/checks.toml` (what cargo reads to build the workspace,
+/// `nix/images.toml` included), as they are in the work tree: each file's
+/// path, a NUL, its length (8 bytes, little-endian) and its bytes, in path
+/// order. The same sources give the same id in any clone and any commit,
+/// and a dirty tree gets the id of what it holds (no `-dirty` needed).
+pub fn source_id() -> Result<String> {
+    let declaration = crate::checks::Declaration::load()?;
+    let files = declaration.expand("cargo", &crate::checks::tracked()?)?;
+    let mut hasher = Sha256::new();
+    for file in &files {
+        let bytes = std::fs::read(root().join(file)).with_context(|| format!("reading {file}"))?;
+        hasher.update(file.as_bytes());
+        hasher.update([0]);
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(format!("src-{}", &hex::encode(hasher.finalize())[..40]))
 }
 
 /// The release binary the images are made of (`cargo build --release` with
@@ -148,20 +179,53 @@ fn build_binary(spec: &ImageSpec, source: &SourceInfo) -> Result<PathBuf> {
     Ok(stripped)
 }
 
-/// `cargo build --release --locked <args>` with `MADBASE_REVISION` set as
-/// for the images. Every release build of the tree goes through here: the
-/// revision is compiled into `madbase-platform` (`option_env!`), so a build
-/// without it (or with another) rebuilds every crate above it and links
-/// the binary again (fat LTO: minutes), and the next build with it again.
+/// `cargo build --release --locked <args>` with the environment of
+/// [`release_env`]. Every release build of the tree goes through here: the
+/// revision is compiled into `madbase-platform` (`option_env!`) and the
+/// flags are in every crate's fingerprint, so a build without them (or with
+/// others) rebuilds the crates and links the binary again (fat LTO:
+/// minutes), and the next build with them again.
 pub fn cargo_release(args: &[&str]) -> Result<()> {
     cargo_release_at(&revision()?, args)
 }
 
 fn cargo_release_at(revision: &str, args: &[&str]) -> Result<()> {
-    run(Command::new("cargo")
-        .args(["build", "--release", "--locked"])
-        .args(args)
-        .env("MADBASE_REVISION", revision))
+    run(release_env(
+        Command::new("cargo")
+            .args(["build", "--release", "--locked"])
+            .args(args),
+        revision,
+    ))
+}
+
+/// The environment of a release build (also for a `cargo run --release`
+/// after [`cargo_release`]): `MADBASE_REVISION`, and no path of this
+/// machine in the binary, so that another clone elsewhere builds the same
+/// bytes: Rust's paths remapped (`--remap-path-prefix`: the workspace to
+/// `/madbase`, cargo's home, where the registry's sources are, to `/cargo`)
+/// and the C compiler's too (`-ffile-prefix-map` in `CFLAGS`: `rquickjs-sys`
+/// compiles QuickJS from its build directory, and its `assert`s keep the
+/// file's path); and no time either: `SOURCE_DATE_EPOCH` is [`EPOCH`], which
+/// GCC uses for `__DATE__` and `__TIME__` (mimalloc prints them in its
+/// verbose banner; found by building in two clones).
+pub fn release_env<'a>(cmd: &'a mut Command, revision: &str) -> &'a mut Command {
+    let workspace = root();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    let rustflags = [
+        format!("--remap-path-prefix={}=/madbase", workspace.display()),
+        format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
+    ]
+    .join("\x1f");
+    cmd.env("MADBASE_REVISION", revision)
+        .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env(
+            "CFLAGS",
+            format!("-ffile-prefix-map={}=/madbase", workspace.display()),
+        )
 }
 
 /// The `MADBASE_REVISION` of release builds (see [`cargo_release`]).
@@ -198,7 +262,7 @@ fn assemble(spec: &ImageSpec, source: &SourceInfo, binary: &Path) -> Result<Vec<
     add_users(&mut tree, spec.uid, spec.gid, &spec.user_name)?;
     tree.bytes("/etc/nsswitch.conf", "hosts: files dns\n", 0o644)?;
     tree.dir("/tmp", 0o1777)?;
-    let layer = tree.layer(source.epoch)?;
+    let layer = tree.layer(EPOCH)?;
     eprintln!(
         "layer sha256:{} ({} files, {:.1} MB)",
         layer.digest,
@@ -247,11 +311,11 @@ fn assemble(spec: &ImageSpec, source: &SourceInfo, binary: &Path) -> Result<Vec<
         };
         let reference = format!("{}:{}", spec.image_name(name), source.version);
         let archive = root().join(OUT_DIR).join(format!("{name}.tar"));
-        let id = write_docker_archive(
+        let (id, config_size) = write_docker_archive(
             &archive,
             &reference,
             &source.created(),
-            source.epoch,
+            EPOCH,
             &config,
             &[&layer],
         )?;
@@ -262,6 +326,8 @@ fn assemble(spec: &ImageSpec, source: &SourceInfo, binary: &Path) -> Result<Vec<
             id,
             diff_ids: vec![format!("sha256:{}", layer.digest)],
             size: layer.tar.len() as u64,
+            layers: vec![(layer.tar.len() as u64, layer.digest.clone())],
+            config_size,
             paths: tree.entries.keys().cloned().collect(),
         });
     }
@@ -380,7 +446,7 @@ pub fn host_image(image: &HostImage<'_>) -> Result<PathBuf> {
     if !tree.entries.contains_key("tmp") {
         tree.dir("/tmp", 0o1777)?;
     }
-    let layer = tree.layer(source.epoch)?;
+    let layer = tree.layer(EPOCH)?;
     let config = ContainerConfig {
         user: Some(format!("{}:{}", image.user.uid, image.user.gid)),
         exposed_ports: image
@@ -411,7 +477,7 @@ pub fn host_image(image: &HostImage<'_>) -> Result<PathBuf> {
         &path,
         &format!("{}:{}", image.name, image.tag),
         &source.created(),
-        source.epoch,
+        EPOCH,
         &config,
         &[&layer],
     )?;
@@ -789,7 +855,7 @@ fn write_docker_archive(
     mtime: u64,
     config: &ContainerConfig,
     layers: &[&Layer],
-) -> Result<String> {
+) -> Result<(String, u64)> {
     let file = ImageConfigFile {
         architecture: go_arch(),
         config,
@@ -855,7 +921,7 @@ fn write_docker_archive(
     drop(out);
     std::fs::rename(&partial, path)
         .with_context(|| format!("renaming {} to {}", partial.display(), path.display()))?;
-    Ok(id)
+    Ok((id, config_json.len() as u64))
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC) of `epoch` seconds, the format the flake

@@ -13,6 +13,7 @@ mod checks;
 mod compose;
 mod e2e;
 mod fresh;
+mod image_lock;
 mod image_spec;
 mod images;
 mod nix;
@@ -69,8 +70,14 @@ enum Task {
         file: Option<PathBuf>,
     },
     /// The service images without Nix: `target/images/<service>.tar`
-    /// (docker-archive) from the release binary and `nix/images.toml`.
-    Images,
+    /// (docker-archive) from the release binary and `nix/images.toml`;
+    /// fails when they are not the ones `nix/images.lock` records.
+    Images {
+        /// Write `nix/images.lock` and pin compose.yaml's madbase images to
+        /// the built ones instead of checking them.
+        #[arg(long)]
+        lock: bool,
+    },
     /// Builds the images, loads them into a project-local podman and checks
     /// them (config, contents, no shell, health check, non-root user).
     ImagesCheck,
@@ -192,8 +199,9 @@ fn main() -> Result<()> {
         Task::CheckConfig => observability_config::check(),
         Task::LintNix => nix::lint(),
         Task::LintWorkflows => workflows::lint(),
-        Task::CheckCompose { file } => compose::check_file(&compose::path_arg(file)),
-        Task::Images => images::build().map(drop),
+        Task::CheckCompose { file: None } => compose::check(),
+        Task::CheckCompose { file: Some(file) } => compose::check_file(&file),
+        Task::Images { lock } => images::build_and_lock(lock),
         Task::ImagesCheck => images::check(),
         Task::E2e => e2e::run(),
         Task::Sandbox { checks } => sandbox::run(&checks),

@@ -120,10 +120,10 @@ fn fuzz(figures: &std::path::Path) -> Result<u64> {
     ])
     .args(["--seconds", &FUZZ_SECONDS.to_string()])
     .env("RUST_BACKTRACE", "0")
-    // As built just above: `cargo run` would build again otherwise.
-    .env("MADBASE_REVISION", crate::images::revision()?)
     .current_dir(root())
     .stderr(Stdio::inherit());
+    // As built just above: `cargo run` would build again otherwise.
+    crate::images::release_env(&mut cmd, &crate::images::revision()?);
     eprintln!("+ {cmd:?}");
     // Exits 1 when a target failed: the figures say which.
     let out = cmd.output().context("cannot start madbase-fuzz")?;
