@@ -1397,6 +1397,7 @@ fn registry_round_trip(
     let release = steps.run(
         "cargo xtask push: the registry's manifests are the built images' and the lock's (digests equal)",
         || {
+            let lock = image_lock::load()?;
             let release = push::push(&args, &registry.credentials)?;
             for image in &built {
                 let pushed = release
@@ -1430,7 +1431,9 @@ fn registry_round_trip(
                         pushed.digest
                     );
                 }
-                let locked = &image_lock::load()?[&image.service];
+                let locked = lock
+                    .get(&image.service)
+                    .with_context(|| format!("{} is not in {}", image.service, image_lock::LOCK_FILE))?;
                 ensure!(
                     pushed.digest == locked.registry_digest,
                     "{}: pushed as {}, {} says {}",

@@ -147,9 +147,8 @@ pub fn compare(locked: &Lock, built: &Lock) -> Result<()> {
         return Ok(());
     }
     let same_source = locked
-        .values()
-        .zip(built.values())
-        .all(|(l, b)| l.source == b.source);
+        .iter()
+        .all(|(service, l)| built.get(service).is_none_or(|b| b.source == l.source));
     let why = if same_source {
         "the same sources built other images: this machine's libraries, CA bundle or toolchain \
          differ from those the lock was written with"
@@ -191,7 +190,7 @@ pub fn pin_compose(text: &str, lock: &Lock) -> Result<String> {
         let indent = &line[..line.len() - trimmed.len()];
         let replaced = trimmed.strip_prefix("image:").and_then(|rest| {
             let reference = rest.trim();
-            let name = reference.split(['@']).next()?.rsplit_once(':')?.0;
+            let name = reference.split('@').next()?.rsplit_once(':')?.0;
             lock.iter()
                 .find(|(_, l)| l.image.rsplit_once(':').is_some_and(|(n, _)| n == name))
         });

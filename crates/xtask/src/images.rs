@@ -77,21 +77,24 @@ pub struct BuiltImage {
 /// ci`: builds the four images, then writes `nix/images.lock` and pins
 /// `compose.yaml` (`lock`), or fails when they are not the locked ones.
 pub fn build_and_lock(lock: bool) -> Result<()> {
-    let images = build()?;
-    let source = revision()?;
+    let source = SourceInfo::read()?;
+    let images = build_from(&source)?;
     if lock {
-        crate::image_lock::write(&images, &source)
+        crate::image_lock::write(&images, &source.revision)
     } else {
-        crate::image_lock::check(&images, &source)
+        crate::image_lock::check(&images, &source.revision)
     }
 }
 
 /// Builds the release binary and writes the four service images.
 pub fn build() -> Result<Vec<BuiltImage>> {
+    build_from(&SourceInfo::read()?)
+}
+
+fn build_from(source: &SourceInfo) -> Result<Vec<BuiltImage>> {
     let spec = ImageSpec::load()?;
-    let source = SourceInfo::read()?;
-    let binary = build_binary(&spec, &source)?;
-    let images = assemble(&spec, &source, &binary)?;
+    let binary = build_binary(&spec, source)?;
+    let images = assemble(&spec, source, &binary)?;
     report_sizes(&images)?;
     Ok(images)
 }
