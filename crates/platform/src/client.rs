@@ -70,10 +70,9 @@ pub fn span_trace(span: tracing::Id, sc: &SpanContext) -> Option<SpanTrace> {
     traceparent[35] = b'-';
     traceparent[52] = b'-';
     let flags = (sc.trace_flags() & TraceFlags::SAMPLED).to_u8();
-    // Each slice is exactly twice its input's length.
-    let _ = hex::encode_to_slice(sc.trace_id().to_bytes(), &mut traceparent[3..35]);
-    let _ = hex::encode_to_slice(sc.span_id().to_bytes(), &mut traceparent[36..52]);
-    let _ = hex::encode_to_slice([flags], &mut traceparent[53..55]);
+    telemetry::lower_hex(&sc.trace_id().to_bytes(), &mut traceparent[3..35]);
+    telemetry::lower_hex(&sc.span_id().to_bytes(), &mut traceparent[36..52]);
+    telemetry::lower_hex(&[flags], &mut traceparent[53..55]);
     let state = sc.trace_state().header();
     Some(SpanTrace {
         span,

@@ -19,6 +19,7 @@ pub mod server;
 pub mod service;
 pub mod tasks;
 pub mod telemetry;
+pub mod text;
 
 pub use config::{CommonConfig, ConfigError, Env};
 pub use error::ApiError;

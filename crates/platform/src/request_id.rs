@@ -5,11 +5,16 @@
 //! access to the request (error bodies, outgoing requests).
 
 use axum::extract::Request;
-use http::HeaderValue;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use http::{HeaderName, HeaderValue};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 
 /// The header carrying the request ID.
 pub const X_REQUEST_ID: &str = "x-request-id";
+
+/// [`X_REQUEST_ID`] as a header name (a `&str` name is parsed on every lookup).
+const HEADER: HeaderName = HeaderName::from_static(X_REQUEST_ID);
 
 /// What calls made while handling a request carry: its ID and, computed
 /// once when the request span starts, that span's W3C trace context.
@@ -48,7 +53,7 @@ pub fn is_valid(value: &[u8]) -> bool {
 pub fn drop_invalid(mut req: Request) -> Request {
     let headers = req.headers_mut();
     let all_valid = {
-        let mut values = headers.get_all(X_REQUEST_ID).iter();
+        let mut values = headers.get_all(&HEADER).iter();
         match (values.next(), values.next()) {
             (Some(v), None) => is_valid(v.as_bytes()),
             (None, _) => true,
@@ -57,14 +62,28 @@ pub fn drop_invalid(mut req: Request) -> Request {
         }
     };
     if !all_valid {
-        headers.remove(X_REQUEST_ID);
+        headers.remove(&HEADER);
     }
     req
 }
 
 /// The layer that generates a UUID when the request has no (valid) ID.
-pub fn set_layer() -> SetRequestIdLayer<MakeRequestUuid> {
-    SetRequestIdLayer::x_request_id(MakeRequestUuid)
+pub fn set_layer() -> SetRequestIdLayer<MakeUuid> {
+    SetRequestIdLayer::x_request_id(MakeUuid)
+}
+
+/// A random (v4) UUID, lowercase and hyphenated, as tower-http's
+/// `MakeRequestUuid` makes it, written into a stack buffer instead of
+/// formatted into a `String` first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MakeUuid;
+
+impl MakeRequestId for MakeUuid {
+    fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        HeaderValue::from_str(id).ok().map(RequestId::new)
+    }
 }
 
 /// The layer that copies the request ID onto the response.
@@ -76,7 +95,7 @@ pub fn propagate_layer() -> PropagateRequestIdLayer {
 /// value if it did not).
 pub fn of(req: &Request) -> HeaderValue {
     req.headers()
-        .get(X_REQUEST_ID)
+        .get(&HEADER)
         .cloned()
         .unwrap_or(HeaderValue::from_static(""))
 }
@@ -99,6 +118,22 @@ pub fn current() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_ids_are_v4_uuids_and_valid() {
+        let req = http::Request::new(());
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let id = MakeUuid.make_request_id(&req).expect("an id");
+            let text = id.header_value().to_str().expect("text");
+            let parsed = uuid::Uuid::parse_str(text).expect("a uuid");
+            assert_eq!(parsed.get_version_num(), 4);
+            assert_eq!(text, parsed.hyphenated().to_string());
+            assert!(is_valid(text.as_bytes()));
+            ids.insert(text.to_owned());
+        }
+        assert_eq!(ids.len(), 100);
+    }
 
     #[test]
     fn validity_rule() {

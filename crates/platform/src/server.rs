@@ -218,7 +218,8 @@ fn path_not_utf8(req: &Request) -> Option<Response> {
     })
 }
 
-const TRACEPARENT: &str = "traceparent";
+/// A name, not a `&str`: a `&str` name is parsed on every lookup.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// The request span (continuing an incoming `traceparent`), the request
 /// scope (ID and trace headers for outgoing calls), the head-size check,
@@ -226,11 +227,9 @@ const TRACEPARENT: &str = "traceparent";
 async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
+    // MatchedPath is shared text: cloning it copies no string.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let id = request_id::of(&req);
     let span = tracing::info_span!(
         "request",
@@ -241,14 +240,14 @@ async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Respo
         request_id = id.to_str().unwrap_or_default(),
         tenant = Empty,
         http.request.method = method.as_str(),
-        http.route = route.as_str(),
+        http.route = route,
         url.path = req.uri().path(),
         http.response.status_code = Empty,
     );
     // Without a traceparent the span is a new root (OpenTelemetry's current
     // context is never activated, see `telemetry`); an invalid one does the
     // same through the propagator.
-    if req.headers().contains_key(TRACEPARENT) {
+    if req.headers().contains_key(&TRACEPARENT) {
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&HeaderExtractor(req.headers()))
         });
@@ -275,7 +274,7 @@ async fn observe(State(obs): State<Observer>, req: Request, next: Next) -> Respo
         span.record("otel.status_code", "ERROR");
     }
     if let Some(metrics) = &obs.metrics {
-        metrics.observe_request(&method, &route, status.as_u16(), elapsed);
+        metrics.observe_request(&method, route, status.as_u16(), elapsed);
     }
     span.in_scope(|| {
         tracing::info!(

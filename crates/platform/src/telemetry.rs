@@ -25,6 +25,7 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, SdkTracerProvider};
+use smallvec::SmallVec;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Record};
 use tracing::{Event, Id, Level, Subscriber};
@@ -38,9 +39,31 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, OtelConfig, OtlpProtocol};
+pub use crate::text::needs_json_escape;
 
 /// Span fields copied onto every log line emitted inside the span.
 const CONTEXT_FIELDS: [&str; 5] = ["service", "request_id", "trace_id", "span_id", "tenant"];
+/// Each of [`CONTEXT_FIELDS`] as written before its value on a line.
+const CONTEXT_KEYS: [&[u8]; 5] = [
+    b",\"service\":",
+    b",\"request_id\":",
+    b",\"trace_id\":",
+    b",\"span_id\":",
+    b",\"tenant\":",
+];
+
+/// Where `name` sits in [`CONTEXT_FIELDS`] (a `match` on the name: its
+/// length first, then at most one comparison).
+fn context_slot(name: &str) -> Option<usize> {
+    match name {
+        "service" => Some(0),
+        "request_id" => Some(1),
+        "trace_id" => Some(TRACE_ID),
+        "span_id" => Some(SPAN_ID),
+        "tenant" => Some(4),
+        _ => None,
+    }
+}
 /// Where `trace_id` and `span_id` sit in [`CONTEXT_FIELDS`]; unless a span
 /// sets them as fields, they come from the innermost span's trace context.
 const TRACE_ID: usize = 2;
@@ -289,13 +312,13 @@ struct ContextFields([Option<String>; CONTEXT_FIELDS.len()]);
 
 impl Visit for ContextFields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if let Some(i) = CONTEXT_FIELDS.iter().position(|n| *n == field.name()) {
+        if let Some(i) = context_slot(field.name()) {
             self.0[i] = Some(value.to_owned());
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if let Some(i) = CONTEXT_FIELDS.iter().position(|n| *n == field.name()) {
+        if let Some(i) = context_slot(field.name()) {
             self.0[i] = Some(format!("{value:?}"));
         }
     }
@@ -449,22 +472,31 @@ where
 }
 
 /// Writes an event's fields as `,"name":value` into `out`, except the
-/// message (kept apart: it comes first) and the names in `skip`.
+/// message (written as text into `message`: it comes first) and the names
+/// in `skip`.
 struct JsonFields<'a> {
     out: &'a mut Vec<u8>,
-    message: Option<String>,
+    message: &'a mut String,
     skip: &'a [&'a str],
 }
 
 impl JsonFields<'_> {
+    /// Whether the line has its own `name` (only the line's keys and the
+    /// context fields can be in `skip`: one `match` rules out the rest).
+    fn skipped(&self, name: &str) -> bool {
+        (context_slot(name).is_some()
+            || matches!(name, "timestamp" | "level" | "target" | "message"))
+            && self.skip.contains(&name)
+    }
+
     fn put(&mut self, field: &Field, value: &(impl serde::Serialize + ?Sized)) {
-        if !self.skip.contains(&field.name()) {
+        if !self.skipped(field.name()) {
             put(self.out, field.name(), value);
         }
     }
 
     fn put_str(&mut self, field: &Field, value: &str) {
-        if !self.skip.contains(&field.name()) {
+        if !self.skipped(field.name()) {
             put_str(self.out, field.name(), value);
         }
     }
@@ -473,7 +505,8 @@ impl JsonFields<'_> {
 impl Visit for JsonFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.message = Some(value.to_owned());
+            self.message.clear();
+            self.message.push_str(value);
         } else {
             self.put_str(field, value);
         }
@@ -495,8 +528,12 @@ impl Visit for JsonFields<'_> {
         self.put_str(field, &value.to_string());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        use std::fmt::Write as _;
         if field.name() == "message" {
-            self.message = Some(format!("{value:?}"));
+            // The message as text, without a String of its own (a
+            // `format_args!` message writes its pieces straight in).
+            self.message.clear();
+            let _ = write!(self.message, "{value:?}");
         } else {
             self.put_str(field, &format!("{value:?}"));
         }
@@ -520,14 +557,6 @@ fn put_str(out: &mut Vec<u8>, key: &str, value: &str) {
     put_json_str(out, value);
 }
 
-/// Whether `s` has a byte a JSON string must escape (a control character,
-/// `"` or `\`). A fold without early exit, which the compiler vectorises.
-pub fn needs_json_escape(s: &str) -> bool {
-    s.bytes().fold(false, |any, b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    })
-}
-
 /// Appends `s` as a JSON string: copied as is when nothing in it needs
 /// escaping (the usual case), else escaped by serde_json.
 fn put_json_str(out: &mut Vec<u8>, s: &str) {
@@ -540,16 +569,31 @@ fn put_json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// Appends `,"key":"<hex of bytes>"`.
-fn put_hex<const N: usize>(out: &mut Vec<u8>, key: &str, bytes: [u8; N]) {
-    out.push(b',');
-    put_json_str(out, key);
-    out.extend_from_slice(b":\"");
+/// Appends `key` (`,"name":`, written as is) and `"value"`.
+fn put_keyed_str(out: &mut Vec<u8>, key: &[u8], value: &str) {
+    out.extend_from_slice(key);
+    put_json_str(out, value);
+}
+
+/// Appends `key` (`,"name":`, written as is) and `"<hex of bytes>"`.
+fn put_hex<const N: usize>(out: &mut Vec<u8>, key: &[u8], bytes: [u8; N]) {
+    out.extend_from_slice(key);
+    out.push(b'"');
     let start = out.len();
     out.resize(start + 2 * N, 0);
-    // The slice is exactly twice the input's length.
-    let _ = hex::encode_to_slice(bytes, &mut out[start..]);
+    lower_hex(&bytes, &mut out[start..]);
     out.push(b'"');
+}
+
+/// Writes `bytes` as lowercase hex into the first `2 × bytes.len()` bytes of
+/// `out` (a table lookup per nibble; `hex`'s encoder checks and iterates
+/// per character).
+pub fn lower_hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
+    }
 }
 
 /// Appends `now` as RFC 3339 UTC with microseconds
@@ -603,8 +647,8 @@ where
         // The innermost span's value of each context field (the spans'
         // extensions stay borrowed while the line is written), and the
         // trace and span ids of the innermost span that has them.
-        let spans: Vec<_> = ctx.event_scope().into_iter().flatten().collect();
-        let extensions: Vec<_> = spans.iter().map(|s| s.extensions()).collect();
+        let spans: SmallVec<[_; 4]> = ctx.event_scope().into_iter().flatten().collect();
+        let extensions: SmallVec<[_; 4]> = spans.iter().map(|s| s.extensions()).collect();
         let mut context: [Option<&str>; CONTEXT_FIELDS.len()] = Default::default();
         let mut trace = None;
         for ext in &extensions {
@@ -633,7 +677,8 @@ where
 
         // Event fields may not replace the line's own keys nor a context
         // field the line has.
-        let mut skip: Vec<&str> = vec!["timestamp", "level", "target", "message", "service"];
+        let mut skip: SmallVec<[&str; 10]> =
+            SmallVec::from_slice(&["timestamp", "level", "target", "message", "service"]);
         skip.extend(
             CONTEXT_FIELDS
                 .iter()
@@ -644,35 +689,47 @@ where
                 })
                 .map(|(_, (n, _))| *n),
         );
-        let mut own = Vec::with_capacity(128);
-        let mut fields = JsonFields {
-            out: &mut own,
-            message: None,
-            skip: &skip,
-        };
-        event.record(&mut fields);
-        let message = fields.message.take().unwrap_or_default();
-
-        let mut out = Vec::with_capacity(256 + own.len());
-        out.extend_from_slice(b"{\"timestamp\":\"");
-        put_timestamp(&mut out, chrono::Utc::now());
-        out.push(b'"');
-        put_str(&mut out, "level", meta.level().as_str());
-        put_str(&mut out, "target", meta.target());
-        put_str(&mut out, "message", &message);
-        for (i, (name, value)) in CONTEXT_FIELDS.iter().zip(&context).enumerate() {
-            match (value, trace) {
-                (Some(v), _) => put_str(&mut out, name, v),
-                (None, Some((t, _))) if i == TRACE_ID => put_hex(&mut out, name, t.to_bytes()),
-                (None, Some((_, s))) if i == SPAN_ID => put_hex(&mut out, name, s.to_bytes()),
-                (None, _) if *name == "service" => put_str(&mut out, name, &self.service),
-                _ => {}
-            }
+        // The line is built in this thread's scratch buffers (a line logged
+        // while one is being formatted gets buffers of its own).
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>, String)> =
+                const { std::cell::RefCell::new((Vec::new(), Vec::new(), String::new())) };
         }
-        out.extend_from_slice(&own);
-        out.extend_from_slice(b"}\n");
-        let text = std::str::from_utf8(&out).map_err(|_| fmt::Error)?;
-        writer.write_str(text)
+        let mut write = |(own, out, message): &mut (Vec<u8>, Vec<u8>, String)| {
+            own.clear();
+            out.clear();
+            message.clear();
+            let mut fields = JsonFields {
+                out: own,
+                message,
+                skip: &skip,
+            };
+            event.record(&mut fields);
+
+            out.extend_from_slice(b"{\"timestamp\":\"");
+            put_timestamp(out, chrono::Utc::now());
+            out.push(b'"');
+            put_keyed_str(out, b",\"level\":", meta.level().as_str());
+            put_keyed_str(out, b",\"target\":", meta.target());
+            put_keyed_str(out, b",\"message\":", message);
+            for (i, (key, value)) in CONTEXT_KEYS.iter().zip(&context).enumerate() {
+                match (value, trace) {
+                    (Some(v), _) => put_keyed_str(out, key, v),
+                    (None, Some((t, _))) if i == TRACE_ID => put_hex(out, key, t.to_bytes()),
+                    (None, Some((_, s))) if i == SPAN_ID => put_hex(out, key, s.to_bytes()),
+                    (None, _) if i == 0 => put_keyed_str(out, key, &self.service),
+                    _ => {}
+                }
+            }
+            out.extend_from_slice(own);
+            out.extend_from_slice(b"}\n");
+            let text = std::str::from_utf8(out).map_err(|_| fmt::Error)?;
+            writer.write_str(text)
+        };
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut buffers) => write(&mut buffers),
+            Err(_) => write(&mut Default::default()),
+        })
     }
 }
 
@@ -725,6 +782,24 @@ mod tests {
                     })
                     .with_writer(move || writer.clone()),
             )
+    }
+
+    #[test]
+    fn context_keys_and_slots_follow_the_context_fields() {
+        for (i, name) in CONTEXT_FIELDS.iter().enumerate() {
+            assert_eq!(CONTEXT_KEYS[i], format!(",\"{name}\":").as_bytes());
+            assert_eq!(context_slot(name), Some(i));
+        }
+        assert_eq!(context_slot("status"), None);
+    }
+
+    #[test]
+    fn lower_hex_is_hex_crates_encoding() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut out = vec![0u8; 512];
+        lower_hex(&bytes, &mut out);
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(out, expected.as_bytes());
     }
 
     #[test]

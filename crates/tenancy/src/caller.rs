@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 use madbase_platform::ApiError;
 use madbase_platform::secrets::ExposeSecret as _;
+use madbase_platform::text::header_text;
+use smallvec::SmallVec;
 
 use crate::jwt::{self, JwtError, VerifiedClaims, VerifiedTokens};
 use crate::tenants::{Invalidation, LookupError, TenantClient, TenantInfo};
@@ -104,6 +106,9 @@ impl KeySource {
     }
 }
 
+/// The `apikey` header (a `&str` name is parsed on every lookup).
+const APIKEY: HeaderName = HeaderName::from_static("apikey");
+
 /// A token a request presents, not verified yet. A header that is not
 /// text, or an `Authorization` that is not `Bearer`, is the token `"\0"`,
 /// which never verifies.
@@ -118,29 +123,31 @@ pub struct ApiKey<'a> {
 impl<'a> ApiKey<'a> {
     /// The tokens `headers` present on `surface`, in the order they are
     /// checked; empty when there is none.
-    pub fn from_headers(headers: &'a HeaderMap, surface: Surface) -> Vec<ApiKey<'a>> {
-        let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    pub fn from_headers(headers: &'a HeaderMap, surface: Surface) -> SmallVec<[ApiKey<'a>; 2]> {
+        let text = |name: &HeaderName| headers.get(name).and_then(header_text);
         let key = |source, token| ApiKey { source, token };
         match surface {
             Surface::Gateway => {
-                let apikey = headers.get("apikey").map(|v| v.to_str().unwrap_or("\u{0}"));
+                let apikey = headers
+                    .get(&APIKEY)
+                    .map(|v| header_text(v).unwrap_or("\u{0}"));
                 let bearer = headers
                     .get(AUTHORIZATION)
-                    .map(|v| v.to_str().ok().and_then(jwt::bearer).unwrap_or("\u{0}"));
+                    .map(|v| header_text(v).and_then(jwt::bearer).unwrap_or("\u{0}"));
                 apikey
                     .map(|t| key(KeySource::ApiKeyHeader, t))
                     .into_iter()
                     .chain(bearer.map(|t| key(KeySource::Bearer, t)))
                     .collect()
             }
-            Surface::DataApi => text(AUTHORIZATION.as_str())
+            Surface::DataApi => text(&AUTHORIZATION)
                 .and_then(jwt::bearer)
                 .map(|t| key(KeySource::Bearer, t))
-                .or_else(|| text("apikey").map(|t| key(KeySource::ApiKeyHeader, t.trim())))
+                .or_else(|| text(&APIKEY).map(|t| key(KeySource::ApiKeyHeader, t.trim())))
                 .filter(|k| !k.token.is_empty())
                 .into_iter()
                 .collect(),
-            Surface::Functions => text(AUTHORIZATION.as_str())
+            Surface::Functions => text(&AUTHORIZATION)
                 .and_then(jwt::bearer)
                 .map(|t| key(KeySource::Bearer, t))
                 .into_iter()
@@ -557,7 +564,7 @@ mod tests {
         // Not Bearer: the gateway refuses it, the others see no token.
         let basic = headers(&[("authorization", "Basic abc")]);
         assert_eq!(
-            ApiKey::from_headers(&basic, Surface::Gateway),
+            ApiKey::from_headers(&basic, Surface::Gateway).as_slice(),
             [ApiKey {
                 source: Bearer,
                 token: "\u{0}"
