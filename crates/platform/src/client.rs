@@ -31,10 +31,12 @@ pub fn inject(headers: &mut HeaderMap) {
     if let Some(id) = id {
         headers.insert(X_REQUEST_ID, id);
     }
-    let span = tracing::Span::current();
+    // The current span's id, read without taking a handle on the span (a
+    // clone and a close in the registry).
+    let current = tracing::dispatcher::get_default(|d| d.current_span().id().cloned());
     let trace = match trace.flatten() {
-        Some(t) if span.id().as_ref() == Some(&t.span) => Some(t),
-        _ => trace_of(&span),
+        Some(t) if current.as_ref() == Some(&t.span) => Some(t),
+        _ => trace_of(&tracing::Span::current()),
     };
     if let Some(t) = trace {
         headers.insert(TRACEPARENT, t.traceparent);

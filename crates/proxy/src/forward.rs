@@ -19,6 +19,7 @@ use hyper::client::conn::http1;
 use madbase_platform::server::ConnectionState;
 use madbase_platform::{ApiError, client};
 use madbase_tenancy::{Failure, Refusal, Surface};
+use smallvec::SmallVec;
 use tower::Service as _;
 use tower::ServiceExt as _;
 
@@ -669,7 +670,7 @@ const ADDED_HEADERS: usize = 8;
 /// (`x-madbase-*`) header a client may have sent. One pass over the names;
 /// most requests have none of them (and an empty `Vec` does not allocate).
 fn strip_forwarded(headers: &mut HeaderMap) {
-    let found: Vec<HeaderName> = headers
+    let found: SmallVec<[HeaderName; 4]> = headers
         .keys()
         .filter(|name| is_hop_by_hop(name) || name.as_str().starts_with("x-madbase-"))
         .cloned()
@@ -690,9 +691,14 @@ fn strip_forwarded(headers: &mut HeaderMap) {
 /// `Keep-Alive` is hop-by-hop anyway): the usual `Connection` values cost no
 /// allocation.
 fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    let usual = |v: &&HeaderValue| {
+        let v = v.as_bytes();
+        v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+    };
     headers
         .get_all(CONNECTION)
         .iter()
+        .filter(|v| !usual(v))
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -720,9 +726,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names; most messages have none of them (and an
-    // empty Vec does not allocate).
-    let found: Vec<HeaderName> = headers
+    // One pass over the names; most messages have none of them, or only
+    // `Connection` (kept inline, no allocation).
+    let found: SmallVec<[HeaderName; 4]> = headers
         .keys()
         .filter(|k| is_hop_by_hop(k))
         .cloned()
