@@ -112,6 +112,9 @@ variables! {
     MADBASE_TENANT_NEGATIVE_CACHE_SECONDS,
     /// `false` keeps the HTTP hop when the upstream runs in the same process.
     MADBASE_PROXY_IN_PROCESS,
+    /// `true`: HTTP/2 cleartext (prior knowledge) to the worker and the
+    /// functions service, requests multiplexed (false).
+    MADBASE_UPSTREAM_HTTP2,
 
     // Worker.
     /// Per-request statement timeout in milliseconds (10000).

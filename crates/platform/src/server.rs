@@ -1,7 +1,8 @@
 //! The two listeners of a service (API and admin), the request pipeline every
 //! route goes through, and graceful shutdown.
 //!
-//! Pipeline, outermost first: drop an invalid `X-Request-Id` → tower-http
+//! Pipeline, outermost first: drop an invalid `X-Request-Id` (and give an
+//! HTTP/2 request its `Host` from `:authority`) → tower-http
 //! sets one when missing → tower-http copies it to the response → [`observe`]
 //! (request span continuing the incoming `traceparent`, request scope,
 //! the request-head size check with its 431 JSON, the 400 JSON for a path
@@ -122,11 +123,30 @@ pub fn admin_router_with(app: &ServiceApp, limits: ConnLimits) -> Router {
 fn with_pipeline(routes: Router, observer: Observer) -> Router {
     routes.fallback(error::not_found).layer(
         ServiceBuilder::new()
-            .map_request(request_id::drop_invalid)
+            .map_request(prepare)
             .layer(request_id::set_layer())
             .layer(request_id::propagate_layer())
             .layer(middleware::from_fn_with_state(observer, observe)),
     )
+}
+
+/// Before the pipeline: an invalid `X-Request-Id` is dropped (tower-http
+/// then sets one), and an HTTP/2 request without `Host` gets one from its
+/// `:authority`, as RFC 9113 §8.3.1 asks of whoever turns it into an
+/// HTTP/1.1 request: handlers (and the worker's `request.headers`) see the
+/// same headers over either version.
+fn prepare(req: Request) -> Request {
+    let mut req = request_id::drop_invalid(req);
+    if req.version() == http::Version::HTTP_2
+        && !req.headers().contains_key(http::header::HOST)
+        && let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(http::header::HOST, host);
+    }
+    req
 }
 
 async fn metrics_handler(State(metrics): State<Metrics>, headers: HeaderMap) -> Response {

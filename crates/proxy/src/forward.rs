@@ -2,6 +2,8 @@
 //! streamed to the upstream and its response streamed back untouched.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -274,7 +276,11 @@ async fn forward(
     let original_host = headers.remove(HOST);
     strip_forwarded(&mut headers);
     headers.reserve(ADDED_HEADERS);
-    if let Some(host) = &base.host {
+    // Over HTTP/2 the upstream's address goes as `:authority` (`send`),
+    // without a `Host` beside it (nginx refuses both).
+    if let Some(host) = &base.host
+        && !state.config.upstream_http2
+    {
         headers.insert(HOST, host.clone());
     }
     headers.insert(
@@ -314,13 +320,23 @@ async fn forward(
     client::inject(&mut headers);
 
     // An empty body (a GET) goes as it is: no limit to enforce, no box.
+    // Over HTTP/1 the limit's error comes back as the send's error; over
+    // HTTP/2 the body is streamed by another task and the send fails with
+    // a reset stream, so the limit also raises a flag.
+    let mut over_limit = None;
     let body = if body.is_end_stream() {
         body
     } else {
-        Body::new(Limited::new(
-            body,
-            usize::try_from(max).unwrap_or(usize::MAX),
-        ))
+        let flag = Arc::new(AtomicBool::new(false));
+        over_limit = Some(flag.clone());
+        Body::new(
+            Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).map_err(move |e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                e
+            }),
+        )
     };
     // In origin form, as written on an upstream connection; the pooled
     // client gets the absolute form (`send`).
@@ -338,11 +354,14 @@ async fn forward(
     if let Some(router) = &state.local[upstream.index()] {
         return in_process(state, upstream, router, upstream_req, timeout, max).await;
     }
-    let conn = (parts.version <= http::Version::HTTP_11)
+    // HTTP/1 clients get an upstream connection each, unless the upstream
+    // is spoken to in HTTP/2 (then every request goes through the pool).
+    let conn = (parts.version <= http::Version::HTTP_11 && !state.config.upstream_http2)
         .then(|| parts.extensions.get::<ConnectionState>())
         .flatten();
     match tokio::time::timeout(timeout, send(state, upstream, conn, upstream_req)).await {
         Ok(Ok(resp)) => answered(state, upstream, start, resp.map(Body::new)),
+        Ok(Err(_)) if over_limit.is_some_and(|f| f.load(Ordering::Relaxed)) => too_large(max),
         Ok(Err(e)) => upstream_failure(state, name, &e, max),
         Err(_) => timed_out(state, name, timeout),
     }

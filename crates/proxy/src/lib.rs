@@ -71,6 +71,12 @@ pub struct Config {
     /// `madbase serve --all`), hand requests to it in-process instead of
     /// over HTTP (see [`Local`]). `false` keeps the HTTP hop.
     pub in_process: bool,
+    /// `MADBASE_UPSTREAM_HTTP2` (default false): speak HTTP/2 cleartext
+    /// (prior knowledge, h2c) to the worker and the functions service, every
+    /// request multiplexed on pooled connections, instead of HTTP/1.1 with
+    /// an upstream connection per client connection. madbase services accept
+    /// h2c on their API port; any other upstream must too.
+    pub upstream_http2: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -85,6 +91,7 @@ impl std::fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("cors_origins", &self.cors_origins)
             .field("in_process", &self.in_process)
+            .field("upstream_http2", &self.upstream_http2)
             .finish_non_exhaustive()
     }
 }
@@ -147,6 +154,12 @@ impl Config {
                     "true or false",
                 )?
                 .unwrap_or(true),
+            upstream_http2: env
+                .parse::<bool>(
+                    madbase_platform::env::MADBASE_UPSTREAM_HTTP2,
+                    "true or false",
+                )?
+                .unwrap_or(false),
             cors_origins,
             common: CommonConfig::from_env(Service::Proxy, env)?,
             trusted_proxies,
@@ -261,7 +274,8 @@ pub(crate) struct State {
     pub(crate) tenancy: Tenancy,
     /// Upstream connections of HTTP/2 client connections, and the retry of
     /// a request a client connection's own upstream connection could not
-    /// send (see `forward::send`).
+    /// send (see `forward::send`); every upstream request with
+    /// `MADBASE_UPSTREAM_HTTP2` (then it speaks only HTTP/2).
     pub(crate) http: Client<HttpConnector, axum::body::Body>,
     /// Opens each HTTP/1 client connection's own upstream connection.
     pub(crate) connector: HttpConnector,
@@ -306,6 +320,7 @@ pub fn app_with_local(config: &Config, local: Local) -> anyhow::Result<ServiceAp
     let http = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
+        .http2_only(config.upstream_http2)
         .build(connector.clone());
     let upstream = |url: &str| {
         forward::UpstreamBase::new(url)

@@ -18,13 +18,13 @@ use serde_json::{Value, json};
 use madbase_testkit::service::{Served, control_env, env, telemetry};
 use madbase_testkit::tenant::Tenant;
 
-/// An upstream that answers with what it received: method, path, query,
-/// headers, body length, and the address of the connection it came on
+/// An upstream that answers with what it received: method, HTTP version,
+/// path, query, headers, body length, and the address of the connection it came on
 /// (`peer`). `x-echo-status` sets the status, `x-echo-delay-ms` delays the
 /// answer, `x-echo-close` closes the connection after it.
 async fn echo() -> SocketAddr {
     let app = axum::Router::new().fallback(any(
-        |ConnectInfo(peer): ConnectInfo<SocketAddr>, method: http::Method, uri: http::Uri, headers: http::HeaderMap, body: Bytes| async move {
+        |ConnectInfo(peer): ConnectInfo<SocketAddr>, method: http::Method, version: http::Version, uri: http::Uri, headers: http::HeaderMap, body: Bytes| async move {
             if let Some(ms) = headers.get("x-echo-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
@@ -41,7 +41,7 @@ async fn echo() -> SocketAddr {
             (
                 status,
                 [("x-upstream", "echo"), ("connection", connection)],
-                Json(json!({"method": method.as_str(), "path": uri.path(), "query": uri.query(), "headers": h, "body_len": body.len(), "peer": peer.to_string()})),
+                Json(json!({"method": method.as_str(), "version": format!("{version:?}"), "path": uri.path(), "query": uri.query(), "headers": h, "body_len": body.len(), "peer": peer.to_string()})),
             )
         },
     ));
@@ -651,5 +651,47 @@ async fn client_connections_keep_their_upstream_connection() {
     for body in answers {
         assert_eq!(body["path"], "/rest/v1/items");
         assert_eq!(body["headers"]["x-madbase-tenant"], s.tenant.id.as_str());
+    }
+}
+
+/// `MADBASE_UPSTREAM_HTTP2=true`: the upstream is spoken to in HTTP/2
+/// cleartext, the requests of different client connections multiplexed on
+/// one upstream connection; by default HTTP/1.1, each client connection
+/// with upstream connections of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_http2_multiplexes_client_connections() {
+    for (extra, version, shared) in [
+        (vec![], "HTTP/1.1", false),
+        (vec![("MADBASE_UPSTREAM_HTTP2", "true")], "HTTP/2.0", true),
+    ] {
+        let s = stack(&extra).await;
+        let mut seen = Vec::new();
+        // Two clients, each with its own connection to the proxy.
+        for _ in 0..2 {
+            let client = reqwest::Client::new();
+            for _ in 0..2 {
+                let resp = client
+                    .get(s.url("/rest/v1/items?id=eq.1"))
+                    .header("apikey", &s.tenant.anon_key)
+                    .send()
+                    .await
+                    .expect("request");
+                assert_eq!(resp.status(), 200, "{extra:?}");
+                let body: Value = resp.json().await.expect("echo json");
+                assert_eq!(body["version"], version, "{extra:?}: {body}");
+                assert_eq!(body["path"], "/rest/v1/items", "{extra:?}");
+                assert_eq!(body["query"], "id=eq.1", "{extra:?}");
+                assert_eq!(body["headers"]["apikey"], s.tenant.anon_key.as_str());
+                assert!(body["headers"]["x-request-id"].is_string(), "{body}");
+                seen.push(body["peer"].as_str().expect("peer").to_owned());
+            }
+        }
+        // With HTTP/2 every request came on one upstream connection; with
+        // HTTP/1.1 the two clients' connections each had their own.
+        if shared {
+            assert!(seen.iter().all(|p| *p == seen[0]), "{extra:?}: {seen:?}");
+        } else {
+            assert_ne!(seen[0], seen[2], "{extra:?}: {seen:?}");
+        }
     }
 }

@@ -26,6 +26,8 @@ const DOMAIN: &str = "madbase.test";
 enum Hop {
     Http,
     InProcess,
+    /// Over HTTP, in HTTP/2 cleartext (`MADBASE_UPSTREAM_HTTP2=true`).
+    Http2,
 }
 
 /// Notes: anon sees the public ones, a user also their own, service_role
@@ -89,7 +91,7 @@ impl Stack {
         let worker_cfg = madbase_worker::Config::from_env(&env(&vars)).expect("worker config");
         let worker_app = madbase_worker::app(&worker_cfg).expect("worker");
         let local = match hop {
-            Hop::Http => madbase_proxy::Local::default(),
+            Hop::Http | Hop::Http2 => madbase_proxy::Local::default(),
             Hop::InProcess => madbase_proxy::Local {
                 worker: Some(madbase_platform::server::api_router(&worker_app)),
                 functions: None,
@@ -104,6 +106,9 @@ impl Stack {
             ("MADBASE_DOMAIN", DOMAIN),
         ];
         vars.extend_from_slice(proxy_env);
+        if let Hop::Http2 = hop {
+            vars.push(("MADBASE_UPSTREAM_HTTP2", "true"));
+        }
         let proxy_cfg = madbase_proxy::Config::from_env(&env(&vars)).expect("proxy config");
         let proxy =
             Served::start(madbase_proxy::app_with_local(&proxy_cfg, local).expect("proxy")).await;
@@ -261,6 +266,11 @@ impl Reply {
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_by_key_and_routing() {
     rows_by_key_and_routing_over(Hop::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_by_key_and_routing_over_http2() {
+    rows_by_key_and_routing_over(Hop::Http2).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -470,6 +480,11 @@ async fn worker_sees_clean_headers_and_the_same_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn worker_sees_clean_headers_and_the_same_ids_over_http2() {
+    worker_sees_clean_headers_and_the_same_ids_over(Hop::Http2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn worker_sees_clean_headers_and_the_same_ids_in_process() {
     worker_sees_clean_headers_and_the_same_ids_over(Hop::InProcess).await;
 }
@@ -591,6 +606,11 @@ async fn slow_worker_gives_504() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn slow_worker_gives_504_over_http2() {
+    slow_worker_gives_504_over(Hop::Http2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn slow_worker_gives_504_in_process() {
     slow_worker_gives_504_over(Hop::InProcess).await;
 }
@@ -627,6 +647,11 @@ async fn slow_worker_gives_504_over(hop: Hop) {
 #[tokio::test(flavor = "multi_thread")]
 async fn large_bodies_give_413() {
     large_bodies_give_413_over(Hop::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_bodies_give_413_over_http2() {
+    large_bodies_give_413_over(Hop::Http2).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

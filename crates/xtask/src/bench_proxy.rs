@@ -132,13 +132,22 @@ pub fn proxy(plan: Plan, baselines: &[Baseline]) -> Result<()> {
          every round's ratio is listed.",
     );
 
-    // The shared upstream: nginx answering a small JSON body, on CPU1.
+    // The shared upstream: nginx answering a small JSON body, on CPU1, over
+    // TCP, a unix socket, and HTTP/2 cleartext (prior knowledge) on a port
+    // of its own.
     let upstream_port = free_port()?;
+    let h2_port = free_port()?;
+    let socket = work.join("upstream/upstream.sock");
+    let answer =
+        "location / { default_type application/json; return 200 '[{\"id\":1,\"name\":\"a\"}]'; }";
     let upstream_conf = nginx_conf(
         &work.join("upstream"),
         &format!(
-            "  server {{ listen 127.0.0.1:{upstream_port}; access_log off; keepalive_requests 100000;\n    \
-             location / {{ default_type application/json; return 200 '[{{\"id\":1,\"name\":\"a\"}}]'; }} }}"
+            "  server {{ listen 127.0.0.1:{upstream_port}; listen unix:{socket}; access_log off; \
+             keepalive_requests 100000;\n    {answer} }}\n  \
+             server {{ listen 127.0.0.1:{h2_port} http2; access_log off; keepalive_requests 1000000000;\n    \
+             {answer} }}",
+            socket = socket.display(),
         ),
     )?;
     std::fs::create_dir_all(work.join("upstream/tmp"))?;
@@ -173,6 +182,19 @@ pub fn proxy(plan: Plan, baselines: &[Baseline]) -> Result<()> {
         &format!("http://127.0.0.1:{upstream_port}"),
     )?;
     let proxy_url = format!("http://127.0.0.1:{proxy_port}/t/{TENANT}/rest/v1/items");
+    // The same proxy speaking HTTP/2 cleartext to the upstream.
+    let h2_dir = work.join("proxy-h2");
+    std::fs::create_dir_all(&h2_dir)?;
+    let (proxy_h2, proxy_h2_port) = start_proxy_with(
+        &bin,
+        &h2_dir,
+        &control_url,
+        &[
+            ("MADBASE_WORKER_URL", format!("http://127.0.0.1:{h2_port}")),
+            ("MADBASE_UPSTREAM_HTTP2", "true".to_owned()),
+        ],
+    )?;
+    let proxy_h2_url = format!("http://127.0.0.1:{proxy_h2_port}/t/{TENANT}/rest/v1/items");
     let headers = vec![format!("apikey: {anon}")];
     // Other builds' proxies (`--baseline`), on the same CPU, control and upstream.
     let mut old = Vec::new();
@@ -194,7 +216,15 @@ pub fn proxy(plan: Plan, baselines: &[Baseline]) -> Result<()> {
     crate::images::cargo_release(&["-p", "madbase-proxy", "--example", "bench_floor"])?;
     let floor_bin = target_dir().join("release/examples/bench_floor");
     let mut floors = Vec::new();
-    for mode in ["pooled", "per-connection"] {
+    let tcp = format!("127.0.0.1:{upstream_port}");
+    let h2 = format!("127.0.0.1:{h2_port}");
+    let unix = socket.display().to_string();
+    for (mode, upstream) in [
+        ("pooled", &tcp),
+        ("per-connection", &tcp),
+        ("unix", &unix),
+        ("h2c", &h2),
+    ] {
         let port = free_port()?;
         let proc = Guard::spawn(
             Command::new("taskset")
@@ -203,7 +233,7 @@ pub fn proxy(plan: Plan, baselines: &[Baseline]) -> Result<()> {
                 .arg(mode)
                 .env("TOKIO_WORKER_THREADS", "1")
                 .env("LISTEN", format!("127.0.0.1:{port}"))
-                .env("UPSTREAM", format!("127.0.0.1:{upstream_port}"))
+                .env("UPSTREAM", upstream)
                 .stderr(Stdio::inherit()),
             GRACE,
         )
@@ -220,8 +250,18 @@ pub fn proxy(plan: Plan, baselines: &[Baseline]) -> Result<()> {
         ("nginx".into(), nginx.id(), nginx_url),
     ];
     for (mode, proc, url) in &floors {
-        peers.push((format!("hyper floor, {mode}"), proc.id(), url.clone()));
+        let name = match *mode {
+            "unix" => "per-connection over a unix socket",
+            "h2c" => "HTTP/2 cleartext upstream (one connection)",
+            other => other,
+        };
+        peers.push((format!("hyper floor, {name}"), proc.id(), url.clone()));
     }
+    peers.push((
+        "madbase proxy, HTTP/2 cleartext upstream".into(),
+        proxy_h2.id(),
+        proxy_h2_url,
+    ));
     // After the floors, so the rows above keep their places.
     for (label, proc, url) in &old {
         peers.push((format!("madbase proxy ({label})"), proc.id(), url.clone()));
@@ -276,7 +316,12 @@ pub fn proxy(plan: Plan, baselines: &[Baseline]) -> Result<()> {
     table.notes.push(
         "The madbase proxy does tenant lookup (cached), API key check, rate limit, metrics, \
          request ID, span and one JSON log line (to a file, like nginx's access log); the \
-         hyper floors (`crates/proxy/examples/bench_floor.rs`) forward and do nothing else."
+         hyper floors (`crates/proxy/examples/bench_floor.rs`) forward and do nothing else. \
+         By default the proxy and the floors speak HTTP/1.1 to the upstream over loopback TCP, \
+         a connection per client connection; the unix-socket floor does the same over a unix \
+         socket; the HTTP/2 rows (`MADBASE_UPSTREAM_HTTP2=true` for the proxy) multiplex \
+         every client connection's requests on one HTTP/2 cleartext connection to the same \
+         nginx (nginx itself cannot speak HTTP/2 to an upstream)."
             .to_owned(),
     );
     report.tables.push(table);
@@ -302,6 +347,7 @@ pub fn proxy(plan: Plan, baselines: &[Baseline]) -> Result<()> {
     }
     drop(old);
     drop(floors);
+    drop(proxy_h2);
     drop(proxy);
     drop(nginx);
 
@@ -351,6 +397,18 @@ fn handoff(bin: &Path, work: &Path, control: &BenchControl, plan: Plan) -> Resul
         &work,
         &control.url,
         &[("MADBASE_WORKER_URL", worker_url.clone())],
+    )?;
+    // The same, the proxy speaking HTTP/2 cleartext to the worker.
+    let h2_dir = work.join("h2");
+    std::fs::create_dir_all(&h2_dir)?;
+    let (proxy_h2, proxy_h2_port) = start_proxy_with(
+        bin,
+        &h2_dir,
+        &control.url,
+        &[
+            ("MADBASE_WORKER_URL", worker_url.clone()),
+            ("MADBASE_UPSTREAM_HTTP2", "true".to_owned()),
+        ],
     )?;
 
     // One process: `madbase serve --all`, the proxy handing off in-process.
@@ -412,6 +470,14 @@ fn handoff(bin: &Path, work: &Path, control: &BenchControl, plan: Plan) -> Resul
             proxy.id(),
             HTTP_TARGET,
         ),
+        (
+            "over HTTP/2 cleartext (`MADBASE_UPSTREAM_HTTP2=true`)",
+            worker.id(),
+            direct(worker_port),
+            via(proxy_h2_port),
+            proxy_h2.id(),
+            HTTP_TARGET,
+        ),
     ];
     let probe = crate::util::http_client(std::time::Duration::from_secs(10))?;
     for (name, _, d, v, _, _) in &setups {
@@ -443,7 +509,7 @@ fn handoff(bin: &Path, work: &Path, control: &BenchControl, plan: Plan) -> Resul
         wrk_with(d, &headers, *pid, plan.warmup, c)?;
         wrk_with(v, &headers, *via_pid, plan.warmup, c)?;
     }
-    let mut rps: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    let mut rps: Vec<[Vec<f64>; 2]> = setups.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     for _ in 0..plan.rounds {
         for (i, (_, pid, d, v, via_pid, _)) in setups.iter().enumerate() {
             rps[i][0].push(wrk_with(d, &headers, *pid, plan.seconds, c)?.rps);
@@ -483,7 +549,11 @@ fn handoff(bin: &Path, work: &Path, control: &BenchControl, plan: Plan) -> Resul
          worker's router (`forward::in_process`). Over HTTP: a worker process and a proxy \
          process, one Tokio thread each; the proxy gives each HTTP/1 client connection an \
          upstream connection of its own, so the upstream keep-alive connections are exactly \
-         the client's {c}. HTTP/2 cleartext and a unix socket to the upstream were not measured."
+         the client's {c}. Over HTTP/2 cleartext: the same worker behind a second proxy process \
+         with `MADBASE_UPSTREAM_HTTP2=true`, every request multiplexed on one HTTP/2 connection \
+         (the worker accepts h2c on its API port); its direct figures are the worker's, \
+         measured in the same rounds as the HTTP/1.1 row's. A unix socket is measured on the \
+         floor only (the proxy vs nginx table)."
     ));
     Ok(table)
 }
