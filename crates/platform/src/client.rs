@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{SpanContext, TraceFlags};
 
 use crate::request_id::{self, SpanTrace};
-use crate::telemetry;
+use crate::{telemetry, text};
 
 /// A client for calls between madbase services (plain HTTP on the internal
 /// network, short timeouts).
@@ -72,9 +72,9 @@ pub fn span_trace(span: tracing::Id, sc: &SpanContext) -> Option<SpanTrace> {
     traceparent[35] = b'-';
     traceparent[52] = b'-';
     let flags = (sc.trace_flags() & TraceFlags::SAMPLED).to_u8();
-    telemetry::lower_hex(&sc.trace_id().to_bytes(), &mut traceparent[3..35]);
-    telemetry::lower_hex(&sc.span_id().to_bytes(), &mut traceparent[36..52]);
-    telemetry::lower_hex(&[flags], &mut traceparent[53..55]);
+    text::lower_hex(&sc.trace_id().to_bytes(), &mut traceparent[3..35]);
+    text::lower_hex(&sc.span_id().to_bytes(), &mut traceparent[36..52]);
+    text::lower_hex(&[flags], &mut traceparent[53..55]);
     let state = sc.trace_state().header();
     Some(SpanTrace {
         span,

@@ -39,6 +39,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, OtelConfig, OtlpProtocol};
+use crate::text::lower_hex;
 pub use crate::text::needs_json_escape;
 
 /// Span fields copied onto every log line emitted inside the span.
@@ -585,17 +586,6 @@ fn put_hex<const N: usize>(out: &mut Vec<u8>, key: &[u8], bytes: [u8; N]) {
     out.push(b'"');
 }
 
-/// Writes `bytes` as lowercase hex into the first `2 × bytes.len()` bytes of
-/// `out` (a table lookup per nibble; `hex`'s encoder checks and iterates
-/// per character).
-pub fn lower_hex(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0x0f)];
-    }
-}
-
 /// Appends `now` as RFC 3339 UTC with microseconds
 /// (`2026-11-26T21:02:39.610704Z`). The part up to the seconds is formatted
 /// once per second per thread.
@@ -791,15 +781,6 @@ mod tests {
             assert_eq!(context_slot(name), Some(i));
         }
         assert_eq!(context_slot("status"), None);
-    }
-
-    #[test]
-    fn lower_hex_is_hex_crates_encoding() {
-        let bytes: Vec<u8> = (0..=255).collect();
-        let mut out = vec![0u8; 512];
-        lower_hex(&bytes, &mut out);
-        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(out, expected.as_bytes());
     }
 
     #[test]

@@ -320,9 +320,9 @@ async fn forward(
     client::inject(&mut headers);
 
     // An empty body (a GET) goes as it is: no limit to enforce, no box.
-    // Over HTTP/1 the limit's error comes back as the send's error; over
-    // HTTP/2 the body is streamed by another task and the send fails with
-    // a reset stream, so the limit also raises a flag.
+    // The limit tripping while the body streams raises a flag: the send's
+    // error does not always carry the limit's (over HTTP/2 the body is
+    // streamed by another task and the send fails with a reset stream).
     let mut over_limit = None;
     let body = if body.is_end_stream() {
         body
@@ -362,7 +362,7 @@ async fn forward(
     match tokio::time::timeout(timeout, send(state, upstream, conn, upstream_req)).await {
         Ok(Ok(resp)) => answered(state, upstream, start, resp.map(Body::new)),
         Ok(Err(_)) if over_limit.is_some_and(|f| f.load(Ordering::Relaxed)) => too_large(max),
-        Ok(Err(e)) => upstream_failure(state, name, &e, max),
+        Ok(Err(e)) => upstream_failure(state, name, &e),
         Err(_) => timed_out(state, name, timeout),
     }
 }
@@ -624,15 +624,7 @@ fn too_large(max: u64) -> Response {
     .into_response()
 }
 
-fn upstream_failure(state: &AppState, name: &'static str, e: &SendError, max: u64) -> Response {
-    // The body limit tripping while streaming surfaces as a client error.
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_error());
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return too_large(max);
-        }
-        source = s.source();
-    }
+fn upstream_failure(state: &AppState, name: &'static str, e: &SendError) -> Response {
     if e.is_connect() {
         state.metrics.upstream_error(name, "connect");
         tracing::warn!(upstream = name, error = %e, "upstream unreachable");
